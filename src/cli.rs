@@ -1,0 +1,325 @@
+//! The command line: clap types only. Validation that clap can express lives here, so bad
+//! arguments exit 2 with clap's own messages before anything runs.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::naming;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "amplihack",
+    version,
+    about = "Run AI coding-agent tasks as detached tmux sessions on a pool of Azure VMs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// Remote session management: start agent tasks on pool VMs and watch them
+    #[command(after_help = REMOTE_EXAMPLES)]
+    Remote {
+        #[command(subcommand)]
+        command: RemoteCommand,
+    },
+}
+
+const REMOTE_EXAMPLES: &str = "\
+Examples:
+  amplihack remote start \"implement user authentication\" \"add pagination to API\"
+  amplihack remote start --local \"try it on this machine\"
+  amplihack remote list --status running
+  amplihack remote output sess-20251125-143022-abc1 --follow
+  amplihack remote kill sess-20251125-143022-abc1
+  amplihack remote status --json";
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// List all tracked sessions
+    #[command(
+        after_help = "Examples:\n  amplihack remote list\n  amplihack remote list --status running\n  amplihack remote list --json\n  amplihack remote list --verbose"
+    )]
+    List(ListArgs),
+    /// Start one or more tasks as detached tmux sessions
+    #[command(
+        after_help = "Examples:\n  amplihack remote start \"implement user authentication\"\n  amplihack remote start \"task one\" \"task two\" \"task three\"\n  amplihack remote start --size l --max-turns 20 \"complex refactoring\"\n  amplihack remote start --command ultrathink \"analyze architecture\"\n  amplihack remote start --region eastus \"my task\"\n  amplihack remote start --local --no-context \"a task on this machine\""
+    )]
+    Start(StartArgs),
+    /// View session output (tmux capture-pane while running, the kept log after it ended)
+    #[command(
+        after_help = "Examples:\n  amplihack remote output sess-20251125-143022-abc1\n  amplihack remote output sess-20251125-143022-abc1 --lines 500\n  amplihack remote output sess-20251125-143022-abc1 --follow\n  amplihack remote output sess-20251125-143022-abc1 --raw > output.log"
+    )]
+    Output(OutputArgs),
+    /// Terminate a running session
+    #[command(
+        after_help = "Examples:\n  amplihack remote kill sess-20251125-143022-abc1\n  amplihack remote kill sess-20251125-143022-abc1 --force"
+    )]
+    Kill(KillArgs),
+    /// Show pool status and VM utilization
+    #[command(
+        after_help = "Examples:\n  amplihack remote status\n  amplihack remote status --json"
+    )]
+    Status(StatusArgs),
+    /// Pre-warm VMs so later starts skip provisioning
+    #[command(
+        after_help = "Examples:\n  amplihack remote prime --count 3 --vm-size l\n  amplihack remote prime --count 2 --region eastus"
+    )]
+    Prime(PrimeArgs),
+    /// Delete idle pool VMs (no pending or running session) so they stop billing
+    #[command(
+        after_help = "Examples:\n  amplihack remote prune --dry-run\n  amplihack remote prune --idle-minutes 60 --yes"
+    )]
+    Prune(PruneArgs),
+    /// Fetch a session's git history into the local repository as branch amplihack/<session-id>
+    #[command(after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1")]
+    Pull(SessionArg),
+    /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
+    #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
+    Attach(SessionArg),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Killed,
+    All,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Read the state file alone; do not ask the VMs for the sessions' true status
+    #[arg(long)]
+    pub no_refresh: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Filter by status
+    #[arg(long, value_enum, default_value_t = StatusFilter::All)]
+    pub status: StatusFilter,
+    /// Output as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Show full prompts and details
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SizeArg {
+    S,
+    M,
+    L,
+    Xl,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CommandMode {
+    Auto,
+    Ultrathink,
+    Analyze,
+    Fix,
+}
+
+impl CommandMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandMode::Auto => "auto",
+            CommandMode::Ultrathink => "ultrathink",
+            CommandMode::Analyze => "analyze",
+            CommandMode::Fix => "fix",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// One or more task prompts (quoted strings)
+    #[arg(required = true, value_name = "PROMPTS", value_parser = parse_prompt)]
+    pub prompts: Vec<String>,
+    /// VM size: s, m, l, xl (controls max concurrent sessions)
+    #[arg(long, value_enum, default_value_t = SizeArg::L)]
+    pub size: SizeArg,
+    /// Azure region [default: $AZURE_REGION, else eastus]
+    #[arg(long, value_parser = parse_region)]
+    pub region: Option<String>,
+    /// Maximum conversation turns for Claude Code (higher = more complex tasks)
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: u32,
+    /// Amplihack command mode
+    #[arg(long, value_enum, default_value_t = CommandMode::Auto)]
+    pub command: CommandMode,
+    /// Run on this machine instead of Azure (same as AMPLIHACK_REMOTE_BACKEND=local)
+    #[arg(long)]
+    pub local: bool,
+    /// Start with an empty workspace instead of a clone of the current git repository
+    #[arg(long)]
+    pub no_context: bool,
+    /// Send the repository even when the secret scan finds likely secrets in tracked files
+    #[arg(long)]
+    pub allow_secrets: bool,
+    /// Print the sessions of this start as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArg {
+    /// Session ID
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Session ID to observe
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_id: String,
+    /// Number of lines to capture from tmux pane
+    #[arg(long, short = 'n', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub lines: u32,
+    /// Follow output in real-time (polls every 5s, like tail -f)
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Output without formatting (useful for piping to files or tools)
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Session ID to terminate
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_id: String,
+    /// Force kill (SIGKILL instead of SIGTERM)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PrimeArgs {
+    /// Number of VMs to prime
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub count: u32,
+    /// VM size: s, m, l, xl
+    #[arg(long, value_enum, default_value_t = SizeArg::L)]
+    pub vm_size: SizeArg,
+    /// Azure region [default: $AZURE_REGION, else eastus]
+    #[arg(long, value_parser = parse_region)]
+    pub region: Option<String>,
+    /// Print the primed VMs as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Delete VMs idle for longer than this many minutes
+    #[arg(long, default_value_t = 30)]
+    pub idle_minutes: u64,
+    /// Show what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete without asking (required when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_prompt(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("a prompt must not be empty".into());
+    }
+    if s.contains('\0') {
+        return Err("a prompt must not contain NUL bytes".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_session_id(s: &str) -> Result<String, String> {
+    naming::validate_session_id(s).map(|()| s.to_string())
+}
+
+fn parse_region(s: &str) -> Result<String, String> {
+    naming::validate_region(s).map(|()| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("amplihack").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn spec_defaults() {
+        let cli = parse(&["remote", "start", "x"]).unwrap();
+        let TopCommand::Remote {
+            command: RemoteCommand::Start(a),
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(a.size, SizeArg::L);
+        assert_eq!(a.max_turns, 10);
+        assert_eq!(a.command, CommandMode::Auto);
+        assert_eq!(a.region, None);
+        let cli = parse(&["remote", "output", "sess-20251125-143022-abcd"]).unwrap();
+        let TopCommand::Remote {
+            command: RemoteCommand::Output(o),
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(o.lines, 100);
+        assert!(!o.follow && !o.raw);
+    }
+
+    #[test]
+    fn short_flags_and_bad_values() {
+        assert!(parse(&["remote", "output", "sess-1", "-n", "5", "-f"]).is_ok());
+        for bad in [
+            &["remote", "start", "--size", "xxl", "x"][..],
+            &["remote", "start", "--max-turns", "0", "x"],
+            &["remote", "start", ""],
+            &["remote", "start", "  "],
+            &["remote", "start"],
+            &["remote", "output", "sess-1", "--lines", "0"],
+            &["remote", "prime", "--count", "0"],
+            &["remote", "list", "--status", "weird"],
+            &["remote", "kill", "sess;rm -rf /"],
+            &["remote", "kill", "../etc"],
+            &["remote", "kill", "-f", "sess-1"],
+        ] {
+            let err = parse(bad).expect_err(&format!("{bad:?} must be rejected"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
+//! polls the log by byte offset so nothing is printed twice or skipped.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::cli::OutputArgs;
+use crate::commands::{Ctx, find_session};
+use crate::error::{Error, Result};
+use crate::exec::OnInterrupt;
+use crate::model::{Session, State};
+use crate::refresh::{self, backend_of};
+use crate::render;
+use crate::script::{self, Capture, CaptureSource, Probe};
+use crate::{interrupt, ui};
+
+fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
+    let transport = ctx
+        .transports
+        .for_backend(backend_of(state, &session.vm_name));
+    let out = transport.run_script(
+        &session.vm_name,
+        input,
+        ctx.settings.timeouts.capture,
+        OnInterrupt::Abort,
+    )?;
+    script::parse_capture(&out.stdout).map_err(|e| {
+        Error::Failed(format!(
+            "unexpected answer from VM '{}': {e}",
+            session.vm_name
+        ))
+    })
+}
+
+/// Settles the session's status from the probe (unless --no-refresh) and returns it.
+fn settle(
+    ctx: &Ctx,
+    state: State,
+    id: &str,
+    probe: Option<Probe>,
+    refresh_state: bool,
+) -> Result<State> {
+    match probe {
+        Some(p) if refresh_state => {
+            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
+            refresh::commit_probes(ctx, &probes, state)
+        }
+        _ => Ok(state),
+    }
+}
+
+pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
+    let state = ctx.store.load()?;
+    let session = find_session(&state, &args.session_id)?.clone();
+    if args.follow {
+        return follow(ctx, state, &session, &args);
+    }
+    let capture = ask(
+        ctx,
+        &state,
+        &session,
+        script::capture_script(&session.session_id, args.lines),
+    )?;
+    let state = settle(
+        ctx,
+        state,
+        &session.session_id,
+        capture.probe.clone(),
+        !args.refresh.no_refresh,
+    )?;
+    let status = find_session(&state, &session.session_id)?
+        .status
+        .to_string();
+    let text = match capture.source {
+        CaptureSource::Pane => script::last_lines(&capture.data, args.lines as usize),
+        CaptureSource::Log => capture.data,
+        CaptureSource::None => Vec::new(),
+    };
+    if capture.source == CaptureSource::None {
+        ui::warn(&format!(
+            "no output recorded for {} on {} (status: {status}): it never launched, or its tmux session ended without a log",
+            session.session_id, session.vm_name
+        ));
+    }
+    if !args.raw {
+        ui::print(&render::output_header(
+            &session,
+            &status,
+            ctx.now(),
+            script::count_lines(&text),
+        ))?;
+    }
+    ui::print_bytes(&text)
+}
+
+fn sleep_interruptibly(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        interrupt::check()?;
+        std::thread::sleep(
+            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    interrupt::check()
+}
+
+fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> Result<()> {
+    let id = session.session_id.as_str();
+    let mut offset: Option<u64> = None;
+    loop {
+        let capture = ask(
+            ctx,
+            &state,
+            session,
+            script::follow_script(id, offset, args.lines),
+        )?;
+        let probe = capture.probe.clone();
+        if offset.is_none() && !args.raw {
+            let status = state
+                .sessions
+                .get(id)
+                .map(|s| s.status.to_string())
+                .unwrap_or_default();
+            ui::print(&render::output_header(
+                session,
+                &status,
+                ctx.now(),
+                script::count_lines(&capture.data),
+            ))?;
+            ui::progress(&format!(
+                "Following {id} (polling every {}s; Ctrl+C stops following, the session keeps running)",
+                ctx.settings.follow_interval.as_secs_f64()
+            ));
+        }
+        ui::print_bytes(&capture.data)?;
+        offset = Some(capture.log_size.unwrap_or(0).max(offset.unwrap_or(0)));
+        let finished = probe
+            .as_ref()
+            .is_some_and(|p| p.exit_code.is_some() || !p.alive);
+        state = settle(ctx, state, id, probe, !args.refresh.no_refresh)?;
+        if finished {
+            let s = find_session(&state, id)?;
+            let code = s
+                .exit_code
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default();
+            let why = s
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
+            return Ok(());
+        }
+        sleep_interruptibly(ctx.settings.follow_interval)?;
+    }
+}

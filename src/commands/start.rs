@@ -1,0 +1,493 @@
+//! `start`: reserve every session and slot in one locked transaction (status `pending`),
+//! release the lock, provision and launch per VM in parallel (one launch call per VM carries
+//! the script, the secret and the git bundle), then commit each VM's results.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+
+use chrono::{DateTime, Utc};
+
+use crate::cli::{SizeArg, StartArgs};
+use crate::commands::Ctx;
+use crate::context::{self, RepoContext};
+use crate::error::{Error, Result};
+use crate::exec::OnInterrupt;
+use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
+use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::render::{self, StartLine};
+use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
+use crate::{naming, provision, refresh, ui};
+
+pub fn size_letter(size: SizeArg) -> &'static str {
+    match size {
+        SizeArg::S => "s",
+        SizeArg::M => "m",
+        SizeArg::L => "l",
+        SizeArg::Xl => "xl",
+    }
+}
+
+fn random_u16() -> u16 {
+    // RandomState is seeded per process and per call: enough to spread ids, which are
+    // checked for uniqueness against the state under the lock anyway.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);
+    h.write_u32(std::process::id());
+    h.finish() as u16
+}
+
+pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) -> String {
+    loop {
+        let id = naming::session_id(now, random_u16());
+        if !state.sessions.contains_key(&id) && !taken.contains(&id) {
+            return id;
+        }
+    }
+}
+
+/// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
+fn local_capacity(ctx: &Ctx) -> u32 {
+    ctx.settings.local_slots.unwrap_or_else(|| {
+        let bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(0);
+        pool::local_slots(bytes)
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Reserved {
+    id: String,
+    vm: String,
+    vm_is_new: bool,
+}
+
+struct Target<'a> {
+    backend: Backend,
+    region: &'a str,
+    size: &'static SizeSpec,
+    local_capacity: Option<u32>,
+    workspace_root: String,
+}
+
+fn reserve(
+    st: &mut State,
+    ctx: &Ctx,
+    args: &StartArgs,
+    target: &Target,
+    repo: Option<&RepoContext>,
+    now: DateTime<Utc>,
+) -> Vec<Reserved> {
+    if let Some(capacity) = target.local_capacity {
+        let local = st
+            .vm_pool
+            .entry(LOCAL_VM_NAME.to_string())
+            .or_insert_with(|| VmEntry {
+                size: LOCAL_SKU.into(),
+                capacity,
+                active_sessions: vec![],
+                region: LOCAL_REGION.into(),
+                created_at: now,
+                backend: Backend::Local,
+                state: VmState::Ready,
+                error: None,
+                extra: Default::default(),
+            });
+        local.capacity = capacity;
+    }
+    let plan = pool::plan(
+        st,
+        &pool::Request {
+            count: args.prompts.len(),
+            backend: target.backend,
+            region: target.region,
+            new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
+        },
+    );
+    let new_vms = provision::reserve_vms(
+        st,
+        plan.new_vms,
+        target.size,
+        target.region,
+        &ctx.settings.user,
+        now,
+    );
+    let mut reserved: Vec<Reserved> = Vec::with_capacity(args.prompts.len());
+    for (prompt, placement) in args.prompts.iter().zip(plan.placements) {
+        let taken: Vec<String> = reserved.iter().map(|r| r.id.clone()).collect();
+        let id = unique_session_id(st, &taken, now);
+        let (vm, vm_is_new, status, error) = match placement {
+            Placement::Existing(vm) => (vm, false, SessionStatus::Pending, None),
+            Placement::New(i) => (new_vms[i].clone(), true, SessionStatus::Pending, None),
+            Placement::Unplaced => {
+                let cap = target.local_capacity.unwrap_or(0);
+                (
+                    LOCAL_VM_NAME.to_string(),
+                    false,
+                    SessionStatus::Failed,
+                    Some(format!(
+                        "no free slot on '{LOCAL_VM_NAME}' (all {cap} in use); wait for a session to finish, or raise AMPLIHACK_LOCAL_SLOTS"
+                    )),
+                )
+            }
+        };
+        let finished = !status.is_active();
+        st.sessions.insert(
+            id.clone(),
+            Session {
+                session_id: id.clone(),
+                vm_name: vm.clone(),
+                workspace: script::workspace_path(&target.workspace_root, &id),
+                tmux_session: id.clone(),
+                prompt: prompt.clone(),
+                command: args.command.as_str().into(),
+                max_turns: args.max_turns,
+                status,
+                memory_mb: pool::SESSION_MEMORY_MB,
+                created_at: now,
+                started_at: None,
+                completed_at: finished.then_some(now),
+                exit_code: None,
+                error,
+                repo_path: repo.map(|r| r.root.to_string_lossy().into_owned()),
+                base_commit: repo.map(|r| r.head.clone()),
+                extra: Default::default(),
+            },
+        );
+        reserved.push(Reserved { id, vm, vm_is_new });
+    }
+    reserved
+}
+
+/// What happened to one session of this start.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Launched,
+    Failed {
+        code: i32,
+        message: String,
+    },
+    /// A second Ctrl+C cut the launch call short: whether the session runs is unknown until
+    /// the next refresh.
+    Abandoned,
+}
+
+impl Outcome {
+    fn from_error(e: &Error) -> Self {
+        match e {
+            Error::Interrupted => Outcome::Failed {
+                code: 130,
+                message: "interrupted before launch".into(),
+            },
+            other => Outcome::Failed {
+                code: other.exit_code(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+struct VmJob<'a> {
+    vm: String,
+    vm_is_new: bool,
+    backend: Backend,
+    sessions: Vec<&'a Reserved>,
+}
+
+fn launch_on_vm(
+    ctx: &Ctx,
+    job: &VmJob,
+    target: &Target,
+    args: &StartArgs,
+    repo: Option<&RepoContext>,
+    prompts: &BTreeMap<&str, &str>,
+) -> Vec<(String, Outcome)> {
+    let all = |o: Outcome| {
+        job.sessions
+            .iter()
+            .map(|r| (r.id.clone(), o.clone()))
+            .collect::<Vec<_>>()
+    };
+    if job.vm_is_new {
+        let outcome = provision::create_vm(ctx, &job.vm, target.size.sku, target.region);
+        if let Err(e) = provision::commit_vm(ctx, &job.vm, &outcome) {
+            return all(Outcome::from_error(&e));
+        }
+        if let Err(e) = outcome {
+            return all(Outcome::from_error(&e));
+        }
+    }
+    if crate::interrupt::requested() {
+        return all(Outcome::from_error(&Error::Interrupted));
+    }
+    ui::progress(&format!(
+        "Launching {} session(s) on {}...",
+        job.sessions.len(),
+        job.vm
+    ));
+    let agent_words = ctx.settings.agent_words();
+    let plan = LaunchPlan {
+        sessions: job
+            .sessions
+            .iter()
+            .map(|r| LaunchSession {
+                id: &r.id,
+                prompt: prompts[r.id.as_str()],
+                command: args.command.as_str(),
+                max_turns: args.max_turns,
+            })
+            .collect(),
+        agent_words: &agent_words,
+        api_key: ctx.settings.api_key.as_deref(),
+        workspace_root: &target.workspace_root,
+        bundle: repo.map(|r| (r.bundle_name.as_str(), r.bundle.as_slice())),
+        wait_for_cloud_init: job.backend == Backend::Azure,
+    };
+    let transport = ctx.transports.for_backend(job.backend);
+    match transport.run_script(
+        &job.vm,
+        script::launch_input(&plan),
+        ctx.settings.timeouts.launch,
+        OnInterrupt::FinishUnlessRepeated,
+    ) {
+        Ok(out) => {
+            let results = script::parse_launch(&out.stdout);
+            job.sessions
+                .iter()
+                .map(|r| {
+                    let o = match results.get(&r.id) {
+                        Some(LaunchResult::Launched) => Outcome::Launched,
+                        Some(LaunchResult::Failed(why)) => Outcome::Failed {
+                            code: 1,
+                            message: why.clone(),
+                        },
+                        None => Outcome::Failed {
+                            code: 1,
+                            message: format!(
+                                "the launch script on {} did not report this session",
+                                job.vm
+                            ),
+                        },
+                    };
+                    (r.id.clone(), o)
+                })
+                .collect()
+        }
+        Err(Error::Interrupted) => all(Outcome::Abandoned),
+        Err(e) => all(Outcome::from_error(&e)),
+    }
+}
+
+fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<()> {
+    let now = ctx.now();
+    ctx.store.update(|st| {
+        for (id, outcome) in outcomes {
+            match outcome {
+                Outcome::Launched => {
+                    if let Some(s) = st
+                        .sessions
+                        .get_mut(id)
+                        .filter(|s| s.status == SessionStatus::Pending)
+                    {
+                        s.status = SessionStatus::Running;
+                        s.started_at = Some(now);
+                    }
+                }
+                Outcome::Failed { message, .. } => {
+                    st.finish_session(id, SessionStatus::Failed, None, now, Some(message.clone()));
+                }
+                Outcome::Abandoned => {
+                    if let Some(s) = st
+                        .sessions
+                        .get_mut(id)
+                        .filter(|s| s.status == SessionStatus::Pending)
+                    {
+                        s.status = SessionStatus::Running;
+                        s.error = Some(
+                            "launch was interrupted; the next refresh settles whether it runs"
+                                .into(),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    let backend = if args.local {
+        Backend::Local
+    } else {
+        ctx.settings.backend
+    };
+    if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
+        return Err(Error::MissingApiKey);
+    }
+    let size =
+        pool::size_by_letter(size_letter(args.size)).expect("the size table covers every choice");
+    let region = match backend {
+        Backend::Local => LOCAL_REGION.to_string(),
+        Backend::Azure => args
+            .region
+            .clone()
+            .unwrap_or_else(|| ctx.settings.region.clone()),
+    };
+    let workspace_root = match backend {
+        Backend::Azure => ctx.settings.remote_workspace_root.clone(),
+        Backend::Local => dirs::home_dir()
+            .ok_or_else(|| {
+                Error::Failed("cannot find the home directory for local workspaces".into())
+            })?
+            .join(".amplihack")
+            .join("workspaces")
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let repo = if args.no_context {
+        None
+    } else {
+        let cwd = std::env::current_dir()
+            .map_err(|e| Error::io("cannot read the current directory", e))?;
+        Some(context::prepare(
+            &cwd,
+            args.allow_secrets,
+            ctx.settings.timeouts.local_git,
+        )?)
+    };
+    let target = Target {
+        backend,
+        region: &region,
+        size,
+        local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
+        workspace_root,
+    };
+    let n = args.prompts.len();
+    if !args.json {
+        ui::print(&format!("Starting {n} session(s)...\n"))?;
+    }
+
+    // A refresh costs seconds and a new VM costs minutes: when the pool looks full, first
+    // learn whether some of its sessions have finished.
+    if backend == Backend::Azure {
+        let st = ctx.store.load()?;
+        let request = pool::Request {
+            count: n,
+            backend,
+            region: &region,
+            new_vm_capacity: Some(size.max_sessions),
+        };
+        if pool::plan(&st, &request).needs_new_vms()
+            && !pool::busy_vms(&st, backend, &region).is_empty()
+        {
+            ui::progress("Checking whether busy pool VMs have free slots...");
+            refresh::refresh(ctx, false)?;
+        }
+    }
+
+    let now = ctx.now();
+    let reserved = ctx
+        .store
+        .update(|st| Ok(reserve(st, ctx, &args, &target, repo.as_ref(), now)))?;
+
+    let prompts: BTreeMap<&str, &str> = reserved
+        .iter()
+        .zip(&args.prompts)
+        .map(|(r, p)| (r.id.as_str(), p.as_str()))
+        .collect();
+    let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
+    let state_now = ctx.store.load()?;
+    for r in &reserved {
+        if !state_now
+            .sessions
+            .get(&r.id)
+            .is_some_and(|s| s.status == SessionStatus::Pending)
+        {
+            continue;
+        }
+        jobs.entry(r.vm.as_str())
+            .or_insert_with(|| VmJob {
+                vm: r.vm.clone(),
+                vm_is_new: r.vm_is_new,
+                backend,
+                sessions: vec![],
+            })
+            .sessions
+            .push(r);
+    }
+    let outcomes: Vec<Result<Vec<(String, Outcome)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .values()
+            .map(|job| {
+                let (target, args, repo, prompts) = (&target, &args, repo.as_ref(), &prompts);
+                scope.spawn(move || {
+                    let outcomes = launch_on_vm(ctx, job, target, args, repo, prompts);
+                    commit_outcomes(ctx, &outcomes).map(|()| outcomes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("launch thread"))
+            .collect()
+    });
+    let mut by_id: BTreeMap<String, Outcome> = BTreeMap::new();
+    for result in outcomes {
+        by_id.extend(result?);
+    }
+
+    let state = ctx.store.load()?;
+    let sessions: Vec<&Session> = reserved
+        .iter()
+        .filter_map(|r| state.sessions.get(&r.id))
+        .collect();
+    if args.json {
+        ui::print(&render::list_json(&sessions, &render::Live::default()))?;
+    } else {
+        let lines: Vec<StartLine> = reserved
+            .iter()
+            .zip(&sessions)
+            .map(|(r, s)| StartLine {
+                session: s,
+                vm_is_new: r.vm_is_new,
+            })
+            .collect();
+        ui::print(&render::start_report(&lines))?;
+    }
+
+    // The exit code is that of the first failure, in prompt order.
+    if by_id
+        .values()
+        .any(|o| matches!(o, Outcome::Abandoned | Outcome::Failed { code: 130, .. }))
+    {
+        return Err(Error::Interrupted);
+    }
+    for r in &reserved {
+        match by_id.get(&r.id) {
+            Some(Outcome::Failed { code, message }) => return Err(failure(*code, message)),
+            None => {
+                let s = state.sessions.get(&r.id);
+                if let Some(s) = s.filter(|s| !s.status.is_active()) {
+                    let why = s.error.as_deref().unwrap_or("unknown error");
+                    return Err(failure(1, why));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn failure(code: i32, message: &str) -> Error {
+    Error::SessionsFailed {
+        code,
+        message: format!("a session failed to start: {message}"),
+    }
+}

@@ -1,0 +1,189 @@
+//! The one error type of the CLI. Every failure becomes one of these variants, and each variant
+//! maps to exactly one documented exit code (docs/exit-codes.md, kept in step by a test).
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Exit codes of the specification, with their meaning as documented.
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (0, "Success"),
+    (1, "General error"),
+    (2, "Invalid arguments"),
+    (3, "Session not found"),
+    (4, "VM not reachable"),
+    (5, "Azure quota exceeded"),
+    (130, "Interrupted (Ctrl+C)"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgs(String),
+
+    #[error("Session '{0}' not found. Run 'amplihack remote list' to see tracked sessions.")]
+    SessionNotFound(String),
+
+    #[error("VM '{vm}' is not reachable: {detail}")]
+    VmUnreachable { vm: String, detail: String },
+
+    #[error(
+        "VM '{vm}' no longer exists in Azure ({detail}). Run 'amplihack remote prune' to drop it from the pool."
+    )]
+    VmNotFound { vm: String, detail: String },
+
+    #[error(
+        "Azure quota exceeded: {detail}. Use --region to try another region, set AMPLIHACK_AZURE_REGIONS for fallbacks, or release VMs with 'amplihack remote prune'."
+    )]
+    QuotaExceeded { detail: String },
+
+    #[error("Interrupted")]
+    Interrupted,
+
+    #[error(
+        "State file corrupt: {path}: {detail}\n\
+         Recovery: the file was left untouched. Inspect or repair it, or move it aside \
+         (mv '{path}' '{path}.corrupt') and run any command to start with an empty state; \
+         VMs still running can be found with 'azlin list' and deleted with 'azlin kill NAME --force'."
+    )]
+    StateCorrupt { path: PathBuf, detail: String },
+
+    #[error("State file {path}: {detail}")]
+    StateAccess { path: PathBuf, detail: String },
+
+    #[error(
+        "ANTHROPIC_API_KEY is not set. Export your Anthropic API key first: export ANTHROPIC_API_KEY=sk-ant-..."
+    )]
+    MissingApiKey,
+
+    #[error(
+        "azlin not found ({0}). Install azlin (https://github.com/rysweet/azlin) or set AMPLIHACK_AZLIN to its path; use --local to run sessions on this machine."
+    )]
+    AzlinMissing(String),
+
+    #[error("Azure login required: {0}. Run 'az login' and try again.")]
+    AzureAuth(String),
+
+    #[error(
+        "azlin has no resource group configured. Set AMPLIHACK_RESOURCE_GROUP or default_resource_group in ~/.azlin/config.toml."
+    )]
+    NoResourceGroup,
+
+    /// A command we ran failed; carries the command line and its trimmed stderr.
+    #[error("`{command}` failed{}: {stderr}", status.map(|c| format!(" (exit {c})")).unwrap_or_default())]
+    CommandFailed {
+        command: String,
+        status: Option<i32>,
+        stderr: String,
+    },
+
+    #[error("`{command}` timed out after {seconds}s and was stopped")]
+    Timeout { command: String, seconds: u64 },
+
+    #[error("{0}")]
+    Failed(String),
+
+    /// Some sessions of a `start` failed; carries the exit code of the first failure.
+    #[error("{message}")]
+    SessionsFailed { code: i32, message: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidArgs(_) => 2,
+            Error::SessionNotFound(_) => 3,
+            Error::VmUnreachable { .. } | Error::VmNotFound { .. } => 4,
+            Error::QuotaExceeded { .. } => 5,
+            Error::Interrupted => 130,
+            Error::SessionsFailed { code, .. } => *code,
+            Error::StateCorrupt { .. }
+            | Error::StateAccess { .. }
+            | Error::MissingApiKey
+            | Error::AzlinMissing(_)
+            | Error::AzureAuth(_)
+            | Error::NoResourceGroup
+            | Error::CommandFailed { .. }
+            | Error::Timeout { .. }
+            | Error::Failed(_)
+            | Error::Io { .. } => 1,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Writing to a closed pipe (`list | head -1`) is not a failure of ours.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_a_documented_code() {
+        let samples = [
+            Error::InvalidArgs("x".into()),
+            Error::SessionNotFound("s".into()),
+            Error::VmUnreachable {
+                vm: "v".into(),
+                detail: "d".into(),
+            },
+            Error::QuotaExceeded { detail: "d".into() },
+            Error::Interrupted,
+            Error::MissingApiKey,
+            Error::Failed("x".into()),
+        ];
+        for e in samples {
+            assert!(
+                EXIT_CODES.iter().any(|(c, _)| *c == e.exit_code()),
+                "{e:?} maps to an undocumented code"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes_document_matches_the_table() {
+        let doc = include_str!("../docs/exit-codes.md");
+        for (code, meaning) in EXIT_CODES {
+            let row = format!("| {code} | {meaning} |");
+            assert!(doc.contains(&row), "docs/exit-codes.md lacks row {row}");
+        }
+        let documented_rows = doc
+            .lines()
+            .filter(|l| {
+                l.starts_with("| ")
+                    && l[2..]
+                        .split(' ')
+                        .next()
+                        .is_some_and(|w| w.parse::<i32>().is_ok())
+            })
+            .count();
+        assert_eq!(documented_rows, EXIT_CODES.len(), "docs list extra codes");
+    }
+
+    #[test]
+    fn command_failure_names_the_command_and_status() {
+        let e = Error::CommandFailed {
+            command: "azlin list".into(),
+            status: Some(1),
+            stderr: "Error: boom".into(),
+        };
+        assert_eq!(e.to_string(), "`azlin list` failed (exit 1): Error: boom");
+        assert_eq!(e.exit_code(), 1);
+    }
+}

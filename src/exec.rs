@@ -1,0 +1,259 @@
+//! The only place that spawns processes. Argv vectors only (never a local `sh -c`), stdin
+//! either null or bytes we write, stdout and stderr drained on their own threads (no pipe
+//! deadlock), a timeout on every call, and Ctrl+C honoured while waiting.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::interrupt;
+
+/// What a Ctrl+C does to a call in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// Stop the child at once (provisioning, refresh, capture).
+    Abort,
+    /// Let it finish so the state stays true (launching sessions); a second Ctrl+C aborts.
+    FinishUnlessRepeated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    pub program: OsString,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub on_interrupt: OnInterrupt,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>, args: Vec<String>, timeout: Duration) -> Self {
+        Cmd {
+            program: program.into(),
+            args,
+            env: Vec::new(),
+            stdin: None,
+            timeout,
+            on_interrupt: OnInterrupt::Abort,
+        }
+    }
+
+    pub fn stdin(mut self, bytes: Vec<u8>) -> Self {
+        self.stdin = Some(bytes);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn on_interrupt(mut self, policy: OnInterrupt) -> Self {
+        self.on_interrupt = policy;
+        self
+    }
+
+    /// The command line as a user would type it, for error messages.
+    pub fn display(&self) -> String {
+        let mut words = vec![self.program.to_string_lossy().into_owned()];
+        words.extend(self.args.iter().cloned());
+        shell_words::join(words)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The exit code, or 128 + signal number when the child died of a signal.
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Why `run` could not produce an `Output`.
+#[derive(Debug)]
+pub enum RunError {
+    /// The program could not be started (missing, not executable).
+    Spawn(std::io::Error),
+    Timeout,
+    Interrupted,
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, thread::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&buf);
+    let handle = thread::spawn(move || {
+        let mut chunk = [0u8; 64 * 1024];
+        while let Ok(n) = pipe.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, handle)
+}
+
+fn kill_group(pid: u32) {
+    // SAFETY: plain syscall; the child leads its own process group (process_group(0)).
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+/// Runs a command to completion. The child leads its own process group, so a timeout or an
+/// abort stops everything it started, and the terminal's Ctrl+C reaches only us.
+pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn().map_err(RunError::Spawn)?;
+    let pid = child.id();
+    if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
+        // A child that exits early closes its end; the write error is expected then.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let (out_buf, out_thread) = drain(child.stdout.take().expect("piped stdout"));
+    let (err_buf, err_thread) = drain(child.stderr.take().expect("piped stderr"));
+
+    let deadline = Instant::now() + cmd.timeout;
+    let mut pause = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(RunError::Spawn(e)),
+        }
+        let abort = match cmd.on_interrupt {
+            OnInterrupt::Abort => interrupt::count() >= 1,
+            OnInterrupt::FinishUnlessRepeated => interrupt::count() >= 2,
+        };
+        if abort || Instant::now() >= deadline {
+            kill_group(pid);
+            let _ = child.wait();
+            return Err(if abort {
+                RunError::Interrupted
+            } else {
+                RunError::Timeout
+            });
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    // A daemon the child started (tmux) may hold the pipes open; wait a little, then take
+    // what was read.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !(out_thread.is_finished() && err_thread.is_finished()) && Instant::now() < settle {
+        thread::sleep(Duration::from_millis(2));
+    }
+    let code = status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    });
+    let stdout = std::mem::take(&mut *out_buf.lock().unwrap());
+    let stderr = std::mem::take(&mut *err_buf.lock().unwrap());
+    Ok(Output {
+        code,
+        stdout,
+        stderr,
+    })
+}
+
+/// `run`, with failures to start, time-outs and interrupts turned into `Error`s.
+pub fn run_checked_spawn(cmd: &Cmd) -> Result<Output> {
+    run(cmd).map_err(|e| match e {
+        RunError::Spawn(source) => Error::io(format!("cannot run `{}`", cmd.display()), source),
+        RunError::Timeout => Error::Timeout {
+            command: cmd.display(),
+            seconds: cmd.timeout.as_secs(),
+        },
+        RunError::Interrupted => Error::Interrupted,
+    })
+}
+
+/// Runs an interactive program on this terminal (tmux attach): stdio inherited, in our
+/// process group so it can read the terminal. Returns its exit code.
+pub fn run_interactive(program: &OsString, args: &[String]) -> Result<i32> {
+    // Without TMUX, tmux attaches even from inside another tmux session.
+    let status = Command::new(program)
+        .args(args)
+        .env_remove("TMUX")
+        .status()
+        .map_err(|e| Error::io(format!("cannot run {}", program.to_string_lossy()), e))?;
+    Ok(status.code().unwrap_or(130))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passes_stdin_and_reads_both_streams_without_deadlock() {
+        let big = vec![b'x'; 1 << 20];
+        let cmd = Cmd::new(
+            "bash",
+            vec![
+                "-c".into(),
+                "cat; head -c 300000 /dev/zero >&2; exit 7".into(),
+            ],
+            Duration::from_secs(20),
+        )
+        .stdin(big.clone());
+        let out = run(&cmd).unwrap();
+        assert_eq!(out.code, 7);
+        assert_eq!(out.stdout, big);
+        assert_eq!(out.stderr.len(), 300000);
+    }
+
+    #[test]
+    fn times_out_and_kills_the_group() {
+        let cmd = Cmd::new(
+            "bash",
+            vec!["-c".into(), "sleep 30 & wait".into()],
+            Duration::from_millis(200),
+        );
+        let started = Instant::now();
+        assert!(matches!(run(&cmd), Err(RunError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let cmd = Cmd::new("/nonexistent/azlin", vec![], Duration::from_secs(1));
+        match run(&cmd) {
+            Err(RunError::Spawn(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn display_quotes_words() {
+        let cmd = Cmd::new(
+            "azlin",
+            vec!["connect".into(), "--".into(), "bash -s".into()],
+            Duration::from_secs(1),
+        );
+        assert_eq!(cmd.display(), "azlin connect -- 'bash -s'");
+    }
+}

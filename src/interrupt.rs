@@ -1,0 +1,35 @@
+//! Ctrl+C. The handler only counts; long waits (the executor, `--follow`) poll the count and
+//! unwind through `Error::Interrupted`, so every state transaction finishes or never starts,
+//! and the process exits 130 with the state consistent.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::error::{Error, Result};
+
+static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn install() {
+    // SAFETY: the handler only does an atomic add, which is async-signal-safe.
+    let _ = unsafe {
+        signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
+            SIGINTS.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+}
+
+/// How many times Ctrl+C was pressed.
+pub fn count() -> usize {
+    SIGINTS.load(Ordering::SeqCst)
+}
+
+pub fn requested() -> bool {
+    count() > 0
+}
+
+pub fn check() -> Result<()> {
+    if requested() {
+        Err(Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}

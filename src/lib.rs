@@ -1,0 +1,29 @@
+//! `amplihack remote`: AI coding-agent tasks as detached tmux sessions on a pool of VMs.
+//! Architecture: docs/architecture.md.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod exec;
+pub mod interrupt;
+pub mod model;
+pub mod naming;
+pub mod pool;
+pub mod provision;
+pub mod refresh;
+pub mod render;
+pub mod script;
+pub mod state;
+pub mod transport;
+pub mod ui;
+
+use cli::{Cli, TopCommand};
+use error::Result;
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        TopCommand::Remote { command } => commands::dispatch(command),
+    }
+}

@@ -1,0 +1,412 @@
+//! The state file's data model: `{"sessions": {...}, "vm_pool": {...}}` exactly as the
+//! specification shows it, plus a few optional fields of ours. Pure data, no I/O.
+//!
+//! Compatibility rules (docs/state-file.md):
+//! - timestamps are read leniently (RFC 3339 with any offset, or the Python original's naive ISO
+//!   form, taken as UTC) and written as RFC 3339 UTC with a `Z`;
+//! - every object keeps the fields it does not know (`extra`), so a rewrite loses nothing an
+//!   older or newer writer put there; an unknown status string is kept verbatim too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub sessions: BTreeMap<String, Session>,
+    #[serde(default)]
+    pub vm_pool: BTreeMap<String, VmEntry>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub session_id: String,
+    pub vm_name: String,
+    pub workspace: String,
+    pub tmux_session: String,
+    pub prompt: String,
+    pub command: String,
+    pub max_turns: u32,
+    pub status: SessionStatus,
+    pub memory_mb: u64,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "opt_timestamp", default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "opt_timestamp", default)]
+    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why the session failed or was cut short, in words (ours; optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The local git repository the workspace was cloned from, for `pull` (ours; optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_path: Option<String>,
+    /// The commit the workspace was cloned at, for `pull` (ours; optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmEntry {
+    /// The Azure SKU, e.g. Standard_E16s_v5 (the spec calls it `size`).
+    pub size: String,
+    pub capacity: u32,
+    /// Derived from `sessions` on every write (see `State::normalize`); kept for the
+    /// Python original, which reads it.
+    #[serde(default)]
+    pub active_sessions: Vec<String>,
+    pub region: String,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Backend::is_azure")]
+    pub backend: Backend,
+    #[serde(default, skip_serializing_if = "VmState::is_ready")]
+    pub state: VmState,
+    /// Why provisioning or deletion failed (ours; optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Azure,
+    Local,
+}
+
+impl Backend {
+    fn is_azure(&self) -> bool {
+        *self == Backend::Azure
+    }
+}
+
+/// Where a pool VM is in its life. Only `Ready` VMs take new sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    #[default]
+    Ready,
+    /// `azlin new` is under way in some process.
+    Provisioning,
+    /// `prune` is deleting it.
+    Deleting,
+    /// Provisioning or deletion failed; the VM may still exist and bill. `prune` retries.
+    Failed,
+}
+
+impl VmState {
+    fn is_ready(&self) -> bool {
+        *self == VmState::Ready
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SessionStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Killed,
+    /// A status written by another version; kept verbatim.
+    Other(String),
+}
+
+impl SessionStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            SessionStatus::Pending => "pending",
+            SessionStatus::Running => "running",
+            SessionStatus::Completed => "completed",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Killed => "killed",
+            SessionStatus::Other(s) => s,
+        }
+    }
+
+    /// Pending and running sessions hold a slot on their VM.
+    pub fn is_active(&self) -> bool {
+        matches!(self, SessionStatus::Pending | SessionStatus::Running)
+    }
+
+    pub fn from_exit_code(code: i32) -> Self {
+        if code == 0 {
+            SessionStatus::Completed
+        } else {
+            SessionStatus::Failed
+        }
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for SessionStatus {
+    fn from(s: &str) -> Self {
+        match s {
+            "pending" => SessionStatus::Pending,
+            "running" => SessionStatus::Running,
+            "completed" => SessionStatus::Completed,
+            "failed" => SessionStatus::Failed,
+            "killed" => SessionStatus::Killed,
+            other => SessionStatus::Other(other.to_string()),
+        }
+    }
+}
+
+impl Serialize for SessionStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(SessionStatus::from(s.as_ref()))
+    }
+}
+
+impl State {
+    /// Number of pending or running sessions on each VM.
+    pub fn active_counts(&self) -> HashMap<&str, u32> {
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+            *counts.entry(s.vm_name.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn active_on(&self, vm: &str) -> u32 {
+        self.sessions
+            .values()
+            .filter(|s| s.vm_name == vm && s.status.is_active())
+            .count() as u32
+    }
+
+    /// Makes the derived `active_sessions` lists agree with the sessions. Called before
+    /// every write, so the file never contradicts itself.
+    pub fn normalize(&mut self) {
+        for vm in self.vm_pool.values_mut() {
+            vm.active_sessions.clear();
+        }
+        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+            if let Some(vm) = self.vm_pool.get_mut(&s.vm_name) {
+                vm.active_sessions.push(s.session_id.clone());
+            }
+        }
+    }
+
+    /// Moves a session to a final status and frees its slot. Returns false when the session
+    /// was no longer active (someone else settled it first), in which case nothing changes.
+    pub fn finish_session(
+        &mut self,
+        id: &str,
+        status: SessionStatus,
+        exit_code: Option<i32>,
+        at: DateTime<Utc>,
+        error: Option<String>,
+    ) -> bool {
+        match self.sessions.get_mut(id) {
+            Some(s) if s.status.is_active() => {
+                s.status = status;
+                s.exit_code = exit_code;
+                s.completed_at = Some(at);
+                if error.is_some() {
+                    s.error = error;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn format_timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!("invalid timestamp {s:?}"))
+}
+
+mod timestamp {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_timestamp(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        parse_timestamp(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_timestamp {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&format_timestamp(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match <Option<std::borrow::Cow<'de, str>>>::deserialize(d)? {
+            Some(s) => parse_timestamp(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PYTHON_STATE: &str = r#"{
+      "sessions": {
+        "sess-20251125-143022-abc": {
+          "session_id": "sess-20251125-143022-abc",
+          "vm_name": "amplihack-user-20251125-143000",
+          "workspace": "/workspace/sess-20251125-143022-abc",
+          "tmux_session": "sess-20251125-143022-abc",
+          "prompt": "implement user authentication",
+          "command": "auto",
+          "max_turns": 10,
+          "status": "running",
+          "memory_mb": 16384,
+          "created_at": "2025-11-25T14:30:22.123456",
+          "started_at": "2025-11-25T14:30:45",
+          "completed_at": null,
+          "exit_code": null,
+          "python_only": {"nested": [1, 2]}
+        }
+      },
+      "vm_pool": {
+        "amplihack-user-20251125-143000": {
+          "size": "Standard_D4s_v3",
+          "capacity": 4,
+          "active_sessions": ["sess-20251125-143022-abc"],
+          "region": "westus3",
+          "created_at": "2025-11-25T14:30:00"
+        }
+      },
+      "schema_hint": 7
+    }"#;
+
+    #[test]
+    fn reads_python_state_and_keeps_unknown_fields() {
+        let state: State = serde_json::from_str(PYTHON_STATE).unwrap();
+        let s = &state.sessions["sess-20251125-143022-abc"];
+        assert_eq!(s.status, SessionStatus::Running);
+        assert_eq!(
+            format_timestamp(&s.created_at),
+            "2025-11-25T14:30:22.123456Z"
+        );
+        let out = serde_json::to_value(&state).unwrap();
+        assert_eq!(out["schema_hint"], 7);
+        assert_eq!(
+            out["sessions"]["sess-20251125-143022-abc"]["python_only"]["nested"][1],
+            2
+        );
+        assert_eq!(
+            out["sessions"]["sess-20251125-143022-abc"]["started_at"],
+            "2025-11-25T14:30:45Z"
+        );
+        assert!(out["sessions"]["sess-20251125-143022-abc"]["completed_at"].is_null());
+        assert!(
+            out["sessions"]["sess-20251125-143022-abc"]
+                .get("error")
+                .is_none()
+        );
+        assert!(
+            out["vm_pool"]["amplihack-user-20251125-143000"]
+                .get("backend")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unknown_status_is_kept_verbatim() {
+        let text = PYTHON_STATE.replace("\"running\"", "\"paused\"");
+        let state: State = serde_json::from_str(&text).unwrap();
+        let s = &state.sessions["sess-20251125-143022-abc"];
+        assert_eq!(s.status, SessionStatus::Other("paused".into()));
+        assert!(!s.status.is_active());
+        let out = serde_json::to_value(&state).unwrap();
+        assert_eq!(
+            out["sessions"]["sess-20251125-143022-abc"]["status"],
+            "paused"
+        );
+    }
+
+    #[test]
+    fn timestamps_accept_offsets_and_naive_forms() {
+        let z = parse_timestamp("2025-11-25T14:30:22Z").unwrap();
+        assert_eq!(parse_timestamp("2025-11-25T15:30:22+01:00").unwrap(), z);
+        assert_eq!(parse_timestamp("2025-11-25 14:30:22").unwrap(), z);
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+
+    #[test]
+    fn normalize_derives_active_sessions() {
+        let mut state: State = serde_json::from_str(PYTHON_STATE).unwrap();
+        state
+            .vm_pool
+            .values_mut()
+            .for_each(|v| v.active_sessions = vec!["ghost".into()]);
+        state.normalize();
+        assert_eq!(
+            state.vm_pool["amplihack-user-20251125-143000"].active_sessions,
+            vec!["sess-20251125-143022-abc".to_string()]
+        );
+        let now = Utc::now();
+        assert!(state.finish_session(
+            "sess-20251125-143022-abc",
+            SessionStatus::Completed,
+            Some(0),
+            now,
+            None
+        ));
+        assert!(!state.finish_session(
+            "sess-20251125-143022-abc",
+            SessionStatus::Failed,
+            Some(1),
+            now,
+            None
+        ));
+        state.normalize();
+        assert!(
+            state.vm_pool["amplihack-user-20251125-143000"]
+                .active_sessions
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Names: session ids, VM names and regions. Pure functions; `now` and randomness come in as
+//! parameters so the results are testable.
+
+use chrono::{DateTime, Utc};
+
+/// `sess-<YYYYMMDD>-<HHMMSS>-<4 hex>`.
+pub fn session_id(now: DateTime<Utc>, random: u16) -> String {
+    format!("sess-{}-{random:04x}", now.format("%Y%m%d-%H%M%S"))
+}
+
+/// `amplihack-<user>-<YYYYMMDD-HHMMSS>`, the user part reduced to what azlin accepts.
+pub fn vm_name(user: &str, now: DateTime<Utc>) -> String {
+    format!(
+        "amplihack-{}-{}",
+        vm_user_part(user),
+        now.format("%Y%m%d-%H%M%S")
+    )
+}
+
+/// Lower-case ASCII letters and digits, runs of anything else folded to one `-`, at most 20
+/// characters, never empty. azlin accepts `[A-Za-z0-9.-]`, 1-64 characters.
+pub fn vm_user_part(user: &str) -> String {
+    let mut out = String::new();
+    for c in user.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.truncate(20);
+    let trimmed = out.trim_matches('-');
+    if trimmed.is_empty() {
+        "user".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// The name rule of azlin for a VM.
+pub fn is_valid_vm_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+}
+
+/// A session id is well formed when it is safe as a tmux session name, a file name and a shell
+/// word: 1-64 of `[A-Za-z0-9._-]`, starting with a letter or digit. This accepts ids written by
+/// the Python original (`sess-20251125-143022-abc`) and rejects shell metacharacters and paths.
+pub fn validate_session_id(id: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&id.len())
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !id.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "malformed session id {id:?}: expected letters, digits, '.', '_' or '-' (like sess-20251125-143022-abc1)"
+        ))
+    }
+}
+
+/// Azure regions are lower-case letters and digits (eastus, westus3).
+pub fn validate_region(region: &str) -> Result<(), String> {
+    if (1..=40).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid region {region:?}: expected an Azure region name such as eastus or westus3"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 11, 25, 14, 30, 22).unwrap()
+    }
+
+    #[test]
+    fn session_ids_have_the_documented_shape() {
+        assert_eq!(session_id(t(), 0xabc), "sess-20251125-143022-0abc");
+        assert!(validate_session_id(&session_id(t(), 0xffff)).is_ok());
+    }
+
+    #[test]
+    fn vm_names_are_accepted_by_azlin() {
+        assert_eq!(
+            vm_name("Jane.Doe@corp", t()),
+            "amplihack-jane-doe-corp-20251125-143022"
+        );
+        assert_eq!(vm_name("", t()), "amplihack-user-20251125-143022");
+        assert_eq!(vm_name("---", t()), "amplihack-user-20251125-143022");
+        let long = vm_name(&"x".repeat(200), t());
+        assert!(is_valid_vm_name(&long), "{long}");
+        assert!(is_valid_vm_name(&vm_name("ünïcødé user", t())));
+    }
+
+    #[test]
+    fn session_id_validation() {
+        for ok in ["sess-20251125-143022-abc", "sess-1", "a", "A_b.c-d"] {
+            assert!(validate_session_id(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "a/b",
+            "../x",
+            "a..b",
+            "x;y",
+            "$(id)",
+            "a b",
+            "`x`",
+            &"a".repeat(65),
+        ] {
+            assert!(validate_session_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn region_validation() {
+        assert!(validate_region("westus3").is_ok());
+        assert!(validate_region("East US").is_err());
+        assert!(validate_region("").is_err());
+    }
+}

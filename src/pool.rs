@@ -1,0 +1,384 @@
+//! The VM pool: the size table and the allocation of sessions to VMs. Pure functions of the
+//! state; `now` comes in as a parameter.
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::model::{Backend, State, VmState};
+
+/// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
+pub const SESSION_MEMORY_MB: u64 = 32 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeSpec {
+    pub letter: &'static str,
+    pub sku: &'static str,
+    pub memory_gb: u32,
+    pub max_sessions: u32,
+}
+
+/// The one size table (spec: Memory Management).
+pub const SIZES: [SizeSpec; 4] = [
+    SizeSpec {
+        letter: "s",
+        sku: "Standard_D8s_v3",
+        memory_gb: 32,
+        max_sessions: 1,
+    },
+    SizeSpec {
+        letter: "m",
+        sku: "Standard_E8s_v5",
+        memory_gb: 64,
+        max_sessions: 2,
+    },
+    SizeSpec {
+        letter: "l",
+        sku: "Standard_E16s_v5",
+        memory_gb: 128,
+        max_sessions: 4,
+    },
+    SizeSpec {
+        letter: "xl",
+        sku: "Standard_E32s_v5",
+        memory_gb: 256,
+        max_sessions: 8,
+    },
+];
+
+pub const LOCAL_VM_NAME: &str = "local";
+pub const LOCAL_REGION: &str = "local";
+pub const LOCAL_SKU: &str = "local";
+
+pub fn size_by_letter(letter: &str) -> Option<&'static SizeSpec> {
+    SIZES.iter().find(|s| s.letter == letter)
+}
+
+pub fn size_by_sku(sku: &str) -> Option<&'static SizeSpec> {
+    SIZES.iter().find(|s| s.sku.eq_ignore_ascii_case(sku))
+}
+
+/// How many 32 GB sessions a machine with this much memory holds; at least one.
+pub fn local_slots(memory_bytes: u64) -> u32 {
+    let per_session = SESSION_MEMORY_MB * 1024 * 1024;
+    ((memory_bytes / per_session) as u32).max(1)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// A slot on a VM already in the pool.
+    Existing(String),
+    /// A slot on the n-th VM this plan provisions.
+    New(usize),
+    /// No room, and this backend cannot provision more.
+    Unplaced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub placements: Vec<Placement>,
+    pub new_vms: usize,
+}
+
+impl Plan {
+    pub fn needs_new_vms(&self) -> bool {
+        self.new_vms > 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub count: usize,
+    pub backend: Backend,
+    pub region: &'a str,
+    /// Sessions a new VM holds; `None` when the backend cannot provision (local).
+    pub new_vm_capacity: Option<u32>,
+}
+
+/// Places `count` sessions: first on ready pool VMs of the backend and region with free slots,
+/// fullest first (so idle VMs stay idle and can be released), then on new VMs.
+pub fn plan(state: &State, req: &Request) -> Plan {
+    let counts = state.active_counts();
+    let mut candidates: Vec<(&str, u32)> = state
+        .vm_pool
+        .iter()
+        .filter(|(_, vm)| {
+            vm.backend == req.backend && vm.state == VmState::Ready && vm.region == req.region
+        })
+        .filter_map(|(name, vm)| {
+            let used = counts.get(name.as_str()).copied().unwrap_or(0);
+            let free = vm.capacity.saturating_sub(used);
+            (free > 0).then_some((name.as_str(), free))
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+
+    let mut placements = Vec::with_capacity(req.count);
+    for (name, free) in candidates {
+        for _ in 0..free {
+            if placements.len() == req.count {
+                break;
+            }
+            placements.push(Placement::Existing(name.to_string()));
+        }
+    }
+    let remaining = req.count - placements.len();
+    let mut new_vms = 0;
+    match req.new_vm_capacity {
+        Some(cap) if remaining > 0 => {
+            let cap = cap.max(1) as usize;
+            for i in 0..remaining {
+                placements.push(Placement::New(i / cap));
+            }
+            new_vms = remaining.div_ceil(cap);
+        }
+        _ => placements.extend(std::iter::repeat_n(Placement::Unplaced, remaining)),
+    }
+    Plan {
+        placements,
+        new_vms,
+    }
+}
+
+/// Pool VMs with pending or running sessions in the region: refreshing them may free slots
+/// before we pay minutes for a new VM.
+pub fn busy_vms(state: &State, backend: Backend, region: &str) -> Vec<String> {
+    let counts = state.active_counts();
+    state
+        .vm_pool
+        .iter()
+        .filter(|(name, vm)| {
+            vm.backend == backend
+                && vm.region == region
+                && vm.state == VmState::Ready
+                && counts.contains_key(name.as_str())
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleVm {
+    pub name: String,
+    pub sku: String,
+    pub region: String,
+    pub idle_for: Duration,
+    pub state: VmState,
+}
+
+/// Azure pool VMs that hold no pending or running session and have been idle (since creation
+/// or since their last session ended) for at least `min_idle`. VMs whose provisioning or
+/// deletion failed always qualify: they may bill without doing anything. VMs still being
+/// provisioned never do.
+pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<IdleVm> {
+    let counts = state.active_counts();
+    let mut out = Vec::new();
+    for (name, vm) in &state.vm_pool {
+        if vm.backend != Backend::Azure
+            || vm.state == VmState::Provisioning
+            || counts.contains_key(name.as_str())
+        {
+            continue;
+        }
+        let last_use = state
+            .sessions
+            .values()
+            .filter(|s| &s.vm_name == name)
+            .filter_map(|s| s.completed_at.or(s.started_at))
+            .max()
+            .unwrap_or(vm.created_at)
+            .max(vm.created_at);
+        let idle_for = now - last_use;
+        if vm.state == VmState::Failed || idle_for >= min_idle {
+            out.push(IdleVm {
+                name: name.clone(),
+                sku: vm.size.clone(),
+                region: vm.region.clone(),
+                idle_for,
+                state: vm.state,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{Session, SessionStatus, VmEntry};
+    use chrono::TimeZone;
+
+    pub fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 11, 25, 14, 30, 0).unwrap()
+    }
+
+    pub fn vm(sku: &str, capacity: u32, region: &str) -> VmEntry {
+        VmEntry {
+            size: sku.into(),
+            capacity,
+            active_sessions: vec![],
+            region: region.into(),
+            created_at: t0(),
+            backend: Backend::Azure,
+            state: VmState::Ready,
+            error: None,
+            extra: Default::default(),
+        }
+    }
+
+    pub fn session(id: &str, vm: &str, status: SessionStatus) -> Session {
+        Session {
+            session_id: id.into(),
+            vm_name: vm.into(),
+            workspace: format!("/workspace/{id}"),
+            tmux_session: id.into(),
+            prompt: format!("prompt of {id}"),
+            command: "auto".into(),
+            max_turns: 10,
+            status,
+            memory_mb: SESSION_MEMORY_MB,
+            created_at: t0(),
+            started_at: Some(t0()),
+            completed_at: None,
+            exit_code: None,
+            error: None,
+            repo_path: None,
+            base_commit: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn state_with(vms: &[(&str, u32, &str)], sessions: &[(&str, &str, SessionStatus)]) -> State {
+        let mut st = State::default();
+        for (n, c, r) in vms {
+            st.vm_pool
+                .insert(n.to_string(), vm("Standard_E16s_v5", *c, r));
+        }
+        for (id, v, status) in sessions {
+            st.sessions
+                .insert(id.to_string(), session(id, v, status.clone()));
+        }
+        st
+    }
+
+    fn req(count: usize, region: &str) -> Request<'_> {
+        Request {
+            count,
+            backend: Backend::Azure,
+            region,
+            new_vm_capacity: Some(4),
+        }
+    }
+
+    #[test]
+    fn size_table_matches_the_spec() {
+        let l = size_by_letter("l").unwrap();
+        assert_eq!(
+            (l.sku, l.memory_gb, l.max_sessions),
+            ("Standard_E16s_v5", 128, 4)
+        );
+        for s in SIZES {
+            assert_eq!(
+                u64::from(s.memory_gb) * 1024 / u64::from(s.max_sessions),
+                SESSION_MEMORY_MB
+            );
+        }
+        assert_eq!(size_by_sku("standard_e32s_v5").unwrap().letter, "xl");
+        assert_eq!(local_slots(8 << 30), 1);
+        assert_eq!(local_slots(130 << 30), 4);
+    }
+
+    #[test]
+    fn empty_pool_provisions_enough_vms() {
+        let p = plan(&State::default(), &req(9, "eastus"));
+        assert_eq!(p.new_vms, 3);
+        assert_eq!(p.placements[3], Placement::New(0));
+        assert_eq!(p.placements[4], Placement::New(1));
+        assert_eq!(p.placements[8], Placement::New(2));
+    }
+
+    #[test]
+    fn prefers_the_fullest_vm_in_the_region() {
+        use SessionStatus::*;
+        let st = state_with(
+            &[("a", 4, "eastus"), ("b", 4, "eastus"), ("c", 4, "westus3")],
+            &[
+                ("s1", "b", Running),
+                ("s2", "b", Pending),
+                ("s3", "a", Completed),
+                ("s4", "c", Running),
+            ],
+        );
+        let p = plan(&st, &req(3, "eastus"));
+        assert_eq!(
+            p.placements,
+            vec![
+                Placement::Existing("b".into()),
+                Placement::Existing("b".into()),
+                Placement::Existing("a".into())
+            ]
+        );
+        assert!(!p.needs_new_vms());
+        assert_eq!(
+            busy_vms(&st, Backend::Azure, "eastus"),
+            vec!["b".to_string()]
+        );
+    }
+
+    #[test]
+    fn full_or_unready_vms_are_skipped() {
+        use SessionStatus::*;
+        let mut st = state_with(
+            &[("a", 1, "eastus"), ("p", 4, "eastus")],
+            &[("s1", "a", Running)],
+        );
+        st.vm_pool.get_mut("p").unwrap().state = VmState::Provisioning;
+        let p = plan(&st, &req(1, "eastus"));
+        assert_eq!(p.placements, vec![Placement::New(0)]);
+    }
+
+    #[test]
+    fn local_backend_cannot_provision() {
+        let mut st = State::default();
+        let mut local = vm(LOCAL_SKU, 2, LOCAL_REGION);
+        local.backend = Backend::Local;
+        st.vm_pool.insert(LOCAL_VM_NAME.into(), local);
+        let p = plan(
+            &st,
+            &Request {
+                count: 3,
+                backend: Backend::Local,
+                region: LOCAL_REGION,
+                new_vm_capacity: None,
+            },
+        );
+        assert_eq!(p.new_vms, 0);
+        assert_eq!(p.placements[2], Placement::Unplaced);
+        assert_eq!(p.placements[1], Placement::Existing("local".into()));
+    }
+
+    #[test]
+    fn idle_vms_respect_threshold_and_activity() {
+        use SessionStatus::*;
+        let mut st = state_with(
+            &[
+                ("busy", 4, "eastus"),
+                ("idle", 4, "eastus"),
+                ("fresh", 4, "eastus"),
+                ("broken", 4, "eastus"),
+            ],
+            &[
+                ("s1", "busy", Running),
+                ("s2", "idle", Completed),
+                ("s3", "fresh", Completed),
+            ],
+        );
+        st.sessions.get_mut("s2").unwrap().completed_at = Some(t0() + Duration::minutes(10));
+        st.sessions.get_mut("s3").unwrap().completed_at = Some(t0() + Duration::minutes(50));
+        st.vm_pool.get_mut("broken").unwrap().state = VmState::Failed;
+        st.vm_pool.get_mut("broken").unwrap().created_at = t0() + Duration::minutes(59);
+        let now = t0() + Duration::minutes(60);
+        let idle = idle_vms(&st, now, Duration::minutes(30));
+        let names: Vec<_> = idle.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, vec!["broken", "idle"]);
+        assert_eq!(idle[1].idle_for, Duration::minutes(50));
+    }
+}

@@ -1,0 +1,136 @@
+//! Provisioning new pool VMs, shared by `start` and `prime`: reserve the entries under the
+//! lock (state `provisioning`, so nobody else fills them and none is ever untracked), run
+//! `azlin new` for all of them in parallel with region fallback on quota, commit each result.
+
+use chrono::{DateTime, Utc};
+
+use crate::commands::Ctx;
+use crate::error::{Error, Result};
+use crate::model::{Backend, State, VmEntry, VmState};
+use crate::naming;
+use crate::pool::SizeSpec;
+use crate::ui;
+
+/// A VM name not yet in the pool: the timestamp form, a second later on a clash.
+pub fn fresh_vm_name(state: &State, taken: &[String], user: &str, now: DateTime<Utc>) -> String {
+    let mut t = now;
+    loop {
+        let name = naming::vm_name(user, t);
+        if !state.vm_pool.contains_key(&name) && !taken.contains(&name) {
+            return name;
+        }
+        t += chrono::Duration::seconds(1);
+    }
+}
+
+/// Adds `count` VM entries in state `provisioning`; returns their names.
+pub fn reserve_vms(
+    state: &mut State,
+    count: usize,
+    size: &SizeSpec,
+    region: &str,
+    user: &str,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut names = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = fresh_vm_name(state, &names, user, now);
+        state.vm_pool.insert(
+            name.clone(),
+            VmEntry {
+                size: size.sku.to_string(),
+                capacity: size.max_sessions,
+                active_sessions: vec![],
+                region: region.to_string(),
+                created_at: now,
+                backend: Backend::Azure,
+                state: VmState::Provisioning,
+                error: None,
+                extra: Default::default(),
+            },
+        );
+        names.push(name);
+    }
+    names
+}
+
+/// Runs `azlin new`, moving to the next region on a quota error. Returns the region it got.
+pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result<String> {
+    let regions = ctx.settings.regions_to_try(first_region);
+    let mut quota_regions = Vec::new();
+    for region in &regions {
+        ui::progress(&format!("Provisioning VM {name} ({sku}) in {region}..."));
+        match ctx
+            .transports
+            .azlin
+            .new_vm(name, sku, region, ctx.settings.timeouts.provision)
+        {
+            Ok(()) => {
+                ui::progress(&format!("VM {name} is ready in {region}."));
+                return Ok(region.clone());
+            }
+            Err(Error::QuotaExceeded { detail }) => {
+                ui::warn(&format!("quota exceeded in {region} for {name}: {detail}"));
+                quota_regions.push(region.clone());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::QuotaExceeded {
+        detail: format!("no quota for {sku} in {}", quota_regions.join(", ")),
+    })
+}
+
+/// Records the outcome of one `create_vm`. On success the VM becomes ready in the region it
+/// got. A quota failure created nothing, so the entry goes; any other failure (or an
+/// interrupt) may have left a VM behind, so the entry stays, marked failed, for `prune`.
+pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> {
+    ctx.store.update(|st| {
+        match outcome {
+            Ok(region) => {
+                if let Some(vm) = st.vm_pool.get_mut(name) {
+                    vm.state = VmState::Ready;
+                    vm.region = region.clone();
+                    vm.error = None;
+                }
+            }
+            Err(Error::QuotaExceeded { .. }) => {
+                st.vm_pool.remove(name);
+            }
+            Err(e) => {
+                if let Some(vm) = st.vm_pool.get_mut(name) {
+                    vm.state = VmState::Failed;
+                    vm.error = Some(match e {
+                        Error::Interrupted => "provisioning was interrupted; the VM may exist in Azure: run 'amplihack remote prune'".into(),
+                        other => format!("provisioning failed ({other}); the VM may exist in Azure: run 'amplihack remote prune'"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{size_by_letter, tests::t0};
+
+    #[test]
+    fn reserved_names_are_unique_even_in_the_same_second() {
+        let mut st = State::default();
+        let l = size_by_letter("l").unwrap();
+        let a = reserve_vms(&mut st, 2, l, "eastus", "jo", t0());
+        let b = reserve_vms(&mut st, 1, l, "eastus", "jo", t0());
+        assert_eq!(
+            a,
+            vec![
+                "amplihack-jo-20251125-143000",
+                "amplihack-jo-20251125-143001"
+            ]
+        );
+        assert_eq!(b, vec!["amplihack-jo-20251125-143002"]);
+        assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
+        assert_eq!(st.vm_pool[&a[0]].capacity, 4);
+    }
+}

@@ -1,0 +1,680 @@
+//! Rendering: tables, blocks and JSON from the state. Pure: everything it needs, `now`
+//! included, comes in as parameters, and it returns text.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Local, Utc};
+use serde::Serialize;
+
+use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState, format_timestamp};
+use crate::pool;
+
+/// Facts learned from the VMs during this command, shown beside the state.
+#[derive(Debug, Default, Clone)]
+pub struct Live {
+    /// VMs that did not answer the refresh.
+    pub unreachable: HashSet<String>,
+    /// Power state per VM from `azlin list`, when it was asked.
+    pub power: Option<BTreeMap<String, String>>,
+}
+
+impl Live {
+    fn vm_missing(&self, name: &str, vm: &VmEntry) -> bool {
+        vm.backend == Backend::Azure
+            && vm.state == VmState::Ready
+            && self.power.as_ref().is_some_and(|p| !p.contains_key(name))
+    }
+}
+
+const PROMPT_WIDTH: usize = 40;
+
+/// `45s`, `5m`, `2h`, `3d`.
+pub fn age(from: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - from).num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// One line of at most `width` characters: whitespace runs fold to one space, other control
+/// characters become `?` (a prompt must not move the cursor or break the table), and a longer
+/// text is cut, on a word boundary when one is near, with `...`.
+pub fn one_line(text: &str, width: usize) -> String {
+    let mut folded = String::with_capacity(text.len().min(width * 4));
+    let mut chars = 0;
+    let mut truncated = false;
+    for c in text.trim().chars() {
+        let c = if c.is_whitespace() {
+            ' '
+        } else if c.is_control() {
+            '?'
+        } else {
+            c
+        };
+        if c == ' ' && folded.ends_with(' ') {
+            continue;
+        }
+        if chars == width {
+            truncated = true;
+            break;
+        }
+        folded.push(c);
+        chars += 1;
+    }
+    if !truncated {
+        return folded;
+    }
+    let keep = match folded.rfind(' ') {
+        Some(i) if folded[..i].chars().count() >= width / 2 => i,
+        _ => folded.len(),
+    };
+    format!("{}...", folded[..keep].trim_end())
+}
+
+fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
+    if !color {
+        return text.to_string();
+    }
+    let code = match status {
+        SessionStatus::Pending => "33",
+        SessionStatus::Running => "36",
+        SessionStatus::Completed => "32",
+        SessionStatus::Failed => "31",
+        SessionStatus::Killed => "35",
+        SessionStatus::Other(_) => return text.to_string(),
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// Aligns columns with two spaces between them; `paint_cell` colours a cell after its width
+/// is measured, so escape codes never count toward the width.
+fn table(
+    headers: &[&str],
+    rows: &[Vec<String>],
+    paint_cell: impl Fn(usize, usize, &str) -> String,
+) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let last = headers.len() - 1;
+    let mut out = String::new();
+    let mut push_line = |cells: &mut dyn Iterator<Item = (usize, &str, String)>| {
+        let start = out.len();
+        for (i, plain, shown) in cells {
+            out.push_str(&shown);
+            if i != last {
+                let pad = widths[i] - plain.chars().count();
+                out.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        let trimmed = out[start..].trim_end().len();
+        out.truncate(start + trimmed);
+        out.push('\n');
+    };
+    push_line(
+        &mut headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i, *h, h.to_string())),
+    );
+    for (r, row) in rows.iter().enumerate() {
+        push_line(
+            &mut row
+                .iter()
+                .enumerate()
+                .map(|(c, cell)| (c, cell.as_str(), paint_cell(r, c, cell))),
+        );
+    }
+    out
+}
+
+pub fn sessions_newest_first<'a>(
+    state: &'a State,
+    filter: Option<&SessionStatus>,
+) -> Vec<&'a Session> {
+    let mut list: Vec<&Session> = state
+        .sessions
+        .values()
+        .filter(|s| filter.is_none_or(|f| &s.status == f))
+        .collect();
+    list.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| b.session_id.cmp(&a.session_id))
+    });
+    list
+}
+
+fn status_text(s: &Session, live: &Live) -> String {
+    if s.status.is_active() && live.unreachable.contains(&s.vm_name) {
+        format!("{} (vm unreachable)", s.status)
+    } else {
+        s.status.to_string()
+    }
+}
+
+pub fn list_table(sessions: &[&Session], live: &Live, now: DateTime<Utc>, color: bool) -> String {
+    if sessions.is_empty() {
+        return "No sessions found. Start one with: amplihack remote start \"your task\"\n".into();
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.session_id.clone(),
+                s.vm_name.clone(),
+                status_text(s, live),
+                age(s.created_at, now),
+                one_line(&s.prompt, PROMPT_WIDTH),
+            ]
+        })
+        .collect();
+    table(
+        &["SESSION", "VM", "STATUS", "AGE", "PROMPT"],
+        &rows,
+        |r, c, cell| {
+            if c == 2 {
+                paint(cell, &sessions[r].status, color)
+            } else {
+                cell.to_string()
+            }
+        },
+    )
+}
+
+fn opt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| format_timestamp(&t))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn list_verbose(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> String {
+    if sessions.is_empty() {
+        return list_table(sessions, live, now, false);
+    }
+    let mut out = String::new();
+    for s in sessions {
+        let _ = writeln!(out, "{}", s.session_id);
+        let _ = writeln!(out, "  VM:          {}", s.vm_name);
+        let _ = writeln!(out, "  Status:      {}", status_text(s, live));
+        let _ = writeln!(out, "  Command:     {}", s.command);
+        let _ = writeln!(out, "  Max turns:   {}", s.max_turns);
+        let _ = writeln!(out, "  Workspace:   {}", s.workspace);
+        let _ = writeln!(out, "  tmux:        {}", s.tmux_session);
+        let _ = writeln!(out, "  Memory:      {} MB", s.memory_mb);
+        let _ = writeln!(
+            out,
+            "  Created:     {} ({} ago)",
+            format_timestamp(&s.created_at),
+            age(s.created_at, now)
+        );
+        let _ = writeln!(out, "  Started:     {}", opt_time(s.started_at));
+        let _ = writeln!(out, "  Completed:   {}", opt_time(s.completed_at));
+        let _ = writeln!(
+            out,
+            "  Exit code:   {}",
+            s.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        if let Some(e) = &s.error {
+            let _ = writeln!(out, "  Error:       {}", one_line(e, 500));
+        }
+        if let Some(r) = &s.repo_path {
+            let _ = writeln!(out, "  Repository:  {r}");
+        }
+        let _ = writeln!(out, "  Prompt:");
+        for line in s.prompt.lines() {
+            let _ = writeln!(out, "    {line}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct ListItem<'a> {
+    #[serde(flatten)]
+    session: &'a Session,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    vm_unreachable: bool,
+}
+
+pub fn list_json(sessions: &[&Session], live: &Live) -> String {
+    let items: Vec<ListItem> = sessions
+        .iter()
+        .map(|s| ListItem {
+            session: s,
+            vm_unreachable: s.status.is_active() && live.unreachable.contains(&s.vm_name),
+        })
+        .collect();
+    let mut out = serde_json::to_string_pretty(&items).expect("sessions serialize");
+    out.push('\n');
+    out
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct VmStatus {
+    pub name: String,
+    pub size: String,
+    pub sku: String,
+    pub region: String,
+    pub backend: Backend,
+    pub state: VmState,
+    pub capacity: u32,
+    pub active_sessions: Vec<String>,
+    pub capacity_percent: u32,
+    pub memory_used_gb: u64,
+    pub memory_total_gb: u64,
+    pub created_at: String,
+    pub age_seconds: i64,
+    pub reachable: Option<bool>,
+    pub power_state: Option<String>,
+    pub exists_in_azure: Option<bool>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct SessionCounts {
+    pub total: usize,
+    pub pending: usize,
+    pub running: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub killed: usize,
+    pub other: usize,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CapacitySummary {
+    pub used: u32,
+    pub total: u32,
+    pub available: u32,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PoolStatus {
+    pub vms: Vec<VmStatus>,
+    pub sessions: SessionCounts,
+    pub capacity: CapacitySummary,
+}
+
+pub fn pool_status(state: &State, live: &Live, now: DateTime<Utc>) -> PoolStatus {
+    let mut active: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
+    let mut counts = SessionCounts::default();
+    for s in state.sessions.values() {
+        counts.total += 1;
+        match s.status {
+            SessionStatus::Pending => counts.pending += 1,
+            SessionStatus::Running => counts.running += 1,
+            SessionStatus::Completed => counts.completed += 1,
+            SessionStatus::Failed => counts.failed += 1,
+            SessionStatus::Killed => counts.killed += 1,
+            SessionStatus::Other(_) => counts.other += 1,
+        }
+        if s.status.is_active() {
+            active.entry(s.vm_name.as_str()).or_default().push(s);
+        }
+    }
+    let mut capacity = CapacitySummary {
+        used: 0,
+        total: 0,
+        available: 0,
+    };
+    let vms = state
+        .vm_pool
+        .iter()
+        .map(|(name, vm)| {
+            let on_vm = active.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let used = on_vm.len() as u32;
+            let spec = pool::size_by_sku(&vm.size);
+            let memory_total_gb = spec
+                .map(|s| u64::from(s.memory_gb))
+                .unwrap_or(u64::from(vm.capacity) * pool::SESSION_MEMORY_MB / 1024);
+            if vm.state == VmState::Ready {
+                capacity.used += used.min(vm.capacity);
+                capacity.total += vm.capacity;
+            }
+            let exists = match (&live.power, vm.backend) {
+                (Some(_), Backend::Azure) => Some(!live.vm_missing(name, vm)),
+                _ => None,
+            };
+            VmStatus {
+                name: name.clone(),
+                size: match vm.backend {
+                    Backend::Local => "local".into(),
+                    Backend::Azure => spec
+                        .map(|s| s.letter.to_string())
+                        .unwrap_or_else(|| vm.size.clone()),
+                },
+                sku: vm.size.clone(),
+                region: vm.region.clone(),
+                backend: vm.backend,
+                state: vm.state,
+                capacity: vm.capacity,
+                active_sessions: on_vm.iter().map(|s| s.session_id.clone()).collect(),
+                capacity_percent: (used * 100).checked_div(vm.capacity).unwrap_or(0),
+                memory_used_gb: on_vm.iter().map(|s| s.memory_mb).sum::<u64>() / 1024,
+                memory_total_gb,
+                created_at: format_timestamp(&vm.created_at),
+                age_seconds: (now - vm.created_at).num_seconds().max(0),
+                reachable: if live.unreachable.contains(name) {
+                    Some(false)
+                } else {
+                    None
+                },
+                power_state: live.power.as_ref().and_then(|p| p.get(name).cloned()),
+                exists_in_azure: exists,
+                error: vm.error.clone(),
+            }
+        })
+        .collect();
+    capacity.available = capacity.total - capacity.used;
+    PoolStatus {
+        vms,
+        sessions: counts,
+        capacity,
+    }
+}
+
+pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
+    let mut out = String::from("=== Remote Session Pool Status ===\n");
+    let _ = writeln!(out, "VMs: {} total", status.vms.len());
+    for vm in &status.vms {
+        let mut flags = Vec::new();
+        match vm.state {
+            VmState::Ready => {}
+            VmState::Provisioning => flags.push("provisioning".to_string()),
+            VmState::Deleting => flags.push("deleting".to_string()),
+            VmState::Failed => flags.push("FAILED".to_string()),
+        }
+        if vm.reachable == Some(false) {
+            flags.push("unreachable".into());
+        }
+        if vm.exists_in_azure == Some(false) {
+            flags.push("missing in Azure: run 'amplihack remote prune'".into());
+        }
+        if let Some(p) = &vm.power_state {
+            flags.push(p.clone());
+        }
+        let flags = if flags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", flags.join(", "))
+        };
+        let _ = writeln!(out, "  {} ({}, {}){}", vm.name, vm.size, vm.region, flags);
+        let _ = writeln!(
+            out,
+            "    Sessions: {}/{} ({}% capacity)",
+            vm.active_sessions.len(),
+            vm.capacity,
+            vm.capacity_percent
+        );
+        let _ = writeln!(
+            out,
+            "    Memory: {}GB/{}GB used",
+            vm.memory_used_gb, vm.memory_total_gb
+        );
+        let created = now - chrono::Duration::seconds(vm.age_seconds);
+        let _ = writeln!(out, "    Age: {}", age(created, now));
+        if let Some(e) = &vm.error {
+            let _ = writeln!(out, "    Error: {}", one_line(e, 200));
+        }
+    }
+    let c = &status.sessions;
+    let _ = writeln!(out, "Sessions: {} total", c.total);
+    if c.pending > 0 {
+        let _ = writeln!(out, "  Pending: {}", c.pending);
+    }
+    let _ = writeln!(out, "  Running: {}", c.running);
+    let _ = writeln!(out, "  Completed: {}", c.completed);
+    let _ = writeln!(out, "  Failed: {}", c.failed);
+    if c.killed > 0 {
+        let _ = writeln!(out, "  Killed: {}", c.killed);
+    }
+    if c.other > 0 {
+        let _ = writeln!(out, "  Other: {}", c.other);
+    }
+    let _ = writeln!(
+        out,
+        "Total Capacity: {}/{} slots available",
+        status.capacity.available, status.capacity.total
+    );
+    out
+}
+
+pub fn status_json(status: &PoolStatus) -> String {
+    let mut out = serde_json::to_string_pretty(status).expect("status serializes");
+    out.push('\n');
+    out
+}
+
+/// The header `output` prints above the captured text.
+pub fn output_header(
+    session: &Session,
+    status: &str,
+    captured_at: DateTime<Utc>,
+    lines: usize,
+) -> String {
+    format!(
+        "=== Session: {} ===\nVM: {}\nStatus: {}\nCaptured: {} ({} lines)\n",
+        session.session_id,
+        session.vm_name,
+        status,
+        captured_at
+            .with_timezone(&Local)
+            .format("%Y-%m-%d %H:%M:%S"),
+        lines
+    )
+}
+
+/// What `start` reports for one session.
+pub struct StartLine<'a> {
+    pub session: &'a Session,
+    pub vm_is_new: bool,
+}
+
+pub fn start_report(lines: &[StartLine]) -> String {
+    let n = lines.len();
+    let mut out = String::new();
+    for (i, l) in lines.iter().enumerate() {
+        let s = l.session;
+        let _ = writeln!(out, "[{}/{}] {}", i + 1, n, s.session_id);
+        let _ = writeln!(
+            out,
+            "  VM: {} ({})",
+            s.vm_name,
+            if l.vm_is_new { "new" } else { "reused" }
+        );
+        let _ = writeln!(out, "  Prompt: {}", one_line(&s.prompt, 60));
+        match &s.error {
+            Some(e) if !s.status.is_active() => {
+                let _ = writeln!(out, "  Status: {} ({})", s.status, one_line(e, 300));
+            }
+            _ => {
+                let _ = writeln!(out, "  Status: {}", s.status);
+            }
+        }
+    }
+    let failed: Vec<&Session> = lines
+        .iter()
+        .map(|l| l.session)
+        .filter(|s| !s.status.is_active())
+        .collect();
+    if failed.is_empty() {
+        out.push_str("Sessions started. Use 'amplihack remote list' to monitor.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "{} of {} session(s) started; {} failed:",
+            n - failed.len(),
+            n,
+            failed.len()
+        );
+        for s in failed {
+            let _ = writeln!(
+                out,
+                "  {}: {}",
+                s.session_id,
+                one_line(s.error.as_deref().unwrap_or("unknown error"), 300)
+            );
+        }
+        if n > 0 && lines.iter().any(|l| l.session.status.is_active()) {
+            out.push_str("Use 'amplihack remote list' to monitor the started sessions.\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SessionStatus::*;
+    use crate::pool::tests::{session, t0, vm};
+    use chrono::Duration;
+
+    #[test]
+    fn ages() {
+        let t = t0();
+        assert_eq!(age(t, t + Duration::seconds(45)), "45s");
+        assert_eq!(age(t, t + Duration::minutes(5)), "5m");
+        assert_eq!(age(t, t + Duration::hours(2)), "2h");
+        assert_eq!(age(t, t + Duration::days(3)), "3d");
+        assert_eq!(age(t, t - Duration::days(3)), "0s");
+    }
+
+    #[test]
+    fn one_line_folds_and_cuts() {
+        assert_eq!(one_line("short", 40), "short");
+        assert_eq!(one_line("a\nb\t\tc\x1b[2J", 40), "a b c?[2J");
+        assert_eq!(
+            one_line("implement user authentication with oauth and sessions", 20),
+            "implement user..."
+        );
+        assert_eq!(one_line("xxxxxxxxxxxxxxxxxxxxxxxxx", 10), "xxxxxxxxxx...");
+        assert_eq!(one_line("日本語のプロンプトです", 5), "日本語のプ...");
+    }
+
+    fn sample_state() -> State {
+        let mut st = State::default();
+        st.vm_pool.insert(
+            "amplihack-user-20251125-143000".into(),
+            vm("Standard_E16s_v5", 4, "eastus"),
+        );
+        let mut west = vm("Standard_E16s_v5", 4, "westus3");
+        west.created_at = t0() - Duration::minutes(30);
+        st.vm_pool
+            .insert("amplihack-user-20251125-140000".into(), west);
+        let mut add = |id: &str, vm: &str, status, mins: i64, prompt: &str| {
+            let mut s = session(id, vm, status);
+            s.created_at = t0() + Duration::minutes(mins);
+            s.prompt = prompt.into();
+            st.sessions.insert(id.into(), s);
+        };
+        add(
+            "sess-20251125-143022-abc1",
+            "amplihack-user-20251125-143000",
+            Running,
+            0,
+            "implement user authentication",
+        );
+        add(
+            "sess-20251125-143025-def2",
+            "amplihack-user-20251125-143000",
+            Running,
+            2,
+            "add pagination to API",
+        );
+        add(
+            "sess-20251125-140000-aaa3",
+            "amplihack-user-20251125-140000",
+            Completed,
+            -30,
+            "write unit tests for the parser module please",
+        );
+        st
+    }
+
+    #[test]
+    fn list_table_matches_expected_text() {
+        let st = sample_state();
+        let now = t0() + Duration::minutes(5);
+        let rows = sessions_newest_first(&st, None);
+        let text = list_table(&rows, &Live::default(), now, false);
+        assert_eq!(text, include_str!("../tests/expected/list.txt"));
+        let running = sessions_newest_first(&st, Some(&Running));
+        assert_eq!(running.len(), 2);
+        assert!(list_table(&[], &Live::default(), now, false).starts_with("No sessions found."));
+    }
+
+    #[test]
+    fn list_marks_unreachable_and_colours_only_when_asked() {
+        let st = sample_state();
+        let rows = sessions_newest_first(&st, None);
+        let mut live = Live::default();
+        live.unreachable
+            .insert("amplihack-user-20251125-143000".into());
+        let text = list_table(&rows, &live, t0(), true);
+        assert!(
+            text.contains("\x1b[36mrunning (vm unreachable)\x1b[0m"),
+            "{text}"
+        );
+        assert!(text.contains("\x1b[32mcompleted\x1b[0m"));
+        let json = list_json(&rows, &live);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v[0]["vm_unreachable"], true);
+        assert!(v[2].get("vm_unreachable").is_none());
+        assert_eq!(v[0]["session_id"], "sess-20251125-143025-def2");
+        assert_eq!(list_json(&[], &live), "[]\n");
+    }
+
+    #[test]
+    fn status_matches_expected_text() {
+        let st = sample_state();
+        let now = t0() + Duration::minutes(35);
+        let status = pool_status(&st, &Live::default(), now);
+        assert_eq!(
+            status.capacity,
+            CapacitySummary {
+                used: 2,
+                total: 8,
+                available: 6
+            }
+        );
+        assert_eq!(status.vms[1].memory_used_gb, 64);
+        assert_eq!(
+            status_text_report(&status, now),
+            include_str!("../tests/expected/status.txt")
+        );
+        let v: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(v["sessions"]["running"], 2);
+        assert_eq!(v["vms"][1]["capacity_percent"], 50);
+    }
+
+    #[test]
+    fn start_report_names_failures() {
+        let mut a = session("sess-a", "vm1", Running);
+        a.prompt = "one".into();
+        let mut b = session("sess-b", "vm1", Failed);
+        b.error = Some("quota exceeded".into());
+        let text = start_report(&[
+            StartLine {
+                session: &a,
+                vm_is_new: true,
+            },
+            StartLine {
+                session: &b,
+                vm_is_new: false,
+            },
+        ]);
+        assert!(text.contains("[1/2] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
+        assert!(text.contains("  Status: failed (quota exceeded)"));
+        assert!(text.contains("1 of 2 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
+    }
+}

@@ -1,0 +1,261 @@
+//! The state store: the only place that reads or writes the state file.
+//!
+//! Protocol (docs/state-file.md): every change is a transaction that holds an exclusive lock
+//! on `<state>.lock` (a separate file that is never renamed) across read-modify-write, and
+//! writes the new content to a temp file in the same directory, syncs it and renames it over
+//! the state file. Readers need no lock: a rename is atomic, so they see the old or the new
+//! file, never a mix. Read-only commands never create or write anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::model::State;
+
+const TEMP_PREFIX: &str = ".amplihack-state-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+impl StateStore {
+    /// `$AMPLIHACK_REMOTE_STATE`, else `~/.amplihack/remote-state.json`.
+    pub fn from_env() -> Result<Self> {
+        let path = match std::env::var_os("AMPLIHACK_REMOTE_STATE").filter(|p| !p.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => dirs::home_dir()
+                .ok_or_else(|| {
+                    Error::Failed(
+                        "cannot find the home directory; set AMPLIHACK_REMOTE_STATE".into(),
+                    )
+                })?
+                .join(".amplihack")
+                .join("remote-state.json"),
+        };
+        Ok(Self::new(path))
+    }
+
+    /// A symlinked state file is followed to its target, so the rename replaces the target
+    /// and the link stays a link (dotfiles kept in a synced folder keep working).
+    pub fn new(path: PathBuf) -> Self {
+        let mut path = path;
+        for _ in 0..16 {
+            match fs::read_link(&path) {
+                Ok(target) => {
+                    path = match path.parent() {
+                        Some(parent) => parent.join(target),
+                        None => target,
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        StateStore { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        self.path.with_file_name(name)
+    }
+
+    fn access_error(&self, detail: impl Into<String>) -> Error {
+        Error::StateAccess {
+            path: self.path.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Reads the state without locking and without creating anything. A missing file is an
+    /// empty state; a corrupt one is an error and is left untouched.
+    pub fn load(&self) -> Result<State> {
+        if self.path.is_dir() {
+            return Err(
+                self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
+            );
+        }
+        let bytes = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
+            Err(e) => return Err(self.access_error(format!("cannot read: {e}"))),
+        };
+        parse_state(&bytes).map_err(|detail| Error::StateCorrupt {
+            path: self.path.clone(),
+            detail,
+        })
+    }
+
+    /// Runs `change` on the current state under the lock and writes the result atomically.
+    /// When `change` fails, nothing is written.
+    pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let dir = self.ensure_dir()?;
+        let lock = self.open_lock()?;
+        lock.lock().map_err(|e| {
+            self.access_error(format!("cannot lock {}: {e}", self.lock_path().display()))
+        })?;
+        remove_stale_temps(&dir);
+        let mut state = self.load()?;
+        let result = change(&mut state)?;
+        state.normalize();
+        self.write_atomic(&dir, &state)?;
+        drop(lock); // releases the lock, after the rename
+        Ok(result)
+    }
+
+    fn ensure_dir(&self) -> Result<PathBuf> {
+        let dir = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if self.path.is_dir() {
+            return Err(
+                self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
+            );
+        }
+        if !dir.is_dir() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| {
+                    self.access_error(format!("cannot create directory {}: {e}", dir.display()))
+                })?;
+        }
+        Ok(dir)
+    }
+
+    fn open_lock(&self) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.lock_path())
+            .map_err(|e| {
+                self.access_error(format!(
+                    "cannot open lock file {}: {e}",
+                    self.lock_path().display()
+                ))
+            })
+    }
+
+    fn write_atomic(&self, dir: &Path, state: &State) -> Result<()> {
+        let fail = |what: &str, e: std::io::Error| self.access_error(format!("{what}: {e}"));
+        let mut tmp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(TEMP_SUFFIX)
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(dir)
+            .map_err(|e| fail("cannot create a temp file beside it", e))?;
+        let mut text = serde_json::to_vec_pretty(state)
+            .map_err(|e| self.access_error(format!("cannot serialize: {e}")))?;
+        text.push(b'\n');
+        tmp.write_all(&text)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(|e| fail("cannot write", e))?;
+        tmp.persist(&self.path)
+            .map_err(|e| fail("cannot replace", e.error))?;
+        // The rename is durable only once the directory entry is synced.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// A temp file can only be left behind by a writer that died mid-transaction; under the lock
+/// no other writer is running, so any that exist are stale.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_garbage_are_corrupt_with_position() {
+        assert_eq!(parse_state(b"").unwrap_err(), "the file is empty");
+        assert_eq!(parse_state(b"  \n").unwrap_err(), "the file is empty");
+        let e = parse_state(b"{\"sessions\": {").unwrap_err();
+        assert!(e.contains("line 1 column"), "{e}");
+        let e = parse_state(b"[1,2]").unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn update_is_all_or_nothing_and_load_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("sub/state.json"));
+        assert!(store.load().unwrap().sessions.is_empty());
+        assert!(!dir.path().join("sub").exists(), "load must not create");
+        store
+            .update(|s| {
+                s.extra.insert("k".into(), 1.into());
+                Ok(())
+            })
+            .unwrap();
+        let r: Result<()> = store.update(|s| {
+            s.extra.insert("k".into(), 2.into());
+            Err(Error::Failed("no".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(store.load().unwrap().extra["k"], 1);
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = fs::metadata(dir.path().join("sub"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+    }
+
+    #[test]
+    fn symlinked_state_file_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.json");
+        fs::write(&real, "{}").unwrap();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink("real.json", &link).unwrap();
+        let store = StateStore::new(link.clone());
+        store
+            .update(|s| {
+                s.extra.insert("x".into(), true.into());
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(fs::read_to_string(&real).unwrap().contains("\"x\": true"));
+    }
+}

@@ -1,0 +1,415 @@
+//! How scripts reach a VM. One interface, two transports: `azlin connect` for Azure VMs and
+//! local bash for the `local` backend. Everything above this module (launch, refresh, output,
+//! kill) is the same code for both. Azure-only operations (new, kill, list) live on `Azlin`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::exec::{self, Cmd, OnInterrupt, Output, RunError};
+use crate::model::{Backend, VmEntry};
+
+pub trait Transport: Sync {
+    /// Runs a bash script (plus any payload after it) on the VM, with `input` on stdin.
+    /// A non-zero exit of the script is an error carrying its stderr.
+    fn run_script(
+        &self,
+        vm: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+        on_interrupt: OnInterrupt,
+    ) -> Result<Output>;
+
+    /// The program and arguments of an interactive `tmux attach` to a session.
+    fn attach_command(&self, vm: &str, session: &str) -> (OsString, Vec<String>);
+}
+
+pub struct Azlin {
+    program: String,
+    resource_group: Option<String>,
+}
+
+pub struct LocalShell;
+
+/// Both transports, picked per VM.
+pub struct Transports {
+    pub azlin: Azlin,
+    pub local: LocalShell,
+}
+
+impl Transports {
+    pub fn new(settings: &Settings) -> Self {
+        Transports {
+            azlin: Azlin {
+                program: settings.azlin.clone(),
+                resource_group: settings.resource_group.clone(),
+            },
+            local: LocalShell,
+        }
+    }
+
+    pub fn for_backend(&self, backend: Backend) -> &dyn Transport {
+        match backend {
+            Backend::Azure => &self.azlin,
+            Backend::Local => &self.local,
+        }
+    }
+
+    pub fn for_vm(&self, vm: &VmEntry) -> &dyn Transport {
+        self.for_backend(vm.backend)
+    }
+}
+
+/// The remote command of every `connect`: bash reading the script from stdin.
+const REMOTE_COMMAND: &str = "bash -s";
+
+impl Azlin {
+    fn args(&self, sub: &[&str], tail: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
+        if let Some(rg) = &self.resource_group {
+            args.push("--resource-group".into());
+            args.push(rg.clone());
+        }
+        args.extend(tail.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn cmd(&self, args: Vec<String>, timeout: Duration) -> Cmd {
+        Cmd::new(&self.program, args, timeout).env("AZLIN_NO_UPDATE_CHECK", "1")
+    }
+
+    /// Runs azlin and maps its failures to our errors (docs/exit-codes.md).
+    fn call(&self, cmd: Cmd, vm: Option<&str>) -> Result<Output> {
+        match exec::run(&cmd) {
+            Ok(out) if out.code == 0 => Ok(out),
+            Ok(out) => Err(classify_failure(
+                &cmd.display(),
+                vm,
+                out.code,
+                &out.stderr_text(),
+            )),
+            Err(RunError::Spawn(e)) if e.kind() == std::io::ErrorKind::NotFound => Err(
+                Error::AzlinMissing(format!("'{}' is not on PATH", self.program)),
+            ),
+            Err(RunError::Spawn(e)) => Err(Error::AzlinMissing(format!(
+                "cannot run '{}': {e}",
+                self.program
+            ))),
+            Err(RunError::Timeout) => match vm {
+                Some(vm) => Err(Error::VmUnreachable {
+                    vm: vm.into(),
+                    detail: format!(
+                        "no answer within {}s (`{}`)",
+                        cmd.timeout.as_secs(),
+                        cmd.display()
+                    ),
+                }),
+                None => Err(Error::Timeout {
+                    command: cmd.display(),
+                    seconds: cmd.timeout.as_secs(),
+                }),
+            },
+            Err(RunError::Interrupted) => Err(Error::Interrupted),
+        }
+    }
+
+    /// `azlin new`: a public VM, no auto-connect, and no `--yes` (which would copy the user's
+    /// local credentials onto it).
+    pub fn new_vm(&self, name: &str, sku: &str, region: &str, timeout: Duration) -> Result<()> {
+        let args = self.args(
+            &["new", "--name", name, "--vm-size", sku, "--region", region],
+            &["--public", "--no-auto-connect"],
+        );
+        self.call(self.cmd(args, timeout), None).map(drop)
+    }
+
+    /// `azlin kill NAME --force`: deletes the VM with its disks, NIC, IP and NSG. A VM that is
+    /// already gone is a success.
+    pub fn delete_vm(&self, name: &str, timeout: Duration) -> Result<()> {
+        let args = self.args(&["kill", name], &["--force"]);
+        self.call(self.cmd(args, timeout), None).map(drop)
+    }
+
+    /// Power state of every VM azlin sees (one call, no ssh into the VMs).
+    pub fn power_states(&self, timeout: Duration) -> Result<BTreeMap<String, String>> {
+        let args = self.args(&["list"], &["--all", "--no-tmux", "-o", "json"]);
+        let cmd = self.cmd(args, timeout);
+        let out = self.call(cmd.clone(), None)?;
+        parse_vm_list(&out.stdout).map_err(|e| Error::CommandFailed {
+            command: cmd.display(),
+            status: Some(0),
+            stderr: format!("unexpected output: {e}"),
+        })
+    }
+
+    fn connect_args(&self, vm: &str) -> Vec<String> {
+        self.args(
+            &["connect", vm],
+            &[
+                "--no-tmux",
+                "--no-reconnect",
+                "--yes",
+                "--no-status",
+                "--",
+                REMOTE_COMMAND,
+            ],
+        )
+    }
+}
+
+impl Transport for Azlin {
+    fn run_script(
+        &self,
+        vm: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+        on_interrupt: OnInterrupt,
+    ) -> Result<Output> {
+        let cmd = self
+            .cmd(self.connect_args(vm), timeout)
+            .stdin(input)
+            .on_interrupt(on_interrupt);
+        self.call(cmd, Some(vm))
+    }
+
+    fn attach_command(&self, vm: &str, session: &str) -> (OsString, Vec<String>) {
+        let mut args = self.args(
+            &["connect", vm],
+            &["--no-tmux", "--no-reconnect", "--no-status", "--"],
+        );
+        args.push(format!(
+            "tmux attach -t {}",
+            crate::script::shell_quote(&format!("={session}"))
+        ));
+        (OsString::from(&self.program), args)
+    }
+}
+
+impl Transport for LocalShell {
+    fn run_script(
+        &self,
+        _vm: &str,
+        input: Vec<u8>,
+        timeout: Duration,
+        on_interrupt: OnInterrupt,
+    ) -> Result<Output> {
+        let cmd = Cmd::new("bash", vec!["-s".into()], timeout)
+            .stdin(input)
+            .on_interrupt(on_interrupt);
+        let out = exec::run_checked_spawn(&cmd)?;
+        if out.code == 0 {
+            Ok(out)
+        } else {
+            Err(Error::CommandFailed {
+                command: cmd.display(),
+                status: Some(out.code),
+                stderr: trim_stderr(&out.stderr_text()),
+            })
+        }
+    }
+
+    fn attach_command(&self, _vm: &str, session: &str) -> (OsString, Vec<String>) {
+        (
+            OsString::from("tmux"),
+            vec!["attach".into(), "-t".into(), format!("={session}")],
+        )
+    }
+}
+
+/// The last few meaningful lines of stderr, without escape sequences, at most 600 characters.
+pub fn trim_stderr(stderr: &str) -> String {
+    let mut clean = String::with_capacity(stderr.len());
+    let mut chars = stderr.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Skip a CSI or OSC sequence.
+            match chars.peek() {
+                Some('[') => {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                Some(']') => {
+                    for c in chars.by_ref() {
+                        if c == '\x07' {
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        } else {
+            clean.push(c);
+        }
+    }
+    let lines: Vec<&str> = clean
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(4)..];
+    let mut joined = tail.join(" | ");
+    if joined.chars().count() > 600 {
+        joined = joined.chars().take(600).collect::<String>() + "...";
+    }
+    if joined.is_empty() {
+        "(no error message)".into()
+    } else {
+        joined
+    }
+}
+
+/// Maps a failed azlin call to our error, by the contract's table of messages.
+pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str) -> Error {
+    let lower = stderr.to_lowercase();
+    let detail = trim_stderr(stderr);
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if has(&[
+        "quota exceeded",
+        "quotaexceeded",
+        "exceeding approved",
+        "quota limit",
+        "operation not allowed",
+    ]) {
+        return Error::QuotaExceeded { detail };
+    }
+    if let Some(vm) = vm {
+        if code == 255 || has(&["no bastion host found"]) {
+            return Error::VmUnreachable {
+                vm: vm.into(),
+                detail,
+            };
+        }
+        if has(&["resourcenotfound", "was not found"]) {
+            return Error::VmNotFound {
+                vm: vm.into(),
+                detail,
+            };
+        }
+    }
+    if has(&["please run 'az login'", "azure authentication failed"]) {
+        return Error::AzureAuth(detail);
+    }
+    if has(&["no resource group configured"]) {
+        return Error::NoResourceGroup;
+    }
+    Error::CommandFailed {
+        command: command.into(),
+        status: Some(code),
+        stderr: detail,
+    }
+}
+
+/// `azlin list -o json`: `{"vms": [{"name", "power_state", ...}], "filters": {...}}`.
+pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Listing {
+        vms: Vec<Vm>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Vm {
+        name: String,
+        #[serde(default)]
+        power_state: Option<String>,
+    }
+    let listing: Listing = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
+    Ok(listing
+        .vms
+        .into_iter()
+        .map(|v| (v.name, v.power_state.unwrap_or_else(|| "Unknown".into())))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_contract() {
+        let quota = "Error: Failed to create VM 'x': \u{274c} Quota exceeded: not enough vCPU cores available.\nRegion: eastus\n";
+        assert_eq!(classify_failure("azlin new", None, 1, quota).exit_code(), 5);
+        assert_eq!(
+            classify_failure(
+                "c",
+                Some("vm"),
+                255,
+                "ssh: connect to host 1.2.3.4 port 22: Connection refused"
+            )
+            .exit_code(),
+            4
+        );
+        assert_eq!(
+            classify_failure(
+                "c",
+                Some("vm"),
+                1,
+                "Error: No bastion host found for region eastus"
+            )
+            .exit_code(),
+            4
+        );
+        assert!(matches!(
+            classify_failure("c", Some("vm"), 1, "Error: (ResourceNotFound) x"),
+            Error::VmNotFound { .. }
+        ));
+        assert!(matches!(
+            classify_failure("c", None, 1, "Error: Please run 'az login'"),
+            Error::AzureAuth(_)
+        ));
+        assert!(matches!(
+            classify_failure("c", None, 1, "Error: No resource group configured."),
+            Error::NoResourceGroup
+        ));
+        let other = classify_failure("azlin list", None, 1, "\x1b[31mError: boom\x1b[0m\n");
+        assert_eq!(
+            other.to_string(),
+            "`azlin list` failed (exit 1): Error: boom"
+        );
+    }
+
+    #[test]
+    fn stderr_is_trimmed() {
+        assert_eq!(trim_stderr("\n\n"), "(no error message)");
+        assert_eq!(trim_stderr("a\nb\nc\nd\ne\n"), "b | c | d | e");
+        assert_eq!(trim_stderr("\x1b]0;title\x07Error: x"), "Error: x");
+    }
+
+    #[test]
+    fn vm_list_envelope() {
+        let m = parse_vm_list(
+            br#"{"vms":[{"name":"a","power_state":"Running","x":1},{"name":"b"}],"filters":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(m["a"], "Running");
+        assert_eq!(m["b"], "Unknown");
+        assert!(parse_vm_list(b"garbage").is_err());
+    }
+
+    #[test]
+    fn connect_argv_follows_the_contract() {
+        let az = Azlin {
+            program: "azlin".into(),
+            resource_group: Some("rg1".into()),
+        };
+        assert_eq!(
+            az.connect_args("vm1"),
+            [
+                "connect",
+                "vm1",
+                "--resource-group",
+                "rg1",
+                "--no-tmux",
+                "--no-reconnect",
+                "--yes",
+                "--no-status",
+                "--",
+                "bash -s"
+            ]
+        );
+    }
+}

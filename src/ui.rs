@@ -1,0 +1,34 @@
+//! Terminal output. Stdout carries data; progress and warnings go to stderr. A closed stdout
+//! (`list | head -1`) surfaces as a broken-pipe error that main treats as success.
+
+use std::io::{IsTerminal, Write};
+
+use crate::error::{Error, Result};
+
+pub fn print(text: &str) -> Result<()> {
+    print_bytes(text.as_bytes())
+}
+
+pub fn print_bytes(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::io("cannot write to stdout", e))
+}
+
+pub fn progress(msg: &str) {
+    eprintln!("{msg}");
+}
+
+pub fn warn(msg: &str) {
+    eprintln!("warning: {msg}");
+}
+
+/// Colour only on a terminal, never when NO_COLOR is set (https://no-color.org).
+pub fn stdout_color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+}
+
+pub fn stdin_is_terminal() -> bool {
+    std::io::stdin().is_terminal()
+}
