@@ -1,0 +1,314 @@
+//! The isolated world of one integration test: its own HOME, state file, PATH (the stand-in
+//! azlin first), local tmux socket directory and fake-azlin VM directory. Nothing a test does
+//! touches the developer's files or tmux server, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+pub const SECRET: &str = "sk-ant-test-0123456789abcdef-SECRET-VALUE";
+
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+    extra_env: Vec<(String, String)>,
+}
+
+pub fn support(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(rel)
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        // Short paths: a tmux socket path must stay under ~100 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("ah")
+            .tempdir_in("/tmp")
+            .unwrap();
+        for sub in ["home", "work", "azlin", "bin", "tmux", "state"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(support("azlin"), dir.path().join("bin/azlin")).unwrap();
+        TestEnv {
+            dir,
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// A test env whose sessions run on this machine (the local backend).
+    pub fn local() -> Self {
+        let mut env = TestEnv::new();
+        env.set("AMPLIHACK_REMOTE_BACKEND", "local");
+        env.set("AMPLIHACK_LOCAL_SLOTS", "4");
+        let agent = format!("{} claude", support("vm-bin/amplihack").display());
+        env.set("AMPLIHACK_REMOTE_AGENT", &agent);
+        env
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    pub fn unset(&mut self, key: &str) {
+        self.set(key, "\u{0}unset");
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn home(&self) -> PathBuf {
+        self.root().join("home")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.root().join("work")
+    }
+    pub fn azlin_home(&self) -> PathBuf {
+        self.root().join("azlin")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.root().join("state/remote-state.json")
+    }
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.azlin_home().join("vms").join(vm)
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        let r = self.root().display().to_string();
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "PATH".into(),
+                format!("{r}/bin:/usr/local/bin:/usr/bin:/bin"),
+            ),
+            ("HOME".into(), format!("{r}/home")),
+            ("USER".into(), "tester".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            (
+                "AMPLIHACK_REMOTE_STATE".into(),
+                self.state_path().display().to_string(),
+            ),
+            ("TMUX_TMPDIR".into(), format!("{r}/tmux")),
+            ("FAKE_AZLIN_HOME".into(), format!("{r}/azlin")),
+            (
+                "FAKE_AZLIN_VM_BIN".into(),
+                support("vm-bin").display().to_string(),
+            ),
+            ("AMPLIHACK_REMOTE_WORKSPACE".into(), "~/workspace".into()),
+            ("ANTHROPIC_API_KEY".into(), SECRET.into()),
+            ("AMPLIHACK_AZURE_REGIONS".into(), String::new()),
+            ("AMPLIHACK_REMOTE_FOLLOW_INTERVAL".into(), "0.2".into()),
+            ("AMPLIHACK_REMOTE_KILL_GRACE".into(), "3".into()),
+        ];
+        for (k, v) in &self.extra_env {
+            env.retain(|(ek, _)| ek != k);
+            if v != "\u{0}unset" {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        env
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("amplihack").unwrap();
+        c.env_clear().current_dir(self.work()).envs(self.env());
+        c.timeout(Duration::from_secs(120));
+        c
+    }
+
+    /// Runs `amplihack remote ARGS...`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.arg("remote").args(args);
+        c.output().unwrap()
+    }
+
+    /// A std Command for the binary (for tests that signal it or run many at once).
+    pub fn std_cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("amplihack"));
+        c.env_clear()
+            .current_dir(self.work())
+            .envs(self.env())
+            .arg("remote")
+            .args(args);
+        c
+    }
+
+    /// Every azlin call so far, as argv vectors.
+    pub fn calls(&self) -> Vec<Vec<String>> {
+        std::fs::read_to_string(self.azlin_home().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split('\x1f').map(String::from).collect())
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.azlin_home().join("calls.log"));
+    }
+
+    pub fn fault(&self, rel: &str) {
+        let p = self.azlin_home().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "").unwrap();
+    }
+
+    pub fn clear_fault(&self, rel: &str) {
+        let _ = std::fs::remove_file(self.azlin_home().join(rel));
+    }
+
+    pub fn state(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state_path()).unwrap()).unwrap()
+    }
+
+    pub fn write_state(&self, text: &str) {
+        std::fs::create_dir_all(self.state_path().parent().unwrap()).unwrap();
+        std::fs::write(self.state_path(), text).unwrap();
+    }
+
+    pub fn session_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state()["sessions"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    pub fn session(&self, id: &str) -> Value {
+        self.state()["sessions"][id].clone()
+    }
+
+    /// The agent's record of a session on a fake VM (or, for `local`, this machine).
+    pub fn agent_record(&self, vm: &str, id: &str) -> PathBuf {
+        let home = if vm == "local" {
+            self.home()
+        } else {
+            self.vm_dir(vm).join("home")
+        };
+        home.join("agent-records").join(id)
+    }
+
+    /// Polls `cond` until it holds; panics with `what` after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Refreshes (through `list`) until the session leaves pending/running.
+    pub fn wait_finished(&self, id: &str) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(&format!("{id} to finish"), Duration::from_secs(60), || {
+            let out = self.run(&["list", "--json"]);
+            let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            last = list
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["session_id"] == id).cloned())
+                .unwrap_or(Value::Null);
+            !matches!(last["status"].as_str(), Some("running" | "pending"))
+        });
+        last
+    }
+
+    /// Creates VMs through the tool itself (`prime`) and forgets those azlin calls.
+    pub fn prime(&self, count: u32, size: &str) -> Vec<String> {
+        let out = self.run(&[
+            "prime",
+            "--count",
+            &count.to_string(),
+            "--vm-size",
+            size,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "prime failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.clear_calls();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Makes `work/` a git repository with one commit.
+    pub fn git_repo(&self) {
+        let w = self.work();
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["config", "user.email", "t@example.invalid"],
+            &["config", "user.name", "t"],
+        ] {
+            git(&w, args);
+        }
+        std::fs::write(w.join("README.md"), "hello\n").unwrap();
+        git(&w, &["add", "."]);
+        git(&w, &["commit", "-q", "-m", "init"]);
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let mut sockets = vec![self.root().join("tmux")];
+        if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
+            sockets.extend(vms.flatten().map(|e| e.path().join("tmp")));
+        }
+        for dir in sockets {
+            let _ = std::process::Command::new("tmux")
+                .arg("kill-server")
+                .env_remove("TMUX")
+                .env("TMUX_TMPDIR", dir)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Ids of the sessions `start --json` reported.
+pub fn started_ids(o: &Output) -> Vec<String> {
+    let v: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("not JSON: {}", stdout(o)));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap().to_string())
+        .collect()
+}
