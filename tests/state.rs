@@ -1,0 +1,254 @@
+//! The state file: location, permissions, corruption handling, odd paths, and the
+//! concurrency contract.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+fn assert_corrupt_everywhere(env: &TestEnv, content: &[u8], detail: &str) {
+    std::fs::create_dir_all(env.state_path().parent().unwrap()).unwrap();
+    std::fs::write(env.state_path(), content).unwrap();
+    for args in [
+        &["list"][..],
+        &["status"],
+        &["start", "--no-context", "x"],
+        &["kill", "sess-1"],
+        &["output", "sess-1"],
+        &["prune", "--dry-run"],
+    ] {
+        let o = env.run(args);
+        assert_eq!(code(&o), 1, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!(
+                "Error: State file corrupt: {}: ",
+                env.state_path().display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(first.contains(detail), "{args:?}: {err}");
+        assert!(
+            err.contains("Recovery:") && err.contains(".corrupt"),
+            "recovery steps: {err}"
+        );
+        assert_eq!(
+            std::fs::read(env.state_path()).unwrap(),
+            content,
+            "{args:?} touched the corrupt file"
+        );
+    }
+    assert!(env.calls().is_empty());
+}
+
+#[test]
+fn a_corrupt_state_file_is_never_overwritten() {
+    let env = TestEnv::new();
+    assert_corrupt_everywhere(
+        &env,
+        b"{\"sessions\": {\"x\": ",
+        "EOF while parsing a value at line 1 column 19",
+    );
+    assert_corrupt_everywhere(&env, b"", "the file is empty");
+    assert_corrupt_everywhere(
+        &env,
+        b"not json at all",
+        "expected ident at line 1 column 2",
+    );
+    assert_corrupt_everywhere(&env, b"[1, 2, 3]", "invalid type: sequence");
+    assert_corrupt_everywhere(
+        &env,
+        br#"{"sessions": {"s": {"session_id": 5}}}"#,
+        "invalid type: integer `5`",
+    );
+    assert_corrupt_everywhere(&env, br#"{"sessions": {}, "vm_pool": {"v": {"size": "x", "capacity": 1, "region": "r", "created_at": "yesterday"}}}"#, "invalid timestamp");
+}
+
+#[test]
+fn a_future_version_with_extra_fields_is_read_and_kept() {
+    let env = TestEnv::local();
+    env.write_state(r#"{"version": 9, "sessions": {}, "vm_pool": {}, "future": {"deep": [true]}}"#);
+    let o = env.run(&["start", "--no-context", "--json", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st = env.state();
+    assert_eq!(st["version"], 9);
+    assert_eq!(st["future"]["deep"][0], true);
+}
+
+#[test]
+fn state_path_is_a_directory() {
+    let env = TestEnv::new();
+    std::fs::create_dir_all(env.state_path()).unwrap();
+    for args in [&["list"][..], &["start", "--no-context", "x"]] {
+        let o = env.run(args);
+        assert_eq!(code(&o), 1);
+        assert!(
+            stderr(&o).contains("is a directory; set AMPLIHACK_REMOTE_STATE to a file path"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn a_missing_directory_is_created_0700_on_first_write_only() {
+    let mut env = TestEnv::local();
+    let nested = env.root().join("deep/er/state.json");
+    env.set("AMPLIHACK_REMOTE_STATE", nested.to_str().unwrap());
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(
+        !env.root().join("deep").exists(),
+        "list must not create anything"
+    );
+    let o = env.run(&["start", "--no-context", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(env.root().join("deep/er"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(&nested).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        env.root().join("deep/er/state.json.lock").exists(),
+        "the lock file sits beside the state"
+    );
+}
+
+#[test]
+fn the_default_location_is_under_home() {
+    let mut env = TestEnv::local();
+    env.unset("AMPLIHACK_REMOTE_STATE");
+    let o = env.run(&["start", "--no-context", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let path = env.home().join(".amplihack/remote-state.json");
+    assert!(path.exists());
+    assert_eq!(
+        std::fs::metadata(env.home().join(".amplihack"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn a_symlinked_state_file_is_followed_and_stays_a_link() {
+    let mut env = TestEnv::local();
+    let real = env.root().join("state/real.json");
+    std::fs::write(&real, r#"{"sessions": {}, "vm_pool": {}}"#).unwrap();
+    let link = env.root().join("state/link.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.set("AMPLIHACK_REMOTE_STATE", link.to_str().unwrap());
+    let o = env.run(&["start", "--no-context", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("\"sessions\"")
+    );
+    assert!(std::fs::read_to_string(&real).unwrap().contains("EXIT=0"));
+}
+
+#[test]
+fn an_unreadable_state_file_is_a_clear_error() {
+    let env = TestEnv::new();
+    env.write_state(r#"{"sessions": {}, "vm_pool": {}}"#);
+    std::fs::set_permissions(env.state_path(), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(env.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        env.root().join("state"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // Root reads anything: run as nobody when we are root.
+    let mut cmd = if unsafe { libc_geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("amplihack"));
+        c
+    } else {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("amplihack"))
+    };
+    let o = cmd
+        .env_clear()
+        .envs(env.env())
+        .current_dir("/")
+        .args(["remote", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "State file {}: cannot read: Permission denied",
+            env.state_path().display()
+        )),
+        "{err}"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+#[test]
+fn sixteen_concurrent_starts_all_land() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_LOCAL_SLOTS", "16");
+    let children: Vec<_> = (0..16)
+        .map(|i| {
+            env.std_cmd(&[
+                "start",
+                "--no-context",
+                "--json",
+                &format!("EXIT=0 writer {i}"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let st = env.state();
+    let sessions = st["sessions"].as_object().unwrap();
+    assert_eq!(sessions.len(), 16);
+    for i in 0..16 {
+        assert!(
+            sessions
+                .values()
+                .any(|s| s["prompt"] == format!("EXIT=0 writer {i}")),
+            "writer {i} lost"
+        );
+    }
+    assert!(sessions.values().all(|s| s["status"] != "pending"));
+}
