@@ -124,6 +124,17 @@ impl Error {
         }
     }
 
+    /// Failures of `azlin new` that prove no VM was created, so none needs tracking.
+    pub fn created_nothing(&self) -> bool {
+        matches!(
+            self,
+            Error::QuotaExceeded { .. }
+                | Error::AzlinMissing(_)
+                | Error::AzureAuth(_)
+                | Error::NoResourceGroup
+        )
+    }
+
     /// Writing to a closed pipe (`list | head -1`) is not a failure of ours.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)

@@ -82,8 +82,9 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
 }
 
 /// Records the outcome of one `create_vm`. On success the VM becomes ready in the region it
-/// got. A quota failure created nothing, so the entry goes; any other failure (or an
-/// interrupt) may have left a VM behind, so the entry stays, marked failed, for `prune`.
+/// got. A failure that proves nothing was created (quota, azlin missing, login) drops the
+/// entry; any other failure (or an interrupt) may have left a VM behind, so the entry stays,
+/// marked failed, for `prune`.
 pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> {
     ctx.store.update(|st| {
         match outcome {
@@ -94,7 +95,7 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
                     vm.error = None;
                 }
             }
-            Err(Error::QuotaExceeded { .. }) => {
+            Err(e) if e.created_nothing() => {
                 st.vm_pool.remove(name);
             }
             Err(e) => {

@@ -341,15 +341,13 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     env.write_state(PYTHON_STATE);
     let bin = assert_cmd::cargo::cargo_bin("amplihack");
     let screen = |no_color: bool| {
-        let sock = env.root().join("colour.sock");
-        let mut cmd = format!(
-            "AMPLIHACK_REMOTE_STATE='{}' {} remote list --no-refresh; sleep 5",
+        let sock = env.root().join(format!("colour-{no_color}.sock"));
+        let cmd = format!(
+            "env -i TERM=\"$TERM\" {} AMPLIHACK_REMOTE_STATE='{}' {} remote list --no-refresh; sleep 5",
+            if no_color { "NO_COLOR=1" } else { "" },
             env.state_path().display(),
             bin.display()
         );
-        if no_color {
-            cmd = format!("NO_COLOR=1 {cmd}");
-        }
         let tmux = |args: &[&str]| {
             std::process::Command::new("tmux")
                 .arg("-S")

@@ -67,6 +67,10 @@ struct Reserved {
     id: String,
     vm: String,
     vm_is_new: bool,
+    /// Reserved a slot and waits for launch (else it failed at once: no room).
+    pending: bool,
+    /// The record as reserved.
+    record: Session,
 }
 
 struct Target<'a> {
@@ -139,29 +143,33 @@ fn reserve(
             }
         };
         let finished = !status.is_active();
-        st.sessions.insert(
-            id.clone(),
-            Session {
-                session_id: id.clone(),
-                vm_name: vm.clone(),
-                workspace: script::workspace_path(&target.workspace_root, &id),
-                tmux_session: id.clone(),
-                prompt: prompt.clone(),
-                command: args.command.as_str().into(),
-                max_turns: args.max_turns,
-                status,
-                memory_mb: pool::SESSION_MEMORY_MB,
-                created_at: now,
-                started_at: None,
-                completed_at: finished.then_some(now),
-                exit_code: None,
-                error,
-                repo_path: repo.map(|r| r.root.to_string_lossy().into_owned()),
-                base_commit: repo.map(|r| r.head.clone()),
-                extra: Default::default(),
-            },
-        );
-        reserved.push(Reserved { id, vm, vm_is_new });
+        let record = Session {
+            session_id: id.clone(),
+            vm_name: vm.clone(),
+            workspace: script::workspace_path(&target.workspace_root, &id),
+            tmux_session: id.clone(),
+            prompt: prompt.clone(),
+            command: args.command.as_str().into(),
+            max_turns: args.max_turns,
+            status,
+            memory_mb: pool::SESSION_MEMORY_MB,
+            created_at: now,
+            started_at: None,
+            completed_at: finished.then_some(now),
+            exit_code: None,
+            error,
+            repo_path: repo.map(|r| r.root.to_string_lossy().into_owned()),
+            base_commit: repo.map(|r| r.head.clone()),
+            extra: Default::default(),
+        };
+        st.sessions.insert(id.clone(), record.clone());
+        reserved.push(Reserved {
+            id,
+            vm,
+            vm_is_new,
+            pending: !finished,
+            record,
+        });
     }
     reserved
 }
@@ -285,7 +293,11 @@ fn launch_on_vm(
     }
 }
 
-fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<()> {
+/// One VM's outcomes and its sessions as committed.
+type CommittedVm = (Vec<(String, Outcome)>, Vec<Session>);
+
+/// Records one VM's results; returns the sessions as they now stand.
+fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Session>> {
     let now = ctx.now();
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
@@ -318,7 +330,10 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<()> {
                 }
             }
         }
-        Ok(())
+        Ok(outcomes
+            .iter()
+            .filter_map(|(id, _)| st.sessions.get(id).cloned())
+            .collect())
     })
 }
 
@@ -403,15 +418,7 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
         .map(|(r, p)| (r.id.as_str(), p.as_str()))
         .collect();
     let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
-    let state_now = ctx.store.load()?;
-    for r in &reserved {
-        if !state_now
-            .sessions
-            .get(&r.id)
-            .is_some_and(|s| s.status == SessionStatus::Pending)
-        {
-            continue;
-        }
+    for r in reserved.iter().filter(|r| r.pending) {
         jobs.entry(r.vm.as_str())
             .or_insert_with(|| VmJob {
                 vm: r.vm.clone(),
@@ -422,14 +429,14 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .sessions
             .push(r);
     }
-    let outcomes: Vec<Result<Vec<(String, Outcome)>>> = std::thread::scope(|scope| {
+    let committed: Vec<Result<CommittedVm>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .values()
             .map(|job| {
                 let (target, args, repo, prompts) = (&target, &args, repo.as_ref(), &prompts);
                 scope.spawn(move || {
                     let outcomes = launch_on_vm(ctx, job, target, args, repo, prompts);
-                    commit_outcomes(ctx, &outcomes).map(|()| outcomes)
+                    commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
                 })
             })
             .collect();
@@ -439,15 +446,18 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .collect()
     });
     let mut by_id: BTreeMap<String, Outcome> = BTreeMap::new();
-    for result in outcomes {
-        by_id.extend(result?);
+    let mut records: BTreeMap<String, Session> = reserved
+        .iter()
+        .filter(|r| !r.pending)
+        .map(|r| (r.id.clone(), r.record.clone()))
+        .collect();
+    for result in committed {
+        let (outcomes, sessions) = result?;
+        by_id.extend(outcomes);
+        records.extend(sessions.into_iter().map(|s| (s.session_id.clone(), s)));
     }
 
-    let state = ctx.store.load()?;
-    let sessions: Vec<&Session> = reserved
-        .iter()
-        .filter_map(|r| state.sessions.get(&r.id))
-        .collect();
+    let sessions: Vec<&Session> = reserved.iter().filter_map(|r| records.get(&r.id)).collect();
     if args.json {
         ui::print(&render::list_json(&sessions, &render::Live::default()))?;
     } else {
@@ -472,12 +482,9 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
     for r in &reserved {
         match by_id.get(&r.id) {
             Some(Outcome::Failed { code, message }) => return Err(failure(*code, message)),
-            None => {
-                let s = state.sessions.get(&r.id);
-                if let Some(s) = s.filter(|s| !s.status.is_active()) {
-                    let why = s.error.as_deref().unwrap_or("unknown error");
-                    return Err(failure(1, why));
-                }
+            None if !r.pending => {
+                let why = r.record.error.as_deref().unwrap_or("unknown error");
+                return Err(failure(1, why));
             }
             _ => {}
         }

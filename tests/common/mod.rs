@@ -120,11 +120,14 @@ impl TestEnv {
         c
     }
 
-    /// Runs `amplihack remote ARGS...`.
+    /// Runs `amplihack remote ARGS...`. Whatever it prints must never hold the API key.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut c = self.cmd();
         c.arg("remote").args(args);
-        c.output().unwrap()
+        let out = c.output().unwrap();
+        assert_no_secret(&out.stdout, "stdout");
+        assert_no_secret(&out.stderr, "stderr");
+        out
     }
 
     /// A std Command for the binary (for tests that signal it or run many at once).
@@ -273,8 +276,23 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+pub fn assert_no_secret(bytes: &[u8], what: &str) {
+    assert!(
+        !String::from_utf8_lossy(bytes).contains(SECRET),
+        "the API key appeared in {what}"
+    );
+}
+
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        // Across the whole suite: the key is never in a logged azlin argv or the state file.
+        if !std::thread::panicking() {
+            for file in [self.azlin_home().join("calls.log"), self.state_path()] {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    assert_no_secret(&bytes, &file.display().to_string());
+                }
+            }
+        }
         let mut sockets = vec![self.root().join("tmux")];
         if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
             sockets.extend(vms.flatten().map(|e| e.path().join("tmp")));
