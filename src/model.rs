@@ -238,10 +238,46 @@ impl State {
 }
 
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    match whole_seconds(t) {
+        Some(buf) => String::from_utf8_lossy(&buf).into_owned(),
+        None => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` without allocating, for whole-second times of years 0-9999: the form
+/// nearly every timestamp has, and a hot spot when listing thousands of sessions.
+fn whole_seconds(t: &DateTime<Utc>) -> Option<[u8; 20]> {
+    use chrono::{Datelike, Timelike};
+    if t.nanosecond() != 0 || !(0..=9999).contains(&t.year()) {
+        return None;
+    }
+    let mut b = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, width: usize, mut v: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, t.year() as u32);
+    put(5, 2, t.month());
+    put(8, 2, t.day());
+    put(11, 2, t.hour());
+    put(14, 2, t.minute());
+    put(17, 2, t.second());
+    Some(b)
+}
+
+fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    match whole_seconds(t) {
+        Some(buf) => s.serialize_str(std::str::from_utf8(&buf).expect("ASCII")),
+        None => s.serialize_str(&format_timestamp(t)),
+    }
 }
 
 pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Some(t) = parse_utc_seconds(s) {
+        return Ok(t);
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -253,11 +289,35 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
     Err(format!("invalid timestamp {s:?}"))
 }
 
+/// The fast path for the form we write, `YYYY-MM-DDTHH:MM:SSZ`: reading a state file spends
+/// most of its time on timestamps otherwise. Anything else goes to the general parsers.
+fn parse_utc_seconds(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |acc, d| {
+            d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
+        })
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let time = chrono::NaiveTime::from_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    Some(date.and_time(time).and_utc())
+}
+
 mod timestamp {
     use super::*;
 
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_timestamp(t))
+        serialize_timestamp(t, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -271,7 +331,7 @@ mod opt_timestamp {
 
     pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.serialize_str(&format_timestamp(t)),
+            Some(t) => serialize_timestamp(t, s),
             None => s.serialize_none(),
         }
     }
@@ -365,6 +425,51 @@ mod tests {
             out["sessions"]["sess-20251125-143022-abc"]["status"],
             "paused"
         );
+    }
+
+    #[test]
+    fn the_fast_timestamp_path_agrees_with_chrono() {
+        for s in [
+            "2025-11-25T14:30:22Z",
+            "2000-02-29T00:00:00Z",
+            "2099-12-31T23:59:59Z",
+        ] {
+            let slow = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+            assert_eq!(parse_utc_seconds(s), Some(slow), "{s}");
+        }
+        for s in [
+            "2025-11-25T14:30:22Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let t = parse_timestamp(s).unwrap();
+            assert_eq!(
+                format_timestamp(&t),
+                t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            );
+            assert_eq!(format_timestamp(&t), s);
+        }
+        for s in [
+            "2025-11-25T14:30:22Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let t = parse_timestamp(s).unwrap();
+            assert_eq!(
+                format_timestamp(&t),
+                t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            );
+            assert_eq!(format_timestamp(&t), s);
+        }
+        for s in [
+            "2025-02-30T00:00:00Z",
+            "2025-11-25T24:00:00Z",
+            "2025-11-25 14:30:22Z",
+            "2025-1a-25T14:30:22Z",
+            "+025-11-25T14:30:22Z",
+        ] {
+            assert_eq!(parse_utc_seconds(s), None, "{s}");
+        }
     }
 
     #[test]

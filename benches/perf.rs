@@ -1,0 +1,437 @@
+//! Benchmarks of the release binary (`cargo bench --bench perf`; results in docs/performance.md).
+//!
+//! 1. Read path: `list --json --no-refresh` and `status --json --no-refresh` on states of 10 to
+//!    100,000 sessions: median wall time and peak RSS of the process.
+//! 2. Round trips: commands against the stand-in azlin sleeping 2 s per call, with the number of
+//!    azlin calls each made.
+//! 3. State transactions: 32 processes doing 50 locked transactions each.
+//!
+//! `cargo bench --bench perf -- read|remote|tx` runs one section.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use amplihack::model::{Session, SessionStatus, State, VmEntry};
+use amplihack::state::StateStore;
+use chrono::{TimeZone, Utc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_amplihack");
+
+fn support(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(rel)
+}
+
+/// Runs a command to the end; returns its wall time and peak RSS in KiB (from wait4).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports the child's rusage
+fn measure(cmd: &mut Command) -> (Duration, i64, i32) {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (start.elapsed(), usage.ru_maxrss, code)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn synthetic_state(n: usize) -> State {
+    let t0 = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut st = State::default();
+    let vms = n.div_ceil(4).max(1);
+    for v in 0..vms {
+        st.vm_pool.insert(
+            format!("amplihack-bench-{v:06}"),
+            VmEntry {
+                size: "Standard_E16s_v5".into(),
+                capacity: 4,
+                active_sessions: vec![],
+                region: "eastus".into(),
+                created_at: t0,
+                backend: Default::default(),
+                state: Default::default(),
+                error: None,
+                extra: Default::default(),
+            },
+        );
+    }
+    for i in 0..n {
+        let id = format!("sess-20260101-{:06}-{:04x}", i / 65536, i % 65536);
+        let status = match i % 5 {
+            0 => SessionStatus::Running,
+            1 | 2 => SessionStatus::Completed,
+            3 => SessionStatus::Failed,
+            _ => SessionStatus::Killed,
+        };
+        st.sessions.insert(
+            id.clone(),
+            Session {
+                session_id: id.clone(),
+                vm_name: format!("amplihack-bench-{:06}", i / 4),
+                workspace: format!("/workspace/{id}"),
+                tmux_session: id.clone(),
+                prompt: format!(
+                    "implement feature number {i} with tests, docs and a changelog entry"
+                ),
+                command: "auto".into(),
+                max_turns: 10,
+                memory_mb: 32768,
+                created_at: t0 + chrono::Duration::seconds(i as i64),
+                started_at: Some(t0 + chrono::Duration::seconds(i as i64 + 20)),
+                completed_at: (!status.is_active())
+                    .then(|| t0 + chrono::Duration::seconds(i as i64 + 600)),
+                exit_code: match status {
+                    SessionStatus::Completed => Some(0),
+                    SessionStatus::Failed => Some(1),
+                    _ => None,
+                },
+                status,
+                error: None,
+                repo_path: None,
+                base_commit: None,
+                extra: Default::default(),
+            },
+        );
+    }
+    st.normalize();
+    st
+}
+
+fn read_path() {
+    println!("## Read path (release binary, median of N runs)\n");
+    println!(
+        "| sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let dir = tempfile::tempdir().unwrap();
+    for n in [10usize, 100, 1_000, 10_000, 100_000] {
+        let path = dir.path().join(format!("state-{n}.json"));
+        let text = serde_json::to_vec_pretty(&synthetic_state(n)).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let runs = if n >= 100_000 { 7 } else { 31 };
+        let mut row = Vec::new();
+        let mut rss = Vec::new();
+        for args in [
+            ["list", "--json", "--no-refresh"],
+            ["status", "--json", "--no-refresh"],
+        ] {
+            let mut times = Vec::new();
+            let mut peak = 0;
+            for _ in 0..runs {
+                let (t, r, code) = measure(
+                    Command::new(BIN)
+                        .arg("remote")
+                        .args(args)
+                        .env_clear()
+                        .env("AMPLIHACK_REMOTE_STATE", &path)
+                        .env("HOME", dir.path()),
+                );
+                assert_eq!(code, 0);
+                times.push(t);
+                peak = peak.max(r);
+            }
+            row.push(format!("{} ms", ms(median(times))));
+            rss.push(format!("{:.1}", peak as f64 / 1024.0));
+        }
+        println!(
+            "| {n} | {:.1} MB | {} | {} | {} MB | {runs} |",
+            text.len() as f64 / 1e6,
+            row[0],
+            row[1],
+            rss.join(" / ")
+        );
+    }
+    println!();
+}
+
+struct FakeWorld {
+    dir: tempfile::TempDir,
+}
+
+impl FakeWorld {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ahb")
+            .tempdir_in("/tmp")
+            .unwrap();
+        for sub in ["home", "azlin", "bin", "tmux"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(support("azlin"), dir.path().join("bin/azlin")).unwrap();
+        FakeWorld { dir }
+    }
+
+    fn cmd(&self, delay: &str, args: &[&str]) -> Command {
+        let r = self.dir.path();
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .current_dir(r)
+            .env(
+                "PATH",
+                format!("{}/bin:/usr/local/bin:/usr/bin:/bin", r.display()),
+            )
+            .env("HOME", r.join("home"))
+            .env("USER", "bench")
+            .env("AMPLIHACK_REMOTE_STATE", r.join("state.json"))
+            .env("TMUX_TMPDIR", r.join("tmux"))
+            .env("FAKE_AZLIN_HOME", r.join("azlin"))
+            .env("FAKE_AZLIN_VM_BIN", support("vm-bin"))
+            .env("FAKE_AZLIN_DELAY", delay)
+            .env("AMPLIHACK_REMOTE_WORKSPACE", "~/workspace")
+            .env("ANTHROPIC_API_KEY", "sk-ant-bench")
+            .env("AMPLIHACK_AZURE_REGIONS", "")
+            .arg("remote")
+            .args(args);
+        c
+    }
+
+    fn calls(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("azlin/calls.log"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn clear_calls(&self) {
+        let _ = std::fs::remove_file(self.dir.path().join("azlin/calls.log"));
+    }
+
+    /// Runs a setup command with no azlin delay.
+    fn setup(&self, args: &[&str]) {
+        let (_, _, code) = measure(&mut self.cmd("0", args));
+        assert_eq!(code, 0, "setup {args:?} failed");
+        self.clear_calls();
+    }
+
+    /// Runs a measured command with the 2 s delay; returns (time, azlin calls).
+    fn timed(&self, args: &[&str]) -> (Duration, usize, i32) {
+        self.clear_calls();
+        let (t, _, code) = measure(&mut self.cmd("2", args));
+        (t, self.calls(), code)
+    }
+}
+
+impl Drop for FakeWorld {
+    fn drop(&mut self) {
+        let mut sockets = vec![self.dir.path().join("tmux")];
+        if let Ok(vms) = std::fs::read_dir(self.dir.path().join("azlin/vms")) {
+            sockets.extend(vms.flatten().map(|e| e.path().join("tmp")));
+        }
+        for s in sockets {
+            let _ = Command::new("tmux")
+                .arg("kill-server")
+                .env_remove("TMUX")
+                .env("TMUX_TMPDIR", s)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn remote() {
+    println!("## Round trips (stand-in azlin sleeping 2 s per call; median of 3 runs)\n");
+    println!("| command | time | azlin calls | a sequential design would need |");
+    println!("|---|---:|---:|---|");
+    let row = |name: &str, runs: Vec<(Duration, usize, i32)>, naive: &str| {
+        assert!(runs.iter().all(|r| r.2 == 0), "{name} failed: {runs:?}");
+        let calls = runs[0].1;
+        let t = median(runs.into_iter().map(|r| r.0).collect());
+        println!("| {name} | {:.2} s | {calls} | {naive} |", t.as_secs_f64());
+    };
+    let eight = [
+        "start",
+        "--no-context",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+    ];
+
+    let runs = (0..3)
+        .map(|_| {
+            let w = FakeWorld::new();
+            w.setup(&["prime", "--count", "2", "--vm-size", "l"]);
+            w.timed(&eight)
+        })
+        .collect();
+    row(
+        "`start` 8 prompts onto 2 existing L VMs",
+        runs,
+        "8 prompts x 3-5 calls = 24-40 calls, 48-80 s",
+    );
+
+    let runs = (0..3)
+        .map(|_| {
+            let w = FakeWorld::new();
+            w.timed(&[
+                "start",
+                "--no-context",
+                "SLEEP=600",
+                "SLEEP=600",
+                "SLEEP=600",
+                "SLEEP=600",
+            ])
+        })
+        .collect();
+    row(
+        "`start` 4 prompts onto a new L VM (provision + launch)",
+        runs,
+        "1 new + 4 x 3-5 calls",
+    );
+
+    let w = FakeWorld::new();
+    w.setup(&["prime", "--count", "4", "--vm-size", "s"]);
+    w.setup(&[
+        "start",
+        "--no-context",
+        "--size",
+        "s",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+        "SLEEP=600",
+    ]);
+    let runs = (0..3).map(|_| w.timed(&["list"])).collect();
+    row("`list` refreshing 4 VMs", runs, "4 calls in a row, 8 s");
+    let runs = (0..3).map(|_| w.timed(&["status"])).collect();
+    row(
+        "`status` refreshing 4 VMs + power states",
+        runs,
+        "5 calls in a row, 10 s",
+    );
+    let id = {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.dir.path().join("state.json")).unwrap())
+                .unwrap();
+        st["sessions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone()
+    };
+    let runs = (0..3).map(|_| w.timed(&["output", &id])).collect();
+    row(
+        "`output` of a running session",
+        runs,
+        "2 calls (status, capture)",
+    );
+
+    let runs = (0..3)
+        .map(|_| {
+            let w = FakeWorld::new();
+            w.timed(&["prime", "--count", "3"])
+        })
+        .collect();
+    row("`prime --count 3`", runs, "3 calls in a row, 6 s");
+    println!();
+}
+
+fn transactions() {
+    println!("## State transactions (32 processes x 50 locked read-modify-write transactions)\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let exe = std::env::current_exe().unwrap();
+    let start = Instant::now();
+    let children: Vec<_> = (0..32)
+        .map(|w| {
+            Command::new(&exe)
+                .arg("--worker")
+                .arg(w.to_string())
+                .arg(&path)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let elapsed = start.elapsed();
+    let st = StateStore::new(path).load().unwrap();
+    assert_eq!(st.sessions.len(), 32 * 50, "a transaction was lost");
+    println!(
+        "1600 of 1600 transactions landed in {:.2} s: {:.0} transactions/s (each rewrites the whole file, which ends at 1600 sessions).\n",
+        elapsed.as_secs_f64(),
+        1600.0 / elapsed.as_secs_f64()
+    );
+}
+
+fn worker(id: usize, path: &Path) {
+    let store = StateStore::new(path.to_path_buf());
+    let template = synthetic_state(1).sessions.into_values().next().unwrap();
+    for i in 0..50 {
+        let sid = format!("sess-w{id:02}-{i:03}");
+        store
+            .update(|st| {
+                let mut s = template.clone();
+                s.session_id = sid.clone();
+                st.sessions.insert(sid.clone(), s);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        worker(args[2].parse().unwrap(), Path::new(&args[3]));
+        return;
+    }
+    let only = args
+        .iter()
+        .skip(1)
+        .find(|a| ["read", "remote", "tx"].contains(&a.as_str()))
+        .cloned();
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    println!(
+        "Machine: {} cores; {}\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        cpu_model()
+    );
+    if run("read") {
+        read_path();
+    }
+    if run("remote") {
+        remote();
+    }
+    if run("tx") {
+        transactions();
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
