@@ -39,6 +39,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     pub follow_interval: Duration,
     pub kill_grace_secs: u32,
+    /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
+    pub new_vm_ssh_attempts: u32,
+    pub new_vm_ssh_retry_delay: Duration,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -113,6 +116,12 @@ impl Settings {
         )?
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(5));
+        let new_vm_ssh_retry_delay = number::<f64>(
+            "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(15));
         Ok(Settings {
             backend,
             region,
@@ -141,6 +150,8 @@ impl Settings {
             },
             follow_interval,
             kill_grace_secs,
+            new_vm_ssh_attempts: 4,
+            new_vm_ssh_retry_delay,
         })
     }
 

@@ -3,6 +3,7 @@
 //! and the process exits 130 with the state consistent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -32,4 +33,16 @@ pub fn check() -> Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Sleeps, waking early with `Error::Interrupted` on Ctrl+C.
+pub fn sleep(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        check()?;
+        std::thread::sleep(
+            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    check()
 }

@@ -391,6 +391,36 @@ mod tests {
     }
 
     #[test]
+    fn attach_goes_through_connect_with_one_remote_command() {
+        let az = Azlin {
+            program: "azlin".into(),
+            resource_group: None,
+        };
+        let (program, args) = az.attach_command("vm1", "sess-1");
+        assert_eq!(program, "azlin");
+        assert_eq!(
+            args,
+            [
+                "connect",
+                "vm1",
+                "--no-tmux",
+                "--no-reconnect",
+                "--no-status",
+                "--",
+                "tmux attach -t '=sess-1'"
+            ]
+        );
+        let (program, args) = LocalShell.attach_command("local", "sess-1");
+        assert_eq!(
+            (program.to_str().unwrap(), args),
+            (
+                "tmux",
+                vec!["attach".to_string(), "-t".into(), "=sess-1".into()]
+            )
+        );
+    }
+
+    #[test]
     fn connect_argv_follows_the_contract() {
         let az = Azlin {
             program: "azlin".into(),

@@ -186,6 +186,8 @@ fn status_shows_power_states_and_flags_vms_gone_from_azure() {
     std::process::Command::new(support("azlin"))
         .args(["stop", &vms[0]])
         .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("AZLIN_NO_UPDATE_CHECK", "1")
+        .stdin(std::process::Stdio::null())
         .status()
         .unwrap();
     std::fs::remove_dir_all(env.vm_dir(&vms[1])).unwrap();

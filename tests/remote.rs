@@ -657,3 +657,53 @@ fn a_vanished_tmux_session_is_failed_without_exit_code() {
         "{s}"
     );
 }
+
+#[test]
+fn a_new_vm_that_does_not_answer_ssh_yet_is_retried() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_SSH_RETRY_DELAY", "0.1");
+    std::fs::write(env.azlin_home().join("unreachable-next"), "2").unwrap();
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=30"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not answer ssh yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(connect_calls(&env), 3, "two refused, the third launched");
+    let id = started_ids(&out).remove(0);
+    assert_eq!(env.session(&id)["status"], "running");
+    // A pool VM gets no retry: its failure is reported at once.
+    std::fs::write(env.azlin_home().join("unreachable-next"), "1").unwrap();
+    env.clear_calls();
+    let out = env.run(&["start", "--no-context", "SLEEP=30"]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_eq!(connect_calls(&env), 1);
+}
+
+#[test]
+fn a_session_still_being_launched_cannot_be_killed() {
+    let mut env = TestEnv::new();
+    env.prime(1, "l");
+    env.set("FAKE_AZLIN_DELAY", "2");
+    let mut child = env
+        .std_cmd(&["start", "--no-context", "SLEEP=30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("the reservation", Duration::from_secs(20), || {
+        env.state_path().exists() && !env.session_ids().is_empty()
+    });
+    let id = env.session_ids().remove(0);
+    env.set("FAKE_AZLIN_DELAY", "0");
+    let out = env.run(&["kill", &id]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("still being launched"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(env.session(&id)["status"], "running");
+}

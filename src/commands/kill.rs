@@ -6,7 +6,7 @@ use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::SessionStatus;
-use crate::refresh::backend_of;
+use crate::refresh::{self, backend_of};
 use crate::script::{self, KillOutcome};
 use crate::ui;
 
@@ -23,6 +23,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             "Session {id} already {}{code}; nothing to kill.\n",
             session.status
         ));
+    }
+    if session.status == SessionStatus::Pending
+        && !refresh::pending_is_stale(session.created_at, ctx.now())
+    {
+        // Its `start` is launching it right now; a kill now would race the launch and could
+        // leave an agent running that the state calls killed.
+        return Err(Error::Failed(format!(
+            "session {id} is still being launched by another command; kill it once 'amplihack remote list' shows it running"
+        )));
     }
     ui::print(&format!("Killing session: {id}\n"))?;
     ui::print(if args.force {

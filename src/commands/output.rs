@@ -2,7 +2,6 @@
 //! polls the log by byte offset so nothing is printed twice or skipped.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use crate::cli::OutputArgs;
 use crate::commands::{Ctx, find_session};
@@ -93,17 +92,6 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     ui::print_bytes(&text)
 }
 
-fn sleep_interruptibly(d: Duration) -> Result<()> {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        interrupt::check()?;
-        std::thread::sleep(
-            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
-        );
-    }
-    interrupt::check()
-}
-
 fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
     let mut offset: Option<u64> = None;
@@ -152,6 +140,6 @@ fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> 
             ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
             return Ok(());
         }
-        sleep_interruptibly(ctx.settings.follow_interval)?;
+        interrupt::sleep(ctx.settings.follow_interval)?;
     }
 }

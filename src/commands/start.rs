@@ -259,12 +259,40 @@ fn launch_on_vm(
         wait_for_cloud_init: job.backend == Backend::Azure,
     };
     let transport = ctx.transports.for_backend(job.backend);
-    match transport.run_script(
-        &job.vm,
-        script::launch_input(&plan),
-        ctx.settings.timeouts.launch,
-        OnInterrupt::FinishUnlessRepeated,
-    ) {
+    let input = script::launch_input(&plan);
+    // A VM azlin has just created may not answer ssh yet; the launch script is idempotent,
+    // so it is safe to send again. Pool VMs get no retry: a failure there is news.
+    let attempts = if job.vm_is_new {
+        ctx.settings.new_vm_ssh_attempts.max(1)
+    } else {
+        1
+    };
+    let mut attempt = 1;
+    let result = loop {
+        let result = transport.run_script(
+            &job.vm,
+            input.clone(),
+            ctx.settings.timeouts.launch,
+            OnInterrupt::FinishUnlessRepeated,
+        );
+        match result {
+            Err(Error::VmUnreachable { ref detail, .. }) if attempt < attempts => {
+                let delay = ctx.settings.new_vm_ssh_retry_delay;
+                ui::progress(&format!(
+                    "New VM {} does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})...",
+                    job.vm,
+                    delay.as_secs_f64(),
+                    attempt + 1
+                ));
+                if let Err(e) = crate::interrupt::sleep(delay) {
+                    break Err(e);
+                }
+                attempt += 1;
+            }
+            other => break other,
+        }
+    };
+    match result {
         Ok(out) => {
             let results = script::parse_launch(&out.stdout);
             job.sessions
