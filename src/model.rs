@@ -350,36 +350,9 @@ mod opt_timestamp {
 mod tests {
     use super::*;
 
-    const PYTHON_STATE: &str = r#"{
-      "sessions": {
-        "sess-20251125-143022-abc": {
-          "session_id": "sess-20251125-143022-abc",
-          "vm_name": "amplihack-user-20251125-143000",
-          "workspace": "/workspace/sess-20251125-143022-abc",
-          "tmux_session": "sess-20251125-143022-abc",
-          "prompt": "implement user authentication",
-          "command": "auto",
-          "max_turns": 10,
-          "status": "running",
-          "memory_mb": 16384,
-          "created_at": "2025-11-25T14:30:22.123456",
-          "started_at": "2025-11-25T14:30:45",
-          "completed_at": null,
-          "exit_code": null,
-          "python_only": {"nested": [1, 2]}
-        }
-      },
-      "vm_pool": {
-        "amplihack-user-20251125-143000": {
-          "size": "Standard_D4s_v3",
-          "capacity": 4,
-          "active_sessions": ["sess-20251125-143022-abc"],
-          "region": "westus3",
-          "created_at": "2025-11-25T14:30:00"
-        }
-      },
-      "schema_hint": 7
-    }"#;
+    /// The specification's example state as the Python original writes it (naive timestamps,
+    /// a SKU missing from our table, fields we do not know).
+    const PYTHON_STATE: &str = include_str!("../tests/expected/python-state.json");
 
     #[test]
     fn reads_python_state_and_keeps_unknown_fields() {
@@ -391,9 +364,9 @@ mod tests {
             "2025-11-25T14:30:22.123456Z"
         );
         let out = serde_json::to_value(&state).unwrap();
-        assert_eq!(out["schema_hint"], 7);
+        assert_eq!(out["written_by"], "python");
         assert_eq!(
-            out["sessions"]["sess-20251125-143022-abc"]["python_only"]["nested"][1],
+            out["sessions"]["sess-20251125-143022-abc"]["python_field"][1],
             2
         );
         assert_eq!(
@@ -450,18 +423,6 @@ mod tests {
             assert_eq!(format_timestamp(&t), s);
         }
         for s in [
-            "2025-11-25T14:30:22Z",
-            "0001-01-01T00:00:00Z",
-            "9999-12-31T23:59:59Z",
-        ] {
-            let t = parse_timestamp(s).unwrap();
-            assert_eq!(
-                format_timestamp(&t),
-                t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-            );
-            assert_eq!(format_timestamp(&t), s);
-        }
-        for s in [
             "2025-02-30T00:00:00Z",
             "2025-11-25T24:00:00Z",
             "2025-11-25 14:30:22Z",
@@ -490,7 +451,10 @@ mod tests {
         state.normalize();
         assert_eq!(
             state.vm_pool["amplihack-user-20251125-143000"].active_sessions,
-            vec!["sess-20251125-143022-abc".to_string()]
+            vec![
+                "sess-20251125-143022-abc".to_string(),
+                "sess-20251125-143025-def".to_string()
+            ]
         );
         let now = Utc::now();
         assert!(state.finish_session(
@@ -508,10 +472,9 @@ mod tests {
             None
         ));
         state.normalize();
-        assert!(
-            state.vm_pool["amplihack-user-20251125-143000"]
-                .active_sessions
-                .is_empty()
+        assert_eq!(
+            state.vm_pool["amplihack-user-20251125-143000"].active_sessions,
+            vec!["sess-20251125-143025-def".to_string()]
         );
     }
 }

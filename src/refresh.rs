@@ -110,6 +110,19 @@ pub struct Refreshed {
     pub live: Live,
 }
 
+/// The state as `list` and `status` show it: refreshed from the VMs, or with `--no-refresh`
+/// read from the file alone.
+pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
+    if no_refresh {
+        Ok(Refreshed {
+            state: ctx.store.load()?,
+            live: Live::default(),
+        })
+    } else {
+        refresh(ctx, power)
+    }
+}
+
 /// Refreshes every pending-or-running session from its VM. With `power`, also asks azlin for
 /// the power state of every VM (one more call, in parallel).
 pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {

@@ -11,73 +11,7 @@ use common::*;
 use serde_json::Value;
 
 /// The spec's own state file example, as the Python original writes it (naive timestamps).
-pub const PYTHON_STATE: &str = r#"{
-  "sessions": {
-    "sess-20251125-143022-abc": {
-      "session_id": "sess-20251125-143022-abc",
-      "vm_name": "amplihack-user-20251125-143000",
-      "workspace": "/workspace/sess-20251125-143022-abc",
-      "tmux_session": "sess-20251125-143022-abc",
-      "prompt": "implement user authentication",
-      "command": "auto",
-      "max_turns": 10,
-      "status": "running",
-      "memory_mb": 16384,
-      "created_at": "2025-11-25T14:30:22.123456",
-      "started_at": "2025-11-25T14:30:45",
-      "completed_at": null,
-      "exit_code": null,
-      "python_field": [1, 2, 3]
-    },
-    "sess-20251125-143025-def": {
-      "session_id": "sess-20251125-143025-def",
-      "vm_name": "amplihack-user-20251125-143000",
-      "workspace": "/workspace/sess-20251125-143025-def",
-      "tmux_session": "sess-20251125-143025-def",
-      "prompt": "add pagination to API",
-      "command": "auto",
-      "max_turns": 10,
-      "status": "running",
-      "memory_mb": 16384,
-      "created_at": "2025-11-25T14:30:25",
-      "started_at": "2025-11-25T14:30:50",
-      "completed_at": null,
-      "exit_code": null
-    },
-    "sess-20251125-140000-xyz": {
-      "session_id": "sess-20251125-140000-xyz",
-      "vm_name": "amplihack-user-20251125-140000",
-      "workspace": "/workspace/sess-20251125-140000-xyz",
-      "tmux_session": "sess-20251125-140000-xyz",
-      "prompt": "write unit tests for the whole payments module",
-      "command": "auto",
-      "max_turns": 10,
-      "status": "completed",
-      "memory_mb": 16384,
-      "created_at": "2025-11-25T14:00:00",
-      "started_at": "2025-11-25T14:00:30",
-      "completed_at": "2025-11-25T14:20:00",
-      "exit_code": 0
-    }
-  },
-  "vm_pool": {
-    "amplihack-user-20251125-143000": {
-      "size": "Standard_D4s_v3",
-      "capacity": 4,
-      "active_sessions": ["sess-20251125-143022-abc", "sess-20251125-143025-def"],
-      "region": "westus3",
-      "created_at": "2025-11-25T14:30:00"
-    },
-    "amplihack-user-20251125-140000": {
-      "size": "Standard_E16s_v5",
-      "capacity": 4,
-      "active_sessions": [],
-      "region": "eastus",
-      "created_at": "2025-11-25T14:00:00"
-    }
-  },
-  "written_by": "python"
-}"#;
+pub const PYTHON_STATE: &str = include_str!("expected/python-state.json");
 
 #[test]
 fn help_shows_every_option_with_defaults() {

@@ -351,7 +351,6 @@ fn attach_on_a_terminal_shows_the_session_and_detaches() {
     env.wait_for("agent output", Duration::from_secs(20), || {
         stdout(&env.run(&["output", &id, "--raw"])).contains("agent line 3")
     });
-    let sock = env.root().join("outer.sock");
     let envs: Vec<String> = env
         .env()
         .into_iter()
@@ -362,33 +361,10 @@ fn attach_on_a_terminal_shows_the_session_and_detaches() {
         envs.join(" "),
         assert_cmd::cargo::cargo_bin("amplihack").display()
     );
-    let outer = |args: &[&str]| {
-        std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(args)
-            .env_remove("TMUX")
-            .output()
-            .unwrap()
-    };
-    assert!(
-        outer(&["new-session", "-d", "-x", "120", "-y", "30", &cmd])
-            .status
-            .success()
-    );
-    let mut screen = String::new();
-    let mut tries = 0;
-    while !screen.contains("agent line 3") {
-        tries += 1;
-        assert!(tries < 200, "the attached session never showed: {screen}");
-        std::thread::sleep(Duration::from_millis(100));
-        screen = String::from_utf8_lossy(&outer(&["capture-pane", "-p"]).stdout).into_owned();
-    }
-    outer(&["send-keys", "C-b", "d"]);
-    env.wait_for("detach", Duration::from_secs(20), || {
-        String::from_utf8_lossy(&outer(&["capture-pane", "-p"]).stdout).contains("attach-exit=0")
-    });
-    outer(&["kill-server"]);
+    let terminal = Terminal::new(&env, "outer", &cmd);
+    terminal.wait_for("agent line 3", false);
+    terminal.keys(&["C-b", "d"]);
+    terminal.wait_for("attach-exit=0", false);
     assert_eq!(
         env.session(&id)["status"],
         "running",

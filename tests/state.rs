@@ -176,7 +176,7 @@ fn an_unreadable_state_file_is_a_clear_error() {
     )
     .unwrap();
     // Root reads anything: run as nobody when we are root.
-    let mut cmd = if unsafe { libc_geteuid() } == 0 {
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
         let mut c = std::process::Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(assert_cmd::cargo::cargo_bin("amplihack"));
@@ -205,11 +205,6 @@ fn an_unreadable_state_file_is_a_clear_error() {
         )),
         "{err}"
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 #[test]

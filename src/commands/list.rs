@@ -2,16 +2,11 @@ use crate::cli::ListArgs;
 use crate::commands::{Ctx, status_filter};
 use crate::error::Result;
 use crate::refresh;
-use crate::render::{self, Live};
+use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let (state, live) = if args.refresh.no_refresh {
-        (ctx.store.load()?, Live::default())
-    } else {
-        let r = refresh::refresh(ctx, false)?;
-        (r.state, r.live)
-    };
+    let refresh::Refreshed { state, live } = refresh::current(ctx, args.refresh.no_refresh, false)?;
     let filter = status_filter(args.status);
     let rows = render::sessions_newest_first(&state, filter.as_ref());
     let now = ctx.now();

@@ -2,16 +2,11 @@ use crate::cli::StatusArgs;
 use crate::commands::Ctx;
 use crate::error::Result;
 use crate::refresh;
-use crate::render::{self, Live};
+use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
-    let (state, live) = if args.refresh.no_refresh {
-        (ctx.store.load()?, Live::default())
-    } else {
-        let r = refresh::refresh(ctx, true)?;
-        (r.state, r.live)
-    };
+    let refresh::Refreshed { state, live } = refresh::current(ctx, args.refresh.no_refresh, true)?;
     let now = ctx.now();
     let status = render::pool_status(&state, &live, now);
     let text = if args.json {

@@ -260,6 +260,74 @@ impl TestEnv {
     }
 }
 
+/// A terminal for tests that need one: a private tmux server whose only pane runs `command`
+/// (through `sh -c`) at 120x30. Dropping it ends the server.
+pub struct Terminal {
+    sock: PathBuf,
+}
+
+impl Terminal {
+    pub fn new(env: &TestEnv, name: &str, command: &str) -> Self {
+        let t = Terminal {
+            sock: env.root().join(format!("{name}.sock")),
+        };
+        assert!(
+            t.tmux(&["new-session", "-d", "-x", "120", "-y", "30", command])
+                .status
+                .success()
+        );
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap()
+    }
+
+    /// What the pane shows; with `escapes`, its colours as escape sequences.
+    pub fn screen(&self, escapes: bool) -> String {
+        let args: &[&str] = if escapes {
+            &["capture-pane", "-p", "-e"]
+        } else {
+            &["capture-pane", "-p"]
+        };
+        String::from_utf8_lossy(&self.tmux(args).stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `needle`; returns the screen.
+    pub fn wait_for(&self, needle: &str, escapes: bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.screen(escapes);
+            if screen.contains(needle) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the terminal never showed {needle:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys"];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        self.tmux(&["kill-server"]);
+    }
+}
+
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .arg("-C")
