@@ -277,6 +277,7 @@ fn a_second_ctrl_c_abandons_a_hung_launch_without_leaving_pending_sessions() {
         env.calls().iter().any(|c| c[0] == "connect")
     });
     sigint(&child);
+    // Two presses, not one: identical signals pending at once would merge into one.
     std::thread::sleep(Duration::from_millis(300));
     sigint(&child);
     let out = wait_output(child);
@@ -300,8 +301,11 @@ fn ctrl_c_stops_following_while_the_session_keeps_running() {
     let env = TestEnv::new();
     let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
     let id = started_ids(&out).remove(0);
+    env.clear_calls();
     let child = spawn(&env, &["output", &id, "--follow"]);
-    std::thread::sleep(Duration::from_millis(700));
+    env.wait_for("following to begin", Duration::from_secs(20), || {
+        env.calls().iter().any(|c| c[0] == "connect")
+    });
     sigint(&child);
     let out = wait_output(child);
     assert_eq!(out.status.code(), Some(130));
