@@ -73,9 +73,9 @@ struct Reserved {
     record: Session,
 }
 
-struct Target<'a> {
+struct Target {
     backend: Backend,
-    region: &'a str,
+    region: String,
     size: &'static SizeSpec,
     local_capacity: Option<u32>,
     workspace_root: String,
@@ -111,7 +111,7 @@ fn reserve(
         &pool::Request {
             count: args.prompts.len(),
             backend: target.backend,
-            region: target.region,
+            region: &target.region,
             new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
         },
     );
@@ -119,7 +119,7 @@ fn reserve(
         st,
         plan.new_vms,
         target.size,
-        target.region,
+        &target.region,
         &ctx.settings.user,
         now,
     );
@@ -215,7 +215,6 @@ fn launch_on_vm(
     target: &Target,
     args: &StartArgs,
     repo: Option<&RepoContext>,
-    prompts: &BTreeMap<&str, &str>,
 ) -> Vec<(String, Outcome)> {
     let all = |o: Outcome| {
         job.sessions
@@ -224,7 +223,7 @@ fn launch_on_vm(
             .collect::<Vec<_>>()
     };
     if job.vm_is_new {
-        let outcome = provision::create_vm(ctx, &job.vm, target.size.sku, target.region);
+        let outcome = provision::create_vm(ctx, &job.vm, target.size.sku, &target.region);
         if let Err(e) = provision::commit_vm(ctx, &job.vm, &outcome) {
             return all(Outcome::from_error(&e));
         }
@@ -247,7 +246,7 @@ fn launch_on_vm(
             .iter()
             .map(|r| LaunchSession {
                 id: &r.id,
-                prompt: prompts[r.id.as_str()],
+                prompt: &r.record.prompt,
                 command: args.command.as_str(),
                 max_turns: args.max_turns,
             })
@@ -365,15 +364,13 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     })
 }
 
-pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+/// Where this start's sessions go: backend, region, size, workspace root.
+fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
     let backend = if args.local {
         Backend::Local
     } else {
         ctx.settings.backend
     };
-    if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
-        return Err(Error::MissingApiKey);
-    }
     let size =
         pool::size_by_letter(size_letter(args.size)).expect("the size table covers every choice");
     let region = match backend {
@@ -394,6 +391,21 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    Ok(Target {
+        backend,
+        region,
+        size,
+        local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
+        workspace_root,
+    })
+}
+
+pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    // Everything that can fail locally fails before any remote work.
+    if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
+        return Err(Error::MissingApiKey);
+    }
+    let target = target(ctx, &args)?;
     let repo = if args.no_context {
         None
     } else {
@@ -405,85 +417,16 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             ctx.settings.timeouts.local_git,
         )?)
     };
-    let target = Target {
-        backend,
-        region: &region,
-        size,
-        local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
-        workspace_root,
-    };
-    let n = args.prompts.len();
     if !args.json {
-        ui::print(&format!("Starting {n} session(s)...\n"))?;
+        ui::print(&format!("Starting {} session(s)...\n", args.prompts.len()))?;
     }
-
-    // A refresh costs seconds and a new VM costs minutes: when the pool looks full, first
-    // learn whether some of its sessions have finished.
-    if backend == Backend::Azure {
-        let st = ctx.store.load()?;
-        let request = pool::Request {
-            count: n,
-            backend,
-            region: &region,
-            new_vm_capacity: Some(size.max_sessions),
-        };
-        if pool::plan(&st, &request).needs_new_vms()
-            && !pool::busy_vms(&st, backend, &region).is_empty()
-        {
-            ui::progress("Checking whether busy pool VMs have free slots...");
-            refresh::refresh(ctx, false)?;
-        }
-    }
+    refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
 
     let now = ctx.now();
     let reserved = ctx
         .store
         .update(|st| Ok(reserve(st, ctx, &args, &target, repo.as_ref(), now)))?;
-
-    let prompts: BTreeMap<&str, &str> = reserved
-        .iter()
-        .zip(&args.prompts)
-        .map(|(r, p)| (r.id.as_str(), p.as_str()))
-        .collect();
-    let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
-    for r in reserved.iter().filter(|r| r.pending) {
-        jobs.entry(r.vm.as_str())
-            .or_insert_with(|| VmJob {
-                vm: r.vm.clone(),
-                vm_is_new: r.vm_is_new,
-                backend,
-                sessions: vec![],
-            })
-            .sessions
-            .push(r);
-    }
-    let committed: Vec<Result<CommittedVm>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .values()
-            .map(|job| {
-                let (target, args, repo, prompts) = (&target, &args, repo.as_ref(), &prompts);
-                scope.spawn(move || {
-                    let outcomes = launch_on_vm(ctx, job, target, args, repo, prompts);
-                    commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("launch thread"))
-            .collect()
-    });
-    let mut by_id: BTreeMap<String, Outcome> = BTreeMap::new();
-    let mut records: BTreeMap<String, Session> = reserved
-        .iter()
-        .filter(|r| !r.pending)
-        .map(|r| (r.id.clone(), r.record.clone()))
-        .collect();
-    for result in committed {
-        let (outcomes, sessions) = result?;
-        by_id.extend(outcomes);
-        records.extend(sessions.into_iter().map(|s| (s.session_id.clone(), s)));
-    }
+    let (outcomes, records) = launch_all(ctx, &reserved, &target, &args, repo.as_ref())?;
 
     let sessions: Vec<&Session> = reserved.iter().filter_map(|r| records.get(&r.id)).collect();
     if args.json {
@@ -499,16 +442,92 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .collect();
         ui::print(&render::start_report(&lines))?;
     }
+    exit_status(&reserved, &outcomes)
+}
 
-    // The exit code is that of the first failure, in prompt order.
-    if by_id
+/// A refresh costs seconds and a new VM costs minutes: when the pool looks full, first learn
+/// whether some of its sessions have finished.
+fn refresh_if_pool_looks_full(ctx: &Ctx, target: &Target, count: usize) -> Result<()> {
+    if target.backend != Backend::Azure {
+        return Ok(());
+    }
+    let st = ctx.store.load()?;
+    let request = pool::Request {
+        count,
+        backend: target.backend,
+        region: &target.region,
+        new_vm_capacity: Some(target.size.max_sessions),
+    };
+    if pool::plan(&st, &request).needs_new_vms()
+        && !pool::busy_vms(&st, target.backend, &target.region).is_empty()
+    {
+        ui::progress("Checking whether busy pool VMs have free slots...");
+        refresh::refresh(ctx, false)?;
+    }
+    Ok(())
+}
+
+/// Provisions and launches on every VM in parallel, committing each VM's results as they
+/// come. Returns every session's outcome and its record as committed.
+fn launch_all(
+    ctx: &Ctx,
+    reserved: &[Reserved],
+    target: &Target,
+    args: &StartArgs,
+    repo: Option<&RepoContext>,
+) -> Result<(BTreeMap<String, Outcome>, BTreeMap<String, Session>)> {
+    let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
+    for r in reserved.iter().filter(|r| r.pending) {
+        jobs.entry(r.vm.as_str())
+            .or_insert_with(|| VmJob {
+                vm: r.vm.clone(),
+                vm_is_new: r.vm_is_new,
+                backend: target.backend,
+                sessions: vec![],
+            })
+            .sessions
+            .push(r);
+    }
+    let committed: Vec<Result<CommittedVm>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .values()
+            .map(|job| {
+                scope.spawn(move || {
+                    let outcomes = launch_on_vm(ctx, job, target, args, repo);
+                    commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("launch thread"))
+            .collect()
+    });
+    let mut outcomes = BTreeMap::new();
+    // Sessions that found no room never launched: their reserved record is final.
+    let mut records: BTreeMap<String, Session> = reserved
+        .iter()
+        .filter(|r| !r.pending)
+        .map(|r| (r.id.clone(), r.record.clone()))
+        .collect();
+    for result in committed {
+        let (vm_outcomes, vm_records) = result?;
+        outcomes.extend(vm_outcomes);
+        records.extend(vm_records.into_iter().map(|s| (s.session_id.clone(), s)));
+    }
+    Ok((outcomes, records))
+}
+
+/// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order.
+fn exit_status(reserved: &[Reserved], outcomes: &BTreeMap<String, Outcome>) -> Result<()> {
+    if outcomes
         .values()
         .any(|o| matches!(o, Outcome::Abandoned | Outcome::Failed { code: 130, .. }))
     {
         return Err(Error::Interrupted);
     }
-    for r in &reserved {
-        match by_id.get(&r.id) {
+    for r in reserved {
+        match outcomes.get(&r.id) {
             Some(Outcome::Failed { code, message }) => return Err(failure(*code, message)),
             None if !r.pending => {
                 let why = r.record.error.as_deref().unwrap_or("unknown error");
