@@ -1,6 +1,7 @@
-//! Ctrl+C. The handler only counts; long waits (the executor, `--follow`) poll the count and
-//! unwind through `Error::Interrupted`, so every state transaction finishes or never starts,
-//! and the process exits 130 with the state consistent.
+//! Ctrl+C, and its cousins: SIGTERM (`kill`) and SIGHUP (the terminal or ssh connection went
+//! away mid-command). The handler only counts; long waits (the executor, `--follow`) poll the
+//! count and unwind through `Error::Interrupted`, so every state transaction finishes or never
+//! starts, and the process exits 130 with the state consistent.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,12 +11,15 @@ use crate::error::{Error, Result};
 static SIGINTS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn install() {
-    // SAFETY: the handler only does an atomic add, which is async-signal-safe.
-    let _ = unsafe {
-        signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
-            SIGINTS.fetch_add(1, Ordering::SeqCst);
-        })
-    };
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // SAFETY: the handler only does an atomic add, which is async-signal-safe.
+        let _ = unsafe {
+            signal_hook::low_level::register(signal, || {
+                SIGINTS.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+    }
 }
 
 /// How many times Ctrl+C was pressed.

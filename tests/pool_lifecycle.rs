@@ -371,3 +371,40 @@ fn attach_on_a_terminal_shows_the_session_and_detaches() {
         "detaching leaves the session running"
     );
 }
+
+#[test]
+fn prune_on_a_terminal_asks_first() {
+    let env = TestEnv::new();
+    let vms = env.prime(1, "s");
+    let envs: Vec<String> = env
+        .env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}='{v}'"))
+        .collect();
+    let bin = assert_cmd::cargo::cargo_bin("amplihack");
+    let prune = format!(
+        "env -i TERM=\"$TERM\" {} {} remote prune --idle-minutes 0",
+        envs.join(" "),
+        bin.display()
+    );
+    let terminal = Terminal::new(
+        &env,
+        "no",
+        &format!("{prune}; echo prune-exit=$?; sleep 30"),
+    );
+    terminal.wait_for(&format!("Delete 1 VM(s): {}? [y/N]", vms[0]), false);
+    terminal.keys(&["n", "Enter"]);
+    terminal.wait_for("prune-exit=0", false);
+    assert!(terminal.screen(false).contains("Nothing deleted."));
+    assert!(env.vm_dir(&vms[0]).exists());
+    let terminal = Terminal::new(
+        &env,
+        "yes",
+        &format!("{prune}; echo prune-exit=$?; sleep 30"),
+    );
+    terminal.wait_for("[y/N]", false);
+    terminal.keys(&["y", "Enter"]);
+    terminal.wait_for("prune-exit=0", false);
+    assert!(!env.vm_dir(&vms[0]).exists());
+    assert!(env.state()["vm_pool"].as_object().unwrap().is_empty());
+}

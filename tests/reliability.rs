@@ -503,3 +503,29 @@ fn non_utf8_arguments_are_rejected_with_exit_2() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_hangup_mid_provisioning_unwinds_like_ctrl_c() {
+    let env = TestEnv::new();
+    env.fault("hang-new");
+    let child = spawn(&env, &["start", "--no-context", "a"]);
+    env.wait_for("azlin new", Duration::from_secs(20), || {
+        env.calls().iter().any(|c| c[0] == "new")
+    });
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGHUP);
+    }
+    let out = wait_output(child);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_pending(&env);
+    let st = env.state();
+    assert_eq!(
+        st["vm_pool"].as_object().unwrap().values().next().unwrap()["state"],
+        "failed"
+    );
+}
