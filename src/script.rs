@@ -59,7 +59,8 @@ pub fn workspace_path(root: &str, id: &str) -> String {
 /// The run script: the pane's process in each session's tmux session. It starts the agent as
 /// its own process group (so `kill` can signal the agent and everything it spawned), logs its
 /// output, and records the exit code and finish time so status and output survive the tmux
-/// session. `$1` is the session directory.
+/// session. If the tmux session is ended under it, it ends the agent rather than leave it
+/// running unsupervised, and its pane's `tail` exits with it. `$1` is the session directory.
 pub const RUN_SCRIPT: &str = r#"#!/usr/bin/env bash
 # amplihack remote run script: one agent session. Layout: docs/remote-layout.md.
 d=$1
@@ -71,16 +72,23 @@ fi
 export NODE_OPTIONS=--max-old-space-size=32768
 mapfile -d '' -t argv < "$d/argv"
 IFS= read -r -d '' prompt < "$d/prompt"
+pid=
+# The tmux session ended under us (kill-session, kill-server): end the agent too, then record.
+trap '[ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null' HUP TERM
 date -u +%Y-%m-%dT%H:%M:%SZ > "$d/started_at"
 : >> "$d/output.log"
 set -m
 "${argv[@]}" "$prompt" < /dev/null >> "$d/output.log" 2>&1 &
 pid=$!
 printf '%s\n' "$pid" > "$d/agent.pid"
-tail -n +1 -f -- "$d/output.log" &
+tail -n +1 -f --pid=$$ -- "$d/output.log" &
 tail_pid=$!
-wait "$pid"
-rc=$?
+# A trapped signal cuts `wait` short: wait again until the agent has really exited.
+while :; do
+  wait "$pid"
+  rc=$?
+  kill -0 "$pid" 2>/dev/null || break
+done
 date -u +%Y-%m-%dT%H:%M:%SZ > "$d/finished_at.part" && mv -f -- "$d/finished_at.part" "$d/finished_at"
 printf '%s\n' "$rc" > "$d/exit_code.part" && mv -f -- "$d/exit_code.part" "$d/exit_code"
 sleep 1

@@ -635,14 +635,22 @@ fn resource_group_is_passed_to_every_call() {
 }
 
 #[test]
-fn a_vanished_tmux_session_is_failed_without_exit_code() {
+fn ending_the_tmux_session_under_an_agent_ends_the_agent_and_records_it() {
     let env = TestEnv::new();
-    let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
+    let out = env.run(&["start", "--no-context", "--json", "TRAP SLEEP=60"]);
     let id = started_ids(&out).remove(0);
     let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
     env.wait_for("agent start", Duration::from_secs(20), || {
         env.agent_record(&vm, &id).join("env").exists()
     });
+    let dir = env
+        .vm_dir(&vm)
+        .join("home/.amplihack/remote/sessions")
+        .join(&id);
+    let pid = std::fs::read_to_string(dir.join("agent.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
     // Someone kills the VM's tmux server behind our back.
     std::process::Command::new("tmux")
         .arg("kill-server")
@@ -650,10 +658,70 @@ fn a_vanished_tmux_session_is_failed_without_exit_code() {
         .env("TMUX_TMPDIR", env.vm_dir(&vm).join("tmp"))
         .status()
         .unwrap();
+    // The agent dies of the hangup or of the SIGTERM the run script forwards, whichever comes
+    // first; either way its end is recorded.
+    let s = env.wait_finished(&id);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert!(
+        [129, 143].contains(&s["exit_code"].as_i64().unwrap_or(0)),
+        "{s}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the agent outlived its session"
+    );
+    // Nothing of the session is left running: the pane's tail exits with the run script.
+    let needle = dir.join("output.log").display().to_string();
+    env.wait_for("the pane's tail to exit", Duration::from_secs(10), || {
+        std::fs::read_dir("/proc").unwrap().flatten().all(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .map(|c| !String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(true)
+        })
+    });
+}
+
+#[test]
+fn a_session_whose_tmux_session_vanished_without_a_run_script_is_failed() {
+    let env = TestEnv::new();
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
+    let id = started_ids(&out).remove(0);
+    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    env.wait_for("agent start", Duration::from_secs(20), || {
+        env.agent_record(&vm, &id).join("env").exists()
+    });
+    // The run script is SIGKILLed (say, the OOM killer): no exit code is ever recorded.
+    let dir = env
+        .vm_dir(&vm)
+        .join("home/.amplihack/remote/sessions")
+        .join(&id);
+    let agent: i32 = std::fs::read_to_string(dir.join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap();
+    let run_script: i32 = status
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe {
+        libc::kill(-agent, libc::SIGKILL);
+        libc::kill(run_script, libc::SIGKILL);
+    }
     let s = env.wait_finished(&id);
     assert_eq!(s["status"], "failed");
+    assert!(s["exit_code"].is_null(), "{s}");
     assert!(
-        s["exit_code"].is_null() || s["exit_code"].as_i64().unwrap() != 0,
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("without recording an exit code"),
         "{s}"
     );
 }
