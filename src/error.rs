@@ -124,6 +124,11 @@ impl Error {
         }
     }
 
+    /// A script on a VM answered in a form we do not understand.
+    pub fn unexpected_answer(vm: &str, detail: impl std::fmt::Display) -> Self {
+        Error::Failed(format!("unexpected answer from VM '{vm}': {detail}"))
+    }
+
     /// Failures of `azlin new` that prove no VM was created, so none needs tracking.
     pub fn created_nothing(&self) -> bool {
         matches!(

@@ -139,7 +139,7 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
         let handles: Vec<_> = targets
             .iter()
             .map(|(vm, ids)| {
-                let transport = ctx.transports.for_backend(backend_of(&state, vm));
+                let transport = ctx.transport_to(&state, vm);
                 scope.spawn(move || {
                     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
                     let out = transport.run_script(

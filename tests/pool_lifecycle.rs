@@ -104,7 +104,7 @@ fn prune_deletes_idle_vms_and_keeps_busy_ones() {
     let vms = env.prime(2, "s");
     let out = env.run(&["start", "--no-context", "--size", "s", "--json", "SLEEP=60"]);
     let id = started_ids(&out).remove(0);
-    let busy = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    let busy = env.vm_of(&id);
     let idle = vms.iter().find(|v| **v != busy).unwrap().clone();
 
     // Freshly created VMs are not idle for the default 30 minutes.
@@ -257,7 +257,7 @@ fn pull_brings_a_sessions_commits_home_as_a_branch() {
         "the user's branch is untouched"
     );
     // Nothing is left behind on the VM.
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    let vm = env.vm_of(&id);
     assert!(
         std::fs::read_dir(env.vm_dir(&vm).join("home"))
             .unwrap()

@@ -27,6 +27,18 @@ fn spawn(env: &TestEnv, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// The process exits 130 and leaves no session pending.
+fn assert_interrupted(env: &TestEnv, child: Child) {
+    let out = wait_output(child);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    no_pending(env);
+}
+
 fn no_pending(env: &TestEnv) {
     let st = env.state();
     for s in st["sessions"].as_object().unwrap().values() {
@@ -214,18 +226,11 @@ fn ctrl_c_while_provisioning_exits_130_and_keeps_the_vm_tracked() {
     });
     let started = Instant::now();
     sigint(&child);
-    let out = wait_output(child);
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_interrupted(&env, child);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "Ctrl+C must not wait for provisioning"
     );
-    no_pending(&env);
     let st = env.state();
     let vms = st["vm_pool"].as_object().unwrap();
     assert_eq!(vms.len(), 1, "the VM azlin may have created stays tracked");
@@ -250,14 +255,7 @@ fn ctrl_c_while_launching_lets_the_launch_finish_then_exits_130() {
         env.calls().iter().any(|c| c[0] == "connect")
     });
     sigint(&child);
-    let out = wait_output(child);
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    no_pending(&env);
+    assert_interrupted(&env, child);
     let st = env.state();
     for s in st["sessions"].as_object().unwrap().values() {
         assert_eq!(
@@ -280,9 +278,7 @@ fn a_second_ctrl_c_abandons_a_hung_launch_without_leaving_pending_sessions() {
     // Two presses, not one: identical signals pending at once would merge into one.
     std::thread::sleep(Duration::from_millis(300));
     sigint(&child);
-    let out = wait_output(child);
-    assert_eq!(out.status.code(), Some(130));
-    no_pending(&env);
+    assert_interrupted(&env, child);
     env.clear_fault("hang-connect");
     // Whether it runs is settled by the next refresh: it never launched, so it failed.
     let id = env.session_ids().remove(0);
@@ -462,7 +458,7 @@ fn hostile_prompts_arrive_byte_exact() {
         .iter()
         .zip([&big, &binaryish, &metachars.to_string()])
     {
-        let vm = env.session(id)["vm_name"].as_str().unwrap().to_string();
+        let vm = env.vm_of(id);
         let rec = env.agent_record(&vm, id);
         env.wait_for("agent record", Duration::from_secs(30), || {
             rec.join("argv").exists()
@@ -515,14 +511,7 @@ fn a_hangup_mid_provisioning_unwinds_like_ctrl_c() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGHUP);
     }
-    let out = wait_output(child);
-    assert_eq!(
-        out.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    no_pending(&env);
+    assert_interrupted(&env, child);
     let st = env.state();
     assert_eq!(
         st["vm_pool"].as_object().unwrap().values().next().unwrap()["state"],

@@ -154,12 +154,7 @@ fn follow_prints_new_lines_once_and_stops_when_the_session_ends() {
 #[test]
 fn kill_sends_sigterm_to_the_agent_and_marks_killed() {
     let env = TestEnv::new();
-    let out = env.run(&["start", "--no-context", "--json", "TRAP SLEEP=60"]);
-    let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
-    env.wait_for("agent start", Duration::from_secs(20), || {
-        env.agent_record(&vm, &id).join("env").exists()
-    });
+    let Started { id, vm } = env.start_running("TRAP SLEEP=60");
     let out = env.run(&["kill", &id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
@@ -183,12 +178,7 @@ fn kill_sends_sigterm_to_the_agent_and_marks_killed() {
 #[test]
 fn force_kill_sends_sigkill() {
     let env = TestEnv::new();
-    let out = env.run(&["start", "--no-context", "--json", "TRAP SLEEP=60"]);
-    let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
-    env.wait_for("agent start", Duration::from_secs(20), || {
-        env.agent_record(&vm, &id).join("env").exists()
-    });
+    let Started { id, vm } = env.start_running("TRAP SLEEP=60");
     let out = env.run(&["kill", &id, "--force"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("Sending SIGKILL...\n"));
@@ -204,21 +194,8 @@ fn force_kill_sends_sigkill() {
 fn a_term_ignoring_agent_is_killed_after_the_grace_period() {
     let mut env = TestEnv::new();
     env.set("AMPLIHACK_REMOTE_KILL_GRACE", "1");
-    let out = env.run(&["start", "--no-context", "--json", "IGNORE SLEEP=60"]);
-    let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
-    env.wait_for("agent start", Duration::from_secs(20), || {
-        env.agent_record(&vm, &id).join("env").exists()
-    });
-    let pid_file = env
-        .vm_dir(&vm)
-        .join("home/.amplihack/remote/sessions")
-        .join(&id)
-        .join("agent.pid");
-    let pid = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let Started { id, vm } = env.start_running("IGNORE SLEEP=60");
+    let pid = env.agent_pid(&vm, &id);
     let out = env.run(&["kill", &id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(
@@ -252,7 +229,7 @@ fn prompts_reach_the_agent_byte_for_byte() {
     let ids = started_ids(&out);
     assert_eq!(ids.len(), prompts.len());
     for (id, prompt) in ids.iter().zip(prompts) {
-        let vm = env.session(id)["vm_name"].as_str().unwrap().to_string();
+        let vm = env.vm_of(id);
         let rec = env.agent_record(&vm, id);
         env.wait_for("agent record", Duration::from_secs(30), || {
             rec.join("prompt").exists() && rec.join("argv").exists()
@@ -291,7 +268,7 @@ fn command_mode_and_max_turns_and_memory_reach_the_agent() {
         "x",
     ]);
     let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    let vm = env.vm_of(&id);
     let rec = env.agent_record(&vm, &id);
     env.wait_for("agent record", Duration::from_secs(20), || {
         rec.join("env").exists()
@@ -366,10 +343,7 @@ fn the_api_key_never_appears_in_argv_state_logs_or_output() {
     everything += &std::fs::read_to_string(env.state_path()).unwrap();
     assert!(!everything.contains(SECRET));
     // On the VM the key file is gone once the run script has read it.
-    let dir = env
-        .vm_dir(&vm)
-        .join("home/.amplihack/remote/sessions")
-        .join(&ids[0]);
+    let dir = env.session_dir(&vm, &ids[0]);
     assert!(!dir.join("secret").exists());
 }
 
@@ -408,7 +382,7 @@ fn quota_falls_back_to_the_next_region() {
     let out = env.run(&["start", "--no-context", "--json", "task"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    let vm = env.vm_of(&id);
     assert_eq!(env.state()["vm_pool"][&vm]["region"], "centralus");
     let regions: Vec<String> = env
         .calls()
@@ -440,7 +414,7 @@ fn an_unreachable_vm_exits_4_for_output_and_kill_but_list_still_works() {
     let env = TestEnv::new();
     let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
     let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
+    let vm = env.vm_of(&id);
     env.fault(&format!("vms/{vm}/unreachable"));
     let out = env.run(&["output", &id]);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
@@ -637,20 +611,9 @@ fn resource_group_is_passed_to_every_call() {
 #[test]
 fn ending_the_tmux_session_under_an_agent_ends_the_agent_and_records_it() {
     let env = TestEnv::new();
-    let out = env.run(&["start", "--no-context", "--json", "TRAP SLEEP=60"]);
-    let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
-    env.wait_for("agent start", Duration::from_secs(20), || {
-        env.agent_record(&vm, &id).join("env").exists()
-    });
-    let dir = env
-        .vm_dir(&vm)
-        .join("home/.amplihack/remote/sessions")
-        .join(&id);
-    let pid = std::fs::read_to_string(dir.join("agent.pid"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let Started { id, vm } = env.start_running("TRAP SLEEP=60");
+    let dir = env.session_dir(&vm, &id);
+    let pid = env.agent_pid(&vm, &id);
     // Someone kills the VM's tmux server behind our back.
     std::process::Command::new("tmux")
         .arg("kill-server")
@@ -684,22 +647,9 @@ fn ending_the_tmux_session_under_an_agent_ends_the_agent_and_records_it() {
 #[test]
 fn a_session_whose_tmux_session_vanished_without_a_run_script_is_failed() {
     let env = TestEnv::new();
-    let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
-    let id = started_ids(&out).remove(0);
-    let vm = env.session(&id)["vm_name"].as_str().unwrap().to_string();
-    env.wait_for("agent start", Duration::from_secs(20), || {
-        env.agent_record(&vm, &id).join("env").exists()
-    });
+    let Started { id, vm } = env.start_running("SLEEP=60");
     // The run script is SIGKILLed (say, the OOM killer): no exit code is ever recorded.
-    let dir = env
-        .vm_dir(&vm)
-        .join("home/.amplihack/remote/sessions")
-        .join(&id);
-    let agent: i32 = std::fs::read_to_string(dir.join("agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let agent = env.agent_pid(&vm, &id);
     let status = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap();
     let run_script: i32 = status
         .rsplit(')')

@@ -3,7 +3,6 @@
 use crate::cli::SessionArg;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::refresh::backend_of;
 use crate::{exec, ui};
 
 pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
@@ -20,9 +19,7 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
             session.session_id, session.status, session.session_id
         )));
     }
-    let transport = ctx
-        .transports
-        .for_backend(backend_of(&state, &session.vm_name));
+    let transport = ctx.transport_to(&state, &session.vm_name);
     let (program, argv) = transport.attach_command(&session.vm_name, &session.session_id);
     ui::progress("Attaching; detach with Ctrl-b d (the session keeps running).");
     match exec::run_interactive(&program, &argv)? {

@@ -6,7 +6,7 @@ use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::SessionStatus;
-use crate::refresh::{self, backend_of};
+use crate::refresh;
 use crate::script::{self, KillOutcome};
 use crate::ui;
 
@@ -39,9 +39,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     } else {
         "Sending SIGTERM...\n"
     })?;
-    let transport = ctx
-        .transports
-        .for_backend(backend_of(&state, &session.vm_name));
+    let transport = ctx.transport_to(&state, &session.vm_name);
     let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs);
     let report = match transport.run_script(
         &session.vm_name,
@@ -49,12 +47,8 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         ctx.settings.timeouts.kill,
         OnInterrupt::Abort,
     ) {
-        Ok(out) => script::parse_kill(&out.stdout).map_err(|e| {
-            Error::Failed(format!(
-                "unexpected answer from VM '{}': {e}",
-                session.vm_name
-            ))
-        })?,
+        Ok(out) => script::parse_kill(&out.stdout)
+            .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"

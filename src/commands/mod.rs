@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::model::{Session, SessionStatus, State};
 use crate::state::StateStore;
-use crate::transport::Transports;
+use crate::transport::{Transport, Transports};
 
 pub struct Ctx {
     pub settings: Settings,
@@ -39,6 +39,12 @@ impl Ctx {
 
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    /// The transport that reaches `vm`: azlin for Azure VMs, local bash for `local`.
+    pub fn transport_to(&self, state: &State, vm: &str) -> &dyn Transport {
+        self.transports
+            .for_backend(crate::refresh::backend_of(state, vm))
     }
 }
 

@@ -8,27 +8,20 @@ use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::{Session, State};
-use crate::refresh::{self, backend_of};
+use crate::refresh;
 use crate::render;
 use crate::script::{self, Capture, CaptureSource, Probe};
 use crate::{interrupt, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
-    let transport = ctx
-        .transports
-        .for_backend(backend_of(state, &session.vm_name));
+    let transport = ctx.transport_to(state, &session.vm_name);
     let out = transport.run_script(
         &session.vm_name,
         input,
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
     )?;
-    script::parse_capture(&out.stdout).map_err(|e| {
-        Error::Failed(format!(
-            "unexpected answer from VM '{}': {e}",
-            session.vm_name
-        ))
-    })
+    script::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
 /// Settles the session's status from the probe (unless --no-refresh) and returns it.

@@ -6,7 +6,6 @@ use crate::commands::{Ctx, find_session};
 use crate::context;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::refresh::backend_of;
 use crate::script::{self, shell_quote};
 use crate::ui;
 
@@ -34,21 +33,15 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
             session.session_id
         )));
     }
-    let transport = ctx
-        .transports
-        .for_backend(backend_of(&state, &session.vm_name));
+    let transport = ctx.transport_to(&state, &session.vm_name);
     let out = transport.run_script(
         &session.vm_name,
         pull_script(&session.workspace, base),
         ctx.settings.timeouts.launch,
         OnInterrupt::Abort,
     )?;
-    let capture = script::parse_capture(&out.stdout).map_err(|e| {
-        Error::Failed(format!(
-            "unexpected answer from VM '{}': {e}",
-            session.vm_name
-        ))
-    })?;
+    let capture = script::parse_capture(&out.stdout)
+        .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
     if capture.data.is_empty() {
         return ui::print(&format!(
             "Nothing new: session {} has no commits beyond {}.\n",

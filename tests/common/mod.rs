@@ -12,6 +12,12 @@ use serde_json::Value;
 
 pub const SECRET: &str = "sk-ant-test-0123456789abcdef-SECRET-VALUE";
 
+/// A session `start` reported, and the VM it went to.
+pub struct Started {
+    pub id: String,
+    pub vm: String,
+}
+
 pub struct TestEnv {
     dir: tempfile::TempDir,
     extra_env: Vec<(String, String)>,
@@ -184,6 +190,39 @@ impl TestEnv {
 
     pub fn session(&self, id: &str) -> Value {
         self.state()["sessions"][id].clone()
+    }
+
+    /// The VM a session was placed on.
+    pub fn vm_of(&self, id: &str) -> String {
+        self.session(id)["vm_name"].as_str().unwrap().to_string()
+    }
+
+    /// `start --no-context --json PROMPT`, then waits until the agent runs (its records exist).
+    pub fn start_running(&self, prompt: &str) -> Started {
+        let out = self.run(&["start", "--no-context", "--json", prompt]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let id = started_ids(&out).remove(0);
+        let vm = self.vm_of(&id);
+        self.wait_for("agent start", Duration::from_secs(20), || {
+            self.agent_record(&vm, &id).join("env").exists()
+        });
+        Started { id, vm }
+    }
+
+    /// Where the run script keeps a session's files on its (fake) VM.
+    pub fn session_dir(&self, vm: &str, id: &str) -> PathBuf {
+        self.vm_dir(vm)
+            .join("home/.amplihack/remote/sessions")
+            .join(id)
+    }
+
+    /// The agent's pid, which is also its process group.
+    pub fn agent_pid(&self, vm: &str, id: &str) -> i32 {
+        std::fs::read_to_string(self.session_dir(vm, id).join("agent.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// The agent's record of a session on a fake VM (or, for `local`, this machine).
