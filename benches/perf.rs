@@ -70,6 +70,8 @@ fn synthetic_state(n: usize) -> State {
                 backend: Default::default(),
                 state: Default::default(),
                 error: None,
+                resource_group: None,
+                owner: None,
                 extra: Default::default(),
             },
         );
@@ -108,6 +110,8 @@ fn synthetic_state(n: usize) -> State {
                 error: None,
                 repo_path: None,
                 base_commit: None,
+                owner: None,
+                kill_request: None,
                 extra: Default::default(),
             },
         );

@@ -12,7 +12,7 @@ fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<exec::Output> {
     let mut argv = vec!["-C".to_string(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| a.to_string()));
     let cmd = Cmd::new("git", argv, timeout);
-    let out = exec::run_checked_spawn(&cmd).map_err(|e| match e {
+    let out = exec::run_any_exit(&cmd).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::Failed("git is not installed; install git, or pass --no-context".into())
         }

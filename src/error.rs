@@ -24,6 +24,16 @@ pub enum Error {
     #[error("Session '{0}' not found. Run 'amplihack remote list' to see tracked sessions.")]
     SessionNotFound(String),
 
+    /// `output` found neither a tmux session nor a log of the session on its VM.
+    #[error(
+        "Session not found on VM '{vm}': {id} has no tmux session and no output log there (it crashed, never launched, or was removed externally; status: {status}). Check its status with 'amplihack remote list'; if it completed or failed, retrieve its results with 'amplihack remote pull {id}'."
+    )]
+    SessionNotOnVm {
+        id: String,
+        vm: String,
+        status: String,
+    },
+
     #[error("VM '{vm}' is not reachable: {detail}")]
     VmUnreachable { vm: String, detail: String },
 
@@ -99,7 +109,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidArgs(_) => 2,
-            Error::SessionNotFound(_) => 3,
+            Error::SessionNotFound(_) | Error::SessionNotOnVm { .. } => 3,
             Error::VmUnreachable { .. } | Error::VmNotFound { .. } => 4,
             Error::QuotaExceeded { .. } => 5,
             Error::Interrupted => 130,

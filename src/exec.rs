@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
+use crate::model::Owner;
 
 /// What a Ctrl+C does to a call in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +181,9 @@ pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
     })
 }
 
-/// `run`, with failures to start, time-outs and interrupts turned into `Error`s.
-pub fn run_checked_spawn(cmd: &Cmd) -> Result<Output> {
+/// `run`, with failures to start, time-outs and interrupts turned into `Error`s; any exit
+/// code is an `Output` for the caller to judge.
+pub fn run_any_exit(cmd: &Cmd) -> Result<Output> {
     run(cmd).map_err(|e| match e {
         RunError::Spawn(source) => Error::io(format!("cannot run `{}`", cmd.display()), source),
         RunError::Timeout => Error::Timeout {
@@ -194,14 +196,85 @@ pub fn run_checked_spawn(cmd: &Cmd) -> Result<Output> {
 
 /// Runs an interactive program on this terminal (tmux attach): stdio inherited, in our
 /// process group so it can read the terminal. Returns its exit code.
-pub fn run_interactive(program: &OsString, args: &[String]) -> Result<i32> {
+pub fn run_interactive(
+    program: &OsString,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<i32> {
     // Without TMUX, tmux attaches even from inside another tmux session.
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("TMUX")
         .status()
         .map_err(|e| Error::io(format!("cannot run {}", program.to_string_lossy()), e))?;
     Ok(status.code().unwrap_or(130))
+}
+
+/// Whether the owner of a reservation still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+    /// It ran on another machine: nothing here can tell.
+    Unknown,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+/// `<boot id> <start time in ticks since boot>` of a process (Linux), which no later process
+/// reusing its pid shares. The command name in /proc/PID/stat may hold spaces and parentheses,
+/// so fields are counted after its last ')'.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 22 of the line; after the name, field 3 comes first.
+    let ticks = after_name.split_whitespace().nth(19)?;
+    let boot = read_trimmed("/proc/sys/kernel/random/boot_id")?;
+    Some(format!("{boot} {ticks}"))
+}
+
+/// This process, as the owner of the reservations it makes.
+pub fn current_owner() -> Owner {
+    let pid = std::process::id();
+    Owner {
+        pid,
+        host: hostname(),
+        started: process_identity(pid).unwrap_or_default(),
+    }
+}
+
+/// Whether `owner` still runs: the same pid with the same start time, on this machine.
+pub fn liveness(owner: &Owner) -> Liveness {
+    if owner.host != hostname() {
+        return Liveness::Unknown;
+    }
+    if owner.started.is_empty() {
+        // No /proc where it ran: existence of the pid is all we can check.
+        // SAFETY: signal 0 only checks that the process exists.
+        let exists = unsafe { libc::kill(owner.pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        return if exists {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        };
+    }
+    match process_identity(owner.pid) {
+        Some(id) if id == owner.started => Liveness::Alive,
+        _ => Liveness::Dead,
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +318,28 @@ mod tests {
             Err(RunError::Spawn(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_finished_one_is_dead() {
+        let me = current_owner();
+        assert_eq!(liveness(&me), Liveness::Alive);
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let gone = Owner { pid, ..me.clone() };
+        assert_eq!(liveness(&gone), Liveness::Dead);
+        // Same pid, other start time: a process that reused the pid is not the owner.
+        let reused = Owner {
+            started: format!("{}0", me.started),
+            ..me.clone()
+        };
+        assert_eq!(liveness(&reused), Liveness::Dead);
+        let elsewhere = Owner {
+            host: format!("{}-other", me.host),
+            ..me
+        };
+        assert_eq!(liveness(&elsewhere), Liveness::Unknown);
     }
 
     #[test]

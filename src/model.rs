@@ -52,8 +52,32 @@ pub struct Session {
     /// The commit the workspace was cloned at, for `pull` (ours; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
+    /// The `start` that reserved this session and is launching it, while it is `pending`
+    /// (ours). Nobody else settles a pending session whose owner is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// A `kill` that is under way (ours): whoever sees the session end records `killed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_request: Option<KillRequest>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// The process that holds a reservation: enough to tell at once whether it still lives, and
+/// that a live process of that pid is still the same one (its start time since boot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub host: String,
+    /// `<boot id> <start time in clock ticks since boot>` of the process.
+    pub started: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    #[serde(with = "timestamp")]
+    pub at: DateTime<Utc>,
+    pub by: Owner,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +99,13 @@ pub struct VmEntry {
     /// Why provisioning or deletion failed (ours; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The Azure resource group it was created in (ours). Every azlin call about this VM
+    /// names it, so a later change of AMPLIHACK_RESOURCE_GROUP never loses track of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// The process provisioning it, while it is `provisioning` (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -192,13 +223,6 @@ impl State {
         counts
     }
 
-    pub fn active_on(&self, vm: &str) -> u32 {
-        self.sessions
-            .values()
-            .filter(|s| s.vm_name == vm && s.status.is_active())
-            .count() as u32
-    }
-
     /// Makes the derived `active_sessions` lists agree with the sessions. Called before
     /// every write, so the file never contradicts itself.
     pub fn normalize(&mut self) {
@@ -230,6 +254,8 @@ impl State {
                 if error.is_some() {
                     s.error = error;
                 }
+                s.owner = None;
+                s.kill_request = None;
                 true
             }
             _ => false,

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::cli::SizeArg;
 use crate::model::{Backend, State, VmState};
 
 /// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
@@ -50,6 +51,17 @@ pub const LOCAL_SKU: &str = "local";
 
 pub fn size_by_letter(letter: &str) -> Option<&'static SizeSpec> {
     SIZES.iter().find(|s| s.letter == letter)
+}
+
+/// The row of the size table a `--size`/`--vm-size` choice names.
+pub fn size_of(arg: SizeArg) -> &'static SizeSpec {
+    let letter = match arg {
+        SizeArg::S => "s",
+        SizeArg::M => "m",
+        SizeArg::L => "l",
+        SizeArg::Xl => "xl",
+    };
+    size_by_letter(letter).expect("the size table covers every choice")
 }
 
 pub fn size_by_sku(sku: &str) -> Option<&'static SizeSpec> {
@@ -220,6 +232,8 @@ pub(crate) mod tests {
             backend: Backend::Azure,
             state: VmState::Ready,
             error: None,
+            resource_group: None,
+            owner: None,
             extra: Default::default(),
         }
     }
@@ -242,6 +256,8 @@ pub(crate) mod tests {
             error: None,
             repo_path: None,
             base_commit: None,
+            owner: None,
+            kill_request: None,
             extra: Default::default(),
         }
     }

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
 use crate::ui;
@@ -23,18 +23,28 @@ pub fn fresh_vm_name(state: &State, taken: &[String], user: &str, now: DateTime<
     }
 }
 
+/// Who reserves new VMs, and where they will live.
+pub struct Reservation<'a> {
+    /// Goes into the VM names.
+    pub user: &'a str,
+    /// Recorded per VM: every later call about it names it.
+    pub resource_group: Option<&'a str>,
+    /// The process that will provision them; a dead owner's VMs are recovered at once.
+    pub owner: &'a Owner,
+}
+
 /// Adds `count` VM entries in state `provisioning`; returns their names.
 pub fn reserve_vms(
     state: &mut State,
     count: usize,
     size: &SizeSpec,
     region: &str,
-    user: &str,
+    by: &Reservation,
     now: DateTime<Utc>,
 ) -> Vec<String> {
     let mut names = Vec::with_capacity(count);
     for _ in 0..count {
-        let name = fresh_vm_name(state, &names, user, now);
+        let name = fresh_vm_name(state, &names, by.user, now);
         state.vm_pool.insert(
             name.clone(),
             VmEntry {
@@ -46,6 +56,8 @@ pub fn reserve_vms(
                 backend: Backend::Azure,
                 state: VmState::Provisioning,
                 error: None,
+                resource_group: by.resource_group.map(String::from),
+                owner: Some(by.owner.clone()),
                 extra: Default::default(),
             },
         );
@@ -87,6 +99,9 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
 /// marked failed, for `prune`.
 pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> {
     ctx.store.update(|st| {
+        if let Some(vm) = st.vm_pool.get_mut(name) {
+            vm.owner = None;
+        }
         match outcome {
             Ok(region) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
@@ -121,8 +136,18 @@ mod tests {
     fn reserved_names_are_unique_even_in_the_same_second() {
         let mut st = State::default();
         let l = size_by_letter("l").unwrap();
-        let a = reserve_vms(&mut st, 2, l, "eastus", "jo", t0());
-        let b = reserve_vms(&mut st, 1, l, "eastus", "jo", t0());
+        let owner = Owner {
+            pid: 7,
+            host: "h".into(),
+            started: "b 1".into(),
+        };
+        let by = Reservation {
+            user: "jo",
+            resource_group: Some("rg1"),
+            owner: &owner,
+        };
+        let a = reserve_vms(&mut st, 2, l, "eastus", &by, t0());
+        let b = reserve_vms(&mut st, 1, l, "eastus", &by, t0());
         assert_eq!(
             a,
             vec![
@@ -133,5 +158,7 @@ mod tests {
         assert_eq!(b, vec!["amplihack-jo-20251125-143002"]);
         assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
         assert_eq!(st.vm_pool[&a[0]].capacity, 4);
+        assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
+        assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }
 }

@@ -1,45 +1,102 @@
-//! True status: asks each VM that has pending or running sessions about them (one call per
-//! VM, all VMs in parallel) and commits what it learns in one transaction. An unreachable VM
-//! leaves its sessions as they were and is reported in `Live`.
+//! True status: asks each VM that has sessions to settle about them (one call per VM, VMs in
+//! parallel) and commits what it learns in one transaction. An unreachable VM leaves its
+//! sessions as they were and is reported in `Live`.
+//!
+//! Reservations carry their owner (the `start` that made them). A pending session whose owner
+//! lives is its owner's business alone: nobody probes or settles it. A dead owner's
+//! reservations are recovered at once: a VM it was provisioning becomes `failed` (prune deletes
+//! it) with the sessions bound for it, and its sessions on ready VMs are probed and settled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::exec::OnInterrupt;
-use crate::model::{Backend, SessionStatus, State};
-use crate::pool::LOCAL_VM_NAME;
+use crate::exec::{self, Liveness, OnInterrupt};
+use crate::model::{Backend, Owner, SessionStatus, State, VmState};
 use crate::render::Live;
 use crate::script::{self, Probe, Verdict};
 use crate::ui;
 
-/// A `pending` session older than this was left by a `start` that died; it is probed like a
-/// running one (provisioning and launching have timed out long before).
-pub fn pending_is_stale(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    now - created_at > Duration::minutes(45)
+/// How long a reservation whose owner cannot be checked (it ran on another machine, or none
+/// was recorded, as by the Python original) is trusted: longer than any start can take
+/// (provisioning 25 minutes, then up to 4 launch attempts of 10 minutes).
+pub fn unverifiable_owner_trust() -> Duration {
+    Duration::hours(2)
 }
 
-pub fn backend_of(state: &State, vm: &str) -> Backend {
-    state
-        .vm_pool
-        .get(vm)
-        .map(|v| v.backend)
-        .unwrap_or(if vm == LOCAL_VM_NAME {
-            Backend::Local
-        } else {
-            Backend::Azure
+/// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
+pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
+
+/// Whether the reservation made at `since` by `owner` has been abandoned.
+pub fn abandoned(
+    owner: Option<&Owner>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+) -> bool {
+    match owner.map(alive) {
+        Some(Liveness::Alive) => false,
+        Some(Liveness::Dead) => true,
+        Some(Liveness::Unknown) | None => now - since > unverifiable_owner_trust(),
+    }
+}
+
+/// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
+/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready fail, as
+/// they were never launched. Pending sessions on ready VMs are left for the probe. Returns
+/// whether anything changed.
+pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessCheck) -> bool {
+    let mut changed = false;
+    for vm in state.vm_pool.values_mut() {
+        if vm.state == VmState::Provisioning
+            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+        {
+            vm.state = VmState::Failed;
+            vm.owner = None;
+            vm.error = Some(
+                "the start that was provisioning it ended first; the VM may exist in Azure: 'amplihack remote prune' deletes it".into(),
+            );
+            changed = true;
+        }
+    }
+    let unlaunchable: Vec<String> = state
+        .sessions
+        .values()
+        .filter(|s| {
+            s.status == SessionStatus::Pending
+                && abandoned(s.owner.as_ref(), s.created_at, now, alive)
+                && state
+                    .vm_pool
+                    .get(&s.vm_name)
+                    .is_some_and(|vm| vm.state != VmState::Ready)
         })
+        .map(|s| s.session_id.clone())
+        .collect();
+    for id in unlaunchable {
+        changed |= state.finish_session(
+            &id,
+            SessionStatus::Failed,
+            None,
+            now,
+            Some("its start ended before launching it".into()),
+        );
+    }
+    changed
 }
 
-/// Sessions to ask about, grouped by VM.
-pub fn sessions_to_probe(state: &State, now: DateTime<Utc>) -> BTreeMap<String, Vec<String>> {
+/// Sessions to ask about, grouped by VM: running ones, and pending ones whose start is gone.
+pub fn sessions_to_probe(
+    state: &State,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+) -> BTreeMap<String, Vec<String>> {
     let mut by_vm: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for s in state.sessions.values() {
         let due = match s.status {
             SessionStatus::Running => true,
-            SessionStatus::Pending => pending_is_stale(s.created_at, now),
+            SessionStatus::Pending => abandoned(s.owner.as_ref(), s.created_at, now, alive),
             _ => false,
         };
         if due {
@@ -52,25 +109,36 @@ pub fn sessions_to_probe(state: &State, now: DateTime<Utc>) -> BTreeMap<String, 
     by_vm
 }
 
-/// Applies what the VMs said to the sessions that are still active. Returns how many changed.
+/// Applies what the VMs said to the sessions that are still active and not being launched by
+/// a live owner. Returns how many changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
     now: DateTime<Utc>,
+    alive: LivenessCheck,
 ) -> usize {
     let mut changed = 0;
     for (id, probe) in probes {
         let Some(session) = state.sessions.get_mut(id) else {
             continue;
         };
-        if !session.status.is_active() {
+        if !session.status.is_active()
+            || (session.status == SessionStatus::Pending
+                && !abandoned(session.owner.as_ref(), session.created_at, now, alive))
+        {
             continue;
         }
-        match script::verdict(probe, now) {
+        // A kill of ours under way (its process alive) makes any end it causes `killed`.
+        let kill_intended = session
+            .kill_request
+            .as_ref()
+            .is_some_and(|k| alive(&k.by) != Liveness::Dead);
+        match script::verdict(probe, now, kill_intended) {
             Verdict::Running { started_at } => {
                 if session.status != SessionStatus::Running {
                     session.status = SessionStatus::Running;
                     session.started_at = session.started_at.or(started_at);
+                    session.owner = None;
                     changed += 1;
                 }
             }
@@ -92,15 +160,18 @@ pub fn apply_probes(
     changed
 }
 
-/// Commits probes if any session's status changed; returns the state as it now stands.
+/// Commits probes and recoveries if anything changed; returns the state as it now stands.
 pub fn commit_probes(ctx: &Ctx, probes: &HashMap<String, Probe>, state: State) -> Result<State> {
     let now = ctx.now();
+    let alive = exec::liveness;
     let mut preview = state;
-    if apply_probes(&mut preview, probes, now) == 0 {
+    let recovered = recover_abandoned(&mut preview, now, &alive);
+    if apply_probes(&mut preview, probes, now, &alive) == 0 && !recovered {
         return Ok(preview);
     }
     ctx.store.update(|st| {
-        apply_probes(st, probes, now);
+        recover_abandoned(st, now, &alive);
+        apply_probes(st, probes, now, &alive);
         Ok(st.clone())
     })
 }
@@ -123,50 +194,70 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
     }
 }
 
-/// Refreshes every pending-or-running session from its VM. With `power`, also asks azlin for
-/// the power state of every VM (one more call, in parallel).
+/// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
+fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
+    state
+        .vm_pool
+        .keys()
+        .map(|name| ctx.vm_ref(state, name))
+        .filter(|vm| vm.backend == Backend::Azure)
+        .map(|vm| vm.resource_group)
+        .collect()
+}
+
+/// Refreshes every session due for it from its VM. With `power`, also asks azlin for the
+/// power state of every VM (one `list` per resource group the pool uses, in parallel).
 pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
     let state = ctx.store.load()?;
     let now = ctx.now();
-    let targets = sessions_to_probe(&state, now);
-    let want_power = power && state.vm_pool.values().any(|v| v.backend == Backend::Azure);
+    let targets = sessions_to_probe(&state, now, &exec::liveness);
+    let power_groups = if power {
+        resource_groups(ctx, &state)
+    } else {
+        BTreeSet::new()
+    };
     let mut live = Live::default();
-    if targets.is_empty() && !want_power {
+    if targets.is_empty() && power_groups.is_empty() {
+        let state = commit_probes(ctx, &HashMap::new(), state)?;
         return Ok(Refreshed { state, live });
     }
     let timeout = ctx.settings.timeouts.probe;
-    let (results, power_result) = std::thread::scope(|scope| {
+    let (results, power_results) = std::thread::scope(|scope| {
         let handles: Vec<_> = targets
             .iter()
             .map(|(vm, ids)| {
-                let transport = ctx.transport_to(&state, vm);
+                let vm = ctx.vm_ref(&state, vm);
                 scope.spawn(move || {
                     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    let out = transport.run_script(
-                        vm,
+                    let out = ctx.run_on(
+                        &vm,
                         script::probe_script(&id_refs),
                         timeout,
                         OnInterrupt::Abort,
                     );
-                    (vm.clone(), out.map(|o| script::parse_probes(&o.stdout)))
+                    (vm.name, out.map(|o| script::parse_probes(&o.stdout)))
                 })
             })
             .collect();
-        let power_handle = want_power.then(|| {
-            scope.spawn(|| {
-                ctx.transports
-                    .azlin
-                    .power_states(ctx.settings.timeouts.list)
+        let power_handles: Vec<_> = power_groups
+            .iter()
+            .map(|rg| {
+                scope.spawn(move || {
+                    ctx.transports
+                        .azlin
+                        .power_states(rg.as_deref(), ctx.settings.timeouts.list)
+                })
             })
-        });
+            .collect();
         let results: Vec<_> = handles
             .into_iter()
             .map(|h| h.join().expect("probe thread"))
             .collect();
-        (
-            results,
-            power_handle.map(|h| h.join().expect("list thread")),
-        )
+        let power_results: Vec<_> = power_handles
+            .into_iter()
+            .map(|h| h.join().expect("list thread"))
+            .collect();
+        (results, power_results)
     });
 
     let mut probes = HashMap::new();
@@ -182,11 +273,23 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
             }
         }
     }
-    match power_result {
-        Some(Ok(p)) => live.power = Some(p),
-        Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
-        Some(Err(e)) => ui::warn(&format!("could not read VM power states: {e}")),
-        None => {}
+    if !power_results.is_empty() {
+        let mut all = BTreeMap::new();
+        let mut complete = true;
+        for result in power_results {
+            match result {
+                Ok(p) => all.extend(p),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => {
+                    ui::warn(&format!("could not read VM power states: {e}"));
+                    complete = false;
+                }
+            }
+        }
+        // A partial listing would make the VMs it lacks look gone from Azure.
+        if complete {
+            live.power = Some(all);
+        }
     }
     let state = commit_probes(ctx, &probes, state)?;
     Ok(Refreshed { state, live })
@@ -195,45 +298,136 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::tests::{session, t0};
+    use crate::model::KillRequest;
+    use crate::pool::tests::{session, t0, vm};
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            host: "h".into(),
+            started: format!("boot {pid}"),
+        }
+    }
+
+    /// Owners with pid 1 live, pid 2 are dead, pid 3 ran on another machine.
+    fn check(o: &Owner) -> Liveness {
+        match o.pid {
+            1 => Liveness::Alive,
+            2 => Liveness::Dead,
+            _ => Liveness::Unknown,
+        }
+    }
+
+    fn pending(id: &str, vm: &str, owner_pid: Option<u32>) -> crate::model::Session {
+        let mut s = session(id, vm, SessionStatus::Pending);
+        s.started_at = None;
+        s.owner = owner_pid.map(owner);
+        s
+    }
 
     #[test]
-    fn stale_pending_sessions_are_probed_fresh_ones_are_not() {
+    fn pending_sessions_are_probed_only_when_their_start_is_gone() {
         let mut st = State::default();
-        let mut fresh = session("p1", "vm", SessionStatus::Pending);
-        fresh.created_at = t0();
-        let mut stale = session("p2", "vm", SessionStatus::Pending);
-        stale.created_at = t0() - Duration::hours(2);
-        st.sessions.insert("p1".into(), fresh);
-        st.sessions.insert("p2".into(), stale);
+        for s in [
+            pending("live", "vm", Some(1)),
+            pending("dead", "vm", Some(2)),
+            pending("elsewhere", "vm", Some(3)),
+            pending("legacy", "vm", None),
+        ] {
+            st.sessions.insert(s.session_id.clone(), s);
+        }
+        let mut old = pending("old-legacy", "vm", None);
+        old.created_at = t0() - Duration::hours(3);
+        st.sessions.insert("old-legacy".into(), old);
         st.sessions
             .insert("r".into(), session("r", "vm2", SessionStatus::Running));
         st.sessions
             .insert("c".into(), session("c", "vm2", SessionStatus::Completed));
-        let t = sessions_to_probe(&st, t0());
-        assert_eq!(t["vm"], vec!["p2".to_string()]);
+        let t = sessions_to_probe(&st, t0(), &check);
+        assert_eq!(t["vm"], vec!["dead".to_string(), "old-legacy".into()]);
         assert_eq!(t["vm2"], vec!["r".to_string()]);
     }
 
+    fn probe(exit: Option<i32>, alive: bool) -> Probe {
+        Probe {
+            known: true,
+            alive,
+            exit_code: exit,
+            finished_at: Some(t0()),
+            started_at: None,
+            kill_requested: false,
+            tmux: alive,
+        }
+    }
+
     #[test]
-    fn probes_settle_only_active_sessions() {
+    fn probes_settle_only_active_sessions_not_being_launched() {
         let mut st = State::default();
         st.sessions
             .insert("r".into(), session("r", "vm", SessionStatus::Running));
         st.sessions
             .insert("k".into(), session("k", "vm", SessionStatus::Killed));
-        let probe = Probe {
-            known: true,
-            alive: false,
-            exit_code: Some(0),
-            finished_at: Some(t0()),
-            started_at: None,
-        };
-        let probes: HashMap<String, Probe> =
-            [("r".to_string(), probe.clone()), ("k".to_string(), probe)].into();
-        assert_eq!(apply_probes(&mut st, &probes, t0()), 1);
+        st.sessions.insert("p".into(), pending("p", "vm", Some(1)));
+        let probes: HashMap<String, Probe> = [
+            ("r".to_string(), probe(Some(0), false)),
+            ("k".to_string(), probe(Some(0), false)),
+            ("p".to_string(), probe(None, false)),
+        ]
+        .into();
+        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 1);
         assert_eq!(st.sessions["r"].status, SessionStatus::Completed);
         assert_eq!(st.sessions["r"].exit_code, Some(0));
         assert_eq!(st.sessions["k"].status, SessionStatus::Killed);
+        assert_eq!(st.sessions["p"].status, SessionStatus::Pending);
+    }
+
+    #[test]
+    fn an_exit_seen_during_a_live_kill_is_recorded_killed() {
+        let mut st = State::default();
+        for (id, by) in [("a", 1), ("b", 2)] {
+            let mut s = session(id, "vm", SessionStatus::Running);
+            s.kill_request = Some(KillRequest {
+                at: t0(),
+                by: owner(by),
+            });
+            st.sessions.insert(id.into(), s);
+        }
+        let probes: HashMap<String, Probe> = [
+            ("a".to_string(), probe(Some(143), false)),
+            ("b".to_string(), probe(Some(143), false)),
+        ]
+        .into();
+        apply_probes(&mut st, &probes, t0(), &check);
+        assert_eq!(st.sessions["a"].status, SessionStatus::Killed);
+        assert!(st.sessions["a"].kill_request.is_none());
+        // The kill's process died before it signalled anything: its intent proves nothing.
+        assert_eq!(st.sessions["b"].status, SessionStatus::Failed);
+    }
+
+    #[test]
+    fn a_dead_starts_reservations_are_recovered_at_once() {
+        let mut st = State::default();
+        let mut provisioning = vm("Standard_E16s_v5", 4, "eastus");
+        provisioning.state = VmState::Provisioning;
+        provisioning.owner = Some(owner(2));
+        st.vm_pool.insert("new".into(), provisioning.clone());
+        provisioning.owner = Some(owner(1));
+        st.vm_pool.insert("busy".into(), provisioning);
+        st.vm_pool
+            .insert("ready".into(), vm("Standard_E16s_v5", 4, "eastus"));
+        st.sessions.insert("n".into(), pending("n", "new", Some(2)));
+        st.sessions
+            .insert("b".into(), pending("b", "busy", Some(1)));
+        st.sessions
+            .insert("r".into(), pending("r", "ready", Some(2)));
+        assert!(recover_abandoned(&mut st, t0(), &check));
+        assert_eq!(st.vm_pool["new"].state, VmState::Failed);
+        assert_eq!(st.vm_pool["busy"].state, VmState::Provisioning);
+        assert_eq!(st.sessions["n"].status, SessionStatus::Failed);
+        assert!(st.sessions["n"].owner.is_none());
+        assert_eq!(st.sessions["b"].status, SessionStatus::Pending);
+        // On a ready VM the launch may have happened: the probe decides.
+        assert_eq!(st.sessions["r"].status, SessionStatus::Pending);
+        assert!(!recover_abandoned(&mut st, t0(), &check));
     }
 }

@@ -1,20 +1,19 @@
-//! Scripts that run on a VM (through `azlin connect ... -- 'bash -s'`, or local bash for the
-//! local backend), and parsers for what they print. Pure: builds bytes, parses bytes.
+//! What runs on a VM, as bytes to send, and parsers for what it answers. Pure: builds bytes,
+//! parses bytes.
 //!
-//! Every script is sent on stdin and wrapped in one `{ ... }` group, so bash has read all of it
-//! before the first command runs; anything after the group on stdin (a git bundle) is payload.
-//! All data (prompts, keys, ids, paths) is single-quoted, so it reaches the VM byte for byte
-//! and never passes through a shell's parsing. Scripts exit 0 or 3, never 255 (which would
-//! look like an ssh failure). The layout they maintain is in docs/remote-layout.md.
+//! The VM side is real shell files under src/vm/ (shellchecked): `control.sh` has one
+//! subcommand per request (launch, probe, capture, follow, kill, pull) and `supervisor.sh`
+//! supervises one agent session. A request is `control.sh` sent on the stdin of `bash -s`
+//! inside one `{ ... }` group, after a header that sets its arguments; anything after the group
+//! (a git bundle) is payload. All data (prompts, keys, ids, paths) is single-quoted, so it
+//! reaches the VM byte for byte and never passes through a shell's parsing. The scripts exit 0
+//! or 3, never 255 (which would look like an ssh failure). Layout: docs/remote-layout.md.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::{SessionStatus, parse_timestamp};
-
-/// Where a VM keeps the session directories, relative to the login user's home.
-pub const REMOTE_BASE: &str = ".amplihack/remote";
 
 /// Quotes a string as one shell word. Single quotes keep every byte literal; an embedded
 /// single quote is closed, escaped and reopened.
@@ -32,21 +31,8 @@ pub fn shell_quote(s: &str) -> String {
     out
 }
 
-/// The workspace root as a shell expression: `~/x` and relative roots live under `$HOME`.
-pub fn root_expr(root: &str) -> String {
-    let root = root.trim_end_matches('/');
-    if root == "~" || root.is_empty() {
-        "\"$HOME\"".into()
-    } else if let Some(rest) = root.strip_prefix("~/") {
-        format!("\"$HOME\"/{}", shell_quote(rest))
-    } else if root.starts_with('/') {
-        shell_quote(root)
-    } else {
-        format!("\"$HOME\"/{}", shell_quote(root))
-    }
-}
-
-/// The workspace path recorded in the state for a session.
+/// The workspace path recorded in the state for a session. The control script resolves `~`
+/// and relative roots against the VM user's home.
 pub fn workspace_path(root: &str, id: &str) -> String {
     let root = root.trim_end_matches('/');
     if root.is_empty() {
@@ -56,72 +42,44 @@ pub fn workspace_path(root: &str, id: &str) -> String {
     }
 }
 
-/// The run script: the pane's process in each session's tmux session. It starts the agent as
-/// its own process group (so `kill` can signal the agent and everything it spawned), logs its
-/// output, and records the exit code and finish time so status and output survive the tmux
-/// session. If the tmux session is ended under it, it ends the agent rather than leave it
-/// running unsupervised, and its pane's `tail` exits with it. `$1` is the session directory.
-pub const RUN_SCRIPT: &str = r#"#!/usr/bin/env bash
-# amplihack remote run script: one agent session. Layout: docs/remote-layout.md.
-d=$1
-if [ -f "$d/secret" ]; then
-  IFS= read -r -d '' ANTHROPIC_API_KEY < "$d/secret"
-  export ANTHROPIC_API_KEY
-  rm -f -- "$d/secret"
-fi
-export NODE_OPTIONS=--max-old-space-size=32768
-mapfile -d '' -t argv < "$d/argv"
-IFS= read -r -d '' prompt < "$d/prompt"
-pid=
-# The tmux session ended under us (kill-session, kill-server): end the agent too, then record.
-trap '[ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null' HUP TERM
-date -u +%Y-%m-%dT%H:%M:%SZ > "$d/started_at"
-: >> "$d/output.log"
-set -m
-"${argv[@]}" "$prompt" < /dev/null >> "$d/output.log" 2>&1 &
-pid=$!
-printf '%s\n' "$pid" > "$d/agent.pid"
-tail -n +1 -f --pid=$$ -- "$d/output.log" &
-tail_pid=$!
-# A trapped signal cuts `wait` short: wait again until the agent has really exited.
-while :; do
-  wait "$pid"
-  rc=$?
-  kill -0 "$pid" 2>/dev/null || break
-done
-date -u +%Y-%m-%dT%H:%M:%SZ > "$d/finished_at.part" && mv -f -- "$d/finished_at.part" "$d/finished_at"
-printf '%s\n' "$rc" > "$d/exit_code.part" && mv -f -- "$d/exit_code.part" "$d/exit_code"
-sleep 1
-kill "$tail_pid" 2>/dev/null
-exit 0
-"#;
+/// The shell files that run on a VM (src/vm/): helpers, the control script and the session
+/// supervisor. They are shellchecked as files; here they are only embedded and sent.
+const LIB_SH: &str = include_str!("vm/lib.sh");
+const CONTROL_SH: &str = include_str!("vm/control.sh");
+const SUPERVISOR_SH: &str = include_str!("vm/supervisor.sh");
 
-/// Shared opening of every script: stdin kept on fd 3 for payload and replaced by /dev/null
-/// for every command, the user's own tmux client variable dropped, and `probe`, which prints
-/// one `session` line of facts about a session.
-fn opening(kind: &str) -> String {
-    format!(
-        r#"# amplihack remote: {kind} script (generated; see docs/remote-layout.md)
-{{
-exec 3<&0 </dev/null
-unset TMUX
-umask 077
-base="$HOME/{REMOTE_BASE}"
-fail() {{ printf 'amplihack: %s\n' "$*" >&2; exit 3; }}
-probe() {{
-  local id=$1 d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=-
-  [ -d "$d" ] && known=1
-  tmux has-session -t "=$id" 2>/dev/null && alive=1
-  [ -f "$d/exit_code" ] && IFS= read -r rc < "$d/exit_code"
-  [ -f "$d/finished_at" ] && IFS= read -r fin < "$d/finished_at"
-  [ -f "$d/started_at" ] && IFS= read -r st < "$d/started_at"
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$known" "$alive" "${{rc:--}}" "${{fin:--}}" "${{st:--}}"
-}}
-"#
-    )
+/// The supervisor as the launch writes it into each session directory: self-contained (the
+/// helpers in front), and a copy per session, so an upgrade never changes it underfoot.
+pub fn supervisor_text() -> String {
+    format!("{LIB_SH}\n{SUPERVISOR_SH}")
 }
 
-const CLOSING: &str = "exit 0\n}\n";
+/// The whole stdin of one control call: `{`, the header (variables, then the arguments of
+/// the subcommand, every value single-quoted), the helpers and the control script, `}`, then
+/// the payload. The group makes bash read everything before it runs anything.
+fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut s = String::with_capacity(LIB_SH.len() + CONTROL_SH.len() + 512);
+    s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n{\n");
+    for (name, value) in vars {
+        s.push_str(name);
+        s.push('=');
+        s.push_str(&shell_quote(value));
+        s.push('\n');
+    }
+    s.push_str("set --");
+    for arg in args {
+        s.push(' ');
+        s.push_str(&shell_quote(arg));
+    }
+    s.push('\n');
+    s.push_str(LIB_SH);
+    s.push('\n');
+    s.push_str(CONTROL_SH);
+    s.push_str("\n}\n");
+    let mut input = s.into_bytes();
+    input.extend_from_slice(payload);
+    input
+}
 
 #[derive(Debug, Clone)]
 pub struct LaunchSession<'a> {
@@ -129,6 +87,8 @@ pub struct LaunchSession<'a> {
     pub prompt: &'a str,
     pub command: &'a str,
     pub max_turns: u32,
+    /// The session's own record (JSON), kept on the VM so the VM alone can describe it.
+    pub record: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -143,85 +103,44 @@ pub struct LaunchPlan<'a> {
     pub wait_for_cloud_init: bool,
 }
 
-/// The whole stdin of the launch call: the script, then the bundle bytes if any.
-pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
-    let mut s = opening("launch");
-    s.push_str(
-        r#"report_failed() { printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"; }
-command -v tmux >/dev/null 2>&1 || fail "tmux is not installed on this machine"
-mkdir -p -- "$base/sessions" "$base/context" || fail "cannot create $base"
-"#,
-    );
-    if plan.wait_for_cloud_init {
-        s.push_str(
-            "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1; fi\n",
-        );
-    }
-    match plan.bundle {
-        Some((name, _)) => {
-            s.push_str(&format!(
-                r#"command -v git >/dev/null 2>&1 || fail "git is not installed on this machine"
-bundle="$base/context/"{name}
-cat <&3 > "$bundle.part" && mv -f -- "$bundle.part" "$bundle" || fail "could not store the git bundle"
-"#,
-                name = shell_quote(name)
-            ));
-        }
-        None => s.push_str("bundle=\n"),
-    }
-    s.push_str("exec 3<&-\n");
-    s.push_str(&format!("root={}\n", root_expr(plan.workspace_root)));
-    s.push_str(
-        r#"mkdir -p -- "$root" 2>/dev/null || { sudo -n mkdir -p -- "$root" && sudo -n chown "$(id -u):$(id -g)" -- "$root"; } 2>/dev/null || fail "cannot create the workspace root $root (it needs sudo)"
-IFS= read -r -d '' run_sh <<'AMPLIHACK_RUN_SH'
-"#,
-    );
-    s.push_str(RUN_SCRIPT);
-    s.push_str(
-        r#"AMPLIHACK_RUN_SH
-start_session() {
-  local id=$1 ws="$root/$1" d="$base/sessions/$1" out
-  if tmux has-session -t "=$id" 2>/dev/null; then printf 'launched\t%s\n' "$id"; return; fi
-  printf '%s' "$run_sh" > "$d/run.sh" || { report_failed "$id" "cannot write $d/run.sh"; return; }
-  if [ -n "$bundle" ]; then
-    if [ ! -e "$ws/.git" ]; then
-      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return; }
-      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return; }
-    fi
-  else
-    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return; }
-  fi
-  out=$(tmux new-session -d -s "$id" -c "$ws" bash "$d/run.sh" "$d" 2>&1) || { report_failed "$id" "tmux new-session failed: $out"; return; }
-  printf 'launched\t%s\n' "$id"
+/// The agent's argv before the prompt: `amplihack claude --<command> --max-turns N -- -p`.
+pub fn agent_argv(agent_words: &[String], command: &str, max_turns: u32) -> Vec<String> {
+    let mut argv = agent_words.to_vec();
+    argv.push(format!("--{command}"));
+    argv.push("--max-turns".into());
+    argv.push(max_turns.to_string());
+    argv.push("--".into());
+    argv.push("-p".into());
+    argv
 }
-"#,
-    );
-    for sess in &plan.sessions {
-        let id = shell_quote(sess.id);
-        let mut argv: Vec<String> = plan.agent_words.to_vec();
-        argv.push(format!("--{}", sess.command));
-        argv.push("--max-turns".into());
-        argv.push(sess.max_turns.to_string());
-        argv.push("--".into());
-        argv.push("-p".into());
-        let argv_words: Vec<String> = argv.iter().map(|w| shell_quote(w)).collect();
-        let secret = match plan.api_key {
-            Some(key) => format!(" && printf '%s' {} > \"$d/secret\"", shell_quote(key)),
-            None => String::new(),
-        };
-        s.push_str(&format!(
-            "d=\"$base/sessions/\"{id}\n\
-             if mkdir -p -- \"$d\" && printf '%s' {prompt} > \"$d/prompt\" && printf '%s\\0' {argv} > \"$d/argv\"{secret}; then start_session {id}; else report_failed {id} \"cannot write the session files in $d\"; fi\n",
-            prompt = shell_quote(sess.prompt),
-            argv = argv_words.join(" "),
-        ));
+
+/// The whole stdin of the launch call: control `launch`, then the bundle bytes if any.
+pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
+    let supervisor = supervisor_text();
+    let mut vars: Vec<(&str, &str)> = vec![("AMPLIHACK_SUPERVISOR", &supervisor)];
+    if let Some(key) = plan.api_key {
+        vars.push(("AMPLIHACK_SECRET", key));
     }
-    s.push_str(CLOSING);
-    let mut input = s.into_bytes();
-    if let Some((_, bytes)) = plan.bundle {
-        input.extend_from_slice(bytes);
+    let argvs: Vec<(Vec<String>, String)> = plan
+        .sessions
+        .iter()
+        .map(|s| {
+            let argv = agent_argv(plan.agent_words, s.command, s.max_turns);
+            let argc = argv.len().to_string();
+            (argv, argc)
+        })
+        .collect();
+    let mut args: Vec<&str> = vec![
+        "launch",
+        plan.workspace_root,
+        plan.bundle.map_or("", |(name, _)| name),
+        if plan.wait_for_cloud_init { "1" } else { "0" },
+    ];
+    for (s, (argv, argc)) in plan.sessions.iter().zip(&argvs) {
+        args.extend([s.id, s.prompt, s.record, argc.as_str()]);
+        args.extend(argv.iter().map(String::as_str));
     }
-    input
+    control_input(&vars, &args, plan.bundle.map_or(&[][..], |(_, b)| b))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,25 +170,27 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     out
 }
 
-/// Prints one `session` line per id: whether its directory exists, whether its tmux session
-/// is alive, its exit code, finish and start times.
+/// Asks for one `session` line per id (see `Probe`).
 pub fn probe_script(ids: &[&str]) -> Vec<u8> {
-    let mut s = opening("status");
-    for id in ids {
-        s.push_str(&format!("probe {}\n", shell_quote(id)));
-    }
-    s.push_str(CLOSING);
-    s.into_bytes()
+    let mut args = vec!["probe"];
+    args.extend_from_slice(ids);
+    control_input(&[], &args, &[])
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     /// The session directory exists (sessions of the Python original have none).
     pub known: bool,
+    /// The agent's process group or the session's supervisor lives (identity verified); for a
+    /// session without a directory, its tmux session exists.
     pub alive: bool,
     pub exit_code: Option<i32>,
     pub finished_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// `kill` marked the session before signalling it.
+    pub kill_requested: bool,
+    /// Its tmux session exists (what `attach` needs).
+    pub tmux: bool,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -287,6 +208,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let exit_code = field(p.next(), |v| v.trim().parse().ok());
     let finished_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
     let started_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
+    let kill_requested = p.next() == Some("1");
+    let tmux = p.next() == Some("1");
     Some((
         id,
         Probe {
@@ -295,6 +218,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             exit_code,
             finished_at,
             started_at,
+            kill_requested,
+            tmux,
         },
     ))
 }
@@ -319,14 +244,27 @@ pub enum Verdict {
     },
 }
 
-pub const VANISHED: &str = "the tmux session ended without recording an exit code";
+/// A session with a directory whose supervisor and agent are both gone, with no exit code.
+pub const VANISHED: &str = "its supervisor and agent ended without recording an exit code (the VM rebooted, or they were killed outright)";
+/// A session its VM has no trace of.
+pub const UNKNOWN_ON_VM: &str =
+    "its VM has no trace of it: no session directory and no tmux session";
+/// A session of the Python original (no directory) whose tmux session is gone.
+pub const TMUX_ENDED: &str = "the tmux session ended without recording an exit code";
 
-/// The true status of a session from what its VM says. A recorded exit code wins; otherwise a
-/// live tmux session means running, and a dead one means the session vanished (failed).
-pub fn verdict(probe: &Probe, now: DateTime<Utc>) -> Verdict {
+/// The true status of a session from what its VM says. A recorded exit code wins; otherwise
+/// a live agent group or supervisor means running, and neither means it ended unrecorded.
+/// A kill asked for (marked on the VM, or `kill_intended` by a live `kill` of ours) makes any
+/// end `killed`.
+pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdict {
+    let killed = probe.kill_requested || kill_intended;
     match probe.exit_code {
         Some(code) => Verdict::Finished {
-            status: SessionStatus::from_exit_code(code),
+            status: if killed {
+                SessionStatus::Killed
+            } else {
+                SessionStatus::from_exit_code(code)
+            },
             exit_code: Some(code),
             at: probe.finished_at.unwrap_or(now),
             error: None,
@@ -334,64 +272,46 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>) -> Verdict {
         None if probe.alive => Verdict::Running {
             started_at: probe.started_at,
         },
+        None if killed => Verdict::Finished {
+            status: SessionStatus::Killed,
+            exit_code: None,
+            at: now,
+            error: None,
+        },
         None => Verdict::Finished {
             status: SessionStatus::Failed,
             exit_code: None,
             at: now,
-            error: Some(VANISHED.into()),
+            error: Some(
+                if probe.known {
+                    VANISHED
+                } else if probe.started_at.is_none() && !probe.tmux {
+                    UNKNOWN_ON_VM
+                } else {
+                    TMUX_ENDED
+                }
+                .into(),
+            ),
         },
     }
 }
 
 /// Captures what a session shows: its tmux pane while it runs, the kept log after.
 pub fn capture_script(id: &str, lines: u32) -> Vec<u8> {
-    let mut s = opening("capture");
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-probe "$id"
-if tmux has-session -t "=$id" 2>/dev/null && [ ! -f "$d/exit_code" ]; then
-  printf 'data\tpane\n'
-  tmux capture-pane -p -J -t "$id" -S -{lines} 2>/dev/null
-elif [ -f "$d/output.log" ]; then
-  printf 'data\tlog\n'
-  tail -n {lines} -- "$d/output.log"
-else
-  printf 'data\tnone\n'
-fi
-"#,
-        id = shell_quote(id)
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+    control_input(&[], &["capture", id, &lines.to_string()], &[])
 }
 
 /// One poll of `output --follow`: the session's facts, the log size, and the log bytes after
 /// `offset` (or, on the first poll, its last `lines` lines), cut at that size so no byte is
 /// read twice or skipped.
 pub fn follow_script(id: &str, offset: Option<u64>, lines: u32) -> Vec<u8> {
-    let mut s = opening("follow");
-    let read = match offset {
-        None => format!(r#"head -c "$size" -- "$log" | tail -n {lines}"#),
-        Some(off) => format!(
-            r#"if [ "$size" -gt {off} ]; then tail -c +$(({off} + 1)) -- "$log" | head -c $((size - {off})); fi"#
-        ),
-    };
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-log="$d/output.log"
-probe "$id"
-size=0
-[ -f "$log" ] && size=$(($(wc -c < "$log")))
-printf 'log\t%s\n' "$size"
-printf 'data\tlog\n'
-[ -f "$log" ] && {read}
-"#,
-        id = shell_quote(id)
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+    let offset = offset.map_or_else(|| "-".to_string(), |o| o.to_string());
+    control_input(&[], &["follow", id, &offset, &lines.to_string()], &[])
+}
+
+/// Streams the workspace's commits after `base` as a git bundle (see `parse_capture`).
+pub fn pull_script(workspace: &str, base: &str) -> Vec<u8> {
+    control_input(&[], &["pull", workspace, base], &[])
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,37 +391,11 @@ pub fn count_lines(data: &[u8]) -> usize {
     newlines + usize::from(!data.is_empty() && !data.ends_with(b"\n"))
 }
 
-/// Signals the agent's process group (SIGTERM, then SIGKILL after `grace_secs`; or SIGKILL at
-/// once), waits for the run script to record the exit code, and ends the tmux session.
+/// Marks the session as being killed, signals the agent's verified process group (SIGTERM,
+/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code.
 pub fn kill_script(id: &str, force: bool, grace_secs: u32) -> Vec<u8> {
-    let signal = if force { "KILL" } else { "TERM" };
-    let mut s = opening("kill");
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-if [ -f "$d/exit_code" ]; then printf 'result\talready\n'; probe "$id"; exit 0; fi
-pid=
-[ -f "$d/agent.pid" ] && IFS= read -r pid < "$d/agent.pid"
-alive() {{ [ -n "$pid" ] && kill -0 -- "-$pid" 2>/dev/null; }}
-had_tmux=0
-tmux has-session -t "=$id" 2>/dev/null && had_tmux=1
-if alive; then
-  kill -{signal} -- "-$pid" 2>/dev/null && printf 'signalled\t{signal}\n'
-  n=0
-  while alive && [ "$n" -lt {grace_ticks} ]; do sleep 0.1; n=$((n + 1)); done
-  if alive; then kill -KILL -- "-$pid" 2>/dev/null; printf 'escalated\tKILL\n'; fi
-  n=0
-  while [ ! -f "$d/exit_code" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
-fi
-tmux kill-session -t "=$id" 2>/dev/null
-if [ "$had_tmux" = 1 ] || [ -n "$pid" ]; then printf 'result\tkilled\n'; else printf 'result\tgone\n'; fi
-probe "$id"
-"#,
-        id = shell_quote(id),
-        grace_ticks = grace_secs * 10,
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+    let force = if force { "1" } else { "0" };
+    control_input(&[], &["kill", id, force, &grace_secs.to_string()], &[])
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -568,24 +462,27 @@ mod tests {
     }
 
     #[test]
-    fn workspace_roots() {
-        assert_eq!(root_expr("/workspace"), "'/workspace'");
-        assert_eq!(root_expr("~/ws"), "\"$HOME\"/'ws'");
-        assert_eq!(root_expr("rel"), "\"$HOME\"/'rel'");
+    fn workspace_paths() {
         assert_eq!(workspace_path("/workspace/", "s1"), "/workspace/s1");
         assert_eq!(workspace_path("~/ws", "s1"), "~/ws/s1");
+        assert_eq!(workspace_path("/", "s1"), "/s1");
     }
 
-    fn plan<'a>(agent: &'a [String], bundle: Option<(&'a str, &'a [u8])>) -> LaunchPlan<'a> {
+    fn plan<'a>(
+        agent: &'a [String],
+        bundle: Option<(&'a str, &'a [u8])>,
+        key: Option<&'a str>,
+    ) -> LaunchPlan<'a> {
         LaunchPlan {
             sessions: vec![LaunchSession {
                 id: "sess-1",
                 prompt: "it's $(x)",
                 command: "auto",
                 max_turns: 7,
+                record: "{\"session_id\":\"sess-1\"}",
             }],
             agent_words: agent,
-            api_key: Some("sk-secret"),
+            api_key: key,
             workspace_root: "/workspace",
             bundle,
             wait_for_cloud_init: true,
@@ -593,53 +490,97 @@ mod tests {
     }
 
     #[test]
-    fn launch_script_carries_the_agent_command_and_payload() {
+    fn launch_input_carries_the_arguments_the_key_and_the_payload() {
         let agent = vec!["amplihack".to_string(), "claude".to_string()];
-        let input = launch_input(&plan(&agent, Some(("abc.bundle", b"BUNDLE"))));
+        let input = launch_input(&plan(&agent, Some(("abc.bundle", b"BUNDLE")), Some("sk-x")));
         let text = String::from_utf8(input).unwrap();
         assert!(text.contains(
-            "printf '%s\\0' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p' > \"$d/argv\""
+            "set -- 'launch' '/workspace' 'abc.bundle' '1' 'sess-1' 'it'\\''s $(x)' '{\"session_id\":\"sess-1\"}' '7' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p'\n"
         ));
-        assert!(text.contains("printf '%s' 'it'\\''s $(x)' > \"$d/prompt\""));
-        assert!(text.contains("cloud-init status --wait"));
-        assert!(
-            text.ends_with("exit 0\n}\nBUNDLE"),
-            "payload follows the group"
-        );
-        let without = String::from_utf8(launch_input(&plan(&agent, None))).unwrap();
-        assert!(without.contains("bundle=\n"));
-        assert!(without.ends_with("exit 0\n}\n"));
+        assert!(text.contains("\nAMPLIHACK_SECRET='sk-x'\n"));
+        assert!(text.contains("\nAMPLIHACK_SUPERVISOR='"));
+        assert!(text.ends_with("\n}\nBUNDLE"), "payload follows the group");
+        let without = String::from_utf8(launch_input(&plan(&agent, None, None))).unwrap();
+        assert!(without.contains("set -- 'launch' '/workspace' '' '1' "));
+        assert!(!without.contains("\nAMPLIHACK_SECRET="));
+        assert!(without.ends_with("\n}\n"));
     }
 
     #[test]
-    fn launch_script_is_valid_bash() {
+    fn every_input_is_valid_bash() {
         let agent = vec!["x".to_string()];
-        let input = launch_input(&plan(&agent, None));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sh");
-        std::fs::write(&path, &input).unwrap();
-        let st = std::process::Command::new("bash")
-            .arg("-n")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success());
         for script in [
+            launch_input(&plan(&agent, None, Some("k"))),
             probe_script(&["a", "b"]),
             capture_script("a", 5),
             follow_script("a", Some(3), 5),
             kill_script("a", true, 10),
+            pull_script("~/ws/a", "abc"),
         ] {
             std::fs::write(&path, &script).unwrap();
-            assert!(
-                std::process::Command::new("bash")
-                    .arg("-n")
-                    .arg(&path)
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{}", String::from_utf8_lossy(&script));
         }
+        std::fs::write(&path, supervisor_text()).unwrap();
+        assert!(
+            std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Runs a control call under bash with its own HOME, as a VM would.
+    fn run_control(input: &[u8], home: &std::path::Path) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("bash")
+            .arg("-s")
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TMUX_TMPDIR", home)
+            .current_dir(home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn arguments_reach_the_control_script_byte_for_byte() {
+        let home = tempfile::tempdir().unwrap();
+        // (Ids never hold tabs or newlines: the answer is tab-separated lines.)
+        let nasty = "a b 'c' \"d\" $(touch pwned) `touch pwned` \\ ünï ; | & *";
+        let out = run_control(&probe_script(&[nasty, "plain"]), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let probes = parse_probes(&out.stdout);
+        assert_eq!(probes.len(), 2, "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(probes.contains_key(nasty));
+        assert!(!probes["plain"].known && !probes["plain"].alive);
+        assert!(!home.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn the_control_script_rejects_unknown_commands_with_exit_3() {
+        let home = tempfile::tempdir().unwrap();
+        let out = run_control(&control_input(&[], &["bogus"], &[]), home.path());
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown control command 'bogus'"));
     }
 
     #[test]
@@ -655,10 +596,14 @@ mod tests {
     #[test]
     fn probes_and_verdicts() {
         let p = parse_probes(
-            b"session\ts1\t1\t0\t3\t2025-11-25T14:40:00Z\t2025-11-25T14:30:00Z\nsession\ts2\t1\t1\t-\t-\t2025-11-25T14:30:00Z\nsession\ts3\t0\t0\t-\t-\t-\n",
+            b"session\ts1\t1\t0\t3\t2025-11-25T14:40:00Z\t2025-11-25T14:30:00Z\t0\t0\n\
+              session\ts2\t1\t1\t-\t-\t2025-11-25T14:30:00Z\t0\t1\n\
+              session\ts3\t0\t0\t-\t-\t-\n\
+              session\ts4\t1\t0\t143\t2025-11-25T14:40:00Z\t-\t1\t0\n\
+              session\ts5\t1\t0\t-\t-\t2025-11-25T14:30:00Z\t0\t0\n",
         );
         let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
-        match verdict(&p["s1"], now) {
+        match verdict(&p["s1"], now, false) {
             Verdict::Finished {
                 status,
                 exit_code,
@@ -671,19 +616,38 @@ mod tests {
             }
             v => panic!("{v:?}"),
         }
-        assert!(matches!(verdict(&p["s2"], now), Verdict::Running { .. }));
-        match verdict(&p["s3"], now) {
+        assert!(p["s2"].tmux);
+        assert!(matches!(
+            verdict(&p["s2"], now, false),
+            Verdict::Running { .. }
+        ));
+        let finished = |v: Verdict| match v {
             Verdict::Finished {
                 status,
                 exit_code,
                 error,
                 ..
-            } => {
-                assert_eq!((status, exit_code), (SessionStatus::Failed, None));
-                assert_eq!(error.as_deref(), Some(VANISHED));
-            }
+            } => (status, exit_code, error),
             v => panic!("{v:?}"),
-        }
+        };
+        // An old probe line (no kill or tmux fields) still parses.
+        assert_eq!(
+            finished(verdict(&p["s3"], now, false)),
+            (SessionStatus::Failed, None, Some(UNKNOWN_ON_VM.into()))
+        );
+        // A kill marked on the VM makes the end `killed`, whoever observes it.
+        assert_eq!(
+            finished(verdict(&p["s4"], now, false)),
+            (SessionStatus::Killed, Some(143), None)
+        );
+        assert_eq!(
+            finished(verdict(&p["s1"], now, true)).0,
+            SessionStatus::Killed
+        );
+        assert_eq!(
+            finished(verdict(&p["s5"], now, false)),
+            (SessionStatus::Failed, None, Some(VANISHED.into()))
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `kill`: SIGTERM to the agent's process group, a grace period, then the tmux session ends;
-//! `--force` sends SIGKILL at once.
+//! `kill`: SIGTERM to the agent's process group, a grace period, then SIGKILL; `--force`
+//! sends SIGKILL at once. The intent is recorded under the lock before any signal, and the VM
+//! marks the session before signalling it, so whoever sees it end records `killed`.
 
 use crate::cli::KillArgs;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::exec::OnInterrupt;
-use crate::model::SessionStatus;
+use crate::exec::{self, OnInterrupt};
+use crate::model::{KillRequest, Session, SessionStatus};
 use crate::refresh;
 use crate::script::{self, KillOutcome};
 use crate::ui;
@@ -15,40 +16,53 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let session = find_session(&state, &args.session_id)?.clone();
     let id = session.session_id.as_str();
     if !session.status.is_active() {
-        let code = session
-            .exit_code
-            .map(|c| format!(" (exit {c})"))
-            .unwrap_or_default();
-        return ui::print(&format!(
-            "Session {id} already {}{code}; nothing to kill.\n",
-            session.status
-        ));
+        return already_finished(&session);
     }
-    if session.status == SessionStatus::Pending
-        && !refresh::pending_is_stale(session.created_at, ctx.now())
-    {
-        // Its `start` is launching it right now; a kill now would race the launch and could
-        // leave an agent running that the state calls killed.
-        return Err(Error::Failed(format!(
-            "session {id} is still being launched by another command; kill it once 'amplihack remote list' shows it running"
-        )));
+    let me = exec::current_owner();
+    let now = ctx.now();
+    // Record the intent, re-checking under the lock that the session is still ours to kill.
+    let current = ctx.store.update(|st| {
+        let s = find_session(st, id)?.clone();
+        if !s.status.is_active() {
+            return Ok(s);
+        }
+        if s.status == SessionStatus::Pending
+            && !refresh::abandoned(s.owner.as_ref(), s.created_at, now, &exec::liveness)
+        {
+            // Its `start` is launching it right now; a kill now would race the launch and
+            // could leave an agent running that the state calls killed.
+            return Err(Error::Failed(format!(
+                "session {id} is still being launched by another command; kill it once 'amplihack remote list' shows it running"
+            )));
+        }
+        if let Some(s) = st.sessions.get_mut(id) {
+            s.kill_request = Some(KillRequest {
+                at: now,
+                by: me.clone(),
+            });
+        }
+        Ok(s)
+    })?;
+    if !current.status.is_active() {
+        return already_finished(&current);
     }
+
     ui::print(&format!("Killing session: {id}\n"))?;
     ui::print(if args.force {
         "Sending SIGKILL...\n"
     } else {
         "Sending SIGTERM...\n"
     })?;
-    let transport = ctx.transport_to(&state, &session.vm_name);
+    let vm = ctx.vm_ref(&state, &session.vm_name);
     let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs);
-    let report = match transport.run_script(
-        &session.vm_name,
-        input,
-        ctx.settings.timeouts.kill,
-        OnInterrupt::Abort,
-    ) {
-        Ok(out) => script::parse_kill(&out.stdout)
-            .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?,
+    let answer = ctx
+        .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
+        .and_then(|out| {
+            script::parse_kill(&out.stdout)
+                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))
+        });
+    let report = match answer {
+        Ok(report) => report,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"
@@ -62,12 +76,18 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             )?;
             return ui::print("Status updated: killed\n");
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            // Nothing was signalled (or we cannot know): the intent must not turn a later,
+            // natural end into `killed`.
+            withdraw_intent(ctx, id, &me)?;
+            return Err(e);
+        }
     };
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
     match report.outcome {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
+            withdraw_intent(ctx, id, &me)?;
             mark(ctx, id, status.clone(), exit_code, None)?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
@@ -79,7 +99,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         KillOutcome::Killed | KillOutcome::Gone => {
             if report.outcome == KillOutcome::Gone {
                 ui::warn(&format!(
-                    "no agent or tmux session of {id} was running on {}",
+                    "no agent, supervisor or tmux session of {id} was running on {}",
                     session.vm_name
                 ));
             }
@@ -95,6 +115,30 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     }
 }
 
+fn already_finished(session: &Session) -> Result<()> {
+    let code = session
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    ui::print(&format!(
+        "Session {} already {}{code}; nothing to kill.\n",
+        session.session_id, session.status
+    ))
+}
+
+fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> {
+    ctx.store.update(|st| {
+        if let Some(s) = st.sessions.get_mut(id)
+            && s.kill_request.as_ref().is_some_and(|k| &k.by == me)
+        {
+            s.kill_request = None;
+        }
+        Ok(())
+    })
+}
+
+/// Settles the session. A refresh that saw the end first may already have recorded it (as
+/// `killed`, thanks to the marks): then nothing changes.
 fn mark(
     ctx: &Ctx,
     id: &str,

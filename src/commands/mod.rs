@@ -16,9 +16,11 @@ use chrono::{DateTime, Utc};
 use crate::cli::{RemoteCommand, StatusFilter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionStatus, State};
+use crate::exec::{OnInterrupt, Output};
+use crate::model::{Backend, Session, SessionStatus, State};
+use crate::pool::LOCAL_VM_NAME;
 use crate::state::StateStore;
-use crate::transport::{Transport, Transports};
+use crate::transport::{Transport, Transports, VmRef};
 
 pub struct Ctx {
     pub settings: Settings,
@@ -41,10 +43,42 @@ impl Ctx {
         Utc::now()
     }
 
+    /// How every call must address `vm`: its backend, and the resource group it was created
+    /// in (the configured one for VMs recorded before we kept it).
+    pub fn vm_ref(&self, state: &State, vm: &str) -> VmRef {
+        let entry = state.vm_pool.get(vm);
+        let backend = entry.map(|v| v.backend).unwrap_or(if vm == LOCAL_VM_NAME {
+            Backend::Local
+        } else {
+            Backend::Azure
+        });
+        VmRef {
+            name: vm.to_string(),
+            backend,
+            resource_group: match backend {
+                Backend::Local => None,
+                Backend::Azure => entry
+                    .and_then(|v| v.resource_group.clone())
+                    .or_else(|| self.settings.resource_group.clone()),
+            },
+        }
+    }
+
     /// The transport that reaches `vm`: azlin for Azure VMs, local bash for `local`.
-    pub fn transport_to(&self, state: &State, vm: &str) -> &dyn Transport {
-        self.transports
-            .for_backend(crate::refresh::backend_of(state, vm))
+    pub fn transport(&self, vm: &VmRef) -> &dyn Transport {
+        self.transports.for_backend(vm.backend)
+    }
+
+    /// Runs a control call on `vm` through its transport.
+    pub fn run_on(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        timeout: std::time::Duration,
+        on_interrupt: OnInterrupt,
+    ) -> Result<Output> {
+        self.transport(vm)
+            .run_script(vm, input, timeout, on_interrupt)
     }
 }
 

@@ -14,9 +14,9 @@ use crate::script::{self, Capture, CaptureSource, Probe};
 use crate::{interrupt, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
-    let transport = ctx.transport_to(state, &session.vm_name);
-    let out = transport.run_script(
-        &session.vm_name,
+    let vm = ctx.vm_ref(state, &session.vm_name);
+    let out = ctx.run_on(
+        &vm,
         input,
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
@@ -69,10 +69,11 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         CaptureSource::None => Vec::new(),
     };
     if capture.source == CaptureSource::None {
-        ui::warn(&format!(
-            "no output recorded for {} on {} (status: {status}): it never launched, or its tmux session ended without a log",
-            session.session_id, session.vm_name
-        ));
+        return Err(Error::SessionNotOnVm {
+            id: session.session_id.clone(),
+            vm: session.vm_name.clone(),
+            status,
+        });
     }
     if !args.raw {
         ui::print(&render::output_header(

@@ -4,7 +4,6 @@ use serde::Serialize;
 
 use crate::cli::PrimeArgs;
 use crate::commands::Ctx;
-use crate::commands::start::size_letter;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
 use crate::{pool, provision, ui};
@@ -26,13 +25,13 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
             "prime provisions Azure VMs; the local backend (AMPLIHACK_REMOTE_BACKEND=local) needs no priming".into(),
         ));
     }
-    let size = pool::size_by_letter(size_letter(args.vm_size))
-        .expect("the size table covers every choice");
+    let size = pool::size_of(args.vm_size);
     let region = args
         .region
         .clone()
         .unwrap_or_else(|| ctx.settings.region.clone());
     let now = ctx.now();
+    let owner = crate::exec::current_owner();
     let count = args.count as usize;
     let names = ctx.store.update(|st| {
         Ok(provision::reserve_vms(
@@ -40,7 +39,11 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
             count,
             size,
             &region,
-            &ctx.settings.user,
+            &provision::Reservation {
+                user: &ctx.settings.user,
+                resource_group: ctx.transports.azlin.default_resource_group(),
+                owner: &owner,
+            },
             now,
         ))
     })?;

@@ -40,20 +40,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                 (v, reason)
             })
             .collect();
-    let missing: BTreeSet<String> = match &refreshed.live.power {
-        Some(power) => refreshed
-            .state
-            .vm_pool
-            .iter()
-            .filter(|(name, vm)| {
-                vm.backend == Backend::Azure
-                    && vm.state != VmState::Provisioning
-                    && !power.contains_key(*name)
-            })
-            .map(|(name, _)| name.clone())
-            .collect(),
-        None => BTreeSet::new(),
-    };
+    let missing = confirmed_gone(ctx, &refreshed)?;
     for (v, reason) in candidates.iter_mut() {
         if missing.contains(&v.name) {
             *reason = "no longer exists in Azure".into();
@@ -135,6 +122,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .iter()
             .map(|name| {
                 let gone = missing.contains(name);
+                let vm = ctx.vm_ref(&refreshed.state, name);
                 scope.spawn(move || {
                     if gone {
                         return (name.clone(), Ok(()));
@@ -144,7 +132,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                         name.clone(),
                         ctx.transports
                             .azlin
-                            .delete_vm(name, ctx.settings.timeouts.delete),
+                            .delete_vm(&vm, ctx.settings.timeouts.delete),
                     )
                 })
             })
@@ -188,6 +176,60 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     }
     print_report(&report, args.json, "Pruned")?;
     first_error.map_or(Ok(()), Err)
+}
+
+/// Pool VMs that azlin confirms are gone: absent from the listing of their resource group AND
+/// `azlin show` in that group answers "not found". Only those are forgotten without a deletion;
+/// a VM the listing merely does not show (another subscription, a listing of another group)
+/// stays tracked, since forgetting it would leave a billable VM nobody sees.
+fn confirmed_gone(ctx: &Ctx, refreshed: &refresh::Refreshed) -> Result<BTreeSet<String>> {
+    let Some(power) = &refreshed.live.power else {
+        return Ok(BTreeSet::new());
+    };
+    let unlisted: Vec<String> = refreshed
+        .state
+        .vm_pool
+        .iter()
+        .filter(|(name, vm)| {
+            vm.backend == Backend::Azure
+                && vm.state != VmState::Provisioning
+                && !power.contains_key(*name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let answers: Vec<(String, Result<bool>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = unlisted
+            .iter()
+            .map(|name| {
+                let vm = ctx.vm_ref(&refreshed.state, name);
+                scope.spawn(move || {
+                    let exists = ctx
+                        .transports
+                        .azlin
+                        .vm_exists(&vm, ctx.settings.timeouts.list);
+                    (vm.name, exists)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("show thread"))
+            .collect()
+    });
+    let mut gone = BTreeSet::new();
+    for (name, answer) in answers {
+        match answer {
+            Ok(false) => {
+                gone.insert(name);
+            }
+            Ok(true) => {}
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => ui::warn(&format!(
+                "VM '{name}' is not in azlin's listing and 'azlin show' could not confirm it is gone; keeping it tracked. {e}"
+            )),
+        }
+    }
+    Ok(gone)
 }
 
 fn pruned(v: &pool::IdleVm, reason: &str, result: &str) -> Pruned {

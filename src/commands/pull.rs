@@ -6,7 +6,7 @@ use crate::commands::{Ctx, find_session};
 use crate::context;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::script::{self, shell_quote};
+use crate::script;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
@@ -33,10 +33,10 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
             session.session_id
         )));
     }
-    let transport = ctx.transport_to(&state, &session.vm_name);
-    let out = transport.run_script(
-        &session.vm_name,
-        pull_script(&session.workspace, base),
+    let vm = ctx.vm_ref(&state, &session.vm_name);
+    let out = ctx.run_on(
+        &vm,
+        script::pull_script(&session.workspace, base),
         ctx.settings.timeouts.launch,
         OnInterrupt::Abort,
     )?;
@@ -61,31 +61,4 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
         "Fetched {} commit(s) into branch {} ({} file(s) changed).\n",
         pulled.commits, pulled.branch, pulled.files_changed
     ))
-}
-
-/// Streams the workspace's commits after `base` as a bundle on stdout (nothing when there
-/// are none); the bundle lives in a temp file on the VM only for the call.
-fn pull_script(workspace: &str, base: &str) -> Vec<u8> {
-    format!(
-        r#"# amplihack remote: pull script (generated; see docs/remote-layout.md)
-{{
-exec </dev/null
-ws={ws}
-cd "$ws" 2>/dev/null || {{ printf 'amplihack: the workspace %s is gone\n' "$ws" >&2; exit 3; }}
-n=$(git rev-list --count {base}..HEAD 2>/dev/null) || {{ printf 'amplihack: %s is not a git workspace with commit %s\n' "$ws" {base} >&2; exit 3; }}
-printf 'commits\t%s\n' "$n"
-printf 'data\tbundle\n'
-if [ "$n" -gt 0 ]; then
-  t=$(mktemp) && git bundle create --quiet "$t" HEAD ^{base} >/dev/null 2>&1 && cat -- "$t"
-  rc=$?
-  rm -f -- "$t"
-  [ "$rc" = 0 ] || exit 3
-fi
-exit 0
-}}
-"#,
-        ws = script::root_expr(workspace),
-        base = shell_quote(base),
-    )
-    .into_bytes()
 }

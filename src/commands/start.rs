@@ -7,25 +7,17 @@ use std::hash::{BuildHasher, Hasher};
 
 use chrono::{DateTime, Utc};
 
-use crate::cli::{SizeArg, StartArgs};
+use crate::cli::StartArgs;
 use crate::commands::Ctx;
 use crate::context::{self, RepoContext};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, Session, SessionStatus, State, VmEntry, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
+use crate::transport::VmRef;
 use crate::{naming, provision, refresh, ui};
-
-pub fn size_letter(size: SizeArg) -> &'static str {
-    match size {
-        SizeArg::S => "s",
-        SizeArg::M => "m",
-        SizeArg::L => "l",
-        SizeArg::Xl => "xl",
-    }
-}
 
 fn random_u16() -> u16 {
     // RandomState is seeded per process and per call: enough to spread ids, which are
@@ -87,6 +79,7 @@ fn reserve(
     args: &StartArgs,
     target: &Target,
     repo: Option<&RepoContext>,
+    owner: &Owner,
     now: DateTime<Utc>,
 ) -> Vec<Reserved> {
     if let Some(capacity) = target.local_capacity {
@@ -102,6 +95,8 @@ fn reserve(
                 backend: Backend::Local,
                 state: VmState::Ready,
                 error: None,
+                resource_group: None,
+                owner: None,
                 extra: Default::default(),
             });
         local.capacity = capacity;
@@ -120,7 +115,11 @@ fn reserve(
         plan.new_vms,
         target.size,
         &target.region,
-        &ctx.settings.user,
+        &provision::Reservation {
+            user: &ctx.settings.user,
+            resource_group: ctx.transports.azlin.default_resource_group(),
+            owner,
+        },
         now,
     );
     let mut reserved: Vec<Reserved> = Vec::with_capacity(args.prompts.len());
@@ -160,6 +159,8 @@ fn reserve(
             error,
             repo_path: repo.map(|r| r.root.to_string_lossy().into_owned()),
             base_commit: repo.map(|r| r.head.clone()),
+            owner: (!finished).then(|| owner.clone()),
+            kill_request: None,
             extra: Default::default(),
         };
         st.sessions.insert(id.clone(), record.clone());
@@ -206,6 +207,7 @@ struct VmJob<'a> {
     vm: String,
     vm_is_new: bool,
     backend: Backend,
+    resource_group: Option<String>,
     sessions: Vec<&'a Reserved>,
 }
 
@@ -240,15 +242,27 @@ fn launch_on_vm(
         job.vm
     ));
     let agent_words = ctx.settings.agent_words();
+    // The session's own record as the VM keeps it: what it is, without who launches it.
+    let records: Vec<String> = job
+        .sessions
+        .iter()
+        .map(|r| {
+            let mut record = r.record.clone();
+            record.owner = None;
+            serde_json::to_string(&record).expect("a session serializes")
+        })
+        .collect();
     let plan = LaunchPlan {
         sessions: job
             .sessions
             .iter()
-            .map(|r| LaunchSession {
+            .zip(&records)
+            .map(|(r, record)| LaunchSession {
                 id: &r.id,
                 prompt: &r.record.prompt,
                 command: args.command.as_str(),
                 max_turns: args.max_turns,
+                record,
             })
             .collect(),
         agent_words: &agent_words,
@@ -257,7 +271,14 @@ fn launch_on_vm(
         bundle: repo.map(|r| (r.bundle_name.as_str(), r.bundle.as_slice())),
         wait_for_cloud_init: job.backend == Backend::Azure,
     };
-    let transport = ctx.transports.for_backend(job.backend);
+    let vm = VmRef {
+        name: job.vm.clone(),
+        backend: job.backend,
+        resource_group: match job.backend {
+            Backend::Azure => job.resource_group.clone(),
+            Backend::Local => None,
+        },
+    };
     let input = script::launch_input(&plan);
     // A VM azlin has just created may not answer ssh yet; the launch script is idempotent,
     // so it is safe to send again. Pool VMs get no retry: a failure there is news.
@@ -268,8 +289,8 @@ fn launch_on_vm(
     };
     let mut attempt = 1;
     let result = loop {
-        let result = transport.run_script(
-            &job.vm,
+        let result = ctx.run_on(
+            &vm,
             input.clone(),
             ctx.settings.timeouts.launch,
             OnInterrupt::FinishUnlessRepeated,
@@ -330,13 +351,18 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
         for (id, outcome) in outcomes {
             match outcome {
                 Outcome::Launched => {
-                    if let Some(s) = st
-                        .sessions
-                        .get_mut(id)
-                        .filter(|s| s.status == SessionStatus::Pending)
-                    {
+                    // The launch is the truth for its sessions. Nobody settles a pending
+                    // session whose start lives, but a state edited by hand, or a start that
+                    // was taken for dead, may have: an unexplained failure yields to it.
+                    if let Some(s) = st.sessions.get_mut(id).filter(|s| {
+                        s.status == SessionStatus::Pending
+                            || (s.status == SessionStatus::Failed && s.exit_code.is_none())
+                    }) {
                         s.status = SessionStatus::Running;
                         s.started_at = Some(now);
+                        s.completed_at = None;
+                        s.error = None;
+                        s.owner = None;
                     }
                 }
                 Outcome::Failed { message, .. } => {
@@ -349,6 +375,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                         .filter(|s| s.status == SessionStatus::Pending)
                     {
                         s.status = SessionStatus::Running;
+                        s.owner = None;
                         s.error = Some(
                             "launch was interrupted; the next refresh settles whether it runs"
                                 .into(),
@@ -371,8 +398,7 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
     } else {
         ctx.settings.backend
     };
-    let size =
-        pool::size_by_letter(size_letter(args.size)).expect("the size table covers every choice");
+    let size = pool::size_of(args.size);
     let region = match backend {
         Backend::Local => LOCAL_REGION.to_string(),
         Backend::Azure => args
@@ -423,9 +449,12 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
     refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
 
     let now = ctx.now();
-    let reserved = ctx
-        .store
-        .update(|st| Ok(reserve(st, ctx, &args, &target, repo.as_ref(), now)))?;
+    let owner = crate::exec::current_owner();
+    let reserved = ctx.store.update(|st| {
+        // A dead start's reservations must not hold slots this start could use.
+        refresh::recover_abandoned(st, now, &crate::exec::liveness);
+        Ok(reserve(st, ctx, &args, &target, repo.as_ref(), &owner, now))
+    })?;
     let (outcomes, records) = launch_all(ctx, &reserved, &target, &args, repo.as_ref())?;
 
     let sessions: Vec<&Session> = reserved.iter().filter_map(|r| records.get(&r.id)).collect();
@@ -442,7 +471,7 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .collect();
         ui::print(&render::start_report(&lines))?;
     }
-    exit_status(&reserved, &outcomes)
+    exit_status(&reserved, &outcomes, &records)
 }
 
 /// A refresh costs seconds and a new VM costs minutes: when the pool looks full, first learn
@@ -476,6 +505,7 @@ fn launch_all(
     args: &StartArgs,
     repo: Option<&RepoContext>,
 ) -> Result<(BTreeMap<String, Outcome>, BTreeMap<String, Session>)> {
+    let state = ctx.store.load()?;
     let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
     for r in reserved.iter().filter(|r| r.pending) {
         jobs.entry(r.vm.as_str())
@@ -483,6 +513,7 @@ fn launch_all(
                 vm: r.vm.clone(),
                 vm_is_new: r.vm_is_new,
                 backend: target.backend,
+                resource_group: ctx.vm_ref(&state, &r.vm).resource_group,
                 sessions: vec![],
             })
             .sessions
@@ -518,8 +549,14 @@ fn launch_all(
     Ok((outcomes, records))
 }
 
-/// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order.
-fn exit_status(reserved: &[Reserved], outcomes: &BTreeMap<String, Outcome>) -> Result<()> {
+/// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order. A
+/// session whose launch succeeded but whose record says otherwise (settled by someone else
+/// meanwhile) is a failure too: the exit code never claims more than the state holds.
+fn exit_status(
+    reserved: &[Reserved],
+    outcomes: &BTreeMap<String, Outcome>,
+    records: &BTreeMap<String, Session>,
+) -> Result<()> {
     if outcomes
         .values()
         .any(|o| matches!(o, Outcome::Abandoned | Outcome::Failed { code: 130, .. }))
@@ -534,6 +571,12 @@ fn exit_status(reserved: &[Reserved], outcomes: &BTreeMap<String, Outcome>) -> R
                 return Err(failure(1, why));
             }
             _ => {}
+        }
+        if let Some(s) = records.get(&r.id)
+            && !matches!(s.status, SessionStatus::Running | SessionStatus::Completed)
+        {
+            let why = s.error.as_deref().unwrap_or("its record is not running");
+            return Err(failure(1, &format!("{} is {}: {why}", r.id, s.status)));
         }
     }
     Ok(())

@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
+# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, follow, kill, pull)
+# The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
+# bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
+# has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
+# is payload, read from fd 3. Every piece of data arrives as a quoted argument, byte for byte.
+# It exits 0, or 3 with a message on stderr; never 255, which would look like an ssh failure.
+# Answers are tab-separated lines on stdout; the formats are in docs/remote-layout.md.
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
+[ -n "${AMPLIHACK_LIB:-}" ] || . "${BASH_SOURCE[0]%/*}/lib.sh"
+
+# The API key, set by the launch header only; kept in this shell, never exported or written.
+secret=${AMPLIHACK_SECRET:-}
+unset AMPLIHACK_SECRET
+supervisor_text=${AMPLIHACK_SUPERVISOR:-}
+unset AMPLIHACK_SUPERVISOR
+
+fail() {
+  printf 'amplihack: %s\n' "$*" >&2
+  exit 3
+}
+
+# A path as the CLI records it (`/abs`, `~`, `~/rel`, or `rel` under the home) made absolute.
+resolve_path() {
+  local p=${1%/}
+  case $p in
+    '' | '~') printf '%s' "$HOME" ;;
+    '~/'*) printf '%s/%s' "$HOME" "${p#\~/}" ;;
+    /*) printf '%s' "$p" ;;
+    *) printf '%s/%s' "$HOME" "$p" ;;
+  esac
+}
+
+# One `session` line of facts: id, known (has a session directory), alive (its agent's group
+# or its supervisor lives, verified by identity; for a session of the Python original, which
+# has no directory, its tmux session), exit code, finish and start times, whether a kill was
+# asked, and whether its tmux session exists.
+session_facts() {
+  local id=$1 d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0
+  local pid aid spid sid
+  tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
+  if [ -d "$d" ]; then
+    known=1
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then alive=1; fi
+    [ -f "$d/exit_code" ] && read_into rc "$d/exit_code"
+    [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
+    [ -f "$d/started_at" ] && read_into st "$d/started_at"
+    [ -e "$d/kill_requested" ] && killreq=1
+  else
+    alive=$tmux_up
+  fi
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up"
+}
+
+cmd_probe() {
+  local id
+  for id in "$@"; do session_facts "$id"; done
+}
+
+report_failed() {
+  printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
+}
+
+# Hands the API key to a supervisor just started, through its FIFO: the key is only ever in a
+# pipe, never in a file. Succeeds once the supervisor has taken it (it removes the FIFO).
+hand_key() {
+  local fifo=$1 fd n=0
+  exec {fd}<> "$fifo" || return 1
+  printf '%s\0' "$secret" >&"$fd"
+  while [ -p "$fifo" ] && [ "$n" -lt 300 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  exec {fd}>&-
+  if [ -p "$fifo" ]; then
+    rm -f -- "$fifo"
+    return 1
+  fi
+}
+
+# Starts one session: its files, its workspace, then its supervisor in a detached tmux session.
+# $1 id, $2 prompt, $3 the session's own record (JSON), then the agent's argv before the prompt.
+launch_session() {
+  local id=$1 prompt=$2 record=$3
+  shift 3
+  local d="$base/sessions/$id" ws="$root/$id" out pane
+  # An earlier attempt of this same launch (a retried connect) got this far already.
+  if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
+    printf 'launched\t%s\n' "$id"
+    return
+  fi
+  mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return; }
+  if ! { printf '%s' "$prompt" > "$d/prompt" &&
+    printf '%s\0' "$@" > "$d/argv" &&
+    printf '%s\n' "$record" > "$d/record.json" &&
+    printf '%s' "$supervisor_text" > "$d/supervisor.sh"; }; then
+    report_failed "$id" "cannot write the session files in $d"
+    return
+  fi
+  if [ -n "$bundle" ]; then
+    if [ ! -e "$ws/.git" ]; then
+      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return; }
+      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return; }
+    fi
+  else
+    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return; }
+  fi
+  # The FIFO exists before the supervisor does, so the supervisor knows a key is coming.
+  rm -f -- "$d/secret.fifo"
+  if [ -n "$secret" ]; then
+    mkfifo -m 600 -- "$d/secret.fifo" || { report_failed "$id" "cannot create $d/secret.fifo"; return; }
+  fi
+  if ! pane=$(tmux new-session -d -P -F '#{pane_pid}' -s "$id" -c "$ws" bash "$d/supervisor.sh" "$d" 2>&1); then
+    rm -f -- "$d/secret.fifo"
+    report_failed "$id" "tmux new-session failed: $pane"
+    return
+  fi
+  # Recorded here too (the supervisor writes the same), so the moment this launch answers,
+  # anyone can tell a live session from a dead one.
+  write_atomic "$d/supervisor.id" "$(identity_of "$pane")"
+  write_atomic "$d/supervisor.pid" "$pane"
+  if [ -n "$secret" ] && ! hand_key "$d/secret.fifo"; then
+    tmux kill-session -t "=$id" 2>/dev/null
+    report_failed "$id" "the session's supervisor did not take the API key"
+    return
+  fi
+  printf 'launched\t%s\n' "$id"
+}
+
+# launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT then, per session: ID PROMPT RECORD ARGC ARGV...
+# The git bundle, if BUNDLE_NAME is not empty, follows the script on stdin.
+cmd_launch() {
+  local root_spec=$1 bundle_name=$2 cloud_init=$3
+  shift 3
+  command -v tmux > /dev/null 2>&1 || fail "tmux is not installed on this machine"
+  mkdir -p -- "$base/sessions" "$base/context" || fail "cannot create $base"
+  if [ "$cloud_init" = 1 ] && command -v cloud-init > /dev/null 2>&1; then
+    cloud-init status --wait > /dev/null 2>&1
+  fi
+  bundle=
+  if [ -n "$bundle_name" ]; then
+    command -v git > /dev/null 2>&1 || fail "git is not installed on this machine"
+    bundle="$base/context/$bundle_name"
+    local part
+    # A name of its own: concurrent launches onto this VM store the same bundle at once.
+    part=$(mktemp -- "$bundle.XXXXXX.part") || fail "cannot create a temp file in $base/context"
+    if ! { cat <&3 > "$part" && mv -f -- "$part" "$bundle"; }; then
+      rm -f -- "$part"
+      fail "could not store the git bundle"
+    fi
+  fi
+  exec 3<&-
+  root=$(resolve_path "$root_spec")
+  mkdir -p -- "$root" 2> /dev/null ||
+    { sudo -n mkdir -p -- "$root" && sudo -n chown "$(id -u):$(id -g)" -- "$root"; } 2> /dev/null ||
+    fail "cannot create the workspace root $root (it needs sudo)"
+  local id prompt record argc
+  while [ $# -ge 4 ]; do
+    id=$1 prompt=$2 record=$3 argc=$4
+    shift 4
+    launch_session "$id" "$prompt" "$record" "${@:1:$argc}"
+    shift "$argc"
+  done
+  secret=
+}
+
+# What a session shows: its tmux pane while it runs, the kept log after.
+cmd_capture() {
+  local id=$1 lines=$2 d="$base/sessions/$1"
+  session_facts "$id"
+  if [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
+    printf 'data\tpane\n'
+    tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2> /dev/null
+  elif [ -f "$d/output.log" ]; then
+    printf 'data\tlog\n'
+    tail -n "$lines" -- "$d/output.log"
+  else
+    printf 'data\tnone\n'
+  fi
+}
+
+# One poll of `output --follow`: the facts, the log's size, and its bytes after OFFSET (or, on
+# the first poll, OFFSET `-`, its last LINES lines), cut at that size so nothing is read twice.
+cmd_follow() {
+  local id=$1 offset=$2 lines=$3 log="$base/sessions/$1/output.log" size=0
+  session_facts "$id"
+  [ -f "$log" ] && size=$(($(wc -c < "$log")))
+  printf 'log\t%s\n' "$size"
+  printf 'data\tlog\n'
+  [ -f "$log" ] || return 0
+  if [ "$offset" = - ]; then
+    head -c "$size" -- "$log" | tail -n "$lines"
+  elif [ "$size" -gt "$offset" ]; then
+    tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+  fi
+}
+
+# kill ID FORCE GRACE_SECONDS: records that a kill was asked (so whoever sees the exit calls it
+# killed), signals the agent's verified process group (TERM, then KILL after the grace; or
+# KILL at once), and records the exit code itself when no supervisor is left to do it.
+cmd_kill() {
+  local id=$1 force=$2 grace=$3 d="$base/sessions/$1" signal=TERM number=15 had=0 n
+  local pid aid spid sid
+  if [ -f "$d/exit_code" ]; then
+    printf 'result\talready\n'
+    session_facts "$id"
+    return
+  fi
+  [ "$force" = 1 ] && signal=KILL number=9
+  [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
+  read_into pid "$d/agent.pid"
+  read_into aid "$d/agent.id"
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  if group_alive "$pid" "$aid"; then
+    had=1
+    end_group "$pid" "$aid" "$signal" "$((grace * 10))" report
+  fi
+  if process_alive "$spid" "$sid"; then
+    had=1
+    # Not started its agent yet: it stops before starting it. Else it is recording the exit.
+    [ -z "$pid" ] && kill -TERM "$spid" 2> /dev/null
+    n=0
+    while [ ! -f "$d/exit_code" ] && process_alive "$spid" "$sid" && [ "$n" -lt 50 ]; do
+      sleep 0.1
+      n=$((n + 1))
+    done
+  fi
+  if tmux has-session -t "=$id" 2>/dev/null; then
+    had=1
+    tmux kill-session -t "=$id" 2> /dev/null
+  fi
+  # The supervisor was gone (killed outright): nobody else will record how the agent ended.
+  if [ "$had" = 1 ] && [ -d "$d" ] && [ ! -f "$d/exit_code" ]; then
+    write_atomic "$d/finished_at" "$(now_utc)"
+    write_atomic "$d/exit_code" "$((128 + number))"
+  fi
+  if [ "$had" = 1 ]; then printf 'result\tkilled\n'; else printf 'result\tgone\n'; fi
+  session_facts "$id"
+}
+
+# pull WORKSPACE BASE_COMMIT: the workspace's commits after BASE_COMMIT as a git bundle on
+# stdout (nothing when there are none); the bundle is in a temp file only for the call.
+cmd_pull() {
+  local ws n tmp rc
+  ws=$(resolve_path "$1")
+  cd -- "$ws" 2> /dev/null || fail "the workspace $ws is gone"
+  n=$(git rev-list --count "$2..HEAD" 2> /dev/null) || fail "$ws is not a git workspace with commit $2"
+  printf 'commits\t%s\n' "$n"
+  printf 'data\tbundle\n'
+  [ "$n" -gt 0 ] || return 0
+  tmp=$(mktemp) || fail "cannot create a temp file"
+  git bundle create --quiet "$tmp" HEAD "^$2" > /dev/null 2>&1 && cat -- "$tmp"
+  rc=$?
+  rm -f -- "$tmp"
+  [ "$rc" = 0 ] || fail "git bundle create failed in $ws"
+}
+
+main() {
+  local command=${1:-}
+  shift || true
+  case $command in
+    launch) cmd_launch "$@" ;;
+    probe) cmd_probe "$@" ;;
+    capture) cmd_capture "$@" ;;
+    follow) cmd_follow "$@" ;;
+    kill) cmd_kill "$@" ;;
+    pull) cmd_pull "$@" ;;
+    *) fail "unknown control command '$command'" ;;
+  esac
+  exit 0
+}
+
+# Payload (if any) stays readable on fd 3; every command gets /dev/null as its stdin. Our own
+# tmux client variable must not make tmux talk to another server.
+exec 3<&0 < /dev/null
+unset TMUX
+umask 077
+main "$@"
