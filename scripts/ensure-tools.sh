@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what amplihack remote needs on this machine when it is missing: tmux (sessions run
-# in it) and git (context bundles). Uses apt-get (as root, or through sudo), dnf or brew.
+# in it) and git (context bundles), plus any tools named as arguments (the tests name
+# shellcheck). Uses apt-get (as root, or through sudo), dnf or brew.
 set -euo pipefail
 missing=()
-for tool in tmux git; do
+for tool in tmux git "$@"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -96,13 +96,27 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 "Session had already finished: {status}{code}; nothing to kill.\nStatus updated: {status}\n"
             ))
         }
-        KillOutcome::Killed | KillOutcome::Gone => {
-            if report.outcome == KillOutcome::Gone {
-                ui::warn(&format!(
-                    "no agent, supervisor or tmux session of {id} was running on {}",
-                    session.vm_name
-                ));
-            }
+        KillOutcome::Gone => {
+            // It had ended before the kill, without a record (a reboot, or killed outright):
+            // the truth is that it vanished, not that we killed it.
+            withdraw_intent(ctx, id, &me)?;
+            let vanished = match report.probe.as_ref() {
+                Some(p) if p.known => script::VANISHED,
+                _ => script::UNKNOWN_ON_VM,
+            };
+            mark(
+                ctx,
+                id,
+                SessionStatus::Failed,
+                None,
+                Some(vanished.to_string()),
+            )?;
+            ui::print(&format!(
+                "Nothing of session {id} was running on {}: {vanished}.\nStatus updated: failed\n",
+                session.vm_name
+            ))
+        }
+        KillOutcome::Killed => {
             if report.escalated {
                 ui::print(&format!(
                     "Still running after {}s; sent SIGKILL.\n",

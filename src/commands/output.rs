@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use crate::cli::OutputArgs;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
+use crate::exec;
 use crate::exec::OnInterrupt;
-use crate::model::{Session, State};
+use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
 use crate::script::{self, Capture, CaptureSource, Probe};
@@ -44,6 +45,25 @@ fn settle(
 pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     let state = ctx.store.load()?;
     let session = find_session(&state, &args.session_id)?.clone();
+    if session.status == SessionStatus::Pending
+        && !refresh::abandoned(
+            session.owner.as_ref(),
+            session.created_at,
+            ctx.now(),
+            &exec::liveness,
+        )
+    {
+        // Its start is still provisioning or launching it: the VM has nothing to show yet,
+        // and asking would only race the launch.
+        if !args.raw {
+            ui::print(&render::output_header(&session, "pending", ctx.now(), 0))?;
+        }
+        ui::progress(&format!(
+            "Session {} is still being launched by its start; no output yet.",
+            session.session_id
+        ));
+        return Ok(());
+    }
     if args.follow {
         return follow(ctx, state, &session, &args);
     }

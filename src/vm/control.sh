@@ -25,6 +25,7 @@ fail() {
 # A path as the CLI records it (`/abs`, `~`, `~/rel`, or `rel` under the home) made absolute.
 resolve_path() {
   local p=${1%/}
+  # shellcheck disable=SC2088 # the CLI's literal `~/`, matched, not expanded
   case $p in
     '' | '~') printf '%s' "$HOME" ;;
     '~/'*) printf '%s/%s' "$HOME" "${p#\~/}" ;;
@@ -206,25 +207,30 @@ cmd_follow() {
 # killed), signals the agent's verified process group (TERM, then KILL after the grace; or
 # KILL at once), and records the exit code itself when no supervisor is left to do it.
 cmd_kill() {
-  local id=$1 force=$2 grace=$3 d="$base/sessions/$1" signal=TERM number=15 had=0 n
-  local pid aid spid sid
+  local id=$1 force=$2 grace=$3 d="$base/sessions/$1" signal=TERM number=15 n
+  local pid aid spid sid group=0 supervisor=0 tmux_up=0
   if [ -f "$d/exit_code" ]; then
     printf 'result\talready\n'
     session_facts "$id"
     return
   fi
   [ "$force" = 1 ] && signal=KILL number=9
-  [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
   read_into pid "$d/agent.pid"
   read_into aid "$d/agent.id"
   read_into spid "$d/supervisor.pid"
   read_into sid "$d/supervisor.id"
-  if group_alive "$pid" "$aid"; then
-    had=1
-    end_group "$pid" "$aid" "$signal" "$((grace * 10))" report
+  group_alive "$pid" "$aid" && group=1
+  process_alive "$spid" "$sid" && supervisor=1
+  tmux has-session -t "=$id" 2> /dev/null && tmux_up=1
+  if [ "$group$supervisor$tmux_up" = 000 ]; then
+    # Nothing of it runs (a reboot, or killed outright): nothing to signal, nothing to mark.
+    printf 'result\tgone\n'
+    session_facts "$id"
+    return
   fi
-  if process_alive "$spid" "$sid"; then
-    had=1
+  [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
+  [ "$group" = 1 ] && end_group "$pid" "$aid" "$signal" "$((grace * 10))" report
+  if [ "$supervisor" = 1 ]; then
     # Not started its agent yet: it stops before starting it. Else it is recording the exit.
     [ -z "$pid" ] && kill -TERM "$spid" 2> /dev/null
     n=0
@@ -233,16 +239,13 @@ cmd_kill() {
       n=$((n + 1))
     done
   fi
-  if tmux has-session -t "=$id" 2>/dev/null; then
-    had=1
-    tmux kill-session -t "=$id" 2> /dev/null
-  fi
+  tmux kill-session -t "=$id" 2> /dev/null
   # The supervisor was gone (killed outright): nobody else will record how the agent ended.
-  if [ "$had" = 1 ] && [ -d "$d" ] && [ ! -f "$d/exit_code" ]; then
+  if [ -d "$d" ] && [ ! -f "$d/exit_code" ]; then
     write_atomic "$d/finished_at" "$(now_utc)"
     write_atomic "$d/exit_code" "$((128 + number))"
   fi
-  if [ "$had" = 1 ]; then printf 'result\tkilled\n'; else printf 'result\tgone\n'; fi
+  printf 'result\tkilled\n'
   session_facts "$id"
 }
 

@@ -3,8 +3,11 @@
 # Both are sent to the VM with this file in front of them; run from the source tree, they
 # source it. The layout they maintain and their contracts: docs/remote-layout.md.
 
+# Read by the scripts that use these helpers (shellcheck sees each file alone).
+# shellcheck disable=SC2034
 AMPLIHACK_LIB=1
 # Where a VM keeps everything of ours (except the workspaces).
+# shellcheck disable=SC2034
 base="$HOME/.amplihack/remote"
 # Identities of processes are only comparable within one boot: pids and start times restart.
 boot_id=

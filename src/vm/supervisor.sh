@@ -15,6 +15,7 @@ stop=
 pid=
 # The tmux session was ended under us (kill-session, kill-server, a hangup) or `kill` asked:
 # end the agent's whole group rather than leave it running unsupervised.
+# shellcheck disable=SC2317 # invoked by the trap
 on_signal() {
   stop=1
   [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
