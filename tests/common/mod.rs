@@ -216,6 +216,31 @@ impl TestEnv {
             .join(id)
     }
 
+    /// Every regular file under `.amplihack` of each fake VM's home and of the local home.
+    pub fn files_of_ours_on_vms(&self) -> Vec<PathBuf> {
+        let mut roots = vec![self.home().join(".amplihack")];
+        if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
+            roots.extend(vms.flatten().map(|e| e.path().join("home/.amplihack")));
+        }
+        let mut files = Vec::new();
+        while let Some(dir) = roots.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    roots.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files
+    }
+
     /// The agent's pid, which is also its process group.
     pub fn agent_pid(&self, vm: &str, id: &str) -> i32 {
         std::fs::read_to_string(self.session_dir(vm, id).join("agent.pid"))
@@ -395,6 +420,12 @@ impl Drop for TestEnv {
         // Across the whole suite: the key is never in a logged azlin argv or the state file.
         if !std::thread::panicking() {
             for file in [self.azlin_home().join("calls.log"), self.state_path()] {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    assert_no_secret(&bytes, &file.display().to_string());
+                }
+            }
+            // Nor at rest in any file of ours on any VM (or this machine, for `local`).
+            for file in self.files_of_ours_on_vms() {
                 if let Ok(bytes) = std::fs::read(&file) {
                     assert_no_secret(&bytes, &file.display().to_string());
                 }
