@@ -72,6 +72,7 @@ fn synthetic_state(n: usize) -> State {
                 error: None,
                 resource_group: None,
                 owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );

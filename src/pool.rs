@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::cli::SizeArg;
-use crate::model::{Backend, State, VmState};
+use crate::model::{Backend, State, VmEntry, VmState};
 
 /// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
 pub const SESSION_MEMORY_MB: u64 = 32 * 1024;
@@ -167,6 +167,22 @@ pub fn busy_vms(state: &State, backend: Backend, region: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a creation that was cut short may still complete in Azure: longer than the 25
+/// minutes azlin is allowed for `new`.
+pub fn creation_settle_time() -> Duration {
+    Duration::minutes(30)
+}
+
+pub fn creation_settled_after(vm: &VmEntry) -> DateTime<Utc> {
+    vm.created_at + creation_settle_time()
+}
+
+/// A VM whose creation was cut short may appear in Azure after we deleted it: until its
+/// creation has surely settled, a deletion does not end our tracking of it.
+pub fn creation_may_still_complete(vm: &VmEntry, now: DateTime<Utc>) -> bool {
+    vm.creation_unconfirmed && now < creation_settled_after(vm)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleVm {
     pub name: String,
@@ -234,6 +250,7 @@ pub(crate) mod tests {
             error: None,
             resource_group: None,
             owner: None,
+            creation_unconfirmed: false,
             extra: Default::default(),
         }
     }
@@ -396,5 +413,20 @@ pub(crate) mod tests {
         let names: Vec<_> = idle.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, vec!["broken", "idle"]);
         assert_eq!(idle[1].idle_for, Duration::minutes(50));
+    }
+
+    #[test]
+    fn a_cut_creation_is_watched_for_30_minutes() {
+        let mut v = vm("Standard_E16s_v5", 4, "eastus");
+        assert!(!creation_may_still_complete(&v, t0()));
+        v.creation_unconfirmed = true;
+        assert!(creation_may_still_complete(
+            &v,
+            t0() + Duration::minutes(29)
+        ));
+        assert!(!creation_may_still_complete(
+            &v,
+            t0() + Duration::minutes(30)
+        ));
     }
 }

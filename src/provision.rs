@@ -58,6 +58,7 @@ pub fn reserve_vms(
                 error: None,
                 resource_group: by.resource_group.map(String::from),
                 owner: Some(by.owner.clone()),
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );
@@ -116,6 +117,7 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
             Err(e) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
                     vm.state = VmState::Failed;
+                    vm.creation_unconfirmed = true;
                     vm.error = Some(match e {
                         Error::Interrupted => "provisioning was interrupted; the VM may exist in Azure: run 'amplihack remote prune'".into(),
                         other => format!("provisioning failed ({other}); the VM may exist in Azure: run 'amplihack remote prune'"),

@@ -4,8 +4,9 @@
 //!
 //! Reservations carry their owner (the `start` that made them). A pending session whose owner
 //! lives is its owner's business alone: nobody probes or settles it. A dead owner's
-//! reservations are recovered at once: a VM it was provisioning becomes `failed` (prune deletes
-//! it) with the sessions bound for it, and its sessions on ready VMs are probed and settled.
+//! reservations are recovered at once: a VM it was provisioning (or a prune was deleting)
+//! becomes `failed` (prune deletes it) with the sessions bound for it, and its sessions on ready
+//! VMs are probed and settled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -55,8 +56,21 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
         {
             vm.state = VmState::Failed;
             vm.owner = None;
+            vm.creation_unconfirmed = true;
             vm.error = Some(
                 "the start that was provisioning it ended first; the VM may exist in Azure: 'amplihack remote prune' deletes it".into(),
+            );
+            changed = true;
+        }
+        // A prune that died mid-deletion: the VM may still exist; the next prune retries.
+        if vm.state == VmState::Deleting
+            && vm.owner.is_some()
+            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+        {
+            vm.state = VmState::Failed;
+            vm.owner = None;
+            vm.error = Some(
+                "the prune that was deleting it ended first; the VM may still exist: 'amplihack remote prune' retries".into(),
             );
             changed = true;
         }
@@ -415,6 +429,10 @@ mod tests {
         st.vm_pool.insert("busy".into(), provisioning);
         st.vm_pool
             .insert("ready".into(), vm("Standard_E16s_v5", 4, "eastus"));
+        let mut deleting = vm("Standard_E16s_v5", 4, "eastus");
+        deleting.state = VmState::Deleting;
+        deleting.owner = Some(owner(2));
+        st.vm_pool.insert("deleting".into(), deleting);
         st.sessions.insert("n".into(), pending("n", "new", Some(2)));
         st.sessions
             .insert("b".into(), pending("b", "busy", Some(1)));
@@ -422,6 +440,7 @@ mod tests {
             .insert("r".into(), pending("r", "ready", Some(2)));
         assert!(recover_abandoned(&mut st, t0(), &check));
         assert_eq!(st.vm_pool["new"].state, VmState::Failed);
+        assert_eq!(st.vm_pool["deleting"].state, VmState::Failed);
         assert_eq!(st.vm_pool["busy"].state, VmState::Provisioning);
         assert_eq!(st.sessions["n"].status, SessionStatus::Failed);
         assert!(st.sessions["n"].owner.is_none());

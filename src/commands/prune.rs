@@ -12,7 +12,7 @@ use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
-use crate::{pool, refresh, render, ui};
+use crate::{model, pool, refresh, render, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -96,6 +96,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     // Reserve: mark the VMs `deleting` under the lock, re-checking each is still idle, so no
     // start places a session on a VM we are about to delete.
     let chosen: Vec<String> = candidates.iter().map(|(v, _)| v.name.clone()).collect();
+    let me = crate::exec::current_owner();
     let to_delete: Vec<String> = ctx.store.update(|st| {
         let counts = st.active_counts();
         let ok: Vec<String> = chosen
@@ -112,6 +113,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         for n in &ok {
             if let Some(vm) = st.vm_pool.get_mut(n) {
                 vm.state = VmState::Deleting;
+                vm.owner = Some(me.clone());
             }
         }
         Ok(ok)
@@ -142,27 +144,44 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .map(|h| h.join().expect("delete thread"))
             .collect()
     });
-    ctx.store.update(|st| {
+    let now = ctx.now();
+    let kept_watching: BTreeSet<String> = ctx.store.update(|st| {
+        let mut kept = BTreeSet::new();
         for (name, r) in &results {
             match r {
-                Ok(()) => {
-                    st.vm_pool.remove(name);
-                }
+                Ok(()) => match st.vm_pool.get_mut(name) {
+                    Some(vm) if pool::creation_may_still_complete(vm, now) => {
+                        vm.owner = None;
+                        vm.state = VmState::Failed;
+                        vm.error = Some(format!(
+                            "deleted, but its cut creation may still complete in Azure; prune deletes it again after {}",
+                            model::format_timestamp(&pool::creation_settled_after(vm))
+                        ));
+                        kept.insert(name.clone());
+                    }
+                    _ => {
+                        st.vm_pool.remove(name);
+                    }
+                },
                 Err(e) => {
                     if let Some(vm) = st.vm_pool.get_mut(name) {
+                        vm.owner = None;
                         vm.state = VmState::Failed;
                         vm.error = Some(format!("deletion failed: {e}"));
                     }
                 }
             }
         }
-        Ok(())
+        Ok(kept)
     })?;
     let mut report = Vec::new();
     let mut first_error = None;
     for (v, reason) in &candidates {
         let outcome = match results.iter().find(|(n, _)| n == &v.name) {
             None => "skipped: it took a session meanwhile".to_string(),
+            Some((_, Ok(()))) if kept_watching.contains(&v.name) => {
+                "deleted; still tracked, as its cut creation may yet complete in Azure".into()
+            }
             Some((_, Ok(()))) if missing.contains(&v.name) => "removed from the pool".into(),
             Some((_, Ok(()))) => "deleted".into(),
             Some((_, Err(e))) => format!("deletion FAILED, kept in the pool: {e}"),

@@ -97,6 +97,7 @@ fn reserve(
                 error: None,
                 resource_group: None,
                 owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             });
         local.capacity = capacity;
