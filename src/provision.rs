@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, Owner, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, SessionStatus, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
 use crate::ui;
@@ -113,6 +113,18 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
             }
             Err(e) if e.created_nothing() => {
                 st.vm_pool.remove(name);
+                // No session may be left bound for a VM the pool no longer has, should this
+                // process die before it records the sessions' outcome.
+                let bound: Vec<String> = st
+                    .sessions
+                    .values()
+                    .filter(|s| s.vm_name == name && s.status.is_active())
+                    .map(|s| s.session_id.clone())
+                    .collect();
+                let now = ctx.now();
+                for id in bound {
+                    st.finish_session(&id, SessionStatus::Failed, None, now, Some(e.to_string()));
+                }
             }
             Err(e) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {

@@ -45,8 +45,8 @@ pub fn abandoned(
 }
 
 /// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
-/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready fail, as
-/// they were never launched. Pending sessions on ready VMs are left for the probe. Returns
+/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready (or no
+/// longer in the pool) fail, as they were never launched. Pending sessions on ready VMs are left for the probe. Returns
 /// whether anything changed.
 pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessCheck) -> bool {
     let mut changed = false;
@@ -84,7 +84,7 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
                 && state
                     .vm_pool
                     .get(&s.vm_name)
-                    .is_some_and(|vm| vm.state != VmState::Ready)
+                    .is_none_or(|vm| vm.state != VmState::Ready)
         })
         .map(|s| s.session_id.clone())
         .collect();
@@ -100,31 +100,41 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
     changed
 }
 
+/// What to ask one VM about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeTargets {
+    pub running: Vec<String>,
+    /// Pending sessions whose start is gone: the VM settles whether they were launched.
+    pub claim: Vec<String>,
+}
+
 /// Sessions to ask about, grouped by VM: running ones, and pending ones whose start is gone.
 pub fn sessions_to_probe(
     state: &State,
     now: DateTime<Utc>,
     alive: LivenessCheck,
-) -> BTreeMap<String, Vec<String>> {
-    let mut by_vm: BTreeMap<String, Vec<String>> = BTreeMap::new();
+) -> BTreeMap<String, ProbeTargets> {
+    let mut by_vm: BTreeMap<String, ProbeTargets> = BTreeMap::new();
     for s in state.sessions.values() {
-        let due = match s.status {
-            SessionStatus::Running => true,
-            SessionStatus::Pending => abandoned(s.owner.as_ref(), s.created_at, now, alive),
-            _ => false,
+        let claim = match s.status {
+            SessionStatus::Running => false,
+            SessionStatus::Pending if abandoned(s.owner.as_ref(), s.created_at, now, alive) => true,
+            _ => continue,
         };
-        if due {
-            by_vm
-                .entry(s.vm_name.clone())
-                .or_default()
-                .push(s.session_id.clone());
+        let targets = by_vm.entry(s.vm_name.clone()).or_default();
+        if claim {
+            targets.claim.push(s.session_id.clone());
+        } else {
+            targets.running.push(s.session_id.clone());
         }
     }
     by_vm
 }
 
-/// Applies what the VMs said to the sessions that are still active and not being launched by
-/// a live owner. Returns how many changed.
+/// Applies what the VMs said to the sessions that are still active. A pending session is
+/// settled only by a probe that claimed it (its start is dead and the VM has decided whether
+/// it was launched): anything less could race a launch still on its way. Returns how many
+/// changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
@@ -138,7 +148,8 @@ pub fn apply_probes(
         };
         if !session.status.is_active()
             || (session.status == SessionStatus::Pending
-                && !abandoned(session.owner.as_ref(), session.created_at, now, alive))
+                && !(probe.claimed
+                    && abandoned(session.owner.as_ref(), session.created_at, now, alive)))
         {
             continue;
         }
@@ -242,10 +253,11 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
             .map(|(vm, ids)| {
                 let vm = ctx.vm_ref(&state, vm);
                 scope.spawn(move || {
-                    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    let running: Vec<&str> = ids.running.iter().map(String::as_str).collect();
+                    let claim: Vec<&str> = ids.claim.iter().map(String::as_str).collect();
                     let out = ctx.run_on(
                         &vm,
-                        script::probe_script(&id_refs),
+                        script::probe_script(&running, &claim),
                         timeout,
                         OnInterrupt::Abort,
                     );
@@ -358,8 +370,9 @@ mod tests {
         st.sessions
             .insert("c".into(), session("c", "vm2", SessionStatus::Completed));
         let t = sessions_to_probe(&st, t0(), &check);
-        assert_eq!(t["vm"], vec!["dead".to_string(), "old-legacy".into()]);
-        assert_eq!(t["vm2"], vec!["r".to_string()]);
+        assert_eq!(t["vm"].claim, vec!["dead".to_string(), "old-legacy".into()]);
+        assert!(t["vm"].running.is_empty());
+        assert_eq!(t["vm2"].running, vec!["r".to_string()]);
     }
 
     fn probe(exit: Option<i32>, alive: bool) -> Probe {
@@ -371,6 +384,8 @@ mod tests {
             started_at: None,
             kill_requested: false,
             tmux: alive,
+            cancelled: false,
+            claimed: false,
         }
     }
 
@@ -382,13 +397,31 @@ mod tests {
         st.sessions
             .insert("k".into(), session("k", "vm", SessionStatus::Killed));
         st.sessions.insert("p".into(), pending("p", "vm", Some(1)));
+        st.sessions.insert("d".into(), pending("d", "vm", Some(2)));
+        st.sessions.insert("c".into(), pending("c", "vm", Some(2)));
+        let claimed = Probe {
+            claimed: true,
+            cancelled: true,
+            ..probe(None, false)
+        };
         let probes: HashMap<String, Probe> = [
             ("r".to_string(), probe(Some(0), false)),
             ("k".to_string(), probe(Some(0), false)),
-            ("p".to_string(), probe(None, false)),
+            // Its start lives: even a claiming probe leaves it to the start.
+            ("p".to_string(), claimed.clone()),
+            // A dead start's session seen by a probe that did not claim it (output, attach):
+            // a launch may still be on its way, so it stays pending.
+            ("d".to_string(), probe(None, false)),
+            ("c".to_string(), claimed),
         ]
         .into();
-        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 1);
+        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 2);
+        assert_eq!(st.sessions["d"].status, SessionStatus::Pending);
+        assert_eq!(st.sessions["c"].status, SessionStatus::Failed);
+        assert_eq!(
+            st.sessions["c"].error.as_deref(),
+            Some(script::NEVER_LAUNCHED)
+        );
         assert_eq!(st.sessions["r"].status, SessionStatus::Completed);
         assert_eq!(st.sessions["r"].exit_code, Some(0));
         assert_eq!(st.sessions["k"].status, SessionStatus::Killed);
@@ -435,6 +468,8 @@ mod tests {
         st.vm_pool.insert("deleting".into(), deleting);
         st.sessions.insert("n".into(), pending("n", "new", Some(2)));
         st.sessions
+            .insert("gone".into(), pending("gone", "not-in-pool", Some(2)));
+        st.sessions
             .insert("b".into(), pending("b", "busy", Some(1)));
         st.sessions
             .insert("r".into(), pending("r", "ready", Some(2)));
@@ -443,6 +478,7 @@ mod tests {
         assert_eq!(st.vm_pool["deleting"].state, VmState::Failed);
         assert_eq!(st.vm_pool["busy"].state, VmState::Provisioning);
         assert_eq!(st.sessions["n"].status, SessionStatus::Failed);
+        assert_eq!(st.sessions["gone"].status, SessionStatus::Failed);
         assert!(st.sessions["n"].owner.is_none());
         assert_eq!(st.sessions["b"].status, SessionStatus::Pending);
         // On a ready VM the launch may have happened: the probe decides.

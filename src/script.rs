@@ -170,10 +170,15 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     out
 }
 
-/// Asks for one `session` line per id (see `Probe`).
-pub fn probe_script(ids: &[&str]) -> Vec<u8> {
+/// Asks for one `session` line per id (see `Probe`). `claim` are pending sessions whose start
+/// died: the VM settles first whether they were launched, cancelling a launch still on its way.
+pub fn probe_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
     let mut args = vec!["probe"];
     args.extend_from_slice(ids);
+    if !claim.is_empty() {
+        args.push("--");
+        args.extend_from_slice(claim);
+    }
     control_input(&[], &args, &[])
 }
 
@@ -191,6 +196,11 @@ pub struct Probe {
     pub kill_requested: bool,
     /// Its tmux session exists (what `attach` needs).
     pub tmux: bool,
+    /// Its launch was cancelled: its start died before launching it.
+    pub cancelled: bool,
+    /// This probe claimed it (a pending session whose start died): launched or cancelled, the
+    /// answer is final, so it may settle a pending session.
+    pub claimed: bool,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -210,6 +220,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let started_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
     let kill_requested = p.next() == Some("1");
     let tmux = p.next() == Some("1");
+    let cancelled = p.next() == Some("1");
+    let claimed = p.next() == Some("1");
     Some((
         id,
         Probe {
@@ -220,6 +232,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             started_at,
             kill_requested,
             tmux,
+            cancelled,
+            claimed,
         },
     ))
 }
@@ -251,6 +265,8 @@ pub const UNKNOWN_ON_VM: &str =
     "its VM has no trace of it: no session directory and no tmux session";
 /// A session of the Python original (no directory) whose tmux session is gone.
 pub const TMUX_ENDED: &str = "the tmux session ended without recording an exit code";
+/// A pending session whose start died before launching it.
+pub const NEVER_LAUNCHED: &str = "its start ended before launching it";
 
 /// The true status of a session from what its VM says. A recorded exit code wins; otherwise
 /// a live agent group or supervisor means running, and neither means it ended unrecorded.
@@ -283,7 +299,9 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdic
             exit_code: None,
             at: now,
             error: Some(
-                if probe.known {
+                if probe.cancelled {
+                    NEVER_LAUNCHED
+                } else if probe.known {
                     VANISHED
                 } else if probe.started_at.is_none() && !probe.tmux {
                     UNKNOWN_ON_VM
@@ -393,9 +411,20 @@ pub fn count_lines(data: &[u8]) -> usize {
 
 /// Marks the session as being killed, signals the agent's verified process group (SIGTERM,
 /// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code.
-pub fn kill_script(id: &str, force: bool, grace_secs: u32) -> Vec<u8> {
-    let force = if force { "1" } else { "0" };
-    control_input(&[], &["kill", id, force, &grace_secs.to_string()], &[])
+/// With `claim` (a pending session whose start died), a launch still on its way is cancelled.
+pub fn kill_script(id: &str, force: bool, grace_secs: u32, claim: bool) -> Vec<u8> {
+    let flag = |b: bool| if b { "1" } else { "0" };
+    control_input(
+        &[],
+        &[
+            "kill",
+            id,
+            flag(force),
+            &grace_secs.to_string(),
+            flag(claim),
+        ],
+        &[],
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,10 +542,10 @@ mod tests {
         let path = dir.path().join("s.sh");
         for script in [
             launch_input(&plan(&agent, None, Some("k"))),
-            probe_script(&["a", "b"]),
+            probe_script(&["a", "b"], &["c"]),
             capture_script("a", 5),
             follow_script("a", Some(3), 5),
-            kill_script("a", true, 10),
+            kill_script("a", true, 10, true),
             pull_script("~/ws/a", "abc"),
         ] {
             std::fs::write(&path, &script).unwrap();
@@ -562,7 +591,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         // (Ids never hold tabs or newlines: the answer is tab-separated lines.)
         let nasty = "a b 'c' \"d\" $(touch pwned) `touch pwned` \\ ünï ; | & *";
-        let out = run_control(&probe_script(&[nasty, "plain"]), home.path());
+        let out = run_control(&probe_script(&[nasty, "plain"], &[]), home.path());
         assert!(
             out.status.success(),
             "{}",

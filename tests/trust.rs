@@ -511,3 +511,50 @@ fn the_stand_in_gives_a_remote_command_no_terminal() {
     assert!(!screen.contains("has-tty"), "{screen}");
     assert!(screen.contains("not a terminal"), "{screen}");
 }
+
+/// Fault 1/3, the launch a dead start leaves behind: the azlin call it made goes on without it.
+/// Whoever settles the session first decides, on the VM, under the session's lock: here the
+/// refresh cancels it, so the late launch refuses to start an agent the state calls failed.
+#[test]
+fn a_launch_left_behind_by_a_dead_start_is_cancelled_not_raced() {
+    let mut env = TestEnv::new();
+    let vm = env.prime(1, "l").remove(0);
+    env.set("FAKE_AZLIN_DELAY", "3");
+    let mut start = env
+        .std_cmd(&["start", "--no-context", "SLEEP=30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("the launch call", Duration::from_secs(20), || {
+        env.calls().iter().any(|c| c[0] == "connect")
+    });
+    sigkill(start.id() as i32);
+    start.wait().unwrap();
+    env.set("FAKE_AZLIN_DELAY", "0");
+    let id = env.session_ids().remove(0);
+    let out = env.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let session = env.session(&id);
+    assert_eq!(session["status"], "failed", "{session}");
+    assert_eq!(session["error"], "its start ended before launching it");
+    // The orphaned launch arrives after its delay, finds the session cancelled, and refuses.
+    env.wait_for(
+        "the orphaned launch to end",
+        Duration::from_secs(30),
+        || {
+            let running = Command::new("pgrep")
+                .arg("-f")
+                .arg(env.root().join("bin/azlin").to_str().unwrap())
+                .output()
+                .unwrap();
+            running.stdout.is_empty()
+        },
+    );
+    assert!(
+        !env.agent_record(&vm, &id).exists(),
+        "the agent was started"
+    );
+    assert!(!env.session_dir(&vm, &id).join("supervisor.pid").exists());
+    assert_eq!(env.session(&id)["status"], "failed");
+}

@@ -30,7 +30,7 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     let vm = ctx.vm_ref(&state, &session.vm_name);
     let out = ctx.run_on(
         &vm,
-        script::probe_script(&[id]),
+        script::probe_script(&[id], &[]),
         ctx.settings.timeouts.probe,
         OnInterrupt::Abort,
     )?;

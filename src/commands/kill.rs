@@ -54,7 +54,10 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         "Sending SIGTERM...\n"
     })?;
     let vm = ctx.vm_ref(&state, &session.vm_name);
-    let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs);
+    // A pending session here is one whose start died (a live start's is refused above): a
+    // launch it left on its way must be cancelled, not raced.
+    let claim = current.status == SessionStatus::Pending;
+    let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs, claim);
     let answer = ctx
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {
@@ -101,6 +104,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // the truth is that it vanished, not that we killed it.
             withdraw_intent(ctx, id, &me)?;
             let vanished = match report.probe.as_ref() {
+                Some(p) if p.cancelled => script::NEVER_LAUNCHED,
                 Some(p) if p.known => script::VANISHED,
                 _ => script::UNKNOWN_ON_VM,
             };

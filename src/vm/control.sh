@@ -37,9 +37,10 @@ resolve_path() {
 # One `session` line of facts: id, known (has a session directory), alive (its agent's group
 # or its supervisor lives, verified by identity; for a session of the Python original, which
 # has no directory, its tmux session), exit code, finish and start times, whether a kill was
-# asked, and whether its tmux session exists.
+# asked, whether its tmux session exists, whether its launch was cancelled, and whether this
+# call claimed it ($2: see claim_unlaunched).
 session_facts() {
-  local id=$1 d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0
+  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0
   local pid aid spid sid
   tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
   if [ -d "$d" ]; then
@@ -53,16 +54,52 @@ session_facts() {
     [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
     [ -e "$d/kill_requested" ] && killreq=1
+    [ -e "$d/cancelled" ] && cancelled=1
   else
     alive=$tmux_up
   fi
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up"
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed"
 }
 
+# The launch of a session and the settling of a session whose `start` died exclude each other
+# through a lock per session: whoever comes first decides. $1 id; the fd is in `lock_fd`.
+lock_session() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {lock_fd}> "$base/locks/$1" || return 1
+  flock -w 60 "$lock_fd"
+}
+
+unlock_session() {
+  exec {lock_fd}>&-
+}
+
+# A pending session whose `start` died: it was launched (its supervisor started), or it never
+# will be: a launch still on its way (an azlin call the dead start left behind) finds it
+# cancelled and refuses it.
+claim_unlaunched() {
+  local id=$1 d="$base/sessions/$1"
+  lock_session "$id" || fail "cannot lock session $id"
+  if [ ! -e "$d/supervisor.pid" ]; then
+    mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)"
+  fi
+  unlock_session
+}
+
+# probe ID... [-- PENDING_ID...]: facts of sessions; those after `--` are pending sessions whose
+# start died, claimed first.
 cmd_probe() {
-  local id
-  for id in "$@"; do session_facts "$id"; done
+  local id claiming=0
+  for id in "$@"; do
+    if [ "$id" = -- ]; then
+      claiming=1
+    elif [ "$claiming" = 1 ]; then
+      claim_unlaunched "$id"
+      session_facts "$id" 1
+    else
+      session_facts "$id"
+    fi
+  done
 }
 
 report_failed() {
@@ -89,12 +126,27 @@ hand_key() {
 # Starts one session: its files, its workspace, then its supervisor in a detached tmux session.
 # $1 id, $2 prompt, $3 the session's own record (JSON), then the agent's argv before the prompt.
 launch_session() {
+  local id=$1
+  if ! lock_session "$id"; then
+    report_failed "$id" "cannot lock the session"
+    return
+  fi
+  start_session "$@"
+  unlock_session
+}
+
+# The launch of one session, under its lock (see launch_session).
+start_session() {
   local id=$1 prompt=$2 record=$3
   shift 3
   local d="$base/sessions/$id" ws="$root/$id" out pane
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
     printf 'launched\t%s\n' "$id"
+    return
+  fi
+  if [ -e "$d/cancelled" ]; then
+    report_failed "$id" "its start was taken for dead and the launch was cancelled"
     return
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return; }
@@ -203,11 +255,12 @@ cmd_follow() {
   fi
 }
 
-# kill ID FORCE GRACE_SECONDS: records that a kill was asked (so whoever sees the exit calls it
-# killed), signals the agent's verified process group (TERM, then KILL after the grace; or
-# KILL at once), and records the exit code itself when no supervisor is left to do it.
+# kill ID FORCE GRACE_SECONDS CLAIM: records that a kill was asked (so whoever sees the exit
+# calls it killed), signals the agent's verified process group (TERM, then KILL after the grace;
+# or KILL at once), and records the exit code itself when no supervisor is left to do it. With
+# CLAIM (a pending session whose start died), a launch still on its way is cancelled first.
 cmd_kill() {
-  local id=$1 force=$2 grace=$3 d="$base/sessions/$1" signal=TERM number=15 n
+  local id=$1 force=$2 grace=$3 claim=${4:-0} d="$base/sessions/$1" signal=TERM number=15 n
   local pid aid spid sid group=0 supervisor=0 tmux_up=0
   if [ -f "$d/exit_code" ]; then
     printf 'result\talready\n'
@@ -215,6 +268,7 @@ cmd_kill() {
     return
   fi
   [ "$force" = 1 ] && signal=KILL number=9
+  [ "$claim" = 1 ] && claim_unlaunched "$id"
   read_into pid "$d/agent.pid"
   read_into aid "$d/agent.id"
   read_into spid "$d/supervisor.pid"
