@@ -78,6 +78,11 @@ pub enum RemoteCommand {
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
+    /// Block until sessions end, printing each end as it happens (exit 0 only if all completed)
+    #[command(
+        after_help = "Examples:\n  amplihack remote wait\n  amplihack remote wait sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote wait --all --timeout 3600 --json"
+    )]
+    Wait(WaitArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,6 +251,29 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Sessions to wait for [default: every session pending or running now]
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_ids: Vec<String>,
+    /// Wait for every session pending or running now (the default without ids)
+    #[arg(long, conflicts_with = "session_ids")]
+    pub all: bool,
+    /// Give up after this many seconds (exit 1, "timed out")
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<f64>,
+    /// Print each ended session as one JSON object per line (JSON Lines)
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("expected a number of seconds above 0".into()),
+    }
+}
+
 fn parse_prompt(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Err("a prompt must not be empty".into());
@@ -317,6 +345,10 @@ mod tests {
             &["remote", "kill", "sess;rm -rf /"],
             &["remote", "kill", "../etc"],
             &["remote", "kill", "-f", "sess-1"],
+            &["remote", "wait", "--timeout", "0"],
+            &["remote", "wait", "--timeout", "soon"],
+            &["remote", "wait", "--all", "sess-1"],
+            &["remote", "wait", "sess;1"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} must be rejected"));
             assert_eq!(err.exit_code(), 2, "{bad:?}");

@@ -37,7 +37,13 @@ pub struct Settings {
     pub api_key: Option<String>,
     pub user: String,
     pub timeouts: Timeouts,
+    /// How often a stream (`output --follow`, `wait`) checks on the VM for news.
     pub follow_interval: Duration,
+    /// How long a stream may stay silent (heartbeats included) before its connection is taken
+    /// for dead and reopened.
+    pub stream_silence: Duration,
+    /// How long `output --follow` and `wait` keep reconnecting before they give up (exit 4).
+    pub reconnect_for: Duration,
     pub kill_grace_secs: u32,
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
@@ -115,7 +121,19 @@ impl Settings {
             "a number of seconds above 0",
         )?
         .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(5));
+        .unwrap_or(Duration::from_millis(200));
+        let stream_silence = number::<f64>(
+            "AMPLIHACK_REMOTE_STREAM_TIMEOUT",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(45));
+        let reconnect_for = number::<f64>(
+            "AMPLIHACK_REMOTE_RECONNECT_FOR",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(300));
         let new_vm_ssh_retry_delay = number::<f64>(
             "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
             "a number of seconds above 0",
@@ -149,6 +167,8 @@ impl Settings {
                 local_git: t(300),
             },
             follow_interval,
+            stream_silence,
+            reconnect_for,
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
@@ -164,6 +184,14 @@ impl Settings {
             }
         }
         out
+    }
+
+    /// How streams pace themselves on the VM: a heartbeat three times per silence allowance.
+    pub fn stream_pace(&self) -> crate::script::Pace {
+        crate::script::Pace {
+            check_every: self.follow_interval,
+            beat_every: (self.stream_silence / 3).max(Duration::from_secs(1)),
+        }
     }
 
     /// The agent command words (before `--<command> --max-turns N -- -p PROMPT`).

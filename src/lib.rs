@@ -16,6 +16,7 @@ pub mod refresh;
 pub mod render;
 pub mod script;
 pub mod state;
+pub mod stream;
 pub mod transport;
 pub mod ui;
 

@@ -270,6 +270,47 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     out.write_all(b"\n")
 }
 
+/// `wait`'s line for a session that ended: `sess-... completed (exit 0) after 12m`, with the
+/// reason when it failed without an exit code.
+pub fn wait_line(s: &Session) -> String {
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let after = match (s.started_at.or(Some(s.created_at)), s.completed_at) {
+        (Some(from), Some(to)) => format!(" after {}", age(from, to)),
+        _ => String::new(),
+    };
+    let why = match (&s.status, s.exit_code, &s.error) {
+        (SessionStatus::Failed, None, Some(e)) => format!(": {e}"),
+        _ => String::new(),
+    };
+    format!("{} {}{code}{after}{why}\n", s.session_id, s.status)
+}
+
+/// `wait`'s verdict on sessions that did not all complete: which did not, and how.
+pub fn wait_failures(ended: &[&Session]) -> Option<String> {
+    let bad: Vec<String> = ended
+        .iter()
+        .filter(|s| s.status != SessionStatus::Completed)
+        .map(|s| {
+            let code = s
+                .exit_code
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default();
+            format!("{} {}{code}", s.session_id, s.status)
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "{} of {} session(s) did not complete: {}",
+            bad.len(),
+            ended.len(),
+            bad.join(", ")
+        )
+    })
+}
+
 pub fn list_json(sessions: &[&Session], live: &Live) -> String {
     let mut out = Vec::new();
     write_list_json(&mut out, sessions, live).expect("writing to memory");

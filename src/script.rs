@@ -319,12 +319,101 @@ pub fn capture_script(id: &str, lines: u32) -> Vec<u8> {
     control_input(&[], &["capture", id, &lines.to_string()], &[])
 }
 
-/// One poll of `output --follow`: the session's facts, the log size, and the log bytes after
-/// `offset` (or, on the first poll, its last `lines` lines), cut at that size so no byte is
-/// read twice or skipped.
-pub fn follow_script(id: &str, offset: Option<u64>, lines: u32) -> Vec<u8> {
+/// How a stream paces itself on the VM: how often it checks, and how often it sends a
+/// heartbeat when there is nothing else to say.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub check_every: std::time::Duration,
+    pub beat_every: std::time::Duration,
+}
+
+impl Pace {
+    fn args(&self) -> [String; 2] {
+        [
+            format!("{:.3}", self.check_every.as_secs_f64()),
+            self.beat_every.as_secs().max(1).to_string(),
+        ]
+    }
+}
+
+/// `output --follow` over one connection: the session's log from byte `offset` (or, first,
+/// from its last `lines` lines) as it grows, until the session is over (see `Frames`).
+pub fn stream_script(id: &str, offset: Option<u64>, lines: u32, pace: Pace) -> Vec<u8> {
     let offset = offset.map_or_else(|| "-".to_string(), |o| o.to_string());
-    control_input(&[], &["follow", id, &offset, &lines.to_string()], &[])
+    let [check, beat] = pace.args();
+    control_input(
+        &[],
+        &["stream", id, &offset, &lines.to_string(), &check, &beat],
+        &[],
+    )
+}
+
+/// `wait` over one connection per VM: a session line as each session is over (see `Frames`).
+pub fn watch_script(ids: &[&str], pace: Pace) -> Vec<u8> {
+    let [check, beat] = pace.args();
+    let mut args = vec!["watch", check.as_str(), beat.as_str()];
+    args.extend_from_slice(ids);
+    control_input(&[], &args, &[])
+}
+
+/// One frame of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A session's facts.
+    Session(String, Probe),
+    /// Log bytes starting at a byte offset.
+    Data { offset: u64, bytes: Vec<u8> },
+    /// A heartbeat: the connection lives.
+    Beat,
+    /// The stream is complete.
+    End,
+}
+
+/// Parses a stream's frames as its bytes arrive, in any pieces.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    /// Adds bytes; returns every frame now complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Some(nl) = self.buf[at..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.buf[at..at + nl]).into_owned();
+            let body = at + nl + 1;
+            let frame = match line.split_once('\t').map_or((line.as_str(), ""), |p| p) {
+                ("B", _) => Frame::Beat,
+                ("E", _) => Frame::End,
+                ("S", rest) => match parse_probe_line(rest) {
+                    Some((id, probe)) => Frame::Session(id, probe),
+                    None => return Err(format!("a malformed session frame: {rest:?}")),
+                },
+                ("D", rest) => {
+                    let (offset, len) = rest
+                        .split_once('\t')
+                        .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<usize>().ok()?)))
+                        .ok_or_else(|| format!("a malformed data frame: {rest:?}"))?;
+                    if self.buf.len() < body + len {
+                        break; // the bytes are still on their way
+                    }
+                    at = body + len;
+                    frames.push(Frame::Data {
+                        offset,
+                        bytes: self.buf[body..body + len].to_vec(),
+                    });
+                    continue;
+                }
+                _ => return Err(format!("an unexpected line in a stream: {line:?}")),
+            };
+            frames.push(frame);
+            at = body;
+        }
+        self.buf.drain(..at);
+        Ok(frames)
+    }
 }
 
 /// Streams the workspace's commits after `base` as a git bundle (see `parse_capture`).
@@ -544,7 +633,22 @@ mod tests {
             launch_input(&plan(&agent, None, Some("k"))),
             probe_script(&["a", "b"], &["c"]),
             capture_script("a", 5),
-            follow_script("a", Some(3), 5),
+            stream_script(
+                "a",
+                Some(3),
+                5,
+                Pace {
+                    check_every: std::time::Duration::from_millis(200),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
+            watch_script(
+                &["a", "b"],
+                Pace {
+                    check_every: std::time::Duration::from_millis(500),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
             kill_script("a", true, 10, true),
             pull_script("~/ws/a", "abc"),
         ] {
@@ -688,6 +792,30 @@ mod tests {
         assert!(c.probe.unwrap().alive);
         assert_eq!(c.data, b"line\n\x01binary\n");
         assert!(parse_capture(b"session\ts\t1\t1\t-\t-\t-\n").is_err());
+    }
+
+    #[test]
+    fn frames_parse_in_any_pieces() {
+        let stream: &[u8] = b"S\tsession\ts\t1\t1\t-\t-\t-\t0\t1\t0\t0\nD\t0\t6\nab\ncd\nB\nD\t6\t0\nS\tsession\ts\t1\t0\t0\t2025-11-25T14:40:00Z\t-\t0\t0\t0\t0\nE\n";
+        let whole = Frames::default().feed(stream).unwrap();
+        for split in 0..stream.len() {
+            let mut frames = Frames::default();
+            let mut got = frames.feed(&stream[..split]).unwrap();
+            got.extend(frames.feed(&stream[split..]).unwrap());
+            assert_eq!(got, whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 6);
+        assert_eq!(
+            whole[1],
+            Frame::Data {
+                offset: 0,
+                bytes: b"ab\ncd\n".to_vec()
+            }
+        );
+        assert_eq!(whole[2], Frame::Beat);
+        assert!(matches!(&whole[4], Frame::Session(id, p) if id == "s" && p.exit_code == Some(0)));
+        assert_eq!(whole[5], Frame::End);
+        assert!(Frames::default().feed(b"garbage\n").is_err());
     }
 
     #[test]

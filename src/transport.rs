@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Settings;
@@ -39,8 +40,32 @@ pub trait Transport: Sync {
         on_interrupt: OnInterrupt,
     ) -> Result<Output>;
 
+    /// Runs a script whose answer is a stream: its stdout goes to `on_stdout` as it arrives.
+    /// A stream quiet for longer than `silence` is taken for a dead connection: `VmUnreachable`.
+    /// `stop` (or Ctrl+C) ends it with `Error::Interrupted`. A non-zero exit is an error, as for
+    /// `run_script`.
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output>;
+
     /// The interactive command that attaches this terminal to a session's tmux session.
     fn attach_command(&self, vm: &VmRef, session: &str) -> Interactive;
+}
+
+/// A stream that stayed quiet past its silence allowance: the connection is taken for dead.
+fn silent_stream(vm: &str, silence: Duration) -> Error {
+    Error::VmUnreachable {
+        vm: vm.into(),
+        detail: format!(
+            "the stream sent nothing for {}s (heartbeats included): the connection is taken for dead",
+            silence.as_secs()
+        ),
+    }
 }
 
 pub struct Azlin {
@@ -100,7 +125,17 @@ impl Azlin {
 
     /// Runs azlin and maps its failures to our errors (docs/exit-codes.md).
     fn call(&self, cmd: Cmd, vm: Option<&str>) -> Result<Output> {
-        match exec::run(&cmd) {
+        let result = exec::run(&cmd);
+        self.judge(&cmd, vm, result)
+    }
+
+    fn judge(
+        &self,
+        cmd: &Cmd,
+        vm: Option<&str>,
+        result: std::result::Result<Output, RunError>,
+    ) -> Result<Output> {
+        match result {
             Ok(out) if out.code == 0 => Ok(out),
             Ok(out) => Err(classify_failure(
                 &cmd.display(),
@@ -217,6 +252,26 @@ impl Transport for Azlin {
         self.call(cmd, Some(&vm.name))
     }
 
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = self
+            .cmd(self.connect_args(vm), silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(out)) => self.judge(&cmd, Some(&vm.name), Ok(out)),
+            Err(RunError::Timeout) => Err(silent_stream(&vm.name, silence)),
+            Err(other) => self.judge(&cmd, Some(&vm.name), Err(other)),
+        }
+    }
+
     /// azlin's own tmux attach: the only way to get a terminal on the VM (with `--no-tmux`
     /// and a remote command azlin never allocates one). azlin runs `tmux new-session -A -s S`,
     /// which would create an empty shell session if S were gone: check it lives first.
@@ -245,6 +300,34 @@ impl Transport for LocalShell {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let out = exec::run_any_exit(&cmd)?;
+        if out.code == 0 {
+            Ok(out)
+        } else {
+            Err(Error::CommandFailed {
+                command: cmd.display(),
+                status: Some(out.code),
+                stderr: trim_stderr(&out.stderr_text()),
+            })
+        }
+    }
+
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = Cmd::new("bash", vec!["-s".into()], silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        let out = match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(result) => result?,
+            Err(RunError::Timeout) => return Err(silent_stream(&vm.name, silence)),
+            Err(RunError::Interrupted) => return Err(Error::Interrupted),
+            Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
+        };
         if out.code == 0 {
             Ok(out)
         } else {

@@ -1,7 +1,9 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
 //! polls the log by byte offset so nothing is printed twice or skipped.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
 use crate::commands::{Ctx, find_session};
@@ -11,8 +13,8 @@ use crate::exec::OnInterrupt;
 use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, Capture, CaptureSource, Probe};
-use crate::{interrupt, ui};
+use crate::script::{self, Capture, CaptureSource, Frame, Probe};
+use crate::{interrupt, stream, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
     let vm = ctx.vm_ref(state, &session.vm_name);
@@ -42,17 +44,34 @@ fn settle(
     }
 }
 
-pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
-    let state = ctx.store.load()?;
-    let session = find_session(&state, &args.session_id)?.clone();
-    if session.status == SessionStatus::Pending
+/// Whether a `start` that lives is still launching the session.
+fn being_launched(ctx: &Ctx, session: &Session) -> bool {
+    session.status == SessionStatus::Pending
         && !refresh::abandoned(
             session.owner.as_ref(),
             session.created_at,
             ctx.now(),
             &exec::liveness,
         )
-    {
+}
+
+pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
+    let mut state = ctx.store.load()?;
+    let mut session = find_session(&state, &args.session_id)?.clone();
+    if args.follow && being_launched(ctx, &session) {
+        // Following from the start: wait for the launch (reading the state file, no remote
+        // call), then stream.
+        ui::progress(&format!(
+            "Session {} is still being launched; following it once it runs.",
+            session.session_id
+        ));
+        while being_launched(ctx, &session) {
+            interrupt::sleep(std::time::Duration::from_millis(500))?;
+            state = ctx.store.load()?;
+            session = find_session(&state, &args.session_id)?.clone();
+        }
+    }
+    if being_launched(ctx, &session) {
         // Its start is still provisioning or launching it: the VM has nothing to show yet,
         // and asking would only race the launch.
         if !args.raw {
@@ -106,54 +125,83 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     ui::print_bytes(&text)
 }
 
-fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> Result<()> {
+/// Streams the session's log over one connection (reconnecting when it drops) until the
+/// session is over: the last `--lines` lines first, then every byte as it is written, each
+/// exactly once (the stream resumes at the byte offset printed so far).
+fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
-    let mut offset: Option<u64> = None;
-    loop {
-        let capture = ask(
-            ctx,
-            &state,
-            session,
-            script::follow_script(id, offset, args.lines),
-        )?;
-        let probe = capture.probe.clone();
-        if offset.is_none() && !args.raw {
-            let status = state
-                .sessions
-                .get(id)
-                .map(|s| s.status.to_string())
-                .unwrap_or_default();
-            ui::print(&render::output_header(
-                session,
-                &status,
-                ctx.now(),
-                script::count_lines(&capture.data),
-            ))?;
-            ui::progress(&format!(
-                "Following {id} (polling every {}s; Ctrl+C stops following, the session keeps running)",
-                ctx.settings.follow_interval.as_secs_f64()
-            ));
-        }
-        ui::print_bytes(&capture.data)?;
-        offset = Some(capture.log_size.unwrap_or(0).max(offset.unwrap_or(0)));
-        let finished = probe
-            .as_ref()
-            .is_some_and(|p| p.exit_code.is_some() || !p.alive);
-        state = settle(ctx, state, id, probe, !args.refresh.no_refresh)?;
-        if finished {
-            let s = find_session(&state, id)?;
-            let code = s
-                .exit_code
-                .map(|c| format!(" (exit {c})"))
-                .unwrap_or_default();
-            let why = s
-                .error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
-            return Ok(());
-        }
-        interrupt::sleep(ctx.settings.follow_interval)?;
+    let vm = ctx.vm_ref(&state, &session.vm_name);
+    let printed_to: Cell<Option<u64>> = Cell::new(None);
+    let mut first_facts: Option<Probe> = None;
+    let mut last_facts: Option<Probe> = None;
+    let pace = ctx.settings.stream_pace();
+    let status = state
+        .sessions
+        .get(id)
+        .map(|s| s.status.to_string())
+        .unwrap_or_default();
+    let stop = AtomicBool::new(false);
+    stream::until_end(
+        ctx,
+        &vm,
+        &stop,
+        &mut || script::stream_script(id, printed_to.get(), args.lines, pace),
+        &mut |frame| {
+            match frame {
+                Frame::Session(_, facts) => {
+                    first_facts.get_or_insert_with(|| facts.clone());
+                    last_facts = Some(facts);
+                }
+                Frame::Data { offset, bytes } => {
+                    let have = match printed_to.get() {
+                        Some(have) => have,
+                        None => {
+                            if !args.raw {
+                                ui::print(&render::output_header(
+                                    session,
+                                    &status,
+                                    ctx.now(),
+                                    script::count_lines(&bytes),
+                                ))?;
+                            }
+                            ui::progress(&format!(
+                                "Following {id} (Ctrl+C stops following, the session keeps running)"
+                            ));
+                            offset
+                        }
+                    };
+                    // A resumed stream starts where we asked; never print a byte twice.
+                    let skip = (have.saturating_sub(offset) as usize).min(bytes.len());
+                    ui::print_bytes(&bytes[skip..])?;
+                    printed_to.set(Some(have.max(offset + bytes.len() as u64)));
+                }
+                Frame::Beat | Frame::End => {}
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(f) = &first_facts
+        && !f.known
+        && !f.tmux
+        && printed_to.get() == Some(0)
+    {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status,
+        });
     }
+    let state = settle(ctx, state, id, last_facts, !args.refresh.no_refresh)?;
+    let s = find_session(&state, id)?;
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let why = s
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
+    Ok(())
 }

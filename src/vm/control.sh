@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
-# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, follow, kill, pull)
+# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, stream, watch, kill, pull)
 # The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
 # bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
 # has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
@@ -239,20 +239,96 @@ cmd_capture() {
   fi
 }
 
-# One poll of `output --follow`: the facts, the log's size, and its bytes after OFFSET (or, on
-# the first poll, OFFSET `-`, its last LINES lines), cut at that size so nothing is read twice.
-cmd_follow() {
-  local id=$1 offset=$2 lines=$3 log="$base/sessions/$1/output.log" size=0
-  session_facts "$id"
-  [ -f "$log" ] && size=$(($(wc -c < "$log")))
-  printf 'log\t%s\n' "$size"
-  printf 'data\tlog\n'
-  [ -f "$log" ] || return 0
-  if [ "$offset" = - ]; then
-    head -c "$size" -- "$log" | tail -n "$lines"
-  elif [ "$size" -gt "$offset" ]; then
-    tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+# Whether a session is over: its exit code is recorded, or nothing of it runs any more.
+session_over() {
+  local id=$1 d="$base/sessions/$1" pid aid spid sid
+  [ -f "$d/exit_code" ] && return 0
+  if [ -d "$d" ]; then
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    ! group_alive "$pid" "$aid" && ! process_alive "$spid" "$sid"
+  else
+    ! tmux has-session -t "=$id" 2> /dev/null
   fi
+}
+
+# Streams answer in frames (docs/remote-layout.md): `S<TAB><session line>`, `D<TAB>OFFSET<TAB>LEN`
+# followed by LEN bytes of the log, `B` (a heartbeat, so a silent connection can be told from a
+# dead one), `E` (the end).
+beat_if_due() {
+  if [ $((SECONDS - last_beat)) -ge "$beat" ]; then
+    printf 'B\n'
+    last_beat=$SECONDS
+  fi
+}
+
+# Emits the log's bytes from `offset` to its current size as one D frame (with `always`, even
+# when there are none), and moves `offset`.
+emit_log() {
+  local size=0
+  [ -f "$log" ] && size=$(stat -c %s -- "$log")
+  [ "$size" -gt "$offset" ] || [ -n "${1:-}" ] || return 0
+  [ "$size" -ge "$offset" ] || size=$offset
+  printf 'D\t%s\t%s\n' "$offset" "$((size - offset))"
+  [ "$size" -gt "$offset" ] && tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+  offset=$size
+}
+
+# stream ID OFFSET|- LINES INTERVAL BEAT: the session's log from byte OFFSET (or from its last
+# LINES lines) as it grows, checked every INTERVAL seconds, until the session is over.
+cmd_stream() {
+  local id=$1 offset=$2 lines=$3 interval=$4 beat=$5 log="$base/sessions/$1/output.log"
+  local last_beat=$SECONDS size over
+  printf 'S\t'
+  session_facts "$id"
+  if [ "$offset" = - ]; then
+    offset=0
+    if [ -f "$log" ]; then
+      size=$(stat -c %s -- "$log")
+      offset=$((size - $(head -c "$size" -- "$log" | tail -n "$lines" | wc -c)))
+    fi
+  fi
+  emit_log always
+  while :; do
+    # Checked before the last read: everything the agent wrote precedes its end.
+    over=0
+    session_over "$id" && over=1
+    emit_log
+    if [ "$over" = 1 ]; then
+      printf 'S\t'
+      session_facts "$id"
+      printf 'E\n'
+      return
+    fi
+    beat_if_due
+    sleep "$interval"
+  done
+}
+
+# watch INTERVAL BEAT ID...: an S frame with each session's facts as it is over, heartbeats
+# meanwhile, and E once all are.
+cmd_watch() {
+  local interval=$1 beat=$2 last_beat=$SECONDS id
+  shift 2
+  local -a waiting=("$@") still
+  while [ "${#waiting[@]}" -gt 0 ]; do
+    still=()
+    for id in "${waiting[@]}"; do
+      if session_over "$id"; then
+        printf 'S\t'
+        session_facts "$id"
+      else
+        still+=("$id")
+      fi
+    done
+    waiting=("${still[@]}")
+    [ "${#waiting[@]}" -gt 0 ] || break
+    beat_if_due
+    sleep "$interval"
+  done
+  printf 'E\n'
 }
 
 # kill ID FORCE GRACE_SECONDS CLAIM: records that a kill was asked (so whoever sees the exit
@@ -327,7 +403,8 @@ main() {
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
     capture) cmd_capture "$@" ;;
-    follow) cmd_follow "$@" ;;
+    stream) cmd_stream "$@" ;;
+    watch) cmd_watch "$@" ;;
     kill) cmd_kill "$@" ;;
     pull) cmd_pull "$@" ;;
     *) fail "unknown control command '$command'" ;;
