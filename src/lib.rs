@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod exec;
+pub mod forward;
 pub mod interrupt;
 pub mod model;
 pub mod naming;
@@ -25,5 +26,7 @@ use error::Result;
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         TopCommand::Remote { command } => commands::dispatch(command),
+        // Returns only when the other amplihack cannot be run.
+        TopCommand::External(args) => Err(forward::exec_other_amplihack(args)),
     }
 }

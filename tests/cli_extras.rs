@@ -1,0 +1,211 @@
+//! Living beside the Python amplihack (commands we do not have are handed to it), the local
+//! backend's default agent, completions, the man page, cost in `status`, progress.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// Our binary as cargo built it.
+fn this_binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("amplihack")
+}
+
+/// A stand-in for the Python amplihack in `ROOT/<dir>/amplihack`: it records its argv
+/// (NUL-separated), its stdin and the forwarding marker in `ROOT/<dir>/record/`, prints a
+/// line on stdout and on stderr, and exits with `exit_code`.
+fn fake_python_amplihack(env: &TestEnv, dir: &str, exit_code: i32) -> PathBuf {
+    let bin = env.root().join(dir);
+    let record = bin.join("record");
+    std::fs::create_dir_all(&record).unwrap();
+    let script = bin.join("amplihack");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env bash\n\
+             rec='{rec}'\n\
+             printf '%s\\0' \"$@\" > \"$rec/argv\"\n\
+             cat > \"$rec/stdin\"\n\
+             printf '%s' \"${{AMPLIHACK_REMOTE_FORWARDED_FROM-}}\" > \"$rec/marker\"\n\
+             echo 'python amplihack: stdout'\n\
+             echo 'python amplihack: stderr' >&2\n\
+             exit {exit_code}\n",
+            rec = record.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&script);
+    script
+}
+
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `ROOT/<dir>/amplihack` as a symlink to our binary.
+fn link_this_binary(env: &TestEnv, dir: &str) -> PathBuf {
+    let d = env.root().join(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let link = d.join("amplihack");
+    std::os::unix::fs::symlink(this_binary(), &link).unwrap();
+    link
+}
+
+/// PATH of the given directories under ROOT, then the system's.
+fn set_path(env: &mut TestEnv, dirs: &[&str]) {
+    let mut parts: Vec<String> = dirs
+        .iter()
+        .map(|d| env.root().join(d).display().to_string())
+        .collect();
+    parts.push("/usr/local/bin:/usr/bin:/bin".into());
+    env.set("PATH", &parts.join(":"));
+}
+
+fn recorded_argv(script: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(script.parent().unwrap().join("record/argv")).unwrap();
+    let mut args: Vec<Vec<u8>> = bytes.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+    assert_eq!(args.pop(), Some(vec![]), "argv ends with a NUL");
+    args
+}
+
+fn recorded(script: &Path, what: &str) -> String {
+    std::fs::read_to_string(script.parent().unwrap().join("record").join(what)).unwrap()
+}
+
+/// Runs our binary (`amplihack ARGS...`, not `remote`) with `stdin`.
+fn run_top(env: &TestEnv, args: &[&OsStr], stdin: &str) -> std::process::Output {
+    let mut c = env.cmd();
+    c.args(args).write_stdin(stdin);
+    c.output().unwrap()
+}
+
+const ODD_ARGS: [&str; 5] = [
+    "--prompt",
+    "two words",
+    "it's \"quoted\" $HOME `x`",
+    "",
+    "-p",
+];
+
+fn odd_argv() -> Vec<&'static OsStr> {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("claude")];
+    args.extend(ODD_ARGS.iter().map(OsStr::new));
+    args.push(OsStr::from_bytes(b"not utf-8: \xff\xfe"));
+    args
+}
+
+fn assert_forwarded_intact(script: &Path, out: &std::process::Output) {
+    let expected: Vec<Vec<u8>> = odd_argv().iter().map(|a| a.as_bytes().to_vec()).collect();
+    assert_eq!(recorded_argv(script), expected);
+    assert_eq!(recorded(script, "stdin"), "line one\nline two\n");
+    assert_eq!(code(out), 7, "its exit code is ours: {}", stderr(out));
+    assert_eq!(stdout(out), "python amplihack: stdout\n");
+    assert_eq!(stderr(out), "python amplihack: stderr\n");
+}
+
+#[test]
+fn other_commands_go_to_a_python_amplihack_later_on_path() {
+    let mut env = TestEnv::new();
+    link_this_binary(&env, "ours");
+    let python = fake_python_amplihack(&env, "python", 7);
+    set_path(&mut env, &["ours", "python"]);
+    let out = run_top(&env, &odd_argv(), "line one\nline two\n");
+    assert_forwarded_intact(&python, &out);
+    // The marker names the binary that forwarded: the one cargo built, by its real path.
+    let marker = recorded(&python, "marker");
+    assert_eq!(
+        PathBuf::from(&marker),
+        std::fs::canonicalize(this_binary()).unwrap()
+    );
+}
+
+#[test]
+fn other_commands_go_to_a_python_amplihack_earlier_on_path() {
+    let mut env = TestEnv::new();
+    let python = fake_python_amplihack(&env, "python", 7);
+    link_this_binary(&env, "ours");
+    set_path(&mut env, &["python", "ours"]);
+    let out = run_top(&env, &odd_argv(), "line one\nline two\n");
+    assert_forwarded_intact(&python, &out);
+}
+
+#[test]
+fn its_exit_code_and_success_are_passed_through() {
+    let mut env = TestEnv::new();
+    let python = fake_python_amplihack(&env, "python", 0);
+    set_path(&mut env, &["python"]);
+    let out = run_top(&env, &[OsStr::new("launch"), OsStr::new("--help")], "");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // `--help` after the command belongs to it, not to us.
+    assert_eq!(
+        recorded_argv(&python),
+        vec![b"launch".to_vec(), b"--help".to_vec()]
+    );
+}
+
+#[test]
+fn without_another_amplihack_the_command_is_refused_with_the_way_out() {
+    let mut env = TestEnv::new();
+    link_this_binary(&env, "ours");
+    set_path(&mut env, &["ours"]);
+    let out = run_top(&env, &[OsStr::new("claude"), OsStr::new("x")], "");
+    assert_eq!(code(&out), 2);
+    assert!(stdout(&out).is_empty());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("'claude'"), "{err}");
+    assert!(err.contains("amplihack remote"), "{err}");
+    assert!(err.contains("pip install amplihack"), "{err}");
+    assert!(err.contains("uvx amplihack"), "{err}");
+    assert!(err.contains("PATH"), "{err}");
+}
+
+#[test]
+fn two_copies_of_this_binary_never_hand_a_command_back_and_forth() {
+    let mut env = TestEnv::new();
+    // A copy is another file (no symlink, no hard link): only the marker tells it is us.
+    let copy_dir = env.root().join("copy");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    std::fs::copy(this_binary(), copy_dir.join("amplihack")).unwrap();
+    link_this_binary(&env, "ours");
+    set_path(&mut env, &["copy", "ours"]);
+    let mut c = env.cmd();
+    c.arg("claude").timeout(std::time::Duration::from_secs(20));
+    let out = c.output().unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("no other amplihack is on PATH"));
+    // With the Python amplihack after both, the command reaches it through the copy.
+    let python = fake_python_amplihack(&env, "python", 7);
+    set_path(&mut env, &["copy", "ours", "python"]);
+    let out = run_top(&env, &odd_argv(), "line one\nline two\n");
+    assert_forwarded_intact(&python, &out);
+    assert_eq!(
+        recorded(&python, "marker").split(':').count(),
+        2,
+        "both binaries are named"
+    );
+}
+
+#[test]
+fn help_says_this_binary_provides_remote_and_how_to_get_the_rest() {
+    let env = TestEnv::new();
+    let out = run_top(&env, &[OsStr::new("--help")], "");
+    assert_eq!(code(&out), 0);
+    // Help is wrapped to the terminal's width: compare words.
+    let help = stdout(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("This amplihack provides `amplihack remote`"),
+        "{help}"
+    );
+    assert!(help.contains("Python amplihack") && help.contains("pip install amplihack"));
+    // Our own commands still run here, whatever is on PATH.
+    let out = env.run(&["list", "--no-refresh"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
