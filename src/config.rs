@@ -34,6 +34,9 @@ pub struct Settings {
     pub local_slots: Option<u32>,
     /// Words that replace `amplihack claude`; `None` means the default agent.
     pub agent_override: Option<Vec<String>>,
+    /// The default agent: `amplihack claude`, resolved by the VM's PATH. A local start puts the
+    /// absolute path of the Python amplihack first instead (`Ctx::for_start`).
+    pub default_agent: Vec<String>,
     pub api_key: Option<String>,
     pub user: String,
     pub timeouts: Timeouts,
@@ -132,6 +135,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_REMOTE_WORKSPACE.into()),
             local_slots: number::<u32>("AMPLIHACK_LOCAL_SLOTS", "a whole number above 0")?,
             agent_override,
+            default_agent: vec!["amplihack".into(), "claude".into()],
             api_key: std::env::var("ANTHROPIC_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
@@ -170,6 +174,6 @@ impl Settings {
     pub fn agent_words(&self) -> Vec<String> {
         self.agent_override
             .clone()
-            .unwrap_or_else(|| vec!["amplihack".into(), "claude".into()])
+            .unwrap_or_else(|| self.default_agent.clone())
     }
 }

@@ -209,3 +209,76 @@ fn help_says_this_binary_provides_remote_and_how_to_get_the_rest() {
     let out = env.run(&["list", "--no-refresh"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// A local-backend test env with the default agent (no AMPLIHACK_REMOTE_AGENT).
+fn local_default_agent_env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_BACKEND", "local");
+    env.set("AMPLIHACK_LOCAL_SLOTS", "2");
+    env.unset("AMPLIHACK_REMOTE_AGENT");
+    env
+}
+
+#[test]
+fn the_local_default_agent_is_the_python_amplihack_on_path_by_absolute_path() {
+    let mut env = local_default_agent_env();
+    link_this_binary(&env, "ours");
+    // The stand-in agent plays the Python amplihack; ours comes first on PATH and is skipped.
+    let python_dir = env.root().join("python");
+    std::fs::create_dir_all(&python_dir).unwrap();
+    let python = python_dir.join("amplihack");
+    std::os::unix::fs::symlink(support("vm-bin/amplihack"), &python).unwrap();
+    set_path(&mut env, &["ours", "python"]);
+    let started = env.start_running("LINES=1");
+    let argv = std::fs::read(env.agent_record("local", &started.id).join("argv")).unwrap();
+    let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+    assert_eq!(argv[0], python.as_os_str().as_bytes(), "by absolute path");
+    assert_eq!(argv[1], b"claude");
+    assert_eq!(argv[2..6], [&b"--auto"[..], b"--max-turns", b"10", b"--"]);
+}
+
+#[test]
+fn a_local_start_without_the_python_amplihack_is_refused_before_anything_is_reserved() {
+    for (backend_flag, env) in [
+        (Some("--local"), {
+            let mut env = TestEnv::new();
+            env.unset("AMPLIHACK_REMOTE_AGENT");
+            env
+        }),
+        (None, local_default_agent_env()),
+    ] {
+        let mut env = env;
+        link_this_binary(&env, "ours");
+        set_path(&mut env, &["ours", "bin"]);
+        let mut args = vec!["start", "--no-context"];
+        args.extend(backend_flag);
+        args.push("a task");
+        let out = env.run(&args);
+        assert_eq!(code(&out), 1, "{}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("Python amplihack"), "{err}");
+        assert!(err.contains("AMPLIHACK_REMOTE_AGENT"), "{err}");
+        assert!(
+            !env.state_path().exists(),
+            "nothing was reserved: {:?}",
+            std::fs::read_to_string(env.state_path())
+        );
+    }
+}
+
+#[test]
+fn azure_sessions_keep_amplihack_claude_resolved_on_the_vm() {
+    let env = TestEnv::new();
+    // No amplihack on this machine's PATH at all: Azure starts do not need one here.
+    let started = env.start_running("LINES=1");
+    let argv = std::fs::read(env.agent_record(&started.vm, &started.id).join("argv")).unwrap();
+    let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+    let vm_bin = env.vm_dir(&started.vm);
+    assert!(
+        Path::new(OsStr::from_bytes(argv[0])).starts_with(&vm_bin),
+        "the VM's own amplihack: {:?}",
+        String::from_utf8_lossy(argv[0])
+    );
+    assert_eq!(argv[1], b"claude");
+}

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use crate::cli::{RemoteCommand, StatusFilter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionStatus, State};
+use crate::model::{Backend, Session, SessionStatus, State};
 use crate::state::StateStore;
 use crate::transport::{Transport, Transports};
 
@@ -35,6 +35,30 @@ impl Ctx {
             store: StateStore::from_env()?,
             transports,
         })
+    }
+
+    /// The context a `start` runs in. On the local backend with the default agent, the agent
+    /// is the other `amplihack` on PATH (the Python one: this binary has no `claude`), by
+    /// absolute path; with none there, the start fails before it reserves anything.
+    pub fn for_start(&self, local_flag: bool) -> Result<Option<Ctx>> {
+        let local = local_flag || self.settings.backend == Backend::Local;
+        if !local || self.settings.agent_override.is_some() {
+            return Ok(None);
+        }
+        let program = crate::forward::other_amplihack()?.ok_or(Error::LocalAgentMissing)?;
+        let program = program.into_os_string().into_string().map_err(|p| {
+            Error::Failed(format!(
+                "the path of the other amplihack ({}) is not UTF-8; set AMPLIHACK_REMOTE_AGENT instead",
+                p.to_string_lossy()
+            ))
+        })?;
+        let mut settings = self.settings.clone();
+        settings.default_agent = vec![program, "claude".into()];
+        Ok(Some(Ctx {
+            transports: Transports::new(&settings),
+            store: self.store.clone(),
+            settings,
+        }))
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -401,6 +401,9 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
 }
 
 pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    // The local backend's default agent is the Python amplihack on PATH: found, or refused.
+    let local_ctx = ctx.for_start(args.local)?;
+    let ctx = local_ctx.as_ref().unwrap_or(ctx);
     // Everything that can fail locally fails before any remote work.
     if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
         return Err(Error::MissingApiKey);
