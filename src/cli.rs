@@ -88,6 +88,27 @@ pub enum RemoteCommand {
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
+    /// Print the shell completion script for SHELL on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote completions bash > ~/.local/share/bash-completion/completions/amplihack\n  amplihack remote completions zsh > ~/.zfunc/_amplihack\n  amplihack remote completions fish > ~/.config/fish/completions/amplihack.fish"
+    )]
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -282,3 +282,128 @@ fn azure_sessions_keep_amplihack_claude_resolved_on_the_vm() {
     );
     assert_eq!(argv[1], b"claude");
 }
+
+/// A shell the completion tests need; scripts/ensure-tools.sh --for-tests installs it.
+fn require_shell(name: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(
+        found,
+        "{name} is not installed: run `bash scripts/ensure-tools.sh --for-tests`"
+    );
+}
+
+/// `amplihack remote completions SHELL`, written to ROOT/completions.SHELL.
+fn completions_file(env: &TestEnv, shell: &str) -> PathBuf {
+    let out = env.run(&["completions", shell]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let file = env.root().join(format!("completions.{shell}"));
+    std::fs::write(&file, &out.stdout).unwrap();
+    file
+}
+
+fn shell_output(shell: &str, args: &[&OsStr]) -> std::process::Output {
+    std::process::Command::new(shell)
+        .args(args)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn completion_scripts_parse_in_their_shells() {
+    let env = TestEnv::new();
+    for shell in ["bash", "zsh", "fish"] {
+        require_shell(shell);
+        let file = completions_file(&env, shell);
+        let out = shell_output(shell, &[OsStr::new("-n"), file.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{shell} -n rejects the script: {}",
+            stderr(&out)
+        );
+    }
+    let zsh = std::fs::read_to_string(env.root().join("completions.zsh")).unwrap();
+    assert!(zsh.starts_with("#compdef amplihack"), "{zsh}");
+    for shell in ["elvish", "powershell"] {
+        let text = std::fs::read_to_string(completions_file(&env, shell)).unwrap();
+        assert!(
+            text.contains("amplihack")
+                && text.contains("completions")
+                && text.contains("--max-turns"),
+            "{shell}: {text}"
+        );
+    }
+}
+
+#[test]
+fn bash_completion_offers_commands_and_values() {
+    require_shell("bash");
+    let env = TestEnv::new();
+    let file = completions_file(&env, "bash");
+    // What bash does on Tab: the function of `complete -F`, with the words on the line.
+    let probe = format!(
+        "source '{}'\n\
+         complete -p amplihack >/dev/null || exit 9\n\
+         ask() {{ COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); \
+         _amplihack amplihack \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\" | sort | paste -sd ' '; }}\n\
+         ask amplihack remote st\n\
+         ask amplihack remote start --size ''\n\
+         ask amplihack remote completions ''\n",
+        file.display()
+    );
+    let out = shell_output("bash", &[OsStr::new("-c"), OsStr::new(&probe)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "start status\nl m s xl\n--help -h bash elvish fish powershell zsh\n"
+    );
+}
+
+#[test]
+fn fish_completion_offers_commands() {
+    require_shell("fish");
+    let env = TestEnv::new();
+    let file = completions_file(&env, "fish");
+    let probe = format!(
+        "source '{}'; complete -C 'amplihack remote st'",
+        file.display()
+    );
+    let out = shell_output("fish", &[OsStr::new("-c"), OsStr::new(&probe)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout_words(&out),
+        vec!["start", "status"],
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// The first tab-separated field of each line, sorted (fish prints `word<TAB>description`).
+fn stdout_words(out: &std::process::Output) -> Vec<String> {
+    let mut words: Vec<String> = stdout(out)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    words.sort();
+    words
+}
+
+#[test]
+fn completions_need_no_settings_and_reject_unknown_shells() {
+    let mut env = TestEnv::new();
+    // A malformed setting fails every command that reads settings; completions read none.
+    env.set("AMPLIHACK_REMOTE_BACKEND", "bogus");
+    let out = env.run(&["completions", "bash"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("complete -F _amplihack"));
+    let out = env.run(&["completions", "tcsh"]);
+    assert_eq!(code(&out), 2);
+    assert!(stdout(&out).is_empty());
+}

@@ -2,6 +2,7 @@
 //! finish; state and processes are reached only through `StateStore` and the transports.
 
 pub mod attach;
+pub mod completions;
 pub mod kill;
 pub mod list;
 pub mod output;
@@ -73,6 +74,10 @@ impl Ctx {
 }
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
+    // Generated from the command tree alone: no settings, state or VM is needed.
+    if let RemoteCommand::Completions(a) = command {
+        return completions::run(a);
+    }
     let ctx = Ctx::from_env()?;
     match command {
         RemoteCommand::List(a) => list::run(&ctx, a),
@@ -84,6 +89,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
+        RemoteCommand::Completions(a) => completions::run(a),
     }
 }
 
