@@ -93,6 +93,11 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote completions bash > ~/.local/share/bash-completion/completions/amplihack\n  amplihack remote completions zsh > ~/.zfunc/_amplihack\n  amplihack remote completions fish > ~/.config/fish/completions/amplihack.fish"
     )]
     Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote man | man -l -\n  amplihack remote man > ~/.local/share/man/man1/amplihack-remote.1"
+    )]
+    Man,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

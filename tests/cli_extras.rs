@@ -407,3 +407,38 @@ fn completions_need_no_settings_and_reject_unknown_shells() {
     assert_eq!(code(&out), 2);
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn man_prints_a_roff_page_of_every_command() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_BACKEND", "bogus");
+    let out = env.run(&["man"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(
+        page.starts_with(".TH") || page.starts_with(".ie"),
+        "not roff: {}",
+        &page[..page.len().min(200)]
+    );
+    assert!(page.contains("\n.TH AMPLIHACK-REMOTE 1 "), "{page}");
+    for command in [
+        "list",
+        "start",
+        "output",
+        "kill",
+        "status",
+        "prime",
+        "prune",
+        "pull",
+        "attach",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            page.contains(&format!(".SS \"amplihack remote {command}\"")),
+            "the page lacks {command}"
+        );
+    }
+    // Options are roff-escaped, exit codes come from the one table.
+    assert!(page.contains("\\-\\-max\\-turns") && page.contains("Azure quota exceeded"));
+}

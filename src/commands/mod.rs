@@ -5,6 +5,7 @@ pub mod attach;
 pub mod completions;
 pub mod kill;
 pub mod list;
+pub mod man;
 pub mod output;
 pub mod prime;
 pub mod prune;
@@ -75,8 +76,10 @@ impl Ctx {
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
     // Generated from the command tree alone: no settings, state or VM is needed.
-    if let RemoteCommand::Completions(a) = command {
-        return completions::run(a);
+    match command {
+        RemoteCommand::Completions(a) => return completions::run(a),
+        RemoteCommand::Man => return man::run(),
+        _ => {}
     }
     let ctx = Ctx::from_env()?;
     match command {
@@ -90,6 +93,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
         RemoteCommand::Completions(a) => completions::run(a),
+        RemoteCommand::Man => man::run(),
     }
 }
 
