@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::Backend;
 use crate::naming;
+use crate::pool::PriceTable;
 
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
@@ -45,6 +46,8 @@ pub struct Settings {
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
+    /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
+    pub prices: PriceTable,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -125,6 +128,16 @@ impl Settings {
         )?
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(15));
+        let prices = match var("AMPLIHACK_REMOTE_PRICES") {
+            None => PriceTable::default(),
+            Some(text) => PriceTable::with_overrides(&text).map_err(|e| {
+                bad(
+                    "AMPLIHACK_REMOTE_PRICES",
+                    &text,
+                    &format!("SKU=USD_PER_HOUR pairs separated by commas, e.g. Standard_E16s_v5=1.10 ({e})"),
+                )
+            })?,
+        };
         Ok(Settings {
             backend,
             region,
@@ -156,6 +169,7 @@ impl Settings {
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
+            prices,
         })
     }
 

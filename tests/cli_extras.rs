@@ -442,3 +442,163 @@ fn man_prints_a_roff_page_of_every_command() {
     // Options are roff-escaped, exit codes come from the one table.
     assert!(page.contains("\\-\\-max\\-turns") && page.contains("Azure quota exceeded"));
 }
+
+/// A state with one Azure VM of `sku` created `hours_ago`, as the Python original or an
+/// older pool left it.
+fn state_with_vm(env: &TestEnv, name: &str, sku: &str, hours_ago: i64) {
+    let created = chrono::Utc::now() - chrono::Duration::hours(hours_ago);
+    env.write_state(
+        &serde_json::json!({
+            "sessions": {},
+            "vm_pool": {name: {
+                "size": sku, "capacity": 4, "active_sessions": [], "region": "eastus",
+                "created_at": created.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            }}
+        })
+        .to_string(),
+    );
+}
+
+fn status_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["status", "--json"];
+    all.extend_from_slice(args);
+    let out = env.run(&all);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_shows_what_running_vms_cost_and_deallocated_ones_do_not() {
+    let env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    std::process::Command::new(support("azlin"))
+        .args(["stop", &vms[0]])
+        .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("AZLIN_NO_UPDATE_CHECK", "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let out = env.run(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let block = |vm: &str| -> String {
+        let from = text.find(&format!("  {vm} ")).unwrap();
+        text[from..].lines().take(5).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        block(&vms[0]).contains("    Cost: $0.00/h now (Deallocated), at most $0.00 since created"),
+        "{text}"
+    );
+    assert!(
+        block(&vms[1]).contains("    Cost: $0.38/h now, at most $0.00 since created"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nCost: $0.38/h now (approx., pay-as-you-go list price)\n  Since created: at most $0.00 (an upper bound"),
+        "{text}"
+    );
+    let v = status_json(&env, &[]);
+    let vm = |name: &str| {
+        v["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(vm(&vms[0])["hourly_usd"], 0.0);
+    assert_eq!(vm(&vms[1])["hourly_usd"], 0.384);
+    assert!(vm(&vms[1])["cost_since_created_usd"].is_number());
+    assert_eq!(v["total_hourly_usd"], 0.384);
+    assert_eq!(v["cost_basis"], "approx., pay-as-you-go list price");
+}
+
+#[test]
+fn status_cost_since_created_and_user_prices() {
+    let mut env = TestEnv::new();
+    state_with_vm(&env, "amplihack-old-vm", "Standard_E16s_v5", 10);
+    // Without power states (--no-refresh) the VM counts as running.
+    let v = status_json(&env, &["--no-refresh"]);
+    assert_eq!(v["vms"][0]["hourly_usd"], 1.008);
+    let since = v["vms"][0]["cost_since_created_usd"].as_f64().unwrap();
+    assert!(
+        (10.07..=10.10).contains(&since),
+        "10 h at $1.008/h: {since}"
+    );
+    assert_eq!(v["total_hourly_usd"], 1.008);
+    assert_eq!(v["power_states_known"], false);
+    let text = stdout(&env.run(&["status", "--no-refresh"]));
+    assert!(
+        text.contains("Power states not read: every VM counted as running"),
+        "{text}"
+    );
+
+    env.set(
+        "AMPLIHACK_REMOTE_PRICES",
+        "Standard_E16s_v5=1.10, Standard_D8s_v3=0.40",
+    );
+    let v = status_json(&env, &["--no-refresh"]);
+    assert_eq!(v["vms"][0]["hourly_usd"], 1.1);
+    assert_eq!(v["total_hourly_usd"], 1.1);
+    let text = stdout(&env.run(&["status", "--no-refresh"]));
+    assert!(
+        text.contains("    Cost: $1.10/h now, at most $11."),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_of_an_unknown_sku_says_price_unknown() {
+    let mut env = TestEnv::new();
+    state_with_vm(&env, "amplihack-user-20251125-143000", "Standard_D4s_v3", 2);
+    let out = env.run(&["status", "--no-refresh"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("    Cost: price unknown (Standard_D4s_v3; set AMPLIHACK_REMOTE_PRICES)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Not counted: 1 VM(s) of unknown price"),
+        "{text}"
+    );
+    let v = status_json(&env, &["--no-refresh"]);
+    assert!(v["vms"][0]["hourly_usd"].is_null());
+    assert!(v["vms"][0]["cost_since_created_usd"].is_null());
+    assert_eq!(v["total_hourly_usd"], 0.0);
+    // The user can price it.
+    env.set("AMPLIHACK_REMOTE_PRICES", "Standard_D4s_v3=0.192");
+    let v = status_json(&env, &["--no-refresh"]);
+    assert_eq!(v["vms"][0]["hourly_usd"], 0.192);
+}
+
+#[test]
+fn malformed_prices_are_refused_naming_the_variable() {
+    let mut env = TestEnv::new();
+    for bad in [
+        "Standard_E16s_v5",
+        "Standard_E16s_v5=cheap",
+        "Standard_E16s_v5=-1",
+    ] {
+        env.set("AMPLIHACK_REMOTE_PRICES", bad);
+        let out = env.run(&["status", "--no-refresh"]);
+        assert_eq!(code(&out), 2, "{bad}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("AMPLIHACK_REMOTE_PRICES"), "{err}");
+        assert!(err.contains("Standard_E16s_v5=1.10"), "the fix: {err}");
+    }
+}
+
+#[test]
+fn the_local_vm_costs_nothing() {
+    let env = TestEnv::local();
+    env.start_running("SLEEP=30");
+    let text = stdout(&env.run(&["status"]));
+    assert!(!text.contains("Cost"), "no cost for this machine: {text}");
+    let v = status_json(&env, &[]);
+    assert_eq!(v["vms"][0]["name"], "local");
+    assert_eq!(v["vms"][0]["hourly_usd"], 0.0);
+    assert_eq!(v["vms"][0]["cost_since_created_usd"], 0.0);
+    assert_eq!(v["total_hourly_usd"], 0.0);
+}
