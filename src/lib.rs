@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod model;
 pub mod naming;
 pub mod pool;
+pub mod progress;
 pub mod provision;
 pub mod refresh;
 pub mod render;
