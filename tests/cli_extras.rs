@@ -602,3 +602,180 @@ fn the_local_vm_costs_nothing() {
     assert_eq!(v["vms"][0]["cost_since_created_usd"], 0.0);
     assert_eq!(v["total_hourly_usd"], 0.0);
 }
+
+/// The progress lines of `vm` in `stderr`, without the VM name.
+fn progress_lines(stderr: &str, vm: &str) -> Vec<String> {
+    let prefix = format!("{vm}: ");
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// `done: ... (after 3s)` without the time, which varies.
+fn without_time(line: &str) -> String {
+    match line.rfind(" (after ") {
+        Some(i) if line.ends_with("s)") => line[..i].to_string(),
+        _ => line.to_string(),
+    }
+}
+
+#[test]
+fn off_a_terminal_progress_is_one_plain_line_per_stage_on_stderr() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let out = env.run(&["start", "--json", "SLEEP=30"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let vm = env.vm_of(&id);
+    let err = stderr(&out);
+    let lines = progress_lines(&err, &vm);
+    let bundle_kb = lines
+        .get(1)
+        .and_then(|l| l.strip_prefix("sending context: git bundle ("))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(bundle_kb.parse::<u64>().unwrap() >= 1);
+    let lines: Vec<String> = lines.iter().map(|l| without_time(l)).collect();
+    assert_eq!(
+        lines,
+        [
+            "provisioning: Standard_E16s_v5 in eastus".to_string(),
+            format!("sending context: git bundle ({bundle_kb} KB), then launching 1 session(s)"),
+            "done: 1 of 1 session(s) running".to_string(),
+        ],
+        "{err}"
+    );
+    assert!(
+        progress_lines(&err, &vm)[2].ends_with("s)"),
+        "the end says how long it took: {err}"
+    );
+    // Nothing of a live line off a terminal, and nothing of progress on stdout.
+    assert!(
+        !err.contains('\x1b') && !err.contains('✓') && !err.contains('\r'),
+        "{err:?}"
+    );
+    assert!(!stdout(&out).contains(&format!("{vm}: ")));
+
+    // A pool VM with room: launching without a bundle, no provisioning.
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=30"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<String> = progress_lines(&stderr(&out), &vm)
+        .iter()
+        .map(|l| without_time(l))
+        .collect();
+    assert_eq!(
+        lines,
+        ["launching: 1 session(s)", "done: 1 of 1 session(s) running"]
+    );
+}
+
+#[test]
+fn repeated_ssh_retries_are_one_waiting_line() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_SSH_RETRY_DELAY", "0.1");
+    std::fs::write(env.azlin_home().join("unreachable-next"), "2").unwrap();
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=30"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let vm = env.vm_of(&started_ids(&out).remove(0));
+    let connects = env.calls().iter().filter(|c| c[0] == "connect").count();
+    assert_eq!(connects, 3, "two refused, the third launched");
+    let lines = progress_lines(&stderr(&out), &vm);
+    let waiting: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("waiting for ssh: "))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{lines:#?}");
+    assert!(waiting[0].contains("does not answer ssh yet") && waiting[0].contains("(2/4)"));
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("done: 1 of 1 session(s) running")
+    );
+}
+
+#[test]
+fn prime_reports_each_vm_done_or_failed() {
+    let mut env = TestEnv::new();
+    let out = env.run(&["prime", "--count", "2", "--vm-size", "m", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for vm in v.as_array().unwrap() {
+        let name = vm["name"].as_str().unwrap();
+        let lines: Vec<String> = progress_lines(&stderr(&out), name)
+            .iter()
+            .map(|l| without_time(l))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "provisioning: Standard_E8s_v5 in eastus",
+                "done: ready in eastus, 2 slot(s)"
+            ]
+        );
+    }
+    env.fault("quota/eastus");
+    env.set("AMPLIHACK_AZURE_REGIONS", "");
+    let out = env.run(&["prime", "--count", "1"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let err = stderr(&out);
+    let failed = err
+        .lines()
+        .find(|l| l.contains(": failed: Azure quota exceeded"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(failed.starts_with("amplihack-tester-"), "{failed}");
+}
+
+#[test]
+fn on_a_terminal_each_vm_has_a_live_line_on_stderr() {
+    let env = TestEnv::new();
+    let envs: Vec<String> = env
+        .env()
+        .into_iter()
+        .map(|(k, v)| format!("{k}='{v}'"))
+        .collect();
+    let start = format!(
+        "env -i TERM=xterm {} {} remote start --no-context --size m a b c >{}/report.txt",
+        envs.join(" "),
+        this_binary().display(),
+        env.root().display()
+    );
+    let terminal = Terminal::new(
+        &env,
+        "live",
+        &format!("{start}; echo start-exit=$?; sleep 30"),
+    );
+    let screen = terminal.wait_for("start-exit=", false);
+    assert!(screen.contains("start-exit=0"), "{screen}");
+    let ids = env.session_ids();
+    assert_eq!(ids.len(), 3);
+    let mut vms: Vec<String> = ids.iter().map(|id| env.vm_of(id)).collect();
+    vms.sort();
+    vms.dedup();
+    assert_eq!(vms.len(), 2, "3 sessions on m VMs of 2 slots");
+    for vm in &vms {
+        let line = screen
+            .lines()
+            .find(|l| l.contains(vm.as_str()))
+            .unwrap_or_else(|| panic!("no line for {vm}:\n{screen}"));
+        // `✓ NAME  ELAPSED  done: ...`: the live line, finished; no plain lines.
+        assert!(line.starts_with(&format!("✓ {vm} ")), "{line}");
+        assert!(line.contains("s  done: "), "{line}");
+        assert!(line.contains("session(s) running"), "{line}");
+        assert!(!screen.contains(&format!("{vm}: provisioning")), "{screen}");
+    }
+    assert_eq!(
+        screen
+            .lines()
+            .filter(|l| l.contains("amplihack-tester-"))
+            .count(),
+        2,
+        "one line per VM:\n{screen}"
+    );
+    // Stdout, redirected, has the report and none of the progress.
+    let report = std::fs::read_to_string(env.root().join("report.txt")).unwrap();
+    assert!(report.starts_with("Starting 3 session(s)..."), "{report}");
+    assert!(!report.contains('✓') && !report.contains("provisioning"));
+}
