@@ -1,6 +1,8 @@
 //! The command line: clap types only. Validation that clap can express lives here, so bad
 //! arguments exit 2 with clap's own messages before anything runs.
 
+use std::ffi::OsString;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::naming;
@@ -9,7 +11,9 @@ use crate::naming;
 #[command(
     name = "amplihack",
     version,
-    about = "Run AI coding-agent tasks as detached tmux sessions on a pool of Azure VMs"
+    about = "Run AI coding-agent tasks as detached tmux sessions on a pool of Azure VMs",
+    allow_external_subcommands = true,
+    after_help = OTHER_COMMANDS
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,7 +28,13 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: RemoteCommand,
     },
+    /// Any other command, handed with its arguments to the Python amplihack (src/forward.rs)
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
+
+/// Kept word for word with `forward::GET_THE_REST` (a test checks).
+const OTHER_COMMANDS: &str = "This amplihack provides `amplihack remote`. Every other command (amplihack claude, amplihack launch, ...) is handed, arguments intact, to the next `amplihack` on PATH that is not this binary: the Python amplihack. To get those commands, install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing).";
 
 const REMOTE_EXAMPLES: &str = "\
 Examples:
@@ -83,6 +93,32 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote wait\n  amplihack remote wait sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote wait --all --timeout 3600 --json"
     )]
     Wait(WaitArgs),
+    /// Print the shell completion script for SHELL on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote completions bash > ~/.local/share/bash-completion/completions/amplihack\n  amplihack remote completions zsh > ~/.zfunc/_amplihack\n  amplihack remote completions fish > ~/.config/fish/completions/amplihack.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote man | man -l -\n  amplihack remote man > ~/.local/share/man/man1/amplihack-remote.1"
+    )]
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -328,6 +364,46 @@ mod tests {
         };
         assert_eq!(o.lines, 100);
         assert!(!o.follow && !o.raw);
+    }
+
+    #[test]
+    fn unknown_commands_are_external_with_their_arguments_intact() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"\xff\xfe raw");
+        let cli = Cli::try_parse_from([
+            std::ffi::OsStr::new("amplihack"),
+            "claude".as_ref(),
+            "--help".as_ref(),
+            "a b".as_ref(),
+            odd,
+        ])
+        .unwrap();
+        let TopCommand::External(args) = cli.command else {
+            panic!("not external: {:?}", cli.command)
+        };
+        assert_eq!(
+            args,
+            vec![
+                "claude".into(),
+                "--help".into(),
+                "a b".into(),
+                odd.to_os_string()
+            ]
+        );
+        // Our own commands and flags are never forwarded.
+        assert!(matches!(
+            parse(&["remote", "list"]).unwrap().command,
+            TopCommand::Remote { .. }
+        ));
+        assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
+        assert_eq!(parse(&["--bogus"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn help_says_where_the_other_commands_are() {
+        assert!(OTHER_COMMANDS.contains(crate::forward::GET_THE_REST));
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Python amplihack"), "{help}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::Backend;
 use crate::naming;
+use crate::pool::PriceTable;
 
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
@@ -34,6 +35,9 @@ pub struct Settings {
     pub local_slots: Option<u32>,
     /// Words that replace `amplihack claude`; `None` means the default agent.
     pub agent_override: Option<Vec<String>>,
+    /// The default agent: `amplihack claude`, resolved by the VM's PATH. A local start puts the
+    /// absolute path of the Python amplihack first instead (`Ctx::for_start`).
+    pub default_agent: Vec<String>,
     pub api_key: Option<String>,
     pub user: String,
     pub timeouts: Timeouts,
@@ -48,6 +52,8 @@ pub struct Settings {
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
+    /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
+    pub prices: PriceTable,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -140,6 +146,16 @@ impl Settings {
         )?
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(15));
+        let prices = match var("AMPLIHACK_REMOTE_PRICES") {
+            None => PriceTable::default(),
+            Some(text) => PriceTable::with_overrides(&text).map_err(|e| {
+                bad(
+                    "AMPLIHACK_REMOTE_PRICES",
+                    &text,
+                    &format!("SKU=USD_PER_HOUR pairs separated by commas, e.g. Standard_E16s_v5=1.10 ({e})"),
+                )
+            })?,
+        };
         Ok(Settings {
             backend,
             region,
@@ -150,6 +166,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_REMOTE_WORKSPACE.into()),
             local_slots: number::<u32>("AMPLIHACK_LOCAL_SLOTS", "a whole number above 0")?,
             agent_override,
+            default_agent: vec!["amplihack".into(), "claude".into()],
             api_key: std::env::var("ANTHROPIC_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
@@ -172,6 +189,7 @@ impl Settings {
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
+            prices,
         })
     }
 
@@ -198,6 +216,6 @@ impl Settings {
     pub fn agent_words(&self) -> Vec<String> {
         self.agent_override
             .clone()
-            .unwrap_or_else(|| vec!["amplihack".into(), "claude".into()])
+            .unwrap_or_else(|| self.default_agent.clone())
     }
 }

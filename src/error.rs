@@ -67,6 +67,12 @@ pub enum Error {
     MissingApiKey,
 
     #[error(
+        "the local backend runs `amplihack claude` on this machine, but no amplihack other than this one is on PATH: {}, or set AMPLIHACK_REMOTE_AGENT to the agent's command line",
+        crate::forward::GET_THE_REST
+    )]
+    LocalAgentMissing,
+
+    #[error(
         "azlin not found ({0}). Install azlin (https://github.com/rysweet/azlin) or set AMPLIHACK_AZLIN to its path; use --local to run sessions on this machine."
     )]
     AzlinMissing(String),
@@ -117,6 +123,7 @@ impl Error {
             Error::StateCorrupt { .. }
             | Error::StateAccess { .. }
             | Error::MissingApiKey
+            | Error::LocalAgentMissing
             | Error::AzlinMissing(_)
             | Error::AzureAuth(_)
             | Error::NoResourceGroup
@@ -172,6 +179,7 @@ mod tests {
             Error::QuotaExceeded { detail: "d".into() },
             Error::Interrupted,
             Error::MissingApiKey,
+            Error::LocalAgentMissing,
             Error::Failed("x".into()),
         ];
         for e in samples {

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{Backend, Owner, SessionStatus, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
+use crate::progress::{self, Stage};
 use crate::ui;
 
 /// A VM name not yet in the pool: the timestamp form, a second later on a clash.
@@ -72,14 +73,14 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
     let regions = ctx.settings.regions_to_try(first_region);
     let mut quota_regions = Vec::new();
     for region in &regions {
-        ui::progress(&format!("Provisioning VM {name} ({sku}) in {region}..."));
+        progress::vm(name).stage(Stage::Provisioning, &format!("{sku} in {region}"));
         match ctx
             .transports
             .azlin
             .new_vm(name, sku, region, ctx.settings.timeouts.provision)
         {
             Ok(()) => {
-                ui::progress(&format!("VM {name} is ready in {region}."));
+                progress::vm(name).stage(Stage::Provisioning, &format!("ready in {region}"));
                 return Ok(region.clone());
             }
             Err(Error::QuotaExceeded { detail }) => {

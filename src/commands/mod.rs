@@ -2,8 +2,10 @@
 //! finish; state and processes are reached only through `StateStore` and the transports.
 
 pub mod attach;
+pub mod completions;
 pub mod kill;
 pub mod list;
+pub mod man;
 pub mod output;
 pub mod prime;
 pub mod prune;
@@ -38,6 +40,30 @@ impl Ctx {
             store: StateStore::from_env()?,
             transports,
         })
+    }
+
+    /// The context a `start` runs in. On the local backend with the default agent, the agent
+    /// is the other `amplihack` on PATH (the Python one: this binary has no `claude`), by
+    /// absolute path; with none there, the start fails before it reserves anything.
+    pub fn for_start(&self, local_flag: bool) -> Result<Option<Ctx>> {
+        let local = local_flag || self.settings.backend == Backend::Local;
+        if !local || self.settings.agent_override.is_some() {
+            return Ok(None);
+        }
+        let program = crate::forward::other_amplihack()?.ok_or(Error::LocalAgentMissing)?;
+        let program = program.into_os_string().into_string().map_err(|p| {
+            Error::Failed(format!(
+                "the path of the other amplihack ({}) is not UTF-8; set AMPLIHACK_REMOTE_AGENT instead",
+                p.to_string_lossy()
+            ))
+        })?;
+        let mut settings = self.settings.clone();
+        settings.default_agent = vec![program, "claude".into()];
+        Ok(Some(Ctx {
+            transports: Transports::new(&settings),
+            store: self.store.clone(),
+            settings,
+        }))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -84,6 +110,12 @@ impl Ctx {
 }
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
+    // Generated from the command tree alone: no settings, state or VM is needed.
+    match command {
+        RemoteCommand::Completions(a) => return completions::run(a),
+        RemoteCommand::Man => return man::run(),
+        _ => {}
+    }
     let ctx = Ctx::from_env()?;
     match command {
         RemoteCommand::List(a) => list::run(&ctx, a),
@@ -96,6 +128,8 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
         RemoteCommand::Wait(a) => wait::run(&ctx, a),
+        RemoteCommand::Completions(a) => completions::run(a),
+        RemoteCommand::Man => man::run(),
     }
 }
 

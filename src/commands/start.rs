@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::{Backend, Owner, Session, SessionStatus, State, VmEntry, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
@@ -237,11 +238,20 @@ fn launch_on_vm(
     if crate::interrupt::requested() {
         return all(Outcome::from_error(&Error::Interrupted));
     }
-    ui::progress(&format!(
-        "Launching {} session(s) on {}...",
-        job.sessions.len(),
-        job.vm
-    ));
+    match repo {
+        Some(r) => progress::vm(&job.vm).stage(
+            Stage::SendingContext,
+            &format!(
+                "git bundle ({} KB), then launching {} session(s)",
+                r.bundle.len().div_ceil(1024),
+                job.sessions.len()
+            ),
+        ),
+        None => progress::vm(&job.vm).stage(
+            Stage::Launching,
+            &format!("{} session(s)", job.sessions.len()),
+        ),
+    }
     let agent_words = ctx.settings.agent_words();
     // The session's own record as the VM keeps it: what it is, without who launches it.
     let records: Vec<String> = job
@@ -299,12 +309,14 @@ fn launch_on_vm(
         match result {
             Err(Error::VmUnreachable { ref detail, .. }) if attempt < attempts => {
                 let delay = ctx.settings.new_vm_ssh_retry_delay;
-                ui::progress(&format!(
-                    "New VM {} does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})...",
-                    job.vm,
-                    delay.as_secs_f64(),
-                    attempt + 1
-                ));
+                progress::vm(&job.vm).stage(
+                    Stage::WaitingForSsh,
+                    &format!(
+                        "does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})",
+                        delay.as_secs_f64(),
+                        attempt + 1
+                    ),
+                );
                 if let Err(e) = crate::interrupt::sleep(delay) {
                     break Err(e);
                 }
@@ -428,6 +440,9 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
 }
 
 pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    // The local backend's default agent is the Python amplihack on PATH: found, or refused.
+    let local_ctx = ctx.for_start(args.local)?;
+    let ctx = local_ctx.as_ref().unwrap_or(ctx);
     // Everything that can fail locally fails before any remote work.
     if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
         return Err(Error::MissingApiKey);
@@ -526,6 +541,18 @@ fn launch_all(
             .map(|job| {
                 scope.spawn(move || {
                     let outcomes = launch_on_vm(ctx, job, target, args, repo);
+                    let running = outcomes
+                        .iter()
+                        .filter(|(_, o)| matches!(o, Outcome::Launched))
+                        .count();
+                    progress::vm(&job.vm).finish(
+                        if running == outcomes.len() {
+                            progress::Outcome::Done
+                        } else {
+                            progress::Outcome::Failed
+                        },
+                        &format!("{running} of {} session(s) running", outcomes.len()),
+                    );
                     commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
                 })
             })
