@@ -145,7 +145,10 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchResult {
-    Launched,
+    /// Running; `started_at` is when the VM recorded the agent's start, when it has.
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed(String),
 }
 
@@ -155,8 +158,9 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     for line in text.lines() {
         let mut parts = line.splitn(3, '\t');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("launched"), Some(id), _) => {
-                out.insert(id.to_string(), LaunchResult::Launched);
+            (Some("launched"), Some(id), started) => {
+                let started_at = field(started, |v| parse_timestamp(v.trim()).ok());
+                out.insert(id.to_string(), LaunchResult::Launched { started_at });
             }
             (Some("failed"), Some(id), reason) => {
                 out.insert(
@@ -585,8 +589,19 @@ mod tests {
 
     #[test]
     fn launch_results() {
-        let r = parse_launch(b"launched\tsess-1\nfailed\tsess-2\tgit clone failed: boom\nnoise\n");
-        assert_eq!(r["sess-1"], LaunchResult::Launched);
+        let r = parse_launch(
+            b"launched\tsess-1\t2025-11-25T14:30:45Z\nfailed\tsess-2\tgit clone failed: boom\nnoise\nlaunched\tsess-3\t-\nlaunched\tsess-4\n",
+        );
+        assert_eq!(
+            r["sess-1"],
+            LaunchResult::Launched {
+                started_at: Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+            }
+        );
+        // Not started within the wait, or an answer of an older control script.
+        for id in ["sess-3", "sess-4"] {
+            assert_eq!(r[id], LaunchResult::Launched { started_at: None });
+        }
         assert_eq!(
             r["sess-2"],
             LaunchResult::Failed("git clone failed: boom".into())

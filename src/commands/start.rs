@@ -178,7 +178,10 @@ fn reserve(
 /// What happened to one session of this start.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Launched,
+    /// Running since the VM's recorded start time (when it reported one).
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed {
         code: i32,
         message: String,
@@ -319,7 +322,9 @@ fn launch_on_vm(
                 .iter()
                 .map(|r| {
                     let o = match results.get(&r.id) {
-                        Some(LaunchResult::Launched) => Outcome::Launched,
+                        Some(LaunchResult::Launched { started_at }) => Outcome::Launched {
+                            started_at: *started_at,
+                        },
                         Some(LaunchResult::Failed(why)) => Outcome::Failed {
                             code: 1,
                             message: why.clone(),
@@ -350,7 +355,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
             match outcome {
-                Outcome::Launched => {
+                Outcome::Launched { started_at } => {
                     // The launch is the truth for its sessions. Nobody settles a pending
                     // session whose start lives, but a state edited by hand, or a start that
                     // was taken for dead, may have: an unexplained failure yields to it.
@@ -359,7 +364,8 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                             || (s.status == SessionStatus::Failed && s.exit_code.is_none())
                     }) {
                         s.status = SessionStatus::Running;
-                        s.started_at = Some(now);
+                        // The VM's own time, so a state rebuilt from the VM says the same.
+                        s.started_at = Some(started_at.unwrap_or(now));
                         s.completed_at = None;
                         s.error = None;
                         s.owner = None;

@@ -65,6 +65,21 @@ cmd_probe() {
   for id in "$@"; do session_facts "$id"; done
 }
 
+# `launched ID STARTED`: STARTED is the supervisor's own `started_at`, so the state records the
+# time the VM records (`-` when the agent has not started within 10 s, or never will).
+report_launched() {
+  local d="$base/sessions/$1" st='' spid sid n=0
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  while [ ! -f "$d/started_at" ] && [ ! -f "$d/exit_code" ] && [ "$n" -lt 100 ] &&
+    process_alive "$spid" "$sid"; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  [ -f "$d/started_at" ] && read_into st "$d/started_at"
+  printf 'launched\t%s\t%s\n' "$1" "${st:--}"
+}
+
 report_failed() {
   printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
 }
@@ -94,7 +109,7 @@ launch_session() {
   local d="$base/sessions/$id" ws="$root/$id" out pane
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
-    printf 'launched\t%s\n' "$id"
+    report_launched "$id"
     return
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return; }
@@ -132,7 +147,7 @@ launch_session() {
     report_failed "$id" "the session's supervisor did not take the API key"
     return
   fi
-  printf 'launched\t%s\n' "$id"
+  report_launched "$id"
 }
 
 # launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT then, per session: ID PROMPT RECORD ARGC ARGV...
