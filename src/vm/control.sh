@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
-# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, follow, kill, pull)
+# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, follow, kill, pull)
 # The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
 # bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
 # has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
@@ -63,6 +63,28 @@ session_facts() {
 cmd_probe() {
   local id
   for id in "$@"; do session_facts "$id"; done
+}
+
+# records ID...: everything this VM knows of its sessions, for `sync`. Per session directory a
+# `record` line (its record.json on one line, `-` when it has none yet) and its `session` line;
+# then a `session` line for each ID given that has no directory (the Python original's).
+cmd_records() {
+  local d id text
+  for d in "$base/sessions"/*/; do
+    [ -d "$d" ] || continue
+    d=${d%/}
+    id=${d##*/}
+    # A name no session id can have would break the line format.
+    case $id in *[!A-Za-z0-9._-]*) continue ;; esac
+    text=-
+    # JSON needs no line breaks or tabs outside its strings, and has none inside them.
+    [ -s "$d/record.json" ] && text=$(tr '\t\n\r' '   ' < "$d/record.json")
+    printf 'record\t%s\t%s\n' "$id" "${text:--}"
+    session_facts "$id"
+  done
+  for id in "$@"; do
+    [ -d "$base/sessions/$id" ] || session_facts "$id"
+  done
 }
 
 # `launched ID STARTED`: STARTED is the supervisor's own `started_at`, so the state records the
@@ -287,6 +309,7 @@ main() {
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
+    records) cmd_records "$@" ;;
     capture) cmd_capture "$@" ;;
     follow) cmd_follow "$@" ;;
     kill) cmd_kill "$@" ;;
