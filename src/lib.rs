@@ -12,6 +12,7 @@ pub mod model;
 pub mod naming;
 pub mod pool;
 pub mod provision;
+pub mod reconcile;
 pub mod refresh;
 pub mod render;
 pub mod script;
