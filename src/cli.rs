@@ -33,7 +33,8 @@ Examples:
   amplihack remote list --status running
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
-  amplihack remote status --json";
+  amplihack remote status --json
+  amplihack remote sync";
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
@@ -78,6 +79,11 @@ pub enum RemoteCommand {
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
+    /// Rebuild and merge the state from the pool VMs, which hold the truth about their sessions
+    #[command(
+        after_help = "Examples:\n  amplihack remote sync\n  amplihack remote sync --dry-run\n  amplihack remote sync --json"
+    )]
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -244,6 +250,16 @@ pub struct PruneArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Print what was added, settled and could not be reached as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Ask the VMs and show what would change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn parse_prompt(s: &str) -> Result<String, String> {

@@ -195,7 +195,7 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
 }
 
 /// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
-fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
+pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
     state
         .vm_pool
         .keys()

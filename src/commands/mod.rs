@@ -10,6 +10,7 @@ pub mod prune;
 pub mod pull;
 pub mod start;
 pub mod status;
+pub mod sync;
 
 use chrono::{DateTime, Utc};
 
@@ -94,6 +95,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
+        RemoteCommand::Sync(a) => sync::run(&ctx, a),
     }
 }
 

@@ -38,7 +38,7 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
 }
 
 /// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
-fn local_capacity(ctx: &Ctx) -> u32 {
+pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
     ctx.settings.local_slots.unwrap_or_else(|| {
         let bytes = std::fs::read_to_string("/proc/meminfo")
             .ok()
