@@ -457,3 +457,34 @@ fn every_resource_group_the_state_records_is_listed() {
     assert_eq!(env.session(&old_id), before["sessions"][&old_id]);
     assert_eq!(env.state()["vm_pool"][&old_vm]["resource_group"], "team-a");
 }
+
+#[test]
+fn a_stopped_vm_is_reported_with_its_power_state() {
+    let env = TestEnv::new();
+    let vm = env.prime(1, "s").remove(0);
+    // Deallocated behind our back (`azlin stop`), as the contract's stand-in does it.
+    let stop = std::process::Command::new(support("azlin"))
+        .args(["stop", &vm])
+        .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("AZLIN_NO_UPDATE_CHECK", "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let reason = format!("its power state is Deallocated; start it with 'azlin start {vm}'");
+    for state_known in [true, false] {
+        if !state_known {
+            remove_state(&env);
+        }
+        env.clear_calls();
+        let out = env.run(&["sync", "--json"]);
+        assert_eq!(code(&out), 4, "{}", stderr(&out));
+        let report = json(&out);
+        assert_eq!(report["unreachable_vms"][0]["name"], vm.as_str());
+        assert_eq!(report["unreachable_vms"][0]["reason"], reason.as_str());
+        let connects = env.calls().iter().filter(|c| c[0] == "connect").count();
+        // The state's VMs are asked while azlin lists; one only the listing knows is not.
+        assert_eq!(connects, usize::from(state_known), "{:?}", env.calls());
+        assert!(env.state()["vm_pool"][&vm].is_object());
+    }
+}

@@ -1,16 +1,17 @@
 //! `sync`: rebuilds and merges the state from the VMs, which hold the truth about their
 //! sessions, so a lost state file or a second machine loses nothing.
 //!
-//! 1. Find the pool: azlin's listing of the configured resource group and of every group the
-//!    state records (one call per group; this user's `amplihack-<user>-<time>` VMs and the
-//!    state's own), plus this machine (the local backend) when it has sessions.
-//! 2. Ask every VM for all it knows of its sessions: one `records` call per VM, in parallel.
+//! 1. Round 1, all at once: azlin's listing of the configured resource group and of every
+//!    group the state records (one call per group), and a `records` call to every VM the state
+//!    knows and to this machine (the local backend), which tells all a VM knows of its sessions.
+//! 2. Round 2: a `records` call to each pool VM only the listing told of (this user's
+//!    `amplihack-<user>-<time>` VMs the state lacks). A sync of a state that knows its pool
+//!    takes one round; rebuilding a lost one, two.
 //! 3. Merge the answers in one transaction (`reconcile::merge`); no lock is held while asking.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cli::SyncArgs;
@@ -55,19 +56,54 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     // A corrupt state refuses here, before any remote call.
     let state = ctx.store.load()?;
     let now = ctx.now();
+    let mut due = refresh::sessions_to_probe(&state, now, &exec::liveness);
+    let mut skipped = Vec::new();
 
-    let (listed, listing_failed) = list_pool(ctx, &state)?;
-    let plan = plan(ctx, &state, &listed, now);
-    let mut findings = Findings {
-        vms: plan.new_vms,
-        answers: BTreeMap::new(),
-        unreachable: plan.not_running,
-    };
+    // Round 1, all at once: azlin's listings, and every VM the state knows (one call each).
+    let groups = groups_to_list(ctx, &state);
+    let known = known_targets(ctx, &state, &mut due, &mut skipped);
     ui::progress(&format!(
-        "Asking {} VM(s) for their sessions...",
-        plan.targets.len()
+        "Listing pool VMs and asking {} VM(s) for their sessions...",
+        known.len()
     ));
-    for (target, answer) in plan.targets.iter().zip(ask_vms(ctx, &plan.targets)) {
+    let calls: Vec<Call> = groups
+        .iter()
+        .map(|rg| Call::List(rg.as_deref()))
+        .chain(known.iter().map(Call::Records))
+        .collect();
+    let mut listings = Vec::new();
+    let mut asked = Vec::new();
+    for (call, reply) in calls.iter().zip(in_parallel(&calls, |c| c.run(ctx))) {
+        match (call, reply) {
+            (Call::List(rg), Reply::Listing(r)) => listings.push((rg.map(String::from), r)),
+            (Call::Records(t), Reply::Records(r)) => asked.push((*t, r)),
+            _ => unreachable!("each reply answers its own call"),
+        }
+    }
+    let (listed, listing_failed) = collect_listings(&ctx.settings.resource_group, listings)?;
+
+    // Round 2: pool VMs only the listing told of.
+    let found = listed_targets(ctx, &state, &listed, &mut due, &mut skipped);
+    if !found.targets.is_empty() {
+        ui::progress(&format!(
+            "Asking {} more VM(s) from azlin's listing...",
+            found.targets.len()
+        ));
+    }
+    let replies = in_parallel(&found.targets, |t| Call::Records(t).run(ctx));
+    for (t, reply) in found.targets.iter().zip(replies) {
+        let Reply::Records(r) = reply else {
+            unreachable!("each reply answers its own call")
+        };
+        asked.push((t, r));
+    }
+
+    let mut findings = Findings {
+        vms: found.new_vms,
+        answers: BTreeMap::new(),
+        unreachable: found.not_running,
+    };
+    for (target, answer) in asked {
         let name = &target.vm.name;
         match answer {
             Ok(records) if target.vm.backend == Backend::Local => {
@@ -88,7 +124,12 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
                 ui::warn(&format!("could not look for sessions on this machine: {e}"));
             }
             Err(e) => {
-                findings.unreachable.insert(name.clone(), e.to_string());
+                // A VM azlin lists as stopped cannot answer: say so rather than ssh's words.
+                let reason = match listed.get(name) {
+                    Some((v, _)) if v.power_state != "Running" => not_running(name, v),
+                    _ => e.to_string(),
+                };
+                findings.unreachable.insert(name.clone(), reason);
             }
         }
     }
@@ -109,7 +150,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         dry_run: args.dry_run,
         changed,
         merged,
-        skipped_vms: plan.skipped,
+        skipped_vms: skipped,
         listing_failed,
     };
     if args.json {
@@ -147,33 +188,67 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> 
     })
 }
 
+/// One remote call of `sync`.
+enum Call<'a> {
+    /// `azlin list` of a resource group (`None`: azlin's default).
+    List(Option<&'a str>),
+    /// A VM's `records`.
+    Records(&'a Target),
+}
+
+enum Reply {
+    Listing(Result<Vec<ListedVm>>),
+    Records(Result<VmRecords>),
+}
+
+impl Call<'_> {
+    fn run(&self, ctx: &Ctx) -> Reply {
+        match self {
+            Call::List(rg) => Reply::Listing(
+                ctx.transports
+                    .azlin
+                    .list_vms(*rg, ctx.settings.timeouts.list),
+            ),
+            Call::Records(target) => {
+                let ids: Vec<&str> = target.ids.iter().map(String::as_str).collect();
+                Reply::Records(
+                    ctx.run_on(
+                        &target.vm,
+                        script::records_script(&ids),
+                        ctx.settings.timeouts.probe,
+                        OnInterrupt::Abort,
+                    )
+                    .map(|out| script::parse_records(&out.stdout)),
+                )
+            }
+        }
+    }
+}
+
+/// The configured resource group (or azlin's default) and every group the state records for
+/// its VMs. With the local backend configured and no Azure VM in the state: none, so azlin is
+/// not called at all.
+fn groups_to_list(ctx: &Ctx, state: &State) -> Vec<Option<String>> {
+    let mut groups = refresh::resource_groups(ctx, state);
+    if ctx.settings.backend == Backend::Azure || !groups.is_empty() {
+        groups.insert(ctx.settings.resource_group.clone());
+    }
+    groups.into_iter().collect()
+}
+
 /// A VM listed by azlin, and the resource group its listing named (`None`: azlin's default).
 type Listed = BTreeMap<String, (ListedVm, Option<String>)>;
 
-/// Lists the configured resource group (or azlin's default) and every group the state records
-/// for its VMs, in parallel. A failure to list the configured group is the command's failure
-/// (azlin missing, login needed, no group: nothing can be found); another group's failure is
-/// reported, and the state's VMs in it are still asked. With the local backend configured and
-/// no Azure VM in the state, azlin is not called at all.
-fn list_pool(ctx: &Ctx, state: &State) -> Result<(Listed, Vec<ListingFailure>)> {
-    let mut groups = refresh::resource_groups(ctx, state);
-    let configured = ctx.settings.resource_group.clone();
-    if ctx.settings.backend == Backend::Azure || !groups.is_empty() {
-        groups.insert(configured.clone());
-    }
-    if groups.is_empty() {
-        return Ok((Listed::new(), Vec::new()));
-    }
-    ui::progress("Listing pool VMs...");
-    let groups: Vec<Option<String>> = groups.into_iter().collect();
-    let results = in_parallel(&groups, |rg| {
-        ctx.transports
-            .azlin
-            .list_vms(rg.as_deref(), ctx.settings.timeouts.list)
-    });
+/// The VMs azlin listed. A failure to list the configured group is the command's failure
+/// (azlin missing, login needed, no group: the pool cannot be found); another group's failure
+/// is reported, and the state's VMs in it were asked all the same.
+fn collect_listings(
+    configured: &Option<String>,
+    listings: Vec<(Option<String>, Result<Vec<ListedVm>>)>,
+) -> Result<(Listed, Vec<ListingFailure>)> {
     let mut listed = Listed::new();
     let mut failed = Vec::new();
-    for (rg, result) in groups.into_iter().zip(results) {
+    for (rg, result) in listings {
         match result {
             Ok(vms) => {
                 for v in vms {
@@ -183,7 +258,7 @@ fn list_pool(ctx: &Ctx, state: &State) -> Result<(Listed, Vec<ListingFailure>)> 
                 }
             }
             Err(e)
-                if rg == configured
+                if &rg == configured
                     || matches!(
                         e,
                         Error::Interrupted
@@ -216,108 +291,113 @@ struct Target {
     ids: Vec<String>,
 }
 
-struct Plan {
-    targets: Vec<Target>,
-    /// Entries of listed pool VMs the state lacks.
-    new_vms: BTreeMap<String, VmEntry>,
-    /// Listed VMs that are not running (stopped, deallocated): not asked, and why.
-    not_running: BTreeMap<String, String>,
-    skipped: Vec<SkippedVm>,
+fn target(vm: VmRef, due: &mut BTreeMap<String, Vec<String>>) -> Target {
+    Target {
+        ids: due.remove(&vm.name).unwrap_or_default(),
+        vm,
+    }
 }
 
-/// Which VMs to ask. Pool VMs are this user's (`amplihack-<user>-<time>`) and those the state
-/// has. A VM being provisioned or deleted is another command's business; one whose
-/// provisioning or deletion failed is asked only when azlin lists it; a listed VM that is not
-/// running cannot answer. This machine is always asked (it is in the pool once it has sessions).
-fn plan(ctx: &Ctx, state: &State, listed: &Listed, now: DateTime<Utc>) -> Plan {
-    let mut due = refresh::sessions_to_probe(state, now, &exec::liveness);
-    let mut plan = Plan {
+/// The VMs the state knows that can be asked at once: its ready Azure VMs, and this machine
+/// (always: it is in the pool once it has sessions). A VM being provisioned or deleted is
+/// another command's business; one whose provisioning or deletion failed waits for the
+/// listing (round 2).
+fn known_targets(
+    ctx: &Ctx,
+    state: &State,
+    due: &mut BTreeMap<String, Vec<String>>,
+    skipped: &mut Vec<SkippedVm>,
+) -> Vec<Target> {
+    let mut targets = Vec::new();
+    for (name, vm) in &state.vm_pool {
+        if vm.backend != Backend::Azure {
+            continue;
+        }
+        let reason = match vm.state {
+            VmState::Ready => {
+                targets.push(target(ctx.vm_ref(state, name), due));
+                continue;
+            }
+            VmState::Failed => continue,
+            VmState::Provisioning => "a start is provisioning it",
+            VmState::Deleting => "prune is deleting it",
+        };
+        skipped.push(SkippedVm {
+            name: name.clone(),
+            reason: reason.into(),
+        });
+    }
+    targets.push(target(ctx.vm_ref(state, LOCAL_VM_NAME), due));
+    targets
+}
+
+/// What azlin's listing adds to round 1.
+struct FromListing {
+    /// VMs to ask now.
+    targets: Vec<Target>,
+    /// Entries of this user's listed VMs the state lacks.
+    new_vms: BTreeMap<String, VmEntry>,
+    /// Listed VMs that are not running (stopped, deallocated), not asked, and why.
+    not_running: BTreeMap<String, String>,
+}
+
+/// Pool VMs only the listing tells of: this user's (`amplihack-<user>-<time>`) that the state
+/// lacks, and the state's failed VMs that azlin lists (they exist). A listed VM that is not
+/// running cannot answer and is not asked.
+fn listed_targets(
+    ctx: &Ctx,
+    state: &State,
+    listed: &Listed,
+    due: &mut BTreeMap<String, Vec<String>>,
+    skipped: &mut Vec<SkippedVm>,
+) -> FromListing {
+    let mut out = FromListing {
         targets: Vec::new(),
         new_vms: BTreeMap::new(),
         not_running: BTreeMap::new(),
-        skipped: Vec::new(),
     };
-    let mut names: BTreeSet<&str> = BTreeSet::new();
     for (name, vm) in &state.vm_pool {
-        if vm.backend == Backend::Azure {
-            names.insert(name);
+        if vm.backend == Backend::Azure && vm.state == VmState::Failed && !listed.contains_key(name)
+        {
+            skipped.push(SkippedVm {
+                name: name.clone(),
+                reason: "its provisioning or deletion failed and azlin does not list it; 'amplihack remote prune' settles it".into(),
+            });
         }
     }
     for (name, (v, listed_in)) in listed {
-        if state.vm_pool.contains_key(name) {
-            continue;
-        }
-        if let Some(created_at) = naming::vm_name_time(name, &ctx.settings.user) {
-            names.insert(name);
-            plan.new_vms.insert(
-                name.clone(),
-                reconcile::vm_from_listing(v, listed_in.as_deref(), created_at),
-            );
+        let vm = match state.vm_pool.get(name) {
+            Some(entry) if entry.state == VmState::Failed => ctx.vm_ref(state, name),
+            Some(_) => continue,
+            None => {
+                let Some(created_at) = naming::vm_name_time(name, &ctx.settings.user) else {
+                    continue;
+                };
+                out.new_vms.insert(
+                    name.clone(),
+                    reconcile::vm_from_listing(v, listed_in.as_deref(), created_at),
+                );
+                VmRef {
+                    name: name.clone(),
+                    backend: Backend::Azure,
+                    resource_group: listed_in.clone(),
+                }
+            }
+        };
+        if v.power_state == "Running" {
+            out.targets.push(target(vm, due));
+        } else {
+            out.not_running.insert(name.clone(), not_running(name, v));
         }
     }
-    for name in names {
-        let entry = state.vm_pool.get(name);
-        let listing = listed.get(name);
-        let skip = match entry.map(|e| e.state) {
-            Some(VmState::Provisioning) => Some("a start is provisioning it".to_string()),
-            Some(VmState::Deleting) => Some("prune is deleting it".to_string()),
-            Some(VmState::Failed) if listing.is_none() => Some(
-                "its provisioning or deletion failed and azlin does not list it; 'amplihack remote prune' settles it"
-                    .to_string(),
-            ),
-            _ => None,
-        };
-        if let Some(reason) = skip {
-            plan.skipped.push(SkippedVm {
-                name: name.to_string(),
-                reason,
-            });
-            continue;
-        }
-        if let Some((v, _)) = listing
-            && v.power_state != "Running"
-        {
-            plan.not_running.insert(
-                name.to_string(),
-                format!(
-                    "its power state is {}; start it with 'azlin start {name}'",
-                    v.power_state
-                ),
-            );
-            continue;
-        }
-        let vm = match (entry, listing) {
-            (Some(_), _) | (None, None) => ctx.vm_ref(state, name),
-            (None, Some((_, listed_in))) => VmRef {
-                name: name.to_string(),
-                backend: Backend::Azure,
-                resource_group: listed_in.clone(),
-            },
-        };
-        plan.targets.push(Target {
-            ids: due.remove(name).unwrap_or_default(),
-            vm,
-        });
-    }
-    plan.targets.push(Target {
-        ids: due.remove(LOCAL_VM_NAME).unwrap_or_default(),
-        vm: ctx.vm_ref(state, LOCAL_VM_NAME),
-    });
-    plan
+    out
 }
 
-/// Asks every target for its records, in parallel: one call per VM.
-fn ask_vms(ctx: &Ctx, targets: &[Target]) -> Vec<Result<VmRecords>> {
-    in_parallel(targets, |target| {
-        let ids: Vec<&str> = target.ids.iter().map(String::as_str).collect();
-        ctx.run_on(
-            &target.vm,
-            script::records_script(&ids),
-            ctx.settings.timeouts.probe,
-            OnInterrupt::Abort,
-        )
-        .map(|out| script::parse_records(&out.stdout))
-    })
+fn not_running(name: &str, v: &ListedVm) -> String {
+    format!(
+        "its power state is {}; start it with 'azlin start {name}'",
+        v.power_state
+    )
 }
 
 fn report_text(r: &SyncReport) -> String {
