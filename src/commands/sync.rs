@@ -81,6 +81,9 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         }
     }
     let (listed, listing_failed) = collect_listings(&ctx.settings.resource_group, listings)?;
+    if crate::interrupt::requested() {
+        return Err(Error::Interrupted);
+    }
 
     // Round 2: pool VMs only the listing told of.
     let found = listed_targets(ctx, &state, &listed, &mut due, &mut skipped);
