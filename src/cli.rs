@@ -43,7 +43,8 @@ Examples:
   amplihack remote list --status running
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
-  amplihack remote status --json";
+  amplihack remote status --json
+  amplihack remote sync";
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
@@ -93,6 +94,11 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote wait\n  amplihack remote wait sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote wait --all --timeout 3600 --json"
     )]
     Wait(WaitArgs),
+    /// Rebuild and merge the state from the pool VMs, which hold the truth about their sessions
+    #[command(
+        after_help = "Examples:\n  amplihack remote sync\n  amplihack remote sync --dry-run\n  amplihack remote sync --json"
+    )]
+    Sync(SyncArgs),
     /// Print the shell completion script for SHELL on stdout
     #[command(
         after_help = "Examples:\n  amplihack remote completions bash > ~/.local/share/bash-completion/completions/amplihack\n  amplihack remote completions zsh > ~/.zfunc/_amplihack\n  amplihack remote completions fish > ~/.config/fish/completions/amplihack.fish"
@@ -308,6 +314,16 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err("expected a number of seconds above 0".into()),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Print what was added, settled and could not be reached as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Ask the VMs and show what would change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn parse_prompt(s: &str) -> Result<String, String> {

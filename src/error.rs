@@ -37,6 +37,12 @@ pub enum Error {
     #[error("VM '{vm}' is not reachable: {detail}")]
     VmUnreachable { vm: String, detail: String },
 
+    /// `sync` asked pool VMs and none answered; carries their names.
+    #[error(
+        "No VM answered (asked: {0}); the state keeps their sessions as last known. Start stopped VMs with 'azlin start NAME', check them with 'azlin list', then run 'amplihack remote sync' again."
+    )]
+    NoVmAnswered(String),
+
     #[error(
         "VM '{vm}' no longer exists in Azure ({detail}). Run 'amplihack remote prune' to drop it from the pool."
     )]
@@ -52,9 +58,8 @@ pub enum Error {
 
     #[error(
         "State file corrupt: {path}: {detail}\n\
-         Recovery: the file was left untouched. Inspect or repair it, or move it aside \
-         (mv '{path}' '{path}.corrupt') and run any command to start with an empty state; \
-         VMs still running can be found with 'azlin list' and deleted with 'azlin kill NAME --force'."
+         Recovery: the file was left untouched. Move it aside (mv '{path}' '{path}.corrupt'), \
+         then run 'amplihack remote sync' to rebuild it from the VMs; or repair it by hand."
     )]
     StateCorrupt { path: PathBuf, detail: String },
 
@@ -116,7 +121,7 @@ impl Error {
         match self {
             Error::InvalidArgs(_) => 2,
             Error::SessionNotFound(_) | Error::SessionNotOnVm { .. } => 3,
-            Error::VmUnreachable { .. } | Error::VmNotFound { .. } => 4,
+            Error::VmUnreachable { .. } | Error::VmNotFound { .. } | Error::NoVmAnswered(_) => 4,
             Error::QuotaExceeded { .. } => 5,
             Error::Interrupted => 130,
             Error::SessionsFailed { code, .. } => *code,
@@ -177,6 +182,7 @@ mod tests {
                 detail: "d".into(),
             },
             Error::QuotaExceeded { detail: "d".into() },
+            Error::NoVmAnswered("v".into()),
             Error::Interrupted,
             Error::MissingApiKey,
             Error::LocalAgentMissing,

@@ -14,6 +14,7 @@ pub mod naming;
 pub mod pool;
 pub mod progress;
 pub mod provision;
+pub mod reconcile;
 pub mod refresh;
 pub mod render;
 pub mod script;

@@ -291,7 +291,9 @@ pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<Id
             .max()
             .unwrap_or(vm.created_at)
             .max(vm.created_at);
-        let idle_for = now - last_use;
+        // A VM's created time is the time in its name, which a clash may have put a second or
+        // two ahead: a time in the future is no time at all.
+        let idle_for = (now - last_use).max(Duration::zero());
         if vm.state == VmState::Failed || idle_for >= min_idle {
             out.push(IdleVm {
                 name: name.clone(),

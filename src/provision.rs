@@ -53,7 +53,8 @@ pub fn reserve_vms(
                 capacity: size.max_sessions,
                 active_sessions: vec![],
                 region: region.to_string(),
-                created_at: now,
+                // The time in its name: a state rebuilt from azlin's listing says the same.
+                created_at: naming::vm_name_time(&name, by.user).unwrap_or(now),
                 backend: Backend::Azure,
                 state: VmState::Provisioning,
                 error: None,
@@ -174,6 +175,10 @@ mod tests {
         assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
         assert_eq!(st.vm_pool[&a[0]].capacity, 4);
         assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
+        assert_eq!(
+            st.vm_pool[&a[1]].created_at,
+            t0() + chrono::Duration::seconds(1)
+        );
         assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }
 }

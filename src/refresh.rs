@@ -44,6 +44,25 @@ pub fn abandoned(
     }
 }
 
+/// Whether a probe may settle a pending session. A dead owner may have left a launch on its
+/// way (its azlin call goes on without it): only a probe that claimed the session on its VM may
+/// settle it. A reservation older than any start can take is past that danger.
+pub fn pending_settleable_by(
+    owner: Option<&Owner>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+    probe_claimed: bool,
+) -> bool {
+    if now - since > unverifiable_owner_trust() {
+        return true;
+    }
+    match owner.map(alive) {
+        Some(Liveness::Dead) => probe_claimed,
+        _ => false,
+    }
+}
+
 /// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
 /// and bill: prune deletes it), and pending sessions bound for a VM that is not ready (or no
 /// longer in the pool) fail, as they were never launched. Pending sessions on ready VMs are left for the probe. Returns
@@ -132,9 +151,8 @@ pub fn sessions_to_probe(
 }
 
 /// Applies what the VMs said to the sessions that are still active. A pending session is
-/// settled only by a probe that claimed it (its start is dead and the VM has decided whether
-/// it was launched): anything less could race a launch still on its way. Returns how many
-/// changed.
+/// settled only when `pending_settleable_by` allows: anything less could race a launch still
+/// on its way. Returns how many changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
@@ -148,8 +166,13 @@ pub fn apply_probes(
         };
         if !session.status.is_active()
             || (session.status == SessionStatus::Pending
-                && !(probe.claimed
-                    && abandoned(session.owner.as_ref(), session.created_at, now, alive)))
+                && !pending_settleable_by(
+                    session.owner.as_ref(),
+                    session.created_at,
+                    now,
+                    alive,
+                    probe.claimed,
+                ))
         {
             continue;
         }
@@ -220,7 +243,7 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
 }
 
 /// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
-fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
+pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
     state
         .vm_pool
         .keys()

@@ -2,18 +2,19 @@
 //! parses bytes.
 //!
 //! The VM side is real shell files under src/vm/ (shellchecked): `control.sh` has one
-//! subcommand per request (launch, probe, capture, follow, kill, pull) and `supervisor.sh`
+//! subcommand per request (launch, probe, records, capture, follow, kill, pull) and `supervisor.sh`
 //! supervises one agent session. A request is `control.sh` sent on the stdin of `bash -s`
 //! inside one `{ ... }` group, after a header that sets its arguments; anything after the group
 //! (a git bundle) is payload. All data (prompts, keys, ids, paths) is single-quoted, so it
 //! reaches the VM byte for byte and never passes through a shell's parsing. The scripts exit 0
 //! or 3, never 255 (which would look like an ssh failure). Layout: docs/remote-layout.md.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{SessionStatus, parse_timestamp};
+use crate::model::{Session, SessionStatus, parse_timestamp};
+use crate::naming;
 
 /// Quotes a string as one shell word. Single quotes keep every byte literal; an embedded
 /// single quote is closed, escaped and reopened.
@@ -145,7 +146,10 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchResult {
-    Launched,
+    /// Running; `started_at` is when the VM recorded the agent's start, when it has.
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed(String),
 }
 
@@ -155,8 +159,9 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     for line in text.lines() {
         let mut parts = line.splitn(3, '\t');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("launched"), Some(id), _) => {
-                out.insert(id.to_string(), LaunchResult::Launched);
+            (Some("launched"), Some(id), started) => {
+                let started_at = field(started, |v| parse_timestamp(v.trim()).ok());
+                out.insert(id.to_string(), LaunchResult::Launched { started_at });
             }
             (Some("failed"), Some(id), reason) => {
                 out.insert(
@@ -180,6 +185,57 @@ pub fn probe_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
         args.extend_from_slice(claim);
     }
     control_input(&[], &args, &[])
+}
+
+/// Asks a VM for everything it knows of its sessions (`sync`): each session directory's own
+/// record and facts, plus the facts of `ids`, which may have no directory.
+pub fn records_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
+    let mut args = vec!["records"];
+    args.extend_from_slice(ids);
+    if !claim.is_empty() {
+        args.push("--");
+        args.extend_from_slice(claim);
+    }
+    control_input(&[], &args, &[])
+}
+
+/// What a VM answered to `records`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmRecords {
+    /// Per session directory: the session's own record, or why it cannot be used.
+    pub records: BTreeMap<String, Result<Session, String>>,
+    /// Facts of every session it reported on: its directories and the ids asked about.
+    pub probes: HashMap<String, Probe>,
+}
+
+/// Reads a `records` answer: `record\tID\tJSON` (or `-`) lines and `session` lines. Lines
+/// of other shapes, and ids that are not well formed, are ignored.
+pub fn parse_records(stdout: &[u8]) -> VmRecords {
+    let mut out = VmRecords::default();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        if let Some(rest) = line.strip_prefix("record\t") {
+            let Some((id, json)) = rest.split_once('\t') else {
+                continue;
+            };
+            if naming::validate_session_id(id).is_err() {
+                continue;
+            }
+            let record = match json.trim() {
+                "-" => Err("its directory has no record.json (a launch that did not get that far, or an older version's)".to_string()),
+                json => match serde_json::from_str::<Session>(json) {
+                    Ok(s) if s.session_id == id => Ok(s),
+                    Ok(s) => Err(format!("its record.json names session {:?}", s.session_id)),
+                    Err(e) => Err(format!("its record.json is not a session record: {e}")),
+                },
+            };
+            out.records.insert(id.to_string(), record);
+        } else if let Some((id, probe)) = parse_probe_line(line)
+            && naming::validate_session_id(&id).is_ok()
+        {
+            out.probes.insert(id, probe);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -632,6 +688,7 @@ mod tests {
         for script in [
             launch_input(&plan(&agent, None, Some("k"))),
             probe_script(&["a", "b"], &["c"]),
+            records_script(&["a"], &["b"]),
             capture_script("a", 5),
             stream_script(
                 "a",
@@ -717,9 +774,102 @@ mod tests {
     }
 
     #[test]
+    fn records_report_every_session_directory_and_the_ids_asked_about() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        let record = r#"{"session_id":"sess-a","vm_name":"vm1","workspace":"/workspace/sess-a","tmux_session":"sess-a","prompt":"tab\there\nand a line","command":"auto","max_turns":10,"status":"pending","memory_mb":32768,"created_at":"2025-11-25T14:30:22.5Z","started_at":null,"completed_at":null,"exit_code":null,"later":1}"#;
+        let write = |id: &str, file: &str, text: &str| {
+            std::fs::create_dir_all(sessions.join(id)).unwrap();
+            std::fs::write(sessions.join(id).join(file), text).unwrap();
+        };
+        // A finished session whose record was written pretty-printed (line breaks and tabs).
+        write("sess-a", "record.json", &record.replace(",", ",\n\t"));
+        write("sess-a", "started_at", "2025-11-25T14:30:45Z\n");
+        write("sess-a", "finished_at", "2025-11-25T14:40:00Z\n");
+        write("sess-a", "exit_code", "0\n");
+        // A directory without a record yet, one whose record is garbage, one of another id.
+        write("sess-b", "prompt", "x");
+        write("sess-c", "record.json", "{not json");
+        write(
+            "sess-d",
+            "record.json",
+            &record.replace("\"sess-a\",\"vm_name", "\"sess-x\",\"vm_name"),
+        );
+        // A name that is no session id is skipped.
+        write("bad name", "record.json", record);
+        let out = run_control(&records_script(&["sess-a", "py-1"], &[]), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = parse_records(&out.stdout);
+        assert_eq!(
+            r.records.keys().collect::<Vec<_>>(),
+            ["sess-a", "sess-b", "sess-c", "sess-d"]
+        );
+        let a = r.records["sess-a"].as_ref().unwrap();
+        assert_eq!(a.prompt, "tab\there\nand a line");
+        assert_eq!(a.vm_name, "vm1");
+        assert_eq!(a.extra["later"], 1, "fields of another version are kept");
+        assert_eq!(
+            a.created_at,
+            parse_timestamp("2025-11-25T14:30:22.5Z").unwrap()
+        );
+        assert!(
+            r.records["sess-b"]
+                .as_ref()
+                .unwrap_err()
+                .contains("no record.json")
+        );
+        assert!(
+            r.records["sess-c"]
+                .as_ref()
+                .unwrap_err()
+                .contains("not a session record")
+        );
+        assert!(
+            r.records["sess-d"]
+                .as_ref()
+                .unwrap_err()
+                .contains("names session \"sess-x\"")
+        );
+        let pa = &r.probes["sess-a"];
+        assert!(pa.known && !pa.alive);
+        assert_eq!(pa.exit_code, Some(0));
+        assert_eq!(
+            pa.started_at,
+            Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+        );
+        assert!(r.probes["sess-b"].known);
+        // Asked about, no directory: facts only (sess-a is not reported twice).
+        assert!(!r.probes["py-1"].known && !r.records.contains_key("py-1"));
+        assert_eq!(r.probes.len(), 5);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("session\tsess-a\t").count(), 1, "{text}");
+        assert!(!text.contains("bad name"), "{text}");
+        // A VM with no session directory at all answers nothing but the ids asked about.
+        let empty = tempfile::tempdir().unwrap();
+        let out = run_control(&records_script(&[], &[]), empty.path());
+        assert!(out.status.success());
+        assert_eq!(parse_records(&out.stdout), VmRecords::default());
+    }
+
+    #[test]
     fn launch_results() {
-        let r = parse_launch(b"launched\tsess-1\nfailed\tsess-2\tgit clone failed: boom\nnoise\n");
-        assert_eq!(r["sess-1"], LaunchResult::Launched);
+        let r = parse_launch(
+            b"launched\tsess-1\t2025-11-25T14:30:45Z\nfailed\tsess-2\tgit clone failed: boom\nnoise\nlaunched\tsess-3\t-\nlaunched\tsess-4\n",
+        );
+        assert_eq!(
+            r["sess-1"],
+            LaunchResult::Launched {
+                started_at: Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+            }
+        );
+        // Not started within the wait, or an answer of an older control script.
+        for id in ["sess-3", "sess-4"] {
+            assert_eq!(r[id], LaunchResult::Launched { started_at: None });
+        }
         assert_eq!(
             r["sess-2"],
             LaunchResult::Failed("git clone failed: boom".into())

@@ -211,10 +211,20 @@ impl Azlin {
         rg: Option<&str>,
         timeout: Duration,
     ) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .list_vms(rg, timeout)?
+            .into_iter()
+            .map(|v| (v.name, v.power_state))
+            .collect())
+    }
+
+    /// Every VM azlin lists in a resource group, stopped ones included (one call, no ssh into
+    /// the VMs).
+    pub fn list_vms(&self, rg: Option<&str>, timeout: Duration) -> Result<Vec<ListedVm>> {
         let args = self.args(&["list"], rg, &["--all", "--no-tmux", "-o", "json"]);
         let cmd = self.cmd(args, timeout);
         let out = self.call(cmd.clone(), None)?;
-        parse_vm_list(&out.stdout).map_err(|e| Error::CommandFailed {
+        parse_vm_listing(&out.stdout).map_err(|e| Error::CommandFailed {
             command: cmd.display(),
             status: Some(0),
             stderr: format!("unexpected output: {e}"),
@@ -435,8 +445,22 @@ pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str
     }
 }
 
-/// `azlin list -o json`: `{"vms": [{"name", "power_state", ...}], "filters": {...}}`.
-pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, String>, String> {
+/// One VM of `azlin list -o json`, with the facts we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedVm {
+    pub name: String,
+    /// `Running`, `Stopped`, `Deallocated`, ...; `Unknown` when azlin gives none.
+    pub power_state: String,
+    pub resource_group: Option<String>,
+    /// The Azure region.
+    pub location: Option<String>,
+    /// The SKU, e.g. Standard_E16s_v5.
+    pub vm_size: Option<String>,
+}
+
+/// `azlin list -o json`: `{"vms": [{"name", "power_state", "resource_group", "location",
+/// "vm_size", ...}], "filters": {...}}`.
+pub fn parse_vm_listing(stdout: &[u8]) -> std::result::Result<Vec<ListedVm>, String> {
     #[derive(serde::Deserialize)]
     struct Listing {
         vms: Vec<Vm>,
@@ -446,12 +470,24 @@ pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, Stri
         name: String,
         #[serde(default)]
         power_state: Option<String>,
+        #[serde(default)]
+        resource_group: Option<String>,
+        #[serde(default)]
+        location: Option<String>,
+        #[serde(default)]
+        vm_size: Option<String>,
     }
     let listing: Listing = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
     Ok(listing
         .vms
         .into_iter()
-        .map(|v| (v.name, v.power_state.unwrap_or_else(|| "Unknown".into())))
+        .map(|v| ListedVm {
+            name: v.name,
+            power_state: v.power_state.unwrap_or_else(|| "Unknown".into()),
+            resource_group: v.resource_group,
+            location: v.location,
+            vm_size: v.vm_size,
+        })
         .collect())
 }
 
@@ -511,13 +547,23 @@ mod tests {
 
     #[test]
     fn vm_list_envelope() {
-        let m = parse_vm_list(
-            br#"{"vms":[{"name":"a","power_state":"Running","x":1},{"name":"b"}],"filters":{}}"#,
+        let m = parse_vm_listing(
+            br#"{"vms":[{"name":"a","resource_group":"rg1","power_state":"Running","location":"eastus","vm_size":"Standard_E16s_v5","session":null,"x":1},{"name":"b"}],"filters":{}}"#,
         )
         .unwrap();
-        assert_eq!(m["a"], "Running");
-        assert_eq!(m["b"], "Unknown");
-        assert!(parse_vm_list(b"garbage").is_err());
+        assert_eq!(
+            m[0],
+            ListedVm {
+                name: "a".into(),
+                power_state: "Running".into(),
+                resource_group: Some("rg1".into()),
+                location: Some("eastus".into()),
+                vm_size: Some("Standard_E16s_v5".into()),
+            }
+        );
+        assert_eq!(m[1].power_state, "Unknown");
+        assert_eq!(m[1].location, None);
+        assert!(parse_vm_listing(b"garbage").is_err());
     }
 
     fn vm(rg: Option<&str>) -> VmRef {

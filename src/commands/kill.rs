@@ -75,6 +75,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 id,
                 SessionStatus::Killed,
                 None,
+                None,
                 Some("killed locally while its VM was unreachable".into()),
             )?;
             return ui::print("Status updated: killed\n");
@@ -87,11 +88,13 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         }
     };
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
+    // When the VM recorded the end: the state keeps the VM's time, as a refresh would.
+    let finished_at = report.probe.as_ref().and_then(|p| p.finished_at);
     match report.outcome {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
             withdraw_intent(ctx, id, &me)?;
-            mark(ctx, id, status.clone(), exit_code, None)?;
+            mark(ctx, id, status.clone(), exit_code, finished_at, None)?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
                 .unwrap_or_default();
@@ -113,6 +116,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 id,
                 SessionStatus::Failed,
                 None,
+                None,
                 Some(vanished.to_string()),
             )?;
             ui::print(&format!(
@@ -127,7 +131,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(ctx, id, SessionStatus::Killed, exit_code, None)?;
+            mark(ctx, id, SessionStatus::Killed, exit_code, finished_at, None)?;
             ui::print("Session terminated.\nStatus updated: killed\n")
         }
     }
@@ -155,18 +159,20 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> 
     })
 }
 
-/// Settles the session. A refresh that saw the end first may already have recorded it (as
-/// `killed`, thanks to the marks): then nothing changes.
+/// Settles the session, as ended at `finished_at` (the VM's record) or now. A refresh that saw
+/// the end first may already have recorded it (as `killed`, thanks to the marks): then nothing
+/// changes.
 fn mark(
     ctx: &Ctx,
     id: &str,
     status: SessionStatus,
     exit_code: Option<i32>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
     error: Option<String>,
 ) -> Result<()> {
-    let now = ctx.now();
+    let at = finished_at.unwrap_or_else(|| ctx.now());
     ctx.store.update(|st| {
-        st.finish_session(id, status, exit_code, now, error);
+        st.finish_session(id, status, exit_code, at, error);
         Ok(())
     })
 }

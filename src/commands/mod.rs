@@ -12,6 +12,7 @@ pub mod prune;
 pub mod pull;
 pub mod start;
 pub mod status;
+pub mod sync;
 pub mod wait;
 
 use chrono::{DateTime, Utc};
@@ -130,6 +131,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Wait(a) => wait::run(&ctx, a),
         RemoteCommand::Completions(a) => completions::run(a),
         RemoteCommand::Man => man::run(),
+        RemoteCommand::Sync(a) => sync::run(&ctx, a),
     }
 }
 

@@ -39,7 +39,7 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
 }
 
 /// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
-fn local_capacity(ctx: &Ctx) -> u32 {
+pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
     ctx.settings.local_slots.unwrap_or_else(|| {
         let bytes = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -180,7 +180,10 @@ fn reserve(
 /// What happened to one session of this start.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Launched,
+    /// Running since the VM's recorded start time (when it reported one).
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed {
         code: i32,
         message: String,
@@ -332,7 +335,9 @@ fn launch_on_vm(
                 .iter()
                 .map(|r| {
                     let o = match results.get(&r.id) {
-                        Some(LaunchResult::Launched) => Outcome::Launched,
+                        Some(LaunchResult::Launched { started_at }) => Outcome::Launched {
+                            started_at: *started_at,
+                        },
                         Some(LaunchResult::Failed(why)) => Outcome::Failed {
                             code: 1,
                             message: why.clone(),
@@ -363,7 +368,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
             match outcome {
-                Outcome::Launched => {
+                Outcome::Launched { started_at } => {
                     // The launch is the truth for its sessions. Nobody settles a pending
                     // session whose start lives, but a state edited by hand, or a start that
                     // was taken for dead, may have: an unexplained failure yields to it.
@@ -372,7 +377,8 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                             || (s.status == SessionStatus::Failed && s.exit_code.is_none())
                     }) {
                         s.status = SessionStatus::Running;
-                        s.started_at = Some(now);
+                        // The VM's own time, so a state rebuilt from the VM says the same.
+                        s.started_at = Some(started_at.unwrap_or(now));
                         s.completed_at = None;
                         s.error = None;
                         s.owner = None;
@@ -543,7 +549,7 @@ fn launch_all(
                     let outcomes = launch_on_vm(ctx, job, target, args, repo);
                     let running = outcomes
                         .iter()
-                        .filter(|(_, o)| matches!(o, Outcome::Launched))
+                        .filter(|(_, o)| matches!(o, Outcome::Launched { .. }))
                         .count();
                     progress::vm(&job.vm).finish(
                         if running == outcomes.len() {

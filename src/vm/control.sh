@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
-# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, stream, watch, kill, pull)
+# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, stream, watch, kill, pull)
 # The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
 # bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
 # has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
@@ -102,6 +102,57 @@ cmd_probe() {
   done
 }
 
+# records ID...: everything this VM knows of its sessions, for `sync`. Per session directory a
+# `record` line (its record.json on one line, `-` when it has none yet) and its `session` line;
+# then a `session` line for each ID given that has no directory (the Python original's).
+cmd_records() {
+  local d id text claiming=0
+  local -A claimed=()
+  local -a asked=()
+  # Ids after `--` are pending sessions whose start died: claimed first, as for probe.
+  for id in "$@"; do
+    if [ "$id" = -- ]; then
+      claiming=1
+      continue
+    fi
+    asked+=("$id")
+    if [ "$claiming" = 1 ]; then
+      claim_unlaunched "$id"
+      claimed[$id]=1
+    fi
+  done
+  for d in "$base/sessions"/*/; do
+    [ -d "$d" ] || continue
+    d=${d%/}
+    id=${d##*/}
+    # A name no session id can have would break the line format.
+    case $id in *[!A-Za-z0-9._-]*) continue ;; esac
+    text=-
+    # JSON needs no line breaks or tabs outside its strings, and has none inside them.
+    [ -s "$d/record.json" ] && text=$(tr '\t\n\r' '   ' < "$d/record.json")
+    printf 'record\t%s\t%s\n' "$id" "${text:--}"
+    session_facts "$id" "${claimed[$id]:-0}"
+  done
+  for id in "${asked[@]}"; do
+    [ -d "$base/sessions/$id" ] || session_facts "$id" "${claimed[$id]:-0}"
+  done
+}
+
+# `launched ID STARTED`: STARTED is the supervisor's own `started_at`, so the state records the
+# time the VM records (`-` when the agent has not started within 10 s, or never will).
+report_launched() {
+  local d="$base/sessions/$1" st='' spid sid n=0
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  while [ ! -f "$d/started_at" ] && [ ! -f "$d/exit_code" ] && [ "$n" -lt 100 ] &&
+    process_alive "$spid" "$sid"; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  [ -f "$d/started_at" ] && read_into st "$d/started_at"
+  printf 'launched\t%s\t%s\n' "$1" "${st:--}"
+}
+
 report_failed() {
   printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
 }
@@ -142,7 +193,7 @@ start_session() {
   local d="$base/sessions/$id" ws="$root/$id" out pane
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
-    printf 'launched\t%s\n' "$id"
+    report_launched "$id"
     return
   fi
   if [ -e "$d/cancelled" ]; then
@@ -184,7 +235,7 @@ start_session() {
     report_failed "$id" "the session's supervisor did not take the API key"
     return
   fi
-  printf 'launched\t%s\n' "$id"
+  report_launched "$id"
 }
 
 # launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT then, per session: ID PROMPT RECORD ARGC ARGV...
@@ -402,6 +453,7 @@ main() {
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
+    records) cmd_records "$@" ;;
     capture) cmd_capture "$@" ;;
     stream) cmd_stream "$@" ;;
     watch) cmd_watch "$@" ;;
