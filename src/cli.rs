@@ -130,6 +130,7 @@ pub struct CompletionsArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatusFilter {
     Pending,
+    Queued,
     Running,
     Completed,
     Failed,
@@ -215,6 +216,13 @@ pub struct StartArgs {
     /// Print the sessions of this start as JSON
     #[arg(long)]
     pub json: bool,
+    /// The most pool VMs of the region this start may end up with; prompts beyond their free
+    /// slots wait in a VM's queue instead of provisioning more [env: AMPLIHACK_REMOTE_MAX_VMS]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_vms: Option<u32>,
+    /// Fail the prompts that find no free slot instead of queueing them
+    #[arg(long)]
+    pub no_queue: bool,
 }
 
 #[derive(Debug, Args)]

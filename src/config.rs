@@ -48,6 +48,8 @@ pub struct Settings {
     pub stream_silence: Duration,
     /// How long `output --follow` and `wait` keep reconnecting before they give up (exit 4).
     pub reconnect_for: Duration,
+    /// `AMPLIHACK_REMOTE_MAX_VMS`: the most pool VMs of a region a start may end up with.
+    pub max_vms: Option<u32>,
     pub kill_grace_secs: u32,
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
@@ -186,6 +188,7 @@ impl Settings {
             follow_interval,
             stream_silence,
             reconnect_for,
+            max_vms: number::<u32>("AMPLIHACK_REMOTE_MAX_VMS", "a whole number above 0")?,
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,

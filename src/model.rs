@@ -152,6 +152,8 @@ impl VmState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionStatus {
     Pending,
+    /// Waiting in its VM's queue: the VM starts it when a slot frees. Holds no slot.
+    Queued,
     Running,
     Completed,
     Failed,
@@ -164,6 +166,7 @@ impl SessionStatus {
     pub fn as_str(&self) -> &str {
         match self {
             SessionStatus::Pending => "pending",
+            SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
             SessionStatus::Completed => "completed",
             SessionStatus::Failed => "failed",
@@ -172,8 +175,16 @@ impl SessionStatus {
         }
     }
 
-    /// Pending and running sessions hold a slot on their VM.
+    /// Not finished yet: pending, queued or running.
     pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            SessionStatus::Pending | SessionStatus::Queued | SessionStatus::Running
+        )
+    }
+
+    /// Pending and running sessions hold a slot on their VM; queued ones wait for one.
+    pub fn holds_slot(&self) -> bool {
         matches!(self, SessionStatus::Pending | SessionStatus::Running)
     }
 
@@ -196,6 +207,7 @@ impl From<&str> for SessionStatus {
     fn from(s: &str) -> Self {
         match s {
             "pending" => SessionStatus::Pending,
+            "queued" => SessionStatus::Queued,
             "running" => SessionStatus::Running,
             "completed" => SessionStatus::Completed,
             "failed" => SessionStatus::Failed,
@@ -219,10 +231,23 @@ impl<'de> Deserialize<'de> for SessionStatus {
 }
 
 impl State {
-    /// Number of pending or running sessions on each VM.
+    /// Number of pending or running sessions on each VM: the slots in use.
     pub fn active_counts(&self) -> HashMap<&str, u32> {
         let mut counts: HashMap<&str, u32> = HashMap::new();
-        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+        for s in self.sessions.values().filter(|s| s.status.holds_slot()) {
+            *counts.entry(s.vm_name.as_str()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Number of queued sessions on each VM.
+    pub fn queued_counts(&self) -> HashMap<&str, u32> {
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for s in self
+            .sessions
+            .values()
+            .filter(|s| s.status == SessionStatus::Queued)
+        {
             *counts.entry(s.vm_name.as_str()).or_default() += 1;
         }
         counts
@@ -234,7 +259,7 @@ impl State {
         for vm in self.vm_pool.values_mut() {
             vm.active_sessions.clear();
         }
-        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+        for s in self.sessions.values().filter(|s| s.status.holds_slot()) {
             if let Some(vm) = self.vm_pool.get_mut(&s.vm_name) {
                 vm.active_sessions.push(s.session_id.clone());
             }

@@ -157,8 +157,19 @@ pub enum Placement {
     Existing(String),
     /// A slot on the n-th VM this plan provisions.
     New(usize),
-    /// No room, and this backend cannot provision more.
+    /// A place in the queue of a VM already in the pool.
+    QueuedOn(String),
+    /// A place in the queue of the n-th VM this plan provisions.
+    QueuedOnNew(usize),
+    /// No room, and no more may be made: this backend cannot provision, the pool is capped,
+    /// and queueing is off.
     Unplaced,
+}
+
+impl Placement {
+    pub fn is_queued(&self) -> bool {
+        matches!(self, Placement::QueuedOn(_) | Placement::QueuedOnNew(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,28 +191,44 @@ pub struct Request<'a> {
     pub region: &'a str,
     /// Sessions a new VM holds; `None` when the backend cannot provision (local).
     pub new_vm_capacity: Option<u32>,
+    /// The most pool VMs of the backend and region the plan may end up with.
+    pub max_vms: Option<usize>,
+    /// Whether prompts beyond the free slots may wait in a VM's queue.
+    pub queue: bool,
 }
 
 /// Places `count` sessions: first on ready pool VMs of the backend and region with free slots,
-/// fullest first (so idle VMs stay idle and can be released), then on new VMs.
+/// fullest first (so idle VMs stay idle and can be released), then on new VMs as far as the
+/// cap allows, then (with `queue`) in the queue of the VM that will have a slot soonest: the
+/// fewest queued per slot, then the fullest.
 pub fn plan(state: &State, req: &Request) -> Plan {
     let counts = state.active_counts();
-    let mut candidates: Vec<(&str, u32)> = state
+    let queued = state.queued_counts();
+    let in_region =
+        |vm: &&crate::model::VmEntry| vm.backend == req.backend && vm.region == req.region;
+    // (name, capacity, used, queued) of the ready VMs that can take work.
+    let ready: Vec<(&str, u32, u32, u32)> = state
         .vm_pool
         .iter()
-        .filter(|(_, vm)| {
-            vm.backend == req.backend && vm.state == VmState::Ready && vm.region == req.region
-        })
-        .filter_map(|(name, vm)| {
-            let used = counts.get(name.as_str()).copied().unwrap_or(0);
-            let free = vm.capacity.saturating_sub(used);
-            (free > 0).then_some((name.as_str(), free))
+        .filter(|(_, vm)| in_region(vm) && vm.state == VmState::Ready && vm.capacity > 0)
+        .map(|(name, vm)| {
+            (
+                name.as_str(),
+                vm.capacity,
+                counts.get(name.as_str()).copied().unwrap_or(0),
+                queued.get(name.as_str()).copied().unwrap_or(0),
+            )
         })
         .collect();
-    candidates.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+    let mut with_room: Vec<(&str, u32)> = ready
+        .iter()
+        .filter(|(_, cap, used, _)| used < cap)
+        .map(|(name, cap, used, _)| (*name, cap - used))
+        .collect();
+    with_room.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
 
     let mut placements = Vec::with_capacity(req.count);
-    for (name, free) in candidates {
+    for (name, free) in with_room {
         for _ in 0..free {
             if placements.len() == req.count {
                 break;
@@ -209,18 +236,53 @@ pub fn plan(state: &State, req: &Request) -> Plan {
             placements.push(Placement::Existing(name.to_string()));
         }
     }
-    let remaining = req.count - placements.len();
+    let mut remaining = req.count - placements.len();
     let mut new_vms = 0;
-    match req.new_vm_capacity {
-        Some(cap) if remaining > 0 => {
-            let cap = cap.max(1) as usize;
-            for i in 0..remaining {
-                placements.push(Placement::New(i / cap));
-            }
-            new_vms = remaining.div_ceil(cap);
-        }
-        _ => placements.extend(std::iter::repeat_n(Placement::Unplaced, remaining)),
+    if let Some(cap) = req.new_vm_capacity
+        && remaining > 0
+    {
+        let cap = cap.max(1) as usize;
+        // Provisioning VMs count toward the cap too: they will be pool VMs in minutes.
+        let have = state
+            .vm_pool
+            .values()
+            .filter(|vm| {
+                in_region(vm) && matches!(vm.state, VmState::Ready | VmState::Provisioning)
+            })
+            .count();
+        let allowed = req
+            .max_vms
+            .map_or(usize::MAX, |max| max.saturating_sub(have));
+        new_vms = remaining.div_ceil(cap).min(allowed);
+        let fits = remaining.min(new_vms * cap);
+        placements.extend((0..fits).map(|i| Placement::New(i / cap)));
+        remaining -= fits;
     }
+    if remaining > 0 && req.queue {
+        // (where, capacity, used, queued) of every VM a session may queue on.
+        let mut queues: Vec<(Placement, u32, u32, u32)> = ready
+            .iter()
+            .map(|(name, cap, used, q)| (Placement::QueuedOn(name.to_string()), *cap, *used, *q))
+            .collect();
+        let new_cap = req.new_vm_capacity.unwrap_or(1).max(1);
+        queues.extend((0..new_vms).map(|i| (Placement::QueuedOnNew(i), new_cap, new_cap, 0)));
+        for _ in 0..remaining {
+            // Soonest slot: fewest queued per slot, then fullest, then by name.
+            let Some(best) = queues.iter_mut().min_by(|a, b| {
+                let per_slot = |q: &(Placement, u32, u32, u32)| q.3 as f64 / q.1 as f64;
+                let fullness = |q: &(Placement, u32, u32, u32)| q.2 as f64 / q.1 as f64;
+                per_slot(a)
+                    .total_cmp(&per_slot(b))
+                    .then(fullness(b).total_cmp(&fullness(a)))
+                    .then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
+            }) else {
+                break;
+            };
+            best.3 += 1;
+            placements.push(best.0.clone());
+        }
+    }
+    placements.resize(req.count, Placement::Unplaced);
     Plan {
         placements,
         new_vms,
@@ -275,11 +337,14 @@ pub struct IdleVm {
 /// provisioned never do.
 pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<IdleVm> {
     let counts = state.active_counts();
+    // A VM with queued work is never idle: it will start it.
+    let queued = state.queued_counts();
     let mut out = Vec::new();
     for (name, vm) in &state.vm_pool {
         if vm.backend != Backend::Azure
             || vm.state == VmState::Provisioning
             || counts.contains_key(name.as_str())
+            || queued.contains_key(name.as_str())
         {
             continue;
         }
@@ -377,6 +442,8 @@ pub(crate) mod tests {
             backend: Backend::Azure,
             region,
             new_vm_capacity: Some(4),
+            max_vms: None,
+            queue: false,
         }
     }
 
@@ -511,11 +578,92 @@ pub(crate) mod tests {
                 backend: Backend::Local,
                 region: LOCAL_REGION,
                 new_vm_capacity: None,
+                max_vms: None,
+                queue: false,
             },
         );
         assert_eq!(p.new_vms, 0);
         assert_eq!(p.placements[2], Placement::Unplaced);
         assert_eq!(p.placements[1], Placement::Existing("local".into()));
+        let p = plan(
+            &st,
+            &Request {
+                count: 3,
+                backend: Backend::Local,
+                region: LOCAL_REGION,
+                new_vm_capacity: None,
+                max_vms: None,
+                queue: true,
+            },
+        );
+        assert_eq!(p.placements[2], Placement::QueuedOn("local".into()));
+    }
+
+    #[test]
+    fn a_capped_pool_queues_where_a_slot_comes_soonest() {
+        use SessionStatus::*;
+        // a: 2 slots, both busy, 1 queued. b: 4 slots, all busy, nothing queued.
+        let st = state_with(
+            &[("a", 2, "eastus"), ("b", 4, "eastus")],
+            &[
+                ("a1", "a", Running),
+                ("a2", "a", Running),
+                ("aq", "a", Queued),
+                ("b1", "b", Running),
+                ("b2", "b", Running),
+                ("b3", "b", Running),
+                ("b4", "b", Pending),
+            ],
+        );
+        let capped = |count, max_vms| Request {
+            count,
+            backend: Backend::Azure,
+            region: "eastus",
+            new_vm_capacity: Some(4),
+            max_vms,
+            queue: true,
+        };
+        let p = plan(&st, &capped(3, Some(2)));
+        assert_eq!(p.new_vms, 0, "the cap is reached");
+        // b has 0 queued per slot; after 2 there (0.5 per slot) a ties and is... fuller? No:
+        // a is 1/2 queued per slot, b 2/4: equal, and both are full, so by name: a.
+        assert_eq!(
+            p.placements,
+            vec![
+                Placement::QueuedOn("b".into()),
+                Placement::QueuedOn("b".into()),
+                Placement::QueuedOn("a".into()),
+            ]
+        );
+        // A cap of 3 provisions one VM for the first 4, and queues the rest on it or a/b.
+        let p = plan(&st, &capped(6, Some(3)));
+        assert_eq!(p.new_vms, 1);
+        assert_eq!(
+            &p.placements[..4],
+            &[
+                Placement::New(0),
+                Placement::New(0),
+                Placement::New(0),
+                Placement::New(0)
+            ]
+        );
+        assert!(p.placements[4..].iter().all(Placement::is_queued));
+        // Without queueing, what does not fit is unplaced.
+        let p = plan(
+            &st,
+            &Request {
+                queue: false,
+                ..capped(2, Some(2))
+            },
+        );
+        assert_eq!(p.placements, vec![Placement::Unplaced, Placement::Unplaced]);
+        // Without a cap, Azure provisions on demand.
+        let p = plan(&st, &capped(5, None));
+        assert_eq!(p.new_vms, 2);
+        assert!(!p.placements.iter().any(Placement::is_queued));
+        // Queued sessions hold no slot.
+        assert_eq!(st.active_counts()["a"], 2);
+        assert_eq!(st.queued_counts()["a"], 1);
     }
 
     #[test]

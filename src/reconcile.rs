@@ -169,6 +169,7 @@ pub fn session_from_vm(
     s.exit_code = None;
     s.error = None;
     match script::verdict(probe, now, false) {
+        Verdict::Queued => s.status = SessionStatus::Queued,
         Verdict::Running { .. } => s.status = SessionStatus::Running,
         Verdict::Finished {
             exit_code: None, ..
@@ -375,6 +376,7 @@ mod tests {
             tmux: alive,
             cancelled: false,
             claimed: false,
+            queued: false,
         }
     }
 
@@ -622,6 +624,7 @@ mod tests {
             tmux,
             cancelled: false,
             claimed: false,
+            queued: false,
         };
         answer_a
             .probes

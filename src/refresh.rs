@@ -136,7 +136,8 @@ pub fn sessions_to_probe(
     let mut by_vm: BTreeMap<String, ProbeTargets> = BTreeMap::new();
     for s in state.sessions.values() {
         let claim = match s.status {
-            SessionStatus::Running => false,
+            // A queued session is asked about like a running one: its VM may have started it.
+            SessionStatus::Running | SessionStatus::Queued => false,
             SessionStatus::Pending if abandoned(s.owner.as_ref(), s.created_at, now, alive) => true,
             _ => continue,
         };
@@ -182,8 +183,19 @@ pub fn apply_probes(
             .as_ref()
             .is_some_and(|k| alive(&k.by) != Liveness::Dead);
         match script::verdict(probe, now, kill_intended) {
+            Verdict::Queued => {
+                if session.status == SessionStatus::Pending {
+                    session.status = SessionStatus::Queued;
+                    session.owner = None;
+                    changed += 1;
+                }
+            }
             Verdict::Running { started_at } => {
                 if session.status != SessionStatus::Running {
+                    // A queued session started by its VM: its real start time.
+                    if session.status == SessionStatus::Queued {
+                        session.started_at = started_at;
+                    }
                     session.status = SessionStatus::Running;
                     session.started_at = session.started_at.or(started_at);
                     session.owner = None;
@@ -242,6 +254,20 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
     }
 }
 
+/// Makes a call to a VM with queued sessions start them first where it has room: its
+/// supervisors normally do, but none may be left (all killed, a reboot). The user's key goes
+/// along for the sessions it starts.
+pub fn drain_queue_first(ctx: &Ctx, input: Vec<u8>) -> Vec<u8> {
+    script::draining(input, ctx.settings.api_key.as_deref())
+}
+
+/// Says which queued sessions a VM could not start, and why.
+pub fn warn_stuck(stdout: &[u8]) {
+    for (id, why) in script::parse_stuck(stdout) {
+        ui::warn(&format!("queued session {id} could not start: {why}"));
+    }
+}
+
 /// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
 pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
     state
@@ -270,21 +296,28 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
         return Ok(Refreshed { state, live });
     }
     let timeout = ctx.settings.timeouts.probe;
+    let queued = state.queued_counts();
     let (results, power_results) = std::thread::scope(|scope| {
         let handles: Vec<_> = targets
             .iter()
             .map(|(vm, ids)| {
                 let vm = ctx.vm_ref(&state, vm);
+                let drain = queued.contains_key(vm.name.as_str());
                 scope.spawn(move || {
                     let running: Vec<&str> = ids.running.iter().map(String::as_str).collect();
                     let claim: Vec<&str> = ids.claim.iter().map(String::as_str).collect();
-                    let out = ctx.run_on(
-                        &vm,
-                        script::probe_script(&running, &claim),
-                        timeout,
-                        OnInterrupt::Abort,
-                    );
-                    (vm.name, out.map(|o| script::parse_probes(&o.stdout)))
+                    let mut input = script::probe_script(&running, &claim);
+                    if drain {
+                        input = drain_queue_first(ctx, input);
+                    }
+                    let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
+                    (
+                        vm.name,
+                        out.map(|o| {
+                            warn_stuck(&o.stdout);
+                            script::parse_probes(&o.stdout)
+                        }),
+                    )
                 })
             })
             .collect();
@@ -409,6 +442,7 @@ mod tests {
             tmux: alive,
             cancelled: false,
             claimed: false,
+            queued: false,
         }
     }
 

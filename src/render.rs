@@ -90,6 +90,7 @@ fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
     }
     let code = match status {
         SessionStatus::Pending => "33",
+        SessionStatus::Queued => "34",
         SessionStatus::Running => "36",
         SessionStatus::Completed => "32",
         SessionStatus::Failed => "31",
@@ -336,6 +337,8 @@ pub struct VmStatus {
     pub state: VmState,
     pub capacity: u32,
     pub active_sessions: Vec<String>,
+    /// Sessions waiting in this VM's queue, oldest first.
+    pub queued_sessions: Vec<String>,
     pub capacity_percent: u32,
     pub memory_used_gb: u64,
     pub memory_total_gb: u64,
@@ -358,6 +361,7 @@ pub struct VmStatus {
 pub struct SessionCounts {
     pub total: usize,
     pub pending: usize,
+    pub queued: usize,
     pub running: usize,
     pub completed: usize,
     pub failed: usize,
@@ -424,20 +428,31 @@ pub fn pool_status(
     now: DateTime<Utc>,
 ) -> PoolStatus {
     let mut active: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
+    let mut waiting: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
     let mut counts = SessionCounts::default();
     for s in state.sessions.values() {
         counts.total += 1;
         match s.status {
             SessionStatus::Pending => counts.pending += 1,
+            SessionStatus::Queued => counts.queued += 1,
             SessionStatus::Running => counts.running += 1,
             SessionStatus::Completed => counts.completed += 1,
             SessionStatus::Failed => counts.failed += 1,
             SessionStatus::Killed => counts.killed += 1,
             SessionStatus::Other(_) => counts.other += 1,
         }
-        if s.status.is_active() {
+        if s.status.holds_slot() {
             active.entry(s.vm_name.as_str()).or_default().push(s);
+        } else if s.status == SessionStatus::Queued {
+            waiting.entry(s.vm_name.as_str()).or_default().push(s);
         }
+    }
+    for queue in waiting.values_mut() {
+        queue.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.session_id.cmp(&b.session_id))
+        });
     }
     let mut capacity = CapacitySummary {
         used: 0,
@@ -477,6 +492,10 @@ pub fn pool_status(
                 state: vm.state,
                 capacity: vm.capacity,
                 active_sessions: on_vm.iter().map(|s| s.session_id.clone()).collect(),
+                queued_sessions: waiting
+                    .get(name.as_str())
+                    .map(|q| q.iter().map(|s| s.session_id.clone()).collect())
+                    .unwrap_or_default(),
                 capacity_percent: (used * 100).checked_div(vm.capacity).unwrap_or(0),
                 memory_used_gb: on_vm.iter().map(|s| s.memory_mb).sum::<u64>() / 1024,
                 memory_total_gb,
@@ -573,6 +592,9 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
             vm.capacity,
             vm.capacity_percent
         );
+        if !vm.queued_sessions.is_empty() {
+            let _ = writeln!(out, "    Queued: {}", vm.queued_sessions.len());
+        }
         let _ = writeln!(
             out,
             "    Memory: {}GB/{}GB used",
@@ -591,6 +613,9 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
     let _ = writeln!(out, "Sessions: {} total", c.total);
     if c.pending > 0 {
         let _ = writeln!(out, "  Pending: {}", c.pending);
+    }
+    if c.queued > 0 {
+        let _ = writeln!(out, "  Queued: {}", c.queued);
     }
     let _ = writeln!(out, "  Running: {}", c.running);
     let _ = writeln!(out, "  Completed: {}", c.completed);
@@ -666,6 +691,8 @@ pub fn output_header(
 pub struct StartLine<'a> {
     pub session: &'a Session,
     pub vm_is_new: bool,
+    /// Its place in its VM's queue and the queue's length, when it was queued.
+    pub queue_place: Option<(u32, u32)>,
 }
 
 pub fn start_report(lines: &[StartLine]) -> String {
@@ -684,6 +711,16 @@ pub fn start_report(lines: &[StartLine]) -> String {
         match &s.error {
             Some(e) if !s.status.is_active() => {
                 let _ = writeln!(out, "  Status: {} ({})", s.status, one_line(e, 300));
+            }
+            _ if s.status == SessionStatus::Queued => {
+                let place = l
+                    .queue_place
+                    .map(|(p, of)| format!("place {p} of {of}; "))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  Status: queued ({place}it starts on its own when a slot on its VM frees)"
+                );
             }
             _ => {
                 let _ = writeln!(out, "  Status: {}", s.status);
@@ -952,18 +989,27 @@ mod tests {
         a.prompt = "one".into();
         let mut b = session("sess-b", "vm1", Failed);
         b.error = Some("quota exceeded".into());
+        let q = session("sess-q", "vm1", Queued);
         let text = start_report(&[
             StartLine {
                 session: &a,
                 vm_is_new: true,
+                queue_place: None,
             },
             StartLine {
                 session: &b,
                 vm_is_new: false,
+                queue_place: None,
+            },
+            StartLine {
+                session: &q,
+                vm_is_new: false,
+                queue_place: Some((2, 3)),
             },
         ]);
-        assert!(text.contains("[1/2] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
+        assert!(text.contains("  Status: queued (place 2 of 3; it starts on its own"));
+        assert!(text.contains("[1/3] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
         assert!(text.contains("  Status: failed (quota exceeded)"));
-        assert!(text.contains("1 of 2 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
+        assert!(text.contains("2 of 3 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
     }
 }

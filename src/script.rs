@@ -82,6 +82,40 @@ fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8
     input
 }
 
+/// Makes a control call start the VM's queued work first, as far as the VM has room: used on
+/// VMs the state knows to have queued sessions, whose supervisors may all be gone. `key` is
+/// handed to the sessions it starts (never written on the VM).
+pub fn draining(input: Vec<u8>, key: Option<&str>) -> Vec<u8> {
+    let open = input
+        .iter()
+        .position(|b| *b == b'{')
+        .expect("a control call opens its group")
+        + 2;
+    let mut header = String::from("AMPLIHACK_DRAIN=1\n");
+    if let Some(key) = key {
+        header.push_str(&format!("AMPLIHACK_SECRET={}\n", shell_quote(key)));
+    }
+    let mut out = Vec::with_capacity(input.len() + header.len());
+    out.extend_from_slice(&input[..open]);
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&input[open..]);
+    out
+}
+
+/// Queued sessions the VM could not start (`stuck` lines of a draining call), and why.
+pub fn parse_stuck(stdout: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, '\t');
+            match (p.next(), p.next(), p.next()) {
+                (Some("stuck"), Some(id), Some(why)) => Some((id.to_string(), why.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct LaunchSession<'a> {
     pub id: &'a str,
@@ -102,6 +136,10 @@ pub struct LaunchPlan<'a> {
     pub bundle: Option<(&'a str, &'a [u8])>,
     /// A fresh Azure VM may still be installing tmux and the agent.
     pub wait_for_cloud_init: bool,
+    /// How many agents the VM may run at once; the VM enforces it under its lock.
+    pub capacity: Option<u32>,
+    /// A session that finds no free slot on the VM waits in its queue (else it fails).
+    pub queue: bool,
 }
 
 /// The agent's argv before the prompt: `amplihack claude --<command> --max-turns N -- -p`.
@@ -131,11 +169,14 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
             (argv, argc)
         })
         .collect();
+    let capacity = plan.capacity.map(|c| c.to_string()).unwrap_or_default();
     let mut args: Vec<&str> = vec![
         "launch",
         plan.workspace_root,
         plan.bundle.map_or("", |(name, _)| name),
         if plan.wait_for_cloud_init { "1" } else { "0" },
+        &capacity,
+        if plan.queue { "1" } else { "0" },
     ];
     for (s, (argv, argc)) in plan.sessions.iter().zip(&argvs) {
         args.extend([s.id, s.prompt, s.record, argc.as_str()]);
@@ -150,6 +191,11 @@ pub enum LaunchResult {
     Launched {
         started_at: Option<DateTime<Utc>>,
     },
+    /// Waiting in the VM's queue, at this place (1 = next) of this many.
+    Queued {
+        place: u32,
+        of: u32,
+    },
     Failed(String),
 }
 
@@ -162,6 +208,14 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
             (Some("launched"), Some(id), started) => {
                 let started_at = field(started, |v| parse_timestamp(v.trim()).ok());
                 out.insert(id.to_string(), LaunchResult::Launched { started_at });
+            }
+            (Some("queued"), Some(id), place) => {
+                let mut p = place
+                    .unwrap_or("")
+                    .split('\t')
+                    .map(|n| n.trim().parse().unwrap_or(0));
+                let (place, of) = (p.next().unwrap_or(0), p.next().unwrap_or(0));
+                out.insert(id.to_string(), LaunchResult::Queued { place, of });
             }
             (Some("failed"), Some(id), reason) => {
                 out.insert(
@@ -257,6 +311,8 @@ pub struct Probe {
     /// This probe claimed it (a pending session whose start died): launched or cancelled, the
     /// answer is final, so it may settle a pending session.
     pub claimed: bool,
+    /// It waits in its VM's queue.
+    pub queued: bool,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -278,6 +334,7 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let tmux = p.next() == Some("1");
     let cancelled = p.next() == Some("1");
     let claimed = p.next() == Some("1");
+    let queued = p.next() == Some("1");
     Some((
         id,
         Probe {
@@ -290,6 +347,7 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             tmux,
             cancelled,
             claimed,
+            queued,
         },
     ))
 }
@@ -303,6 +361,8 @@ pub fn parse_probes(stdout: &[u8]) -> HashMap<String, Probe> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Waiting in its VM's queue.
+    Queued,
     Running {
         started_at: Option<DateTime<Utc>>,
     },
@@ -344,6 +404,7 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdic
         None if probe.alive => Verdict::Running {
             started_at: probe.started_at,
         },
+        None if probe.queued => Verdict::Queued,
         None if killed => Verdict::Finished {
             status: SessionStatus::Killed,
             exit_code: None,
@@ -487,6 +548,8 @@ pub enum CaptureSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capture {
     pub probe: Option<Probe>,
+    /// Its place in its VM's queue (1 = next) and the queue's length, when it is queued.
+    pub queue_place: Option<(u32, u32)>,
     pub log_size: Option<u64>,
     pub source: CaptureSource,
     pub data: Vec<u8>,
@@ -497,6 +560,7 @@ pub fn parse_capture(stdout: &[u8]) -> Result<Capture, String> {
     let mut rest = stdout;
     let mut probe = None;
     let mut log_size = None;
+    let mut queue_place = None;
     loop {
         let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
             return Err("the VM's answer ended before its data section".into());
@@ -511,10 +575,14 @@ pub fn parse_capture(stdout: &[u8]) -> Result<Capture, String> {
             };
             return Ok(Capture {
                 probe,
+                queue_place,
                 log_size,
                 source,
                 data: rest.to_vec(),
             });
+        } else if let Some(place) = line.strip_prefix("queue\t") {
+            let mut p = place.split('\t').map(|n| n.trim().parse().unwrap_or(0));
+            queue_place = Some((p.next().unwrap_or(0), p.next().unwrap_or(0)));
         } else if let Some(size) = line.strip_prefix("log\t") {
             log_size = size.trim().parse().ok();
         } else if let Some((_, p)) = parse_probe_line(&line) {
@@ -580,6 +648,8 @@ pub enum KillOutcome {
     Killed,
     /// Neither a tmux session nor an agent was there.
     Gone,
+    /// It was queued: taken out of its VM's queue, it never starts.
+    Dequeued,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,6 +674,7 @@ pub fn parse_kill(stdout: &[u8]) -> Result<KillReport, String> {
             outcome = Some(match v {
                 "already" => KillOutcome::AlreadyFinished,
                 "killed" => KillOutcome::Killed,
+                "dequeued" => KillOutcome::Dequeued,
                 _ => KillOutcome::Gone,
             });
         } else if let Some(v) = line.strip_prefix("signalled\t") {
@@ -660,6 +731,8 @@ mod tests {
             workspace_root: "/workspace",
             bundle,
             wait_for_cloud_init: true,
+            capacity: Some(4),
+            queue: true,
         }
     }
 
@@ -669,13 +742,13 @@ mod tests {
         let input = launch_input(&plan(&agent, Some(("abc.bundle", b"BUNDLE")), Some("sk-x")));
         let text = String::from_utf8(input).unwrap();
         assert!(text.contains(
-            "set -- 'launch' '/workspace' 'abc.bundle' '1' 'sess-1' 'it'\\''s $(x)' '{\"session_id\":\"sess-1\"}' '7' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p'\n"
+            "set -- 'launch' '/workspace' 'abc.bundle' '1' '4' '1' 'sess-1' 'it'\\''s $(x)' '{\"session_id\":\"sess-1\"}' '7' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p'\n"
         ));
         assert!(text.contains("\nAMPLIHACK_SECRET='sk-x'\n"));
         assert!(text.contains("\nAMPLIHACK_SUPERVISOR='"));
         assert!(text.ends_with("\n}\nBUNDLE"), "payload follows the group");
         let without = String::from_utf8(launch_input(&plan(&agent, None, None))).unwrap();
-        assert!(without.contains("set -- 'launch' '/workspace' '' '1' "));
+        assert!(without.contains("set -- 'launch' '/workspace' '' '1' '4' '1' "));
         assert!(!without.contains("\nAMPLIHACK_SECRET="));
         assert!(without.ends_with("\n}\n"));
     }

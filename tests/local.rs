@@ -96,10 +96,17 @@ fn the_whole_lifecycle_runs_on_this_machine() {
 }
 
 #[test]
-fn a_full_local_pool_fails_the_extra_prompts_without_holding_slots() {
+fn with_no_queue_a_full_local_pool_fails_the_extra_prompts_without_holding_slots() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "2");
-    let out = env.run(&["start", "--no-context", "SLEEP=30", "SLEEP=30", "SLEEP=30"]);
+    let out = env.run(&[
+        "start",
+        "--no-queue",
+        "--no-context",
+        "SLEEP=30",
+        "SLEEP=30",
+        "SLEEP=30",
+    ]);
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(

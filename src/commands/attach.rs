@@ -27,6 +27,11 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     if !session.status.is_active() {
         return Err(ended(session.status.as_str()));
     }
+    if session.status == crate::model::SessionStatus::Queued {
+        return Err(Error::Failed(format!(
+            "session {id} is queued and has not started yet; follow it with 'amplihack remote output {id} --follow'"
+        )));
+    }
     let vm = ctx.vm_ref(&state, &session.vm_name);
     let out = ctx.run_on(
         &vm,

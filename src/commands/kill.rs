@@ -57,7 +57,13 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     // A pending session here is one whose start died (a live start's is refused above): a
     // launch it left on its way must be cancelled, not raced.
     let claim = current.status == SessionStatus::Pending;
-    let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs, claim);
+    let mut input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs, claim);
+    // The slot this kill frees goes to the VM's queue, should no supervisor be left to pass it.
+    if state.sessions.values().any(|s| {
+        s.vm_name == session.vm_name && s.status == SessionStatus::Queued && s.session_id != id
+    }) {
+        input = refresh::drain_queue_first(ctx, input);
+    }
     let answer = ctx
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {
@@ -101,6 +107,19 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             ui::print(&format!(
                 "Session had already finished: {status}{code}; nothing to kill.\nStatus updated: {status}\n"
             ))
+        }
+        KillOutcome::Dequeued => {
+            mark(
+                ctx,
+                id,
+                SessionStatus::Killed,
+                None,
+                None,
+                Some("taken out of its VM's queue before it started".into()),
+            )?;
+            ui::print(
+                "Session was queued: taken out of the queue, it never starts.\nStatus updated: killed\n",
+            )
         }
         KillOutcome::Gone => {
             // It had ended before the kill, without a record (a reboot, or killed outright):

@@ -139,6 +139,7 @@ pub fn status_filter(f: StatusFilter) -> Option<SessionStatus> {
     match f {
         StatusFilter::All => None,
         StatusFilter::Pending => Some(SessionStatus::Pending),
+        StatusFilter::Queued => Some(SessionStatus::Queued),
         StatusFilter::Running => Some(SessionStatus::Running),
         StatusFilter::Completed => Some(SessionStatus::Completed),
         StatusFilter::Failed => Some(SessionStatus::Failed),

@@ -107,6 +107,16 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         CaptureSource::Log => capture.data,
         CaptureSource::None => Vec::new(),
     };
+    if let Some((place, of)) = capture.queue_place {
+        if !args.raw {
+            ui::print(&render::output_header(&session, &status, ctx.now(), 0))?;
+        }
+        ui::progress(&format!(
+            "Session {} is queued on {} (place {place} of {of}); it starts on its own when a slot frees, and has no output yet.",
+            session.session_id, session.vm_name
+        ));
+        return Ok(());
+    }
     if capture.source == CaptureSource::None {
         return Err(Error::SessionNotOnVm {
             id: session.session_id.clone(),

@@ -20,6 +20,22 @@ use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
 use crate::{naming, provision, refresh, ui};
 
+/// What this start asks of the pool.
+fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
+    pool::Request {
+        count,
+        backend: target.backend,
+        region: &target.region,
+        new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
+        max_vms: target.max_vms.map(|m| m as usize),
+        // Without a cap, Azure provisions on demand (the specification): no queue.
+        queue: target.queue && (target.backend == Backend::Local || target.max_vms.is_some()),
+    }
+}
+
+/// The VM name recorded for a session that found no VM at all (a capped pool, no queue).
+const UNPLACED_VM: &str = "-";
+
 fn random_u16() -> u16 {
     // RandomState is seeded per process and per call: enough to spread ids, which are
     // checked for uniqueness against the state under the lock anyway.
@@ -72,6 +88,10 @@ struct Target {
     size: &'static SizeSpec,
     local_capacity: Option<u32>,
     workspace_root: String,
+    /// The most pool VMs of the region this start may end up with (Azure).
+    max_vms: Option<u32>,
+    /// Prompts beyond the free slots wait in a VM's queue (else they fail).
+    queue: bool,
 }
 
 fn reserve(
@@ -103,15 +123,7 @@ fn reserve(
             });
         local.capacity = capacity;
     }
-    let plan = pool::plan(
-        st,
-        &pool::Request {
-            count: args.prompts.len(),
-            backend: target.backend,
-            region: &target.region,
-            new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
-        },
-    );
+    let plan = pool::plan(st, &plan_request(target, args.prompts.len()));
     let new_vms = provision::reserve_vms(
         st,
         plan.new_vms,
@@ -129,19 +141,38 @@ fn reserve(
         let taken: Vec<String> = reserved.iter().map(|r| r.id.clone()).collect();
         let id = unique_session_id(st, &taken, now);
         let (vm, vm_is_new, status, error) = match placement {
-            Placement::Existing(vm) => (vm, false, SessionStatus::Pending, None),
-            Placement::New(i) => (new_vms[i].clone(), true, SessionStatus::Pending, None),
-            Placement::Unplaced => {
+            Placement::Existing(vm) | Placement::QueuedOn(vm) => {
+                (vm, false, SessionStatus::Pending, None)
+            }
+            Placement::New(i) | Placement::QueuedOnNew(i) => {
+                (new_vms[i].clone(), true, SessionStatus::Pending, None)
+            }
+            Placement::Unplaced if target.backend == Backend::Local => {
                 let cap = target.local_capacity.unwrap_or(0);
                 (
                     LOCAL_VM_NAME.to_string(),
                     false,
                     SessionStatus::Failed,
                     Some(format!(
-                        "no free slot on '{LOCAL_VM_NAME}' (all {cap} in use); wait for a session to finish, or raise AMPLIHACK_LOCAL_SLOTS"
+                        "no free slot on '{LOCAL_VM_NAME}' (all {cap} in use) and --no-queue; wait for a session to finish, raise AMPLIHACK_LOCAL_SLOTS, or let it queue"
                     )),
                 )
             }
+            Placement::Unplaced => (
+                UNPLACED_VM.to_string(),
+                false,
+                SessionStatus::Failed,
+                Some(format!(
+                    "no free slot in the pool, which may not grow past {} VM(s) in {}{}; raise --max-vms, or let it queue",
+                    target.max_vms.unwrap_or(0),
+                    target.region,
+                    if target.queue {
+                        " and has no ready VM to queue on"
+                    } else {
+                        ", and --no-queue"
+                    }
+                )),
+            ),
         };
         let finished = !status.is_active();
         let record = Session {
@@ -188,6 +219,11 @@ enum Outcome {
         code: i32,
         message: String,
     },
+    /// Waiting in its VM's queue, at this place of this many.
+    Queued {
+        place: u32,
+        of: u32,
+    },
     /// A second Ctrl+C cut the launch call short: whether the session runs is unknown until
     /// the next refresh.
     Abandoned,
@@ -213,6 +249,8 @@ struct VmJob<'a> {
     vm_is_new: bool,
     backend: Backend,
     resource_group: Option<String>,
+    /// How many agents the VM may run at once (the VM enforces it).
+    capacity: u32,
     sessions: Vec<&'a Reserved>,
 }
 
@@ -284,6 +322,8 @@ fn launch_on_vm(
         workspace_root: &target.workspace_root,
         bundle: repo.map(|r| (r.bundle_name.as_str(), r.bundle.as_slice())),
         wait_for_cloud_init: job.backend == Backend::Azure,
+        capacity: Some(job.capacity),
+        queue: target.queue,
     };
     let vm = VmRef {
         name: job.vm.clone(),
@@ -338,6 +378,10 @@ fn launch_on_vm(
                         Some(LaunchResult::Launched { started_at }) => Outcome::Launched {
                             started_at: *started_at,
                         },
+                        Some(LaunchResult::Queued { place, of }) => Outcome::Queued {
+                            place: *place,
+                            of: *of,
+                        },
                         Some(LaunchResult::Failed(why)) => Outcome::Failed {
                             code: 1,
                             message: why.clone(),
@@ -381,6 +425,16 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                         s.started_at = Some(started_at.unwrap_or(now));
                         s.completed_at = None;
                         s.error = None;
+                        s.owner = None;
+                    }
+                }
+                Outcome::Queued { .. } => {
+                    if let Some(s) = st
+                        .sessions
+                        .get_mut(id)
+                        .filter(|s| s.status == SessionStatus::Pending)
+                    {
+                        s.status = SessionStatus::Queued;
                         s.owner = None;
                     }
                 }
@@ -442,6 +496,11 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
         size,
         local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
         workspace_root,
+        max_vms: match backend {
+            Backend::Azure => args.max_vms.or(ctx.settings.max_vms),
+            Backend::Local => None,
+        },
+        queue: !args.no_queue,
     })
 }
 
@@ -489,6 +548,10 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .map(|(r, s)| StartLine {
                 session: s,
                 vm_is_new: r.vm_is_new,
+                queue_place: match outcomes.get(&r.id) {
+                    Some(Outcome::Queued { place, of }) => Some((*place, *of)),
+                    _ => None,
+                },
             })
             .collect();
         ui::print(&render::start_report(&lines))?;
@@ -499,17 +562,9 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
 /// A refresh costs seconds and a new VM costs minutes: when the pool looks full, first learn
 /// whether some of its sessions have finished.
 fn refresh_if_pool_looks_full(ctx: &Ctx, target: &Target, count: usize) -> Result<()> {
-    if target.backend != Backend::Azure {
-        return Ok(());
-    }
     let st = ctx.store.load()?;
-    let request = pool::Request {
-        count,
-        backend: target.backend,
-        region: &target.region,
-        new_vm_capacity: Some(target.size.max_sessions),
-    };
-    if pool::plan(&st, &request).needs_new_vms()
+    let plan = pool::plan(&st, &plan_request(target, count));
+    if (plan.needs_new_vms() || plan.placements.iter().any(Placement::is_queued))
         && !pool::busy_vms(&st, target.backend, &target.region).is_empty()
     {
         ui::progress("Checking whether busy pool VMs have free slots...");
@@ -536,6 +591,10 @@ fn launch_all(
                 vm_is_new: r.vm_is_new,
                 backend: target.backend,
                 resource_group: ctx.vm_ref(&state, &r.vm).resource_group,
+                capacity: state
+                    .vm_pool
+                    .get(&r.vm)
+                    .map_or(target.size.max_sessions, |v| v.capacity),
                 sessions: vec![],
             })
             .sessions
@@ -607,7 +666,10 @@ fn exit_status(
             _ => {}
         }
         if let Some(s) = records.get(&r.id)
-            && !matches!(s.status, SessionStatus::Running | SessionStatus::Completed)
+            && !matches!(
+                s.status,
+                SessionStatus::Running | SessionStatus::Queued | SessionStatus::Completed
+            )
         {
             let why = s.error.as_deref().unwrap_or("its record is not running");
             return Err(failure(1, &format!("{} is {}: {why}", r.id, s.status)));

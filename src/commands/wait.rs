@@ -99,7 +99,9 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
             let mut fresh: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for id in &waiting {
                 let s = &state.sessions[id];
-                if s.status == SessionStatus::Running && !watched.contains(id) {
+                if matches!(s.status, SessionStatus::Running | SessionStatus::Queued)
+                    && !watched.contains(id)
+                {
                     fresh.entry(s.vm_name.clone()).or_default().push(id.clone());
                 }
             }

@@ -16,6 +16,8 @@ secret=${AMPLIHACK_SECRET:-}
 unset AMPLIHACK_SECRET
 supervisor_text=${AMPLIHACK_SUPERVISOR:-}
 unset AMPLIHACK_SUPERVISOR
+drain_first=${AMPLIHACK_DRAIN:-}
+unset AMPLIHACK_DRAIN
 
 fail() {
   printf 'amplihack: %s\n' "$*" >&2
@@ -37,10 +39,10 @@ resolve_path() {
 # One `session` line of facts: id, known (has a session directory), alive (its agent's group
 # or its supervisor lives, verified by identity; for a session of the Python original, which
 # has no directory, its tmux session), exit code, finish and start times, whether a kill was
-# asked, whether its tmux session exists, whether its launch was cancelled, and whether this
-# call claimed it ($2: see claim_unlaunched).
+# asked, whether its tmux session exists, whether its launch was cancelled, whether this call
+# claimed it ($2: see claim_unlaunched), and whether it waits in the VM's queue.
 session_facts() {
-  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0
+  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0 queued=0
   local pid aid spid sid
   tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
   if [ -d "$d" ]; then
@@ -55,23 +57,12 @@ session_facts() {
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
     [ -e "$d/kill_requested" ] && killreq=1
     [ -e "$d/cancelled" ] && cancelled=1
+    [ -e "$d/queued" ] && queued=1
   else
     alive=$tmux_up
   fi
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed"
-}
-
-# The launch of a session and the settling of a session whose `start` died exclude each other
-# through a lock per session: whoever comes first decides. $1 id; the fd is in `lock_fd`.
-lock_session() {
-  mkdir -p -- "$base/locks" || return 1
-  exec {lock_fd}> "$base/locks/$1" || return 1
-  flock -w 60 "$lock_fd"
-}
-
-unlock_session() {
-  exec {lock_fd}>&-
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed" "$queued"
 }
 
 # A pending session whose `start` died: it was launched (its supervisor started), or it never
@@ -80,10 +71,20 @@ unlock_session() {
 claim_unlaunched() {
   local id=$1 d="$base/sessions/$1"
   lock_session "$id" || fail "cannot lock session $id"
-  if [ ! -e "$d/supervisor.pid" ]; then
+  # Queued is launched too: the VM starts it when a slot frees.
+  if [ ! -e "$d/supervisor.pid" ] && [ ! -e "$d/queued" ]; then
     mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)"
   fi
   unlock_session
+}
+
+# Starts what the VM's queue holds while it has room. The supervisors that end do this, but
+# none may be left (all killed, a reboot): a call whose header sets AMPLIHACK_DRAIN (the CLI
+# sets it for VMs with queued sessions, with the user's key) does it first.
+drain_now() {
+  lock_vm || return 0
+  drain_queue report
+  unlock_vm
 }
 
 # probe ID... [-- PENDING_ID...]: facts of sessions; those after `--` are pending sessions whose
@@ -157,94 +158,126 @@ report_failed() {
   printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
 }
 
-# Hands the API key to a supervisor just started, through its FIFO: the key is only ever in a
-# pipe, never in a file. Succeeds once the supervisor has taken it (it removes the FIFO).
-hand_key() {
-  local fifo=$1 fd n=0
-  exec {fd}<> "$fifo" || return 1
-  printf '%s\0' "$secret" >&"$fd"
-  while [ -p "$fifo" ] && [ "$n" -lt 300 ]; do
-    sleep 0.1
-    n=$((n + 1))
-  done
-  exec {fd}>&-
-  if [ -p "$fifo" ]; then
-    rm -f -- "$fifo"
-    return 1
-  fi
-}
-
-# Starts one session: its files, its workspace, then its supervisor in a detached tmux session.
+# Launches one session: its files and workspace under its lock, then, under the VM's lock, its
+# supervisor if the VM has a free slot (after any older queued session), else a place in the
+# VM's queue (when queueing is allowed), else a failure.
 # $1 id, $2 prompt, $3 the session's own record (JSON), then the agent's argv before the prompt.
 launch_session() {
-  local id=$1
+  local id=$1 d="$base/sessions/$1"
   if ! lock_session "$id"; then
     report_failed "$id" "cannot lock the session"
     return
   fi
-  start_session "$@"
+  prepare_session "$@"
+  local prepared=$?
   unlock_session
+  [ "$prepared" = 0 ] || return
+  if ! lock_vm; then
+    report_failed "$id" "cannot lock the VM"
+    return
+  fi
+  drain_queue quiet
+  if lock_session "$id"; then
+    place_session "$id"
+    unlock_session
+  else
+    report_failed "$id" "cannot lock the session"
+  fi
+  unlock_vm
 }
 
-# The launch of one session, under its lock (see launch_session).
-start_session() {
+# Under the session's lock: its files and workspace. Returns 1 when it has answered already.
+prepare_session() {
   local id=$1 prompt=$2 record=$3
   shift 3
-  local d="$base/sessions/$id" ws="$root/$id" out pane
+  local d="$base/sessions/$id" ws="$root/$id" out
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
+    report_launched "$id"
+    return 1
+  fi
+  if [ -e "$d/queued" ]; then
+    return 0
+  fi
+  if [ -e "$d/cancelled" ]; then
+    report_failed "$id" "its start was taken for dead and the launch was cancelled"
+    return 1
+  fi
+  mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return 1; }
+  if ! { printf '%s' "$prompt" > "$d/prompt" &&
+    printf '%s\0' "$@" > "$d/argv" &&
+    printf '%s\n' "$record" > "$d/record.json" &&
+    printf '%s' "$supervisor_text" > "$d/supervisor.sh" &&
+    write_atomic "$d/workspace" "$ws"; }; then
+    report_failed "$id" "cannot write the session files in $d"
+    return 1
+  fi
+  # A session queued now starts later from another process, which must then have a key.
+  if [ -n "$secret" ]; then : > "$d/needs_key"; else rm -f -- "$d/needs_key"; fi
+  if [ -n "$bundle" ]; then
+    if [ ! -e "$ws/.git" ]; then
+      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return 1; }
+      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return 1; }
+    fi
+  else
+    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return 1; }
+  fi
+}
+
+# Under the VM's and the session's locks: start it, queue it, or refuse it.
+place_session() {
+  local id=$1 d="$base/sessions/$1" running
+  if [ -e "$d/supervisor.pid" ]; then
     report_launched "$id"
     return
   fi
   if [ -e "$d/cancelled" ]; then
+    rm -f -- "$d/queued"
     report_failed "$id" "its start was taken for dead and the launch was cancelled"
     return
   fi
-  mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return; }
-  if ! { printf '%s' "$prompt" > "$d/prompt" &&
-    printf '%s\0' "$@" > "$d/argv" &&
-    printf '%s\n' "$record" > "$d/record.json" &&
-    printf '%s' "$supervisor_text" > "$d/supervisor.sh"; }; then
-    report_failed "$id" "cannot write the session files in $d"
-    return
-  fi
-  if [ -n "$bundle" ]; then
-    if [ ! -e "$ws/.git" ]; then
-      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return; }
-      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return; }
+  running=$(running_count)
+  if [ ! -e "$d/queued" ] && { [ -z "$capacity" ] || [ "$running" -lt "$capacity" ]; }; then
+    if start_supervisor "$id"; then
+      report_launched "$id"
+    else
+      report_failed "$id" "$start_error"
     fi
+  elif [ "$queue_ok" = 1 ]; then
+    [ -e "$d/queued" ] || write_atomic "$d/queued" "$(date +%s%N)"
+    printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
   else
-    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return; }
+    report_failed "$id" "no free slot on this VM ($running of $capacity running)"
   fi
-  # The FIFO exists before the supervisor does, so the supervisor knows a key is coming.
-  rm -f -- "$d/secret.fifo"
-  if [ -n "$secret" ]; then
-    mkfifo -m 600 -- "$d/secret.fifo" || { report_failed "$id" "cannot create $d/secret.fifo"; return; }
-  fi
-  if ! pane=$(tmux new-session -d -P -F '#{pane_pid}' -s "$id" -c "$ws" bash "$d/supervisor.sh" "$d" 2>&1); then
-    rm -f -- "$d/secret.fifo"
-    report_failed "$id" "tmux new-session failed: $pane"
-    return
-  fi
-  # Recorded here too (the supervisor writes the same), so the moment this launch answers,
-  # anyone can tell a live session from a dead one.
-  write_atomic "$d/supervisor.id" "$(identity_of "$pane")"
-  write_atomic "$d/supervisor.pid" "$pane"
-  if [ -n "$secret" ] && ! hand_key "$d/secret.fifo"; then
-    tmux kill-session -t "=$id" 2>/dev/null
-    report_failed "$id" "the session's supervisor did not take the API key"
-    return
-  fi
-  report_launched "$id"
 }
 
-# launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT then, per session: ID PROMPT RECORD ARGC ARGV...
-# The git bundle, if BUNDLE_NAME is not empty, follows the script on stdin.
+# The place of a queued session in its VM's queue (1 = next), and how many are queued.
+queue_place() {
+  local id=$1 q t mine n=0 total=0
+  read_into mine "$base/sessions/$id/queued"
+  for q in "$base/sessions"/*/queued; do
+    [ -e "$q" ] || continue
+    total=$((total + 1))
+    read_into t "$q"
+    if [ "${t:-0}" -lt "${mine:-0}" ] || { [ "${t:-0}" = "${mine:-0}" ] && [[ $q < "$base/sessions/$id/queued" ]]; }; then
+      n=$((n + 1))
+    fi
+  done
+  printf '%s\t%s' "$((n + 1))" "$total"
+}
+
+# launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT CAPACITY QUEUE_OK then, per session:
+# ID PROMPT RECORD ARGC ARGV... The git bundle, if BUNDLE_NAME is not empty, follows the
+# script on stdin. CAPACITY (empty: none) is how many agents this VM may run at once; with
+# QUEUE_OK a session that finds no free slot waits in the VM's queue.
 cmd_launch() {
   local root_spec=$1 bundle_name=$2 cloud_init=$3
-  shift 3
+  capacity=$4 queue_ok=$5
+  shift 5
   command -v tmux > /dev/null 2>&1 || fail "tmux is not installed on this machine"
+  command -v flock > /dev/null 2>&1 || fail "flock (util-linux) is not installed on this machine"
   mkdir -p -- "$base/sessions" "$base/context" || fail "cannot create $base"
+  [ -n "$capacity" ] && write_atomic "$base/capacity" "$capacity"
   if [ "$cloud_init" = 1 ] && command -v cloud-init > /dev/null 2>&1; then
     cloud-init status --wait > /dev/null 2>&1
   fi
@@ -279,7 +312,10 @@ cmd_launch() {
 cmd_capture() {
   local id=$1 lines=$2 d="$base/sessions/$1"
   session_facts "$id"
-  if [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
+  if [ -e "$d/queued" ]; then
+    printf 'queue\t%s\n' "$(queue_place "$id")"
+    printf 'data\tnone\n'
+  elif [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
     printf 'data\tpane\n'
     tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2> /dev/null
   elif [ -f "$d/output.log" ]; then
@@ -294,6 +330,7 @@ cmd_capture() {
 session_over() {
   local id=$1 d="$base/sessions/$1" pid aid spid sid
   [ -f "$d/exit_code" ] && return 0
+  [ -e "$d/queued" ] && return 1
   if [ -d "$d" ]; then
     read_into pid "$d/agent.pid"
     read_into aid "$d/agent.id"
@@ -396,6 +433,23 @@ cmd_kill() {
   fi
   [ "$force" = 1 ] && signal=KILL number=9
   [ "$claim" = 1 ] && claim_unlaunched "$id"
+  if [ -e "$d/queued" ] && lock_vm; then
+    # Queued: taken out of the queue, so it never starts.
+    if lock_session "$id"; then
+      if [ -e "$d/queued" ]; then
+        rm -f -- "$d/queued"
+        write_atomic "$d/kill_requested" "$signal $(now_utc)"
+        write_atomic "$d/cancelled" "$(now_utc)"
+        unlock_session
+        unlock_vm
+        printf 'result\tdequeued\n'
+        session_facts "$id"
+        return
+      fi
+      unlock_session
+    fi
+    unlock_vm
+  fi
   read_into pid "$d/agent.pid"
   read_into aid "$d/agent.id"
   read_into spid "$d/supervisor.pid"
@@ -450,6 +504,7 @@ cmd_pull() {
 main() {
   local command=${1:-}
   shift || true
+  [ -n "$drain_first" ] && drain_now
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
@@ -461,6 +516,8 @@ main() {
     pull) cmd_pull "$@" ;;
     *) fail "unknown control command '$command'" ;;
   esac
+  # A kill frees a slot that no supervisor may be left to pass on.
+  [ "$command" = kill ] && [ -n "$drain_first" ] && drain_now
   exit 0
 }
 

@@ -88,3 +88,149 @@ end_group() {
   fi
   return 0
 }
+
+# Locks. A session's lock orders its launch against whoever settles it; the VM's lock orders
+# every decision to start an agent against the VM's capacity. Where both are held, the VM's is
+# taken first.
+lock_session() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {session_lock_fd}> "$base/locks/$1" || return 1
+  flock -w 60 "$session_lock_fd"
+}
+
+unlock_session() {
+  exec {session_lock_fd}>&-
+}
+
+lock_vm() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {vm_lock_fd}> "$base/locks/.vm" || return 1
+  flock -w 120 "$vm_lock_fd"
+}
+
+unlock_vm() {
+  exec {vm_lock_fd}>&-
+}
+
+# Hands `secret` (the API key) to a supervisor just started, through its FIFO: the key is only
+# ever in a pipe, never in a file. Succeeds once the supervisor has taken it (it removes the
+# FIFO); when it never does, the pipe's contents vanish as its last open end closes.
+hand_key() {
+  local fifo=$1 fd n=0
+  exec {fd}<> "$fifo" || return 1
+  printf '%s\0' "$secret" >&"$fd"
+  while [ -p "$fifo" ] && [ "$n" -lt 300 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  exec {fd}>&-
+  if [ -p "$fifo" ]; then
+    rm -f -- "$fifo"
+    return 1
+  fi
+}
+
+# Runs a command with only stdin, stdout and stderr open: a daemon it starts (the tmux server,
+# and through it every supervisor and agent) must not inherit our lock files, or it would hold
+# the locks for as long as it lives.
+without_inherited_fds() {
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ] 2> /dev/null; then eval "exec $fd>&-"; fi
+    done
+    exec "$@"
+  )
+}
+
+# Starts the supervisor of a prepared session (files and workspace in place) in a detached
+# tmux session, and hands it `secret`. On failure says why in `start_error`.
+start_supervisor() {
+  local id=$1 d="$base/sessions/$1" ws pane
+  read_into ws "$d/workspace"
+  # The FIFO exists before the supervisor does, so the supervisor knows a key is coming.
+  rm -f -- "$d/secret.fifo"
+  if [ -n "$secret" ] && ! mkfifo -m 600 -- "$d/secret.fifo"; then
+    start_error="cannot create $d/secret.fifo"
+    return 1
+  fi
+  if ! pane=$(without_inherited_fds tmux new-session -d -P -F '#{pane_pid}' -s "$id" -c "${ws:-$HOME}" bash "$d/supervisor.sh" "$d" 2>&1); then
+    rm -f -- "$d/secret.fifo"
+    start_error="tmux new-session failed: $pane"
+    return 1
+  fi
+  # Recorded here too (the supervisor writes the same), so the moment this returns, anyone
+  # can tell a live session from a dead one.
+  write_atomic "$d/supervisor.id" "$(identity_of "$pane")"
+  write_atomic "$d/supervisor.pid" "$pane"
+  if [ -n "$secret" ] && ! hand_key "$d/secret.fifo"; then
+    tmux kill-session -t "=$id" 2> /dev/null
+    start_error="the session's supervisor did not take the API key"
+    return 1
+  fi
+}
+
+# How many sessions of this VM run now: not finished, not queued, and their supervisor or
+# their agent's group alive (identities verified).
+running_count() {
+  local n=0 d pid aid spid sid
+  for d in "$base/sessions"/*/; do
+    d=${d%/}
+    [ -f "$d/exit_code" ] || [ -e "$d/queued" ] || [ ! -e "$d/supervisor.pid" ] && continue
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then n=$((n + 1)); fi
+  done
+  printf '%s' "$n"
+}
+
+# The session queued first (by the time it was queued, then by id); fails when none is.
+next_queued() {
+  local d t best='' best_t=
+  for d in "$base/sessions"/*/queued; do
+    [ -e "$d" ] || continue
+    read_into t "$d"
+    t=${t:-0}
+    d=${d%/queued}
+    if [ -z "$best" ] || [ "$t" -lt "$best_t" ] || { [ "$t" = "$best_t" ] && [[ ${d##*/} < $best ]]; }; then
+      best=${d##*/} best_t=$t
+    fi
+  done
+  [ -n "$best" ] && printf '%s' "$best"
+}
+
+# Starts queued sessions, oldest first, while the VM has a free slot ($base/capacity). Call it
+# holding the VM's lock. With $1 = report (not quiet), says what it did: `drained\tID`, or
+# `stuck\tID\twhy`.
+drain_queue() {
+  local report='' cap id d
+  [ "$1" = report ] && report=1
+  read_into cap "$base/capacity"
+  [ -n "$cap" ] || return 0
+  while [ "$(running_count)" -lt "$cap" ]; do
+    id=$(next_queued) || return 0
+    d="$base/sessions/$id"
+    lock_session "$id" || return 0
+    if [ -e "$d/cancelled" ] || [ -e "$d/supervisor.pid" ]; then
+      rm -f -- "$d/queued"
+    elif [ -e "$d/needs_key" ] && [ -z "$secret" ]; then
+      unlock_session
+      [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "no API key to start it with: run a command of this tool with ANTHROPIC_API_KEY set"
+      return 0
+    else
+      rm -f -- "$d/queued"
+      if start_supervisor "$id"; then
+        [ -n "$report" ] && printf 'drained\t%s\n' "$id"
+      else
+        # It can never start: record that, so nobody waits for it.
+        printf 'amplihack: the queued session could not start: %s\n' "$start_error" >> "$d/output.log"
+        write_atomic "$d/finished_at" "$(now_utc)"
+        write_atomic "$d/exit_code" 1
+        [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "$start_error"
+      fi
+    fi
+    unlock_session
+  done
+}

@@ -279,7 +279,10 @@ impl TestEnv {
                 .as_array()
                 .and_then(|a| a.iter().find(|s| s["session_id"] == id).cloned())
                 .unwrap_or(Value::Null);
-            !matches!(last["status"].as_str(), Some("running" | "pending"))
+            !matches!(
+                last["status"].as_str(),
+                Some("running" | "pending" | "queued")
+            )
         });
         last
     }
