@@ -1,5 +1,6 @@
-//! Chaos: for a bounded time, concurrent `start`, `kill`, `prune --yes`, `list`, `status` and
-//! `output` on two small stand-in VMs (and whatever VMs the starts provision, within a quota),
+//! Chaos: for a bounded time, concurrent `start` (half of them capped, so prompts queue on the
+//! VMs), `kill`, `prune --yes`, `list`, `status` and `output` on two small stand-in VMs (and
+//! whatever VMs the starts provision, within a quota),
 //! while random SIGKILLs hit our processes and the sessions' supervisors. Then the invariants
 //! the trust issue names must hold: no session lost, no VM over capacity (sampled throughout),
 //! no VM azlin created that the state does not track, no agent alive that the state does not
@@ -169,6 +170,10 @@ fn starter(w: &World) {
         let prompt = format!("SLEEP={sleep}{exit}{trap} LINES=2");
         let count = 1 + w.rng.below(2) as usize;
         let mut args = vec!["start", "--no-context", "--size", "m", "--json"];
+        // Half the starts cap the pool, so what does not fit waits in a VM's queue.
+        if w.rng.below(2) == 0 {
+            args.extend(["--max-vms", "3"]);
+        }
         let prompts = vec![prompt; count];
         args.extend(prompts.iter().map(String::as_str));
         let out = w.run(&args);
@@ -327,7 +332,7 @@ fn chaos_keeps_every_invariant() {
         let active: Vec<(String, Value)> = w
             .sessions()
             .into_iter()
-            .filter(|(_, s)| matches!(s["status"].as_str(), Some("pending" | "running")))
+            .filter(|(_, s)| matches!(s["status"].as_str(), Some("pending" | "queued" | "running")))
             .collect();
         if active.is_empty() {
             break;
