@@ -112,6 +112,8 @@ fn synthetic_state(n: usize) -> State {
                 base_commit: None,
                 owner: None,
                 kill_request: None,
+                archived_at: None,
+                pulled_commit: None,
                 extra: Default::default(),
             },
         );

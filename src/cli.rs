@@ -33,7 +33,8 @@ Examples:
   amplihack remote list --status running
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
-  amplihack remote status --json";
+  amplihack remote status --json
+  amplihack remote pull --all";
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
@@ -72,9 +73,11 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote prune --dry-run\n  amplihack remote prune --idle-minutes 60 --yes"
     )]
     Prune(PruneArgs),
-    /// Fetch a session's git history into the local repository as branch amplihack/<session-id>
-    #[command(after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1")]
-    Pull(SessionArg),
+    /// Fetch sessions' commits into the local repository as branches amplihack/<session-id>
+    #[command(
+        after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
+    )]
+    Pull(PullArgs),
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
@@ -244,6 +247,21 @@ pub struct PruneArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Sessions whose commits to fetch (each becomes branch amplihack/<session-id>)
+    #[arg(
+        value_name = "SESSION_ID",
+        value_parser = parse_session_id,
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub session_ids: Vec<String>,
+    /// Every finished session of this repository with commits not pulled yet
+    #[arg(long)]
+    pub all: bool,
 }
 
 fn parse_prompt(s: &str) -> Result<String, String> {

@@ -1,6 +1,7 @@
 //! `amplihack remote`: AI coding-agent tasks as detached tmux sessions on a pool of VMs.
 //! Architecture: docs/architecture.md.
 
+pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;

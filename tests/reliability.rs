@@ -299,8 +299,9 @@ fn ctrl_c_stops_following_while_the_session_keeps_running() {
     let id = started_ids(&out).remove(0);
     env.clear_calls();
     let child = spawn(&env, &["output", &id, "--follow"]);
+    // The second poll has begun only once the first was answered and its header printed.
     env.wait_for("following to begin", Duration::from_secs(20), || {
-        env.calls().iter().any(|c| c[0] == "connect")
+        env.calls().iter().filter(|c| c[0] == "connect").count() >= 2
     });
     sigint(&child);
     let out = wait_output(child);

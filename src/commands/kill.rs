@@ -54,15 +54,22 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         "Sending SIGTERM...\n"
     })?;
     let vm = ctx.vm_ref(&state, &session.vm_name);
-    let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs);
+    // The same call brings the ended session's archive home.
+    let input = script::kill_script(
+        id,
+        args.force,
+        ctx.settings.kill_grace_secs,
+        Some(&refresh::archive_request(ctx, &session)),
+    );
     let answer = ctx
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {
             script::parse_kill(&out.stdout)
-                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))
+                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
+            Ok(out)
         });
-    let report = match answer {
-        Ok(report) => report,
+    let out = match answer {
+        Ok(out) => out,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"
@@ -73,6 +80,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 SessionStatus::Killed,
                 None,
                 Some("killed locally while its VM was unreachable".into()),
+                &[],
             )?;
             return ui::print("Status updated: killed\n");
         }
@@ -83,12 +91,14 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let report = script::parse_kill(&out.stdout).expect("parsed above");
+    let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
     match report.outcome {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
             withdraw_intent(ctx, id, &me)?;
-            mark(ctx, id, status.clone(), exit_code, None)?;
+            mark(ctx, id, status.clone(), exit_code, None, &archived)?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
                 .unwrap_or_default();
@@ -110,6 +120,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 SessionStatus::Failed,
                 None,
                 Some(vanished.to_string()),
+                &archived,
             )?;
             ui::print(&format!(
                 "Nothing of session {id} was running on {}: {vanished}.\nStatus updated: failed\n",
@@ -123,7 +134,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(ctx, id, SessionStatus::Killed, exit_code, None)?;
+            mark(ctx, id, SessionStatus::Killed, exit_code, None, &archived)?;
             ui::print("Session terminated.\nStatus updated: killed\n")
         }
     }
@@ -151,18 +162,21 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> 
     })
 }
 
-/// Settles the session. A refresh that saw the end first may already have recorded it (as
-/// `killed`, thanks to the marks): then nothing changes.
+/// Settles the session, and marks it archived when its archive came home with the answer.
+/// A refresh that saw the end first may already have recorded it (as `killed`, thanks to the
+/// marks): then its status stays.
 fn mark(
     ctx: &Ctx,
     id: &str,
     status: SessionStatus,
     exit_code: Option<i32>,
     error: Option<String>,
+    archived: &[String],
 ) -> Result<()> {
     let now = ctx.now();
     ctx.store.update(|st| {
         st.finish_session(id, status, exit_code, now, error);
+        refresh::mark_archived(st, archived, now);
         Ok(())
     })
 }

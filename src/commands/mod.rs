@@ -13,6 +13,7 @@ pub mod status;
 
 use chrono::{DateTime, Utc};
 
+use crate::archive::ArchiveStore;
 use crate::cli::{RemoteCommand, StatusFilter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -25,6 +26,7 @@ use crate::transport::{Transport, Transports, VmRef};
 pub struct Ctx {
     pub settings: Settings,
     pub store: StateStore,
+    pub archive: ArchiveStore,
     pub transports: Transports,
 }
 
@@ -32,9 +34,12 @@ impl Ctx {
     pub fn from_env() -> Result<Self> {
         let settings = Settings::from_env()?;
         let transports = Transports::new(&settings);
+        let store = StateStore::from_env()?;
+        let archive = ArchiveStore::beside(store.path(), settings.archive_dir.clone());
         Ok(Ctx {
             settings,
-            store: StateStore::from_env()?,
+            store,
+            archive,
             transports,
         })
     }

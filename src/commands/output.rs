@@ -1,5 +1,7 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
-//! polls the log by byte offset so nothing is printed twice or skipped.
+//! polls the log by byte offset so nothing is printed twice or skipped. An archived session is
+//! read from its archive: no call, and its VM may be gone. A call that finds the session
+//! ended brings its archive home too.
 
 use std::collections::HashMap;
 
@@ -11,40 +13,102 @@ use crate::exec::OnInterrupt;
 use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, Capture, CaptureSource, Probe};
+use crate::script::{self, ArchiveRequest, Capture, CaptureSource, Probe};
 use crate::{interrupt, ui};
 
-fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
+fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
     let vm = ctx.vm_ref(state, &session.vm_name);
-    let out = ctx.run_on(
+    ctx.run_on(
         &vm,
         input,
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
-    )?;
+    )
+}
+
+fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
     script::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
-/// Settles the session's status from the probe (unless --no-refresh) and returns it.
+/// Keeps the archive the answer brought, then settles the session's status from the probe
+/// (unless --no-refresh, which asks for no archive) and returns the state.
 fn settle(
     ctx: &Ctx,
     state: State,
-    id: &str,
-    probe: Option<Probe>,
+    session: &Session,
+    capture: &Capture,
     refresh_state: bool,
 ) -> Result<State> {
-    match probe {
+    let (archived, _) = refresh::keep_archives(ctx, &session.vm_name, &capture.frames);
+    match capture.probe.clone() {
         Some(p) if refresh_state => {
-            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
-            refresh::commit_probes(ctx, &probes, state)
+            let probes: HashMap<String, Probe> = [(session.session_id.clone(), p)].into();
+            refresh::commit_probes(ctx, &probes, &archived, state)
         }
         _ => Ok(state),
     }
 }
 
+/// Prints an archived session's log from its archive.
+fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
+    let id = session.session_id.as_str();
+    let Some(text) = ctx.archive.log_tail(id, args.lines as usize)? else {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status: format!("{}; its archive holds no log", session.status),
+        });
+    };
+    if !args.raw {
+        ui::print(&render::output_header(
+            session,
+            session.status.as_str(),
+            session.archived_at.unwrap_or_else(|| ctx.now()),
+            script::count_lines(&text),
+        ))?;
+    }
+    ui::progress(&format!(
+        "From the archive of {id} ({}); its VM was not asked.",
+        ctx.archive.dir(id)?.display()
+    ));
+    if let Some(cut) = ctx.archive.meta(id)?.and_then(|m| m.log_cut()) {
+        ui::warn(&format!(
+            "the log was over the archive's cap: its first {cut} bytes were not kept"
+        ));
+    }
+    ui::print_bytes(&text)?;
+    if args.follow {
+        ui::progress(&format!("Session {id} ended: {}", ended_text(session)));
+    }
+    Ok(())
+}
+
+fn ended_text(s: &Session) -> String {
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let why = s
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!("{}{code}{why}", s.status)
+}
+
 pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     let state = ctx.store.load()?;
     let session = find_session(&state, &args.session_id)?.clone();
+    if session.archived_at.is_some() {
+        if ctx.archive.has(&session.session_id) {
+            return from_archive(ctx, &session, &args);
+        }
+        ui::warn(&format!(
+            "the archive of {} is missing from {}; asking its VM",
+            session.session_id,
+            ctx.archive.root().display()
+        ));
+    }
     if session.status == SessionStatus::Pending
         && !refresh::abandoned(
             session.owner.as_ref(),
@@ -64,28 +128,26 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         ));
         return Ok(());
     }
+    // --no-refresh writes nothing, so it asks for no archive either.
+    let archive = (!args.refresh.no_refresh && session.archived_at.is_none())
+        .then(|| refresh::archive_request(ctx, &session));
     if args.follow {
-        return follow(ctx, state, &session, &args);
+        return follow(ctx, state, &session, &args, archive.as_ref());
     }
-    let capture = ask(
+    let out = ask(
         ctx,
         &state,
         &session,
-        script::capture_script(&session.session_id, args.lines),
+        script::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
-    let state = settle(
-        ctx,
-        state,
-        &session.session_id,
-        capture.probe.clone(),
-        !args.refresh.no_refresh,
-    )?;
+    let capture = parse(&session, &out)?;
+    let state = settle(ctx, state, &session, &capture, !args.refresh.no_refresh)?;
     let status = find_session(&state, &session.session_id)?
         .status
         .to_string();
     let text = match capture.source {
-        CaptureSource::Pane => script::last_lines(&capture.data, args.lines as usize),
-        CaptureSource::Log => capture.data,
+        CaptureSource::Pane => script::last_lines(capture.data, args.lines as usize),
+        CaptureSource::Log => capture.data.to_vec(),
         CaptureSource::None => Vec::new(),
     };
     if capture.source == CaptureSource::None {
@@ -106,16 +168,23 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     ui::print_bytes(&text)
 }
 
-fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> Result<()> {
+fn follow(
+    ctx: &Ctx,
+    mut state: State,
+    session: &Session,
+    args: &OutputArgs,
+    archive: Option<&ArchiveRequest>,
+) -> Result<()> {
     let id = session.session_id.as_str();
     let mut offset: Option<u64> = None;
     loop {
-        let capture = ask(
+        let out = ask(
             ctx,
             &state,
             session,
-            script::follow_script(id, offset, args.lines),
+            script::follow_script(id, offset, args.lines, archive),
         )?;
+        let capture = parse(session, &out)?;
         let probe = capture.probe.clone();
         if offset.is_none() && !args.raw {
             let status = state
@@ -127,31 +196,22 @@ fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> 
                 session,
                 &status,
                 ctx.now(),
-                script::count_lines(&capture.data),
+                script::count_lines(capture.data),
             ))?;
             ui::progress(&format!(
                 "Following {id} (polling every {}s; Ctrl+C stops following, the session keeps running)",
                 ctx.settings.follow_interval.as_secs_f64()
             ));
         }
-        ui::print_bytes(&capture.data)?;
+        ui::print_bytes(capture.data)?;
         offset = Some(capture.log_size.unwrap_or(0).max(offset.unwrap_or(0)));
         let finished = probe
             .as_ref()
             .is_some_and(|p| p.exit_code.is_some() || !p.alive);
-        state = settle(ctx, state, id, probe, !args.refresh.no_refresh)?;
+        state = settle(ctx, state, session, &capture, !args.refresh.no_refresh)?;
         if finished {
             let s = find_session(&state, id)?;
-            let code = s
-                .exit_code
-                .map(|c| format!(" (exit {c})"))
-                .unwrap_or_default();
-            let why = s
-                .error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
+            ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
             return Ok(());
         }
         interrupt::sleep(ctx.settings.follow_interval)?;
