@@ -247,6 +247,10 @@ pub struct PruneArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Delete a VM even when the results of its finished sessions could not be archived
+    /// (they are lost)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
