@@ -34,6 +34,7 @@ Examples:
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
   amplihack remote status --json
+  amplihack remote report
   amplihack remote pull --all";
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +79,11 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
     )]
     Pull(PullArgs),
+    /// What each recent session produced: status, exit, duration, commits, changes
+    #[command(
+        after_help = "Examples:\n  amplihack remote report\n  amplihack remote report --since 12h\n  amplihack remote report --status completed --json"
+    )]
+    Report(ReportArgs),
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
@@ -266,6 +272,25 @@ pub struct PullArgs {
     /// Every finished session of this repository with commits not pulled yet
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Sessions that ended within this long ago (plus every one still running): 30m, 12h, 2d
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: chrono::Duration,
+    /// Filter by status
+    #[arg(long, value_enum, default_value_t = StatusFilter::All)]
+    pub status: StatusFilter,
+    /// Output as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    crate::report::parse_duration(s)
 }
 
 fn parse_prompt(s: &str) -> Result<String, String> {

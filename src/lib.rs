@@ -15,6 +15,7 @@ pub mod pool;
 pub mod provision;
 pub mod refresh;
 pub mod render;
+pub mod report;
 pub mod script;
 pub mod state;
 pub mod transport;

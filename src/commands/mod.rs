@@ -8,6 +8,7 @@ pub mod output;
 pub mod prime;
 pub mod prune;
 pub mod pull;
+pub mod report;
 pub mod start;
 pub mod status;
 
@@ -99,6 +100,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
+        RemoteCommand::Report(a) => report::run(&ctx, a),
     }
 }
 
