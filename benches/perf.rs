@@ -7,8 +7,10 @@
 //! 3. State transactions: 32 processes doing 50 locked transactions each.
 //! 4. Results home: `report` and `pull --all` over 8 finished sessions on 2 VMs (azlin calls and
 //!    time), and `output` of an archived session (no call).
+//! 5. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
+//!    state file was lost, and again once it is whole.
 //!
-//! `cargo bench --bench perf -- read|remote|tx|results` runs one section.
+//! `cargo bench --bench perf -- read|remote|tx|results|sync` runs one section.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +76,7 @@ fn synthetic_state(n: usize) -> State {
                 error: None,
                 resource_group: None,
                 owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );
@@ -504,6 +507,46 @@ fn results() {
     );
 }
 
+fn sync() {
+    println!(
+        "## `sync` of 4 L VMs holding 16 sessions (stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| state before | time | azlin calls | sessions after |");
+    println!("|---|---:|---:|---:|");
+    let w = FakeWorld::new();
+    w.setup(&["prime", "--count", "4", "--vm-size", "l"]);
+    let mut start = vec!["start", "--no-context"];
+    start.extend(std::iter::repeat_n("SLEEP=600", 16));
+    w.setup(&start);
+    let state_path = w.dir.path().join("state.json");
+    let sessions = || {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+        st["sessions"].as_object().unwrap().len()
+    };
+    assert_eq!(sessions(), 16);
+    let row = |name: &str, runs: Vec<(Duration, usize, i32)>| {
+        assert!(runs.iter().all(|r| r.2 == 0), "{name} failed: {runs:?}");
+        let calls = runs[0].1;
+        let t = median(runs.into_iter().map(|r| r.0).collect());
+        println!(
+            "| {name} | {:.2} s | {calls} | {} |",
+            t.as_secs_f64(),
+            sessions()
+        );
+    };
+    let lost = (0..3)
+        .map(|_| {
+            std::fs::remove_file(&state_path).unwrap();
+            w.timed(&["sync"])
+        })
+        .collect();
+    row("lost (no state file)", lost);
+    let whole = (0..3).map(|_| w.timed(&["sync"])).collect();
+    row("whole (nothing to change)", whole);
+    println!();
+}
+
 fn transactions() {
     println!("## State transactions (32 processes x 50 locked read-modify-write transactions)\n");
     let dir = tempfile::tempdir().unwrap();
@@ -558,7 +601,7 @@ fn main() {
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "tx", "results"].contains(&a.as_str()))
+        .find(|a| ["read", "remote", "tx", "results", "sync"].contains(&a.as_str()))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -579,6 +622,9 @@ fn main() {
     }
     if run("results") {
         results();
+    }
+    if run("sync") {
+        sync();
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::Backend;
 use crate::naming;
+use crate::pool::PriceTable;
 
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
@@ -36,10 +37,19 @@ pub struct Settings {
     pub local_slots: Option<u32>,
     /// Words that replace `amplihack claude`; `None` means the default agent.
     pub agent_override: Option<Vec<String>>,
+    /// The default agent: `amplihack claude`, resolved by the VM's PATH. A local start puts the
+    /// absolute path of the Python amplihack first instead (`Ctx::for_start`).
+    pub default_agent: Vec<String>,
     pub api_key: Option<String>,
     pub user: String,
     pub timeouts: Timeouts,
+    /// How often a stream (`output --follow`, `wait`) checks on the VM for news.
     pub follow_interval: Duration,
+    /// How long a stream may stay silent (heartbeats included) before its connection is taken
+    /// for dead and reopened.
+    pub stream_silence: Duration,
+    /// How long `output --follow` and `wait` keep reconnecting before they give up (exit 4).
+    pub reconnect_for: Duration,
     pub kill_grace_secs: u32,
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
@@ -49,6 +59,8 @@ pub struct Settings {
     pub archive_dir: Option<std::path::PathBuf>,
     /// The most bytes of a session's log its archive keeps (the last part).
     pub archive_log_cap: u64,
+    /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
+    pub prices: PriceTable,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -122,13 +134,35 @@ impl Settings {
             "a number of seconds above 0",
         )?
         .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(5));
+        .unwrap_or(Duration::from_millis(200));
+        let stream_silence = number::<f64>(
+            "AMPLIHACK_REMOTE_STREAM_TIMEOUT",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(45));
+        let reconnect_for = number::<f64>(
+            "AMPLIHACK_REMOTE_RECONNECT_FOR",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(300));
         let new_vm_ssh_retry_delay = number::<f64>(
             "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
             "a number of seconds above 0",
         )?
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(15));
+        let prices = match var("AMPLIHACK_REMOTE_PRICES") {
+            None => PriceTable::default(),
+            Some(text) => PriceTable::with_overrides(&text).map_err(|e| {
+                bad(
+                    "AMPLIHACK_REMOTE_PRICES",
+                    &text,
+                    &format!("SKU=USD_PER_HOUR pairs separated by commas, e.g. Standard_E16s_v5=1.10 ({e})"),
+                )
+            })?,
+        };
         Ok(Settings {
             backend,
             region,
@@ -139,6 +173,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_REMOTE_WORKSPACE.into()),
             local_slots: number::<u32>("AMPLIHACK_LOCAL_SLOTS", "a whole number above 0")?,
             agent_override,
+            default_agent: vec!["amplihack".into(), "claude".into()],
             api_key: std::env::var("ANTHROPIC_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
@@ -156,6 +191,8 @@ impl Settings {
                 local_git: t(300),
             },
             follow_interval,
+            stream_silence,
+            reconnect_for,
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
@@ -165,6 +202,7 @@ impl Settings {
                 "a number of bytes above 0",
             )?
             .unwrap_or(DEFAULT_ARCHIVE_LOG_CAP),
+            prices,
         })
     }
 
@@ -179,10 +217,18 @@ impl Settings {
         out
     }
 
+    /// How streams pace themselves on the VM: a heartbeat three times per silence allowance.
+    pub fn stream_pace(&self) -> crate::script::Pace {
+        crate::script::Pace {
+            check_every: self.follow_interval,
+            beat_every: (self.stream_silence / 3).max(Duration::from_secs(1)),
+        }
+    }
+
     /// The agent command words (before `--<command> --max-turns N -- -p PROMPT`).
     pub fn agent_words(&self) -> Vec<String> {
         self.agent_override
             .clone()
-            .unwrap_or_else(|| vec!["amplihack".into(), "claude".into()])
+            .unwrap_or_else(|| self.default_agent.clone())
     }
 }

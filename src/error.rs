@@ -37,6 +37,12 @@ pub enum Error {
     #[error("VM '{vm}' is not reachable: {detail}")]
     VmUnreachable { vm: String, detail: String },
 
+    /// `sync` asked pool VMs and none answered; carries their names.
+    #[error(
+        "No VM answered (asked: {0}); the state keeps their sessions as last known. Start stopped VMs with 'azlin start NAME', check them with 'azlin list', then run 'amplihack remote sync' again."
+    )]
+    NoVmAnswered(String),
+
     #[error(
         "VM '{vm}' no longer exists in Azure ({detail}). Run 'amplihack remote prune' to drop it from the pool."
     )]
@@ -52,9 +58,8 @@ pub enum Error {
 
     #[error(
         "State file corrupt: {path}: {detail}\n\
-         Recovery: the file was left untouched. Inspect or repair it, or move it aside \
-         (mv '{path}' '{path}.corrupt') and run any command to start with an empty state; \
-         VMs still running can be found with 'azlin list' and deleted with 'azlin kill NAME --force'."
+         Recovery: the file was left untouched. Move it aside (mv '{path}' '{path}.corrupt'), \
+         then run 'amplihack remote sync' to rebuild it from the VMs; or repair it by hand."
     )]
     StateCorrupt { path: PathBuf, detail: String },
 
@@ -65,6 +70,12 @@ pub enum Error {
         "ANTHROPIC_API_KEY is not set. Export your Anthropic API key first: export ANTHROPIC_API_KEY=sk-ant-..."
     )]
     MissingApiKey,
+
+    #[error(
+        "the local backend runs `amplihack claude` on this machine, but no amplihack other than this one is on PATH: {}, or set AMPLIHACK_REMOTE_AGENT to the agent's command line",
+        crate::forward::GET_THE_REST
+    )]
+    LocalAgentMissing,
 
     #[error(
         "azlin not found ({0}). Install azlin (https://github.com/rysweet/azlin) or set AMPLIHACK_AZLIN to its path; use --local to run sessions on this machine."
@@ -110,13 +121,14 @@ impl Error {
         match self {
             Error::InvalidArgs(_) => 2,
             Error::SessionNotFound(_) | Error::SessionNotOnVm { .. } => 3,
-            Error::VmUnreachable { .. } | Error::VmNotFound { .. } => 4,
+            Error::VmUnreachable { .. } | Error::VmNotFound { .. } | Error::NoVmAnswered(_) => 4,
             Error::QuotaExceeded { .. } => 5,
             Error::Interrupted => 130,
             Error::SessionsFailed { code, .. } => *code,
             Error::StateCorrupt { .. }
             | Error::StateAccess { .. }
             | Error::MissingApiKey
+            | Error::LocalAgentMissing
             | Error::AzlinMissing(_)
             | Error::AzureAuth(_)
             | Error::NoResourceGroup
@@ -196,8 +208,10 @@ mod tests {
                 detail: "d".into(),
             },
             Error::QuotaExceeded { detail: "d".into() },
+            Error::NoVmAnswered("v".into()),
             Error::Interrupted,
             Error::MissingApiKey,
+            Error::LocalAgentMissing,
             Error::Failed("x".into()),
         ];
         for e in samples {

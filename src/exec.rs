@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -181,6 +182,106 @@ pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
     })
 }
 
+/// Runs a command whose stdout is a stream: each chunk goes to `on_stdout` as it arrives (in
+/// this thread). The call has no overall deadline; `silence` is how long the stream may stay
+/// quiet before it is taken for dead (the remote side sends heartbeats) and stopped as a
+/// timeout. Setting `stop` ends it like an interrupt. An error from `on_stdout` stops the child
+/// and is returned. Stderr is collected.
+pub fn run_streaming(
+    cmd: &Cmd,
+    silence: Duration,
+    stop: &AtomicBool,
+    on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> std::result::Result<Result<Output>, RunError> {
+    use std::sync::mpsc;
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn().map_err(RunError::Spawn)?;
+    let pid = child.id();
+    if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let (err_buf, err_thread) = drain(child.stderr.take().expect("piped stderr"));
+    let end = |child: &mut std::process::Child| {
+        kill_group(pid);
+        let _ = child.wait();
+    };
+    let mut quiet_since = Instant::now();
+    // A process the child started may hold its stdout open after it exited: read what comes
+    // for a moment, then stop waiting for the end of the stream.
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+            exited_at = Some(Instant::now());
+        }
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(bytes) => {
+                quiet_since = Instant::now();
+                if let Err(e) = on_stdout(&bytes) {
+                    end(&mut child);
+                    return Ok(Err(e));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let abort = match cmd.on_interrupt {
+            OnInterrupt::Abort => interrupt::count() >= 1,
+            OnInterrupt::FinishUnlessRepeated => interrupt::count() >= 2,
+        };
+        if abort || stop.load(Ordering::SeqCst) {
+            end(&mut child);
+            return Err(RunError::Interrupted);
+        }
+        if quiet_since.elapsed() >= silence {
+            end(&mut child);
+            return Err(RunError::Timeout);
+        }
+    }
+    if exited_at.is_none() {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(RunError::Spawn)?;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !err_thread.is_finished() && Instant::now() < settle {
+        thread::sleep(Duration::from_millis(2));
+    }
+    let code = status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    });
+    let stderr = std::mem::take(&mut *err_buf.lock().unwrap());
+    Ok(Ok(Output {
+        code,
+        stdout: Vec::new(),
+        stderr,
+    }))
+}
+
 /// `run`, with failures to start, time-outs and interrupts turned into `Error`s; any exit
 /// code is an `Output` for the caller to judge.
 pub fn run_any_exit(cmd: &Cmd) -> Result<Output> {
@@ -309,6 +410,65 @@ mod tests {
         let started = Instant::now();
         assert!(matches!(run(&cmd), Err(RunError::Timeout)));
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_stream_arrives_in_pieces_and_silence_stops_it() {
+        let cmd = Cmd::new(
+            "bash",
+            vec![
+                "-c".into(),
+                "echo one; sleep 0.3; echo two; echo err >&2; exit 3".into(),
+            ],
+            Duration::from_secs(20),
+        );
+        let mut seen = Vec::new();
+        let out = run_streaming(
+            &cmd,
+            Duration::from_secs(10),
+            &AtomicBool::new(false),
+            &mut |b| {
+                seen.push(b.to_vec());
+                Ok(())
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(out.code, 3);
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(seen.concat(), b"one\ntwo\n");
+        assert!(
+            seen.len() >= 2,
+            "the first line came before the second was written"
+        );
+        let quiet = Cmd::new(
+            "bash",
+            vec!["-c".into(), "echo hi; sleep 30".into()],
+            Duration::from_secs(60),
+        );
+        let started = Instant::now();
+        let r = run_streaming(
+            &quiet,
+            Duration::from_millis(300),
+            &AtomicBool::new(false),
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(r, Err(RunError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let refused = run_streaming(
+            &quiet,
+            Duration::from_secs(10),
+            &AtomicBool::new(false),
+            &mut |_| Err(Error::Failed("enough".into())),
+        );
+        assert!(matches!(refused, Ok(Err(Error::Failed(_)))));
+        let stopped = run_streaming(
+            &quiet,
+            Duration::from_secs(10),
+            &AtomicBool::new(true),
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(stopped, Err(RunError::Interrupted)));
     }
 
     #[test]

@@ -162,9 +162,14 @@ pub struct VmEntry {
     /// names it, so a later change of AMPLIHACK_RESOURCE_GROUP never loses track of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<String>,
-    /// The process provisioning it, while it is `provisioning` (ours).
+    /// The process provisioning or deleting it, while it is `provisioning` or `deleting`
+    /// (ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// Its creation was cut short (ours): Azure may still complete it after any deletion, so
+    /// prune keeps tracking it until `creation_settled_after` (docs/reliability.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creation_unconfirmed: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -1,49 +1,126 @@
 //! The VM pool: the size table and the allocation of sessions to VMs. Pure functions of the
 //! state; `now` comes in as a parameter.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::cli::SizeArg;
-use crate::model::{Backend, State, VmState};
+use crate::model::{Backend, State, VmEntry, VmState};
 
 /// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
 pub const SESSION_MEMORY_MB: u64 = 32 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SizeSpec {
     pub letter: &'static str,
     pub sku: &'static str,
     pub memory_gb: u32,
     pub max_sessions: u32,
+    /// Linux pay-as-you-go list price of the SKU, USD per hour (compute only; disks, IPs and
+    /// traffic are extra), from Azure's retail price list for East US as of 2025; other
+    /// regions differ by some percent. `AMPLIHACK_REMOTE_PRICES` overrides them.
+    pub list_price_usd_per_hour: f64,
 }
 
-/// The one size table (spec: Memory Management).
+/// The one size table (spec: Memory Management), with the list price of each SKU.
 pub const SIZES: [SizeSpec; 4] = [
     SizeSpec {
         letter: "s",
         sku: "Standard_D8s_v3",
         memory_gb: 32,
         max_sessions: 1,
+        list_price_usd_per_hour: 0.384,
     },
     SizeSpec {
         letter: "m",
         sku: "Standard_E8s_v5",
         memory_gb: 64,
         max_sessions: 2,
+        list_price_usd_per_hour: 0.504,
     },
     SizeSpec {
         letter: "l",
         sku: "Standard_E16s_v5",
         memory_gb: 128,
         max_sessions: 4,
+        list_price_usd_per_hour: 1.008,
     },
     SizeSpec {
         letter: "xl",
         sku: "Standard_E32s_v5",
         memory_gb: 256,
         max_sessions: 8,
+        list_price_usd_per_hour: 2.016,
     },
 ];
+
+/// What a VM of each SKU costs per hour while Azure bills it: the size table's list prices,
+/// with the user's overrides (which may name SKUs outside the table) on top.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceTable {
+    /// Keyed by the SKU in lower case: Azure SKU names are case-insensitive.
+    usd_per_hour: BTreeMap<String, f64>,
+}
+
+impl Default for PriceTable {
+    fn default() -> Self {
+        PriceTable {
+            usd_per_hour: SIZES
+                .iter()
+                .map(|s| (s.sku.to_ascii_lowercase(), s.list_price_usd_per_hour))
+                .collect(),
+        }
+    }
+}
+
+impl PriceTable {
+    /// The list prices overridden by `overrides` (`SKU=USD,SKU=USD`).
+    pub fn with_overrides(overrides: &str) -> Result<Self, String> {
+        let mut table = PriceTable::default();
+        for (sku, price) in parse_price_overrides(overrides)? {
+            table.usd_per_hour.insert(sku.to_ascii_lowercase(), price);
+        }
+        Ok(table)
+    }
+
+    pub fn hourly_usd(&self, sku: &str) -> Option<f64> {
+        self.usd_per_hour.get(&sku.to_ascii_lowercase()).copied()
+    }
+}
+
+/// `Standard_E16s_v5=1.10,Standard_D8s_v3=0.40`: SKU names of letters, digits and `_`;
+/// prices finite and not negative. Spaces around items are allowed.
+pub fn parse_price_overrides(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (sku, price) = item
+            .split_once('=')
+            .ok_or_else(|| format!("'{item}' is not SKU=USD_PER_HOUR"))?;
+        let sku = sku.trim();
+        if sku.is_empty() || !sku.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("'{sku}' is not an Azure VM size name"));
+        }
+        let price: f64 = price
+            .trim()
+            .parse()
+            .ok()
+            .filter(|p: &f64| p.is_finite() && *p >= 0.0)
+            .ok_or_else(|| format!("'{}' is not a price in USD per hour", price.trim()))?;
+        out.push((sku.to_string(), price));
+    }
+    if out.is_empty() {
+        return Err("no SKU=USD_PER_HOUR pair".into());
+    }
+    Ok(out)
+}
+
+/// Whether Azure bills a VM's compute in this power state (as `azlin list` reports it). Only
+/// a deallocated VM is free: one stopped from inside (`Stopped`) still holds its host and is
+/// billed. Unknown states count as billed, so costs are never understated.
+pub fn is_billed(power_state: &str) -> bool {
+    !power_state.to_ascii_lowercase().contains("dealloc")
+}
 
 pub const LOCAL_VM_NAME: &str = "local";
 pub const LOCAL_REGION: &str = "local";
@@ -167,6 +244,22 @@ pub fn busy_vms(state: &State, backend: Backend, region: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a creation that was cut short may still complete in Azure: longer than the 25
+/// minutes azlin is allowed for `new`.
+pub fn creation_settle_time() -> Duration {
+    Duration::minutes(30)
+}
+
+pub fn creation_settled_after(vm: &VmEntry) -> DateTime<Utc> {
+    vm.created_at + creation_settle_time()
+}
+
+/// A VM whose creation was cut short may appear in Azure after we deleted it: until its
+/// creation has surely settled, a deletion does not end our tracking of it.
+pub fn creation_may_still_complete(vm: &VmEntry, now: DateTime<Utc>) -> bool {
+    vm.creation_unconfirmed && now < creation_settled_after(vm)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdleVm {
     pub name: String,
@@ -198,7 +291,9 @@ pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<Id
             .max()
             .unwrap_or(vm.created_at)
             .max(vm.created_at);
-        let idle_for = now - last_use;
+        // A VM's created time is the time in its name, which a clash may have put a second or
+        // two ahead: a time in the future is no time at all.
+        let idle_for = (now - last_use).max(Duration::zero());
         if vm.state == VmState::Failed || idle_for >= min_idle {
             out.push(IdleVm {
                 name: name.clone(),
@@ -234,6 +329,7 @@ pub(crate) mod tests {
             error: None,
             resource_group: None,
             owner: None,
+            creation_unconfirmed: false,
             extra: Default::default(),
         }
     }
@@ -302,6 +398,57 @@ pub(crate) mod tests {
         assert_eq!(size_by_sku("standard_e32s_v5").unwrap().letter, "xl");
         assert_eq!(local_slots(8 << 30), 1);
         assert_eq!(local_slots(130 << 30), 4);
+    }
+
+    #[test]
+    fn prices_come_from_the_size_table_and_overrides() {
+        let list = PriceTable::default();
+        assert_eq!(list.hourly_usd("Standard_E16s_v5"), Some(1.008));
+        assert_eq!(list.hourly_usd("standard_d8s_v3"), Some(0.384));
+        assert_eq!(list.hourly_usd("Standard_D4s_v3"), None);
+        for s in SIZES {
+            assert_eq!(list.hourly_usd(s.sku), Some(s.list_price_usd_per_hour));
+        }
+        let mine =
+            PriceTable::with_overrides(" Standard_E16s_v5=1.10, standard_d4s_v3 = 0.2 ,").unwrap();
+        assert_eq!(mine.hourly_usd("Standard_E16s_v5"), Some(1.10));
+        assert_eq!(mine.hourly_usd("Standard_D4s_v3"), Some(0.2));
+        assert_eq!(
+            mine.hourly_usd("Standard_E8s_v5"),
+            Some(0.504),
+            "others kept"
+        );
+        for bad in [
+            "",
+            " , ",
+            "Standard_E16s_v5",
+            "Standard_E16s_v5=",
+            "Standard_E16s_v5=cheap",
+            "Standard_E16s_v5=-1",
+            "Standard_E16s_v5=inf",
+            "=1.0",
+            "Standard E16s=1.0",
+            "Standard_E16s_v5=1.0;Standard_D8s_v3=2",
+        ] {
+            assert!(PriceTable::with_overrides(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn only_deallocated_vms_are_free() {
+        for free in ["Deallocated", "deallocating", "VM deallocated"] {
+            assert!(!is_billed(free), "{free}");
+        }
+        for billed in [
+            "Running",
+            "Starting",
+            "Stopping",
+            "Stopped",
+            "VM stopped",
+            "Unknown",
+        ] {
+            assert!(is_billed(billed), "{billed}");
+        }
     }
 
     #[test]
@@ -398,5 +545,20 @@ pub(crate) mod tests {
         let names: Vec<_> = idle.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, vec!["broken", "idle"]);
         assert_eq!(idle[1].idle_for, Duration::minutes(50));
+    }
+
+    #[test]
+    fn a_cut_creation_is_watched_for_30_minutes() {
+        let mut v = vm("Standard_E16s_v5", 4, "eastus");
+        assert!(!creation_may_still_complete(&v, t0()));
+        v.creation_unconfirmed = true;
+        assert!(creation_may_still_complete(
+            &v,
+            t0() + Duration::minutes(29)
+        ));
+        assert!(!creation_may_still_complete(
+            &v,
+            t0() + Duration::minutes(30)
+        ));
     }
 }

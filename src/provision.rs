@@ -6,9 +6,10 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, Owner, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, SessionStatus, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
+use crate::progress::{self, Stage};
 use crate::ui;
 
 /// A VM name not yet in the pool: the timestamp form, a second later on a clash.
@@ -52,12 +53,14 @@ pub fn reserve_vms(
                 capacity: size.max_sessions,
                 active_sessions: vec![],
                 region: region.to_string(),
-                created_at: now,
+                // The time in its name: a state rebuilt from azlin's listing says the same.
+                created_at: naming::vm_name_time(&name, by.user).unwrap_or(now),
                 backend: Backend::Azure,
                 state: VmState::Provisioning,
                 error: None,
                 resource_group: by.resource_group.map(String::from),
                 owner: Some(by.owner.clone()),
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );
@@ -71,14 +74,14 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
     let regions = ctx.settings.regions_to_try(first_region);
     let mut quota_regions = Vec::new();
     for region in &regions {
-        ui::progress(&format!("Provisioning VM {name} ({sku}) in {region}..."));
+        progress::vm(name).stage(Stage::Provisioning, &format!("{sku} in {region}"));
         match ctx
             .transports
             .azlin
             .new_vm(name, sku, region, ctx.settings.timeouts.provision)
         {
             Ok(()) => {
-                ui::progress(&format!("VM {name} is ready in {region}."));
+                progress::vm(name).stage(Stage::Provisioning, &format!("ready in {region}"));
                 return Ok(region.clone());
             }
             Err(Error::QuotaExceeded { detail }) => {
@@ -112,10 +115,23 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
             }
             Err(e) if e.created_nothing() => {
                 st.vm_pool.remove(name);
+                // No session may be left bound for a VM the pool no longer has, should this
+                // process die before it records the sessions' outcome.
+                let bound: Vec<String> = st
+                    .sessions
+                    .values()
+                    .filter(|s| s.vm_name == name && s.status.is_active())
+                    .map(|s| s.session_id.clone())
+                    .collect();
+                let now = ctx.now();
+                for id in bound {
+                    st.finish_session(&id, SessionStatus::Failed, None, now, Some(e.to_string()));
+                }
             }
             Err(e) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
                     vm.state = VmState::Failed;
+                    vm.creation_unconfirmed = true;
                     vm.error = Some(match e {
                         Error::Interrupted => "provisioning was interrupted; the VM may exist in Azure: run 'amplihack remote prune'".into(),
                         other => format!("provisioning failed ({other}); the VM may exist in Azure: run 'amplihack remote prune'"),
@@ -159,6 +175,10 @@ mod tests {
         assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
         assert_eq!(st.vm_pool[&a[0]].capacity, 4);
         assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
+        assert_eq!(
+            st.vm_pool[&a[1]].created_at,
+            t0() + chrono::Duration::seconds(1)
+        );
         assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }
 }

@@ -10,8 +10,9 @@
 //!
 //! Reservations carry their owner (the `start` that made them). A pending session whose owner
 //! lives is its owner's business alone: nobody probes or settles it. A dead owner's
-//! reservations are recovered at once: a VM it was provisioning becomes `failed` (prune deletes
-//! it) with the sessions bound for it, and its sessions on ready VMs are probed and settled.
+//! reservations are recovered at once: a VM it was provisioning (or a prune was deleting)
+//! becomes `failed` (prune deletes it) with the sessions bound for it, and its sessions on ready
+//! VMs are probed and settled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -53,9 +54,28 @@ pub fn abandoned(
     }
 }
 
+/// Whether a probe may settle a pending session. A dead owner may have left a launch on its
+/// way (its azlin call goes on without it): only a probe that claimed the session on its VM may
+/// settle it. A reservation older than any start can take is past that danger.
+pub fn pending_settleable_by(
+    owner: Option<&Owner>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+    probe_claimed: bool,
+) -> bool {
+    if now - since > unverifiable_owner_trust() {
+        return true;
+    }
+    match owner.map(alive) {
+        Some(Liveness::Dead) => probe_claimed,
+        _ => false,
+    }
+}
+
 /// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
-/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready fail, as
-/// they were never launched. Pending sessions on ready VMs are left for the probe. Returns
+/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready (or no
+/// longer in the pool) fail, as they were never launched. Pending sessions on ready VMs are left for the probe. Returns
 /// whether anything changed.
 pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessCheck) -> bool {
     let mut changed = false;
@@ -65,8 +85,21 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
         {
             vm.state = VmState::Failed;
             vm.owner = None;
+            vm.creation_unconfirmed = true;
             vm.error = Some(
                 "the start that was provisioning it ended first; the VM may exist in Azure: 'amplihack remote prune' deletes it".into(),
+            );
+            changed = true;
+        }
+        // A prune that died mid-deletion: the VM may still exist; the next prune retries.
+        if vm.state == VmState::Deleting
+            && vm.owner.is_some()
+            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+        {
+            vm.state = VmState::Failed;
+            vm.owner = None;
+            vm.error = Some(
+                "the prune that was deleting it ended first; the VM may still exist: 'amplihack remote prune' retries".into(),
             );
             changed = true;
         }
@@ -80,7 +113,7 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
                 && state
                     .vm_pool
                     .get(&s.vm_name)
-                    .is_some_and(|vm| vm.state != VmState::Ready)
+                    .is_none_or(|vm| vm.state != VmState::Ready)
         })
         .map(|s| s.session_id.clone())
         .collect();
@@ -96,24 +129,32 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
     changed
 }
 
+/// What to ask one VM about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeTargets {
+    pub running: Vec<String>,
+    /// Pending sessions whose start is gone: the VM settles whether they were launched.
+    pub claim: Vec<String>,
+}
+
 /// Sessions to ask about, grouped by VM: running ones, and pending ones whose start is gone.
 pub fn sessions_to_probe(
     state: &State,
     now: DateTime<Utc>,
     alive: LivenessCheck,
-) -> BTreeMap<String, Vec<String>> {
-    let mut by_vm: BTreeMap<String, Vec<String>> = BTreeMap::new();
+) -> BTreeMap<String, ProbeTargets> {
+    let mut by_vm: BTreeMap<String, ProbeTargets> = BTreeMap::new();
     for s in state.sessions.values() {
-        let due = match s.status {
-            SessionStatus::Running => true,
-            SessionStatus::Pending => abandoned(s.owner.as_ref(), s.created_at, now, alive),
-            _ => false,
+        let claim = match s.status {
+            SessionStatus::Running => false,
+            SessionStatus::Pending if abandoned(s.owner.as_ref(), s.created_at, now, alive) => true,
+            _ => continue,
         };
-        if due {
-            by_vm
-                .entry(s.vm_name.clone())
-                .or_default()
-                .push(s.session_id.clone());
+        let targets = by_vm.entry(s.vm_name.clone()).or_default();
+        if claim {
+            targets.claim.push(s.session_id.clone());
+        } else {
+            targets.running.push(s.session_id.clone());
         }
     }
     by_vm
@@ -132,22 +173,38 @@ pub fn unarchived(state: &State, s: &Session) -> bool {
             .is_some_and(|vm| vm.state != VmState::Provisioning)
 }
 
-/// The sessions a refresh asks about, by VM: those due for it (see `sessions_to_probe`), the
-/// unarchived finished ones of `also` (even when that means a call of its own), and up to
-/// `UNARCHIVED_PER_CALL` other unarchived finished ones on each VM asked anyway.
+/// What a probe asks of the sessions due for it (see `sessions_to_probe`): running ones their
+/// archive should they have ended; pending ones whose start died a claim first (`Want::Claim`).
+pub fn due_plan(due: BTreeMap<String, ProbeTargets>) -> BTreeMap<String, Vec<(String, Want)>> {
+    due.into_iter()
+        .map(|(vm, t)| {
+            let asked = t
+                .running
+                .into_iter()
+                .map(|id| (id, Want::Archive))
+                .chain(t.claim.into_iter().map(|id| (id, Want::Claim)))
+                .collect();
+            (vm, asked)
+        })
+        .collect()
+}
+
+/// The sessions a refresh asks about, by VM, with what it asks of each: those due for it (see
+/// `due_plan`), the unarchived finished ones of `also` (even when that means a call of its
+/// own), and up to `UNARCHIVED_PER_CALL` other unarchived finished ones on each VM asked anyway.
 pub fn refresh_plan(
     state: &State,
     now: DateTime<Utc>,
     alive: LivenessCheck,
     also: &BTreeSet<String>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut by_vm = sessions_to_probe(state, now, alive);
+) -> BTreeMap<String, Vec<(String, Want)>> {
+    let mut by_vm = due_plan(sessions_to_probe(state, now, alive));
     for id in also {
         if let Some(s) = state.sessions.get(id).filter(|s| unarchived(state, s)) {
             by_vm
                 .entry(s.vm_name.clone())
                 .or_default()
-                .push(s.session_id.clone());
+                .push((s.session_id.clone(), Want::Archive));
         }
     }
     let mut riders: BTreeMap<&str, usize> = BTreeMap::new();
@@ -155,11 +212,11 @@ pub fn refresh_plan(
         if also.contains(&s.session_id) || !unarchived(state, s) {
             continue;
         }
-        if let Some(ids) = by_vm.get_mut(&s.vm_name) {
+        if let Some(asked) = by_vm.get_mut(&s.vm_name) {
             let n = riders.entry(s.vm_name.as_str()).or_default();
             if *n < UNARCHIVED_PER_CALL {
                 *n += 1;
-                ids.push(s.session_id.clone());
+                asked.push((s.session_id.clone(), Want::Archive));
             }
         }
     }
@@ -217,8 +274,9 @@ pub fn keep_archives(
     (archived, failures)
 }
 
-/// Applies what the VMs said to the sessions that are still active and not being launched by
-/// a live owner. Returns how many changed.
+/// Applies what the VMs said to the sessions that are still active. A pending session is
+/// settled only when `pending_settleable_by` allows: anything less could race a launch still
+/// on its way. Returns how many changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
@@ -232,7 +290,13 @@ pub fn apply_probes(
         };
         if !session.status.is_active()
             || (session.status == SessionStatus::Pending
-                && !abandoned(session.owner.as_ref(), session.created_at, now, alive))
+                && !pending_settleable_by(
+                    session.owner.as_ref(),
+                    session.created_at,
+                    now,
+                    alive,
+                    probe.claimed,
+                ))
         {
             continue;
         }
@@ -426,7 +490,7 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
 }
 
 /// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
-fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
+pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
     state
         .vm_pool
         .keys()
@@ -447,11 +511,7 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
 pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<Refreshed> {
     let state = ctx.store.load()?;
     let now = ctx.now();
-    let plan: BTreeMap<String, Vec<(String, Want)>> =
-        refresh_plan(&state, now, &exec::liveness, also)
-            .into_iter()
-            .map(|(vm, ids)| (vm, ids.into_iter().map(|id| (id, Want::Archive)).collect()))
-            .collect();
+    let plan = refresh_plan(&state, now, &exec::liveness, also);
     let power_groups = if power {
         resource_groups(ctx, &state)
     } else {
@@ -566,8 +626,9 @@ mod tests {
         st.sessions
             .insert("c".into(), session("c", "vm2", SessionStatus::Completed));
         let t = sessions_to_probe(&st, t0(), &check);
-        assert_eq!(t["vm"], vec!["dead".to_string(), "old-legacy".into()]);
-        assert_eq!(t["vm2"], vec!["r".to_string()]);
+        assert_eq!(t["vm"].claim, vec!["dead".to_string(), "old-legacy".into()]);
+        assert!(t["vm"].running.is_empty());
+        assert_eq!(t["vm2"].running, vec!["r".to_string()]);
     }
 
     fn probe(exit: Option<i32>, alive: bool) -> Probe {
@@ -579,6 +640,8 @@ mod tests {
             started_at: None,
             kill_requested: false,
             tmux: alive,
+            cancelled: false,
+            claimed: false,
         }
     }
 
@@ -590,13 +653,31 @@ mod tests {
         st.sessions
             .insert("k".into(), session("k", "vm", SessionStatus::Killed));
         st.sessions.insert("p".into(), pending("p", "vm", Some(1)));
+        st.sessions.insert("d".into(), pending("d", "vm", Some(2)));
+        st.sessions.insert("c".into(), pending("c", "vm", Some(2)));
+        let claimed = Probe {
+            claimed: true,
+            cancelled: true,
+            ..probe(None, false)
+        };
         let probes: HashMap<String, Probe> = [
             ("r".to_string(), probe(Some(0), false)),
             ("k".to_string(), probe(Some(0), false)),
-            ("p".to_string(), probe(None, false)),
+            // Its start lives: even a claiming probe leaves it to the start.
+            ("p".to_string(), claimed.clone()),
+            // A dead start's session seen by a probe that did not claim it (output, attach):
+            // a launch may still be on its way, so it stays pending.
+            ("d".to_string(), probe(None, false)),
+            ("c".to_string(), claimed),
         ]
         .into();
-        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 1);
+        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 2);
+        assert_eq!(st.sessions["d"].status, SessionStatus::Pending);
+        assert_eq!(st.sessions["c"].status, SessionStatus::Failed);
+        assert_eq!(
+            st.sessions["c"].error.as_deref(),
+            Some(script::NEVER_LAUNCHED)
+        );
         assert_eq!(st.sessions["r"].status, SessionStatus::Completed);
         assert_eq!(st.sessions["r"].exit_code, Some(0));
         assert_eq!(st.sessions["k"].status, SessionStatus::Killed);
@@ -651,19 +732,32 @@ mod tests {
             .insert("i".into(), session("i", "idle", SessionStatus::Completed));
         st.sessions
             .insert("p".into(), session("p", "gone-soon", SessionStatus::Failed));
+        // A pending session whose start died is claimed, by the same call.
+        st.sessions
+            .insert("dead".into(), pending("dead", "busy", Some(2)));
+        let want = |plan: &BTreeMap<String, Vec<(String, Want)>>, vm: &str, id: &str| {
+            plan[vm].iter().find(|(i, _)| i == id).map(|(_, w)| *w)
+        };
 
         // A VM called anyway takes a few; one that is not called costs nothing.
         let plan = refresh_plan(&st, t0(), &check, &BTreeSet::new());
         assert_eq!(plan.keys().collect::<Vec<_>>(), ["busy"]);
-        assert_eq!(plan["busy"].len(), 1 + UNARCHIVED_PER_CALL);
-        assert!(plan["busy"].iter().all(|id| id != "home" && id != "never"));
+        assert_eq!(plan["busy"].len(), 2 + UNARCHIVED_PER_CALL);
+        assert!(
+            plan["busy"]
+                .iter()
+                .all(|(id, _)| id != "home" && id != "never")
+        );
+        assert_eq!(want(&plan, "busy", "r"), Some(Want::Archive));
+        assert_eq!(want(&plan, "busy", "dead"), Some(Want::Claim));
+        assert_eq!(want(&plan, "busy", "done-00"), Some(Want::Archive));
         // `also` asks even a VM that has nothing due; never one being provisioned.
         let also: BTreeSet<String> = ["i", "p", "done-09"].map(String::from).into();
         let plan = refresh_plan(&st, t0(), &check, &also);
-        assert_eq!(plan["idle"], vec!["i".to_string()]);
+        assert_eq!(plan["idle"], vec![("i".to_string(), Want::Archive)]);
         assert!(!plan.contains_key("gone-soon"));
-        assert!(plan["busy"].contains(&"done-09".to_string()));
-        assert_eq!(plan["busy"].len(), 2 + UNARCHIVED_PER_CALL);
+        assert_eq!(want(&plan, "busy", "done-09"), Some(Want::Archive));
+        assert_eq!(plan["busy"].len(), 3 + UNARCHIVED_PER_CALL);
     }
 
     #[test]
@@ -691,15 +785,23 @@ mod tests {
         st.vm_pool.insert("busy".into(), provisioning);
         st.vm_pool
             .insert("ready".into(), vm("Standard_E16s_v5", 4, "eastus"));
+        let mut deleting = vm("Standard_E16s_v5", 4, "eastus");
+        deleting.state = VmState::Deleting;
+        deleting.owner = Some(owner(2));
+        st.vm_pool.insert("deleting".into(), deleting);
         st.sessions.insert("n".into(), pending("n", "new", Some(2)));
+        st.sessions
+            .insert("gone".into(), pending("gone", "not-in-pool", Some(2)));
         st.sessions
             .insert("b".into(), pending("b", "busy", Some(1)));
         st.sessions
             .insert("r".into(), pending("r", "ready", Some(2)));
         assert!(recover_abandoned(&mut st, t0(), &check));
         assert_eq!(st.vm_pool["new"].state, VmState::Failed);
+        assert_eq!(st.vm_pool["deleting"].state, VmState::Failed);
         assert_eq!(st.vm_pool["busy"].state, VmState::Provisioning);
         assert_eq!(st.sessions["n"].status, SessionStatus::Failed);
+        assert_eq!(st.sessions["gone"].status, SessionStatus::Failed);
         assert!(st.sessions["n"].owner.is_none());
         assert_eq!(st.sessions["b"].status, SessionStatus::Pending);
         // On a ready VM the launch may have happened: the probe decides.

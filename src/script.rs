@@ -2,7 +2,8 @@
 //! parses bytes.
 //!
 //! The VM side is real shell files under src/vm/ (shellchecked): `control.sh` has one
-//! subcommand per request (launch, probe, capture, follow, kill) and `supervisor.sh`
+//! subcommand per request (launch, probe, records, capture, stream, watch, kill) and
+//! `supervisor.sh`
 //! supervises one agent session. A request is `control.sh` sent on the stdin of `bash -s`
 //! inside one `{ ... }` group, after a header that sets its arguments; anything after the group
 //! (a git bundle) is payload. All data (prompts, keys, ids, paths) is single-quoted, so it
@@ -13,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{SessionStatus, parse_timestamp};
+use crate::model::{Session, SessionStatus, parse_timestamp};
+use crate::naming;
 
 /// Quotes a string as one shell word. Single quotes keep every byte literal; an embedded
 /// single quote is closed, escaped and reopened.
@@ -145,7 +147,10 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchResult {
-    Launched,
+    /// Running; `started_at` is when the VM recorded the agent's start, when it has.
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed(String),
 }
 
@@ -155,8 +160,9 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     for line in text.lines() {
         let mut parts = line.splitn(3, '\t');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("launched"), Some(id), _) => {
-                out.insert(id.to_string(), LaunchResult::Launched);
+            (Some("launched"), Some(id), started) => {
+                let started_at = field(started, |v| parse_timestamp(v.trim()).ok());
+                out.insert(id.to_string(), LaunchResult::Launched { started_at });
             }
             (Some("failed"), Some(id), reason) => {
                 out.insert(
@@ -183,7 +189,7 @@ pub struct ArchiveRequest<'a> {
 }
 
 impl ArchiveRequest<'_> {
-    /// The trailing arguments of capture, follow and kill: `LOG_CAP WORKSPACE BASE_COMMIT`.
+    /// The trailing arguments of capture and kill: `LOG_CAP WORKSPACE BASE_COMMIT`.
     fn args(&self) -> [String; 3] {
         [
             self.log_cap.to_string(),
@@ -202,6 +208,10 @@ pub enum Want {
     Archive,
     /// Its archive frame when it has ended, else a snapshot of its commits so far (`pull`).
     Commits,
+    /// A pending session whose start died: claimed first (the VM settles, under the session's
+    /// lock, whether it was launched, and cancels a launch still on its way), then as
+    /// `Archive`. Its `session` line says `claimed`.
+    Claim,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,7 +222,8 @@ pub struct ProbeTarget<'a> {
     pub want: Want,
 }
 
-/// Asks for one `session` line per target (see `Probe`), plus the frames each one wants.
+/// Asks for one `session` line per target (see `Probe`), plus the frames each one wants:
+/// `probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...`.
 pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
     let cap = log_cap.to_string();
     let mut args = vec!["probe", cap.as_str()];
@@ -225,10 +236,62 @@ pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
                 Want::Facts => "facts",
                 Want::Archive => "archive",
                 Want::Commits => "commits",
+                Want::Claim => "claim",
             },
         ]);
     }
     control_input(&[], &args, &[])
+}
+
+/// Asks a VM for everything it knows of its sessions (`sync`): each session directory's own
+/// record and facts, plus the facts of `ids`, which may have no directory.
+pub fn records_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
+    let mut args = vec!["records"];
+    args.extend_from_slice(ids);
+    if !claim.is_empty() {
+        args.push("--");
+        args.extend_from_slice(claim);
+    }
+    control_input(&[], &args, &[])
+}
+
+/// What a VM answered to `records`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmRecords {
+    /// Per session directory: the session's own record, or why it cannot be used.
+    pub records: BTreeMap<String, Result<Session, String>>,
+    /// Facts of every session it reported on: its directories and the ids asked about.
+    pub probes: HashMap<String, Probe>,
+}
+
+/// Reads a `records` answer: `record\tID\tJSON` (or `-`) lines and `session` lines. Lines
+/// of other shapes, and ids that are not well formed, are ignored.
+pub fn parse_records(stdout: &[u8]) -> VmRecords {
+    let mut out = VmRecords::default();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        if let Some(rest) = line.strip_prefix("record\t") {
+            let Some((id, json)) = rest.split_once('\t') else {
+                continue;
+            };
+            if naming::validate_session_id(id).is_err() {
+                continue;
+            }
+            let record = match json.trim() {
+                "-" => Err("its directory has no record.json (a launch that did not get that far, or an older version's)".to_string()),
+                json => match serde_json::from_str::<Session>(json) {
+                    Ok(s) if s.session_id == id => Ok(s),
+                    Ok(s) => Err(format!("its record.json names session {:?}", s.session_id)),
+                    Err(e) => Err(format!("its record.json is not a session record: {e}")),
+                },
+            };
+            out.records.insert(id.to_string(), record);
+        } else if let Some((id, probe)) = parse_probe_line(line)
+            && naming::validate_session_id(&id).is_ok()
+        {
+            out.probes.insert(id, probe);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +308,11 @@ pub struct Probe {
     pub kill_requested: bool,
     /// Its tmux session exists (what `attach` needs).
     pub tmux: bool,
+    /// Its launch was cancelled: its start died before launching it.
+    pub cancelled: bool,
+    /// This probe claimed it (a pending session whose start died): launched or cancelled, the
+    /// answer is final, so it may settle a pending session.
+    pub claimed: bool,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -264,6 +332,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let started_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
     let kill_requested = p.next() == Some("1");
     let tmux = p.next() == Some("1");
+    let cancelled = p.next() == Some("1");
+    let claimed = p.next() == Some("1");
     Some((
         id,
         Probe {
@@ -274,6 +344,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             started_at,
             kill_requested,
             tmux,
+            cancelled,
+            claimed,
         },
     ))
 }
@@ -305,6 +377,8 @@ pub const UNKNOWN_ON_VM: &str =
     "its VM has no trace of it: no session directory and no tmux session";
 /// A session of the Python original (no directory) whose tmux session is gone.
 pub const TMUX_ENDED: &str = "the tmux session ended without recording an exit code";
+/// A pending session whose start died before launching it.
+pub const NEVER_LAUNCHED: &str = "its start ended before launching it";
 
 /// The true status of a session from what its VM says. A recorded exit code wins; otherwise
 /// a live agent group or supervisor means running, and neither means it ended unrecorded.
@@ -337,7 +411,9 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdic
             exit_code: None,
             at: now,
             error: Some(
-                if probe.known {
+                if probe.cancelled {
+                    NEVER_LAUNCHED
+                } else if probe.known {
                     VANISHED
                 } else if probe.started_at.is_none() && !probe.tmux {
                     UNKNOWN_ON_VM
@@ -368,20 +444,101 @@ pub fn capture_script(id: &str, lines: u32, archive: Option<&ArchiveRequest>) ->
     )
 }
 
-/// One poll of `output --follow`: the session's facts, the log size, and the log bytes after
-/// `offset` (or, on the first poll, its last `lines` lines), cut at that size so no byte is
-/// read twice or skipped; with `archive`, the archive frame of a session found finished.
-pub fn follow_script(
-    id: &str,
-    offset: Option<u64>,
-    lines: u32,
-    archive: Option<&ArchiveRequest>,
-) -> Vec<u8> {
+/// How a stream paces itself on the VM: how often it checks, and how often it sends a
+/// heartbeat when there is nothing else to say.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub check_every: std::time::Duration,
+    pub beat_every: std::time::Duration,
+}
+
+impl Pace {
+    fn args(&self) -> [String; 2] {
+        [
+            format!("{:.3}", self.check_every.as_secs_f64()),
+            self.beat_every.as_secs().max(1).to_string(),
+        ]
+    }
+}
+
+/// `output --follow` over one connection: the session's log from byte `offset` (or, first,
+/// from its last `lines` lines) as it grows, until the session is over (see `Frames`).
+pub fn stream_script(id: &str, offset: Option<u64>, lines: u32, pace: Pace) -> Vec<u8> {
     let offset = offset.map_or_else(|| "-".to_string(), |o| o.to_string());
-    with_archive(
-        vec!["follow".into(), id.into(), offset, lines.to_string()],
-        archive,
+    let [check, beat] = pace.args();
+    control_input(
+        &[],
+        &["stream", id, &offset, &lines.to_string(), &check, &beat],
+        &[],
     )
+}
+
+/// `wait` over one connection per VM: a session line as each session is over (see `Frames`).
+pub fn watch_script(ids: &[&str], pace: Pace) -> Vec<u8> {
+    let [check, beat] = pace.args();
+    let mut args = vec!["watch", check.as_str(), beat.as_str()];
+    args.extend_from_slice(ids);
+    control_input(&[], &args, &[])
+}
+
+/// One frame of a stream (not to be confused with the archive frames of `Frame`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// A session's facts.
+    Session(String, Probe),
+    /// Log bytes starting at a byte offset.
+    Data { offset: u64, bytes: Vec<u8> },
+    /// A heartbeat: the connection lives.
+    Beat,
+    /// The stream is complete.
+    End,
+}
+
+/// Parses a stream's frames as its bytes arrive, in any pieces.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    /// Adds bytes; returns every frame now complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamFrame>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Some(nl) = self.buf[at..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.buf[at..at + nl]).into_owned();
+            let body = at + nl + 1;
+            let frame = match line.split_once('\t').map_or((line.as_str(), ""), |p| p) {
+                ("B", _) => StreamFrame::Beat,
+                ("E", _) => StreamFrame::End,
+                ("S", rest) => match parse_probe_line(rest) {
+                    Some((id, probe)) => StreamFrame::Session(id, probe),
+                    None => return Err(format!("a malformed session frame: {rest:?}")),
+                },
+                ("D", rest) => {
+                    let (offset, len) = rest
+                        .split_once('\t')
+                        .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<usize>().ok()?)))
+                        .ok_or_else(|| format!("a malformed data frame: {rest:?}"))?;
+                    if self.buf.len() < body + len {
+                        break; // the bytes are still on their way
+                    }
+                    at = body + len;
+                    frames.push(StreamFrame::Data {
+                        offset,
+                        bytes: self.buf[body..body + len].to_vec(),
+                    });
+                    continue;
+                }
+                _ => return Err(format!("an unexpected line in a stream: {line:?}")),
+            };
+            frames.push(frame);
+            at = body;
+        }
+        self.buf.drain(..at);
+        Ok(frames)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -627,21 +784,25 @@ pub fn count_lines(data: &[u8]) -> usize {
 }
 
 /// Marks the session as being killed, signals the agent's verified process group (SIGTERM,
-/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code; with
-/// `archive`, also brings the ended session's archive frame.
+/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code:
+/// `kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]`. With `claim` (a pending
+/// session whose start died), a launch still on its way is cancelled first; with `archive`,
+/// the ended session's archive frame comes with the answer.
 pub fn kill_script(
     id: &str,
     force: bool,
     grace_secs: u32,
+    claim: bool,
     archive: Option<&ArchiveRequest>,
 ) -> Vec<u8> {
-    let force = if force { "1" } else { "0" };
+    let flag = |b: bool| if b { "1" } else { "0" };
     with_archive(
         vec![
             "kill".into(),
             id.into(),
-            force.into(),
+            flag(force).into(),
             grace_secs.to_string(),
+            flag(claim).into(),
         ],
         archive,
     )
@@ -769,11 +930,35 @@ mod tests {
         };
         for script in [
             launch_input(&plan(&agent, None, Some("k"))),
-            probe_script(&[target("a", Want::Archive), target("b", Want::Facts)], 10),
+            probe_script(
+                &[
+                    target("a", Want::Archive),
+                    target("b", Want::Facts),
+                    target("c", Want::Claim),
+                ],
+                10,
+            ),
+            records_script(&["a"], &["b"]),
             capture_script("a", 5, None),
             capture_script("a", 5, Some(&archive)),
-            follow_script("a", Some(3), 5, Some(&archive)),
-            kill_script("a", true, 10, Some(&archive)),
+            stream_script(
+                "a",
+                Some(3),
+                5,
+                Pace {
+                    check_every: std::time::Duration::from_millis(200),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
+            watch_script(
+                &["a", "b"],
+                Pace {
+                    check_every: std::time::Duration::from_millis(500),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
+            kill_script("a", true, 10, true, None),
+            kill_script("a", true, 10, false, Some(&archive)),
         ] {
             std::fs::write(&path, &script).unwrap();
             let st = std::process::Command::new("bash")
@@ -852,6 +1037,50 @@ mod tests {
         assert_eq!(answer.frames[0].notes["session_dir"], "missing");
     }
 
+    /// `claim` settles, under the session's lock, whether a pending session was launched: one
+    /// never launched is cancelled (so a late launch refuses it) and comes with its archive
+    /// frame, as ended; one launched is left alone. Either way its line says `claimed`.
+    #[test]
+    fn a_claim_cancels_an_unlaunched_session_and_leaves_a_launched_one() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        std::fs::create_dir_all(sessions.join("launched")).unwrap();
+        // A supervisor pid of a process that is gone: launched, then vanished.
+        std::fs::write(sessions.join("launched/supervisor.pid"), "999999\n").unwrap();
+        let out = run_control(
+            &probe_script(
+                &[
+                    target("never", Want::Claim),
+                    target("launched", Want::Claim),
+                    target("plain", Want::Facts),
+                ],
+                10,
+            ),
+            home.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        let never = &answer.probes["never"];
+        assert!(never.claimed && never.cancelled && never.known && !never.alive);
+        assert!(sessions.join("never/cancelled").is_file());
+        let launched = &answer.probes["launched"];
+        assert!(launched.claimed && !launched.cancelled);
+        assert!(!sessions.join("launched/cancelled").exists());
+        assert!(!answer.probes["plain"].claimed);
+        let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
+        match verdict(never, now, false) {
+            Verdict::Finished { error, .. } => assert_eq!(error.as_deref(), Some(NEVER_LAUNCHED)),
+            v => panic!("{v:?}"),
+        }
+        // Both have ended (nothing of them runs): their archive frames came along.
+        let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["never", "launched"]);
+    }
+
     #[test]
     fn the_control_script_rejects_unknown_commands_with_exit_3() {
         let home = tempfile::tempdir().unwrap();
@@ -861,9 +1090,102 @@ mod tests {
     }
 
     #[test]
+    fn records_report_every_session_directory_and_the_ids_asked_about() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        let record = r#"{"session_id":"sess-a","vm_name":"vm1","workspace":"/workspace/sess-a","tmux_session":"sess-a","prompt":"tab\there\nand a line","command":"auto","max_turns":10,"status":"pending","memory_mb":32768,"created_at":"2025-11-25T14:30:22.5Z","started_at":null,"completed_at":null,"exit_code":null,"later":1}"#;
+        let write = |id: &str, file: &str, text: &str| {
+            std::fs::create_dir_all(sessions.join(id)).unwrap();
+            std::fs::write(sessions.join(id).join(file), text).unwrap();
+        };
+        // A finished session whose record was written pretty-printed (line breaks and tabs).
+        write("sess-a", "record.json", &record.replace(",", ",\n\t"));
+        write("sess-a", "started_at", "2025-11-25T14:30:45Z\n");
+        write("sess-a", "finished_at", "2025-11-25T14:40:00Z\n");
+        write("sess-a", "exit_code", "0\n");
+        // A directory without a record yet, one whose record is garbage, one of another id.
+        write("sess-b", "prompt", "x");
+        write("sess-c", "record.json", "{not json");
+        write(
+            "sess-d",
+            "record.json",
+            &record.replace("\"sess-a\",\"vm_name", "\"sess-x\",\"vm_name"),
+        );
+        // A name that is no session id is skipped.
+        write("bad name", "record.json", record);
+        let out = run_control(&records_script(&["sess-a", "py-1"], &[]), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = parse_records(&out.stdout);
+        assert_eq!(
+            r.records.keys().collect::<Vec<_>>(),
+            ["sess-a", "sess-b", "sess-c", "sess-d"]
+        );
+        let a = r.records["sess-a"].as_ref().unwrap();
+        assert_eq!(a.prompt, "tab\there\nand a line");
+        assert_eq!(a.vm_name, "vm1");
+        assert_eq!(a.extra["later"], 1, "fields of another version are kept");
+        assert_eq!(
+            a.created_at,
+            parse_timestamp("2025-11-25T14:30:22.5Z").unwrap()
+        );
+        assert!(
+            r.records["sess-b"]
+                .as_ref()
+                .unwrap_err()
+                .contains("no record.json")
+        );
+        assert!(
+            r.records["sess-c"]
+                .as_ref()
+                .unwrap_err()
+                .contains("not a session record")
+        );
+        assert!(
+            r.records["sess-d"]
+                .as_ref()
+                .unwrap_err()
+                .contains("names session \"sess-x\"")
+        );
+        let pa = &r.probes["sess-a"];
+        assert!(pa.known && !pa.alive);
+        assert_eq!(pa.exit_code, Some(0));
+        assert_eq!(
+            pa.started_at,
+            Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+        );
+        assert!(r.probes["sess-b"].known);
+        // Asked about, no directory: facts only (sess-a is not reported twice).
+        assert!(!r.probes["py-1"].known && !r.records.contains_key("py-1"));
+        assert_eq!(r.probes.len(), 5);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("session\tsess-a\t").count(), 1, "{text}");
+        assert!(!text.contains("bad name"), "{text}");
+        // A VM with no session directory at all answers nothing but the ids asked about.
+        let empty = tempfile::tempdir().unwrap();
+        let out = run_control(&records_script(&[], &[]), empty.path());
+        assert!(out.status.success());
+        assert_eq!(parse_records(&out.stdout), VmRecords::default());
+    }
+
+    #[test]
     fn launch_results() {
-        let r = parse_launch(b"launched\tsess-1\nfailed\tsess-2\tgit clone failed: boom\nnoise\n");
-        assert_eq!(r["sess-1"], LaunchResult::Launched);
+        let r = parse_launch(
+            b"launched\tsess-1\t2025-11-25T14:30:45Z\nfailed\tsess-2\tgit clone failed: boom\nnoise\nlaunched\tsess-3\t-\nlaunched\tsess-4\n",
+        );
+        assert_eq!(
+            r["sess-1"],
+            LaunchResult::Launched {
+                started_at: Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+            }
+        );
+        // Not started within the wait, or an answer of an older control script.
+        for id in ["sess-3", "sess-4"] {
+            assert_eq!(r[id], LaunchResult::Launched { started_at: None });
+        }
         assert_eq!(
             r["sess-2"],
             LaunchResult::Failed("git clone failed: boom".into())
@@ -944,6 +1266,32 @@ mod tests {
         assert_eq!(c.frames.len(), 1);
         assert_eq!(c.frames[0].part("output.log").unwrap().data, b"data\tx\n");
         assert_eq!(c.data, b"tail\n");
+    }
+
+    #[test]
+    fn frames_parse_in_any_pieces() {
+        let stream: &[u8] = b"S\tsession\ts\t1\t1\t-\t-\t-\t0\t1\t0\t0\nD\t0\t6\nab\ncd\nB\nD\t6\t0\nS\tsession\ts\t1\t0\t0\t2025-11-25T14:40:00Z\t-\t0\t0\t0\t0\nE\n";
+        let whole = Frames::default().feed(stream).unwrap();
+        for split in 0..stream.len() {
+            let mut frames = Frames::default();
+            let mut got = frames.feed(&stream[..split]).unwrap();
+            got.extend(frames.feed(&stream[split..]).unwrap());
+            assert_eq!(got, whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 6);
+        assert_eq!(
+            whole[1],
+            StreamFrame::Data {
+                offset: 0,
+                bytes: b"ab\ncd\n".to_vec()
+            }
+        );
+        assert_eq!(whole[2], StreamFrame::Beat);
+        assert!(
+            matches!(&whole[4], StreamFrame::Session(id, p) if id == "s" && p.exit_code == Some(0))
+        );
+        assert_eq!(whole[5], StreamFrame::End);
+        assert!(Frames::default().feed(b"garbage\n").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Settings;
@@ -39,8 +40,32 @@ pub trait Transport: Sync {
         on_interrupt: OnInterrupt,
     ) -> Result<Output>;
 
+    /// Runs a script whose answer is a stream: its stdout goes to `on_stdout` as it arrives.
+    /// A stream quiet for longer than `silence` is taken for a dead connection: `VmUnreachable`.
+    /// `stop` (or Ctrl+C) ends it with `Error::Interrupted`. A non-zero exit is an error, as for
+    /// `run_script`.
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output>;
+
     /// The interactive command that attaches this terminal to a session's tmux session.
     fn attach_command(&self, vm: &VmRef, session: &str) -> Interactive;
+}
+
+/// A stream that stayed quiet past its silence allowance: the connection is taken for dead.
+fn silent_stream(vm: &str, silence: Duration) -> Error {
+    Error::VmUnreachable {
+        vm: vm.into(),
+        detail: format!(
+            "the stream sent nothing for {}s (heartbeats included): the connection is taken for dead",
+            silence.as_secs()
+        ),
+    }
 }
 
 pub struct Azlin {
@@ -100,7 +125,17 @@ impl Azlin {
 
     /// Runs azlin and maps its failures to our errors (docs/exit-codes.md).
     fn call(&self, cmd: Cmd, vm: Option<&str>) -> Result<Output> {
-        match exec::run(&cmd) {
+        let result = exec::run(&cmd);
+        self.judge(&cmd, vm, result)
+    }
+
+    fn judge(
+        &self,
+        cmd: &Cmd,
+        vm: Option<&str>,
+        result: std::result::Result<Output, RunError>,
+    ) -> Result<Output> {
+        match result {
             Ok(out) if out.code == 0 => Ok(out),
             Ok(out) => Err(classify_failure(
                 &cmd.display(),
@@ -176,10 +211,20 @@ impl Azlin {
         rg: Option<&str>,
         timeout: Duration,
     ) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .list_vms(rg, timeout)?
+            .into_iter()
+            .map(|v| (v.name, v.power_state))
+            .collect())
+    }
+
+    /// Every VM azlin lists in a resource group, stopped ones included (one call, no ssh into
+    /// the VMs).
+    pub fn list_vms(&self, rg: Option<&str>, timeout: Duration) -> Result<Vec<ListedVm>> {
         let args = self.args(&["list"], rg, &["--all", "--no-tmux", "-o", "json"]);
         let cmd = self.cmd(args, timeout);
         let out = self.call(cmd.clone(), None)?;
-        parse_vm_list(&out.stdout).map_err(|e| Error::CommandFailed {
+        parse_vm_listing(&out.stdout).map_err(|e| Error::CommandFailed {
             command: cmd.display(),
             status: Some(0),
             stderr: format!("unexpected output: {e}"),
@@ -217,6 +262,26 @@ impl Transport for Azlin {
         self.call(cmd, Some(&vm.name))
     }
 
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = self
+            .cmd(self.connect_args(vm), silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(out)) => self.judge(&cmd, Some(&vm.name), Ok(out)),
+            Err(RunError::Timeout) => Err(silent_stream(&vm.name, silence)),
+            Err(other) => self.judge(&cmd, Some(&vm.name), Err(other)),
+        }
+    }
+
     /// azlin's own tmux attach: the only way to get a terminal on the VM (with `--no-tmux`
     /// and a remote command azlin never allocates one). azlin runs `tmux new-session -A -s S`,
     /// which would create an empty shell session if S were gone: check it lives first.
@@ -245,6 +310,34 @@ impl Transport for LocalShell {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let out = exec::run_any_exit(&cmd)?;
+        if out.code == 0 {
+            Ok(out)
+        } else {
+            Err(Error::CommandFailed {
+                command: cmd.display(),
+                status: Some(out.code),
+                stderr: trim_stderr(&out.stderr_text()),
+            })
+        }
+    }
+
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = Cmd::new("bash", vec!["-s".into()], silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        let out = match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(result) => result?,
+            Err(RunError::Timeout) => return Err(silent_stream(&vm.name, silence)),
+            Err(RunError::Interrupted) => return Err(Error::Interrupted),
+            Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
+        };
         if out.code == 0 {
             Ok(out)
         } else {
@@ -352,8 +445,22 @@ pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str
     }
 }
 
-/// `azlin list -o json`: `{"vms": [{"name", "power_state", ...}], "filters": {...}}`.
-pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, String>, String> {
+/// One VM of `azlin list -o json`, with the facts we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedVm {
+    pub name: String,
+    /// `Running`, `Stopped`, `Deallocated`, ...; `Unknown` when azlin gives none.
+    pub power_state: String,
+    pub resource_group: Option<String>,
+    /// The Azure region.
+    pub location: Option<String>,
+    /// The SKU, e.g. Standard_E16s_v5.
+    pub vm_size: Option<String>,
+}
+
+/// `azlin list -o json`: `{"vms": [{"name", "power_state", "resource_group", "location",
+/// "vm_size", ...}], "filters": {...}}`.
+pub fn parse_vm_listing(stdout: &[u8]) -> std::result::Result<Vec<ListedVm>, String> {
     #[derive(serde::Deserialize)]
     struct Listing {
         vms: Vec<Vm>,
@@ -363,12 +470,24 @@ pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, Stri
         name: String,
         #[serde(default)]
         power_state: Option<String>,
+        #[serde(default)]
+        resource_group: Option<String>,
+        #[serde(default)]
+        location: Option<String>,
+        #[serde(default)]
+        vm_size: Option<String>,
     }
     let listing: Listing = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
     Ok(listing
         .vms
         .into_iter()
-        .map(|v| (v.name, v.power_state.unwrap_or_else(|| "Unknown".into())))
+        .map(|v| ListedVm {
+            name: v.name,
+            power_state: v.power_state.unwrap_or_else(|| "Unknown".into()),
+            resource_group: v.resource_group,
+            location: v.location,
+            vm_size: v.vm_size,
+        })
         .collect())
 }
 
@@ -428,13 +547,23 @@ mod tests {
 
     #[test]
     fn vm_list_envelope() {
-        let m = parse_vm_list(
-            br#"{"vms":[{"name":"a","power_state":"Running","x":1},{"name":"b"}],"filters":{}}"#,
+        let m = parse_vm_listing(
+            br#"{"vms":[{"name":"a","resource_group":"rg1","power_state":"Running","location":"eastus","vm_size":"Standard_E16s_v5","session":null,"x":1},{"name":"b"}],"filters":{}}"#,
         )
         .unwrap();
-        assert_eq!(m["a"], "Running");
-        assert_eq!(m["b"], "Unknown");
-        assert!(parse_vm_list(b"garbage").is_err());
+        assert_eq!(
+            m[0],
+            ListedVm {
+                name: "a".into(),
+                power_state: "Running".into(),
+                resource_group: Some("rg1".into()),
+                location: Some("eastus".into()),
+                vm_size: Some("Standard_E16s_v5".into()),
+            }
+        );
+        assert_eq!(m[1].power_state, "Unknown");
+        assert_eq!(m[1].location, None);
+        assert!(parse_vm_listing(b"garbage").is_err());
     }
 
     fn vm(rg: Option<&str>) -> VmRef {

@@ -298,10 +298,17 @@ fn ctrl_c_stops_following_while_the_session_keeps_running() {
     let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
     let id = started_ids(&out).remove(0);
     env.clear_calls();
-    let child = spawn(&env, &["output", &id, "--follow"]);
-    // The second poll has begun only once the first was answered and its header printed.
+    let log = env.root().join("follow.err");
+    let child = env
+        .std_cmd(&["output", &id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     env.wait_for("following to begin", Duration::from_secs(20), || {
-        env.calls().iter().filter(|c| c[0] == "connect").count() >= 2
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Following")
     });
     sigint(&child);
     let out = wait_output(child);

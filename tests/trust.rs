@@ -227,11 +227,30 @@ fn a_start_killed_while_provisioning_leaves_nothing_stuck() {
     let out = env.run(&["kill", &id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("already failed"), "{}", stdout(&out));
-    // prune deletes the VM the dead start may have created.
+    // prune deletes the VM the dead start may have created, and keeps watching it: Azure may
+    // still complete a creation that was cut short.
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(vms_in_azure(&env).is_empty());
+    assert!(stdout(&out).contains("still tracked"), "{}", stdout(&out));
+    assert_eq!(vm_names(&env), vec![vm.clone()]);
+    // A creation that completes after the deletion is caught by the next prune.
+    std::fs::create_dir_all(env.vm_dir(&vm)).unwrap();
+    std::fs::write(
+        env.vm_dir(&vm).join("meta"),
+        "size=Standard_E16s_v5\nregion=eastus\nrg=rg\npower=Running\ncreated=x\n",
+    )
+    .unwrap();
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(vms_in_azure(&env).is_empty(), "{}", stdout(&out));
+    // Past the settle time, the deletion ends the tracking.
+    let mut state = env.state();
+    state["vm_pool"][&vm]["created_at"] = "2020-01-01T00:00:00Z".into();
+    env.write_state(&state.to_string());
     let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(vm_names(&env).is_empty(), "{}", stdout(&out));
-    assert!(vms_in_azure(&env).is_empty());
 }
 
 /// Fault 4: after a reboot and pid reuse, kill signals nothing that is not the session's.
@@ -499,4 +518,51 @@ fn the_stand_in_gives_a_remote_command_no_terminal() {
     assert!(screen.contains("no-tty"), "{screen}");
     assert!(!screen.contains("has-tty"), "{screen}");
     assert!(screen.contains("not a terminal"), "{screen}");
+}
+
+/// Fault 1/3, the launch a dead start leaves behind: the azlin call it made goes on without it.
+/// Whoever settles the session first decides, on the VM, under the session's lock: here the
+/// refresh cancels it, so the late launch refuses to start an agent the state calls failed.
+#[test]
+fn a_launch_left_behind_by_a_dead_start_is_cancelled_not_raced() {
+    let mut env = TestEnv::new();
+    let vm = env.prime(1, "l").remove(0);
+    env.set("FAKE_AZLIN_DELAY", "3");
+    let mut start = env
+        .std_cmd(&["start", "--no-context", "SLEEP=30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("the launch call", Duration::from_secs(20), || {
+        env.calls().iter().any(|c| c[0] == "connect")
+    });
+    sigkill(start.id() as i32);
+    start.wait().unwrap();
+    env.set("FAKE_AZLIN_DELAY", "0");
+    let id = env.session_ids().remove(0);
+    let out = env.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let session = env.session(&id);
+    assert_eq!(session["status"], "failed", "{session}");
+    assert_eq!(session["error"], "its start ended before launching it");
+    // The orphaned launch arrives after its delay, finds the session cancelled, and refuses.
+    env.wait_for(
+        "the orphaned launch to end",
+        Duration::from_secs(30),
+        || {
+            let running = Command::new("pgrep")
+                .arg("-f")
+                .arg(env.root().join("bin/azlin").to_str().unwrap())
+                .output()
+                .unwrap();
+            running.stdout.is_empty()
+        },
+    );
+    assert!(
+        !env.agent_record(&vm, &id).exists(),
+        "the agent was started"
+    );
+    assert!(!env.session_dir(&vm, &id).join("supervisor.pid").exists());
+    assert_eq!(env.session(&id)["status"], "failed");
 }

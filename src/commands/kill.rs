@@ -54,11 +54,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         "Sending SIGTERM...\n"
     })?;
     let vm = ctx.vm_ref(&state, &session.vm_name);
-    // The same call brings the ended session's archive home.
+    // A pending session here is one whose start died (a live start's is refused above): a
+    // launch it left on its way must be cancelled, not raced. The same call brings the ended
+    // session's archive home.
+    let claim = current.status == SessionStatus::Pending;
     let input = script::kill_script(
         id,
         args.force,
         ctx.settings.kill_grace_secs,
+        claim,
         Some(&refresh::archive_request(ctx, &session)),
     );
     let answer = ctx
@@ -79,6 +83,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 id,
                 SessionStatus::Killed,
                 None,
+                None,
                 Some("killed locally while its VM was unreachable".into()),
                 &[],
             )?;
@@ -94,11 +99,21 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let report = script::parse_kill(&out.stdout).expect("parsed above");
     let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
+    // When the VM recorded the end: the state keeps the VM's time, as a refresh would.
+    let finished_at = report.probe.as_ref().and_then(|p| p.finished_at);
     match report.outcome {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
             withdraw_intent(ctx, id, &me)?;
-            mark(ctx, id, status.clone(), exit_code, None, &archived)?;
+            mark(
+                ctx,
+                id,
+                status.clone(),
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
                 .unwrap_or_default();
@@ -111,6 +126,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // the truth is that it vanished, not that we killed it.
             withdraw_intent(ctx, id, &me)?;
             let vanished = match report.probe.as_ref() {
+                Some(p) if p.cancelled => script::NEVER_LAUNCHED,
                 Some(p) if p.known => script::VANISHED,
                 _ => script::UNKNOWN_ON_VM,
             };
@@ -118,6 +134,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 ctx,
                 id,
                 SessionStatus::Failed,
+                None,
                 None,
                 Some(vanished.to_string()),
                 &archived,
@@ -134,7 +151,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(ctx, id, SessionStatus::Killed, exit_code, None, &archived)?;
+            mark(
+                ctx,
+                id,
+                SessionStatus::Killed,
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             ui::print("Session terminated.\nStatus updated: killed\n")
         }
     }
@@ -162,20 +187,22 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> 
     })
 }
 
-/// Settles the session, and marks it archived when its archive came home with the answer.
-/// A refresh that saw the end first may already have recorded it (as `killed`, thanks to the
-/// marks): then its status stays.
+/// Settles the session, as ended at `finished_at` (the VM's record) or now, and marks it
+/// archived when its archive came home with the answer. A refresh that saw the end first may
+/// already have recorded it (as `killed`, thanks to the marks): then its status stays.
 fn mark(
     ctx: &Ctx,
     id: &str,
     status: SessionStatus,
     exit_code: Option<i32>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
     error: Option<String>,
     archived: &[String],
 ) -> Result<()> {
     let now = ctx.now();
+    let at = finished_at.unwrap_or(now);
     ctx.store.update(|st| {
-        st.finish_session(id, status, exit_code, now, error);
+        st.finish_session(id, status, exit_code, at, error);
         refresh::mark_archived(st, archived, now);
         Ok(())
     })

@@ -2,8 +2,10 @@
 //! finish; state and processes are reached only through `StateStore` and the transports.
 
 pub mod attach;
+pub mod completions;
 pub mod kill;
 pub mod list;
+pub mod man;
 pub mod output;
 pub mod prime;
 pub mod prune;
@@ -11,6 +13,8 @@ pub mod pull;
 pub mod report;
 pub mod start;
 pub mod status;
+pub mod sync;
+pub mod wait;
 
 use chrono::{DateTime, Utc};
 
@@ -43,6 +47,31 @@ impl Ctx {
             archive,
             transports,
         })
+    }
+
+    /// The context a `start` runs in. On the local backend with the default agent, the agent
+    /// is the other `amplihack` on PATH (the Python one: this binary has no `claude`), by
+    /// absolute path; with none there, the start fails before it reserves anything.
+    pub fn for_start(&self, local_flag: bool) -> Result<Option<Ctx>> {
+        let local = local_flag || self.settings.backend == Backend::Local;
+        if !local || self.settings.agent_override.is_some() {
+            return Ok(None);
+        }
+        let program = crate::forward::other_amplihack()?.ok_or(Error::LocalAgentMissing)?;
+        let program = program.into_os_string().into_string().map_err(|p| {
+            Error::Failed(format!(
+                "the path of the other amplihack ({}) is not UTF-8; set AMPLIHACK_REMOTE_AGENT instead",
+                p.to_string_lossy()
+            ))
+        })?;
+        let mut settings = self.settings.clone();
+        settings.default_agent = vec![program, "claude".into()];
+        Ok(Some(Ctx {
+            transports: Transports::new(&settings),
+            store: self.store.clone(),
+            archive: self.archive.clone(),
+            settings,
+        }))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -89,6 +118,12 @@ impl Ctx {
 }
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
+    // Generated from the command tree alone: no settings, state or VM is needed.
+    match command {
+        RemoteCommand::Completions(a) => return completions::run(a),
+        RemoteCommand::Man => return man::run(),
+        _ => {}
+    }
     let ctx = Ctx::from_env()?;
     match command {
         RemoteCommand::List(a) => list::run(&ctx, a),
@@ -101,6 +136,10 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
         RemoteCommand::Report(a) => report::run(&ctx, a),
+        RemoteCommand::Wait(a) => wait::run(&ctx, a),
+        RemoteCommand::Completions(a) => completions::run(a),
+        RemoteCommand::Man => man::run(),
+        RemoteCommand::Sync(a) => sync::run(&ctx, a),
     }
 }
 

@@ -1,9 +1,11 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
-//! polls the log by byte offset so nothing is printed twice or skipped. An archived session is
-//! read from its archive: no call, and its VM may be gone. A call that finds the session
-//! ended brings its archive home too.
+//! streams the log over one connection (reconnecting when it drops), each byte exactly once. An
+//! archived session is read from its archive: no call, and its VM may be gone. A capture that
+//! finds the session ended brings its archive home too.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
 use crate::commands::{Ctx, find_session};
@@ -13,8 +15,8 @@ use crate::exec::OnInterrupt;
 use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, ArchiveRequest, Capture, CaptureSource, Probe};
-use crate::{interrupt, ui};
+use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame};
+use crate::{interrupt, stream, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
     let vm = ctx.vm_ref(state, &session.vm_name);
@@ -96,9 +98,20 @@ fn ended_text(s: &Session) -> String {
     format!("{}{code}{why}", s.status)
 }
 
+/// Whether a `start` that lives is still launching the session.
+fn being_launched(ctx: &Ctx, session: &Session) -> bool {
+    session.status == SessionStatus::Pending
+        && !refresh::abandoned(
+            session.owner.as_ref(),
+            session.created_at,
+            ctx.now(),
+            &exec::liveness,
+        )
+}
+
 pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
-    let state = ctx.store.load()?;
-    let session = find_session(&state, &args.session_id)?.clone();
+    let mut state = ctx.store.load()?;
+    let mut session = find_session(&state, &args.session_id)?.clone();
     if session.archived_at.is_some() {
         if ctx.archive.has(&session.session_id) {
             return from_archive(ctx, &session, &args);
@@ -109,14 +122,20 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
             ctx.archive.root().display()
         ));
     }
-    if session.status == SessionStatus::Pending
-        && !refresh::abandoned(
-            session.owner.as_ref(),
-            session.created_at,
-            ctx.now(),
-            &exec::liveness,
-        )
-    {
+    if args.follow && being_launched(ctx, &session) {
+        // Following from the start: wait for the launch (reading the state file, no remote
+        // call), then stream.
+        ui::progress(&format!(
+            "Session {} is still being launched; following it once it runs.",
+            session.session_id
+        ));
+        while being_launched(ctx, &session) {
+            interrupt::sleep(std::time::Duration::from_millis(500))?;
+            state = ctx.store.load()?;
+            session = find_session(&state, &args.session_id)?.clone();
+        }
+    }
+    if being_launched(ctx, &session) {
         // Its start is still provisioning or launching it: the VM has nothing to show yet,
         // and asking would only race the launch.
         if !args.raw {
@@ -128,12 +147,12 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         ));
         return Ok(());
     }
+    if args.follow {
+        return follow(ctx, state, &session, &args);
+    }
     // --no-refresh writes nothing, so it asks for no archive either.
     let archive = (!args.refresh.no_refresh && session.archived_at.is_none())
         .then(|| refresh::archive_request(ctx, &session));
-    if args.follow {
-        return follow(ctx, state, &session, &args, archive.as_ref());
-    }
     let out = ask(
         ctx,
         &state,
@@ -168,52 +187,81 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     ui::print_bytes(&text)
 }
 
-fn follow(
-    ctx: &Ctx,
-    mut state: State,
-    session: &Session,
-    args: &OutputArgs,
-    archive: Option<&ArchiveRequest>,
-) -> Result<()> {
+/// Streams the session's log over one connection (reconnecting when it drops) until the
+/// session is over: the last `--lines` lines first, then every byte as it is written, each
+/// exactly once (the stream resumes at the byte offset printed so far). Then, unless
+/// --no-refresh, records the end.
+fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
-    let mut offset: Option<u64> = None;
-    loop {
-        let out = ask(
-            ctx,
-            &state,
-            session,
-            script::follow_script(id, offset, args.lines, archive),
-        )?;
-        let capture = parse(session, &out)?;
-        let probe = capture.probe.clone();
-        if offset.is_none() && !args.raw {
-            let status = state
-                .sessions
-                .get(id)
-                .map(|s| s.status.to_string())
-                .unwrap_or_default();
-            ui::print(&render::output_header(
-                session,
-                &status,
-                ctx.now(),
-                script::count_lines(capture.data),
-            ))?;
-            ui::progress(&format!(
-                "Following {id} (polling every {}s; Ctrl+C stops following, the session keeps running)",
-                ctx.settings.follow_interval.as_secs_f64()
-            ));
-        }
-        ui::print_bytes(capture.data)?;
-        offset = Some(capture.log_size.unwrap_or(0).max(offset.unwrap_or(0)));
-        let finished = probe
-            .as_ref()
-            .is_some_and(|p| p.exit_code.is_some() || !p.alive);
-        state = settle(ctx, state, session, &capture, !args.refresh.no_refresh)?;
-        if finished {
-            let s = find_session(&state, id)?;
-            ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
-            return Ok(());
-        }
-        interrupt::sleep(ctx.settings.follow_interval)?;
+    let vm = ctx.vm_ref(&state, &session.vm_name);
+    let printed_to: Cell<Option<u64>> = Cell::new(None);
+    let mut first_facts: Option<Probe> = None;
+    let mut last_facts: Option<Probe> = None;
+    let pace = ctx.settings.stream_pace();
+    let status = state
+        .sessions
+        .get(id)
+        .map(|s| s.status.to_string())
+        .unwrap_or_default();
+    let stop = AtomicBool::new(false);
+    stream::until_end(
+        ctx,
+        &vm,
+        &stop,
+        &mut || script::stream_script(id, printed_to.get(), args.lines, pace),
+        &mut |frame| {
+            match frame {
+                StreamFrame::Session(_, facts) => {
+                    first_facts.get_or_insert_with(|| facts.clone());
+                    last_facts = Some(facts);
+                }
+                StreamFrame::Data { offset, bytes } => {
+                    let have = match printed_to.get() {
+                        Some(have) => have,
+                        None => {
+                            if !args.raw {
+                                ui::print(&render::output_header(
+                                    session,
+                                    &status,
+                                    ctx.now(),
+                                    script::count_lines(&bytes),
+                                ))?;
+                            }
+                            ui::progress(&format!(
+                                "Following {id} (Ctrl+C stops following, the session keeps running)"
+                            ));
+                            offset
+                        }
+                    };
+                    // A resumed stream starts where we asked; never print a byte twice.
+                    let skip = (have.saturating_sub(offset) as usize).min(bytes.len());
+                    ui::print_bytes(&bytes[skip..])?;
+                    printed_to.set(Some(have.max(offset + bytes.len() as u64)));
+                }
+                StreamFrame::Beat | StreamFrame::End => {}
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(f) = &first_facts
+        && !f.known
+        && !f.tmux
+        && printed_to.get() == Some(0)
+    {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status,
+        });
     }
+    let state = match last_facts {
+        Some(p) if !args.refresh.no_refresh => {
+            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
+            refresh::commit_probes(ctx, &probes, &[], state)?
+        }
+        _ => state,
+    };
+    let s = find_session(&state, id)?;
+    ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
+    Ok(())
 }

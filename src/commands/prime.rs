@@ -6,7 +6,7 @@ use crate::cli::PrimeArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
-use crate::{pool, provision, ui};
+use crate::{pool, progress, provision, ui};
 
 #[derive(Serialize)]
 struct Primed {
@@ -58,6 +58,15 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
                 let region = &region;
                 scope.spawn(move || {
                     let outcome = provision::create_vm(ctx, name, size.sku, region);
+                    match &outcome {
+                        Ok(got) => progress::vm(name).finish(
+                            progress::Outcome::Done,
+                            &format!("ready in {got}, {} slot(s)", size.max_sessions),
+                        ),
+                        Err(e) => {
+                            progress::vm(name).finish(progress::Outcome::Failed, &e.to_string())
+                        }
+                    }
                     let committed = provision::commit_vm(ctx, name, &outcome);
                     (name.clone(), committed.and(outcome))
                 })

@@ -17,7 +17,7 @@ use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, State, VmState};
-use crate::{pool, refresh, render, ui};
+use crate::{model, pool, refresh, render, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -176,7 +176,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
 
     // Reserve: mark the VMs `deleting` under the lock, re-checking each is still idle (and
     // has no results left to archive), so no start places a session on a VM we are about to
-    // delete.
+    // delete. The reservation carries its owner: a prune that dies mid-deletion is recovered.
     let chosen: Vec<String> = deletable.iter().map(|(v, _)| v.name.clone()).collect();
     let to_delete: Vec<String> = if chosen.is_empty() {
         Vec::new()
@@ -209,24 +209,40 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .map(|h| h.join().expect("delete thread"))
             .collect()
     });
-    if !results.is_empty() {
+    let now = ctx.now();
+    let kept_watching: BTreeSet<String> = if results.is_empty() {
+        BTreeSet::new()
+    } else {
         ctx.store.update(|st| {
+            let mut kept = BTreeSet::new();
             for (name, r) in &results {
                 match r {
-                    Ok(()) => {
-                        st.vm_pool.remove(name);
-                    }
+                    Ok(()) => match st.vm_pool.get_mut(name) {
+                        Some(vm) if pool::creation_may_still_complete(vm, now) => {
+                            vm.owner = None;
+                            vm.state = VmState::Failed;
+                            vm.error = Some(format!(
+                                "deleted, but its cut creation may still complete in Azure; prune deletes it again after {}",
+                                model::format_timestamp(&pool::creation_settled_after(vm))
+                            ));
+                            kept.insert(name.clone());
+                        }
+                        _ => {
+                            st.vm_pool.remove(name);
+                        }
+                    },
                     Err(e) => {
                         if let Some(vm) = st.vm_pool.get_mut(name) {
+                            vm.owner = None;
                             vm.state = VmState::Failed;
                             vm.error = Some(format!("deletion failed: {e}"));
                         }
                     }
                 }
             }
-            Ok(())
-        })?;
-    }
+            Ok(kept)
+        })?
+    };
     let mut report = Vec::new();
     let mut first_error = None;
     for (v, reason) in &candidates {
@@ -243,6 +259,11 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                 ),
                 None => "skipped: it took a session meanwhile".to_string(),
             },
+            Some((_, Ok(()))) if kept_watching.contains(&v.name) => {
+                format!(
+                    "deleted; still tracked, as its cut creation may yet complete in Azure{lost}"
+                )
+            }
             Some((_, Ok(()))) if missing.contains(&v.name) => {
                 format!("removed from the pool{lost}")
             }
@@ -277,6 +298,7 @@ fn reserve(
     force: bool,
     missing: &BTreeSet<String>,
 ) -> Result<Vec<String>> {
+    let me = crate::exec::current_owner();
     ctx.store.update(|st| {
         let counts = st.active_counts();
         let ok: Vec<String> = chosen
@@ -294,6 +316,7 @@ fn reserve(
         for n in &ok {
             if let Some(vm) = st.vm_pool.get_mut(n) {
                 vm.state = VmState::Deleting;
+                vm.owner = Some(me.clone());
             }
         }
         Ok(ok)

@@ -204,14 +204,21 @@ fn all_plan(
     let due = refresh::sessions_to_probe(state, ctx.now(), &exec::liveness);
     let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
     for s in state.sessions.values() {
-        let asked = due
-            .get(&s.vm_name)
-            .is_some_and(|ids| ids.contains(&s.session_id))
-            || refresh::unarchived(state, s);
-        if asked && s.base_commit.is_some() && same_repo(s, here) {
+        let targets = due.get(&s.vm_name);
+        let want = if targets.is_some_and(|t| t.claim.contains(&s.session_id)) {
+            // A pending session whose start died: claimed, as a refresh would.
+            Want::Claim
+        } else if targets.is_some_and(|t| t.running.contains(&s.session_id))
+            || refresh::unarchived(state, s)
+        {
+            Want::Archive
+        } else {
+            continue;
+        };
+        if s.base_commit.is_some() && same_repo(s, here) {
             plan.entry(s.vm_name.clone())
                 .or_default()
-                .push((s.session_id.clone(), Want::Archive));
+                .push((s.session_id.clone(), want));
         }
     }
     plan
@@ -257,9 +264,16 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
         for id in &chosen {
             let s = &state.sessions[id];
             if s.archived_at.is_none() || !ctx.archive.has(id) {
+                // A pending one here is one whose start died (`named` refuses the others):
+                // claimed, so the call can settle it.
+                let want = if s.status == SessionStatus::Pending {
+                    Want::Claim
+                } else {
+                    Want::Commits
+                };
                 plan.entry(s.vm_name.clone())
                     .or_default()
-                    .push((id.clone(), Want::Commits));
+                    .push((id.clone(), want));
             }
         }
         let (state, collected) = ask(ctx, state, &plan)?;

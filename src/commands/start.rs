@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::{Backend, Owner, Session, SessionStatus, State, VmEntry, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
@@ -38,7 +39,7 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
 }
 
 /// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
-fn local_capacity(ctx: &Ctx) -> u32 {
+pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
     ctx.settings.local_slots.unwrap_or_else(|| {
         let bytes = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -97,6 +98,7 @@ fn reserve(
                 error: None,
                 resource_group: None,
                 owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             });
         local.capacity = capacity;
@@ -180,7 +182,10 @@ fn reserve(
 /// What happened to one session of this start.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Launched,
+    /// Running since the VM's recorded start time (when it reported one).
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed {
         code: i32,
         message: String,
@@ -238,11 +243,20 @@ fn launch_on_vm(
     if crate::interrupt::requested() {
         return all(Outcome::from_error(&Error::Interrupted));
     }
-    ui::progress(&format!(
-        "Launching {} session(s) on {}...",
-        job.sessions.len(),
-        job.vm
-    ));
+    match repo {
+        Some(r) => progress::vm(&job.vm).stage(
+            Stage::SendingContext,
+            &format!(
+                "git bundle ({} KB), then launching {} session(s)",
+                r.bundle.len().div_ceil(1024),
+                job.sessions.len()
+            ),
+        ),
+        None => progress::vm(&job.vm).stage(
+            Stage::Launching,
+            &format!("{} session(s)", job.sessions.len()),
+        ),
+    }
     let agent_words = ctx.settings.agent_words();
     // The session's own record as the VM keeps it: what it is, without who launches it.
     let records: Vec<String> = job
@@ -300,12 +314,14 @@ fn launch_on_vm(
         match result {
             Err(Error::VmUnreachable { ref detail, .. }) if attempt < attempts => {
                 let delay = ctx.settings.new_vm_ssh_retry_delay;
-                ui::progress(&format!(
-                    "New VM {} does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})...",
-                    job.vm,
-                    delay.as_secs_f64(),
-                    attempt + 1
-                ));
+                progress::vm(&job.vm).stage(
+                    Stage::WaitingForSsh,
+                    &format!(
+                        "does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})",
+                        delay.as_secs_f64(),
+                        attempt + 1
+                    ),
+                );
                 if let Err(e) = crate::interrupt::sleep(delay) {
                     break Err(e);
                 }
@@ -321,7 +337,9 @@ fn launch_on_vm(
                 .iter()
                 .map(|r| {
                     let o = match results.get(&r.id) {
-                        Some(LaunchResult::Launched) => Outcome::Launched,
+                        Some(LaunchResult::Launched { started_at }) => Outcome::Launched {
+                            started_at: *started_at,
+                        },
                         Some(LaunchResult::Failed(why)) => Outcome::Failed {
                             code: 1,
                             message: why.clone(),
@@ -352,7 +370,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
             match outcome {
-                Outcome::Launched => {
+                Outcome::Launched { started_at } => {
                     // The launch is the truth for its sessions. Nobody settles a pending
                     // session whose start lives, but a state edited by hand, or a start that
                     // was taken for dead, may have: an unexplained failure yields to it.
@@ -361,7 +379,8 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                             || (s.status == SessionStatus::Failed && s.exit_code.is_none())
                     }) {
                         s.status = SessionStatus::Running;
-                        s.started_at = Some(now);
+                        // The VM's own time, so a state rebuilt from the VM says the same.
+                        s.started_at = Some(started_at.unwrap_or(now));
                         s.completed_at = None;
                         s.error = None;
                         s.owner = None;
@@ -429,6 +448,9 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
 }
 
 pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    // The local backend's default agent is the Python amplihack on PATH: found, or refused.
+    let local_ctx = ctx.for_start(args.local)?;
+    let ctx = local_ctx.as_ref().unwrap_or(ctx);
     // Everything that can fail locally fails before any remote work.
     if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
         return Err(Error::MissingApiKey);
@@ -527,6 +549,18 @@ fn launch_all(
             .map(|job| {
                 scope.spawn(move || {
                     let outcomes = launch_on_vm(ctx, job, target, args, repo);
+                    let running = outcomes
+                        .iter()
+                        .filter(|(_, o)| matches!(o, Outcome::Launched { .. }))
+                        .count();
+                    progress::vm(&job.vm).finish(
+                        if running == outcomes.len() {
+                            progress::Outcome::Done
+                        } else {
+                            progress::Outcome::Failed
+                        },
+                        &format!("{running} of {} session(s) running", outcomes.len()),
+                    );
                     commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
                 })
             })

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
-# Usage: control.sh COMMAND ARGS...  (launch, probe, capture, follow, kill)
+# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, stream, watch, kill)
 # The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
 # bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
 # has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
@@ -37,9 +37,10 @@ resolve_path() {
 # One `session` line of facts: id, known (has a session directory), alive (its agent's group
 # or its supervisor lives, verified by identity; for a session of the Python original, which
 # has no directory, its tmux session), exit code, finish and start times, whether a kill was
-# asked, and whether its tmux session exists. Leaves `facts_exit` and `facts_alive` set.
+# asked, whether its tmux session exists, whether its launch was cancelled, and whether this
+# call claimed it ($2: see claim_unlaunched). Leaves `facts_exit` and `facts_alive` set.
 session_facts() {
-  local id=$1 d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0
+  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0
   local pid aid spid sid
   tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
   if [ -d "$d" ]; then
@@ -53,13 +54,14 @@ session_facts() {
     [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
     [ -e "$d/kill_requested" ] && killreq=1
+    [ -e "$d/cancelled" ] && cancelled=1
   else
     alive=$tmux_up
   fi
   facts_exit=${rc:--}
   facts_alive=$alive
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up"
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed"
 }
 
 # Whether the session of the last `session_facts` has ended: an exit code is recorded, or
@@ -160,16 +162,46 @@ send_snapshot() {
   printf 'end\t%s\n' "$1"
 }
 
+# The launch of a session and the settling of a session whose `start` died exclude each other
+# through a lock per session: whoever comes first decides. $1 id; the fd is in `lock_fd`.
+lock_session() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {lock_fd}> "$base/locks/$1" || return 1
+  flock -w 60 "$lock_fd"
+}
+
+unlock_session() {
+  exec {lock_fd}>&-
+}
+
+# A pending session whose `start` died: it was launched (its supervisor started), or it never
+# will be: a launch still on its way (an azlin call the dead start left behind) finds it
+# cancelled and refuses it.
+claim_unlaunched() {
+  local id=$1 d="$base/sessions/$1"
+  lock_session "$id" || fail "cannot lock session $id"
+  if [ ! -e "$d/supervisor.pid" ]; then
+    mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)"
+  fi
+  unlock_session
+}
+
 # probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...: one `session` line per session, and by WANT:
 # `archive`: the archive frame of a session found finished; `commits`: that, or the snapshot
-# frame of a session still running; `facts`: nothing more.
+# frame of a session still running; `claim` (a pending session whose start died): claimed
+# first (see claim_unlaunched; its line says so), then as `archive`; `facts`: nothing more.
 cmd_probe() {
   local cap=$1
   shift
   while [ $# -ge 4 ]; do
-    session_facts "$1"
+    if [ "$4" = claim ]; then
+      claim_unlaunched "$1"
+      session_facts "$1" 1
+    else
+      session_facts "$1"
+    fi
     case $4 in
-      archive) facts_finished && send_archive "$1" "$2" "$3" "$cap" ;;
+      archive | claim) facts_finished && send_archive "$1" "$2" "$3" "$cap" ;;
       commits)
         if facts_finished; then
           send_archive "$1" "$2" "$3" "$cap"
@@ -182,12 +214,65 @@ cmd_probe() {
   done
 }
 
-# The facts of session $1 and, when an archive was asked for (LOG_CAP WORKSPACE BASE_COMMIT
-# follow) and it has ended, its archive frame: what capture, follow and kill answer first.
+# The facts of session $2 ($1: whether this call claimed it) and, when an archive was asked
+# for ($3 $4 $5: LOG_CAP WORKSPACE BASE_COMMIT) and the session has ended, its archive frame:
+# what capture and kill answer with.
 facts_and_archive() {
-  session_facts "$1"
-  [ $# -ge 4 ] && facts_finished && send_archive "$1" "$3" "$4" "$2"
+  session_facts "$2" "$1"
+  [ $# -ge 5 ] && facts_finished && send_archive "$2" "$4" "$5" "$3"
   return 0
+}
+
+# records ID... [-- CLAIM_ID...]: everything this VM knows of its sessions, for `sync`. Per
+# session directory a `record` line (its record.json on one line, `-` when it has none yet) and
+# its `session` line; then a `session` line for each ID given that has no directory (the
+# Python original's).
+cmd_records() {
+  local d id text claiming=0
+  local -A claimed=()
+  local -a asked=()
+  # Ids after `--` are pending sessions whose start died: claimed first, as for probe.
+  for id in "$@"; do
+    if [ "$id" = -- ]; then
+      claiming=1
+      continue
+    fi
+    asked+=("$id")
+    if [ "$claiming" = 1 ]; then
+      claim_unlaunched "$id"
+      claimed[$id]=1
+    fi
+  done
+  for d in "$base/sessions"/*/; do
+    [ -d "$d" ] || continue
+    d=${d%/}
+    id=${d##*/}
+    # A name no session id can have would break the line format.
+    case $id in *[!A-Za-z0-9._-]*) continue ;; esac
+    text=-
+    # JSON needs no line breaks or tabs outside its strings, and has none inside them.
+    [ -s "$d/record.json" ] && text=$(tr '\t\n\r' '   ' < "$d/record.json")
+    printf 'record\t%s\t%s\n' "$id" "${text:--}"
+    session_facts "$id" "${claimed[$id]:-0}"
+  done
+  for id in "${asked[@]}"; do
+    [ -d "$base/sessions/$id" ] || session_facts "$id" "${claimed[$id]:-0}"
+  done
+}
+
+# `launched ID STARTED`: STARTED is the supervisor's own `started_at`, so the state records the
+# time the VM records (`-` when the agent has not started within 10 s, or never will).
+report_launched() {
+  local d="$base/sessions/$1" st='' spid sid n=0
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  while [ ! -f "$d/started_at" ] && [ ! -f "$d/exit_code" ] && [ "$n" -lt 100 ] &&
+    process_alive "$spid" "$sid"; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  [ -f "$d/started_at" ] && read_into st "$d/started_at"
+  printf 'launched\t%s\t%s\n' "$1" "${st:--}"
 }
 
 report_failed() {
@@ -214,12 +299,27 @@ hand_key() {
 # Starts one session: its files, its workspace, then its supervisor in a detached tmux session.
 # $1 id, $2 prompt, $3 the session's own record (JSON), then the agent's argv before the prompt.
 launch_session() {
+  local id=$1
+  if ! lock_session "$id"; then
+    report_failed "$id" "cannot lock the session"
+    return
+  fi
+  start_session "$@"
+  unlock_session
+}
+
+# The launch of one session, under its lock (see launch_session).
+start_session() {
   local id=$1 prompt=$2 record=$3
   shift 3
   local d="$base/sessions/$id" ws="$root/$id" out pane
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
-    printf 'launched\t%s\n' "$id"
+    report_launched "$id"
+    return
+  fi
+  if [ -e "$d/cancelled" ]; then
+    report_failed "$id" "its start was taken for dead and the launch was cancelled"
     return
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return; }
@@ -257,7 +357,7 @@ launch_session() {
     report_failed "$id" "the session's supervisor did not take the API key"
     return
   fi
-  printf 'launched\t%s\n' "$id"
+  report_launched "$id"
 }
 
 # launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT then, per session: ID PROMPT RECORD ARGC ARGV...
@@ -301,7 +401,7 @@ cmd_launch() {
 # it runs, the kept log after; with the archive frame of a finished session when asked.
 cmd_capture() {
   local id=$1 lines=$2 d="$base/sessions/$1"
-  facts_and_archive "$id" "${@:3}"
+  facts_and_archive 0 "$id" "${@:3}"
   if [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
     printf 'data\tpane\n'
     tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2> /dev/null
@@ -313,38 +413,114 @@ cmd_capture() {
   fi
 }
 
-# follow ID OFFSET LINES [LOG_CAP WORKSPACE BASE_COMMIT]: one poll of `output --follow`: the
-# facts (and the archive frame of a finished session, when asked), the log's size, and its bytes
-# after OFFSET (or, on the first poll, OFFSET `-`, its last LINES lines), cut at that size so
-# nothing is read twice.
-cmd_follow() {
-  local id=$1 offset=$2 lines=$3 log="$base/sessions/$1/output.log" size=0
-  facts_and_archive "$id" "${@:4}"
-  [ -f "$log" ] && size=$(($(wc -c < "$log")))
-  printf 'log\t%s\n' "$size"
-  printf 'data\tlog\n'
-  [ -f "$log" ] || return 0
-  if [ "$offset" = - ]; then
-    head -c "$size" -- "$log" | tail -n "$lines"
-  elif [ "$size" -gt "$offset" ]; then
-    tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+# Whether a session is over: its exit code is recorded, or nothing of it runs any more.
+session_over() {
+  local id=$1 d="$base/sessions/$1" pid aid spid sid
+  [ -f "$d/exit_code" ] && return 0
+  if [ -d "$d" ]; then
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    ! group_alive "$pid" "$aid" && ! process_alive "$spid" "$sid"
+  else
+    ! tmux has-session -t "=$id" 2> /dev/null
   fi
 }
 
-# kill ID FORCE GRACE_SECONDS [LOG_CAP WORKSPACE BASE_COMMIT]: records that a kill was asked
-# (so whoever sees the exit calls it killed), signals the agent's verified process group (TERM,
-# then KILL after the grace; or KILL at once), and records the exit code itself when no
-# supervisor is left to do it. Answers with the facts, and the archive frame when asked.
+# Streams answer in frames (docs/remote-layout.md): `S<TAB><session line>`, `D<TAB>OFFSET<TAB>LEN`
+# followed by LEN bytes of the log, `B` (a heartbeat, so a silent connection can be told from a
+# dead one), `E` (the end).
+beat_if_due() {
+  if [ $((SECONDS - last_beat)) -ge "$beat" ]; then
+    printf 'B\n'
+    last_beat=$SECONDS
+  fi
+}
+
+# Emits the log's bytes from `offset` to its current size as one D frame (with `always`, even
+# when there are none), and moves `offset`.
+emit_log() {
+  local size=0
+  [ -f "$log" ] && size=$(stat -c %s -- "$log")
+  [ "$size" -gt "$offset" ] || [ -n "${1:-}" ] || return 0
+  [ "$size" -ge "$offset" ] || size=$offset
+  printf 'D\t%s\t%s\n' "$offset" "$((size - offset))"
+  [ "$size" -gt "$offset" ] && tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+  offset=$size
+}
+
+# stream ID OFFSET|- LINES INTERVAL BEAT: the session's log from byte OFFSET (or from its last
+# LINES lines) as it grows, checked every INTERVAL seconds, until the session is over.
+cmd_stream() {
+  local id=$1 offset=$2 lines=$3 interval=$4 beat=$5 log="$base/sessions/$1/output.log"
+  local last_beat=$SECONDS size over
+  printf 'S\t'
+  session_facts "$id"
+  if [ "$offset" = - ]; then
+    offset=0
+    if [ -f "$log" ]; then
+      size=$(stat -c %s -- "$log")
+      offset=$((size - $(head -c "$size" -- "$log" | tail -n "$lines" | wc -c)))
+    fi
+  fi
+  emit_log always
+  while :; do
+    # Checked before the last read: everything the agent wrote precedes its end.
+    over=0
+    session_over "$id" && over=1
+    emit_log
+    if [ "$over" = 1 ]; then
+      printf 'S\t'
+      session_facts "$id"
+      printf 'E\n'
+      return
+    fi
+    beat_if_due
+    sleep "$interval"
+  done
+}
+
+# watch INTERVAL BEAT ID...: an S frame with each session's facts as it is over, heartbeats
+# meanwhile, and E once all are.
+cmd_watch() {
+  local interval=$1 beat=$2 last_beat=$SECONDS id
+  shift 2
+  local -a waiting=("$@") still
+  while [ "${#waiting[@]}" -gt 0 ]; do
+    still=()
+    for id in "${waiting[@]}"; do
+      if session_over "$id"; then
+        printf 'S\t'
+        session_facts "$id"
+      else
+        still+=("$id")
+      fi
+    done
+    waiting=("${still[@]}")
+    [ "${#waiting[@]}" -gt 0 ] || break
+    beat_if_due
+    sleep "$interval"
+  done
+  printf 'E\n'
+}
+
+# kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]: records that a kill was
+# asked (so whoever sees the exit calls it killed), signals the agent's verified process group
+# (TERM, then KILL after the grace; or KILL at once), and records the exit code itself when no
+# supervisor is left to do it. With CLAIM 1 (a pending session whose start died), a launch still
+# on its way is cancelled first. Answers with the facts, and the archive frame when asked.
 cmd_kill() {
-  local id=$1 force=$2 grace=$3 d="$base/sessions/$1" signal=TERM number=15 n
+  local id=$1 force=$2 grace=$3 claim=${4:-0} d="$base/sessions/$1" signal=TERM number=15 n
   local pid aid spid sid group=0 supervisor=0 tmux_up=0
-  local -a archive_args=("${@:4}")
+  local -a archive_args=("${@:5}")
   if [ -f "$d/exit_code" ]; then
     printf 'result\talready\n'
-    facts_and_archive "$id" "${archive_args[@]}"
+    facts_and_archive 0 "$id" "${archive_args[@]}"
     return
   fi
   [ "$force" = 1 ] && signal=KILL number=9
+  [ "$claim" = 1 ] && claim_unlaunched "$id"
   read_into pid "$d/agent.pid"
   read_into aid "$d/agent.id"
   read_into spid "$d/supervisor.pid"
@@ -355,7 +531,7 @@ cmd_kill() {
   if [ "$group$supervisor$tmux_up" = 000 ]; then
     # Nothing of it runs (a reboot, or killed outright): nothing to signal, nothing to mark.
     printf 'result\tgone\n'
-    facts_and_archive "$id" "${archive_args[@]}"
+    facts_and_archive "$claim" "$id" "${archive_args[@]}"
     return
   fi
   [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
@@ -376,7 +552,7 @@ cmd_kill() {
     write_atomic "$d/exit_code" "$((128 + number))"
   fi
   printf 'result\tkilled\n'
-  facts_and_archive "$id" "${archive_args[@]}"
+  facts_and_archive "$claim" "$id" "${archive_args[@]}"
 }
 
 main() {
@@ -385,8 +561,10 @@ main() {
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
+    records) cmd_records "$@" ;;
     capture) cmd_capture "$@" ;;
-    follow) cmd_follow "$@" ;;
+    stream) cmd_stream "$@" ;;
+    watch) cmd_watch "$@" ;;
     kill) cmd_kill "$@" ;;
     *) fail "unknown control command '$command'" ;;
   esac
