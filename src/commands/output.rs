@@ -1,10 +1,11 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
 //! streams the log over one connection (reconnecting when it drops), each byte exactly once. An
 //! archived session is read from its archive: no call, and its VM may be gone. A capture that
-//! finds the session ended brings its archive home too.
+//! finds the session ended brings its archive home too; a follow that sees it end brings it
+//! with one more call (a probe asking for the archive), since the stream carries only the log.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
@@ -15,7 +16,7 @@ use crate::exec::OnInterrupt;
 use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame};
+use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame, Want};
 use crate::{interrupt, stream, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
@@ -190,7 +191,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
 /// Streams the session's log over one connection (reconnecting when it drops) until the
 /// session is over: the last `--lines` lines first, then every byte as it is written, each
 /// exactly once (the stream resumes at the byte offset printed so far). Then, unless
-/// --no-refresh, records the end.
+/// --no-refresh, records the end and brings the session's archive home.
 fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
     let vm = ctx.vm_ref(&state, &session.vm_name);
@@ -254,14 +255,43 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             status,
         });
     }
-    let state = match last_facts {
-        Some(p) if !args.refresh.no_refresh => {
-            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
-            refresh::commit_probes(ctx, &probes, &[], state)?
-        }
-        _ => state,
+    let state = if args.refresh.no_refresh {
+        state
+    } else {
+        settle_and_archive(ctx, state, session, last_facts)?
     };
     let s = find_session(&state, id)?;
     ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
     Ok(())
+}
+
+/// Records the end a follow saw and brings the session's archive home: one probe call asking
+/// for the archive (its `session` line is the freshest fact, so it settles the session too).
+/// If that call fails, the end the stream saw is recorded and the archive waits for a later
+/// call (a refresh takes it along); the follow itself succeeded.
+fn settle_and_archive(
+    ctx: &Ctx,
+    state: State,
+    session: &Session,
+    seen: Option<Probe>,
+) -> Result<State> {
+    let id = &session.session_id;
+    let mut probes: HashMap<String, Probe> =
+        seen.map(|p| [(id.clone(), p)].into()).unwrap_or_default();
+    let mut archived = Vec::new();
+    if session.archived_at.is_none() {
+        let plan: BTreeMap<String, Vec<(String, Want)>> =
+            [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();
+        let collected = refresh::collect(ctx, &state, &plan)?;
+        match collected.failed_vms.get(&session.vm_name) {
+            Some(e) => ui::warn(&format!(
+                "could not bring the archive of {id} home; a later refresh will. {e}"
+            )),
+            None => {
+                probes.extend(collected.probes);
+                archived = collected.archived;
+            }
+        }
+    }
+    refresh::commit_probes(ctx, &probes, &archived, state)
 }
