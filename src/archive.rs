@@ -10,6 +10,7 @@
 //! directory is written under a temp name and renamed into place, so a crash never leaves a
 //! part of one under its real name. Layout and formats: docs/results.md.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{SessionResult, format_timestamp};
+use crate::model::{SessionResult, format_timestamp, parse_timestamp};
 use crate::naming;
 use crate::script::{Encoding, Frame, FrameKind};
 
@@ -115,8 +116,10 @@ impl ArchiveStore {
 
     /// Writes the archive of a finished session from its frame: into a temp directory, then
     /// renamed into place. An archive already in place is whole (it got there by a rename)
-    /// and stays: a concurrent command that archived the same session first wins.
-    pub fn write(&self, frame: &Frame, vm: &str, now: DateTime<Utc>) -> Result<()> {
+    /// and stays: a concurrent command that archived the same session first wins. Returns when
+    /// the archive in place was made (`now`, or the earlier one's time), which the state records
+    /// as the session's `archived_at`.
+    pub fn write(&self, frame: &Frame, vm: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         if frame.kind != FrameKind::Archive {
             return Err(Error::Failed(format!(
                 "a snapshot of {} is not an archive",
@@ -188,11 +191,11 @@ impl ArchiveStore {
         match fs::rename(&tmp_path, &target) {
             Ok(()) => {
                 sync_dir(&self.root);
-                Ok(())
+                Ok(now)
             }
             Err(_) if self.has(&frame.id) => {
                 let _ = fs::remove_dir_all(&tmp_path);
-                Ok(())
+                Ok(self.archived_at(&frame.id).unwrap_or(now))
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&tmp_path);
@@ -237,6 +240,26 @@ impl ArchiveStore {
 
     pub fn meta(&self, id: &str) -> Result<Option<ArchiveMeta>> {
         self.read_json(id, META_FILE)
+    }
+
+    /// When the session's archive was made, as its `archive.json` says.
+    pub fn archived_at(&self, id: &str) -> Option<DateTime<Utc>> {
+        let meta = self.meta(id).ok().flatten()?;
+        parse_timestamp(&meta.archived_at).ok()
+    }
+
+    /// Every whole archive here, with when it was made: what `sync` gives back to a rebuilt
+    /// state, so its sessions read their archives again instead of asking their VMs.
+    pub fn all_archived(&self) -> BTreeMap<String, DateTime<Utc>> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return BTreeMap::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| !id.starts_with(TEMP_PREFIX) && naming::validate_session_id(id).is_ok())
+            .filter_map(|id| Some((id.clone(), self.archived_at(&id)?)))
+            .collect()
     }
 
     /// The session's result, when its VM had one.

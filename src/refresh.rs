@@ -233,16 +233,20 @@ pub fn archive_request<'a>(ctx: &Ctx, s: &'a Session) -> ArchiveRequest<'a> {
     }
 }
 
-/// Marks sessions archived whose archive is in place, once they are settled. Returns how
-/// many changed.
-pub fn mark_archived(state: &mut State, archived: &[String], now: DateTime<Utc>) -> usize {
+/// Sessions whose archive is in place, with when it was made (`archive.json`'s `archived_at`).
+pub type Archived = BTreeMap<String, DateTime<Utc>>;
+
+/// Marks sessions archived whose archive is in place, once they are settled, with the time
+/// their archive records (so a state rebuilt by `sync` from the archives says the same).
+/// Returns how many changed.
+pub fn mark_archived(state: &mut State, archived: &Archived) -> usize {
     let mut changed = 0;
-    for id in archived {
+    for (id, at) in archived {
         if let Some(s) = state.sessions.get_mut(id)
             && !s.status.is_active()
             && s.archived_at.is_none()
         {
-            s.archived_at = Some(now);
+            s.archived_at = Some(*at);
             changed += 1;
         }
     }
@@ -255,13 +259,15 @@ pub fn keep_archives(
     ctx: &Ctx,
     vm: &str,
     frames: &[Frame],
-) -> (Vec<String>, BTreeMap<String, String>) {
+) -> (Archived, BTreeMap<String, String>) {
     let now = ctx.now();
-    let mut archived = Vec::new();
+    let mut archived = Archived::new();
     let mut failures = BTreeMap::new();
     for frame in frames.iter().filter(|f| f.kind == FrameKind::Archive) {
         match ctx.archive.write(frame, vm, now) {
-            Ok(()) => archived.push(frame.id.clone()),
+            Ok(at) => {
+                archived.insert(frame.id.clone(), at);
+            }
             Err(e) => {
                 ui::warn(&format!(
                     "could not archive session {} from VM '{vm}': {e}",
@@ -338,7 +344,7 @@ pub fn apply_probes(
 pub fn commit_probes(
     ctx: &Ctx,
     probes: &HashMap<String, Probe>,
-    archived: &[String],
+    archived: &Archived,
     state: State,
 ) -> Result<State> {
     let now = ctx.now();
@@ -346,13 +352,13 @@ pub fn commit_probes(
     let mut preview = state;
     let recovered = recover_abandoned(&mut preview, now, &alive);
     let settled = apply_probes(&mut preview, probes, now, &alive);
-    if settled + mark_archived(&mut preview, archived, now) == 0 && !recovered {
+    if settled + mark_archived(&mut preview, archived) == 0 && !recovered {
         return Ok(preview);
     }
     ctx.store.update(|st| {
         recover_abandoned(st, now, &alive);
         apply_probes(st, probes, now, &alive);
-        mark_archived(st, archived, now);
+        mark_archived(st, archived);
         Ok(st.clone())
     })
 }
@@ -370,7 +376,7 @@ pub struct Snapshot {
 pub struct Collected {
     pub probes: HashMap<String, Probe>,
     /// Sessions whose archive is now in place.
-    pub archived: Vec<String>,
+    pub archived: Archived,
     /// Sessions whose archive came but could not be kept, with why.
     pub archive_failures: BTreeMap<String, String>,
     pub snapshots: HashMap<String, Snapshot>,
@@ -519,7 +525,7 @@ pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<R
     };
     let mut live = Live::default();
     if plan.is_empty() && power_groups.is_empty() {
-        let state = commit_probes(ctx, &HashMap::new(), &[], state)?;
+        let state = commit_probes(ctx, &HashMap::new(), &Archived::new(), state)?;
         return Ok(Refreshed {
             state,
             live,
@@ -767,11 +773,16 @@ mod tests {
             .insert("r".into(), session("r", "vm", SessionStatus::Running));
         st.sessions
             .insert("c".into(), session("c", "vm", SessionStatus::Completed));
-        let ids = ["r".to_string(), "c".into(), "unknown".into()];
-        assert_eq!(mark_archived(&mut st, &ids, t0()), 1);
+        let at = t0() + Duration::seconds(5);
+        let archived: Archived = ["r", "c", "unknown"].map(|id| (id.to_string(), at)).into();
+        assert_eq!(mark_archived(&mut st, &archived), 1);
         assert!(st.sessions["r"].archived_at.is_none());
-        assert_eq!(st.sessions["c"].archived_at, Some(t0()));
-        assert_eq!(mark_archived(&mut st, &ids, t0()), 0, "marked once");
+        assert_eq!(
+            st.sessions["c"].archived_at,
+            Some(at),
+            "the archive's own time"
+        );
+        assert_eq!(mark_archived(&mut st, &archived), 0, "marked once");
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 None,
                 None,
                 Some("killed locally while its VM was unreachable".into()),
-                &[],
+                &refresh::Archived::new(),
             )?;
             return ui::print("Status updated: killed\n");
         }
@@ -197,13 +197,12 @@ fn mark(
     exit_code: Option<i32>,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
     error: Option<String>,
-    archived: &[String],
+    archived: &refresh::Archived,
 ) -> Result<()> {
-    let now = ctx.now();
-    let at = finished_at.unwrap_or(now);
+    let at = finished_at.unwrap_or_else(|| ctx.now());
     ctx.store.update(|st| {
         st.finish_session(id, status, exit_code, at, error);
-        refresh::mark_archived(st, archived, now);
+        refresh::mark_archived(st, archived);
         Ok(())
     })
 }

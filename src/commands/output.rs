@@ -278,7 +278,7 @@ fn settle_and_archive(
     let id = &session.session_id;
     let mut probes: HashMap<String, Probe> =
         seen.map(|p| [(id.clone(), p)].into()).unwrap_or_default();
-    let mut archived = Vec::new();
+    let mut archived = refresh::Archived::new();
     if session.archived_at.is_none() {
         let plan: BTreeMap<String, Vec<(String, Want)>> =
             [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();

@@ -115,7 +115,7 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(Event::Over(id, probe)) => {
                     let probes: HashMap<String, Probe> = [(id, probe)].into();
-                    refresh::commit_probes(ctx, &probes, &[], state)?;
+                    refresh::commit_probes(ctx, &probes, &refresh::Archived::new(), state)?;
                 }
                 Ok(Event::Lost(e)) => return Err(e),
                 Err(_) => {}
