@@ -222,7 +222,7 @@ fn queue_section() {
     );
     println!("| run | until all 12 done | azlin calls | VMs |");
     println!("|---|---:|---:|---:|");
-    let prompts = vec!["SLEEP=1"; 12];
+    let prompts = ["SLEEP=1"; 12];
     for (name, capped) in [
         ("capped: --max-vms 1 (queues)", true),
         ("uncapped (provisions)", false),

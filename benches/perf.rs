@@ -5,10 +5,12 @@
 //! 2. Round trips: commands against the stand-in azlin sleeping 2 s per call, with the number of
 //!    azlin calls each made.
 //! 3. State transactions: 32 processes doing 50 locked transactions each.
-//! 4. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
+//! 4. Results home: `report` and `pull --all` over 8 finished sessions on 2 VMs (azlin calls and
+//!    time), and `output` of an archived session (no call).
+//! 5. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
 //!    state file was lost, and again once it is whole.
 //!
-//! `cargo bench --bench perf -- read|remote|tx|sync` runs one section.
+//! `cargo bench --bench perf -- read|remote|tx|results|sync` runs one section.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -115,6 +117,8 @@ fn synthetic_state(n: usize) -> State {
                 base_commit: None,
                 owner: None,
                 kill_request: None,
+                archived_at: None,
+                pulled_commit: None,
                 extra: Default::default(),
             },
         );
@@ -190,8 +194,14 @@ impl FakeWorld {
     fn cmd(&self, delay: &str, args: &[&str]) -> Command {
         let r = self.dir.path();
         let mut c = Command::new(BIN);
+        // In the git repository when there is one (`with_repo`), so starts send it.
+        let cwd = if r.join("work/.git").exists() {
+            r.join("work")
+        } else {
+            r.to_path_buf()
+        };
         c.env_clear()
-            .current_dir(r)
+            .current_dir(cwd)
             .env(
                 "PATH",
                 format!("{}/bin:/usr/local/bin:/usr/bin:/bin", r.display()),
@@ -209,6 +219,77 @@ impl FakeWorld {
             .arg("remote")
             .args(args);
         c
+    }
+
+    /// Makes `work/` a git repository with one commit; commands run there from now on.
+    fn with_repo(self) -> Self {
+        let w = self.dir.path().join("work");
+        std::fs::create_dir_all(&w).unwrap();
+        std::fs::write(w.join("README.md"), "bench\n").unwrap();
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "."],
+            &[
+                "-c",
+                "user.name=b",
+                "-c",
+                "user.email=b@example.invalid",
+                "commit",
+                "-qm",
+                "init",
+            ],
+        ] {
+            assert!(
+                Command::new("git")
+                    .arg("-C")
+                    .arg(&w)
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        self
+    }
+
+    /// Waits until every session in the state has recorded its exit code on its VM (no
+    /// command of ours sees it: nothing is archived yet).
+    fn wait_all_recorded(&self) {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("state.json")).unwrap())
+                .unwrap();
+        let start = Instant::now();
+        for (id, s) in st["sessions"].as_object().unwrap() {
+            let vm = s["vm_name"].as_str().unwrap();
+            let exit_code = self
+                .dir
+                .path()
+                .join("azlin/vms")
+                .join(vm)
+                .join("home/.amplihack/remote/sessions")
+                .join(id)
+                .join("exit_code");
+            while !exit_code.exists() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "{id} never ended"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn session_ids(&self) -> Vec<String> {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("state.json")).unwrap())
+                .unwrap();
+        st["sessions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn calls(&self) -> usize {
@@ -357,6 +438,75 @@ fn remote() {
     println!();
 }
 
+/// 8 sessions that each made a commit, finished on 2 L VMs, not seen by any command yet.
+fn eight_finished() -> FakeWorld {
+    let w = FakeWorld::new().with_repo();
+    w.setup(&["prime", "--count", "2", "--vm-size", "l"]);
+    let mut args = vec!["start", "--size", "l"];
+    args.extend(["COMMIT=1 LINES=200"; 8]);
+    w.setup(&args);
+    w.wait_all_recorded();
+    w
+}
+
+fn results() {
+    println!(
+        "## Results home (8 finished sessions on 2 L VMs; stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| command | time | azlin calls | one session at a time would need |");
+    println!("|---|---:|---:|---|");
+    let row = |name: &str, runs: Vec<(Duration, usize, i32)>, naive: &str| {
+        assert!(runs.iter().all(|r| r.2 == 0), "{name} failed: {runs:?}");
+        let calls = runs[0].1;
+        assert!(runs.iter().all(|r| r.1 == calls), "{name}: {runs:?}");
+        let t = median(runs.into_iter().map(|r| r.0).collect());
+        let shown = if t < Duration::from_secs(1) {
+            format!("{} ms", ms(t))
+        } else {
+            format!("{:.2} s", t.as_secs_f64())
+        };
+        println!("| {name} | {shown} | {calls} | {naive} |");
+    };
+    let worlds: Vec<FakeWorld> = (0..3).map(|_| eight_finished()).collect();
+    let runs = worlds.iter().map(|w| w.timed(&["report"])).collect();
+    row(
+        "`report`, first sight of the 8 ended sessions (archives them all)",
+        runs,
+        "`list` + 8 × (`output` + `pull`): 17 calls, 34 s",
+    );
+    let runs = worlds.iter().map(|w| w.timed(&["pull", "--all"])).collect();
+    row(
+        "`pull --all` of the 8, archived by that report",
+        runs,
+        "8 calls, 16 s",
+    );
+    let worlds: Vec<FakeWorld> = (0..3).map(|_| eight_finished()).collect();
+    let runs = worlds.iter().map(|w| w.timed(&["pull", "--all"])).collect();
+    row(
+        "`pull --all` of the 8, not archived yet (archives them)",
+        runs,
+        "8 calls, 16 s",
+    );
+    let runs = worlds.iter().map(|w| w.timed(&["report"])).collect();
+    row("`report` again (nothing left to ask)", runs, "2 calls");
+    println!();
+
+    let w = &worlds[0];
+    let id = w.session_ids().remove(0);
+    let mut times = Vec::new();
+    for _ in 0..31 {
+        w.clear_calls();
+        let (t, _, code) = measure(&mut w.cmd("2", &["output", &id]));
+        assert_eq!(code, 0);
+        assert_eq!(w.calls(), 0, "output of an archived session makes no call");
+        times.push(t);
+    }
+    println!(
+        "`output` of an archived session (its 200-line log; median of 31 runs): **{} ms, 0 azlin calls** (the stand-in sleeps 2 s per call: a call would show).\n",
+        ms(median(times))
+    );
+}
+
 fn sync() {
     println!(
         "## `sync` of 4 L VMs holding 16 sessions (stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
@@ -451,7 +601,7 @@ fn main() {
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "tx", "sync"].contains(&a.as_str()))
+        .find(|a| ["read", "remote", "tx", "results", "sync"].contains(&a.as_str()))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -469,6 +619,9 @@ fn main() {
     }
     if run("tx") {
         transactions();
+    }
+    if run("results") {
+        results();
     }
     if run("sync") {
         sync();

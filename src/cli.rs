@@ -44,6 +44,8 @@ Examples:
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
   amplihack remote status --json
+  amplihack remote report
+  amplihack remote pull --all
   amplihack remote sync";
 
 #[derive(Debug, Subcommand)]
@@ -83,9 +85,16 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote prune --dry-run\n  amplihack remote prune --idle-minutes 60 --yes"
     )]
     Prune(PruneArgs),
-    /// Fetch a session's git history into the local repository as branch amplihack/<session-id>
-    #[command(after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1")]
-    Pull(SessionArg),
+    /// Fetch sessions' commits into the local repository as branches amplihack/<session-id>
+    #[command(
+        after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
+    )]
+    Pull(PullArgs),
+    /// What each recent session produced: status, exit, duration, commits, changes
+    #[command(
+        after_help = "Examples:\n  amplihack remote report\n  amplihack remote report --since 12h\n  amplihack remote report --status completed --json"
+    )]
+    Report(ReportArgs),
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
@@ -299,6 +308,44 @@ pub struct PruneArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Delete a VM even when the results of its finished sessions could not be archived
+    /// (they are lost)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Sessions whose commits to fetch (each becomes branch amplihack/<session-id>)
+    #[arg(
+        value_name = "SESSION_ID",
+        value_parser = parse_session_id,
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub session_ids: Vec<String>,
+    /// Every finished session of this repository with commits not pulled yet
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Sessions that ended within this long ago (plus every one still running): 30m, 12h, 2d
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: chrono::Duration,
+    /// Filter by status
+    #[arg(long, value_enum, default_value_t = StatusFilter::All)]
+    pub status: StatusFilter,
+    /// Output as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    crate::report::parse_duration(s)
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,8 @@ use crate::pool::PriceTable;
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
 pub const DEFAULT_REMOTE_WORKSPACE: &str = "/workspace";
+/// How much of a session's log its archive keeps: the last 64 MiB.
+pub const DEFAULT_ARCHIVE_LOG_CAP: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -54,6 +56,11 @@ pub struct Settings {
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
+    /// Where finished sessions' results are kept (`AMPLIHACK_REMOTE_ARCHIVE`); `None`: the
+    /// `remote-archive` directory beside the state file.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// The most bytes of a session's log its archive keeps (the last part).
+    pub archive_log_cap: u64,
     /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
     pub prices: PriceTable,
 }
@@ -192,6 +199,12 @@ impl Settings {
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
+            archive_dir: var("AMPLIHACK_REMOTE_ARCHIVE").map(std::path::PathBuf::from),
+            archive_log_cap: number::<u64>(
+                "AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP",
+                "a number of bytes above 0",
+            )?
+            .unwrap_or(DEFAULT_ARCHIVE_LOG_CAP),
             prices,
         })
     }

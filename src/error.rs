@@ -146,6 +146,32 @@ impl Error {
         }
     }
 
+    /// The same failure again, for reporting it once per session it hit (one unreachable VM
+    /// fails all its sessions). Keeps the exit code; kinds with a source keep its message.
+    pub fn replicate(&self) -> Error {
+        match self {
+            Error::InvalidArgs(m) => Error::InvalidArgs(m.clone()),
+            Error::SessionNotFound(id) => Error::SessionNotFound(id.clone()),
+            Error::VmUnreachable { vm, detail } => Error::VmUnreachable {
+                vm: vm.clone(),
+                detail: detail.clone(),
+            },
+            Error::VmNotFound { vm, detail } => Error::VmNotFound {
+                vm: vm.clone(),
+                detail: detail.clone(),
+            },
+            Error::QuotaExceeded { detail } => Error::QuotaExceeded {
+                detail: detail.clone(),
+            },
+            Error::Interrupted => Error::Interrupted,
+            other if other.exit_code() == 1 => Error::Failed(other.to_string()),
+            other => Error::SessionsFailed {
+                code: other.exit_code(),
+                message: other.to_string(),
+            },
+        }
+    }
+
     /// A script on a VM answered in a form we do not understand.
     pub fn unexpected_answer(vm: &str, detail: impl std::fmt::Display) -> Self {
         Error::Failed(format!("unexpected answer from VM '{vm}': {detail}"))

@@ -1,6 +1,7 @@
 //! `amplihack remote`: AI coding-agent tasks as detached tmux sessions on a pool of VMs.
 //! Architecture: docs/architecture.md.
 
+pub mod archive;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod provision;
 pub mod reconcile;
 pub mod refresh;
 pub mod render;
+pub mod report;
 pub mod script;
 pub mod state;
 pub mod stream;

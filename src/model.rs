@@ -59,8 +59,67 @@ pub struct Session {
     /// A `kill` that is under way (ours): whoever sees the session end records `killed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_request: Option<KillRequest>,
+    /// When its results (result, log, commits) were brought home into its archive directory
+    /// (ours): from then on nothing about it needs its VM.
+    #[serde(
+        with = "opt_timestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The session's head commit that `pull` last fetched into the local repository (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_commit: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Files changed, lines inserted and deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub files: u64,
+    pub insertions: u64,
+    pub deletions: u64,
+}
+
+/// What a finished session produced, as its supervisor records it on the VM (`result.json`,
+/// docs/remote-layout.md) and its archive keeps it. The git facts are absent for a session
+/// started without a git context.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionResult {
+    #[serde(with = "opt_timestamp", default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "opt_timestamp", default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub duration_seconds: Option<i64>,
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    #[serde(default)]
+    pub head_commit: Option<String>,
+    /// Commits on the session branch since the starting commit.
+    #[serde(default)]
+    pub commits: Option<u64>,
+    /// The committed work, against the starting commit.
+    #[serde(default)]
+    pub committed: Option<Changes>,
+    /// Work left in the work tree (untracked files included), against the head commit: not
+    /// in any commit, so not in the bundle `pull` fetches.
+    #[serde(default)]
+    pub uncommitted: Option<Changes>,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Why the git facts are missing although the session had a starting commit.
+    #[serde(default)]
+    pub git_error: Option<String>,
+}
+
+impl SessionResult {
+    /// Uncommitted work, when there is any.
+    pub fn uncommitted_work(&self) -> Option<Changes> {
+        self.uncommitted
+            .filter(|c| c.files > 0 || self.dirty == Some(true))
+    }
 }
 
 /// The process that holds a reservation: enough to tell at once whether it still lives, and

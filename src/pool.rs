@@ -419,6 +419,8 @@ pub(crate) mod tests {
             base_commit: None,
             owner: None,
             kill_request: None,
+            archived_at: None,
+            pulled_commit: None,
             extra: Default::default(),
         }
     }

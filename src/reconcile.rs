@@ -27,6 +27,9 @@ pub struct Findings {
     pub answers: BTreeMap<String, VmRecords>,
     /// VMs that were asked and did not answer, and why.
     pub unreachable: BTreeMap<String, String>,
+    /// The archives of finished sessions kept on this machine, with when each was made: a
+    /// finished session the state does not know archived is marked so (docs/results.md).
+    pub archives: refresh::Archived,
 }
 
 /// What a merge did and found; serialized as part of `sync --json` (docs/architecture.md).
@@ -299,6 +302,9 @@ pub fn merge(
         }
     }
 
+    // Results already home: the sessions read their archives, as before the state was lost.
+    refresh::mark_archived(state, &found.archives);
+
     for (name, reason) in &found.unreachable {
         merged.unreachable_vms.push(UnreachableVm {
             name: name.clone(),
@@ -426,6 +432,8 @@ mod tests {
             )]
             .into(),
             unreachable: BTreeMap::new(),
+            // b's results are home already; a's archive cannot be (it runs) and is ignored.
+            archives: [("b".to_string(), at(7)), ("a".to_string(), at(7))].into(),
         };
         let mut st = State::default();
         let merged = merge(&mut st, &found, now(), &check);
@@ -459,6 +467,13 @@ mod tests {
         assert_eq!(st.sessions["d"].status, SessionStatus::Killed);
         assert_eq!(st.sessions["d"].exit_code, Some(143));
         assert_eq!(
+            st.sessions["b"].archived_at,
+            Some(at(7)),
+            "the archive's time"
+        );
+        assert_eq!(st.sessions["c"].archived_at, None, "no archive here");
+        assert_eq!(st.sessions["a"].archived_at, None);
+        assert_eq!(
             st.sessions["b"].repo_path.as_deref(),
             Some("/home/jane/project")
         );
@@ -485,6 +500,7 @@ mod tests {
             )]
             .into(),
             unreachable: [("vm2".to_string(), "ssh: timed out".to_string())].into(),
+            archives: [("b".to_string(), at(9))].into(),
         };
         let mut st = State::default();
         let first = merge(&mut st, &found, now(), &check);

@@ -2,6 +2,12 @@
 //! parallel) and commits what it learns in one transaction. An unreachable VM leaves its
 //! sessions as they were and is reported in `Live`.
 //!
+//! The same call brings home the archive of every session it finds finished (result, log,
+//! commits: see archive.rs), written before the transaction that settles the session and
+//! records it archived. Finished sessions not archived yet (their VM did not answer then, or
+//! they ended before this version) ride along on calls made anyway, a few per call; `report`
+//! and `prune` ask for the ones they need even when that takes a call of its own.
+//!
 //! Reservations carry their owner (the `start` that made them). A pending session whose owner
 //! lives is its owner's business alone: nobody probes or settles it. A dead owner's
 //! reservations are recovered at once: a VM it was provisioning (or a prune was deleting)
@@ -15,10 +21,14 @@ use chrono::{DateTime, Duration, Utc};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Liveness, OnInterrupt};
-use crate::model::{Backend, Owner, SessionStatus, State, VmState};
+use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::render::Live;
-use crate::script::{self, Probe, Verdict};
+use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Verdict, Want};
 use crate::ui;
+
+/// Finished sessions not archived yet that ride along on one call made anyway: enough to
+/// catch up over a few refreshes without making any one of them slow.
+pub const UNARCHIVED_PER_CALL: usize = 8;
 
 /// How long a reservation whose owner cannot be checked (it ran on another machine, or none
 /// was recorded, as by the Python original) is trusted: longer than any start can take
@@ -151,6 +161,126 @@ pub fn sessions_to_probe(
     by_vm
 }
 
+/// A finished session whose results are not home yet and whose VM can still be asked (it is in
+/// the pool and not being provisioned). One that never started has none: it never costs a call
+/// (one settled by a probe was archived by that same call).
+pub fn unarchived(state: &State, s: &Session) -> bool {
+    !s.status.is_active()
+        && s.archived_at.is_none()
+        && s.started_at.is_some()
+        && state
+            .vm_pool
+            .get(&s.vm_name)
+            .is_some_and(|vm| vm.state != VmState::Provisioning)
+}
+
+/// What a probe asks of the sessions due for it (see `sessions_to_probe`): running ones their
+/// archive should they have ended; pending ones whose start died a claim first (`Want::Claim`).
+pub fn due_plan(due: BTreeMap<String, ProbeTargets>) -> BTreeMap<String, Vec<(String, Want)>> {
+    due.into_iter()
+        .map(|(vm, t)| {
+            let asked = t
+                .running
+                .into_iter()
+                .map(|id| (id, Want::Archive))
+                .chain(t.claim.into_iter().map(|id| (id, Want::Claim)))
+                .collect();
+            (vm, asked)
+        })
+        .collect()
+}
+
+/// The sessions a refresh asks about, by VM, with what it asks of each: those due for it (see
+/// `due_plan`), the unarchived finished ones of `also` (even when that means a call of its
+/// own), and up to `UNARCHIVED_PER_CALL` other unarchived finished ones on each VM asked anyway.
+pub fn refresh_plan(
+    state: &State,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+    also: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<(String, Want)>> {
+    let mut by_vm = due_plan(sessions_to_probe(state, now, alive));
+    for id in also {
+        if let Some(s) = state.sessions.get(id).filter(|s| unarchived(state, s)) {
+            by_vm
+                .entry(s.vm_name.clone())
+                .or_default()
+                .push((s.session_id.clone(), Want::Archive));
+        }
+    }
+    let mut riders: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in state.sessions.values() {
+        if also.contains(&s.session_id) || !unarchived(state, s) {
+            continue;
+        }
+        if let Some(asked) = by_vm.get_mut(&s.vm_name) {
+            let n = riders.entry(s.vm_name.as_str()).or_default();
+            if *n < UNARCHIVED_PER_CALL {
+                *n += 1;
+                asked.push((s.session_id.clone(), Want::Archive));
+            }
+        }
+    }
+    by_vm
+}
+
+/// What a call asks of a session's VM about its results: its workspace, starting commit and
+/// the log cap.
+pub fn archive_request<'a>(ctx: &Ctx, s: &'a Session) -> ArchiveRequest<'a> {
+    ArchiveRequest {
+        workspace: &s.workspace,
+        base_commit: s.base_commit.as_deref(),
+        log_cap: ctx.settings.archive_log_cap,
+    }
+}
+
+/// Sessions whose archive is in place, with when it was made (`archive.json`'s `archived_at`).
+pub type Archived = BTreeMap<String, DateTime<Utc>>;
+
+/// Marks sessions archived whose archive is in place, once they are settled, with the time
+/// their archive records (so a state rebuilt by `sync` from the archives says the same).
+/// Returns how many changed.
+pub fn mark_archived(state: &mut State, archived: &Archived) -> usize {
+    let mut changed = 0;
+    for (id, at) in archived {
+        if let Some(s) = state.sessions.get_mut(id)
+            && !s.status.is_active()
+            && s.archived_at.is_none()
+        {
+            s.archived_at = Some(*at);
+            changed += 1;
+        }
+    }
+    changed
+}
+
+/// Writes the archives among `frames` (from `vm`); returns the sessions now archived. A
+/// failure is a warning: the session stays unarchived and is asked again later.
+pub fn keep_archives(
+    ctx: &Ctx,
+    vm: &str,
+    frames: &[Frame],
+) -> (Archived, BTreeMap<String, String>) {
+    let now = ctx.now();
+    let mut archived = Archived::new();
+    let mut failures = BTreeMap::new();
+    for frame in frames.iter().filter(|f| f.kind == FrameKind::Archive) {
+        match ctx.archive.write(frame, vm, now) {
+            Ok(at) => {
+                archived.insert(frame.id.clone(), at);
+            }
+            Err(e) => {
+                ui::warn(&format!(
+                    "could not archive session {} from VM '{vm}': {e}",
+                    frame.id
+                ));
+                failures.insert(frame.id.clone(), e.to_string());
+            }
+        }
+    }
+    (archived, failures)
+}
+
 /// Applies what the VMs said to the sessions that are still active. A pending session is
 /// settled only when `pending_settleable_by` allows: anything less could race a launch still
 /// on its way. Returns how many changed.
@@ -220,25 +350,149 @@ pub fn apply_probes(
     changed
 }
 
-/// Commits probes and recoveries if anything changed; returns the state as it now stands.
-pub fn commit_probes(ctx: &Ctx, probes: &HashMap<String, Probe>, state: State) -> Result<State> {
+/// Commits probes, recoveries and archive marks, in one transaction, if anything changed;
+/// returns the state as it now stands. `archived` are sessions whose archive is in place: a
+/// session is marked archived in the same transaction that settles it.
+pub fn commit_probes(
+    ctx: &Ctx,
+    probes: &HashMap<String, Probe>,
+    archived: &Archived,
+    state: State,
+) -> Result<State> {
     let now = ctx.now();
     let alive = exec::liveness;
     let mut preview = state;
     let recovered = recover_abandoned(&mut preview, now, &alive);
-    if apply_probes(&mut preview, probes, now, &alive) == 0 && !recovered {
+    let settled = apply_probes(&mut preview, probes, now, &alive);
+    if settled + mark_archived(&mut preview, archived) == 0 && !recovered {
         return Ok(preview);
     }
     ctx.store.update(|st| {
         recover_abandoned(st, now, &alive);
         apply_probes(st, probes, now, &alive);
+        mark_archived(st, archived);
         Ok(st.clone())
     })
+}
+
+/// A running session's commits so far, as `pull` asked for them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub commits: Option<u64>,
+    pub bundle: Option<Vec<u8>>,
+    pub error: Option<String>,
+}
+
+/// What the VMs answered to one round of probes.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub probes: HashMap<String, Probe>,
+    /// Sessions whose archive is now in place.
+    pub archived: Archived,
+    /// Sessions whose archive came but could not be kept, with why.
+    pub archive_failures: BTreeMap<String, String>,
+    pub snapshots: HashMap<String, Snapshot>,
+    /// VMs that could not be asked, with why.
+    pub failed_vms: BTreeMap<String, Error>,
+}
+
+/// Asks each VM about its sessions in `plan` (one call per VM, VMs in parallel), keeping the
+/// archives that come back. Nothing is committed. Only an interrupt is an error; a VM that
+/// does not answer is warned about and listed in `failed_vms`.
+pub fn collect(
+    ctx: &Ctx,
+    state: &State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+) -> Result<Collected> {
+    let timeout = ctx.settings.timeouts.probe;
+    let queued = state.queued_counts();
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .iter()
+            .map(|(vm, asked)| {
+                let vm = ctx.vm_ref(state, vm);
+                let drain = queued.contains_key(vm.name.as_str());
+                scope.spawn(move || {
+                    let targets: Vec<ProbeTarget> = asked
+                        .iter()
+                        .filter_map(|(id, want)| {
+                            let s = state.sessions.get(id)?;
+                            Some(ProbeTarget {
+                                id: &s.session_id,
+                                workspace: &s.workspace,
+                                base_commit: s.base_commit.as_deref(),
+                                want: *want,
+                            })
+                        })
+                        .collect();
+                    let mut input = script::probe_script(&targets, ctx.settings.archive_log_cap);
+                    if drain {
+                        input = drain_queue_first(ctx, input);
+                    }
+                    let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
+                    let answer = out.map(|o| {
+                        warn_stuck(&o.stdout);
+                        let answer = script::parse_probe_answer(&o.stdout);
+                        if let Some(why) = &answer.damaged {
+                            ui::warn(&format!(
+                                "the answer of VM '{}' was damaged: {why}",
+                                vm.name
+                            ));
+                        }
+                        let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
+                        let snapshots: HashMap<String, Snapshot> = answer
+                            .frames
+                            .iter()
+                            .filter(|f| f.kind == FrameKind::Snapshot)
+                            .map(|f| {
+                                (
+                                    f.id.clone(),
+                                    Snapshot {
+                                        commits: f.note_u64("commits"),
+                                        bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
+                                        error: f
+                                            .notes
+                                            .get("bundle_error")
+                                            .or_else(|| f.notes.get("error"))
+                                            .cloned(),
+                                    },
+                                )
+                            })
+                            .collect();
+                        (answer.probes, archived, failures, snapshots)
+                    });
+                    (vm.name, answer)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect::<Vec<_>>()
+    });
+    let mut collected = Collected::default();
+    for (vm, result) in results {
+        match result {
+            Ok((probes, archived, failures, snapshots)) => {
+                collected.probes.extend(probes);
+                collected.archived.extend(archived);
+                collected.archive_failures.extend(failures);
+                collected.snapshots.extend(snapshots);
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => {
+                collected.failed_vms.insert(vm, e);
+            }
+        }
+    }
+    Ok(collected)
 }
 
 pub struct Refreshed {
     pub state: State,
     pub live: Live,
+    /// VMs that could not be asked, with why.
+    pub failed_vms: BTreeMap<String, Error>,
 }
 
 /// The state as `list` and `status` show it: refreshed from the VMs, or with `--no-refresh`
@@ -248,6 +502,7 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
         Ok(Refreshed {
             state: ctx.store.load()?,
             live: Live::default(),
+            failed_vms: BTreeMap::new(),
         })
     } else {
         refresh(ctx, power)
@@ -282,45 +537,30 @@ pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
 /// Refreshes every session due for it from its VM. With `power`, also asks azlin for the
 /// power state of every VM (one `list` per resource group the pool uses, in parallel).
 pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
+    refresh_with(ctx, power, &BTreeSet::new())
+}
+
+/// `refresh`, also bringing home the archives of the finished sessions in `also` that are not
+/// archived yet (see `refresh_plan`); still at most one call per VM.
+pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<Refreshed> {
     let state = ctx.store.load()?;
     let now = ctx.now();
-    let targets = sessions_to_probe(&state, now, &exec::liveness);
+    let plan = refresh_plan(&state, now, &exec::liveness, also);
     let power_groups = if power {
         resource_groups(ctx, &state)
     } else {
         BTreeSet::new()
     };
     let mut live = Live::default();
-    if targets.is_empty() && power_groups.is_empty() {
-        let state = commit_probes(ctx, &HashMap::new(), state)?;
-        return Ok(Refreshed { state, live });
+    if plan.is_empty() && power_groups.is_empty() {
+        let state = commit_probes(ctx, &HashMap::new(), &Archived::new(), state)?;
+        return Ok(Refreshed {
+            state,
+            live,
+            failed_vms: BTreeMap::new(),
+        });
     }
-    let timeout = ctx.settings.timeouts.probe;
-    let queued = state.queued_counts();
-    let (results, power_results) = std::thread::scope(|scope| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|(vm, ids)| {
-                let vm = ctx.vm_ref(&state, vm);
-                let drain = queued.contains_key(vm.name.as_str());
-                scope.spawn(move || {
-                    let running: Vec<&str> = ids.running.iter().map(String::as_str).collect();
-                    let claim: Vec<&str> = ids.claim.iter().map(String::as_str).collect();
-                    let mut input = script::probe_script(&running, &claim);
-                    if drain {
-                        input = drain_queue_first(ctx, input);
-                    }
-                    let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
-                    (
-                        vm.name,
-                        out.map(|o| {
-                            warn_stuck(&o.stdout);
-                            script::parse_probes(&o.stdout)
-                        }),
-                    )
-                })
-            })
-            .collect();
+    let (collected, power_results) = std::thread::scope(|scope| {
         let power_handles: Vec<_> = power_groups
             .iter()
             .map(|rg| {
@@ -331,29 +571,19 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
                 })
             })
             .collect();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect();
+        let collected = collect(ctx, &state, &plan);
         let power_results: Vec<_> = power_handles
             .into_iter()
             .map(|h| h.join().expect("list thread"))
             .collect();
-        (results, power_results)
+        (collected, power_results)
     });
-
-    let mut probes = HashMap::new();
-    for (vm, result) in results {
-        match result {
-            Ok(found) => probes.extend(found),
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(e) => {
-                ui::warn(&format!(
-                    "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
-                ));
-                live.unreachable.insert(vm);
-            }
-        }
+    let collected = collected?;
+    for (vm, e) in &collected.failed_vms {
+        ui::warn(&format!(
+            "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
+        ));
+        live.unreachable.insert(vm.clone());
     }
     if !power_results.is_empty() {
         let mut all = BTreeMap::new();
@@ -373,8 +603,12 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
             live.power = Some(all);
         }
     }
-    let state = commit_probes(ctx, &probes, state)?;
-    Ok(Refreshed { state, live })
+    let state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok(Refreshed {
+        state,
+        live,
+        failed_vms: collected.failed_vms,
+    })
 }
 
 #[cfg(test)]
@@ -506,6 +740,78 @@ mod tests {
         assert!(st.sessions["a"].kill_request.is_none());
         // The kill's process died before it signalled anything: its intent proves nothing.
         assert_eq!(st.sessions["b"].status, SessionStatus::Failed);
+    }
+
+    #[test]
+    fn unarchived_sessions_ride_along_on_calls_made_anyway() {
+        let mut st = State::default();
+        for name in ["busy", "idle", "gone-soon"] {
+            st.vm_pool
+                .insert(name.into(), vm("Standard_E16s_v5", 4, "eastus"));
+        }
+        st.vm_pool.get_mut("gone-soon").unwrap().state = VmState::Provisioning;
+        st.sessions
+            .insert("r".into(), session("r", "busy", SessionStatus::Running));
+        for i in 0..10 {
+            let id = format!("done-{i:02}");
+            st.sessions
+                .insert(id.clone(), session(&id, "busy", SessionStatus::Completed));
+        }
+        let mut home = session("home", "busy", SessionStatus::Completed);
+        home.archived_at = Some(t0());
+        st.sessions.insert("home".into(), home);
+        let mut never = session("never", "busy", SessionStatus::Failed);
+        never.started_at = None;
+        st.sessions.insert("never".into(), never);
+        st.sessions
+            .insert("i".into(), session("i", "idle", SessionStatus::Completed));
+        st.sessions
+            .insert("p".into(), session("p", "gone-soon", SessionStatus::Failed));
+        // A pending session whose start died is claimed, by the same call.
+        st.sessions
+            .insert("dead".into(), pending("dead", "busy", Some(2)));
+        let want = |plan: &BTreeMap<String, Vec<(String, Want)>>, vm: &str, id: &str| {
+            plan[vm].iter().find(|(i, _)| i == id).map(|(_, w)| *w)
+        };
+
+        // A VM called anyway takes a few; one that is not called costs nothing.
+        let plan = refresh_plan(&st, t0(), &check, &BTreeSet::new());
+        assert_eq!(plan.keys().collect::<Vec<_>>(), ["busy"]);
+        assert_eq!(plan["busy"].len(), 2 + UNARCHIVED_PER_CALL);
+        assert!(
+            plan["busy"]
+                .iter()
+                .all(|(id, _)| id != "home" && id != "never")
+        );
+        assert_eq!(want(&plan, "busy", "r"), Some(Want::Archive));
+        assert_eq!(want(&plan, "busy", "dead"), Some(Want::Claim));
+        assert_eq!(want(&plan, "busy", "done-00"), Some(Want::Archive));
+        // `also` asks even a VM that has nothing due; never one being provisioned.
+        let also: BTreeSet<String> = ["i", "p", "done-09"].map(String::from).into();
+        let plan = refresh_plan(&st, t0(), &check, &also);
+        assert_eq!(plan["idle"], vec![("i".to_string(), Want::Archive)]);
+        assert!(!plan.contains_key("gone-soon"));
+        assert_eq!(want(&plan, "busy", "done-09"), Some(Want::Archive));
+        assert_eq!(plan["busy"].len(), 3 + UNARCHIVED_PER_CALL);
+    }
+
+    #[test]
+    fn a_session_is_marked_archived_only_once_settled() {
+        let mut st = State::default();
+        st.sessions
+            .insert("r".into(), session("r", "vm", SessionStatus::Running));
+        st.sessions
+            .insert("c".into(), session("c", "vm", SessionStatus::Completed));
+        let at = t0() + Duration::seconds(5);
+        let archived: Archived = ["r", "c", "unknown"].map(|id| (id.to_string(), at)).into();
+        assert_eq!(mark_archived(&mut st, &archived), 1);
+        assert!(st.sessions["r"].archived_at.is_none());
+        assert_eq!(
+            st.sessions["c"].archived_at,
+            Some(at),
+            "the archive's own time"
+        );
+        assert_eq!(mark_archived(&mut st, &archived), 0, "marked once");
     }
 
     #[test]

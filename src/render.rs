@@ -84,7 +84,7 @@ pub fn one_line(text: &str, width: usize) -> String {
     format!("{}...", folded[..keep].trim_end())
 }
 
-fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
+pub fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
     if !color {
         return text.to_string();
     }
@@ -102,7 +102,7 @@ fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
 
 /// Aligns columns with two spaces between them; `paint_cell` colours a cell after its width
 /// is measured, so escape codes never count toward the width.
-fn table(
+pub fn table(
     headers: &[&str],
     rows: &[Vec<String>],
     paint_cell: impl Fn(usize, usize, &str) -> String,

@@ -2,7 +2,8 @@
 //! parses bytes.
 //!
 //! The VM side is real shell files under src/vm/ (shellchecked): `control.sh` has one
-//! subcommand per request (launch, probe, records, capture, follow, kill, pull) and `supervisor.sh`
+//! subcommand per request (launch, probe, records, capture, stream, watch, kill) and
+//! `supervisor.sh`
 //! supervises one agent session. A request is `control.sh` sent on the stdin of `bash -s`
 //! inside one `{ ... }` group, after a header that sets its arguments; anything after the group
 //! (a git bundle) is payload. All data (prompts, keys, ids, paths) is single-quoted, so it
@@ -229,14 +230,69 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     out
 }
 
-/// Asks for one `session` line per id (see `Probe`). `claim` are pending sessions whose start
-/// died: the VM settles first whether they were launched, cancelling a launch still on its way.
-pub fn probe_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
-    let mut args = vec!["probe"];
-    args.extend_from_slice(ids);
-    if !claim.is_empty() {
-        args.push("--");
-        args.extend_from_slice(claim);
+/// What a call should bring home of a session it finds finished: its archive frame (result,
+/// record, log, commits since the starting commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveRequest<'a> {
+    /// The workspace as the state records it (the VM resolves `~`).
+    pub workspace: &'a str,
+    /// The commit the workspace started from; `None` without a git context.
+    pub base_commit: Option<&'a str>,
+    /// The most bytes of the log to send: its last part.
+    pub log_cap: u64,
+}
+
+impl ArchiveRequest<'_> {
+    /// The trailing arguments of capture and kill: `LOG_CAP WORKSPACE BASE_COMMIT`.
+    fn args(&self) -> [String; 3] {
+        [
+            self.log_cap.to_string(),
+            self.workspace.to_string(),
+            self.base_commit.unwrap_or("").to_string(),
+        ]
+    }
+}
+
+/// What a probe asks about one session beyond its `session` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Its facts alone.
+    Facts,
+    /// Its archive frame when it has ended.
+    Archive,
+    /// Its archive frame when it has ended, else a snapshot of its commits so far (`pull`).
+    Commits,
+    /// A pending session whose start died: claimed first (the VM settles, under the session's
+    /// lock, whether it was launched, and cancels a launch still on its way), then as
+    /// `Archive`. Its `session` line says `claimed`.
+    Claim,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget<'a> {
+    pub id: &'a str,
+    pub workspace: &'a str,
+    pub base_commit: Option<&'a str>,
+    pub want: Want,
+}
+
+/// Asks for one `session` line per target (see `Probe`), plus the frames each one wants:
+/// `probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...`.
+pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
+    let cap = log_cap.to_string();
+    let mut args = vec!["probe", cap.as_str()];
+    for t in targets {
+        args.extend([
+            t.id,
+            t.workspace,
+            t.base_commit.unwrap_or(""),
+            match t.want {
+                Want::Facts => "facts",
+                Want::Archive => "archive",
+                Want::Commits => "commits",
+                Want::Claim => "claim",
+            },
+        ]);
     }
     control_input(&[], &args, &[])
 }
@@ -431,9 +487,22 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdic
     }
 }
 
-/// Captures what a session shows: its tmux pane while it runs, the kept log after.
-pub fn capture_script(id: &str, lines: u32) -> Vec<u8> {
-    control_input(&[], &["capture", id, &lines.to_string()], &[])
+/// A control call's arguments, with the archive request's appended when there is one.
+fn with_archive(mut args: Vec<String>, archive: Option<&ArchiveRequest>) -> Vec<u8> {
+    if let Some(a) = archive {
+        args.extend(a.args());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    control_input(&[], &refs, &[])
+}
+
+/// Captures what a session shows: its tmux pane while it runs, the kept log after; with
+/// `archive`, also the archive frame of a session found finished.
+pub fn capture_script(id: &str, lines: u32, archive: Option<&ArchiveRequest>) -> Vec<u8> {
+    with_archive(
+        vec!["capture".into(), id.into(), lines.to_string()],
+        archive,
+    )
 }
 
 /// How a stream paces itself on the VM: how often it checks, and how often it sends a
@@ -473,9 +542,9 @@ pub fn watch_script(ids: &[&str], pace: Pace) -> Vec<u8> {
     control_input(&[], &args, &[])
 }
 
-/// One frame of a stream.
+/// One frame of a stream (not to be confused with the archive frames of `Frame`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub enum StreamFrame {
     /// A session's facts.
     Session(String, Probe),
     /// Log bytes starting at a byte offset.
@@ -494,7 +563,7 @@ pub struct Frames {
 
 impl Frames {
     /// Adds bytes; returns every frame now complete.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Frame>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamFrame>, String> {
         self.buf.extend_from_slice(bytes);
         let mut frames = Vec::new();
         let mut at = 0;
@@ -502,10 +571,10 @@ impl Frames {
             let line = String::from_utf8_lossy(&self.buf[at..at + nl]).into_owned();
             let body = at + nl + 1;
             let frame = match line.split_once('\t').map_or((line.as_str(), ""), |p| p) {
-                ("B", _) => Frame::Beat,
-                ("E", _) => Frame::End,
+                ("B", _) => StreamFrame::Beat,
+                ("E", _) => StreamFrame::End,
                 ("S", rest) => match parse_probe_line(rest) {
-                    Some((id, probe)) => Frame::Session(id, probe),
+                    Some((id, probe)) => StreamFrame::Session(id, probe),
                     None => return Err(format!("a malformed session frame: {rest:?}")),
                 },
                 ("D", rest) => {
@@ -517,7 +586,7 @@ impl Frames {
                         break; // the bytes are still on their way
                     }
                     at = body + len;
-                    frames.push(Frame::Data {
+                    frames.push(StreamFrame::Data {
                         offset,
                         bytes: self.buf[body..body + len].to_vec(),
                     });
@@ -533,11 +602,6 @@ impl Frames {
     }
 }
 
-/// Streams the workspace's commits after `base` as a git bundle (see `parse_capture`).
-pub fn pull_script(workspace: &str, base: &str) -> Vec<u8> {
-    control_input(&[], &["pull", workspace, base], &[])
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaptureSource {
     Pane,
@@ -546,48 +610,213 @@ pub enum CaptureSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capture {
+pub struct Capture<'a> {
     pub probe: Option<Probe>,
     /// Its place in its VM's queue (1 = next) and the queue's length, when it is queued.
     pub queue_place: Option<(u32, u32)>,
     pub log_size: Option<u64>,
     pub source: CaptureSource,
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
+    /// The archive frame of a session found finished, when one was asked for.
+    pub frames: Vec<Frame<'a>>,
 }
 
-/// Splits a capture or follow answer into its header lines and the raw data after `data`.
-pub fn parse_capture(stdout: &[u8]) -> Result<Capture, String> {
-    let mut rest = stdout;
+/// Splits a capture or follow answer into its header lines, its frames and the raw data
+/// after `data`.
+pub fn parse_capture(stdout: &[u8]) -> Result<Capture<'_>, String> {
+    let answer = read_answer(stdout)?;
+    let Some((kind, data)) = answer.data else {
+        return Err("the VM's answer ended before its data section".into());
+    };
     let mut probe = None;
     let mut log_size = None;
     let mut queue_place = None;
-    loop {
-        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-            return Err("the VM's answer ended before its data section".into());
-        };
-        let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
-        rest = &rest[nl + 1..];
-        if let Some(kind) = line.strip_prefix("data\t") {
-            let source = match kind {
-                "pane" => CaptureSource::Pane,
-                "log" => CaptureSource::Log,
-                _ => CaptureSource::None,
-            };
-            return Ok(Capture {
-                probe,
-                queue_place,
-                log_size,
-                source,
-                data: rest.to_vec(),
-            });
-        } else if let Some(place) = line.strip_prefix("queue\t") {
+    for line in &answer.lines {
+        if let Some(place) = line.strip_prefix("queue\t") {
             let mut p = place.split('\t').map(|n| n.trim().parse().unwrap_or(0));
             queue_place = Some((p.next().unwrap_or(0), p.next().unwrap_or(0)));
         } else if let Some(size) = line.strip_prefix("log\t") {
             log_size = size.trim().parse().ok();
-        } else if let Some((_, p)) = parse_probe_line(&line) {
+        } else if let Some((_, p)) = parse_probe_line(line) {
             probe = Some(p);
         }
+    }
+    let source = match kind.as_str() {
+        "pane" => CaptureSource::Pane,
+        "log" => CaptureSource::Log,
+        _ => CaptureSource::None,
+    };
+    Ok(Capture {
+        probe,
+        queue_place,
+        log_size,
+        source,
+        data,
+        frames: answer.frames,
+    })
+}
+
+/// What a frame carries: a finished session's archive, or a running session's commits so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Archive,
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Plain,
+    Gzip,
+}
+
+/// One file of a frame, as sent: `result.json`, `record.json`, `output.log`, `commits.bundle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub name: String,
+    pub encoding: Encoding,
+    pub data: &'a [u8],
+}
+
+/// A frame of an answer: `archive ID` or `snapshot ID`, then `note KEY VALUE` lines and parts
+/// (`part NAME ENCODING LENGTH` and exactly LENGTH bytes), then `end ID`. Only a frame whose
+/// `end` arrived is ever returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub id: String,
+    pub kind: FrameKind,
+    pub notes: BTreeMap<String, String>,
+    pub parts: Vec<Part<'a>>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn part(&self, name: &str) -> Option<&Part<'a>> {
+        self.parts.iter().find(|p| p.name == name)
+    }
+
+    pub fn note_u64(&self, key: &str) -> Option<u64> {
+        self.notes.get(key).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// An answer split into its text lines, its frames, and the raw data section that follows a
+/// `data KIND` line (capture and follow).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub lines: Vec<String>,
+    pub frames: Vec<Frame<'a>>,
+    pub data: Option<(String, &'a [u8])>,
+    /// Why reading stopped early: a frame cut short or malformed. Everything before it stands.
+    pub damaged: Option<String>,
+}
+
+/// Cuts the next line (without its newline) off `rest`.
+fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let line = &rest[..nl];
+    *rest = &rest[nl + 1..];
+    Some(line)
+}
+
+/// Reads one frame after its opening line; `Err` when it is cut short or malformed.
+fn read_frame<'a>(rest: &mut &'a [u8], id: &str, kind: FrameKind) -> Result<Frame<'a>, String> {
+    let mut frame = Frame {
+        id: id.to_string(),
+        kind,
+        notes: BTreeMap::new(),
+        parts: Vec::new(),
+    };
+    loop {
+        let line = next_line(rest).ok_or_else(|| format!("the frame of {id} was cut short"))?;
+        let line = String::from_utf8_lossy(line);
+        let mut f = line.split('\t');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some("end"), Some(end_id), None, None) if end_id == id => return Ok(frame),
+            (Some("note"), Some(key), value, None) => {
+                frame
+                    .notes
+                    .insert(key.to_string(), value.unwrap_or("").to_string());
+            }
+            (Some("part"), Some(name), Some(encoding), Some(len)) => {
+                let encoding = match encoding {
+                    "plain" => Encoding::Plain,
+                    "gzip" => Encoding::Gzip,
+                    other => return Err(format!("unknown encoding {other:?} in {id}")),
+                };
+                let len: usize = len
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad part length {len:?} in {id}"))?;
+                if rest.len() < len {
+                    return Err(format!("part {name} of {id} was cut short"));
+                }
+                let (data, tail) = rest.split_at(len);
+                *rest = tail;
+                frame.parts.push(Part {
+                    name: name.to_string(),
+                    encoding,
+                    data,
+                });
+            }
+            _ => return Err(format!("unexpected line {line:?} in the frame of {id}")),
+        }
+    }
+}
+
+/// Reads a control call's answer: text lines, frames, and a trailing raw `data` section.
+/// A damaged frame stops the reading; what came before it stands.
+pub fn read_answer(stdout: &[u8]) -> Result<Answer<'_>, String> {
+    let mut rest = stdout;
+    let mut answer = Answer::default();
+    while !rest.is_empty() {
+        let Some(line) = next_line(&mut rest) else {
+            // A last line without a newline: text, never a frame.
+            answer
+                .lines
+                .push(String::from_utf8_lossy(rest).into_owned());
+            break;
+        };
+        let line = String::from_utf8_lossy(line).into_owned();
+        if let Some(kind) = line.strip_prefix("data\t") {
+            answer.data = Some((kind.to_string(), rest));
+            break;
+        }
+        let frame_kind = if let Some(id) = line.strip_prefix("archive\t") {
+            Some((id, FrameKind::Archive))
+        } else {
+            line.strip_prefix("snapshot\t")
+                .map(|id| (id, FrameKind::Snapshot))
+        };
+        match frame_kind {
+            Some((id, kind)) => match read_frame(&mut rest, id, kind) {
+                Ok(frame) => answer.frames.push(frame),
+                Err(why) => {
+                    answer.damaged = Some(why);
+                    break;
+                }
+            },
+            None => answer.lines.push(line),
+        }
+    }
+    Ok(answer)
+}
+
+/// A probe's answer: the facts per session and the frames.
+pub struct ProbeAnswer<'a> {
+    pub probes: HashMap<String, Probe>,
+    pub frames: Vec<Frame<'a>>,
+    pub damaged: Option<String>,
+}
+
+pub fn parse_probe_answer(stdout: &[u8]) -> ProbeAnswer<'_> {
+    let answer = read_answer(stdout).unwrap_or_default();
+    ProbeAnswer {
+        probes: answer
+            .lines
+            .iter()
+            .filter_map(|l| parse_probe_line(l))
+            .collect(),
+        frames: answer.frames,
+        damaged: answer.damaged,
     }
 }
 
@@ -623,20 +852,27 @@ pub fn count_lines(data: &[u8]) -> usize {
 }
 
 /// Marks the session as being killed, signals the agent's verified process group (SIGTERM,
-/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code.
-/// With `claim` (a pending session whose start died), a launch still on its way is cancelled.
-pub fn kill_script(id: &str, force: bool, grace_secs: u32, claim: bool) -> Vec<u8> {
+/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code:
+/// `kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]`. With `claim` (a pending
+/// session whose start died), a launch still on its way is cancelled first; with `archive`,
+/// the ended session's archive frame comes with the answer.
+pub fn kill_script(
+    id: &str,
+    force: bool,
+    grace_secs: u32,
+    claim: bool,
+    archive: Option<&ArchiveRequest>,
+) -> Vec<u8> {
     let flag = |b: bool| if b { "1" } else { "0" };
-    control_input(
-        &[],
-        &[
-            "kill",
-            id,
-            flag(force),
-            &grace_secs.to_string(),
-            flag(claim),
+    with_archive(
+        vec![
+            "kill".into(),
+            id.into(),
+            flag(force).into(),
+            grace_secs.to_string(),
+            flag(claim).into(),
         ],
-        &[],
+        archive,
     )
 }
 
@@ -653,23 +889,25 @@ pub enum KillOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KillReport {
+pub struct KillReport<'a> {
     pub outcome: KillOutcome,
     pub signalled: Option<String>,
     pub escalated: bool,
     pub probe: Option<Probe>,
+    pub frames: Vec<Frame<'a>>,
 }
 
-pub fn parse_kill(stdout: &[u8]) -> Result<KillReport, String> {
-    let text = String::from_utf8_lossy(stdout);
+pub fn parse_kill(stdout: &[u8]) -> Result<KillReport<'_>, String> {
+    let answer = read_answer(stdout)?;
     let mut outcome = None;
     let mut report = KillReport {
         outcome: KillOutcome::Gone,
         signalled: None,
         escalated: false,
         probe: None,
+        frames: answer.frames,
     };
-    for line in text.lines() {
+    for line in &answer.lines {
         if let Some(v) = line.strip_prefix("result\t") {
             outcome = Some(match v {
                 "already" => KillOutcome::AlreadyFinished,
@@ -758,11 +996,24 @@ mod tests {
         let agent = vec!["x".to_string()];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sh");
+        let archive = ArchiveRequest {
+            workspace: "~/ws/a",
+            base_commit: Some("abc"),
+            log_cap: 1024,
+        };
         for script in [
             launch_input(&plan(&agent, None, Some("k"))),
-            probe_script(&["a", "b"], &["c"]),
+            probe_script(
+                &[
+                    target("a", Want::Archive),
+                    target("b", Want::Facts),
+                    target("c", Want::Claim),
+                ],
+                10,
+            ),
             records_script(&["a"], &["b"]),
-            capture_script("a", 5),
+            capture_script("a", 5, None),
+            capture_script("a", 5, Some(&archive)),
             stream_script(
                 "a",
                 Some(3),
@@ -779,8 +1030,8 @@ mod tests {
                     beat_every: std::time::Duration::from_secs(10),
                 },
             ),
-            kill_script("a", true, 10, true),
-            pull_script("~/ws/a", "abc"),
+            kill_script("a", true, 10, true, None),
+            kill_script("a", true, 10, false, Some(&archive)),
         ] {
             std::fs::write(&path, &script).unwrap();
             let st = std::process::Command::new("bash")
@@ -799,6 +1050,15 @@ mod tests {
                 .unwrap()
                 .success()
         );
+    }
+
+    fn target(id: &str, want: Want) -> ProbeTarget<'_> {
+        ProbeTarget {
+            id,
+            workspace: "",
+            base_commit: None,
+            want,
+        }
     }
 
     /// Runs a control call under bash with its own HOME, as a VM would.
@@ -825,17 +1085,73 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         // (Ids never hold tabs or newlines: the answer is tab-separated lines.)
         let nasty = "a b 'c' \"d\" $(touch pwned) `touch pwned` \\ ünï ; | & *";
-        let out = run_control(&probe_script(&[nasty, "plain"], &[]), home.path());
+        let out = run_control(
+            &probe_script(
+                &[target(nasty, Want::Archive), target("plain", Want::Facts)],
+                10,
+            ),
+            home.path(),
+        );
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let probes = parse_probes(&out.stdout);
+        let answer = parse_probe_answer(&out.stdout);
+        let probes = answer.probes;
         assert_eq!(probes.len(), 2, "{}", String::from_utf8_lossy(&out.stdout));
         assert!(probes.contains_key(nasty));
         assert!(!probes["plain"].known && !probes["plain"].alive);
         assert!(!home.path().join("pwned").exists());
+        // Nothing of `nasty` runs: it has ended, and its (empty) archive says the VM has no
+        // directory of it.
+        assert_eq!(answer.frames.len(), 1);
+        assert_eq!(answer.frames[0].id, nasty);
+        assert_eq!(answer.frames[0].notes["session_dir"], "missing");
+    }
+
+    /// `claim` settles, under the session's lock, whether a pending session was launched: one
+    /// never launched is cancelled (so a late launch refuses it) and comes with its archive
+    /// frame, as ended; one launched is left alone. Either way its line says `claimed`.
+    #[test]
+    fn a_claim_cancels_an_unlaunched_session_and_leaves_a_launched_one() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        std::fs::create_dir_all(sessions.join("launched")).unwrap();
+        // A supervisor pid of a process that is gone: launched, then vanished.
+        std::fs::write(sessions.join("launched/supervisor.pid"), "999999\n").unwrap();
+        let out = run_control(
+            &probe_script(
+                &[
+                    target("never", Want::Claim),
+                    target("launched", Want::Claim),
+                    target("plain", Want::Facts),
+                ],
+                10,
+            ),
+            home.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        let never = &answer.probes["never"];
+        assert!(never.claimed && never.cancelled && never.known && !never.alive);
+        assert!(sessions.join("never/cancelled").is_file());
+        let launched = &answer.probes["launched"];
+        assert!(launched.claimed && !launched.cancelled);
+        assert!(!sessions.join("launched/cancelled").exists());
+        assert!(!answer.probes["plain"].claimed);
+        let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
+        match verdict(never, now, false) {
+            Verdict::Finished { error, .. } => assert_eq!(error.as_deref(), Some(NEVER_LAUNCHED)),
+            v => panic!("{v:?}"),
+        }
+        // Both have ended (nothing of them runs): their archive frames came along.
+        let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["never", "launched"]);
     }
 
     #[test]
@@ -1015,6 +1331,14 @@ mod tests {
         assert!(c.probe.unwrap().alive);
         assert_eq!(c.data, b"line\n\x01binary\n");
         assert!(parse_capture(b"session\ts\t1\t1\t-\t-\t-\n").is_err());
+        // A frame before the data section is read whole, its binary bytes included.
+        let c = parse_capture(
+            b"session\ts\t1\t0\t0\t-\t-\narchive\ts\npart\toutput.log\tplain\t7\ndata\tx\nnote\tcommits\t0\nend\ts\ndata\tlog\ntail\n",
+        )
+        .unwrap();
+        assert_eq!(c.frames.len(), 1);
+        assert_eq!(c.frames[0].part("output.log").unwrap().data, b"data\tx\n");
+        assert_eq!(c.data, b"tail\n");
     }
 
     #[test]
@@ -1030,14 +1354,16 @@ mod tests {
         assert_eq!(whole.len(), 6);
         assert_eq!(
             whole[1],
-            Frame::Data {
+            StreamFrame::Data {
                 offset: 0,
                 bytes: b"ab\ncd\n".to_vec()
             }
         );
-        assert_eq!(whole[2], Frame::Beat);
-        assert!(matches!(&whole[4], Frame::Session(id, p) if id == "s" && p.exit_code == Some(0)));
-        assert_eq!(whole[5], Frame::End);
+        assert_eq!(whole[2], StreamFrame::Beat);
+        assert!(
+            matches!(&whole[4], StreamFrame::Session(id, p) if id == "s" && p.exit_code == Some(0))
+        );
+        assert_eq!(whole[5], StreamFrame::End);
         assert!(Frames::default().feed(b"garbage\n").is_err());
     }
 
@@ -1048,6 +1374,139 @@ mod tests {
         assert_eq!(last_lines(b"\n\n", 3), b"");
         assert_eq!(count_lines(b"a\nb"), 2);
         assert_eq!(count_lines(b""), 0);
+    }
+
+    #[test]
+    fn only_whole_frames_are_read() {
+        let whole =
+            b"session\ta\t1\t0\t0\t-\t-\narchive\ta\npart\tresult.json\tplain\t2\n{}end\ta\n";
+        let a = read_answer(whole).unwrap();
+        assert_eq!((a.frames.len(), a.damaged), (1, None));
+        assert_eq!(a.frames[0].part("result.json").unwrap().data, b"{}");
+        // Cut inside a part, before `end`, or with a foreign line: no frame, and why.
+        for cut in [
+            &whole[..whole.len() - 8],
+            &whole[..whole.len() - 6],
+            b"archive\ta\nbogus\nend\ta\n",
+            b"archive\ta\npart\tx\tzip\t1\nxend\ta\n",
+            b"archive\ta\nend\tb\n",
+        ] {
+            let a = read_answer(cut).unwrap();
+            assert!(a.frames.is_empty(), "{}", String::from_utf8_lossy(cut));
+            assert!(a.damaged.is_some());
+        }
+        // What came before a damaged frame stands.
+        let p = parse_probe_answer(&whole[..whole.len() - 6]);
+        assert!(p.probes.contains_key("a") && p.frames.is_empty());
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A finished session on a VM (its directory and a git workspace with 2 commits and
+    /// uncommitted work) comes home whole: its result computed when the supervisor left none,
+    /// its log's last part under the cap, gzip-compressed, and a bundle of its commits.
+    #[test]
+    fn the_archive_of_a_finished_session_carries_result_log_and_commits() {
+        let home = tempfile::tempdir().unwrap();
+        let ws = home.path().join("ws/s1");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "-q"]);
+        let c = |args: &[&str]| {
+            let mut all = vec!["-c", "user.name=t", "-c", "user.email=t@example.invalid"];
+            all.extend_from_slice(args);
+            git(&ws, &all)
+        };
+        std::fs::write(ws.join("a.txt"), "a\n").unwrap();
+        git(&ws, &["add", "a.txt"]);
+        c(&["commit", "-qm", "base"]);
+        let base = git(&ws, &["rev-parse", "HEAD"]);
+        for i in 1..=2 {
+            std::fs::write(ws.join(format!("n{i}.txt")), "x\ny\n").unwrap();
+            git(&ws, &["add", "."]);
+            c(&["commit", "-qm", &format!("agent {i}")]);
+        }
+        std::fs::write(ws.join("a.txt"), "a\nchanged\n").unwrap();
+        std::fs::write(ws.join("untracked.txt"), "1\n2\n3\n").unwrap();
+        let d = home.path().join(".amplihack/remote/sessions/s1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("record.json"),
+            format!("{{\"base_commit\":\"{base}\"}}\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("started_at"), "2025-11-25T14:30:00Z\n").unwrap();
+        std::fs::write(d.join("finished_at"), "2025-11-25T14:40:00Z\n").unwrap();
+        std::fs::write(d.join("exit_code"), "0\n").unwrap();
+        let log: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        std::fs::write(d.join("output.log"), &log).unwrap();
+
+        let t = ProbeTarget {
+            id: "s1",
+            workspace: "ws/s1",
+            base_commit: Some(&base),
+            want: Want::Archive,
+        };
+        let out = run_control(&probe_script(&[t], 100), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        assert_eq!(answer.damaged, None);
+        assert_eq!(answer.probes["s1"].exit_code, Some(0));
+        let f = &answer.frames[0];
+        assert_eq!(f.kind, FrameKind::Archive);
+        assert_eq!(f.note_u64("log_bytes"), Some(log.len() as u64));
+        assert_eq!(f.note_u64("log_kept_from"), Some(log.len() as u64 - 100));
+        assert_eq!(f.note_u64("commits"), Some(2));
+        let part = f.part("output.log").unwrap();
+        assert_eq!(part.encoding, Encoding::Gzip);
+        let mut kept = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(part.data), &mut kept)
+            .unwrap();
+        assert_eq!(kept, &log[log.len() - 100..]);
+        let result: crate::model::SessionResult =
+            serde_json::from_slice(f.part("result.json").unwrap().data).unwrap();
+        assert_eq!(result.duration_seconds, Some(600));
+        assert_eq!(result.commits, Some(2));
+        assert_eq!(
+            result.head_commit.as_deref(),
+            Some(git(&ws, &["rev-parse", "HEAD"]).as_str())
+        );
+        let committed = result.committed.unwrap();
+        assert_eq!(
+            (committed.files, committed.insertions, committed.deletions),
+            (2, 4, 0)
+        );
+        let uncommitted = result.uncommitted.unwrap();
+        assert_eq!((uncommitted.files, uncommitted.insertions), (2, 4));
+        assert_eq!(result.dirty, Some(true));
+        // The workspace's own index is untouched by the measure.
+        assert_eq!(
+            git(&ws, &["status", "--porcelain"]),
+            "M a.txt\n?? untracked.txt"
+        );
+        let bundle = f.part("commits.bundle").unwrap().data;
+        assert!(bundle.starts_with(b"# v2 git bundle") || bundle.starts_with(b"# v3 git bundle"));
+        assert!(f.part("record.json").is_some());
     }
 
     #[test]

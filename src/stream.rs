@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::script::{Frame, Frames};
+use crate::script::{Frames, StreamFrame};
 use crate::transport::VmRef;
 use crate::{interrupt, ui};
 
@@ -25,7 +25,7 @@ pub fn until_end(
     vm: &VmRef,
     stop: &AtomicBool,
     input: &mut dyn FnMut() -> Vec<u8>,
-    on_frame: &mut dyn FnMut(Frame) -> Result<()>,
+    on_frame: &mut dyn FnMut(StreamFrame) -> Result<()>,
 ) -> Result<()> {
     let transport = ctx.transport(vm);
     let mut failures: u32 = 0;
@@ -45,7 +45,7 @@ pub fn until_end(
                     .feed(bytes)
                     .map_err(|e| Error::unexpected_answer(&vm.name, e))?
                 {
-                    if frame == Frame::End {
+                    if frame == StreamFrame::End {
                         ended = true;
                     }
                     on_frame(frame)?;

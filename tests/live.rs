@@ -1,6 +1,7 @@
 //! Live: `output --follow` streams over one connection and survives dropped ones byte for
-//! byte; `wait` blocks until sessions end with one connection per VM. No timed assertions:
-//! latencies are measured by benches/perf.rs.
+//! byte; `wait` blocks until sessions end with one connection per VM. Once they see sessions
+//! end, both bring the archives home with one more call per VM (docs/results.md). No timed
+//! assertions: latencies are measured by benches/perf.rs.
 
 mod common;
 
@@ -27,13 +28,31 @@ fn follow_streams_the_whole_session_over_one_connection() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(out.stdout, session_log(&env, &s.vm, &s.id), "byte for byte");
     assert!(stdout(&out).contains("tick 20"));
-    assert_eq!(connects(&env), 1, "one call for the whole follow");
+    assert_eq!(
+        connects(&env),
+        2,
+        "one call for the whole follow, one to bring the archive home"
+    );
     assert!(stderr(&out).contains(&format!("Session {} ended: completed (exit 0)", s.id)));
     assert_eq!(
         env.session(&s.id)["status"],
         "completed",
         "the end is recorded"
     );
+    assert!(
+        env.session(&s.id)["archived_at"].is_string(),
+        "and the archive is home"
+    );
+    assert_eq!(
+        std::fs::read(env.archive_dir().join(&s.id).join("output.log")).unwrap(),
+        session_log(&env, &s.vm, &s.id)
+    );
+    // Read again, it comes from the archive: no call.
+    env.clear_calls();
+    let out = env.run(&["output", &s.id, "--follow", "--raw", "-n", "1000"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(out.stdout, session_log(&env, &s.vm, &s.id));
+    assert_eq!(connects(&env), 0);
 }
 
 #[test]
@@ -51,7 +70,8 @@ fn follow_survives_dropped_connections_byte_for_byte() {
         "nothing twice, nothing skipped"
     );
     assert!(stdout(&out).contains("tick 40"));
-    assert_eq!(connects(&env), 3, "{}", stderr(&out));
+    // Three for the stream (two of them cut), one for the archive.
+    assert_eq!(connects(&env), 4, "{}", stderr(&out));
     assert_eq!(
         stderr(&out).matches("reconnecting in").count(),
         2,
@@ -129,6 +149,8 @@ fn follow_of_a_session_gone_from_its_vm_exits_3() {
     let s = env.start_running("SLEEP=60");
     assert_eq!(code(&env.run(&["kill", "--force", &s.id])), 0);
     std::fs::remove_dir_all(env.session_dir(&s.vm, &s.id)).unwrap();
+    // The kill brought its results home; with the archive gone too, nothing of it is left.
+    std::fs::remove_dir_all(env.archive_dir().join(&s.id)).unwrap();
     let out = env.run(&["output", &s.id, "--follow"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("Session not found on VM"));
@@ -171,15 +193,16 @@ fn wait_prints_each_end_and_exits_by_the_worst() {
     );
     assert_eq!(
         connects(&env),
-        2,
-        "one connection per VM for the whole wait"
+        4,
+        "one connection per VM for the whole wait, then one per VM for the archives"
     );
-    // Each end is recorded.
+    // Each end is recorded, and each session's results are home.
     for id in &ids {
         assert!(!matches!(
             env.session(id)["status"].as_str(),
             Some("running" | "pending")
         ));
+        assert!(env.session(id)["archived_at"].is_string(), "{id}");
     }
     // Idempotent: finished sessions return at once, with no call.
     env.clear_calls();

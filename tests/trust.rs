@@ -480,6 +480,14 @@ fn output_of_a_session_gone_from_its_vm_exits_3() {
     let out = env.run(&["kill", "--force", &s.id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     std::fs::remove_dir_all(env.session_dir(&s.vm, &s.id)).unwrap();
+    // The kill brought its archive home; without it, only the VM could answer.
+    let mut st = env.state();
+    st["sessions"][&s.id]
+        .as_object_mut()
+        .unwrap()
+        .remove("archived_at");
+    env.write_state(&st.to_string());
+    std::fs::remove_dir_all(env.archive_dir().join(&s.id)).unwrap();
     let out = env.run(&["output", &s.id]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(

@@ -8,6 +8,7 @@ use crate::cli::SessionArg;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
+use crate::script::{ProbeTarget, Want};
 use crate::{refresh, script, ui};
 
 pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
@@ -33,19 +34,27 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
         )));
     }
     let vm = ctx.vm_ref(&state, &session.vm_name);
+    // Asking for the archive costs nothing while it runs, and keeps it if it has ended.
+    let target = ProbeTarget {
+        id,
+        workspace: &session.workspace,
+        base_commit: session.base_commit.as_deref(),
+        want: Want::Archive,
+    };
     let out = ctx.run_on(
         &vm,
-        script::probe_script(&[id], &[]),
+        script::probe_script(&[target], ctx.settings.archive_log_cap),
         ctx.settings.timeouts.probe,
         OnInterrupt::Abort,
     )?;
-    let probes = script::parse_probes(&out.stdout);
-    let Some(probe) = probes.get(id).cloned() else {
+    let answer = script::parse_probe_answer(&out.stdout);
+    let Some(probe) = answer.probes.get(id).cloned() else {
         return Err(Error::unexpected_answer(&vm.name, "no session line"));
     };
     if probe.exit_code.is_some() || !probe.tmux {
+        let (archived, _) = refresh::keep_archives(ctx, &vm.name, &answer.frames);
         let probes: HashMap<String, script::Probe> = [(id.to_string(), probe)].into();
-        let state = refresh::commit_probes(ctx, &probes, state)?;
+        let state = refresh::commit_probes(ctx, &probes, &archived, state)?;
         let status = find_session(&state, id)?.status.to_string();
         return Err(ended(&status));
     }

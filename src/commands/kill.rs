@@ -55,9 +55,16 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     })?;
     let vm = ctx.vm_ref(&state, &session.vm_name);
     // A pending session here is one whose start died (a live start's is refused above): a
-    // launch it left on its way must be cancelled, not raced.
+    // launch it left on its way must be cancelled, not raced. The same call brings the ended
+    // session's archive home.
     let claim = current.status == SessionStatus::Pending;
-    let mut input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs, claim);
+    let mut input = script::kill_script(
+        id,
+        args.force,
+        ctx.settings.kill_grace_secs,
+        claim,
+        Some(&refresh::archive_request(ctx, &session)),
+    );
     // The slot this kill frees goes to the VM's queue, should no supervisor be left to pass it.
     if state.sessions.values().any(|s| {
         s.vm_name == session.vm_name && s.status == SessionStatus::Queued && s.session_id != id
@@ -68,10 +75,11 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {
             script::parse_kill(&out.stdout)
-                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))
+                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
+            Ok(out)
         });
-    let report = match answer {
-        Ok(report) => report,
+    let out = match answer {
+        Ok(out) => out,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"
@@ -83,6 +91,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 None,
                 None,
                 Some("killed locally while its VM was unreachable".into()),
+                &refresh::Archived::new(),
             )?;
             return ui::print("Status updated: killed\n");
         }
@@ -93,6 +102,8 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             return Err(e);
         }
     };
+    let report = script::parse_kill(&out.stdout).expect("parsed above");
+    let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
     // When the VM recorded the end: the state keeps the VM's time, as a refresh would.
     let finished_at = report.probe.as_ref().and_then(|p| p.finished_at);
@@ -100,7 +111,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
             withdraw_intent(ctx, id, &me)?;
-            mark(ctx, id, status.clone(), exit_code, finished_at, None)?;
+            mark(
+                ctx,
+                id,
+                status.clone(),
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
                 .unwrap_or_default();
@@ -116,6 +135,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 None,
                 None,
                 Some("taken out of its VM's queue before it started".into()),
+                &archived,
             )?;
             ui::print(
                 "Session was queued: taken out of the queue, it never starts.\nStatus updated: killed\n",
@@ -137,6 +157,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 None,
                 None,
                 Some(vanished.to_string()),
+                &archived,
             )?;
             ui::print(&format!(
                 "Nothing of session {id} was running on {}: {vanished}.\nStatus updated: failed\n",
@@ -150,7 +171,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(ctx, id, SessionStatus::Killed, exit_code, finished_at, None)?;
+            mark(
+                ctx,
+                id,
+                SessionStatus::Killed,
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             ui::print("Session terminated.\nStatus updated: killed\n")
         }
     }
@@ -178,9 +207,9 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> 
     })
 }
 
-/// Settles the session, as ended at `finished_at` (the VM's record) or now. A refresh that saw
-/// the end first may already have recorded it (as `killed`, thanks to the marks): then nothing
-/// changes.
+/// Settles the session, as ended at `finished_at` (the VM's record) or now, and marks it
+/// archived when its archive came home with the answer. A refresh that saw the end first may
+/// already have recorded it (as `killed`, thanks to the marks): then its status stays.
 fn mark(
     ctx: &Ctx,
     id: &str,
@@ -188,10 +217,12 @@ fn mark(
     exit_code: Option<i32>,
     finished_at: Option<chrono::DateTime<chrono::Utc>>,
     error: Option<String>,
+    archived: &refresh::Archived,
 ) -> Result<()> {
     let at = finished_at.unwrap_or_else(|| ctx.now());
     ctx.store.update(|st| {
         st.finish_session(id, status, exit_code, at, error);
+        refresh::mark_archived(st, archived);
         Ok(())
     })
 }

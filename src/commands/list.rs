@@ -6,7 +6,8 @@ use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let refresh::Refreshed { state, live } = refresh::current(ctx, args.refresh.no_refresh, false)?;
+    let refresh::Refreshed { state, live, .. } =
+        refresh::current(ctx, args.refresh.no_refresh, false)?;
     let filter = status_filter(args.status);
     let rows = render::sessions_newest_first(&state, filter.as_ref());
     let now = ctx.now();

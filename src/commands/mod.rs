@@ -10,6 +10,7 @@ pub mod output;
 pub mod prime;
 pub mod prune;
 pub mod pull;
+pub mod report;
 pub mod start;
 pub mod status;
 pub mod sync;
@@ -17,6 +18,7 @@ pub mod wait;
 
 use chrono::{DateTime, Utc};
 
+use crate::archive::ArchiveStore;
 use crate::cli::{RemoteCommand, StatusFilter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
@@ -29,6 +31,7 @@ use crate::transport::{Transport, Transports, VmRef};
 pub struct Ctx {
     pub settings: Settings,
     pub store: StateStore,
+    pub archive: ArchiveStore,
     pub transports: Transports,
 }
 
@@ -36,9 +39,12 @@ impl Ctx {
     pub fn from_env() -> Result<Self> {
         let settings = Settings::from_env()?;
         let transports = Transports::new(&settings);
+        let store = StateStore::from_env()?;
+        let archive = ArchiveStore::beside(store.path(), settings.archive_dir.clone());
         Ok(Ctx {
             settings,
-            store: StateStore::from_env()?,
+            store,
+            archive,
             transports,
         })
     }
@@ -63,6 +69,7 @@ impl Ctx {
         Ok(Some(Ctx {
             transports: Transports::new(&settings),
             store: self.store.clone(),
+            archive: self.archive.clone(),
             settings,
         }))
     }
@@ -128,6 +135,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
+        RemoteCommand::Report(a) => report::run(&ctx, a),
         RemoteCommand::Wait(a) => wait::run(&ctx, a),
         RemoteCommand::Completions(a) => completions::run(a),
         RemoteCommand::Man => man::run(),

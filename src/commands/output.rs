@@ -1,8 +1,11 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
-//! polls the log by byte offset so nothing is printed twice or skipped.
+//! streams the log over one connection (reconnecting when it drops), each byte exactly once. An
+//! archived session is read from its archive: no call, and its VM may be gone. A capture that
+//! finds the session ended brings its archive home too; a follow that sees it end brings it
+//! with one more call (a probe asking for the archive), since the stream carries only the log.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
@@ -13,35 +16,87 @@ use crate::exec::OnInterrupt;
 use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, Capture, CaptureSource, Frame, Probe};
+use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame, Want};
 use crate::{interrupt, stream, ui};
 
-fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
+fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
     let vm = ctx.vm_ref(state, &session.vm_name);
-    let out = ctx.run_on(
+    ctx.run_on(
         &vm,
         input,
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
-    )?;
+    )
+}
+
+fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
     script::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
-/// Settles the session's status from the probe (unless --no-refresh) and returns it.
+/// Keeps the archive the answer brought, then settles the session's status from the probe
+/// (unless --no-refresh, which asks for no archive) and returns the state.
 fn settle(
     ctx: &Ctx,
     state: State,
-    id: &str,
-    probe: Option<Probe>,
+    session: &Session,
+    capture: &Capture,
     refresh_state: bool,
 ) -> Result<State> {
-    match probe {
+    let (archived, _) = refresh::keep_archives(ctx, &session.vm_name, &capture.frames);
+    match capture.probe.clone() {
         Some(p) if refresh_state => {
-            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
-            refresh::commit_probes(ctx, &probes, state)
+            let probes: HashMap<String, Probe> = [(session.session_id.clone(), p)].into();
+            refresh::commit_probes(ctx, &probes, &archived, state)
         }
         _ => Ok(state),
     }
+}
+
+/// Prints an archived session's log from its archive.
+fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
+    let id = session.session_id.as_str();
+    let Some(text) = ctx.archive.log_tail(id, args.lines as usize)? else {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status: format!("{}; its archive holds no log", session.status),
+        });
+    };
+    if !args.raw {
+        ui::print(&render::output_header(
+            session,
+            session.status.as_str(),
+            session.archived_at.unwrap_or_else(|| ctx.now()),
+            script::count_lines(&text),
+        ))?;
+    }
+    ui::progress(&format!(
+        "From the archive of {id} ({}); its VM was not asked.",
+        ctx.archive.dir(id)?.display()
+    ));
+    if let Some(cut) = ctx.archive.meta(id)?.and_then(|m| m.log_cut()) {
+        ui::warn(&format!(
+            "the log was over the archive's cap: its first {cut} bytes were not kept"
+        ));
+    }
+    ui::print_bytes(&text)?;
+    if args.follow {
+        ui::progress(&format!("Session {id} ended: {}", ended_text(session)));
+    }
+    Ok(())
+}
+
+fn ended_text(s: &Session) -> String {
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let why = s
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!("{}{code}{why}", s.status)
 }
 
 /// Whether a `start` that lives is still launching the session.
@@ -58,6 +113,16 @@ fn being_launched(ctx: &Ctx, session: &Session) -> bool {
 pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     let mut state = ctx.store.load()?;
     let mut session = find_session(&state, &args.session_id)?.clone();
+    if session.archived_at.is_some() {
+        if ctx.archive.has(&session.session_id) {
+            return from_archive(ctx, &session, &args);
+        }
+        ui::warn(&format!(
+            "the archive of {} is missing from {}; asking its VM",
+            session.session_id,
+            ctx.archive.root().display()
+        ));
+    }
     if args.follow && being_launched(ctx, &session) {
         // Following from the start: wait for the launch (reading the state file, no remote
         // call), then stream.
@@ -86,25 +151,23 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     if args.follow {
         return follow(ctx, state, &session, &args);
     }
-    let capture = ask(
+    // --no-refresh writes nothing, so it asks for no archive either.
+    let archive = (!args.refresh.no_refresh && session.archived_at.is_none())
+        .then(|| refresh::archive_request(ctx, &session));
+    let out = ask(
         ctx,
         &state,
         &session,
-        script::capture_script(&session.session_id, args.lines),
+        script::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
-    let state = settle(
-        ctx,
-        state,
-        &session.session_id,
-        capture.probe.clone(),
-        !args.refresh.no_refresh,
-    )?;
+    let capture = parse(&session, &out)?;
+    let state = settle(ctx, state, &session, &capture, !args.refresh.no_refresh)?;
     let status = find_session(&state, &session.session_id)?
         .status
         .to_string();
     let text = match capture.source {
-        CaptureSource::Pane => script::last_lines(&capture.data, args.lines as usize),
-        CaptureSource::Log => capture.data,
+        CaptureSource::Pane => script::last_lines(capture.data, args.lines as usize),
+        CaptureSource::Log => capture.data.to_vec(),
         CaptureSource::None => Vec::new(),
     };
     if let Some((place, of)) = capture.queue_place {
@@ -137,7 +200,8 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
 
 /// Streams the session's log over one connection (reconnecting when it drops) until the
 /// session is over: the last `--lines` lines first, then every byte as it is written, each
-/// exactly once (the stream resumes at the byte offset printed so far).
+/// exactly once (the stream resumes at the byte offset printed so far). Then, unless
+/// --no-refresh, records the end and brings the session's archive home.
 fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
     let vm = ctx.vm_ref(&state, &session.vm_name);
@@ -158,11 +222,11 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
         &mut || script::stream_script(id, printed_to.get(), args.lines, pace),
         &mut |frame| {
             match frame {
-                Frame::Session(_, facts) => {
+                StreamFrame::Session(_, facts) => {
                     first_facts.get_or_insert_with(|| facts.clone());
                     last_facts = Some(facts);
                 }
-                Frame::Data { offset, bytes } => {
+                StreamFrame::Data { offset, bytes } => {
                     let have = match printed_to.get() {
                         Some(have) => have,
                         None => {
@@ -185,7 +249,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
                     ui::print_bytes(&bytes[skip..])?;
                     printed_to.set(Some(have.max(offset + bytes.len() as u64)));
                 }
-                Frame::Beat | Frame::End => {}
+                StreamFrame::Beat | StreamFrame::End => {}
             }
             Ok(())
         },
@@ -201,17 +265,43 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             status,
         });
     }
-    let state = settle(ctx, state, id, last_facts, !args.refresh.no_refresh)?;
+    let state = if args.refresh.no_refresh {
+        state
+    } else {
+        settle_and_archive(ctx, state, session, last_facts)?
+    };
     let s = find_session(&state, id)?;
-    let code = s
-        .exit_code
-        .map(|c| format!(" (exit {c})"))
-        .unwrap_or_default();
-    let why = s
-        .error
-        .as_deref()
-        .map(|e| format!(": {e}"))
-        .unwrap_or_default();
-    ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
+    ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
     Ok(())
+}
+
+/// Records the end a follow saw and brings the session's archive home: one probe call asking
+/// for the archive (its `session` line is the freshest fact, so it settles the session too).
+/// If that call fails, the end the stream saw is recorded and the archive waits for a later
+/// call (a refresh takes it along); the follow itself succeeded.
+fn settle_and_archive(
+    ctx: &Ctx,
+    state: State,
+    session: &Session,
+    seen: Option<Probe>,
+) -> Result<State> {
+    let id = &session.session_id;
+    let mut probes: HashMap<String, Probe> =
+        seen.map(|p| [(id.clone(), p)].into()).unwrap_or_default();
+    let mut archived = refresh::Archived::new();
+    if session.archived_at.is_none() {
+        let plan: BTreeMap<String, Vec<(String, Want)>> =
+            [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();
+        let collected = refresh::collect(ctx, &state, &plan)?;
+        match collected.failed_vms.get(&session.vm_name) {
+            Some(e) => ui::warn(&format!(
+                "could not bring the archive of {id} home; a later refresh will. {e}"
+            )),
+            None => {
+                probes.extend(collected.probes);
+                archived = collected.archived;
+            }
+        }
+    }
+    refresh::commit_probes(ctx, &probes, &archived, state)
 }

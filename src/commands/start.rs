@@ -194,6 +194,8 @@ fn reserve(
             base_commit: repo.map(|r| r.head.clone()),
             owner: (!finished).then(|| owner.clone()),
             kill_request: None,
+            archived_at: None,
+            pulled_commit: None,
             extra: Default::default(),
         };
         st.sessions.insert(id.clone(), record.clone());

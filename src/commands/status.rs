@@ -6,7 +6,8 @@ use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
-    let refresh::Refreshed { state, live } = refresh::current(ctx, args.refresh.no_refresh, true)?;
+    let refresh::Refreshed { state, live, .. } =
+        refresh::current(ctx, args.refresh.no_refresh, true)?;
     let now = ctx.now();
     let status = render::pool_status(&state, &live, &ctx.settings.prices, now);
     let text = if args.json {

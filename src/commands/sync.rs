@@ -105,6 +105,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         vms: found.new_vms,
         answers: BTreeMap::new(),
         unreachable: found.not_running,
+        archives: ctx.archive.all_archived(),
     };
     for (target, answer) in asked {
         let name = &target.vm.name;

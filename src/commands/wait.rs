@@ -2,6 +2,8 @@
 //! recording each end in the state. One streaming azlin call per VM (`control.sh watch`) for as
 //! long as the connection holds; a dropped one is reopened (docs/remote-layout.md). A session
 //! its `start` is still launching is waited for on this machine (the state file) until it runs.
+//! Once the waiting is over, the sessions it saw end whose results are not home yet are
+//! archived: one more call per VM (a probe asking for their archives), not one per session.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,7 @@ use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::model::{Session, SessionStatus, State};
-use crate::script::{self, Frame, Probe};
+use crate::script::{self, Probe, StreamFrame, Want};
 use crate::transport::VmRef;
 use crate::{interrupt, refresh, render, stream, ui};
 
@@ -115,7 +117,7 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(Event::Over(id, probe)) => {
                     let probes: HashMap<String, Probe> = [(id, probe)].into();
-                    refresh::commit_probes(ctx, &probes, state)?;
+                    refresh::commit_probes(ctx, &probes, &refresh::Archived::new(), state)?;
                 }
                 Ok(Event::Lost(e)) => return Err(e),
                 Err(_) => {}
@@ -123,12 +125,43 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
             interrupt::check()?;
         }
     });
+    if !matches!(outcome, Err(Error::Interrupted)) {
+        archive_ended(ctx, &ended)?;
+    }
     outcome?;
     let refs: Vec<&Session> = ended.iter().collect();
     match render::wait_failures(&refs) {
         Some(message) => Err(Error::SessionsFailed { code: 1, message }),
         None => Ok(()),
     }
+}
+
+/// Brings home the archives of the sessions that ended whose results are not home yet: one
+/// probe call per VM asking for their archives. A VM that does not answer is only warned about
+/// (a later refresh takes its sessions along): the waiting itself is done.
+fn archive_ended(ctx: &Ctx, ended: &[Session]) -> Result<()> {
+    let state = ctx.store.load()?;
+    let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
+    for s in ended {
+        if let Some(s) = state.sessions.get(&s.session_id)
+            && refresh::unarchived(&state, s)
+        {
+            plan.entry(s.vm_name.clone())
+                .or_default()
+                .push((s.session_id.clone(), Want::Archive));
+        }
+    }
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let collected = refresh::collect(ctx, &state, &plan)?;
+    for (vm, e) in &collected.failed_vms {
+        ui::warn(&format!(
+            "could not bring home the archives of the sessions on VM '{vm}'; a later refresh will. {e}"
+        ));
+    }
+    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok(())
 }
 
 /// The sessions to wait for: those named (all must exist: exit 3 before any waiting), or every
@@ -183,7 +216,7 @@ fn watch_vm(ctx: &Ctx, vm: VmRef, ids: Vec<String>, stop: &AtomicBool, tx: mpsc:
             script::watch_script(&refs, pace)
         },
         &mut |frame| {
-            if let Frame::Session(id, probe) = frame {
+            if let StreamFrame::Session(id, probe) = frame {
                 remaining.borrow_mut().retain(|r| r != &id);
                 let _ = tx.send(Event::Over(id, probe));
             }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
-# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, stream, watch, kill, pull)
+# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, stream, watch, kill)
 # The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
 # bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
 # has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
@@ -40,7 +40,8 @@ resolve_path() {
 # or its supervisor lives, verified by identity; for a session of the Python original, which
 # has no directory, its tmux session), exit code, finish and start times, whether a kill was
 # asked, whether its tmux session exists, whether its launch was cancelled, whether this call
-# claimed it ($2: see claim_unlaunched), and whether it waits in the VM's queue.
+# claimed it ($2: see claim_unlaunched), and whether it waits in the VM's queue. Leaves
+# `facts_exit` and `facts_alive` set.
 session_facts() {
   local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0 queued=0
   local pid aid spid sid
@@ -61,8 +62,108 @@ session_facts() {
   else
     alive=$tmux_up
   fi
+  facts_exit=${rc:--}
+  facts_alive=$alive
   printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed" "$queued"
+}
+
+# Whether the session of the last `session_facts` has ended: an exit code is recorded, or
+# nothing of it runs any more.
+facts_finished() {
+  [ "$facts_exit" != - ] || [ "$facts_alive" = 0 ]
+}
+
+# A note inside a frame: `note KEY VALUE`, the value on one line.
+send_note() {
+  printf 'note\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
+}
+
+# Part $1 of a frame, encoded as $2 (plain or gzip), from file $3: `part NAME ENCODING LENGTH`,
+# then exactly LENGTH bytes.
+send_part() {
+  local size
+  size=$(wc -c < "$3" 2>/dev/null) || return 1
+  size=$((size))
+  printf 'part\t%s\t%s\t%s\n' "$1" "$2" "$size"
+  head -c "$size" -- "$3"
+}
+
+# The commits workspace $1 made after commit $2: a `commits N` note and, when N > 0, the part
+# `commits.bundle` (a git bundle of HEAD without what $2 has), built in temp directory $3.
+send_commits() {
+  local ws n
+  ws=$(resolve_path "$1")
+  if ! n=$(git_bounded -C "$ws" rev-list --count "$2..HEAD" 2>/dev/null); then
+    send_note bundle_error "$ws is not a git workspace with commit $2"
+    return
+  fi
+  send_note commits "$n"
+  [ "$n" -gt 0 ] || return 0
+  if git_bounded -C "$ws" bundle create --quiet "$3/commits.bundle" HEAD "^$2" >/dev/null 2>&1; then
+    send_part commits.bundle plain "$3/commits.bundle"
+  else
+    send_note bundle_error "git bundle create failed in $ws"
+  fi
+}
+
+# The archive frame of a finished session: `archive ID`, notes and parts, `end ID`
+# (docs/remote-layout.md). A reader that never sees `end` keeps nothing of it, so a cut
+# connection never passes for a whole archive. $2 workspace and $3 starting commit (either may
+# be empty), $4 the most bytes of the log to send (its last part).
+send_archive() {
+  local id=$1 ws=$2 from=$3 cap=$4 d="$base/sessions/$1" tmp size kept fin
+  printf 'archive\t%s\n' "$id"
+  if ! tmp=$(mktemp -d 2>/dev/null); then
+    send_note error "cannot create a temp directory on the VM"
+    printf 'end\t%s\n' "$id"
+    return
+  fi
+  if [ -d "$d" ]; then
+    if [ -f "$d/result.json" ]; then
+      send_part result.json plain "$d/result.json"
+    else
+      # The supervisor did not live to record it (killed outright, or the VM rebooted).
+      read_into fin "$d/finished_at"
+      [ -n "$fin" ] || fin=$(now_utc)
+      session_result_json "$d" "${ws:+$(resolve_path "$ws")}" "$fin" > "$tmp/result.json" 2>/dev/null &&
+        send_part result.json plain "$tmp/result.json"
+    fi
+    [ -f "$d/record.json" ] && send_part record.json plain "$d/record.json"
+    if [ -f "$d/output.log" ]; then
+      size=$(($(wc -c < "$d/output.log")))
+      kept=$size
+      [ "$size" -gt "$cap" ] && kept=$cap
+      send_note log_bytes "$size"
+      send_note log_kept_from "$((size - kept))"
+      if command -v gzip >/dev/null 2>&1 &&
+        tail -c "$kept" -- "$d/output.log" | head -c "$kept" | gzip -c > "$tmp/output.log.gz"; then
+        send_part output.log gzip "$tmp/output.log.gz"
+      else
+        tail -c "$kept" -- "$d/output.log" | head -c "$kept" > "$tmp/output.log"
+        send_part output.log plain "$tmp/output.log"
+      fi
+    fi
+  else
+    send_note session_dir missing
+  fi
+  [ -n "$ws" ] && [ -n "$from" ] && send_commits "$ws" "$from" "$tmp"
+  rm -rf -- "$tmp"
+  printf 'end\t%s\n' "$id"
+}
+
+# The commits a running session made so far, as a `snapshot ID` frame (what `pull` of a running
+# session brings home; nothing is archived).
+send_snapshot() {
+  local tmp
+  printf 'snapshot\t%s\n' "$1"
+  if tmp=$(mktemp -d 2>/dev/null); then
+    send_commits "$2" "$3" "$tmp"
+    rm -rf -- "$tmp"
+  else
+    send_note error "cannot create a temp directory on the VM"
+  fi
+  printf 'end\t%s\n' "$1"
 }
 
 # A pending session whose `start` died: it was launched (its supervisor started), or it never
@@ -87,25 +188,47 @@ drain_now() {
   unlock_vm
 }
 
-# probe ID... [-- PENDING_ID...]: facts of sessions; those after `--` are pending sessions whose
-# start died, claimed first.
+# probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...: one `session` line per session, and by WANT:
+# `archive`: the archive frame of a session found finished; `commits`: that, or the snapshot
+# frame of a session still running; `claim` (a pending session whose start died): claimed
+# first (see claim_unlaunched; its line says so), then as `archive`; `facts`: nothing more.
 cmd_probe() {
-  local id claiming=0
-  for id in "$@"; do
-    if [ "$id" = -- ]; then
-      claiming=1
-    elif [ "$claiming" = 1 ]; then
-      claim_unlaunched "$id"
-      session_facts "$id" 1
+  local cap=$1
+  shift
+  while [ $# -ge 4 ]; do
+    if [ "$4" = claim ]; then
+      claim_unlaunched "$1"
+      session_facts "$1" 1
     else
-      session_facts "$id"
+      session_facts "$1"
     fi
+    case $4 in
+      archive | claim) facts_finished && send_archive "$1" "$2" "$3" "$cap" ;;
+      commits)
+        if facts_finished; then
+          send_archive "$1" "$2" "$3" "$cap"
+        elif [ -n "$2" ] && [ -n "$3" ]; then
+          send_snapshot "$1" "$2" "$3"
+        fi
+        ;;
+    esac
+    shift 4
   done
 }
 
-# records ID...: everything this VM knows of its sessions, for `sync`. Per session directory a
-# `record` line (its record.json on one line, `-` when it has none yet) and its `session` line;
-# then a `session` line for each ID given that has no directory (the Python original's).
+# The facts of session $2 ($1: whether this call claimed it) and, when an archive was asked
+# for ($3 $4 $5: LOG_CAP WORKSPACE BASE_COMMIT) and the session has ended, its archive frame:
+# what capture and kill answer with.
+facts_and_archive() {
+  session_facts "$2" "$1"
+  [ $# -ge 5 ] && facts_finished && send_archive "$2" "$4" "$5" "$3"
+  return 0
+}
+
+# records ID... [-- CLAIM_ID...]: everything this VM knows of its sessions, for `sync`. Per
+# session directory a `record` line (its record.json on one line, `-` when it has none yet) and
+# its `session` line; then a `session` line for each ID given that has no directory (the
+# Python original's).
 cmd_records() {
   local d id text claiming=0
   local -A claimed=()
@@ -308,10 +431,11 @@ cmd_launch() {
   secret=
 }
 
-# What a session shows: its tmux pane while it runs, the kept log after.
+# capture ID LINES [LOG_CAP WORKSPACE BASE_COMMIT]: what a session shows, its tmux pane while
+# it runs, the kept log after; with the archive frame of a finished session when asked.
 cmd_capture() {
   local id=$1 lines=$2 d="$base/sessions/$1"
-  session_facts "$id"
+  facts_and_archive 0 "$id" "${@:3}"
   if [ -e "$d/queued" ]; then
     printf 'queue\t%s\n' "$(queue_place "$id")"
     printf 'data\tnone\n'
@@ -419,16 +543,18 @@ cmd_watch() {
   printf 'E\n'
 }
 
-# kill ID FORCE GRACE_SECONDS CLAIM: records that a kill was asked (so whoever sees the exit
-# calls it killed), signals the agent's verified process group (TERM, then KILL after the grace;
-# or KILL at once), and records the exit code itself when no supervisor is left to do it. With
-# CLAIM (a pending session whose start died), a launch still on its way is cancelled first.
+# kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]: records that a kill was
+# asked (so whoever sees the exit calls it killed), signals the agent's verified process group
+# (TERM, then KILL after the grace; or KILL at once), and records the exit code itself when no
+# supervisor is left to do it. With CLAIM 1 (a pending session whose start died), a launch still
+# on its way is cancelled first. Answers with the facts, and the archive frame when asked.
 cmd_kill() {
   local id=$1 force=$2 grace=$3 claim=${4:-0} d="$base/sessions/$1" signal=TERM number=15 n
   local pid aid spid sid group=0 supervisor=0 tmux_up=0
+  local -a archive_args=("${@:5}")
   if [ -f "$d/exit_code" ]; then
     printf 'result\talready\n'
-    session_facts "$id"
+    facts_and_archive 0 "$id" "${archive_args[@]}"
     return
   fi
   [ "$force" = 1 ] && signal=KILL number=9
@@ -460,7 +586,7 @@ cmd_kill() {
   if [ "$group$supervisor$tmux_up" = 000 ]; then
     # Nothing of it runs (a reboot, or killed outright): nothing to signal, nothing to mark.
     printf 'result\tgone\n'
-    session_facts "$id"
+    facts_and_archive "$claim" "$id" "${archive_args[@]}"
     return
   fi
   [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
@@ -481,24 +607,7 @@ cmd_kill() {
     write_atomic "$d/exit_code" "$((128 + number))"
   fi
   printf 'result\tkilled\n'
-  session_facts "$id"
-}
-
-# pull WORKSPACE BASE_COMMIT: the workspace's commits after BASE_COMMIT as a git bundle on
-# stdout (nothing when there are none); the bundle is in a temp file only for the call.
-cmd_pull() {
-  local ws n tmp rc
-  ws=$(resolve_path "$1")
-  cd -- "$ws" 2> /dev/null || fail "the workspace $ws is gone"
-  n=$(git rev-list --count "$2..HEAD" 2> /dev/null) || fail "$ws is not a git workspace with commit $2"
-  printf 'commits\t%s\n' "$n"
-  printf 'data\tbundle\n'
-  [ "$n" -gt 0 ] || return 0
-  tmp=$(mktemp) || fail "cannot create a temp file"
-  git bundle create --quiet "$tmp" HEAD "^$2" > /dev/null 2>&1 && cat -- "$tmp"
-  rc=$?
-  rm -f -- "$tmp"
-  [ "$rc" = 0 ] || fail "git bundle create failed in $ws"
+  facts_and_archive "$claim" "$id" "${archive_args[@]}"
 }
 
 main() {
@@ -513,7 +622,6 @@ main() {
     stream) cmd_stream "$@" ;;
     watch) cmd_watch "$@" ;;
     kill) cmd_kill "$@" ;;
-    pull) cmd_pull "$@" ;;
     *) fail "unknown control command '$command'" ;;
   esac
   # A kill frees a slot that no supervisor may be left to pass on.

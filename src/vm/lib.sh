@@ -234,3 +234,96 @@ drain_queue() {
     unlock_session
   done
 }
+
+# Runs git with a time limit: a hung git must never keep a session from recording its end.
+git_bounded() {
+  if command -v timeout >/dev/null 2>&1; then
+    timeout 60 git "$@"
+  else
+    git "$@"
+  fi
+}
+
+# Sums `git diff --numstat` lines on stdin into `FILES INSERTIONS DELETIONS` (a binary file
+# counts as a file with no lines).
+numstat_totals() {
+  awk -F '\t' 'NF >= 3 { f++; if ($1 != "-") i += $1; if ($2 != "-") d += $2 }
+    END { printf "%d %d %d", f, i, d }'
+}
+
+# `{"files":F,"insertions":I,"deletions":D}` from `F I D`.
+changes_json() {
+  local f i d
+  read -r f i d <<< "$1"
+  printf '{"files":%d,"insertions":%d,"deletions":%d}' "${f:-0}" "${i:-0}" "${d:-0}"
+}
+
+# What workspace $1 holds against commit $2, as JSON members: head commit, commits since, the
+# changes committed and those not committed (untracked files included), whether it is dirty.
+# On failure: the reason on stdout, status 1. Read-only: uncommitted work is measured through a
+# temporary index, never the workspace's own.
+workspace_changes() {
+  local ws=$1 from=$2 head commits committed uncommitted dirty=false idx real_index status
+  [ -n "$ws" ] || { printf 'the workspace is unknown'; return 1; }
+  command -v git >/dev/null 2>&1 || { printf 'git is not installed on the VM'; return 1; }
+  head=$(git_bounded -C "$ws" rev-parse --verify -q HEAD 2>/dev/null) ||
+    { printf 'the workspace is not a git repository with a commit'; return 1; }
+  commits=$(git_bounded -C "$ws" rev-list --count "$from..HEAD" 2>/dev/null) ||
+    { printf 'the starting commit is not in the workspace'; return 1; }
+  committed=$(git_bounded -C "$ws" diff --numstat "$from" HEAD 2>/dev/null | numstat_totals)
+  [ "${PIPESTATUS[0]}" = 0 ] || { printf 'git diff of the commits failed'; return 1; }
+  idx=$(mktemp 2>/dev/null) || { printf 'cannot create a temp file'; return 1; }
+  real_index=$(git_bounded -C "$ws" rev-parse --path-format=absolute --git-path index 2>/dev/null)
+  if ! { [ -f "$real_index" ] && cp -- "$real_index" "$idx"; }; then
+    GIT_INDEX_FILE=$idx git_bounded -C "$ws" read-tree HEAD >/dev/null 2>&1
+  fi
+  # Intent-to-add records untracked files without hashing them into the repository.
+  GIT_INDEX_FILE=$idx git_bounded -C "$ws" add -A -N >/dev/null 2>&1
+  uncommitted=$(GIT_INDEX_FILE=$idx git_bounded -C "$ws" diff --numstat HEAD 2>/dev/null | numstat_totals)
+  status=${PIPESTATUS[0]}
+  rm -f -- "$idx"
+  [ "$status" = 0 ] || { printf 'git diff of the work tree failed'; return 1; }
+  [ -n "$(git_bounded -C "$ws" status --porcelain 2>/dev/null | head -c 1)" ] && dirty=true
+  printf '"base_commit":"%s","head_commit":"%s","commits":%d,"committed":%s,"uncommitted":%s,"dirty":%s' \
+    "$from" "$head" "$commits" "$(changes_json "$committed")" "$(changes_json "$uncommitted")" "$dirty"
+}
+
+# The result of a finished session as one JSON object (docs/remote-layout.md): its start and
+# finish ($3) times and duration and, when it started from a commit (record.json's
+# base_commit), what its workspace $2 holds against it. Without a git context: the times alone.
+session_result_json() {
+  local d=$1 ws=$2 finished=$3 started='' record='' from='' duration=null s0 s1 changes
+  read_into started "$d/started_at"
+  [[ $started =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]] || started=
+  if [ -n "$started" ] && s0=$(date -u -d "$started" +%s 2>/dev/null) &&
+    s1=$(date -u -d "$finished" +%s 2>/dev/null); then
+    duration=$((s1 - s0))
+  fi
+  if [ -n "$started" ]; then
+    printf '{"started_at":"%s"' "$started"
+  else
+    printf '{"started_at":null'
+  fi
+  printf ',"finished_at":"%s","duration_seconds":%s' "$finished" "$duration"
+  read_into record "$d/record.json"
+  [[ $record =~ \"base_commit\":\"([0-9a-f]{7,64})\" ]] && from=${BASH_REMATCH[1]}
+  if [ -n "$from" ]; then
+    if changes=$(workspace_changes "$ws" "$from"); then
+      printf ',%s' "$changes"
+    else
+      printf ',"base_commit":"%s","git_error":"%s"' "$from" "$changes"
+    fi
+  fi
+  printf '}\n'
+}
+
+# Writes result.json into session directory $1 (workspace $2, finished at $3) atomically.
+# Never fails: a broken or missing git leaves out only the git facts.
+write_session_result() {
+  local d=$1
+  if session_result_json "$@" > "$d/result.json.part.$$" 2>/dev/null; then
+    mv -f -- "$d/result.json.part.$$" "$d/result.json" 2>/dev/null
+  fi
+  rm -f -- "$d/result.json.part.$$"
+  return 0
+}

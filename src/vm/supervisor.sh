@@ -4,7 +4,8 @@
 # It takes the API key from the FIFO the launch hands it through (so the key is never at rest
 # on the VM), starts the agent as its own process group with its output logged, shows the log
 # in the pane, and when the agent exits ends whatever the agent left running in its group, then
-# records the finish time and the exit code. Contract: docs/remote-layout.md.
+# records what it produced (result.json), the finish time and the exit code. Contract:
+# docs/remote-layout.md.
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 [ -n "${AMPLIHACK_LIB:-}" ] || . "${BASH_SOURCE[0]%/*}/lib.sh"
@@ -13,6 +14,7 @@ d=$1
 id=${d##*/}
 stop=
 pid=
+finished_at=
 # The tmux session was ended under us (kill-session, kill-server, a hangup) or `kill` asked:
 # end the agent's whole group rather than leave it running unsupervised.
 # shellcheck disable=SC2317 # invoked by the trap
@@ -27,8 +29,16 @@ write_atomic "$d/supervisor.pid" "$$"
 
 # Records how the session ended. exit_code is written last: once it exists, everything is.
 finish() {
-  write_atomic "$d/finished_at" "$(now_utc)"
+  write_atomic "$d/finished_at" "${finished_at:-$(now_utc)}"
   write_atomic "$d/exit_code" "$1"
+}
+
+# Records what the session produced (result.json: times, commits, changes; lib.sh), before
+# exit_code. It never fails, so nothing here can keep exit_code from being written. The
+# supervisor's cwd is the workspace (tmux started it there).
+record_session_result() {
+  finished_at=$(now_utc)
+  write_session_result "$d" "$PWD" "$finished_at"
 }
 
 key=
@@ -82,6 +92,7 @@ done
 # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
 # session and hold a slot nobody accounts for.
 end_group "$pid" "$agent_id" TERM 100
+record_session_result
 finish "$rc"
 # A slot is free: start what waits in this VM's queue, handing on the key held here (the only
 # copy of it on the VM, never written down).

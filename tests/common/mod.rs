@@ -83,6 +83,10 @@ impl TestEnv {
     pub fn vm_dir(&self, vm: &str) -> PathBuf {
         self.azlin_home().join("vms").join(vm)
     }
+    /// Where finished sessions' archives go: `remote-archive` beside the state file.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root().join("state/remote-archive")
+    }
 
     pub fn env(&self) -> Vec<(String, String)> {
         let r = self.root().display().to_string();
@@ -216,9 +220,10 @@ impl TestEnv {
             .join(id)
     }
 
-    /// Every regular file under `.amplihack` of each fake VM's home and of the local home.
+    /// Every regular file under `.amplihack` of each fake VM's home and of the local home, and
+    /// in the archive.
     pub fn files_of_ours_on_vms(&self) -> Vec<PathBuf> {
-        let mut roots = vec![self.home().join(".amplihack")];
+        let mut roots = vec![self.home().join(".amplihack"), self.archive_dir()];
         if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
             roots.extend(vms.flatten().map(|e| e.path().join("home/.amplihack")));
         }
@@ -427,7 +432,8 @@ impl Drop for TestEnv {
                     assert_no_secret(&bytes, &file.display().to_string());
                 }
             }
-            // Nor at rest in any file of ours on any VM (or this machine, for `local`).
+            // Nor at rest in any file of ours on any VM (or this machine, for `local`), nor in
+            // an archive.
             for file in self.files_of_ours_on_vms() {
                 if let Ok(bytes) = std::fs::read(&file) {
                     assert_no_secret(&bytes, &file.display().to_string());
