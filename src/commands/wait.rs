@@ -116,8 +116,18 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
             }
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(Event::Over(id, probe)) => {
-                    let probes: HashMap<String, Probe> = [(id, probe)].into();
-                    refresh::commit_probes(ctx, &probes, &refresh::Archived::new(), state)?;
+                    let probes: HashMap<String, Probe> = [(id.clone(), probe)].into();
+                    let state =
+                        refresh::commit_probes(ctx, &probes, &refresh::Archived::new(), state)?;
+                    // The VM said it was over but the state did not settle it (a probe may not
+                    // settle a pending session whose start lives): watch it again, never drop it.
+                    if state
+                        .sessions
+                        .get(&id)
+                        .is_some_and(|s| s.status.is_active())
+                    {
+                        watched.remove(&id);
+                    }
                 }
                 Ok(Event::Lost(e)) => return Err(e),
                 Err(_) => {}

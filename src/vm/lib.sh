@@ -35,6 +35,8 @@ start_ticks() {
   stat=${stat##*) }
   local -a fields
   read -r -a fields <<< "$stat"
+  # A zombie has exited: it only waits to be reaped (forever, where init does not reap).
+  [ "${fields[0]:-}" != Z ] || return 1
   [ -n "${fields[19]:-}" ] || return 1
   printf '%s' "${fields[19]}"
 }
@@ -220,14 +222,17 @@ drain_queue() {
       [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "no API key to start it with: run a command of this tool with ANTHROPIC_API_KEY set"
       return 0
     else
-      rm -f -- "$d/queued"
+      # `queued` goes only once the supervisor is recorded: a reader without the lock must
+      # never see the session between the queue and its supervisor, and take it for dead.
       if start_supervisor "$id"; then
+        rm -f -- "$d/queued"
         [ -n "$report" ] && printf 'drained\t%s\n' "$id"
       else
         # It can never start: record that, so nobody waits for it.
         printf 'amplihack: the queued session could not start: %s\n' "$start_error" >> "$d/output.log"
         write_atomic "$d/finished_at" "$(now_utc)"
         write_atomic "$d/exit_code" 1
+        rm -f -- "$d/queued"
         [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "$start_error"
       fi
     fi
