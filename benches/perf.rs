@@ -1,12 +1,14 @@
 //! Benchmarks of the release binary (`cargo bench --bench perf`; results in docs/performance.md).
 //!
 //! 1. Read path: `list --json --no-refresh` and `status --json --no-refresh` on states of 10 to
-//!    100,000 sessions: median wall time and peak RSS of the process.
+//!    100,000 sessions, in our format and in the Python original's (naive timestamps with
+//!    microseconds): median wall time and peak RSS of the process.
 //! 2. Round trips: commands against the stand-in azlin sleeping 2 s per call, with the number of
 //!    azlin calls each made.
 //! 3. State transactions: 32 processes doing 50 locked transactions each.
 //!
-//! `cargo bench --bench perf -- read|remote|tx` runs one section.
+//! `cargo bench --bench perf -- read|remote|tx` runs one section; `-- read 1000 10000` picks the
+//! state sizes of the read path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -116,49 +118,94 @@ fn synthetic_state(n: usize) -> State {
     st
 }
 
-fn read_path() {
+/// The state as the Python original writes it: fields in the same order, naive timestamps
+/// with microseconds (`datetime.isoformat()`), two-space indented JSON.
+fn python_state_text(state: &State) -> Vec<u8> {
+    let ours = serde_json::to_string_pretty(state).unwrap();
+    let mut out = String::with_capacity(ours.len() * 21 / 20);
+    let mut rest = ours.as_str();
+    let mut i = 0u32;
+    const KEY_END: &str = "_at\": \"";
+    while let Some(at) = rest.find(KEY_END) {
+        let value_start = at + KEY_END.len();
+        out.push_str(&rest[..value_start]);
+        let value_end = value_start + rest[value_start..].find('"').unwrap();
+        i = i.wrapping_add(1);
+        // Non-zero microseconds, as nearly every Python timestamp has.
+        let micros = 1 + i.wrapping_mul(7919) % 999_998;
+        let t = amplihack::model::parse_timestamp(&rest[value_start..value_end]).unwrap()
+            + chrono::Duration::microseconds(i64::from(micros));
+        out.push_str(&t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string());
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+/// Writes the state file of `n` sessions in `format` (`ours` or `Python`) to `path`. Runs in
+/// a child process, so the bench process stays small: a child it spawns shares its memory
+/// until exec, and that would count toward the measured command's peak RSS.
+fn write_state_file(format: &str, n: usize, path: &Path) {
+    let state = synthetic_state(n);
+    let text = match format {
+        "ours" => serde_json::to_vec_pretty(&state).unwrap(),
+        "Python" => python_state_text(&state),
+        other => panic!("unknown format {other}"),
+    };
+    std::fs::write(path, text).unwrap();
+}
+
+fn read_path(sizes: &[usize]) {
     println!("## Read path (release binary, median of N runs)\n");
     println!(
-        "| sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
+        "| format | sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let dir = tempfile::tempdir().unwrap();
-    for n in [10usize, 100, 1_000, 10_000, 100_000] {
-        let path = dir.path().join(format!("state-{n}.json"));
-        let text = serde_json::to_vec_pretty(&synthetic_state(n)).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        let runs = if n >= 100_000 { 7 } else { 31 };
-        let mut row = Vec::new();
-        let mut rss = Vec::new();
-        for args in [
-            ["list", "--json", "--no-refresh"],
-            ["status", "--json", "--no-refresh"],
-        ] {
-            let mut times = Vec::new();
-            let mut peak = 0;
-            for _ in 0..runs {
-                let (t, r, code) = measure(
-                    Command::new(BIN)
-                        .arg("remote")
-                        .args(args)
-                        .env_clear()
-                        .env("AMPLIHACK_REMOTE_STATE", &path)
-                        .env("HOME", dir.path()),
-                );
-                assert_eq!(code, 0);
-                times.push(t);
-                peak = peak.max(r);
+    let exe = std::env::current_exe().unwrap();
+    for &n in sizes {
+        for format in ["ours", "Python"] {
+            let path = dir.path().join(format!("state-{format}-{n}.json"));
+            let written = Command::new(&exe)
+                .args(["--write-state", format, &n.to_string()])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(written.success());
+            let size = std::fs::metadata(&path).unwrap().len();
+            let runs = if n >= 100_000 { 7 } else { 31 };
+            let mut row = Vec::new();
+            let mut rss = Vec::new();
+            for args in [
+                ["list", "--json", "--no-refresh"],
+                ["status", "--json", "--no-refresh"],
+            ] {
+                let mut times = Vec::new();
+                let mut peak = 0;
+                for _ in 0..runs {
+                    let (t, r, code) = measure(
+                        Command::new(BIN)
+                            .arg("remote")
+                            .args(args)
+                            .env_clear()
+                            .env("AMPLIHACK_REMOTE_STATE", &path)
+                            .env("HOME", dir.path()),
+                    );
+                    assert_eq!(code, 0);
+                    times.push(t);
+                    peak = peak.max(r);
+                }
+                row.push(format!("{} ms", ms(median(times))));
+                rss.push(format!("{:.1}", peak as f64 / 1024.0));
             }
-            row.push(format!("{} ms", ms(median(times))));
-            rss.push(format!("{:.1}", peak as f64 / 1024.0));
+            println!(
+                "| {format} | {n} | {:.1} MB | {} | {} | {} MB | {runs} |",
+                size as f64 / 1e6,
+                row[0],
+                row[1],
+                rss.join(" / ")
+            );
         }
-        println!(
-            "| {n} | {:.1} MB | {} | {} | {} MB | {runs} |",
-            text.len() as f64 / 1e6,
-            row[0],
-            row[1],
-            rss.join(" / ")
-        );
     }
     println!();
 }
@@ -401,6 +448,10 @@ fn main() {
         worker(args[2].parse().unwrap(), Path::new(&args[3]));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--write-state") {
+        write_state_file(&args[2], args[3].parse().unwrap(), Path::new(&args[4]));
+        return;
+    }
     let only = args
         .iter()
         .skip(1)
@@ -414,8 +465,14 @@ fn main() {
             .unwrap_or(1),
         cpu_model()
     );
+    // Numbers after `read` pick the state sizes (`-- read 1000 10000`).
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if run("read") {
-        read_path();
+        read_path(if sizes.is_empty() {
+            &[10, 1_000, 10_000, 100_000]
+        } else {
+            &sizes
+        });
     }
     if run("remote") {
         remote();
