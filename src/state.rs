@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::model::State;
 
+mod mapped;
+
 const TEMP_PREFIX: &str = ".amplihack-state-";
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -82,7 +84,7 @@ impl StateStore {
                 self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
             );
         }
-        let bytes = match fs::read(&self.path) {
+        let bytes = match mapped::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(self.access_error(format!("cannot read: {e}"))),
@@ -237,6 +239,111 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dmode, 0o700);
+    }
+
+    /// Runs this test binary again as a child doing `role` (see the tests below).
+    #[cfg(target_os = "linux")]
+    fn run_child(test: &str, role: &str, path: &Path) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env("AMPLIHACK_STATE_TEST_CHILD", role)
+            .env("AMPLIHACK_STATE_TEST_FILE", path)
+            .output()
+            .unwrap()
+    }
+
+    /// In the child: maps the file (watched or not), truncates it, then reads every byte.
+    #[cfg(target_os = "linux")]
+    fn truncate_while_mapped(role: &str) -> ! {
+        let path = PathBuf::from(std::env::var_os("AMPLIHACK_STATE_TEST_FILE").unwrap());
+        let watched = mapped::read(&path).unwrap();
+        assert!(matches!(watched, mapped::FileBytes::Mapped(_)));
+        let file = File::open(&path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a plain read-only mapping of the file, outside the watch.
+        let unwatched = unsafe {
+            std::slice::from_raw_parts(
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0,
+                ) as *const u8,
+                len,
+            )
+        };
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let bytes: &[u8] = if role == "watched" {
+            &watched
+        } else {
+            unwatched
+        };
+        let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+        panic!("read {sum} from a truncated mapping without SIGBUS");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_state_file_truncated_while_it_is_read_is_a_clean_error() {
+        const TEST: &str = "state::tests::a_state_file_truncated_while_it_is_read_is_a_clean_error";
+        if let Ok(role) = std::env::var("AMPLIHACK_STATE_TEST_CHILD") {
+            truncate_while_mapped(&role);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let big = format!(
+            "{{\"sessions\": {{}}, \"pad\": \"{}\"}}",
+            "x".repeat(1 << 20)
+        );
+        fs::write(&path, &big).unwrap();
+        let out = run_child(TEST, "watched", &path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "Error: State file {}: it was truncated by another program while this one read it; nothing was changed. Run the command again.\n",
+                path.display()
+            )),
+            "{stderr}"
+        );
+        // A SIGBUS outside a watched mapping still kills the process, as it did before.
+        fs::write(&path, &big).unwrap();
+        let out = run_child(TEST, "unwatched", &path);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGBUS),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn mapped_and_read_files_parse_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let text = include_str!("../tests/expected/python-state.json");
+        fs::write(&path, text).unwrap();
+        let bytes = mapped::read(&path).unwrap();
+        #[cfg(target_os = "linux")]
+        assert!(matches!(bytes, mapped::FileBytes::Mapped(_)));
+        assert_eq!(&*bytes, text.as_bytes());
+        assert_eq!(
+            StateStore::new(path.clone()).load().unwrap(),
+            serde_json::from_str::<State>(text).unwrap()
+        );
+        fs::write(&path, "").unwrap();
+        assert!(matches!(
+            mapped::read(&path).unwrap(),
+            mapped::FileBytes::Read(v) if v.is_empty()
+        ));
     }
 
     #[test]
