@@ -15,6 +15,7 @@ pub mod provision;
 pub mod refresh;
 pub mod render;
 pub mod script;
+pub mod session_json;
 pub mod state;
 pub mod transport;
 pub mod ui;

@@ -248,14 +248,14 @@ pub fn format_timestamp(t: &DateTime<Utc>) -> String {
 /// stack: chrono's formatter allocates and costs a tenth of `list --json` on a large state.
 /// The digits follow chrono's `SecondsFormat::AutoSi` (none, 3, 6 or 9, the fewest that are
 /// exact), so the text is the one chrono writes (unit tests).
-struct TimestampText {
+pub(crate) struct TimestampText {
     buf: [u8; 30],
     len: usize,
 }
 
 impl TimestampText {
     /// None for years outside 0-9999 and for leap seconds; chrono writes those.
-    fn new(t: &DateTime<Utc>) -> Option<Self> {
+    pub(crate) fn new(t: &DateTime<Utc>) -> Option<Self> {
         use chrono::{Datelike, Timelike};
         let nanos = t.nanosecond();
         if nanos >= 1_000_000_000 || !(0..=9999).contains(&t.year()) {
@@ -291,8 +291,12 @@ impl TimestampText {
         Some(TimestampText { buf, len })
     }
 
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).expect("ASCII")
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("ASCII")
     }
 }
 

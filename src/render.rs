@@ -238,14 +238,6 @@ pub fn list_verbose(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> S
     out
 }
 
-#[derive(Serialize)]
-struct ListItem<'a> {
-    #[serde(flatten)]
-    session: &'a Session,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    vm_unreachable: bool,
-}
-
 /// Writes sessions as a JSON array with the state file's field names (plus `vm_unreachable`
 /// where it holds). Streams into `out`, so a large list never sits in memory twice.
 pub fn write_list_json<W: std::io::Write + ?Sized>(
@@ -253,20 +245,9 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     sessions: &[&Session],
     live: &Live,
 ) -> std::io::Result<()> {
-    let unreachable = |s: &Session| s.status.is_active() && live.unreachable.contains(&s.vm_name);
-    if sessions.iter().any(|s| unreachable(s)) {
-        let items: Vec<ListItem> = sessions
-            .iter()
-            .map(|s| ListItem {
-                session: s,
-                vm_unreachable: unreachable(s),
-            })
-            .collect();
-        serde_json::to_writer_pretty(&mut *out, &items)?;
-    } else {
-        // The common case skips the wrapper, whose flattening costs ~10% on large lists.
-        serde_json::to_writer_pretty(&mut *out, sessions)?;
-    }
+    crate::session_json::write_sessions(out, sessions, |s| {
+        s.status.is_active() && live.unreachable.contains(&s.vm_name)
+    })?;
     out.write_all(b"\n")
 }
 
