@@ -17,6 +17,7 @@ pub mod render;
 pub mod script;
 pub mod session_json;
 pub mod state;
+pub mod state_parse;
 pub mod transport;
 pub mod ui;
 

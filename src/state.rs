@@ -181,7 +181,12 @@ pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
     // One UTF-8 check of the whole file is much cheaper than serde_json's check of every
     // string it reads from a byte slice (15% of parsing 10,000 sessions).
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    // The hand-written reader answers for the usual file; serde_json decides the rest and
+    // words every error.
+    match crate::state_parse::parse(text) {
+        Some(state) => Ok(state),
+        None => serde_json::from_str(text).map_err(|e| e.to_string()),
+    }
 }
 
 /// A temp file can only be left behind by a writer that died mid-transaction; under the lock
