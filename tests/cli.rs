@@ -253,6 +253,27 @@ fn a_rewrite_keeps_unknown_fields_and_writes_utc_timestamps() {
     );
 }
 
+/// Timestamps we record are whole seconds; a rewrite keeps the fractions the Python original
+/// wrote (docs/state-file.md says why).
+#[test]
+fn a_rewrite_keeps_python_fractions_and_records_whole_seconds() {
+    let env = TestEnv::new();
+    env.write_state(PYTHON_STATE);
+    let o = env.run(&["kill", "sess-20251125-143022-abc", "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st = env.state();
+    let killed = &st["sessions"]["sess-20251125-143022-abc"];
+    assert_eq!(killed["created_at"], "2025-11-25T14:30:22.123456Z");
+    assert!(
+        is_whole_second_utc(&killed["completed_at"]),
+        "{}",
+        killed["completed_at"]
+    );
+    let untouched = &st["sessions"]["sess-20251125-143025-def"];
+    assert_eq!(untouched["created_at"], "2025-11-25T14:30:25Z");
+    assert!(untouched["completed_at"].is_null());
+}
+
 #[test]
 fn no_sessions_is_a_friendly_line_or_an_empty_array() {
     let env = TestEnv::new();
