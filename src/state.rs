@@ -6,8 +6,10 @@
 //! the state file. Readers need no lock: a rename is atomic, so they see the old or the new
 //! file, never a mix. Read-only commands never create or write anything.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,10 @@ use crate::model::State;
 
 mod mapped;
 
-const TEMP_PREFIX: &str = ".amplihack-state-";
+/// A temp file is `.<state file name>.<6 random letters or digits>.tmp`: named after its
+/// own state file, so the writers of two state files in one directory, which hold different
+/// locks and run at once, never mistake each other's temp files for stale ones.
+const TEMP_RANDOM_LEN: usize = 6;
 const TEMP_SUFFIX: &str = ".tmp";
 
 #[derive(Debug, Clone)]
@@ -69,6 +74,14 @@ impl StateStore {
         self.path.with_file_name(name)
     }
 
+    /// `.<state file name>.`: what this state file's temp files start with.
+    fn temp_prefix(&self) -> OsString {
+        let mut prefix = OsString::from(".");
+        prefix.push(self.path.file_name().unwrap_or_default());
+        prefix.push(".");
+        prefix
+    }
+
     fn access_error(&self, detail: impl Into<String>) -> Error {
         Error::StateAccess {
             path: self.path.clone(),
@@ -103,7 +116,7 @@ impl StateStore {
         lock.lock().map_err(|e| {
             self.access_error(format!("cannot lock {}: {e}", self.lock_path().display()))
         })?;
-        remove_stale_temps(&dir);
+        remove_stale_temps(&dir, &self.temp_prefix());
         let mut state = self.load()?;
         let result = change(&mut state)?;
         state.normalize();
@@ -153,7 +166,8 @@ impl StateStore {
     fn write_atomic(&self, dir: &Path, state: &State) -> Result<()> {
         let fail = |what: &str, e: std::io::Error| self.access_error(format!("{what}: {e}"));
         let mut tmp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
+            .prefix(&self.temp_prefix())
+            .rand_bytes(TEMP_RANDOM_LEN)
             .suffix(TEMP_SUFFIX)
             .permissions(fs::Permissions::from_mode(0o600))
             .tempfile_in(dir)
@@ -190,18 +204,29 @@ pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
 }
 
 /// A temp file can only be left behind by a writer that died mid-transaction; under the lock
-/// no other writer is running, so any that exist are stale.
-fn remove_stale_temps(dir: &Path) {
+/// no other writer of this state file is running, so any of its temp files are stale. Only
+/// this state file's are touched: another state file's writer may be mid-write right now.
+fn remove_stale_temps(dir: &Path, prefix: &OsStr) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
+        if is_temp_of(&entry.file_name(), prefix) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether `name` is `<prefix><6 letters or digits>.tmp`. The exact shape matters: with a
+/// state file `a.json`, `.a.json.x.QpZ3kd.tmp` belongs to a state file `a.json.x`.
+fn is_temp_of(name: &OsStr, prefix: &OsStr) -> bool {
+    let (name, prefix) = (name.as_bytes(), prefix.as_bytes());
+    name.len() == prefix.len() + TEMP_RANDOM_LEN + TEMP_SUFFIX.len()
+        && name.starts_with(prefix)
+        && name.ends_with(TEMP_SUFFIX.as_bytes())
+        && name[prefix.len()..prefix.len() + TEMP_RANDOM_LEN]
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
 }
 
 #[cfg(test)]
@@ -349,6 +374,57 @@ mod tests {
             mapped::read(&path).unwrap(),
             mapped::FileBytes::Read(v) if v.is_empty()
         ));
+    }
+
+    #[test]
+    fn a_state_file_cleans_only_its_own_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("a.json"));
+        let prefix = store.temp_prefix();
+        assert_eq!(prefix, ".a.json.");
+        for (name, own) in [
+            (".a.json.Xy3k9Q.tmp", true),
+            (".a.json.000000.tmp", true),
+            (".a.json.x.QpZ3kd.tmp", false),
+            (".a.json.Xy3k9.tmp", false),
+            (".a.json.Xy3k9QQ.tmp", false),
+            (".a.json.Xy-k9Q.tmp", false),
+            (".b.json.Xy3k9Q.tmp", false),
+            (".amplihack-state-Xy3k9Q.tmp", false),
+            ("a.json.Xy3k9Q.tmp", false),
+            (".a.json.Xy3k9Q.tmpx", false),
+            ("a.json", false),
+            ("a.json.lock", false),
+        ] {
+            assert_eq!(is_temp_of(OsStr::new(name), &prefix), own, "{name}");
+            fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        store
+            .update(|s| {
+                s.extra.insert("k".into(), 1.into());
+                Ok(())
+            })
+            .unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".a.json.Xy-k9Q.tmp",
+                ".a.json.Xy3k9.tmp",
+                ".a.json.Xy3k9Q.tmpx",
+                ".a.json.Xy3k9QQ.tmp",
+                ".a.json.x.QpZ3kd.tmp",
+                ".amplihack-state-Xy3k9Q.tmp",
+                ".b.json.Xy3k9Q.tmp",
+                "a.json",
+                "a.json.Xy3k9Q.tmp",
+                "a.json.lock",
+            ]
+        );
     }
 
     #[test]

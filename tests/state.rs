@@ -247,3 +247,53 @@ fn sixteen_concurrent_starts_all_land() {
     }
     assert!(sessions.values().all(|s| s["status"] != "pending"));
 }
+
+/// Two state files in one directory: their writers take different locks and run at once, so
+/// neither may touch the other's temp files. Every transaction of every writer lands.
+#[test]
+fn state_files_sharing_a_directory_never_delete_each_others_temp_files() {
+    const WRITERS_PER_FILE: usize = 12;
+    const VMS_PER_WRITER: usize = 4;
+    let mut env = TestEnv::new();
+    // Every azlin call succeeds at once: what remains is state transactions, one to reserve
+    // the VMs and one per VM to commit it.
+    env.set("AMPLIHACK_AZLIN", "true");
+    let dir = env.root().join("shared");
+    let files = ["a.json", "b.json"];
+    let children: Vec<_> = (0..WRITERS_PER_FILE)
+        .flat_map(|_| files)
+        .map(|file| {
+            env.std_cmd(&["prime", "--count", &VMS_PER_WRITER.to_string(), "--json"])
+                .env("AMPLIHACK_REMOTE_STATE", dir.join(file))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for file in files {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+        let vms = st["vm_pool"].as_object().unwrap();
+        assert_eq!(vms.len(), WRITERS_PER_FILE * VMS_PER_WRITER, "{file}");
+        assert!(
+            vms.values().all(|v| v.get("state").is_none()),
+            "{file}: a VM was left provisioning or failed"
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a.json", "a.json.lock", "b.json", "b.json.lock"]);
+}
