@@ -9,7 +9,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,33 @@ mod mapped;
 const TEMP_RANDOM_LEN: usize = 6;
 const TEMP_SUFFIX: &str = ".tmp";
 
+const STATE_VAR: &str = "AMPLIHACK_REMOTE_STATE";
+
+/// The state file a value of AMPLIHACK_REMOTE_STATE names: an absolute path as it is, `~` and
+/// `~/...` under `home`. Any other relative path is refused: it would name a different file,
+/// and so a different pool, in every directory a command runs in.
+pub fn state_path_from_setting(value: &OsStr, home: Option<&Path>) -> Result<PathBuf> {
+    let path = Path::new(value);
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let bytes = value.as_bytes();
+    let under_home = match bytes {
+        b"~" => Some(Path::new("")),
+        [b'~', b'/', rest @ ..] => Some(Path::new(OsStr::from_bytes(rest))),
+        _ => None,
+    };
+    match (under_home, home) {
+        (Some(rest), Some(home)) => Ok(home.join(rest)),
+        (Some(_), None) => Err(Error::InvalidArgs(format!(
+            "invalid {STATE_VAR}={value:?}: the home directory is unknown, so ~ cannot be expanded; set {STATE_VAR} to an absolute path"
+        ))),
+        (None, _) => Err(Error::InvalidArgs(format!(
+            "invalid {STATE_VAR}={value:?}: a relative path names a different file in every directory; set {STATE_VAR} to an absolute path (or one starting with ~/)"
+        ))),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StateStore {
     path: PathBuf,
@@ -32,13 +59,12 @@ pub struct StateStore {
 impl StateStore {
     /// `$AMPLIHACK_REMOTE_STATE`, else `~/.amplihack/remote-state.json`.
     pub fn from_env() -> Result<Self> {
-        let path = match std::env::var_os("AMPLIHACK_REMOTE_STATE").filter(|p| !p.is_empty()) {
-            Some(p) => PathBuf::from(p),
-            None => dirs::home_dir()
+        let home = dirs::home_dir();
+        let path = match std::env::var_os(STATE_VAR).filter(|p| !p.is_empty()) {
+            Some(p) => state_path_from_setting(&p, home.as_deref())?,
+            None => home
                 .ok_or_else(|| {
-                    Error::Failed(
-                        "cannot find the home directory; set AMPLIHACK_REMOTE_STATE".into(),
-                    )
+                    Error::Failed(format!("cannot find the home directory; set {STATE_VAR}"))
                 })?
                 .join(".amplihack")
                 .join("remote-state.json"),
@@ -374,6 +400,41 @@ mod tests {
             mapped::read(&path).unwrap(),
             mapped::FileBytes::Read(v) if v.is_empty()
         ));
+    }
+
+    #[test]
+    fn the_state_setting_expands_a_leading_tilde_and_refuses_relative_paths() {
+        let home = Path::new("/home/jane");
+        let path = |v: &str| state_path_from_setting(OsStr::new(v), Some(home));
+        assert_eq!(path("/srv/x.json").unwrap(), Path::new("/srv/x.json"));
+        assert_eq!(path("~/x.json").unwrap(), Path::new("/home/jane/x.json"));
+        assert_eq!(
+            path("~/a/b.json").unwrap(),
+            Path::new("/home/jane/a/b.json")
+        );
+        assert_eq!(path("~").unwrap(), Path::new("/home/jane"));
+        assert_eq!(path("~/").unwrap(), Path::new("/home/jane/"));
+        for relative in [
+            "x.json",
+            "./x.json",
+            "../x.json",
+            "a/x.json",
+            "~jane/x.json",
+            "~x",
+        ] {
+            let e = path(relative).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{relative}");
+            let text = e.to_string();
+            assert!(
+                text.contains("AMPLIHACK_REMOTE_STATE")
+                    && text.contains("absolute path")
+                    && !text.contains('\n'),
+                "{text}"
+            );
+        }
+        let e = state_path_from_setting(OsStr::new("~/x.json"), None).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("home directory is unknown"));
     }
 
     #[test]

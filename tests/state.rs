@@ -297,3 +297,58 @@ fn state_files_sharing_a_directory_never_delete_each_others_temp_files() {
     left.sort();
     assert_eq!(left, ["a.json", "a.json.lock", "b.json", "b.json.lock"]);
 }
+
+/// `~/...` is the same file from every directory; a relative path is refused before anything
+/// is read or written.
+#[test]
+fn the_state_setting_expands_tilde_and_refuses_relative_paths() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_REMOTE_STATE", "~/pools/remote.json");
+    let o = env.run(&["start", "--no-context", "--json", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = started_ids(&o).remove(0);
+    assert!(env.home().join("pools/remote.json").exists());
+    assert!(!env.work().join("~").exists());
+    for dir in [
+        env.work(),
+        env.root().to_path_buf(),
+        std::path::PathBuf::from("/"),
+    ] {
+        let o = env
+            .cmd()
+            .current_dir(&dir)
+            .args(["remote", "list", "--json", "--no-refresh"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&id),
+            "from {}: {}",
+            dir.display(),
+            stdout(&o)
+        );
+    }
+
+    for relative in ["remote.json", "./state/remote.json", "~other/remote.json"] {
+        env.set("AMPLIHACK_REMOTE_STATE", relative);
+        for args in [&["list"][..], &["start", "--no-context", "EXIT=0"]] {
+            let o = env.run(args);
+            assert_eq!(code(&o), 2, "{relative} {args:?}: {}", stderr(&o));
+            assert_eq!(
+                stderr(&o),
+                format!(
+                    "Error: invalid AMPLIHACK_REMOTE_STATE={relative:?}: a relative path names a different file in every directory; set AMPLIHACK_REMOTE_STATE to an absolute path (or one starting with ~/)\n"
+                )
+            );
+        }
+    }
+    let mut made: Vec<_> = std::fs::read_dir(env.work())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    made.sort();
+    assert!(
+        made.is_empty(),
+        "created in the working directory: {made:?}"
+    );
+}
