@@ -10,6 +10,7 @@ use crate::naming;
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
 pub const DEFAULT_REMOTE_WORKSPACE: &str = "/workspace";
+pub const DEFAULT_PARALLEL: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -42,6 +43,8 @@ pub struct Settings {
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
+    /// Most azlin calls in flight at once in a fan-out over VMs (each one starts `az`).
+    pub parallel: usize,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -152,6 +155,8 @@ impl Settings {
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
+            parallel: number::<usize>("AMPLIHACK_REMOTE_PARALLEL", "a whole number of 1 or more")?
+                .unwrap_or(DEFAULT_PARALLEL),
         })
     }
 

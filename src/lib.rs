@@ -10,6 +10,7 @@ pub mod exec;
 pub mod interrupt;
 pub mod model;
 pub mod naming;
+pub mod parallel;
 pub mod pool;
 pub mod provision;
 pub mod refresh;

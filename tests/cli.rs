@@ -118,6 +118,10 @@ fn malformed_environment_variables_exit_2_naming_the_variable() {
         ("AMPLIHACK_REMOTE_BACKEND", "gcp"),
         ("AZURE_REGION", "East US"),
         ("AMPLIHACK_REMOTE_TIMEOUT", "soon"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "0"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "-2"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "1.5"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "many"),
     ] {
         let mut env = TestEnv::new();
         env.set(k, v);
