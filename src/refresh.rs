@@ -14,6 +14,7 @@ use crate::pool::LOCAL_VM_NAME;
 use crate::render::Live;
 use crate::script::{self, Probe, Verdict};
 use crate::ui;
+use crate::{interrupt, parallel};
 
 /// A `pending` session older than this was left by a `start` that died; it is probed like a
 /// running one (provisioning and launching have timed out long before).
@@ -135,39 +136,52 @@ pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
         return Ok(Refreshed { state, live });
     }
     let timeout = ctx.settings.timeouts.probe;
-    let (results, power_result) = std::thread::scope(|scope| {
-        let handles: Vec<_> = targets
-            .iter()
-            .map(|(vm, ids)| {
-                let transport = ctx.transport_to(&state, vm);
-                scope.spawn(move || {
-                    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                    let out = transport.run_script(
-                        vm,
-                        script::probe_script(&id_refs),
-                        timeout,
-                        OnInterrupt::Abort,
-                    );
-                    (vm.clone(), out.map(|o| script::parse_probes(&o.stdout)))
-                })
-            })
-            .collect();
-        let power_handle = want_power.then(|| {
-            scope.spawn(|| {
-                ctx.transports
-                    .azlin
-                    .power_states(ctx.settings.timeouts.list)
-            })
-        });
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect();
-        (
-            results,
-            power_handle.map(|h| h.join().expect("list thread")),
-        )
+    // The probes and the power-state call share one bounded fan-out: at most
+    // AMPLIHACK_REMOTE_PARALLEL azlin calls at once; answers come back in VM order.
+    enum Call<'a> {
+        Power,
+        Probe(&'a String, &'a Vec<String>),
+    }
+    enum Answer {
+        Power(Result<BTreeMap<String, String>>),
+        Probe(String, Result<HashMap<String, Probe>>),
+    }
+    let calls: Vec<Call> = want_power
+        .then_some(Call::Power)
+        .into_iter()
+        .chain(targets.iter().map(|(vm, ids)| Call::Probe(vm, ids)))
+        .collect();
+    let answers = parallel::map_bounded(&calls, ctx.settings.parallel, |call| match call {
+        // After Ctrl+C, calls still waiting for their turn do not start.
+        Call::Power if interrupt::requested() => Answer::Power(Err(Error::Interrupted)),
+        Call::Probe(vm, _) if interrupt::requested() => {
+            Answer::Probe((*vm).clone(), Err(Error::Interrupted))
+        }
+        Call::Power => Answer::Power(
+            ctx.transports
+                .azlin
+                .power_states(ctx.settings.timeouts.list),
+        ),
+        Call::Probe(vm, ids) => {
+            let transport = ctx.transport_to(&state, vm);
+            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let out = transport.run_script(
+                vm,
+                script::probe_script(&id_refs),
+                timeout,
+                OnInterrupt::Abort,
+            );
+            Answer::Probe((*vm).clone(), out.map(|o| script::parse_probes(&o.stdout)))
+        }
     });
+    let mut results = Vec::new();
+    let mut power_result = None;
+    for answer in answers {
+        match answer {
+            Answer::Power(p) => power_result = Some(p),
+            Answer::Probe(vm, r) => results.push((vm, r)),
+        }
+    }
 
     let mut probes = HashMap::new();
     for (vm, result) in results {

@@ -12,7 +12,7 @@ use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
-use crate::{pool, refresh, render, ui};
+use crate::{interrupt, parallel, pool, refresh, render, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -130,30 +130,24 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         Ok(ok)
     })?;
 
-    let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = to_delete
-            .iter()
-            .map(|name| {
-                let gone = missing.contains(name);
-                scope.spawn(move || {
-                    if gone {
-                        return (name.clone(), Ok(()));
-                    }
-                    ui::progress(&format!("Deleting VM {name}..."));
-                    (
-                        name.clone(),
-                        ctx.transports
-                            .azlin
-                            .delete_vm(name, ctx.settings.timeouts.delete),
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("delete thread"))
-            .collect()
-    });
+    // At most AMPLIHACK_REMOTE_PARALLEL `azlin kill` at once.
+    let results: Vec<(String, Result<()>)> =
+        parallel::map_bounded(&to_delete, ctx.settings.parallel, |name| {
+            if missing.contains(name) {
+                return (name.clone(), Ok(()));
+            }
+            // After Ctrl+C, deletions still waiting for their turn do not start.
+            if interrupt::requested() {
+                return (name.clone(), Err(Error::Interrupted));
+            }
+            ui::progress(&format!("Deleting VM {name}..."));
+            (
+                name.clone(),
+                ctx.transports
+                    .azlin
+                    .delete_vm(name, ctx.settings.timeouts.delete),
+            )
+        });
     ctx.store.update(|st| {
         for (name, r) in &results {
             match r {
