@@ -5,9 +5,11 @@
 //!    microseconds): median wall time and peak RSS of the process.
 //! 2. Round trips: commands against the stand-in azlin sleeping 2 s per call, with the number of
 //!    azlin calls each made.
-//! 3. State transactions: 32 processes doing 50 locked transactions each.
+//! 3. Bounded fan-out: `list` and `status` over 64 VMs with the stand-in sleeping 2 s per
+//!    call, with the number of calls in flight at once.
+//! 4. State transactions: 32 processes doing 50 locked transactions each.
 //!
-//! `cargo bench --bench perf -- read|remote|tx` runs one section; `-- read 1000 10000` picks the
+//! `cargo bench --bench perf -- read|remote|fanout|tx` runs one section; `-- read 1000 10000` picks the
 //! state sizes of the read path.
 
 use std::path::{Path, PathBuf};
@@ -397,6 +399,57 @@ fn remote() {
     println!();
 }
 
+/// 64 VMs, each with a running session; `list` and `status` with the stand-in sleeping 2 s
+/// per call, at the default bound and with the bound lifted, counting calls in flight.
+fn fan_out() {
+    println!(
+        "## Bounded fan-out (64 VMs with running sessions, stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| command | AMPLIHACK_REMOTE_PARALLEL | azlin calls | time | most calls in flight |");
+    println!("|---|---:|---:|---:|---:|");
+    let w = FakeWorld::new();
+    // prime takes at most 50 at a time.
+    w.setup(&["prime", "--count", "32", "--vm-size", "s"]);
+    w.setup(&["prime", "--count", "32", "--vm-size", "s"]);
+    let mut start = vec!["start", "--no-context", "--size", "s"];
+    start.extend(std::iter::repeat_n("SLEEP=3600", 64));
+    w.setup(&start);
+    let max_path = w.dir.path().join("azlin/max-inflight");
+    for (args, bound) in [
+        (["list", "--json"], "16"),
+        (["status", "--json"], "16"),
+        (["list", "--json"], "64"),
+        (["status", "--json"], "64"),
+    ] {
+        let mut times = Vec::new();
+        let mut calls = 0;
+        let mut most = 0;
+        for _ in 0..3 {
+            w.clear_calls();
+            let _ = std::fs::remove_file(&max_path);
+            let mut cmd = w.cmd("2", &args);
+            cmd.env("FAKE_AZLIN_TRACK_INFLIGHT", "1")
+                .env("AMPLIHACK_REMOTE_PARALLEL", bound);
+            let (t, _, code) = measure(&mut cmd);
+            assert_eq!(code, 0, "{args:?} failed");
+            times.push(t);
+            calls = w.calls();
+            let seen: usize = std::fs::read_to_string(&max_path)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            most = most.max(seen);
+        }
+        println!(
+            "| `{}` | {bound} | {calls} | {:.2} s | {most} |",
+            args.join(" "),
+            median(times).as_secs_f64()
+        );
+    }
+    println!();
+}
+
 fn transactions() {
     println!("## State transactions (32 processes x 50 locked read-modify-write transactions)\n");
     let dir = tempfile::tempdir().unwrap();
@@ -455,7 +508,7 @@ fn main() {
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "tx"].contains(&a.as_str()))
+        .find(|a| ["read", "remote", "fanout", "tx"].contains(&a.as_str()))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -476,6 +529,9 @@ fn main() {
     }
     if run("remote") {
         remote();
+    }
+    if run("fanout") {
+        fan_out();
     }
     if run("tx") {
         transactions();
