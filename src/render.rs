@@ -245,7 +245,7 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     sessions: &[&Session],
     live: &Live,
 ) -> std::io::Result<()> {
-    crate::session_json::write_sessions(out, sessions, |s| {
+    crate::pretty_json::write_sessions(out, sessions, |s| {
         s.status.is_active() && live.unreachable.contains(&s.vm_name)
     })?;
     out.write_all(b"\n")
@@ -447,10 +447,19 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
     out
 }
 
+/// Writes the status as pretty JSON. Streams into `out`.
+pub fn write_status_json<W: std::io::Write + ?Sized>(
+    out: &mut W,
+    status: &PoolStatus,
+) -> std::io::Result<()> {
+    crate::pretty_json::write_pool_status(out, status)?;
+    out.write_all(b"\n")
+}
+
 pub fn status_json(status: &PoolStatus) -> String {
-    let mut out = serde_json::to_string_pretty(status).expect("status serializes");
-    out.push('\n');
-    out
+    let mut out = Vec::new();
+    write_status_json(&mut out, status).expect("writing to memory");
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 /// The header `output` prints above the captured text.

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState, parse_timestamp};
-use crate::session_json::word_needs_escape;
+use crate::pretty_json::word_needs_escape;
 
 /// The state in `text`, or None when serde_json must decide (see the module comment).
 pub fn parse(text: &str) -> Option<State> {
