@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState, parse_timestamp};
+use crate::model::{
+    Backend, Session, SessionStatus, State, VmEntry, VmState, parse_common_timestamp,
+    parse_timestamp,
+};
 use crate::pretty_json::word_needs_escape;
 
 /// The state in `text`, or None when serde_json must decide (see the module comment).
@@ -75,10 +78,25 @@ impl<'a> Reader<'a> {
         self.bytes().get(self.at).copied()
     }
 
+    /// Skips JSON whitespace. Runs of spaces (pretty-printing's indentation, most of the
+    /// whitespace there is) are measured 8 bytes at a time.
     fn whitespace(&mut self) {
+        const SPACES: u64 = u64::from_le_bytes(*b"        ");
         let b = self.bytes();
-        while self.at < b.len() && matches!(b[self.at], b' ' | b'\n' | b'\r' | b'\t') {
-            self.at += 1;
+        loop {
+            match b.get(self.at) {
+                Some(b'\n' | b'\r' | b'\t') => self.at += 1,
+                Some(b' ') => match b.get(self.at..self.at + 8) {
+                    Some(chunk) => {
+                        // The first byte that is not a space is the lowest non-zero byte.
+                        let others =
+                            u64::from_le_bytes(chunk.try_into().expect("8 bytes")) ^ SPACES;
+                        self.at += (others.trailing_zeros() / 8) as usize;
+                    }
+                    None => self.at += 1,
+                },
+                _ => return,
+            }
         }
     }
 
@@ -186,30 +204,38 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// `"name"` exactly, quotes included. Compared 8 bytes at a time in place: a call to
+    /// `"name"` exactly, quotes included. Compared in place a word at a time: a call to
     /// memcmp per key cost more than the comparison.
     fn eat_key(&mut self, name: &str) -> bool {
         let b = &self.bytes()[self.at..];
-        let n = name.len();
-        let found = b.len() > n + 1 && b[0] == b'"' && b[n + 1] == b'"' && {
-            let (have, want) = (&b[1..n + 1], name.as_bytes());
-            let word = |s: &[u8], at: usize| {
-                u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
-            };
-            if n >= 8 {
-                // The first 8 bytes and the last 8 (overlapping when n < 16) cover n <= 16.
-                (0..n - 8)
-                    .step_by(8)
-                    .chain([n - 8])
-                    .all(|at| word(have, at) == word(want, at))
-            } else {
-                have.iter().zip(want).all(|(x, y)| x == y)
+        let want = name.as_bytes();
+        let n = want.len();
+        if b.len() < n + 2 || b[0] != b'"' || b[n + 1] != b'"' {
+            return false;
+        }
+        let have = &b[1..=n];
+        let same = if n >= 8 {
+            let word =
+                |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+            // Whole words, then the last 8 bytes (overlapping the words before them).
+            let mut i = 0;
+            let mut same = true;
+            while i + 8 < n {
+                same &= word(have, i) == word(want, i);
+                i += 8;
             }
+            same && word(have, n - 8) == word(want, n - 8)
+        } else if n >= 4 {
+            let word =
+                |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+            word(have, 0) == word(want, 0) && word(have, n - 4) == word(want, n - 4)
+        } else {
+            have == want
         };
-        if found {
+        if same {
             self.at += n + 2;
         }
-        found
+        same
     }
 
     /// An object of named entries (`sessions`, `vm_pool`); a repeated name keeps the last
@@ -322,7 +348,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A timestamp. The usual forms (`...Z`, naive, naive with microseconds, with both) are
+    /// read in place: if the bytes before a quote at their length read as a timestamp, they
+    /// hold no quote or backslash, so that quote ends the string.
     fn timestamp(&mut self) -> Option<DateTime<Utc>> {
+        let b = self.bytes();
+        if b.get(self.at) == Some(&b'"') {
+            for len in [20, 19, 26, 27] {
+                let end = self.at + 1 + len;
+                if b.get(end) == Some(&b'"')
+                    && let Some(t) = parse_common_timestamp(&b[self.at + 1..end])
+                {
+                    self.at = end + 1;
+                    return Some(t);
+                }
+            }
+        }
         parse_timestamp(&self.string()?).ok()
     }
 
@@ -705,6 +746,38 @@ mod tests {
                 "created_at": "2025-11-25T14:30:22+01:00", "completed_at": "2025-11-25T14:30:22.5",
                 "error": null}}, "k": {"k": 1, "k": 2}}"#,
         );
+    }
+
+    #[test]
+    fn timestamps_in_every_form_are_read_as_serde_json_reads_them() {
+        for t in [
+            "2025-11-25T14:30:22Z",
+            "2025-11-25T14:30:22",
+            "2025-11-25 14:30:22.123456",
+            "2025-11-25T14:30:22.123456Z",
+            "2025-11-25T14:30:22.123Z",
+            "2025-11-25T14:30:22+00:00",
+            "2025-11-25T15:30:22+01:00",
+            "2025-11-25T14:30:2\\u0032Z",
+            "2025-11-25T14:30:22.1234567891",
+            "2016-12-31T23:59:60Z",
+        ] {
+            answers(&format!(
+                r#"{{"sessions": {{"s": {{"session_id": "a", "vm_name": "v", "workspace": "w",
+                "tmux_session": "t", "prompt": "p", "command": "auto", "max_turns": 1,
+                "status": "running", "memory_mb": 2, "created_at": "{t}",
+                "started_at": "{t}", "completed_at": "{t}"}}}}}}"#
+            ));
+        }
+        for t in [
+            "2025-11-25T14:30:22Zx",
+            "2025-02-30T14:30:22",
+            "2025-11-25T14:30:22\\",
+        ] {
+            leaves_to_serde(&format!(
+                r#"{{"vm_pool": {{"v": {{"size": "s", "capacity": 1, "region": "r", "created_at": "{t}"}}}}}}"#
+            ));
+        }
     }
 
     #[test]
