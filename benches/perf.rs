@@ -157,8 +157,18 @@ fn write_state_file(format: &str, n: usize, path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// With `AMPLIHACK_BENCH_BASELINE` set to another build of the binary, every run of ours is
+/// followed by one of it on the same file, and both medians are shown: on a shared machine
+/// whose load drifts, only runs interleaved like this compare fairly.
 fn read_path(sizes: &[usize]) {
+    let baseline = std::env::var_os("AMPLIHACK_BENCH_BASELINE").map(PathBuf::from);
     println!("## Read path (release binary, median of N runs)\n");
+    if let Some(b) = &baseline {
+        println!(
+            "Each cell: this build (before: the baseline {}, run alternately with it).\n",
+            b.display()
+        );
+    }
     println!(
         "| format | sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
     );
@@ -182,22 +192,37 @@ fn read_path(sizes: &[usize]) {
                 ["list", "--json", "--no-refresh"],
                 ["status", "--json", "--no-refresh"],
             ] {
-                let mut times = Vec::new();
-                let mut peak = 0;
-                for _ in 0..runs {
+                let run = |bin: &Path| {
                     let (t, r, code) = measure(
-                        Command::new(BIN)
+                        Command::new(bin)
                             .arg("remote")
                             .args(args)
                             .env_clear()
                             .env("AMPLIHACK_REMOTE_STATE", &path)
                             .env("HOME", dir.path()),
                     );
-                    assert_eq!(code, 0);
+                    assert_eq!(code, 0, "{}", bin.display());
+                    (t, r)
+                };
+                let mut times = Vec::new();
+                let mut baseline_times = Vec::new();
+                let mut peak = 0;
+                for _ in 0..runs {
+                    let (t, r) = run(Path::new(BIN));
                     times.push(t);
                     peak = peak.max(r);
+                    if let Some(b) = &baseline {
+                        baseline_times.push(run(b).0);
+                    }
                 }
-                row.push(format!("{} ms", ms(median(times))));
+                row.push(match &baseline {
+                    None => format!("{} ms", ms(median(times))),
+                    Some(_) => format!(
+                        "{} ms (before: {} ms)",
+                        ms(median(times)),
+                        ms(median(baseline_times))
+                    ),
+                });
                 rss.push(format!("{:.1}", peak as f64 / 1024.0));
             }
             println!(
