@@ -118,6 +118,16 @@ impl StateStore {
     /// Reads the state without locking and without creating anything. A missing file is an
     /// empty state; a corrupt one is an error and is left untouched.
     pub fn load(&self) -> Result<State> {
+        self.load_with(parse_state)
+    }
+
+    /// Like `load`, with `vm_pool` left empty, for commands that show sessions alone. The
+    /// whole file is still checked: a corrupt VM entry is the same error as for `load`.
+    pub fn load_sessions_only(&self) -> Result<State> {
+        self.load_with(parse_state_sessions_only)
+    }
+
+    fn load_with(&self, parse: fn(&[u8]) -> std::result::Result<State, String>) -> Result<State> {
         if self.path.is_dir() {
             return Err(
                 self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
@@ -128,7 +138,7 @@ impl StateStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(self.access_error(format!("cannot read: {e}"))),
         };
-        parse_state(&bytes).map_err(|detail| Error::StateCorrupt {
+        parse(&bytes).map_err(|detail| Error::StateCorrupt {
             path: self.path.clone(),
             detail,
         })
@@ -215,18 +225,36 @@ impl StateStore {
 }
 
 pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err("the file is empty".into());
-    }
-    // One UTF-8 check of the whole file is much cheaper than serde_json's check of every
-    // string it reads from a byte slice (15% of parsing 10,000 sessions).
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    let text = state_text(bytes)?;
     // The hand-written reader answers for the usual file; serde_json decides the rest and
     // words every error.
     match crate::state_parse::parse(text) {
         Some(state) => Ok(state),
         None => serde_json::from_str(text).map_err(|e| e.to_string()),
     }
+}
+
+/// `parse_state` with `vm_pool` left empty (see `StateStore::load_sessions_only`).
+pub fn parse_state_sessions_only(bytes: &[u8]) -> std::result::Result<State, String> {
+    let text = state_text(bytes)?;
+    match crate::state_parse::parse_sessions_only(text) {
+        Some(state) => Ok(state),
+        None => serde_json::from_str(text)
+            .map(|mut state: State| {
+                state.vm_pool.clear();
+                state
+            })
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn state_text(bytes: &[u8]) -> std::result::Result<&str, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty".into());
+    }
+    // One UTF-8 check of the whole file is much cheaper than serde_json's check of every
+    // string it reads from a byte slice (15% of parsing 10,000 sessions).
+    std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 /// A temp file can only be left behind by a writer that died mid-transaction; under the lock
@@ -258,6 +286,46 @@ fn is_temp_of(name: &OsStr, prefix: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_only_gives_the_same_sessions_and_the_same_errors() {
+        let text = include_str!("../tests/expected/python-state.json");
+        let mut whole = parse_state(text.as_bytes()).unwrap();
+        whole.vm_pool.clear();
+        assert_eq!(parse_state_sessions_only(text.as_bytes()).unwrap(), whole);
+        // A form the hand-written reader leaves to serde_json: the VMs are dropped there too.
+        let unusual = text.replace("\"max_turns\": 10,", "\"max_turns\": 1e1,");
+        let by_serde = parse_state_sessions_only(unusual.as_bytes());
+        assert!(by_serde.is_err(), "1e1 is not a u32");
+        // Nesting deeper than the hand-written reader follows.
+        let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
+        let unusual = text.replace(
+            "\"capacity\": 4,",
+            &format!("\"capacity\": 4, \"x\": {deep},"),
+        );
+        assert!(crate::state_parse::parse_sessions_only(&unusual).is_none());
+        let mut whole = parse_state(unusual.as_bytes()).unwrap();
+        assert!(!whole.vm_pool.is_empty());
+        whole.vm_pool.clear();
+        assert_eq!(
+            parse_state_sessions_only(unusual.as_bytes()).unwrap(),
+            whole
+        );
+        for broken in [
+            text.replace(
+                "\"created_at\": \"2025-11-25T14:30:00\"",
+                "\"created_at\": 5",
+            ),
+            text.replace("\"region\": \"westus3\",", ""),
+            format!("{text}x"),
+            String::new(),
+        ] {
+            assert_eq!(
+                parse_state_sessions_only(broken.as_bytes()).unwrap_err(),
+                parse_state(broken.as_bytes()).unwrap_err()
+            );
+        }
+    }
 
     #[test]
     fn empty_and_garbage_are_corrupt_with_position() {

@@ -26,6 +26,17 @@ use crate::pretty_json::word_needs_escape;
 
 /// The state in `text`, or None when serde_json must decide (see the module comment).
 pub fn parse(text: &str) -> Option<State> {
+    parse_keeping(text, true)
+}
+
+/// Like `parse`, with `vm_pool` left empty: its entries are read and checked, then dropped.
+/// For commands that show sessions alone (`list`), which need not build 2,500 VM entries
+/// from 10,000 sessions' state.
+pub fn parse_sessions_only(text: &str) -> Option<State> {
+    parse_keeping(text, false)
+}
+
+fn parse_keeping(text: &str, keep_vm_pool: bool) -> Option<State> {
     let mut p = Reader { text, at: 0 };
     p.whitespace();
     let mut sessions = None;
@@ -33,7 +44,8 @@ pub fn parse(text: &str) -> Option<State> {
     let mut extra = Map::new();
     p.object(|p, key| match key.as_ref() {
         "sessions" => once(&mut sessions, p.map(Reader::session)?),
-        "vm_pool" => once(&mut vm_pool, p.map(Reader::vm)?),
+        "vm_pool" if keep_vm_pool => once(&mut vm_pool, p.map(Reader::vm)?),
+        "vm_pool" => once(&mut vm_pool, p.check_map(Reader::vm)?),
         _ => {
             let value = p.any_value()?;
             extra.insert(key.into_owned(), value);
@@ -250,6 +262,12 @@ impl<'a> Reader<'a> {
             Some(())
         })?;
         Some(BTreeMap::from_iter(entries))
+    }
+
+    /// Reads a map as `map` does, dropping each entry once read: an empty map if all read.
+    fn check_map<T>(&mut self, entry: fn(&mut Self) -> Option<T>) -> Option<BTreeMap<String, T>> {
+        self.object(|p, _| entry(p).map(drop))?;
+        Some(BTreeMap::new())
     }
 
     /// A string: borrowed when it has no escapes; with escapes, serde_json decodes it. A raw
@@ -778,6 +796,25 @@ mod tests {
                 r#"{{"vm_pool": {{"v": {{"size": "s", "capacity": 1, "region": "r", "created_at": "{t}"}}}}}}"#
             ));
         }
+    }
+
+    #[test]
+    fn sessions_only_reads_the_same_sessions_and_checks_the_vms() {
+        let pretty = serde_json::to_string_pretty(&varied_state()).unwrap();
+        for text in [PYTHON_STATE, pretty.as_str()] {
+            let mut whole = parse(text).unwrap();
+            assert!(!whole.vm_pool.is_empty());
+            whole.vm_pool.clear();
+            assert_eq!(parse_sessions_only(text), Some(whole));
+        }
+        let broken = PYTHON_STATE.replace(
+            "\"created_at\": \"2025-11-25T14:30:00\"",
+            "\"created_at\": \"yesterday\"",
+        );
+        assert_ne!(broken, PYTHON_STATE);
+        assert_eq!(parse_sessions_only(&broken), None);
+        let repeated = PYTHON_STATE.replace("\"written_by\"", "\"vm_pool\": {}, \"x\"");
+        assert_eq!(parse_sessions_only(&repeated), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn assert_corrupt_everywhere(env: &TestEnv, content: &[u8], detail: &str) {
     std::fs::write(env.state_path(), content).unwrap();
     for args in [
         &["list"][..],
+        &["list", "--no-refresh", "--json"],
         &["status"],
         &["start", "--no-context", "x"],
         &["kill", "sess-1"],
