@@ -19,7 +19,6 @@ pub fn write_sessions<W: Write + ?Sized>(
     sessions: &[&Session],
     unreachable: impl Fn(&Session) -> bool,
 ) -> io::Result<()> {
-    // One write per element: a writer call per token costs more than the copying.
     write_array(out, 0, sessions, |buf, s| {
         write_session(buf, s, unreachable(s))
     })
@@ -57,7 +56,12 @@ pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) ->
     out.write_all(&buf)
 }
 
-/// `[ item, ... ]` whose items sit at `depth + 1`, each built in one buffer and written whole.
+/// Items are gathered into chunks of about this size before a write: a writer call per
+/// token, or per item, costs more than the copying; and a chunk at least as large as the
+/// buffer of a `BufWriter` goes straight through it instead of being copied again.
+const CHUNK: usize = 64 * 1024;
+
+/// `[ item, ... ]` whose items sit at `depth + 1`.
 fn write_array<W: Write + ?Sized, T>(
     out: &mut W,
     depth: usize,
@@ -67,15 +71,16 @@ fn write_array<W: Write + ?Sized, T>(
     if items.is_empty() {
         return out.write_all(b"[]");
     }
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
     for (i, t) in items.iter().enumerate() {
-        buf.clear();
         buf.extend_from_slice(if i == 0 { b"[\n" } else { b",\n" });
         buf.extend_from_slice(indent(depth + 1));
         item(&mut buf, t);
-        out.write_all(&buf)?;
+        if buf.len() >= CHUNK {
+            out.write_all(&buf)?;
+            buf.clear();
+        }
     }
-    buf.clear();
     buf.push(b'\n');
     buf.extend_from_slice(indent(depth));
     buf.push(b']');
@@ -633,6 +638,20 @@ mod tests {
             .into(),
         );
         assert_same(&pool_status(&st, &live, now));
+    }
+
+    #[test]
+    fn long_lists_are_written_whole_across_chunks() {
+        let mut all = Vec::new();
+        for i in 0..400 {
+            let mut s = session(&format!("sess-{i:04}"), "vm-1", SessionStatus::Running);
+            s.prompt = AWKWARD.repeat(1 + i % 3);
+            all.push(s);
+        }
+        let refs: Vec<&Session> = all.iter().collect();
+        let text = by_hand(&refs, |s| s.session_id.ends_with('7'));
+        assert!(text.len() > 3 * CHUNK, "{}", text.len());
+        assert_eq!(text, by_serde(&refs, |s| s.session_id.ends_with('7')));
     }
 
     #[test]
