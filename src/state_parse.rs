@@ -1,9 +1,10 @@
 //! Reads the state file's JSON by hand, for the shape we and the Python original write.
 //!
 //! Why: serde_json's derive-driven parse was two thirds of `list --json` on 10,000 sessions.
-//! This reader does the same work in a third of the instructions: it skips pretty-printing
-//! whitespace in tight loops, finds the end of a string 8 bytes at a time, matches field
-//! names directly and builds the model without serde's visitor layers.
+//! This reader does the same work with a third fewer instructions (95 M against 148 M, most
+//! of the rest being allocation and copying of the model's strings): it skips
+//! pretty-printing whitespace in tight loops, finds the end of a string 8 bytes at a time,
+//! matches field names directly and builds the model without serde's visitor layers.
 //!
 //! It answers only when sure: for anything it does not handle exactly as serde_json and our
 //! derives would (escaped or misplaced characters it cannot vouch for, a missing or repeated
