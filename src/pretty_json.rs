@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::model::{Backend, Session, TimestampText, VmState};
-use crate::render::{PoolStatus, VmStatus};
+use crate::render::{CapacitySummary, PoolStatus, SessionCounts, VmStatus};
 
 /// Writes `sessions` as a pretty JSON array (no trailing newline), with
 /// `"vm_unreachable": true` after the fields of each session `unreachable` picks.
@@ -26,11 +26,26 @@ pub fn write_sessions<W: Write + ?Sized>(
 
 /// Writes `status` as a pretty JSON object (no trailing newline).
 pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) -> io::Result<()> {
+    // No `..` here and below: a field added to these structs fails to compile until written.
     let PoolStatus {
         vms,
         sessions,
         capacity,
     } = status;
+    let SessionCounts {
+        total,
+        pending,
+        running,
+        completed,
+        failed,
+        killed,
+        other,
+    } = sessions;
+    let CapacitySummary {
+        used,
+        total: slots,
+        available,
+    } = capacity;
     let mut buf = Vec::with_capacity(1024);
     buf.extend_from_slice(b"{\n  \"vms\": ");
     out.write_all(&buf)?;
@@ -38,19 +53,23 @@ pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) ->
     buf.clear();
     buf.extend_from_slice(b",\n  \"sessions\": ");
     let mut o = Object::open(&mut buf, 1);
-    o.unsigned(b"total", sessions.total as u64);
-    o.unsigned(b"pending", sessions.pending as u64);
-    o.unsigned(b"running", sessions.running as u64);
-    o.unsigned(b"completed", sessions.completed as u64);
-    o.unsigned(b"failed", sessions.failed as u64);
-    o.unsigned(b"killed", sessions.killed as u64);
-    o.unsigned(b"other", sessions.other as u64);
+    for (name, count) in [
+        (b"total".as_slice(), total),
+        (b"pending", pending),
+        (b"running", running),
+        (b"completed", completed),
+        (b"failed", failed),
+        (b"killed", killed),
+        (b"other", other),
+    ] {
+        o.unsigned(name, *count as u64);
+    }
     o.close();
     buf.extend_from_slice(b",\n  \"capacity\": ");
     let mut o = Object::open(&mut buf, 1);
-    o.unsigned(b"used", u64::from(capacity.used));
-    o.unsigned(b"total", u64::from(capacity.total));
-    o.unsigned(b"available", u64::from(capacity.available));
+    o.unsigned(b"used", u64::from(*used));
+    o.unsigned(b"total", u64::from(*slots));
+    o.unsigned(b"available", u64::from(*available));
     o.close();
     buf.extend_from_slice(b"\n}");
     out.write_all(&buf)
