@@ -8,9 +8,13 @@
 //! 3. Bounded fan-out: `list` and `status` over 64 VMs with the stand-in sleeping 2 s per
 //!    call, with the number of calls in flight at once.
 //! 4. State transactions: 32 processes doing 50 locked transactions each.
+//! 5. Results home: `report` and `pull --all` over 8 finished sessions on 2 VMs (azlin calls and
+//!    time), and `output` of an archived session (no call).
+//! 6. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
+//!    state file was lost, and again once it is whole.
 //!
-//! `cargo bench --bench perf -- read|remote|fanout|tx` runs one section; `-- read 1000 10000` picks the
-//! state sizes of the read path.
+//! `cargo bench --bench perf -- read|remote|fanout|tx|results|sync` runs one section; `-- read
+//! 1000 10000` picks the state sizes of the read path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -74,6 +78,9 @@ fn synthetic_state(n: usize) -> State {
                 backend: Default::default(),
                 state: Default::default(),
                 error: None,
+                resource_group: None,
+                owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );
@@ -112,6 +119,10 @@ fn synthetic_state(n: usize) -> State {
                 error: None,
                 repo_path: None,
                 base_commit: None,
+                owner: None,
+                kill_request: None,
+                archived_at: None,
+                pulled_commit: None,
                 extra: Default::default(),
             },
         );
@@ -257,8 +268,14 @@ impl FakeWorld {
     fn cmd(&self, delay: &str, args: &[&str]) -> Command {
         let r = self.dir.path();
         let mut c = Command::new(BIN);
+        // In the git repository when there is one (`with_repo`), so starts send it.
+        let cwd = if r.join("work/.git").exists() {
+            r.join("work")
+        } else {
+            r.to_path_buf()
+        };
         c.env_clear()
-            .current_dir(r)
+            .current_dir(cwd)
             .env(
                 "PATH",
                 format!("{}/bin:/usr/local/bin:/usr/bin:/bin", r.display()),
@@ -276,6 +293,77 @@ impl FakeWorld {
             .arg("remote")
             .args(args);
         c
+    }
+
+    /// Makes `work/` a git repository with one commit; commands run there from now on.
+    fn with_repo(self) -> Self {
+        let w = self.dir.path().join("work");
+        std::fs::create_dir_all(&w).unwrap();
+        std::fs::write(w.join("README.md"), "bench\n").unwrap();
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "."],
+            &[
+                "-c",
+                "user.name=b",
+                "-c",
+                "user.email=b@example.invalid",
+                "commit",
+                "-qm",
+                "init",
+            ],
+        ] {
+            assert!(
+                Command::new("git")
+                    .arg("-C")
+                    .arg(&w)
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        self
+    }
+
+    /// Waits until every session in the state has recorded its exit code on its VM (no
+    /// command of ours sees it: nothing is archived yet).
+    fn wait_all_recorded(&self) {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("state.json")).unwrap())
+                .unwrap();
+        let start = Instant::now();
+        for (id, s) in st["sessions"].as_object().unwrap() {
+            let vm = s["vm_name"].as_str().unwrap();
+            let exit_code = self
+                .dir
+                .path()
+                .join("azlin/vms")
+                .join(vm)
+                .join("home/.amplihack/remote/sessions")
+                .join(id)
+                .join("exit_code");
+            while !exit_code.exists() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "{id} never ended"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn session_ids(&self) -> Vec<String> {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.dir.path().join("state.json")).unwrap())
+                .unwrap();
+        st["sessions"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 
     fn calls(&self) -> usize {
@@ -475,6 +563,115 @@ fn fan_out() {
     println!();
 }
 
+/// 8 sessions that each made a commit, finished on 2 L VMs, not seen by any command yet.
+fn eight_finished() -> FakeWorld {
+    let w = FakeWorld::new().with_repo();
+    w.setup(&["prime", "--count", "2", "--vm-size", "l"]);
+    let mut args = vec!["start", "--size", "l"];
+    args.extend(["COMMIT=1 LINES=200"; 8]);
+    w.setup(&args);
+    w.wait_all_recorded();
+    w
+}
+
+fn results() {
+    println!(
+        "## Results home (8 finished sessions on 2 L VMs; stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| command | time | azlin calls | one session at a time would need |");
+    println!("|---|---:|---:|---|");
+    let row = |name: &str, runs: Vec<(Duration, usize, i32)>, naive: &str| {
+        assert!(runs.iter().all(|r| r.2 == 0), "{name} failed: {runs:?}");
+        let calls = runs[0].1;
+        assert!(runs.iter().all(|r| r.1 == calls), "{name}: {runs:?}");
+        let t = median(runs.into_iter().map(|r| r.0).collect());
+        let shown = if t < Duration::from_secs(1) {
+            format!("{} ms", ms(t))
+        } else {
+            format!("{:.2} s", t.as_secs_f64())
+        };
+        println!("| {name} | {shown} | {calls} | {naive} |");
+    };
+    let worlds: Vec<FakeWorld> = (0..3).map(|_| eight_finished()).collect();
+    let runs = worlds.iter().map(|w| w.timed(&["report"])).collect();
+    row(
+        "`report`, first sight of the 8 ended sessions (archives them all)",
+        runs,
+        "`list` + 8 × (`output` + `pull`): 17 calls, 34 s",
+    );
+    let runs = worlds.iter().map(|w| w.timed(&["pull", "--all"])).collect();
+    row(
+        "`pull --all` of the 8, archived by that report",
+        runs,
+        "8 calls, 16 s",
+    );
+    let worlds: Vec<FakeWorld> = (0..3).map(|_| eight_finished()).collect();
+    let runs = worlds.iter().map(|w| w.timed(&["pull", "--all"])).collect();
+    row(
+        "`pull --all` of the 8, not archived yet (archives them)",
+        runs,
+        "8 calls, 16 s",
+    );
+    let runs = worlds.iter().map(|w| w.timed(&["report"])).collect();
+    row("`report` again (nothing left to ask)", runs, "2 calls");
+    println!();
+
+    let w = &worlds[0];
+    let id = w.session_ids().remove(0);
+    let mut times = Vec::new();
+    for _ in 0..31 {
+        w.clear_calls();
+        let (t, _, code) = measure(&mut w.cmd("2", &["output", &id]));
+        assert_eq!(code, 0);
+        assert_eq!(w.calls(), 0, "output of an archived session makes no call");
+        times.push(t);
+    }
+    println!(
+        "`output` of an archived session (its 200-line log; median of 31 runs): **{} ms, 0 azlin calls** (the stand-in sleeps 2 s per call: a call would show).\n",
+        ms(median(times))
+    );
+}
+
+fn sync() {
+    println!(
+        "## `sync` of 4 L VMs holding 16 sessions (stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| state before | time | azlin calls | sessions after |");
+    println!("|---|---:|---:|---:|");
+    let w = FakeWorld::new();
+    w.setup(&["prime", "--count", "4", "--vm-size", "l"]);
+    let mut start = vec!["start", "--no-context"];
+    start.extend(std::iter::repeat_n("SLEEP=600", 16));
+    w.setup(&start);
+    let state_path = w.dir.path().join("state.json");
+    let sessions = || {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+        st["sessions"].as_object().unwrap().len()
+    };
+    assert_eq!(sessions(), 16);
+    let row = |name: &str, runs: Vec<(Duration, usize, i32)>| {
+        assert!(runs.iter().all(|r| r.2 == 0), "{name} failed: {runs:?}");
+        let calls = runs[0].1;
+        let t = median(runs.into_iter().map(|r| r.0).collect());
+        println!(
+            "| {name} | {:.2} s | {calls} | {} |",
+            t.as_secs_f64(),
+            sessions()
+        );
+    };
+    let lost = (0..3)
+        .map(|_| {
+            std::fs::remove_file(&state_path).unwrap();
+            w.timed(&["sync"])
+        })
+        .collect();
+    row("lost (no state file)", lost);
+    let whole = (0..3).map(|_| w.timed(&["sync"])).collect();
+    row("whole (nothing to change)", whole);
+    println!();
+}
+
 fn transactions() {
     println!("## State transactions (32 processes x 50 locked read-modify-write transactions)\n");
     let dir = tempfile::tempdir().unwrap();
@@ -533,7 +730,7 @@ fn main() {
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "fanout", "tx"].contains(&a.as_str()))
+        .find(|a| ["read", "remote", "fanout", "tx", "results", "sync"].contains(&a.as_str()))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -560,6 +757,12 @@ fn main() {
     }
     if run("tx") {
         transactions();
+    }
+    if run("results") {
+        results();
+    }
+    if run("sync") {
+        sync();
     }
 }
 

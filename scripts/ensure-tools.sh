@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what amplihack remote needs on this machine when it is missing: tmux (sessions run
-# in it) and git (context bundles). Uses apt-get (as root, or through sudo), dnf or brew.
+# in it) and git (context bundles). With --for-tests also what the test suite uses: shellcheck
+# (checks the scripts that run on VMs) and zsh and fish (check the completion scripts it
+# generates). Uses apt-get (as root, or through sudo), dnf or brew.
 set -euo pipefail
+tools=(tmux git)
+[ "${1:-}" = --for-tests ] && tools+=(shellcheck zsh fish)
 missing=()
-for tool in tmux git; do
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0

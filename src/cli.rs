@@ -1,6 +1,8 @@
 //! The command line: clap types only. Validation that clap can express lives here, so bad
 //! arguments exit 2 with clap's own messages before anything runs.
 
+use std::ffi::OsString;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::naming;
@@ -9,7 +11,9 @@ use crate::naming;
 #[command(
     name = "amplihack",
     version,
-    about = "Run AI coding-agent tasks as detached tmux sessions on a pool of Azure VMs"
+    about = "Run AI coding-agent tasks as detached tmux sessions on a pool of Azure VMs",
+    allow_external_subcommands = true,
+    after_help = OTHER_COMMANDS
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -24,7 +28,13 @@ pub enum TopCommand {
         #[command(subcommand)]
         command: RemoteCommand,
     },
+    /// Any other command, handed with its arguments to the Python amplihack (src/forward.rs)
+    #[command(external_subcommand)]
+    External(Vec<OsString>),
 }
+
+/// Kept word for word with `forward::GET_THE_REST` (a test checks).
+const OTHER_COMMANDS: &str = "This amplihack provides `amplihack remote`. Every other command (amplihack claude, amplihack launch, ...) is handed, arguments intact, to the next `amplihack` on PATH that is not this binary: the Python amplihack. To get those commands, install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing).";
 
 const REMOTE_EXAMPLES: &str = "\
 Examples:
@@ -33,7 +43,10 @@ Examples:
   amplihack remote list --status running
   amplihack remote output sess-20251125-143022-abc1 --follow
   amplihack remote kill sess-20251125-143022-abc1
-  amplihack remote status --json";
+  amplihack remote status --json
+  amplihack remote report
+  amplihack remote pull --all
+  amplihack remote sync";
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
@@ -72,17 +85,61 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote prune --dry-run\n  amplihack remote prune --idle-minutes 60 --yes"
     )]
     Prune(PruneArgs),
-    /// Fetch a session's git history into the local repository as branch amplihack/<session-id>
-    #[command(after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1")]
-    Pull(SessionArg),
+    /// Fetch sessions' commits into the local repository as branches amplihack/<session-id>
+    #[command(
+        after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
+    )]
+    Pull(PullArgs),
+    /// What each recent session produced: status, exit, duration, commits, changes
+    #[command(
+        after_help = "Examples:\n  amplihack remote report\n  amplihack remote report --since 12h\n  amplihack remote report --status completed --json"
+    )]
+    Report(ReportArgs),
     /// Attach this terminal to a session's tmux session (detach with Ctrl-b d)
     #[command(after_help = "Examples:\n  amplihack remote attach sess-20251125-143022-abc1")]
     Attach(SessionArg),
+    /// Block until sessions end, printing each end as it happens (exit 0 only if all completed)
+    #[command(
+        after_help = "Examples:\n  amplihack remote wait\n  amplihack remote wait sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote wait --all --timeout 3600 --json"
+    )]
+    Wait(WaitArgs),
+    /// Rebuild and merge the state from the pool VMs, which hold the truth about their sessions
+    #[command(
+        after_help = "Examples:\n  amplihack remote sync\n  amplihack remote sync --dry-run\n  amplihack remote sync --json"
+    )]
+    Sync(SyncArgs),
+    /// Print the shell completion script for SHELL on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote completions bash > ~/.local/share/bash-completion/completions/amplihack\n  amplihack remote completions zsh > ~/.zfunc/_amplihack\n  amplihack remote completions fish > ~/.config/fish/completions/amplihack.fish"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) on stdout
+    #[command(
+        after_help = "Examples:\n  amplihack remote man | man -l -\n  amplihack remote man > ~/.local/share/man/man1/amplihack-remote.1"
+    )]
+    Man,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StatusFilter {
     Pending,
+    Queued,
     Running,
     Completed,
     Failed,
@@ -168,6 +225,13 @@ pub struct StartArgs {
     /// Print the sessions of this start as JSON
     #[arg(long)]
     pub json: bool,
+    /// The most pool VMs of the region this start may end up with; prompts beyond their free
+    /// slots wait in a VM's queue instead of provisioning more [env: AMPLIHACK_REMOTE_MAX_VMS]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_vms: Option<u32>,
+    /// Fail the prompts that find no free slot instead of queueing them
+    #[arg(long)]
+    pub no_queue: bool,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +308,77 @@ pub struct PruneArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Delete a VM even when the results of its finished sessions could not be archived
+    /// (they are lost)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Sessions whose commits to fetch (each becomes branch amplihack/<session-id>)
+    #[arg(
+        value_name = "SESSION_ID",
+        value_parser = parse_session_id,
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub session_ids: Vec<String>,
+    /// Every finished session of this repository with commits not pulled yet
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Sessions that ended within this long ago (plus every one still running): 30m, 12h, 2d
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: chrono::Duration,
+    /// Filter by status
+    #[arg(long, value_enum, default_value_t = StatusFilter::All)]
+    pub status: StatusFilter,
+    /// Output as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub refresh: RefreshArgs,
+}
+
+fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    crate::report::parse_duration(s)
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Sessions to wait for [default: every session pending or running now]
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_ids: Vec<String>,
+    /// Wait for every session pending or running now (the default without ids)
+    #[arg(long, conflicts_with = "session_ids")]
+    pub all: bool,
+    /// Give up after this many seconds (exit 1, "timed out")
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Option<f64>,
+    /// Print each ended session as one JSON object per line (JSON Lines)
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err("expected a number of seconds above 0".into()),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Print what was added, settled and could not be reached as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Ask the VMs and show what would change; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn parse_prompt(s: &str) -> Result<String, String> {
@@ -303,6 +438,46 @@ mod tests {
     }
 
     #[test]
+    fn unknown_commands_are_external_with_their_arguments_intact() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"\xff\xfe raw");
+        let cli = Cli::try_parse_from([
+            std::ffi::OsStr::new("amplihack"),
+            "claude".as_ref(),
+            "--help".as_ref(),
+            "a b".as_ref(),
+            odd,
+        ])
+        .unwrap();
+        let TopCommand::External(args) = cli.command else {
+            panic!("not external: {:?}", cli.command)
+        };
+        assert_eq!(
+            args,
+            vec![
+                "claude".into(),
+                "--help".into(),
+                "a b".into(),
+                odd.to_os_string()
+            ]
+        );
+        // Our own commands and flags are never forwarded.
+        assert!(matches!(
+            parse(&["remote", "list"]).unwrap().command,
+            TopCommand::Remote { .. }
+        ));
+        assert_eq!(parse(&["--version"]).unwrap_err().exit_code(), 0);
+        assert_eq!(parse(&["--bogus"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn help_says_where_the_other_commands_are() {
+        assert!(OTHER_COMMANDS.contains(crate::forward::GET_THE_REST));
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Python amplihack"), "{help}");
+    }
+
+    #[test]
     fn short_flags_and_bad_values() {
         assert!(parse(&["remote", "output", "sess-1", "-n", "5", "-f"]).is_ok());
         for bad in [
@@ -317,6 +492,10 @@ mod tests {
             &["remote", "kill", "sess;rm -rf /"],
             &["remote", "kill", "../etc"],
             &["remote", "kill", "-f", "sess-1"],
+            &["remote", "wait", "--timeout", "0"],
+            &["remote", "wait", "--timeout", "soon"],
+            &["remote", "wait", "--all", "sess-1"],
+            &["remote", "wait", "sess;1"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} must be rejected"));
             assert_eq!(err.exit_code(), 2, "{bad:?}");

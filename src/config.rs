@@ -6,11 +6,14 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::Backend;
 use crate::naming;
+use crate::pool::PriceTable;
 
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
 pub const DEFAULT_REMOTE_WORKSPACE: &str = "/workspace";
 pub const DEFAULT_PARALLEL: usize = 16;
+/// How much of a session's log its archive keeps: the last 64 MiB.
+pub const DEFAULT_ARCHIVE_LOG_CAP: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -35,16 +38,34 @@ pub struct Settings {
     pub local_slots: Option<u32>,
     /// Words that replace `amplihack claude`; `None` means the default agent.
     pub agent_override: Option<Vec<String>>,
+    /// The default agent: `amplihack claude`, resolved by the VM's PATH. A local start puts the
+    /// absolute path of the Python amplihack first instead (`Ctx::for_start`).
+    pub default_agent: Vec<String>,
     pub api_key: Option<String>,
     pub user: String,
     pub timeouts: Timeouts,
+    /// How often a stream (`output --follow`, `wait`) checks on the VM for news.
     pub follow_interval: Duration,
+    /// How long a stream may stay silent (heartbeats included) before its connection is taken
+    /// for dead and reopened.
+    pub stream_silence: Duration,
+    /// How long `output --follow` and `wait` keep reconnecting before they give up (exit 4).
+    pub reconnect_for: Duration,
+    /// `AMPLIHACK_REMOTE_MAX_VMS`: the most pool VMs of a region a start may end up with.
+    pub max_vms: Option<u32>,
     pub kill_grace_secs: u32,
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
     /// Most azlin calls in flight at once in a fan-out over VMs (each one starts `az`).
     pub parallel: usize,
+    /// Where finished sessions' results are kept (`AMPLIHACK_REMOTE_ARCHIVE`); `None`: the
+    /// `remote-archive` directory beside the state file.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// The most bytes of a session's log its archive keeps (the last part).
+    pub archive_log_cap: u64,
+    /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
+    pub prices: PriceTable,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -118,13 +139,35 @@ impl Settings {
             "a number of seconds above 0",
         )?
         .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(5));
+        .unwrap_or(Duration::from_millis(200));
+        let stream_silence = number::<f64>(
+            "AMPLIHACK_REMOTE_STREAM_TIMEOUT",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(45));
+        let reconnect_for = number::<f64>(
+            "AMPLIHACK_REMOTE_RECONNECT_FOR",
+            "a number of seconds above 0",
+        )?
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(300));
         let new_vm_ssh_retry_delay = number::<f64>(
             "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
             "a number of seconds above 0",
         )?
         .map(Duration::from_secs_f64)
         .unwrap_or(Duration::from_secs(15));
+        let prices = match var("AMPLIHACK_REMOTE_PRICES") {
+            None => PriceTable::default(),
+            Some(text) => PriceTable::with_overrides(&text).map_err(|e| {
+                bad(
+                    "AMPLIHACK_REMOTE_PRICES",
+                    &text,
+                    &format!("SKU=USD_PER_HOUR pairs separated by commas, e.g. Standard_E16s_v5=1.10 ({e})"),
+                )
+            })?,
+        };
         Ok(Settings {
             backend,
             region,
@@ -135,6 +178,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_REMOTE_WORKSPACE.into()),
             local_slots: number::<u32>("AMPLIHACK_LOCAL_SLOTS", "a whole number above 0")?,
             agent_override,
+            default_agent: vec!["amplihack".into(), "claude".into()],
             api_key: std::env::var("ANTHROPIC_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),
@@ -152,11 +196,21 @@ impl Settings {
                 local_git: t(300),
             },
             follow_interval,
+            stream_silence,
+            reconnect_for,
+            max_vms: number::<u32>("AMPLIHACK_REMOTE_MAX_VMS", "a whole number above 0")?,
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
             parallel: number::<usize>("AMPLIHACK_REMOTE_PARALLEL", "a whole number of 1 or more")?
                 .unwrap_or(DEFAULT_PARALLEL),
+            archive_dir: var("AMPLIHACK_REMOTE_ARCHIVE").map(std::path::PathBuf::from),
+            archive_log_cap: number::<u64>(
+                "AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP",
+                "a number of bytes above 0",
+            )?
+            .unwrap_or(DEFAULT_ARCHIVE_LOG_CAP),
+            prices,
         })
     }
 
@@ -171,10 +225,18 @@ impl Settings {
         out
     }
 
+    /// How streams pace themselves on the VM: a heartbeat three times per silence allowance.
+    pub fn stream_pace(&self) -> crate::script::Pace {
+        crate::script::Pace {
+            check_every: self.follow_interval,
+            beat_every: (self.stream_silence / 3).max(Duration::from_secs(1)),
+        }
+    }
+
     /// The agent command words (before `--<command> --max-turns N -- -p PROMPT`).
     pub fn agent_words(&self) -> Vec<String> {
         self.agent_override
             .clone()
-            .unwrap_or_else(|| vec!["amplihack".into(), "claude".into()])
+            .unwrap_or_else(|| self.default_agent.clone())
     }
 }

@@ -1,5 +1,5 @@
 //! The local git side: the repository a session starts from (sent as a bundle of HEAD), the
-//! secret scan of what is sent, and bringing a session's commits home (`pull`).
+//! secret scan of what is sent, and fetching a session's commits from a bundle (`pull`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +12,7 @@ fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<exec::Output> {
     let mut argv = vec!["-C".to_string(), dir.to_string_lossy().into_owned()];
     argv.extend(args.iter().map(|a| a.to_string()));
     let cmd = Cmd::new("git", argv, timeout);
-    let out = exec::run_checked_spawn(&cmd).map_err(|e| match e {
+    let out = exec::run_any_exit(&cmd).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             Error::Failed("git is not installed; install git, or pass --no-context".into())
         }
@@ -176,11 +176,44 @@ pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
 
 pub struct Pulled {
     pub branch: String,
+    /// The branch's tip: the session's head commit that came home.
+    pub head: String,
     pub commits: u64,
     pub files_changed: u64,
 }
 
-/// Fetches the commits of a bundle into `repo` as `branch` and counts what came.
+/// Fetches the commits of the git bundle in `file` into `repo` as `branch` and counts what
+/// came.
+pub fn fetch_bundle_file(
+    repo: &Path,
+    file: &Path,
+    base: &str,
+    branch: &str,
+    timeout: Duration,
+) -> Result<Pulled> {
+    let file_arg = file.to_string_lossy().into_owned();
+    let refspec = format!("+HEAD:refs/heads/{branch}");
+    git_ok(
+        repo,
+        &["fetch", "--quiet", "--no-tags", &file_arg, &refspec],
+        timeout,
+    )?;
+    let head = git_ok(repo, &["rev-parse", "--verify", branch], timeout)?;
+    let range = format!("{base}..{branch}");
+    let commits = git_ok(repo, &["rev-list", "--count", &range], timeout)?
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let files = git_ok(repo, &["diff", "--name-only", base, branch], timeout)?;
+    Ok(Pulled {
+        branch: branch.into(),
+        head,
+        commits,
+        files_changed: files.lines().count() as u64,
+    })
+}
+
+/// `fetch_bundle_file` for a bundle in memory (a running session's commits so far).
 pub fn fetch_bundle(
     repo: &Path,
     bundle: &[u8],
@@ -191,24 +224,7 @@ pub fn fetch_bundle(
     let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temp directory", e))?;
     let file = dir.path().join("pull.bundle");
     std::fs::write(&file, bundle).map_err(|e| Error::io("cannot write the bundle", e))?;
-    let file_arg = file.to_string_lossy().into_owned();
-    let refspec = format!("+HEAD:refs/heads/{branch}");
-    git_ok(
-        repo,
-        &["fetch", "--quiet", "--no-tags", &file_arg, &refspec],
-        timeout,
-    )?;
-    let range = format!("{base}..{branch}");
-    let commits = git_ok(repo, &["rev-list", "--count", &range], timeout)?
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let files = git_ok(repo, &["diff", "--name-only", base, branch], timeout)?;
-    Ok(Pulled {
-        branch: branch.into(),
-        commits,
-        files_changed: files.lines().count() as u64,
-    })
+    fetch_bundle_file(repo, &file, base, branch, timeout)
 }
 
 #[cfg(test)]

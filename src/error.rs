@@ -24,8 +24,24 @@ pub enum Error {
     #[error("Session '{0}' not found. Run 'amplihack remote list' to see tracked sessions.")]
     SessionNotFound(String),
 
+    /// `output` found neither a tmux session nor a log of the session on its VM.
+    #[error(
+        "Session not found on VM '{vm}': {id} has no tmux session and no output log there (it crashed, never launched, or was removed externally; status: {status}). Check its status with 'amplihack remote list'; if it completed or failed, retrieve its results with 'amplihack remote pull {id}'."
+    )]
+    SessionNotOnVm {
+        id: String,
+        vm: String,
+        status: String,
+    },
+
     #[error("VM '{vm}' is not reachable: {detail}")]
     VmUnreachable { vm: String, detail: String },
+
+    /// `sync` asked pool VMs and none answered; carries their names.
+    #[error(
+        "No VM answered (asked: {0}); the state keeps their sessions as last known. Start stopped VMs with 'azlin start NAME', check them with 'azlin list', then run 'amplihack remote sync' again."
+    )]
+    NoVmAnswered(String),
 
     #[error(
         "VM '{vm}' no longer exists in Azure ({detail}). Run 'amplihack remote prune' to drop it from the pool."
@@ -42,9 +58,8 @@ pub enum Error {
 
     #[error(
         "State file corrupt: {path}: {detail}\n\
-         Recovery: the file was left untouched. Inspect or repair it, or move it aside \
-         (mv '{path}' '{path}.corrupt') and run any command to start with an empty state; \
-         VMs still running can be found with 'azlin list' and deleted with 'azlin kill NAME --force'."
+         Recovery: the file was left untouched. Move it aside (mv '{path}' '{path}.corrupt'), \
+         then run 'amplihack remote sync' to rebuild it from the VMs; or repair it by hand."
     )]
     StateCorrupt { path: PathBuf, detail: String },
 
@@ -55,6 +70,12 @@ pub enum Error {
         "ANTHROPIC_API_KEY is not set. Export your Anthropic API key first: export ANTHROPIC_API_KEY=sk-ant-..."
     )]
     MissingApiKey,
+
+    #[error(
+        "the local backend runs `amplihack claude` on this machine, but no amplihack other than this one is on PATH: {}, or set AMPLIHACK_REMOTE_AGENT to the agent's command line",
+        crate::forward::GET_THE_REST
+    )]
+    LocalAgentMissing,
 
     #[error(
         "azlin not found ({0}). Install azlin (https://github.com/rysweet/azlin) or set AMPLIHACK_AZLIN to its path; use --local to run sessions on this machine."
@@ -99,14 +120,15 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidArgs(_) => 2,
-            Error::SessionNotFound(_) => 3,
-            Error::VmUnreachable { .. } | Error::VmNotFound { .. } => 4,
+            Error::SessionNotFound(_) | Error::SessionNotOnVm { .. } => 3,
+            Error::VmUnreachable { .. } | Error::VmNotFound { .. } | Error::NoVmAnswered(_) => 4,
             Error::QuotaExceeded { .. } => 5,
             Error::Interrupted => 130,
             Error::SessionsFailed { code, .. } => *code,
             Error::StateCorrupt { .. }
             | Error::StateAccess { .. }
             | Error::MissingApiKey
+            | Error::LocalAgentMissing
             | Error::AzlinMissing(_)
             | Error::AzureAuth(_)
             | Error::NoResourceGroup
@@ -121,6 +143,32 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// The same failure again, for reporting it once per session it hit (one unreachable VM
+    /// fails all its sessions). Keeps the exit code; kinds with a source keep its message.
+    pub fn replicate(&self) -> Error {
+        match self {
+            Error::InvalidArgs(m) => Error::InvalidArgs(m.clone()),
+            Error::SessionNotFound(id) => Error::SessionNotFound(id.clone()),
+            Error::VmUnreachable { vm, detail } => Error::VmUnreachable {
+                vm: vm.clone(),
+                detail: detail.clone(),
+            },
+            Error::VmNotFound { vm, detail } => Error::VmNotFound {
+                vm: vm.clone(),
+                detail: detail.clone(),
+            },
+            Error::QuotaExceeded { detail } => Error::QuotaExceeded {
+                detail: detail.clone(),
+            },
+            Error::Interrupted => Error::Interrupted,
+            other if other.exit_code() == 1 => Error::Failed(other.to_string()),
+            other => Error::SessionsFailed {
+                code: other.exit_code(),
+                message: other.to_string(),
+            },
         }
     }
 
@@ -160,8 +208,10 @@ mod tests {
                 detail: "d".into(),
             },
             Error::QuotaExceeded { detail: "d".into() },
+            Error::NoVmAnswered("v".into()),
             Error::Interrupted,
             Error::MissingApiKey,
+            Error::LocalAgentMissing,
             Error::Failed("x".into()),
         ];
         for e in samples {

@@ -6,12 +6,14 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::interrupt;
+use crate::model::Owner;
 
 /// What a Ctrl+C does to a call in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +182,109 @@ pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
     })
 }
 
-/// `run`, with failures to start, time-outs and interrupts turned into `Error`s.
-pub fn run_checked_spawn(cmd: &Cmd) -> Result<Output> {
+/// Runs a command whose stdout is a stream: each chunk goes to `on_stdout` as it arrives (in
+/// this thread). The call has no overall deadline; `silence` is how long the stream may stay
+/// quiet before it is taken for dead (the remote side sends heartbeats) and stopped as a
+/// timeout. Setting `stop` ends it like an interrupt. An error from `on_stdout` stops the child
+/// and is returned. Stderr is collected.
+pub fn run_streaming(
+    cmd: &Cmd,
+    silence: Duration,
+    stop: &AtomicBool,
+    on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> std::result::Result<Result<Output>, RunError> {
+    use std::sync::mpsc;
+    let mut command = Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn().map_err(RunError::Spawn)?;
+    let pid = child.id();
+    if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
+        thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let reader = thread::spawn(move || {
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 || tx.send(chunk[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let (err_buf, err_thread) = drain(child.stderr.take().expect("piped stderr"));
+    let end = |child: &mut std::process::Child| {
+        kill_group(pid);
+        let _ = child.wait();
+    };
+    let mut quiet_since = Instant::now();
+    // A process the child started may hold its stdout open after it exited: read what comes
+    // for a moment, then stop waiting for the end of the stream.
+    let mut exited_at: Option<Instant> = None;
+    loop {
+        if exited_at.is_none() && matches!(child.try_wait(), Ok(Some(_))) {
+            exited_at = Some(Instant::now());
+        }
+        if exited_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(bytes) => {
+                quiet_since = Instant::now();
+                if let Err(e) = on_stdout(&bytes) {
+                    end(&mut child);
+                    return Ok(Err(e));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let abort = match cmd.on_interrupt {
+            OnInterrupt::Abort => interrupt::count() >= 1,
+            OnInterrupt::FinishUnlessRepeated => interrupt::count() >= 2,
+        };
+        if abort || stop.load(Ordering::SeqCst) {
+            end(&mut child);
+            return Err(RunError::Interrupted);
+        }
+        if quiet_since.elapsed() >= silence {
+            end(&mut child);
+            return Err(RunError::Timeout);
+        }
+    }
+    if exited_at.is_none() {
+        let _ = reader.join();
+    }
+    let status = child.wait().map_err(RunError::Spawn)?;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !err_thread.is_finished() && Instant::now() < settle {
+        thread::sleep(Duration::from_millis(2));
+    }
+    let code = status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    });
+    let stderr = std::mem::take(&mut *err_buf.lock().unwrap());
+    Ok(Ok(Output {
+        code,
+        stdout: Vec::new(),
+        stderr,
+    }))
+}
+
+/// `run`, with failures to start, time-outs and interrupts turned into `Error`s; any exit
+/// code is an `Output` for the caller to judge.
+pub fn run_any_exit(cmd: &Cmd) -> Result<Output> {
     run(cmd).map_err(|e| match e {
         RunError::Spawn(source) => Error::io(format!("cannot run `{}`", cmd.display()), source),
         RunError::Timeout => Error::Timeout {
@@ -194,14 +297,85 @@ pub fn run_checked_spawn(cmd: &Cmd) -> Result<Output> {
 
 /// Runs an interactive program on this terminal (tmux attach): stdio inherited, in our
 /// process group so it can read the terminal. Returns its exit code.
-pub fn run_interactive(program: &OsString, args: &[String]) -> Result<i32> {
+pub fn run_interactive(
+    program: &OsString,
+    args: &[String],
+    env: &[(String, String)],
+) -> Result<i32> {
     // Without TMUX, tmux attaches even from inside another tmux session.
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("TMUX")
         .status()
         .map_err(|e| Error::io(format!("cannot run {}", program.to_string_lossy()), e))?;
     Ok(status.code().unwrap_or(130))
+}
+
+/// Whether the owner of a reservation still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+    /// It ran on another machine: nothing here can tell.
+    Unknown,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+/// `<boot id> <start time in ticks since boot>` of a process (Linux), which no later process
+/// reusing its pid shares. The command name in /proc/PID/stat may hold spaces and parentheses,
+/// so fields are counted after its last ')'.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Field 22 of the line; after the name, field 3 comes first.
+    let ticks = after_name.split_whitespace().nth(19)?;
+    let boot = read_trimmed("/proc/sys/kernel/random/boot_id")?;
+    Some(format!("{boot} {ticks}"))
+}
+
+/// This process, as the owner of the reservations it makes.
+pub fn current_owner() -> Owner {
+    let pid = std::process::id();
+    Owner {
+        pid,
+        host: hostname(),
+        started: process_identity(pid).unwrap_or_default(),
+    }
+}
+
+/// Whether `owner` still runs: the same pid with the same start time, on this machine.
+pub fn liveness(owner: &Owner) -> Liveness {
+    if owner.host != hostname() {
+        return Liveness::Unknown;
+    }
+    if owner.started.is_empty() {
+        // No /proc where it ran: existence of the pid is all we can check.
+        // SAFETY: signal 0 only checks that the process exists.
+        let exists = unsafe { libc::kill(owner.pid as i32, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        return if exists {
+            Liveness::Alive
+        } else {
+            Liveness::Dead
+        };
+    }
+    match process_identity(owner.pid) {
+        Some(id) if id == owner.started => Liveness::Alive,
+        _ => Liveness::Dead,
+    }
 }
 
 #[cfg(test)]
@@ -239,12 +413,93 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_arrives_in_pieces_and_silence_stops_it() {
+        let cmd = Cmd::new(
+            "bash",
+            vec![
+                "-c".into(),
+                "echo one; sleep 0.3; echo two; echo err >&2; exit 3".into(),
+            ],
+            Duration::from_secs(20),
+        );
+        let mut seen = Vec::new();
+        let out = run_streaming(
+            &cmd,
+            Duration::from_secs(10),
+            &AtomicBool::new(false),
+            &mut |b| {
+                seen.push(b.to_vec());
+                Ok(())
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(out.code, 3);
+        assert_eq!(out.stderr, b"err\n");
+        assert_eq!(seen.concat(), b"one\ntwo\n");
+        assert!(
+            seen.len() >= 2,
+            "the first line came before the second was written"
+        );
+        let quiet = Cmd::new(
+            "bash",
+            vec!["-c".into(), "echo hi; sleep 30".into()],
+            Duration::from_secs(60),
+        );
+        let started = Instant::now();
+        let r = run_streaming(
+            &quiet,
+            Duration::from_millis(300),
+            &AtomicBool::new(false),
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(r, Err(RunError::Timeout)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let refused = run_streaming(
+            &quiet,
+            Duration::from_secs(10),
+            &AtomicBool::new(false),
+            &mut |_| Err(Error::Failed("enough".into())),
+        );
+        assert!(matches!(refused, Ok(Err(Error::Failed(_)))));
+        let stopped = run_streaming(
+            &quiet,
+            Duration::from_secs(10),
+            &AtomicBool::new(true),
+            &mut |_| Ok(()),
+        );
+        assert!(matches!(stopped, Err(RunError::Interrupted)));
+    }
+
+    #[test]
     fn missing_program_is_a_spawn_error() {
         let cmd = Cmd::new("/nonexistent/azlin", vec![], Duration::from_secs(1));
         match run(&cmd) {
             Err(RunError::Spawn(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_finished_one_is_dead() {
+        let me = current_owner();
+        assert_eq!(liveness(&me), Liveness::Alive);
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let gone = Owner { pid, ..me.clone() };
+        assert_eq!(liveness(&gone), Liveness::Dead);
+        // Same pid, other start time: a process that reused the pid is not the owner.
+        let reused = Owner {
+            started: format!("{}0", me.started),
+            ..me.clone()
+        };
+        assert_eq!(liveness(&reused), Liveness::Dead);
+        let elsewhere = Owner {
+            host: format!("{}-other", me.host),
+            ..me
+        };
+        assert_eq!(liveness(&elsewhere), Liveness::Unknown);
     }
 
     #[test]

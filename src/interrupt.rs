@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
-static SIGINTS: AtomicUsize = AtomicUsize::new(0);
+static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn install() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -16,7 +16,7 @@ pub fn install() {
         // SAFETY: the handler only does an atomic add, which is async-signal-safe.
         let _ = unsafe {
             signal_hook::low_level::register(signal, || {
-                SIGINTS.fetch_add(1, Ordering::SeqCst);
+                STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
             })
         };
     }
@@ -24,7 +24,7 @@ pub fn install() {
 
 /// How many times Ctrl+C was pressed.
 pub fn count() -> usize {
-    SIGINTS.load(Ordering::SeqCst)
+    STOP_SIGNALS.load(Ordering::SeqCst)
 }
 
 pub fn requested() -> bool {

@@ -1,10 +1,14 @@
 use clap::Parser;
 
-use amplihack::{cli::Cli, interrupt};
+use amplihack::cli::{Cli, TopCommand};
+use amplihack::interrupt;
 
 fn main() {
     let cli = Cli::parse(); // exits 2 on invalid arguments, 0 on --help
-    interrupt::install();
+    // A command handed to the Python amplihack gets its signals itself.
+    if !matches!(cli.command, TopCommand::External(_)) {
+        interrupt::install();
+    }
     let code = match amplihack::run(cli) {
         Ok(()) => 0,
         Err(e) if e.is_broken_pipe() => 0,

@@ -52,8 +52,91 @@ pub struct Session {
     /// The commit the workspace was cloned at, for `pull` (ours; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
+    /// The `start` that reserved this session and is launching it, while it is `pending`
+    /// (ours). Nobody else settles a pending session whose owner is alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// A `kill` that is under way (ours): whoever sees the session end records `killed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_request: Option<KillRequest>,
+    /// When its results (result, log, commits) were brought home into its archive directory
+    /// (ours): from then on nothing about it needs its VM.
+    #[serde(
+        with = "opt_timestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub archived_at: Option<DateTime<Utc>>,
+    /// The session's head commit that `pull` last fetched into the local repository (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulled_commit: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Files changed, lines inserted and deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub files: u64,
+    pub insertions: u64,
+    pub deletions: u64,
+}
+
+/// What a finished session produced, as its supervisor records it on the VM (`result.json`,
+/// docs/remote-layout.md) and its archive keeps it. The git facts are absent for a session
+/// started without a git context.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionResult {
+    #[serde(with = "opt_timestamp", default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(with = "opt_timestamp", default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub duration_seconds: Option<i64>,
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    #[serde(default)]
+    pub head_commit: Option<String>,
+    /// Commits on the session branch since the starting commit.
+    #[serde(default)]
+    pub commits: Option<u64>,
+    /// The committed work, against the starting commit.
+    #[serde(default)]
+    pub committed: Option<Changes>,
+    /// Work left in the work tree (untracked files included), against the head commit: not
+    /// in any commit, so not in the bundle `pull` fetches.
+    #[serde(default)]
+    pub uncommitted: Option<Changes>,
+    #[serde(default)]
+    pub dirty: Option<bool>,
+    /// Why the git facts are missing although the session had a starting commit.
+    #[serde(default)]
+    pub git_error: Option<String>,
+}
+
+impl SessionResult {
+    /// Uncommitted work, when there is any.
+    pub fn uncommitted_work(&self) -> Option<Changes> {
+        self.uncommitted
+            .filter(|c| c.files > 0 || self.dirty == Some(true))
+    }
+}
+
+/// The process that holds a reservation: enough to tell at once whether it still lives, and
+/// that a live process of that pid is still the same one (its start time since boot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    pub host: String,
+    /// `<boot id> <start time in clock ticks since boot>` of the process.
+    pub started: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillRequest {
+    #[serde(with = "timestamp")]
+    pub at: DateTime<Utc>,
+    pub by: Owner,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +158,18 @@ pub struct VmEntry {
     /// Why provisioning or deletion failed (ours; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The Azure resource group it was created in (ours). Every azlin call about this VM
+    /// names it, so a later change of AMPLIHACK_RESOURCE_GROUP never loses track of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// The process provisioning or deleting it, while it is `provisioning` or `deleting`
+    /// (ours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Its creation was cut short (ours): Azure may still complete it after any deletion, so
+    /// prune keeps tracking it until `creation_settled_after` (docs/reliability.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creation_unconfirmed: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -116,6 +211,8 @@ impl VmState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionStatus {
     Pending,
+    /// Waiting in its VM's queue: the VM starts it when a slot frees. Holds no slot.
+    Queued,
     Running,
     Completed,
     Failed,
@@ -128,6 +225,7 @@ impl SessionStatus {
     pub fn as_str(&self) -> &str {
         match self {
             SessionStatus::Pending => "pending",
+            SessionStatus::Queued => "queued",
             SessionStatus::Running => "running",
             SessionStatus::Completed => "completed",
             SessionStatus::Failed => "failed",
@@ -136,8 +234,16 @@ impl SessionStatus {
         }
     }
 
-    /// Pending and running sessions hold a slot on their VM.
+    /// Not finished yet: pending, queued or running.
     pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            SessionStatus::Pending | SessionStatus::Queued | SessionStatus::Running
+        )
+    }
+
+    /// Pending and running sessions hold a slot on their VM; queued ones wait for one.
+    pub fn holds_slot(&self) -> bool {
         matches!(self, SessionStatus::Pending | SessionStatus::Running)
     }
 
@@ -160,6 +266,7 @@ impl From<&str> for SessionStatus {
     fn from(s: &str) -> Self {
         match s {
             "pending" => SessionStatus::Pending,
+            "queued" => SessionStatus::Queued,
             "running" => SessionStatus::Running,
             "completed" => SessionStatus::Completed,
             "failed" => SessionStatus::Failed,
@@ -183,20 +290,26 @@ impl<'de> Deserialize<'de> for SessionStatus {
 }
 
 impl State {
-    /// Number of pending or running sessions on each VM.
+    /// Number of pending or running sessions on each VM: the slots in use.
     pub fn active_counts(&self) -> HashMap<&str, u32> {
         let mut counts: HashMap<&str, u32> = HashMap::new();
-        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+        for s in self.sessions.values().filter(|s| s.status.holds_slot()) {
             *counts.entry(s.vm_name.as_str()).or_default() += 1;
         }
         counts
     }
 
-    pub fn active_on(&self, vm: &str) -> u32 {
-        self.sessions
+    /// Number of queued sessions on each VM.
+    pub fn queued_counts(&self) -> HashMap<&str, u32> {
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for s in self
+            .sessions
             .values()
-            .filter(|s| s.vm_name == vm && s.status.is_active())
-            .count() as u32
+            .filter(|s| s.status == SessionStatus::Queued)
+        {
+            *counts.entry(s.vm_name.as_str()).or_default() += 1;
+        }
+        counts
     }
 
     /// Makes the derived `active_sessions` lists agree with the sessions. Called before
@@ -205,7 +318,7 @@ impl State {
         for vm in self.vm_pool.values_mut() {
             vm.active_sessions.clear();
         }
-        for s in self.sessions.values().filter(|s| s.status.is_active()) {
+        for s in self.sessions.values().filter(|s| s.status.holds_slot()) {
             if let Some(vm) = self.vm_pool.get_mut(&s.vm_name) {
                 vm.active_sessions.push(s.session_id.clone());
             }
@@ -230,6 +343,8 @@ impl State {
                 if error.is_some() {
                     s.error = error;
                 }
+                s.owner = None;
+                s.kill_request = None;
                 true
             }
             _ => false,

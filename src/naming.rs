@@ -17,6 +17,28 @@ pub fn vm_name(user: &str, now: DateTime<Utc>) -> String {
     )
 }
 
+/// When a VM that this tool named for `user` was reserved: the time in its name (to the second),
+/// for `amplihack-<user>-<YYYYMMDD>-<HHMMSS>` exactly. `None` for any other name, including
+/// another user's VMs.
+pub fn vm_name_time(name: &str, user: &str) -> Option<DateTime<Utc>> {
+    let stamp = name
+        .strip_prefix("amplihack-")?
+        .strip_prefix(vm_user_part(user).as_str())?
+        .strip_prefix('-')?;
+    let b = stamp.as_bytes();
+    let shape = b.len() == 15
+        && b[8] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 8 || c.is_ascii_digit());
+    if !shape {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
 /// Lower-case ASCII letters and digits, runs of anything else folded to one `-`, at most 20
 /// characters, never empty. azlin accepts `[A-Za-z0-9.-]`, 1-64 characters.
 pub fn vm_user_part(user: &str) -> String {
@@ -107,6 +129,33 @@ mod tests {
         let long = vm_name(&"x".repeat(200), t());
         assert!(is_valid_vm_name(&long), "{long}");
         assert!(is_valid_vm_name(&vm_name("ünïcødé user", t())));
+    }
+
+    #[test]
+    fn the_time_in_a_vm_name_is_read_back_for_its_user_only() {
+        let name = vm_name("Jane.Doe", t());
+        assert_eq!(vm_name_time(&name, "Jane.Doe"), Some(t()));
+        assert_eq!(vm_name_time(&name, "jane-doe"), Some(t()), "same user part");
+        // Another user whose part is a prefix of ours, or who is a prefix of another's.
+        assert_eq!(vm_name_time(&name, "jane"), None);
+        assert_eq!(
+            vm_name_time("amplihack-jane-20251125-143022", "jane-doe"),
+            None
+        );
+        for other in [
+            "amplihack-jane-doe-20251125-14302",
+            "amplihack-jane-doe-20251125-1430222",
+            "amplihack-jane-doe-2025112a-143022",
+            "amplihack-jane-doe-20251325-143022",
+            "amplihack-jane-doe-20251125_143022",
+            "amplihack-jane-doe-20251125-143022-x",
+            "web-jane-doe-20251125-143022",
+            "amplihack-jane-doe-+2025112-143022",
+        ] {
+            assert_eq!(vm_name_time(other, "jane-doe"), None, "{other}");
+        }
+        // The spec's example name, as the Python original writes it.
+        assert!(vm_name_time("amplihack-user-20251125-143000", "user").is_some());
     }
 
     #[test]

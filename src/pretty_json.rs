@@ -31,10 +31,15 @@ pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) ->
         vms,
         sessions,
         capacity,
+        total_hourly_usd,
+        total_cost_since_created_usd,
+        cost_basis,
+        power_states_known,
     } = status;
     let SessionCounts {
         total,
         pending,
+        queued,
         running,
         completed,
         failed,
@@ -56,6 +61,7 @@ pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) ->
     for (name, count) in [
         (b"total".as_slice(), total),
         (b"pending", pending),
+        (b"queued", queued),
         (b"running", running),
         (b"completed", completed),
         (b"failed", failed),
@@ -71,6 +77,18 @@ pub fn write_pool_status<W: Write + ?Sized>(out: &mut W, status: &PoolStatus) ->
     o.unsigned(b"total", u64::from(*slots));
     o.unsigned(b"available", u64::from(*available));
     o.close();
+    let mut o = Object {
+        buf: &mut buf,
+        depth: 0,
+        empty: false,
+    };
+    o.float(b"total_hourly_usd", Some(*total_hourly_usd));
+    o.float(
+        b"total_cost_since_created_usd",
+        Some(*total_cost_since_created_usd),
+    );
+    o.string(b"cost_basis", cost_basis);
+    o.boolean(b"power_states_known", Some(*power_states_known));
     buf.extend_from_slice(b"\n}");
     out.write_all(&buf)
 }
@@ -127,6 +145,10 @@ fn write_session(buf: &mut Vec<u8>, s: &Session, unreachable: bool) {
         error,
         repo_path,
         base_commit,
+        owner,
+        kill_request,
+        archived_at,
+        pulled_commit,
         extra,
     } = s;
     // The hottest loop of `list --json`: each key after the first, with its separator and
@@ -179,6 +201,20 @@ fn write_session(buf: &mut Vec<u8>, s: &Session, unreachable: bool) {
         depth: 1,
         empty: false,
     };
+    // Rare fields of ours, written by serde_json (an owner and a kill request are objects).
+    if let Some(owner) = owner {
+        o.serialized(b"owner", owner);
+    }
+    if let Some(kill_request) = kill_request {
+        o.serialized(b"kill_request", kill_request);
+    }
+    if archived_at.is_some() {
+        o.key(b"archived_at");
+        push_timestamp(o.buf, archived_at.as_ref());
+    }
+    if let Some(commit) = pulled_commit {
+        o.string(b"pulled_commit", commit);
+    }
     for (name, value) in extra {
         o.value(name, value);
     }
@@ -199,6 +235,7 @@ fn write_vm_status(buf: &mut Vec<u8>, vm: &VmStatus) {
         state,
         capacity,
         active_sessions,
+        queued_sessions,
         capacity_percent,
         memory_used_gb,
         memory_total_gb,
@@ -208,6 +245,8 @@ fn write_vm_status(buf: &mut Vec<u8>, vm: &VmStatus) {
         power_state,
         exists_in_azure,
         error,
+        hourly_usd,
+        cost_since_created_usd,
     } = vm;
     let mut o = Object::open(buf, 2);
     o.string(b"name", name);
@@ -232,6 +271,7 @@ fn write_vm_status(buf: &mut Vec<u8>, vm: &VmStatus) {
     );
     o.unsigned(b"capacity", u64::from(*capacity));
     o.strings(b"active_sessions", active_sessions);
+    o.strings(b"queued_sessions", queued_sessions);
     o.unsigned(b"capacity_percent", u64::from(*capacity_percent));
     o.unsigned(b"memory_used_gb", *memory_used_gb);
     o.unsigned(b"memory_total_gb", *memory_total_gb);
@@ -241,6 +281,8 @@ fn write_vm_status(buf: &mut Vec<u8>, vm: &VmStatus) {
     o.optional_string(b"power_state", power_state.as_deref());
     o.boolean(b"exists_in_azure", *exists_in_azure);
     o.optional_string(b"error", error.as_deref());
+    o.float(b"hourly_usd", *hourly_usd);
+    o.float(b"cost_since_created_usd", *cost_since_created_usd);
     o.close();
 }
 
@@ -347,6 +389,24 @@ impl<'a> Object<'a> {
         self.start_member();
         push_string(self.buf, name);
         self.buf.extend_from_slice(b": ");
+        self.pretty(value);
+    }
+
+    /// A rare field of ours whose value serde_json writes (an object, a float), laid out as
+    /// `value` lays out a field we do not know.
+    fn serialized(&mut self, name: &[u8], value: &impl serde::Serialize) {
+        self.key(name);
+        self.pretty(value);
+    }
+
+    /// A float as serde_json writes it (`null` for none, and for NaN or an infinity).
+    fn float(&mut self, name: &[u8], value: Option<f64>) {
+        self.serialized(name, &value);
+    }
+
+    /// `value` written by serde_json's pretty printer, every line after its first moved in
+    /// to this depth.
+    fn pretty(&mut self, value: &impl serde::Serialize) {
         let text = serde_json::to_vec_pretty(value).expect("a JSON value serializes");
         for (i, line) in text.split(|&b| b == b'\n').enumerate() {
             if i > 0 {
@@ -591,26 +651,53 @@ mod tests {
         full.error = Some("it \"broke\"\n".into());
         full.repo_path = Some("/home/jane/prøject".into());
         full.base_commit = Some("4f1c".into());
+        full.owner = Some(crate::model::Owner {
+            pid: u32::MAX,
+            host: AWKWARD.into(),
+            started: "boot-1 12345".into(),
+        });
+        full.kill_request = Some(crate::model::KillRequest {
+            at: parse_timestamp("2025-11-25T14:31:00Z").unwrap(),
+            by: crate::model::Owner {
+                pid: 7,
+                host: "host\n2".into(),
+                started: String::new(),
+            },
+        });
+        full.archived_at = Some(parse_timestamp("2025-11-25T14:40:01.5Z").unwrap());
+        full.pulled_commit = Some("9e8d\"7c".into());
         full.extra = serde_json::from_str(
             r#"{"python_field": [1, 2, {"deep": {"deeper": [[], {}, "a\nb"]}}],
                 "empty_list": [], "empty_map": {}, "n": null, "f": 1.5, "neg": -3,
                 "big": 18446744073709551615, "text": "x\"y", "a key \"quoted\"": true}"#,
         )
         .unwrap();
+        let mut queued = session("sess-4", "vm-2", SessionStatus::Queued);
+        queued.owner = Some(crate::model::Owner {
+            pid: 1,
+            host: "h".into(),
+            started: "s".into(),
+        });
         let mut done = session("sess-3", "vm-1", SessionStatus::Completed);
+        done.archived_at = Some(done.created_at);
         done.exit_code = Some(0);
         done.completed_at = Some(done.created_at);
         done.error = Some(String::new());
         assert_same(&[&full]);
         assert_same(&[&plain, &full, &done]);
         assert_same(&[&done, &plain]);
+        assert_same(&[&queued, &full, &done, &plain]);
     }
 
     #[test]
     fn pool_status_is_written_as_serde_json_writes_it() {
         use crate::model::{Backend, State, VmState};
+        use crate::pool::PriceTable;
         use crate::pool::tests::{t0, vm};
         use crate::render::{Live, pool_status};
+        let prices = PriceTable::default();
+        let odd_prices = PriceTable::with_overrides("Standard_D4s_v3=0.1,Standard_E16s_v5=1.008")
+            .expect("valid overrides");
         let assert_same = |status: &PoolStatus| {
             let mut out = Vec::new();
             write_pool_status(&mut out, status).unwrap();
@@ -620,7 +707,7 @@ mod tests {
             );
         };
         let mut st = State::default();
-        assert_same(&pool_status(&st, &Live::default(), t0()));
+        assert_same(&pool_status(&st, &Live::default(), &prices, t0()));
         st.vm_pool
             .insert("vm-a".into(), vm("Standard_E16s_v5", 4, "eastus"));
         st.vm_pool
@@ -635,18 +722,28 @@ mod tests {
         let mut gone = vm("Standard_E16s_v5", 4, "eastus");
         gone.state = VmState::Deleting;
         st.vm_pool.insert("vm-gone".into(), gone);
+        let mut unpriced = vm("Standard_Z9_unknown", 2, "eastus");
+        unpriced.resource_group = Some("rg-other".into());
+        unpriced.creation_unconfirmed = true;
+        st.vm_pool.insert("vm-unpriced".into(), unpriced);
         for (id, vm_name, status) in [
             ("s1", "vm-a", SessionStatus::Running),
             ("s2", "vm-a", SessionStatus::Pending),
             ("s3", "vm-b", SessionStatus::Completed),
             ("s4", "local", SessionStatus::Running),
             ("s5", "vm-b", SessionStatus::Other("x".into())),
+            ("s6", "vm-a", SessionStatus::Queued),
+            ("s7", "vm-a", SessionStatus::Queued),
+            ("s8", "vm-unpriced", SessionStatus::Queued),
+            ("s9", "vm-b", SessionStatus::Killed),
+            ("s10", "vm-b", SessionStatus::Failed),
         ] {
             st.sessions.insert(id.into(), session(id, vm_name, status));
         }
         st.normalize();
         let now = t0() + chrono::Duration::hours(3);
-        assert_same(&pool_status(&st, &Live::default(), now));
+        assert_same(&pool_status(&st, &Live::default(), &prices, now));
+        assert_same(&pool_status(&st, &Live::default(), &odd_prices, now));
         let mut live = Live::default();
         live.unreachable.insert("vm-a".into());
         live.power = Some(
@@ -656,7 +753,18 @@ mod tests {
             ]
             .into(),
         );
-        assert_same(&pool_status(&st, &live, now));
+        assert_same(&pool_status(&st, &live, &prices, now));
+        assert_same(&pool_status(
+            &st,
+            &live,
+            &odd_prices,
+            now + chrono::Duration::seconds(7),
+        ));
+        let status = pool_status(&st, &live, &prices, now);
+        assert!(status.sessions.queued == 3, "{status:?}");
+        assert!(status.vms.iter().any(|v| v.queued_sessions.len() == 2));
+        assert!(status.vms.iter().any(|v| v.hourly_usd.is_none()));
+        assert!(status.total_hourly_usd > 0.0, "{status:?}");
     }
 
     #[test]

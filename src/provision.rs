@@ -6,9 +6,10 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, SessionStatus, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
+use crate::progress::{self, Stage};
 use crate::ui;
 
 /// A VM name not yet in the pool: the timestamp form, a second later on a clash.
@@ -23,18 +24,28 @@ pub fn fresh_vm_name(state: &State, taken: &[String], user: &str, now: DateTime<
     }
 }
 
+/// Who reserves new VMs, and where they will live.
+pub struct Reservation<'a> {
+    /// Goes into the VM names.
+    pub user: &'a str,
+    /// Recorded per VM: every later call about it names it.
+    pub resource_group: Option<&'a str>,
+    /// The process that will provision them; a dead owner's VMs are recovered at once.
+    pub owner: &'a Owner,
+}
+
 /// Adds `count` VM entries in state `provisioning`; returns their names.
 pub fn reserve_vms(
     state: &mut State,
     count: usize,
     size: &SizeSpec,
     region: &str,
-    user: &str,
+    by: &Reservation,
     now: DateTime<Utc>,
 ) -> Vec<String> {
     let mut names = Vec::with_capacity(count);
     for _ in 0..count {
-        let name = fresh_vm_name(state, &names, user, now);
+        let name = fresh_vm_name(state, &names, by.user, now);
         state.vm_pool.insert(
             name.clone(),
             VmEntry {
@@ -42,10 +53,14 @@ pub fn reserve_vms(
                 capacity: size.max_sessions,
                 active_sessions: vec![],
                 region: region.to_string(),
-                created_at: now,
+                // The time in its name: a state rebuilt from azlin's listing says the same.
+                created_at: naming::vm_name_time(&name, by.user).unwrap_or(now),
                 backend: Backend::Azure,
                 state: VmState::Provisioning,
                 error: None,
+                resource_group: by.resource_group.map(String::from),
+                owner: Some(by.owner.clone()),
+                creation_unconfirmed: false,
                 extra: Default::default(),
             },
         );
@@ -59,14 +74,14 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
     let regions = ctx.settings.regions_to_try(first_region);
     let mut quota_regions = Vec::new();
     for region in &regions {
-        ui::progress(&format!("Provisioning VM {name} ({sku}) in {region}..."));
+        progress::vm(name).stage(Stage::Provisioning, &format!("{sku} in {region}"));
         match ctx
             .transports
             .azlin
             .new_vm(name, sku, region, ctx.settings.timeouts.provision)
         {
             Ok(()) => {
-                ui::progress(&format!("VM {name} is ready in {region}."));
+                progress::vm(name).stage(Stage::Provisioning, &format!("ready in {region}"));
                 return Ok(region.clone());
             }
             Err(Error::QuotaExceeded { detail }) => {
@@ -87,6 +102,9 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
 /// marked failed, for `prune`.
 pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> {
     ctx.store.update(|st| {
+        if let Some(vm) = st.vm_pool.get_mut(name) {
+            vm.owner = None;
+        }
         match outcome {
             Ok(region) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
@@ -97,10 +115,23 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
             }
             Err(e) if e.created_nothing() => {
                 st.vm_pool.remove(name);
+                // No session may be left bound for a VM the pool no longer has, should this
+                // process die before it records the sessions' outcome.
+                let bound: Vec<String> = st
+                    .sessions
+                    .values()
+                    .filter(|s| s.vm_name == name && s.status.is_active())
+                    .map(|s| s.session_id.clone())
+                    .collect();
+                let now = ctx.now();
+                for id in bound {
+                    st.finish_session(&id, SessionStatus::Failed, None, now, Some(e.to_string()));
+                }
             }
             Err(e) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
                     vm.state = VmState::Failed;
+                    vm.creation_unconfirmed = true;
                     vm.error = Some(match e {
                         Error::Interrupted => "provisioning was interrupted; the VM may exist in Azure: run 'amplihack remote prune'".into(),
                         other => format!("provisioning failed ({other}); the VM may exist in Azure: run 'amplihack remote prune'"),
@@ -121,8 +152,18 @@ mod tests {
     fn reserved_names_are_unique_even_in_the_same_second() {
         let mut st = State::default();
         let l = size_by_letter("l").unwrap();
-        let a = reserve_vms(&mut st, 2, l, "eastus", "jo", t0());
-        let b = reserve_vms(&mut st, 1, l, "eastus", "jo", t0());
+        let owner = Owner {
+            pid: 7,
+            host: "h".into(),
+            started: "b 1".into(),
+        };
+        let by = Reservation {
+            user: "jo",
+            resource_group: Some("rg1"),
+            owner: &owner,
+        };
+        let a = reserve_vms(&mut st, 2, l, "eastus", &by, t0());
+        let b = reserve_vms(&mut st, 1, l, "eastus", &by, t0());
         assert_eq!(
             a,
             vec![
@@ -133,5 +174,11 @@ mod tests {
         assert_eq!(b, vec!["amplihack-jo-20251125-143002"]);
         assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
         assert_eq!(st.vm_pool[&a[0]].capacity, 4);
+        assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
+        assert_eq!(
+            st.vm_pool[&a[1]].created_at,
+            t0() + chrono::Duration::seconds(1)
+        );
+        assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }
 }

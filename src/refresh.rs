@@ -1,77 +1,335 @@
-//! True status: asks each VM that has pending or running sessions about them (one call per
-//! VM, all VMs in parallel) and commits what it learns in one transaction. An unreachable VM
-//! leaves its sessions as they were and is reported in `Live`.
+//! True status: asks each VM that has sessions to settle about them (one call per VM, VMs in
+//! parallel) and commits what it learns in one transaction. An unreachable VM leaves its
+//! sessions as they were and is reported in `Live`.
+//!
+//! The same call brings home the archive of every session it finds finished (result, log,
+//! commits: see archive.rs), written before the transaction that settles the session and
+//! records it archived. Finished sessions not archived yet (their VM did not answer then, or
+//! they ended before this version) ride along on calls made anyway, a few per call; `report`
+//! and `prune` ask for the ones they need even when that takes a call of its own.
+//!
+//! Reservations carry their owner (the `start` that made them). A pending session whose owner
+//! lives is its owner's business alone: nobody probes or settles it. A dead owner's
+//! reservations are recovered at once: a VM it was provisioning (or a prune was deleting)
+//! becomes `failed` (prune deletes it) with the sessions bound for it, and its sessions on ready
+//! VMs are probed and settled.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::exec::OnInterrupt;
-use crate::model::{Backend, SessionStatus, State};
-use crate::pool::LOCAL_VM_NAME;
+use crate::exec::{self, Liveness, OnInterrupt};
+use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::render::Live;
-use crate::script::{self, Probe, Verdict};
+use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Verdict, Want};
 use crate::ui;
 use crate::{interrupt, parallel};
 
-/// A `pending` session older than this was left by a `start` that died; it is probed like a
-/// running one (provisioning and launching have timed out long before).
-pub fn pending_is_stale(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    now - created_at > Duration::minutes(45)
+/// Finished sessions not archived yet that ride along on one call made anyway: enough to
+/// catch up over a few refreshes without making any one of them slow.
+pub const UNARCHIVED_PER_CALL: usize = 8;
+
+/// How long a reservation whose owner cannot be checked (it ran on another machine, or none
+/// was recorded, as by the Python original) is trusted: longer than any start can take
+/// (provisioning 25 minutes, then up to 4 launch attempts of 10 minutes).
+pub fn unverifiable_owner_trust() -> Duration {
+    Duration::hours(2)
 }
 
-pub fn backend_of(state: &State, vm: &str) -> Backend {
-    state
-        .vm_pool
-        .get(vm)
-        .map(|v| v.backend)
-        .unwrap_or(if vm == LOCAL_VM_NAME {
-            Backend::Local
-        } else {
-            Backend::Azure
+/// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
+pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
+
+/// Whether the reservation made at `since` by `owner` has been abandoned.
+pub fn abandoned(
+    owner: Option<&Owner>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+) -> bool {
+    match owner.map(alive) {
+        Some(Liveness::Alive) => false,
+        Some(Liveness::Dead) => true,
+        Some(Liveness::Unknown) | None => now - since > unverifiable_owner_trust(),
+    }
+}
+
+/// Whether a probe may settle a pending session. A dead owner may have left a launch on its
+/// way (its azlin call goes on without it): only a probe that claimed the session on its VM may
+/// settle it. A reservation older than any start can take is past that danger.
+pub fn pending_settleable_by(
+    owner: Option<&Owner>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+    probe_claimed: bool,
+) -> bool {
+    if now - since > unverifiable_owner_trust() {
+        return true;
+    }
+    match owner.map(alive) {
+        Some(Liveness::Dead) => probe_claimed,
+        _ => false,
+    }
+}
+
+/// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
+/// and bill: prune deletes it), and pending sessions bound for a VM that is not ready (or no
+/// longer in the pool) fail, as they were never launched. Pending sessions on ready VMs are left for the probe. Returns
+/// whether anything changed.
+pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessCheck) -> bool {
+    let mut changed = false;
+    for vm in state.vm_pool.values_mut() {
+        if vm.state == VmState::Provisioning
+            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+        {
+            vm.state = VmState::Failed;
+            vm.owner = None;
+            vm.creation_unconfirmed = true;
+            vm.error = Some(
+                "the start that was provisioning it ended first; the VM may exist in Azure: 'amplihack remote prune' deletes it".into(),
+            );
+            changed = true;
+        }
+        // A prune that died mid-deletion: the VM may still exist; the next prune retries.
+        if vm.state == VmState::Deleting
+            && vm.owner.is_some()
+            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+        {
+            vm.state = VmState::Failed;
+            vm.owner = None;
+            vm.error = Some(
+                "the prune that was deleting it ended first; the VM may still exist: 'amplihack remote prune' retries".into(),
+            );
+            changed = true;
+        }
+    }
+    let unlaunchable: Vec<String> = state
+        .sessions
+        .values()
+        .filter(|s| {
+            s.status == SessionStatus::Pending
+                && abandoned(s.owner.as_ref(), s.created_at, now, alive)
+                && state
+                    .vm_pool
+                    .get(&s.vm_name)
+                    .is_none_or(|vm| vm.state != VmState::Ready)
         })
+        .map(|s| s.session_id.clone())
+        .collect();
+    for id in unlaunchable {
+        changed |= state.finish_session(
+            &id,
+            SessionStatus::Failed,
+            None,
+            now,
+            Some("its start ended before launching it".into()),
+        );
+    }
+    changed
 }
 
-/// Sessions to ask about, grouped by VM.
-pub fn sessions_to_probe(state: &State, now: DateTime<Utc>) -> BTreeMap<String, Vec<String>> {
-    let mut by_vm: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// What to ask one VM about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeTargets {
+    pub running: Vec<String>,
+    /// Pending sessions whose start is gone: the VM settles whether they were launched.
+    pub claim: Vec<String>,
+}
+
+/// Sessions to ask about, grouped by VM: running ones, and pending ones whose start is gone.
+pub fn sessions_to_probe(
+    state: &State,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+) -> BTreeMap<String, ProbeTargets> {
+    let mut by_vm: BTreeMap<String, ProbeTargets> = BTreeMap::new();
     for s in state.sessions.values() {
-        let due = match s.status {
-            SessionStatus::Running => true,
-            SessionStatus::Pending => pending_is_stale(s.created_at, now),
-            _ => false,
+        let claim = match s.status {
+            // A queued session is asked about like a running one: its VM may have started it.
+            SessionStatus::Running | SessionStatus::Queued => false,
+            SessionStatus::Pending if abandoned(s.owner.as_ref(), s.created_at, now, alive) => true,
+            _ => continue,
         };
-        if due {
-            by_vm
-                .entry(s.vm_name.clone())
-                .or_default()
-                .push(s.session_id.clone());
+        let targets = by_vm.entry(s.vm_name.clone()).or_default();
+        if claim {
+            targets.claim.push(s.session_id.clone());
+        } else {
+            targets.running.push(s.session_id.clone());
         }
     }
     by_vm
 }
 
-/// Applies what the VMs said to the sessions that are still active. Returns how many changed.
+/// A finished session whose results are not home yet and whose VM can still be asked (it is in
+/// the pool and not being provisioned). One that never started has none: it never costs a call
+/// (one settled by a probe was archived by that same call).
+pub fn unarchived(state: &State, s: &Session) -> bool {
+    !s.status.is_active()
+        && s.archived_at.is_none()
+        && s.started_at.is_some()
+        && state
+            .vm_pool
+            .get(&s.vm_name)
+            .is_some_and(|vm| vm.state != VmState::Provisioning)
+}
+
+/// What a probe asks of the sessions due for it (see `sessions_to_probe`): running ones their
+/// archive should they have ended; pending ones whose start died a claim first (`Want::Claim`).
+pub fn due_plan(due: BTreeMap<String, ProbeTargets>) -> BTreeMap<String, Vec<(String, Want)>> {
+    due.into_iter()
+        .map(|(vm, t)| {
+            let asked = t
+                .running
+                .into_iter()
+                .map(|id| (id, Want::Archive))
+                .chain(t.claim.into_iter().map(|id| (id, Want::Claim)))
+                .collect();
+            (vm, asked)
+        })
+        .collect()
+}
+
+/// The sessions a refresh asks about, by VM, with what it asks of each: those due for it (see
+/// `due_plan`), the unarchived finished ones of `also` (even when that means a call of its
+/// own), and up to `UNARCHIVED_PER_CALL` other unarchived finished ones on each VM asked anyway.
+pub fn refresh_plan(
+    state: &State,
+    now: DateTime<Utc>,
+    alive: LivenessCheck,
+    also: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<(String, Want)>> {
+    let mut by_vm = due_plan(sessions_to_probe(state, now, alive));
+    for id in also {
+        if let Some(s) = state.sessions.get(id).filter(|s| unarchived(state, s)) {
+            by_vm
+                .entry(s.vm_name.clone())
+                .or_default()
+                .push((s.session_id.clone(), Want::Archive));
+        }
+    }
+    let mut riders: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in state.sessions.values() {
+        if also.contains(&s.session_id) || !unarchived(state, s) {
+            continue;
+        }
+        if let Some(asked) = by_vm.get_mut(&s.vm_name) {
+            let n = riders.entry(s.vm_name.as_str()).or_default();
+            if *n < UNARCHIVED_PER_CALL {
+                *n += 1;
+                asked.push((s.session_id.clone(), Want::Archive));
+            }
+        }
+    }
+    by_vm
+}
+
+/// What a call asks of a session's VM about its results: its workspace, starting commit and
+/// the log cap.
+pub fn archive_request<'a>(ctx: &Ctx, s: &'a Session) -> ArchiveRequest<'a> {
+    ArchiveRequest {
+        workspace: &s.workspace,
+        base_commit: s.base_commit.as_deref(),
+        log_cap: ctx.settings.archive_log_cap,
+    }
+}
+
+/// Sessions whose archive is in place, with when it was made (`archive.json`'s `archived_at`).
+pub type Archived = BTreeMap<String, DateTime<Utc>>;
+
+/// Marks sessions archived whose archive is in place, once they are settled, with the time
+/// their archive records (so a state rebuilt by `sync` from the archives says the same).
+/// Returns how many changed.
+pub fn mark_archived(state: &mut State, archived: &Archived) -> usize {
+    let mut changed = 0;
+    for (id, at) in archived {
+        if let Some(s) = state.sessions.get_mut(id)
+            && !s.status.is_active()
+            && s.archived_at.is_none()
+        {
+            s.archived_at = Some(*at);
+            changed += 1;
+        }
+    }
+    changed
+}
+
+/// Writes the archives among `frames` (from `vm`); returns the sessions now archived. A
+/// failure is a warning: the session stays unarchived and is asked again later.
+pub fn keep_archives(
+    ctx: &Ctx,
+    vm: &str,
+    frames: &[Frame],
+) -> (Archived, BTreeMap<String, String>) {
+    let now = ctx.now();
+    let mut archived = Archived::new();
+    let mut failures = BTreeMap::new();
+    for frame in frames.iter().filter(|f| f.kind == FrameKind::Archive) {
+        match ctx.archive.write(frame, vm, now) {
+            Ok(at) => {
+                archived.insert(frame.id.clone(), at);
+            }
+            Err(e) => {
+                ui::warn(&format!(
+                    "could not archive session {} from VM '{vm}': {e}",
+                    frame.id
+                ));
+                failures.insert(frame.id.clone(), e.to_string());
+            }
+        }
+    }
+    (archived, failures)
+}
+
+/// Applies what the VMs said to the sessions that are still active. A pending session is
+/// settled only when `pending_settleable_by` allows: anything less could race a launch still
+/// on its way. Returns how many changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
     now: DateTime<Utc>,
+    alive: LivenessCheck,
 ) -> usize {
     let mut changed = 0;
     for (id, probe) in probes {
         let Some(session) = state.sessions.get_mut(id) else {
             continue;
         };
-        if !session.status.is_active() {
+        if !session.status.is_active()
+            || (session.status == SessionStatus::Pending
+                && !pending_settleable_by(
+                    session.owner.as_ref(),
+                    session.created_at,
+                    now,
+                    alive,
+                    probe.claimed,
+                ))
+        {
             continue;
         }
-        match script::verdict(probe, now) {
+        // A kill of ours under way (its process alive) makes any end it causes `killed`.
+        let kill_intended = session
+            .kill_request
+            .as_ref()
+            .is_some_and(|k| alive(&k.by) != Liveness::Dead);
+        match script::verdict(probe, now, kill_intended) {
+            Verdict::Queued => {
+                if session.status == SessionStatus::Pending {
+                    session.status = SessionStatus::Queued;
+                    session.owner = None;
+                    changed += 1;
+                }
+            }
             Verdict::Running { started_at } => {
                 if session.status != SessionStatus::Running {
+                    // A queued session started by its VM: its real start time.
+                    if session.status == SessionStatus::Queued {
+                        session.started_at = started_at;
+                    }
                     session.status = SessionStatus::Running;
                     session.started_at = session.started_at.or(started_at);
+                    session.owner = None;
                     changed += 1;
                 }
             }
@@ -93,22 +351,199 @@ pub fn apply_probes(
     changed
 }
 
-/// Commits probes if any session's status changed; returns the state as it now stands.
-pub fn commit_probes(ctx: &Ctx, probes: &HashMap<String, Probe>, state: State) -> Result<State> {
+/// Commits probes, recoveries and archive marks, in one transaction, if anything changed;
+/// returns the state as it now stands. `archived` are sessions whose archive is in place: a
+/// session is marked archived in the same transaction that settles it.
+pub fn commit_probes(
+    ctx: &Ctx,
+    probes: &HashMap<String, Probe>,
+    archived: &Archived,
+    state: State,
+) -> Result<State> {
     let now = ctx.now();
+    let alive = exec::liveness;
     let mut preview = state;
-    if apply_probes(&mut preview, probes, now) == 0 {
+    let recovered = recover_abandoned(&mut preview, now, &alive);
+    let settled = apply_probes(&mut preview, probes, now, &alive);
+    if settled + mark_archived(&mut preview, archived) == 0 && !recovered {
         return Ok(preview);
     }
     ctx.store.update(|st| {
-        apply_probes(st, probes, now);
+        recover_abandoned(st, now, &alive);
+        apply_probes(st, probes, now, &alive);
+        mark_archived(st, archived);
         Ok(st.clone())
     })
+}
+
+/// A running session's commits so far, as `pull` asked for them.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub commits: Option<u64>,
+    pub bundle: Option<Vec<u8>>,
+    pub error: Option<String>,
+}
+
+/// What the VMs answered to one round of probes.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub probes: HashMap<String, Probe>,
+    /// Sessions whose archive is now in place.
+    pub archived: Archived,
+    /// Sessions whose archive came but could not be kept, with why.
+    pub archive_failures: BTreeMap<String, String>,
+    pub snapshots: HashMap<String, Snapshot>,
+    /// VMs that could not be asked, with why.
+    pub failed_vms: BTreeMap<String, Error>,
+}
+
+/// Asks each VM about its sessions in `plan` (one call per VM, VMs in parallel), keeping the
+/// archives that come back. Nothing is committed. Only an interrupt is an error; a VM that
+/// does not answer is warned about and listed in `failed_vms`.
+pub fn collect(
+    ctx: &Ctx,
+    state: &State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+) -> Result<Collected> {
+    collect_with_power(ctx, state, plan, &BTreeSet::new()).0
+}
+
+/// `collect`, with the power-state listings of `power_groups` (one azlin call per resource
+/// group) in the same bounded fan-out: at most AMPLIHACK_REMOTE_PARALLEL azlin calls at once.
+/// The listings' results come back in the order of `power_groups`.
+#[allow(clippy::type_complexity)]
+pub fn collect_with_power(
+    ctx: &Ctx,
+    state: &State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+    power_groups: &BTreeSet<Option<String>>,
+) -> (Result<Collected>, Vec<Result<BTreeMap<String, String>>>) {
+    let timeout = ctx.settings.timeouts.probe;
+    let queued = state.queued_counts();
+    enum Call<'a> {
+        Power(&'a Option<String>),
+        Probe(&'a String, &'a Vec<(String, Want)>),
+    }
+    enum Answer<A> {
+        Power(Result<BTreeMap<String, String>>),
+        Probe(String, Result<A>),
+    }
+    let calls: Vec<Call> = power_groups
+        .iter()
+        .map(Call::Power)
+        .chain(plan.iter().map(|(vm, asked)| Call::Probe(vm, asked)))
+        .collect();
+    let answers = parallel::map_bounded(&calls, ctx.settings.parallel, |call| match *call {
+        // After Ctrl+C, calls still waiting for their turn do not start.
+        Call::Power(_) if interrupt::requested() => Answer::Power(Err(Error::Interrupted)),
+        Call::Probe(vm, _) if interrupt::requested() => {
+            Answer::Probe(vm.clone(), Err(Error::Interrupted))
+        }
+        Call::Power(rg) => Answer::Power(
+            ctx.transports
+                .azlin
+                .power_states(rg.as_deref(), ctx.settings.timeouts.list),
+        ),
+        Call::Probe(vm, asked) => {
+            let vm = ctx.vm_ref(state, vm);
+            let drain = queued.contains_key(vm.name.as_str());
+            let targets: Vec<ProbeTarget> = asked
+                .iter()
+                .filter_map(|(id, want)| {
+                    let s = state.sessions.get(id)?;
+                    Some(ProbeTarget {
+                        id: &s.session_id,
+                        workspace: &s.workspace,
+                        base_commit: s.base_commit.as_deref(),
+                        want: *want,
+                    })
+                })
+                .collect();
+            let mut input = script::probe_script(&targets, ctx.settings.archive_log_cap);
+            if drain {
+                input = drain_queue_first(ctx, input);
+            }
+            let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
+            let answer = out.map(|o| {
+                warn_stuck(&o.stdout);
+                let answer = script::parse_probe_answer(&o.stdout);
+                if let Some(why) = &answer.damaged {
+                    ui::warn(&format!(
+                        "the answer of VM '{}' was damaged: {why}",
+                        vm.name
+                    ));
+                }
+                let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
+                let snapshots: HashMap<String, Snapshot> = answer
+                    .frames
+                    .iter()
+                    .filter(|f| f.kind == FrameKind::Snapshot)
+                    .map(|f| {
+                        (
+                            f.id.clone(),
+                            Snapshot {
+                                commits: f.note_u64("commits"),
+                                bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
+                                error: f
+                                    .notes
+                                    .get("bundle_error")
+                                    .or_else(|| f.notes.get("error"))
+                                    .cloned(),
+                            },
+                        )
+                    })
+                    .collect();
+                (answer.probes, archived, failures, snapshots)
+            });
+            Answer::Probe(vm.name, answer)
+        }
+    });
+    let mut results = Vec::new();
+    let mut power_results = Vec::new();
+    for answer in answers {
+        match answer {
+            Answer::Power(p) => power_results.push(p),
+            Answer::Probe(vm, r) => results.push((vm, r)),
+        }
+    }
+    (collect_answers(results), power_results)
+}
+
+#[allow(clippy::type_complexity)]
+fn collect_answers(
+    results: Vec<(
+        String,
+        Result<(
+            HashMap<String, Probe>,
+            Archived,
+            BTreeMap<String, String>,
+            HashMap<String, Snapshot>,
+        )>,
+    )>,
+) -> Result<Collected> {
+    let mut collected = Collected::default();
+    for (vm, result) in results {
+        match result {
+            Ok((probes, archived, failures, snapshots)) => {
+                collected.probes.extend(probes);
+                collected.archived.extend(archived);
+                collected.archive_failures.extend(failures);
+                collected.snapshots.extend(snapshots);
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => {
+                collected.failed_vms.insert(vm, e);
+            }
+        }
+    }
+    Ok(collected)
 }
 
 pub struct Refreshed {
     pub state: State,
     pub live: Live,
+    /// VMs that could not be asked, with why.
+    pub failed_vms: BTreeMap<String, Error>,
 }
 
 /// The state as `list` and `status` show it: refreshed from the VMs, or with `--no-refresh`
@@ -118,136 +553,333 @@ pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
         Ok(Refreshed {
             state: ctx.store.load()?,
             live: Live::default(),
+            failed_vms: BTreeMap::new(),
         })
     } else {
         refresh(ctx, power)
     }
 }
 
-/// Refreshes every pending-or-running session from its VM. With `power`, also asks azlin for
-/// the power state of every VM (one more call, in parallel).
+/// Makes a call to a VM with queued sessions start them first where it has room: its
+/// supervisors normally do, but none may be left (all killed, a reboot). The user's key goes
+/// along for the sessions it starts.
+pub fn drain_queue_first(ctx: &Ctx, input: Vec<u8>) -> Vec<u8> {
+    script::draining(input, ctx.settings.api_key.as_deref())
+}
+
+/// Says which queued sessions a VM could not start, and why.
+pub fn warn_stuck(stdout: &[u8]) {
+    for (id, why) in script::parse_stuck(stdout) {
+        ui::warn(&format!("queued session {id} could not start: {why}"));
+    }
+}
+
+/// The resource groups the pool's Azure VMs live in (`None`: azlin's default).
+pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
+    state
+        .vm_pool
+        .keys()
+        .map(|name| ctx.vm_ref(state, name))
+        .filter(|vm| vm.backend == Backend::Azure)
+        .map(|vm| vm.resource_group)
+        .collect()
+}
+
+/// Refreshes every session due for it from its VM. With `power`, also asks azlin for the
+/// power state of every VM (one `list` per resource group the pool uses, in parallel).
 pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
+    refresh_with(ctx, power, &BTreeSet::new())
+}
+
+/// `refresh`, also bringing home the archives of the finished sessions in `also` that are not
+/// archived yet (see `refresh_plan`); still at most one call per VM.
+pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<Refreshed> {
     let state = ctx.store.load()?;
     let now = ctx.now();
-    let targets = sessions_to_probe(&state, now);
-    let want_power = power && state.vm_pool.values().any(|v| v.backend == Backend::Azure);
+    let plan = refresh_plan(&state, now, &exec::liveness, also);
+    let power_groups = if power {
+        resource_groups(ctx, &state)
+    } else {
+        BTreeSet::new()
+    };
     let mut live = Live::default();
-    if targets.is_empty() && !want_power {
-        return Ok(Refreshed { state, live });
+    if plan.is_empty() && power_groups.is_empty() {
+        let state = commit_probes(ctx, &HashMap::new(), &Archived::new(), state)?;
+        return Ok(Refreshed {
+            state,
+            live,
+            failed_vms: BTreeMap::new(),
+        });
     }
-    let timeout = ctx.settings.timeouts.probe;
-    // The probes and the power-state call share one bounded fan-out: at most
-    // AMPLIHACK_REMOTE_PARALLEL azlin calls at once; answers come back in VM order.
-    enum Call<'a> {
-        Power,
-        Probe(&'a String, &'a Vec<String>),
+    let (collected, power_results) = collect_with_power(ctx, &state, &plan, &power_groups);
+    let collected = collected?;
+    for (vm, e) in &collected.failed_vms {
+        ui::warn(&format!(
+            "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
+        ));
+        live.unreachable.insert(vm.clone());
     }
-    enum Answer {
-        Power(Result<BTreeMap<String, String>>),
-        Probe(String, Result<HashMap<String, Probe>>),
-    }
-    let calls: Vec<Call> = want_power
-        .then_some(Call::Power)
-        .into_iter()
-        .chain(targets.iter().map(|(vm, ids)| Call::Probe(vm, ids)))
-        .collect();
-    let answers = parallel::map_bounded(&calls, ctx.settings.parallel, |call| match call {
-        // After Ctrl+C, calls still waiting for their turn do not start.
-        Call::Power if interrupt::requested() => Answer::Power(Err(Error::Interrupted)),
-        Call::Probe(vm, _) if interrupt::requested() => {
-            Answer::Probe((*vm).clone(), Err(Error::Interrupted))
-        }
-        Call::Power => Answer::Power(
-            ctx.transports
-                .azlin
-                .power_states(ctx.settings.timeouts.list),
-        ),
-        Call::Probe(vm, ids) => {
-            let transport = ctx.transport_to(&state, vm);
-            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let out = transport.run_script(
-                vm,
-                script::probe_script(&id_refs),
-                timeout,
-                OnInterrupt::Abort,
-            );
-            Answer::Probe((*vm).clone(), out.map(|o| script::parse_probes(&o.stdout)))
-        }
-    });
-    let mut results = Vec::new();
-    let mut power_result = None;
-    for answer in answers {
-        match answer {
-            Answer::Power(p) => power_result = Some(p),
-            Answer::Probe(vm, r) => results.push((vm, r)),
-        }
-    }
-
-    let mut probes = HashMap::new();
-    for (vm, result) in results {
-        match result {
-            Ok(found) => probes.extend(found),
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(e) => {
-                ui::warn(&format!(
-                    "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
-                ));
-                live.unreachable.insert(vm);
+    if !power_results.is_empty() {
+        let mut all = BTreeMap::new();
+        let mut complete = true;
+        for result in power_results {
+            match result {
+                Ok(p) => all.extend(p),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => {
+                    ui::warn(&format!("could not read VM power states: {e}"));
+                    complete = false;
+                }
             }
         }
+        // A partial listing would make the VMs it lacks look gone from Azure.
+        if complete {
+            live.power = Some(all);
+        }
     }
-    match power_result {
-        Some(Ok(p)) => live.power = Some(p),
-        Some(Err(Error::Interrupted)) => return Err(Error::Interrupted),
-        Some(Err(e)) => ui::warn(&format!("could not read VM power states: {e}")),
-        None => {}
-    }
-    let state = commit_probes(ctx, &probes, state)?;
-    Ok(Refreshed { state, live })
+    let state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok(Refreshed {
+        state,
+        live,
+        failed_vms: collected.failed_vms,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::tests::{session, t0};
+    use crate::model::KillRequest;
+    use crate::pool::tests::{session, t0, vm};
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            host: "h".into(),
+            started: format!("boot {pid}"),
+        }
+    }
+
+    /// Owners with pid 1 live, pid 2 are dead, pid 3 ran on another machine.
+    fn check(o: &Owner) -> Liveness {
+        match o.pid {
+            1 => Liveness::Alive,
+            2 => Liveness::Dead,
+            _ => Liveness::Unknown,
+        }
+    }
+
+    fn pending(id: &str, vm: &str, owner_pid: Option<u32>) -> crate::model::Session {
+        let mut s = session(id, vm, SessionStatus::Pending);
+        s.started_at = None;
+        s.owner = owner_pid.map(owner);
+        s
+    }
 
     #[test]
-    fn stale_pending_sessions_are_probed_fresh_ones_are_not() {
+    fn pending_sessions_are_probed_only_when_their_start_is_gone() {
         let mut st = State::default();
-        let mut fresh = session("p1", "vm", SessionStatus::Pending);
-        fresh.created_at = t0();
-        let mut stale = session("p2", "vm", SessionStatus::Pending);
-        stale.created_at = t0() - Duration::hours(2);
-        st.sessions.insert("p1".into(), fresh);
-        st.sessions.insert("p2".into(), stale);
+        for s in [
+            pending("live", "vm", Some(1)),
+            pending("dead", "vm", Some(2)),
+            pending("elsewhere", "vm", Some(3)),
+            pending("legacy", "vm", None),
+        ] {
+            st.sessions.insert(s.session_id.clone(), s);
+        }
+        let mut old = pending("old-legacy", "vm", None);
+        old.created_at = t0() - Duration::hours(3);
+        st.sessions.insert("old-legacy".into(), old);
         st.sessions
             .insert("r".into(), session("r", "vm2", SessionStatus::Running));
         st.sessions
             .insert("c".into(), session("c", "vm2", SessionStatus::Completed));
-        let t = sessions_to_probe(&st, t0());
-        assert_eq!(t["vm"], vec!["p2".to_string()]);
-        assert_eq!(t["vm2"], vec!["r".to_string()]);
+        let t = sessions_to_probe(&st, t0(), &check);
+        assert_eq!(t["vm"].claim, vec!["dead".to_string(), "old-legacy".into()]);
+        assert!(t["vm"].running.is_empty());
+        assert_eq!(t["vm2"].running, vec!["r".to_string()]);
+    }
+
+    fn probe(exit: Option<i32>, alive: bool) -> Probe {
+        Probe {
+            known: true,
+            alive,
+            exit_code: exit,
+            finished_at: Some(t0()),
+            started_at: None,
+            kill_requested: false,
+            tmux: alive,
+            cancelled: false,
+            claimed: false,
+            queued: false,
+        }
     }
 
     #[test]
-    fn probes_settle_only_active_sessions() {
+    fn probes_settle_only_active_sessions_not_being_launched() {
         let mut st = State::default();
         st.sessions
             .insert("r".into(), session("r", "vm", SessionStatus::Running));
         st.sessions
             .insert("k".into(), session("k", "vm", SessionStatus::Killed));
-        let probe = Probe {
-            known: true,
-            alive: false,
-            exit_code: Some(0),
-            finished_at: Some(t0()),
-            started_at: None,
+        st.sessions.insert("p".into(), pending("p", "vm", Some(1)));
+        st.sessions.insert("d".into(), pending("d", "vm", Some(2)));
+        st.sessions.insert("c".into(), pending("c", "vm", Some(2)));
+        let claimed = Probe {
+            claimed: true,
+            cancelled: true,
+            ..probe(None, false)
         };
-        let probes: HashMap<String, Probe> =
-            [("r".to_string(), probe.clone()), ("k".to_string(), probe)].into();
-        assert_eq!(apply_probes(&mut st, &probes, t0()), 1);
+        let probes: HashMap<String, Probe> = [
+            ("r".to_string(), probe(Some(0), false)),
+            ("k".to_string(), probe(Some(0), false)),
+            // Its start lives: even a claiming probe leaves it to the start.
+            ("p".to_string(), claimed.clone()),
+            // A dead start's session seen by a probe that did not claim it (output, attach):
+            // a launch may still be on its way, so it stays pending.
+            ("d".to_string(), probe(None, false)),
+            ("c".to_string(), claimed),
+        ]
+        .into();
+        assert_eq!(apply_probes(&mut st, &probes, t0(), &check), 2);
+        assert_eq!(st.sessions["d"].status, SessionStatus::Pending);
+        assert_eq!(st.sessions["c"].status, SessionStatus::Failed);
+        assert_eq!(
+            st.sessions["c"].error.as_deref(),
+            Some(script::NEVER_LAUNCHED)
+        );
         assert_eq!(st.sessions["r"].status, SessionStatus::Completed);
         assert_eq!(st.sessions["r"].exit_code, Some(0));
         assert_eq!(st.sessions["k"].status, SessionStatus::Killed);
+        assert_eq!(st.sessions["p"].status, SessionStatus::Pending);
+    }
+
+    #[test]
+    fn an_exit_seen_during_a_live_kill_is_recorded_killed() {
+        let mut st = State::default();
+        for (id, by) in [("a", 1), ("b", 2)] {
+            let mut s = session(id, "vm", SessionStatus::Running);
+            s.kill_request = Some(KillRequest {
+                at: t0(),
+                by: owner(by),
+            });
+            st.sessions.insert(id.into(), s);
+        }
+        let probes: HashMap<String, Probe> = [
+            ("a".to_string(), probe(Some(143), false)),
+            ("b".to_string(), probe(Some(143), false)),
+        ]
+        .into();
+        apply_probes(&mut st, &probes, t0(), &check);
+        assert_eq!(st.sessions["a"].status, SessionStatus::Killed);
+        assert!(st.sessions["a"].kill_request.is_none());
+        // The kill's process died before it signalled anything: its intent proves nothing.
+        assert_eq!(st.sessions["b"].status, SessionStatus::Failed);
+    }
+
+    #[test]
+    fn unarchived_sessions_ride_along_on_calls_made_anyway() {
+        let mut st = State::default();
+        for name in ["busy", "idle", "gone-soon"] {
+            st.vm_pool
+                .insert(name.into(), vm("Standard_E16s_v5", 4, "eastus"));
+        }
+        st.vm_pool.get_mut("gone-soon").unwrap().state = VmState::Provisioning;
+        st.sessions
+            .insert("r".into(), session("r", "busy", SessionStatus::Running));
+        for i in 0..10 {
+            let id = format!("done-{i:02}");
+            st.sessions
+                .insert(id.clone(), session(&id, "busy", SessionStatus::Completed));
+        }
+        let mut home = session("home", "busy", SessionStatus::Completed);
+        home.archived_at = Some(t0());
+        st.sessions.insert("home".into(), home);
+        let mut never = session("never", "busy", SessionStatus::Failed);
+        never.started_at = None;
+        st.sessions.insert("never".into(), never);
+        st.sessions
+            .insert("i".into(), session("i", "idle", SessionStatus::Completed));
+        st.sessions
+            .insert("p".into(), session("p", "gone-soon", SessionStatus::Failed));
+        // A pending session whose start died is claimed, by the same call.
+        st.sessions
+            .insert("dead".into(), pending("dead", "busy", Some(2)));
+        let want = |plan: &BTreeMap<String, Vec<(String, Want)>>, vm: &str, id: &str| {
+            plan[vm].iter().find(|(i, _)| i == id).map(|(_, w)| *w)
+        };
+
+        // A VM called anyway takes a few; one that is not called costs nothing.
+        let plan = refresh_plan(&st, t0(), &check, &BTreeSet::new());
+        assert_eq!(plan.keys().collect::<Vec<_>>(), ["busy"]);
+        assert_eq!(plan["busy"].len(), 2 + UNARCHIVED_PER_CALL);
+        assert!(
+            plan["busy"]
+                .iter()
+                .all(|(id, _)| id != "home" && id != "never")
+        );
+        assert_eq!(want(&plan, "busy", "r"), Some(Want::Archive));
+        assert_eq!(want(&plan, "busy", "dead"), Some(Want::Claim));
+        assert_eq!(want(&plan, "busy", "done-00"), Some(Want::Archive));
+        // `also` asks even a VM that has nothing due; never one being provisioned.
+        let also: BTreeSet<String> = ["i", "p", "done-09"].map(String::from).into();
+        let plan = refresh_plan(&st, t0(), &check, &also);
+        assert_eq!(plan["idle"], vec![("i".to_string(), Want::Archive)]);
+        assert!(!plan.contains_key("gone-soon"));
+        assert_eq!(want(&plan, "busy", "done-09"), Some(Want::Archive));
+        assert_eq!(plan["busy"].len(), 3 + UNARCHIVED_PER_CALL);
+    }
+
+    #[test]
+    fn a_session_is_marked_archived_only_once_settled() {
+        let mut st = State::default();
+        st.sessions
+            .insert("r".into(), session("r", "vm", SessionStatus::Running));
+        st.sessions
+            .insert("c".into(), session("c", "vm", SessionStatus::Completed));
+        let at = t0() + Duration::seconds(5);
+        let archived: Archived = ["r", "c", "unknown"].map(|id| (id.to_string(), at)).into();
+        assert_eq!(mark_archived(&mut st, &archived), 1);
+        assert!(st.sessions["r"].archived_at.is_none());
+        assert_eq!(
+            st.sessions["c"].archived_at,
+            Some(at),
+            "the archive's own time"
+        );
+        assert_eq!(mark_archived(&mut st, &archived), 0, "marked once");
+    }
+
+    #[test]
+    fn a_dead_starts_reservations_are_recovered_at_once() {
+        let mut st = State::default();
+        let mut provisioning = vm("Standard_E16s_v5", 4, "eastus");
+        provisioning.state = VmState::Provisioning;
+        provisioning.owner = Some(owner(2));
+        st.vm_pool.insert("new".into(), provisioning.clone());
+        provisioning.owner = Some(owner(1));
+        st.vm_pool.insert("busy".into(), provisioning);
+        st.vm_pool
+            .insert("ready".into(), vm("Standard_E16s_v5", 4, "eastus"));
+        let mut deleting = vm("Standard_E16s_v5", 4, "eastus");
+        deleting.state = VmState::Deleting;
+        deleting.owner = Some(owner(2));
+        st.vm_pool.insert("deleting".into(), deleting);
+        st.sessions.insert("n".into(), pending("n", "new", Some(2)));
+        st.sessions
+            .insert("gone".into(), pending("gone", "not-in-pool", Some(2)));
+        st.sessions
+            .insert("b".into(), pending("b", "busy", Some(1)));
+        st.sessions
+            .insert("r".into(), pending("r", "ready", Some(2)));
+        assert!(recover_abandoned(&mut st, t0(), &check));
+        assert_eq!(st.vm_pool["new"].state, VmState::Failed);
+        assert_eq!(st.vm_pool["deleting"].state, VmState::Failed);
+        assert_eq!(st.vm_pool["busy"].state, VmState::Provisioning);
+        assert_eq!(st.sessions["n"].status, SessionStatus::Failed);
+        assert_eq!(st.sessions["gone"].status, SessionStatus::Failed);
+        assert!(st.sessions["n"].owner.is_none());
+        assert_eq!(st.sessions["b"].status, SessionStatus::Pending);
+        // On a ready VM the launch may have happened: the probe decides.
+        assert_eq!(st.sessions["r"].status, SessionStatus::Pending);
+        assert!(!recover_abandoned(&mut st, t0(), &check));
     }
 }

@@ -20,6 +20,15 @@ pub struct Live {
 }
 
 impl Live {
+    /// Whether Azure bills this Azure VM's compute now: not while deallocated, nor once gone
+    /// from Azure; without power states (not read, or unreadable) assume it does.
+    fn billed_now(&self, name: &str) -> bool {
+        match &self.power {
+            None => true,
+            Some(power) => power.get(name).is_some_and(|p| pool::is_billed(p)),
+        }
+    }
+
     fn vm_missing(&self, name: &str, vm: &VmEntry) -> bool {
         vm.backend == Backend::Azure
             && vm.state == VmState::Ready
@@ -75,12 +84,13 @@ pub fn one_line(text: &str, width: usize) -> String {
     format!("{}...", folded[..keep].trim_end())
 }
 
-fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
+pub fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
     if !color {
         return text.to_string();
     }
     let code = match status {
         SessionStatus::Pending => "33",
+        SessionStatus::Queued => "34",
         SessionStatus::Running => "36",
         SessionStatus::Completed => "32",
         SessionStatus::Failed => "31",
@@ -92,7 +102,7 @@ fn paint(text: &str, status: &SessionStatus, color: bool) -> String {
 
 /// Aligns columns with two spaces between them; `paint_cell` colours a cell after its width
 /// is measured, so escape codes never count toward the width.
-fn table(
+pub fn table(
     headers: &[&str],
     rows: &[Vec<String>],
     paint_cell: impl Fn(usize, usize, &str) -> String,
@@ -251,6 +261,47 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     out.write_all(b"\n")
 }
 
+/// `wait`'s line for a session that ended: `sess-... completed (exit 0) after 12m`, with the
+/// reason when it failed without an exit code.
+pub fn wait_line(s: &Session) -> String {
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let after = match (s.started_at.or(Some(s.created_at)), s.completed_at) {
+        (Some(from), Some(to)) => format!(" after {}", age(from, to)),
+        _ => String::new(),
+    };
+    let why = match (&s.status, s.exit_code, &s.error) {
+        (SessionStatus::Failed, None, Some(e)) => format!(": {e}"),
+        _ => String::new(),
+    };
+    format!("{} {}{code}{after}{why}\n", s.session_id, s.status)
+}
+
+/// `wait`'s verdict on sessions that did not all complete: which did not, and how.
+pub fn wait_failures(ended: &[&Session]) -> Option<String> {
+    let bad: Vec<String> = ended
+        .iter()
+        .filter(|s| s.status != SessionStatus::Completed)
+        .map(|s| {
+            let code = s
+                .exit_code
+                .map(|c| format!(" (exit {c})"))
+                .unwrap_or_default();
+            format!("{} {}{code}", s.session_id, s.status)
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "{} of {} session(s) did not complete: {}",
+            bad.len(),
+            ended.len(),
+            bad.join(", ")
+        )
+    })
+}
+
 pub fn list_json(sessions: &[&Session], live: &Live) -> String {
     let mut out = Vec::new();
     write_list_json(&mut out, sessions, live).expect("writing to memory");
@@ -267,6 +318,8 @@ pub struct VmStatus {
     pub state: VmState,
     pub capacity: u32,
     pub active_sessions: Vec<String>,
+    /// Sessions waiting in this VM's queue, oldest first.
+    pub queued_sessions: Vec<String>,
     pub capacity_percent: u32,
     pub memory_used_gb: u64,
     pub memory_total_gb: u64,
@@ -276,12 +329,20 @@ pub struct VmStatus {
     pub power_state: Option<String>,
     pub exists_in_azure: Option<bool>,
     pub error: Option<String>,
+    /// Approximate compute cost per hour now, USD: the pay-as-you-go list price while Azure
+    /// bills the VM, 0 while it is deallocated or gone, 0 for `local`; `None` when its SKU
+    /// has no price.
+    pub hourly_usd: Option<f64>,
+    /// At most this much since it was created, USD: the list price for every hour since
+    /// then, as if it had run the whole time (the power history is unknown).
+    pub cost_since_created_usd: Option<f64>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Default)]
 pub struct SessionCounts {
     pub total: usize,
     pub pending: usize,
+    pub queued: usize,
     pub running: usize,
     pub completed: usize,
     pub failed: usize,
@@ -296,29 +357,83 @@ pub struct CapacitySummary {
     pub available: u32,
 }
 
+pub const COST_BASIS: &str = "approx., pay-as-you-go list price";
+
 #[derive(Debug, Serialize, PartialEq)]
 pub struct PoolStatus {
     pub vms: Vec<VmStatus>,
     pub sessions: SessionCounts,
     pub capacity: CapacitySummary,
+    /// What the pool's VMs cost per hour now, USD (VMs of unknown price not counted).
+    pub total_hourly_usd: f64,
+    /// Upper bound of what they have cost since each was created, USD.
+    pub total_cost_since_created_usd: f64,
+    pub cost_basis: &'static str,
+    /// Whether power states were read; without them every Azure VM counts as billed.
+    pub power_states_known: bool,
 }
 
-pub fn pool_status(state: &State, live: &Live, now: DateTime<Utc>) -> PoolStatus {
+/// Cents are noise at this precision; four places keep list prices such as 1.008 exact.
+fn round_usd(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// (hourly now, since created) of one VM; `None`s for a SKU without a price.
+fn vm_cost(
+    name: &str,
+    vm: &VmEntry,
+    live: &Live,
+    prices: &pool::PriceTable,
+    now: DateTime<Utc>,
+) -> (Option<f64>, Option<f64>) {
+    if vm.backend == Backend::Local {
+        // This machine is not billed by Azure.
+        return (Some(0.0), Some(0.0));
+    }
+    let Some(price) = prices.hourly_usd(&vm.size) else {
+        return (None, None);
+    };
+    let hours = (now - vm.created_at).num_seconds().max(0) as f64 / 3600.0;
+    let hourly = if live.billed_now(name) { price } else { 0.0 };
+    (
+        Some(round_usd(hourly, 4)),
+        Some(round_usd(price * hours, 2)),
+    )
+}
+
+pub fn pool_status(
+    state: &State,
+    live: &Live,
+    prices: &pool::PriceTable,
+    now: DateTime<Utc>,
+) -> PoolStatus {
     let mut active: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
+    let mut waiting: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
     let mut counts = SessionCounts::default();
     for s in state.sessions.values() {
         counts.total += 1;
         match s.status {
             SessionStatus::Pending => counts.pending += 1,
+            SessionStatus::Queued => counts.queued += 1,
             SessionStatus::Running => counts.running += 1,
             SessionStatus::Completed => counts.completed += 1,
             SessionStatus::Failed => counts.failed += 1,
             SessionStatus::Killed => counts.killed += 1,
             SessionStatus::Other(_) => counts.other += 1,
         }
-        if s.status.is_active() {
+        if s.status.holds_slot() {
             active.entry(s.vm_name.as_str()).or_default().push(s);
+        } else if s.status == SessionStatus::Queued {
+            waiting.entry(s.vm_name.as_str()).or_default().push(s);
         }
+    }
+    for queue in waiting.values_mut() {
+        queue.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.session_id.cmp(&b.session_id))
+        });
     }
     let mut capacity = CapacitySummary {
         used: 0,
@@ -343,6 +458,7 @@ pub fn pool_status(state: &State, live: &Live, now: DateTime<Utc>) -> PoolStatus
                 (Some(_), Backend::Azure) => Some(!live.vm_missing(name, vm)),
                 _ => None,
             };
+            let (hourly_usd, cost_since_created_usd) = vm_cost(name, vm, live, prices, now);
             VmStatus {
                 name: name.clone(),
                 size: match vm.backend {
@@ -357,6 +473,10 @@ pub fn pool_status(state: &State, live: &Live, now: DateTime<Utc>) -> PoolStatus
                 state: vm.state,
                 capacity: vm.capacity,
                 active_sessions: on_vm.iter().map(|s| s.session_id.clone()).collect(),
+                queued_sessions: waiting
+                    .get(name.as_str())
+                    .map(|q| q.iter().map(|s| s.session_id.clone()).collect())
+                    .unwrap_or_default(),
                 capacity_percent: (used * 100).checked_div(vm.capacity).unwrap_or(0),
                 memory_used_gb: on_vm.iter().map(|s| s.memory_mb).sum::<u64>() / 1024,
                 memory_total_gb,
@@ -370,15 +490,54 @@ pub fn pool_status(state: &State, live: &Live, now: DateTime<Utc>) -> PoolStatus
                 power_state: live.power.as_ref().and_then(|p| p.get(name).cloned()),
                 exists_in_azure: exists,
                 error: vm.error.clone(),
+                hourly_usd,
+                cost_since_created_usd,
             }
         })
-        .collect();
+        .collect::<Vec<VmStatus>>();
     capacity.available = capacity.total - capacity.used;
+    let total_hourly_usd = round_usd(vms.iter().filter_map(|v| v.hourly_usd).sum(), 4);
+    let total_cost_since_created_usd =
+        round_usd(vms.iter().filter_map(|v| v.cost_since_created_usd).sum(), 2);
     PoolStatus {
         vms,
         sessions: counts,
         capacity,
+        total_hourly_usd,
+        total_cost_since_created_usd,
+        cost_basis: COST_BASIS,
+        power_states_known: live.power.is_some(),
     }
+}
+
+fn usd(value: f64) -> String {
+    format!("${value:.2}")
+}
+
+/// The cost line of one VM; none for `local`, which Azure does not bill.
+fn vm_cost_line(vm: &VmStatus) -> Option<String> {
+    if vm.backend == Backend::Local {
+        return None;
+    }
+    Some(match (vm.hourly_usd, vm.cost_since_created_usd) {
+        (Some(hourly), Some(since)) => {
+            let why_free = match (&vm.power_state, vm.exists_in_azure) {
+                _ if hourly > 0.0 => String::new(),
+                (_, Some(false)) => " (not in Azure)".into(),
+                (Some(p), _) => format!(" ({p})"),
+                (None, _) => String::new(),
+            };
+            format!(
+                "Cost: {}/h now{why_free}, at most {} since created",
+                usd(hourly),
+                usd(since)
+            )
+        }
+        _ => format!(
+            "Cost: price unknown ({}; set AMPLIHACK_REMOTE_PRICES)",
+            vm.sku
+        ),
+    })
 }
 
 pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -414,6 +573,9 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
             vm.capacity,
             vm.capacity_percent
         );
+        if !vm.queued_sessions.is_empty() {
+            let _ = writeln!(out, "    Queued: {}", vm.queued_sessions.len());
+        }
         let _ = writeln!(
             out,
             "    Memory: {}GB/{}GB used",
@@ -421,6 +583,9 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
         );
         let created = now - chrono::Duration::seconds(vm.age_seconds);
         let _ = writeln!(out, "    Age: {}", age(created, now));
+        if let Some(line) = vm_cost_line(vm) {
+            let _ = writeln!(out, "    {line}");
+        }
         if let Some(e) = &vm.error {
             let _ = writeln!(out, "    Error: {}", one_line(e, 200));
         }
@@ -429,6 +594,9 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
     let _ = writeln!(out, "Sessions: {} total", c.total);
     if c.pending > 0 {
         let _ = writeln!(out, "  Pending: {}", c.pending);
+    }
+    if c.queued > 0 {
+        let _ = writeln!(out, "  Queued: {}", c.queued);
     }
     let _ = writeln!(out, "  Running: {}", c.running);
     let _ = writeln!(out, "  Completed: {}", c.completed);
@@ -444,6 +612,34 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
         "Total Capacity: {}/{} slots available",
         status.capacity.available, status.capacity.total
     );
+    let azure: Vec<&VmStatus> = status
+        .vms
+        .iter()
+        .filter(|v| v.backend == Backend::Azure)
+        .collect();
+    if !azure.is_empty() {
+        let _ = writeln!(
+            out,
+            "Cost: {}/h now ({})",
+            usd(status.total_hourly_usd),
+            status.cost_basis
+        );
+        let _ = writeln!(
+            out,
+            "  Since created: at most {} (an upper bound: as if every VM had run the whole time)",
+            usd(status.total_cost_since_created_usd)
+        );
+        if !status.power_states_known {
+            let _ = writeln!(out, "  Power states not read: every VM counted as running");
+        }
+        let unpriced = azure.iter().filter(|v| v.hourly_usd.is_none()).count();
+        if unpriced > 0 {
+            let _ = writeln!(
+                out,
+                "  Not counted: {unpriced} VM(s) of unknown price (set AMPLIHACK_REMOTE_PRICES)"
+            );
+        }
+    }
     out
 }
 
@@ -485,6 +681,8 @@ pub fn output_header(
 pub struct StartLine<'a> {
     pub session: &'a Session,
     pub vm_is_new: bool,
+    /// Its place in its VM's queue and the queue's length, when it was queued.
+    pub queue_place: Option<(u32, u32)>,
 }
 
 pub fn start_report(lines: &[StartLine]) -> String {
@@ -503,6 +701,16 @@ pub fn start_report(lines: &[StartLine]) -> String {
         match &s.error {
             Some(e) if !s.status.is_active() => {
                 let _ = writeln!(out, "  Status: {} ({})", s.status, one_line(e, 300));
+            }
+            _ if s.status == SessionStatus::Queued => {
+                let place = l
+                    .queue_place
+                    .map(|(p, of)| format!("place {p} of {of}; "))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  Status: queued ({place}it starts on its own when a slot on its VM frees)"
+                );
             }
             _ => {
                 let _ = writeln!(out, "  Status: {}", s.status);
@@ -645,7 +853,19 @@ mod tests {
     fn status_matches_expected_text() {
         let st = sample_state();
         let now = t0() + Duration::minutes(35);
-        let status = pool_status(&st, &Live::default(), now);
+        let live = Live {
+            power: Some(
+                [
+                    ("amplihack-user-20251125-140000", "Deallocated"),
+                    ("amplihack-user-20251125-143000", "Running"),
+                ]
+                .into_iter()
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .collect(),
+            ),
+            ..Live::default()
+        };
+        let status = pool_status(&st, &live, &pool::PriceTable::default(), now);
         assert_eq!(
             status.capacity,
             CapacitySummary {
@@ -662,6 +882,95 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
         assert_eq!(v["sessions"]["running"], 2);
         assert_eq!(v["vms"][1]["capacity_percent"], 50);
+        // The deallocated VM costs nothing now; both cost their list price since created
+        // (65 and 35 minutes at $1.008/h).
+        assert_eq!(v["vms"][0]["hourly_usd"], 0.0);
+        assert_eq!(v["vms"][0]["cost_since_created_usd"], 1.09);
+        assert_eq!(v["vms"][1]["hourly_usd"], 1.008);
+        assert_eq!(v["vms"][1]["cost_since_created_usd"], 0.59);
+        assert_eq!(v["total_hourly_usd"], 1.008);
+        assert_eq!(v["total_cost_since_created_usd"], 1.68);
+        assert_eq!(v["cost_basis"], "approx., pay-as-you-go list price");
+        assert_eq!(v["power_states_known"], true);
+    }
+
+    #[test]
+    fn costs_of_unknown_skus_local_vms_and_vms_gone_from_azure() {
+        let mut st = State::default();
+        // From the Python original's state: a SKU outside the size table.
+        st.vm_pool
+            .insert("old".into(), vm("Standard_D4s_v3", 4, "eastus"));
+        st.vm_pool
+            .insert("gone".into(), vm("Standard_E8s_v5", 2, "eastus"));
+        st.vm_pool
+            .insert("stopped".into(), vm("Standard_D8s_v3", 1, "eastus"));
+        let mut local = vm(pool::LOCAL_SKU, 4, pool::LOCAL_REGION);
+        local.backend = Backend::Local;
+        st.vm_pool.insert(pool::LOCAL_VM_NAME.into(), local);
+        let now = t0() + Duration::hours(10);
+        let live = Live {
+            power: Some(
+                [("old", "Running"), ("stopped", "Stopped")]
+                    .into_iter()
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+                    .collect(),
+            ),
+            ..Live::default()
+        };
+        let prices = pool::PriceTable::default();
+        let status = pool_status(&st, &live, &prices, now);
+        let by_name = |n: &str| status.vms.iter().find(|v| v.name == n).unwrap();
+        assert_eq!(by_name("old").hourly_usd, None);
+        assert_eq!(by_name("old").cost_since_created_usd, None);
+        assert_eq!(by_name("gone").hourly_usd, Some(0.0), "not in Azure");
+        assert_eq!(by_name("gone").cost_since_created_usd, Some(5.04));
+        // Stopped from inside, not deallocated: Azure still bills it.
+        assert_eq!(by_name("stopped").hourly_usd, Some(0.384));
+        assert_eq!(by_name("local").hourly_usd, Some(0.0));
+        assert_eq!(by_name("local").cost_since_created_usd, Some(0.0));
+        assert_eq!(status.total_hourly_usd, 0.384);
+        assert_eq!(status.total_cost_since_created_usd, 8.88);
+
+        let text = status_text_report(&status, now);
+        assert!(
+            text.contains(
+                "    Cost: price unknown (Standard_D4s_v3; set AMPLIHACK_REMOTE_PRICES)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    Cost: $0.00/h now (not in Azure), at most $5.04 since created\n")
+        );
+        assert!(text.contains("    Cost: $0.38/h now, at most $3.84 since created\n"));
+        assert!(text.contains("  Not counted: 1 VM(s) of unknown price"));
+        assert!(!text.contains("Power states not read"));
+        let local_block = text.split("  local (local, local)").nth(1).unwrap();
+        assert!(
+            !local_block.split("\n  ").next().unwrap().contains("Cost"),
+            "no cost line for this machine: {text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        let old = v["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "old")
+            .unwrap();
+        assert!(old["hourly_usd"].is_null() && old["cost_since_created_usd"].is_null());
+
+        // Without power states every VM counts as billed, and the report says so; the
+        // user's prices replace the list's.
+        let mine = pool::PriceTable::with_overrides("Standard_D4s_v3=0.2").unwrap();
+        let status = pool_status(&st, &Live::default(), &mine, now);
+        assert_eq!(status.total_hourly_usd, 1.088);
+        let text = status_text_report(&status, now);
+        assert!(text.contains("  Power states not read: every VM counted as running\n"));
+        assert!(!text.contains("Not counted"));
+
+        // A pool of `local` alone has no cost summary at all.
+        st.vm_pool.retain(|n, _| n == pool::LOCAL_VM_NAME);
+        let text = status_text_report(&pool_status(&st, &live, &prices, now), now);
+        assert!(!text.contains("Cost"), "{text}");
     }
 
     #[test]
@@ -670,18 +979,27 @@ mod tests {
         a.prompt = "one".into();
         let mut b = session("sess-b", "vm1", Failed);
         b.error = Some("quota exceeded".into());
+        let q = session("sess-q", "vm1", Queued);
         let text = start_report(&[
             StartLine {
                 session: &a,
                 vm_is_new: true,
+                queue_place: None,
             },
             StartLine {
                 session: &b,
                 vm_is_new: false,
+                queue_place: None,
+            },
+            StartLine {
+                session: &q,
+                vm_is_new: false,
+                queue_place: Some((2, 3)),
             },
         ]);
-        assert!(text.contains("[1/2] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
+        assert!(text.contains("  Status: queued (place 2 of 3; it starts on its own"));
+        assert!(text.contains("[1/3] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
         assert!(text.contains("  Status: failed (quota exceeded)"));
-        assert!(text.contains("1 of 2 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
+        assert!(text.contains("2 of 3 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
     }
 }

@@ -1,20 +1,21 @@
-//! Scripts that run on a VM (through `azlin connect ... -- 'bash -s'`, or local bash for the
-//! local backend), and parsers for what they print. Pure: builds bytes, parses bytes.
+//! What runs on a VM, as bytes to send, and parsers for what it answers. Pure: builds bytes,
+//! parses bytes.
 //!
-//! Every script is sent on stdin and wrapped in one `{ ... }` group, so bash has read all of it
-//! before the first command runs; anything after the group on stdin (a git bundle) is payload.
-//! All data (prompts, keys, ids, paths) is single-quoted, so it reaches the VM byte for byte
-//! and never passes through a shell's parsing. Scripts exit 0 or 3, never 255 (which would
-//! look like an ssh failure). The layout they maintain is in docs/remote-layout.md.
+//! The VM side is real shell files under src/vm/ (shellchecked): `control.sh` has one
+//! subcommand per request (launch, probe, records, capture, stream, watch, kill) and
+//! `supervisor.sh`
+//! supervises one agent session. A request is `control.sh` sent on the stdin of `bash -s`
+//! inside one `{ ... }` group, after a header that sets its arguments; anything after the group
+//! (a git bundle) is payload. All data (prompts, keys, ids, paths) is single-quoted, so it
+//! reaches the VM byte for byte and never passes through a shell's parsing. The scripts exit 0
+//! or 3, never 255 (which would look like an ssh failure). Layout: docs/remote-layout.md.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{SessionStatus, parse_timestamp};
-
-/// Where a VM keeps the session directories, relative to the login user's home.
-pub const REMOTE_BASE: &str = ".amplihack/remote";
+use crate::model::{Session, SessionStatus, parse_timestamp};
+use crate::naming;
 
 /// Quotes a string as one shell word. Single quotes keep every byte literal; an embedded
 /// single quote is closed, escaped and reopened.
@@ -32,21 +33,8 @@ pub fn shell_quote(s: &str) -> String {
     out
 }
 
-/// The workspace root as a shell expression: `~/x` and relative roots live under `$HOME`.
-pub fn root_expr(root: &str) -> String {
-    let root = root.trim_end_matches('/');
-    if root == "~" || root.is_empty() {
-        "\"$HOME\"".into()
-    } else if let Some(rest) = root.strip_prefix("~/") {
-        format!("\"$HOME\"/{}", shell_quote(rest))
-    } else if root.starts_with('/') {
-        shell_quote(root)
-    } else {
-        format!("\"$HOME\"/{}", shell_quote(root))
-    }
-}
-
-/// The workspace path recorded in the state for a session.
+/// The workspace path recorded in the state for a session. The control script resolves `~`
+/// and relative roots against the VM user's home.
 pub fn workspace_path(root: &str, id: &str) -> String {
     let root = root.trim_end_matches('/');
     if root.is_empty() {
@@ -56,72 +44,78 @@ pub fn workspace_path(root: &str, id: &str) -> String {
     }
 }
 
-/// The run script: the pane's process in each session's tmux session. It starts the agent as
-/// its own process group (so `kill` can signal the agent and everything it spawned), logs its
-/// output, and records the exit code and finish time so status and output survive the tmux
-/// session. If the tmux session is ended under it, it ends the agent rather than leave it
-/// running unsupervised, and its pane's `tail` exits with it. `$1` is the session directory.
-pub const RUN_SCRIPT: &str = r#"#!/usr/bin/env bash
-# amplihack remote run script: one agent session. Layout: docs/remote-layout.md.
-d=$1
-if [ -f "$d/secret" ]; then
-  IFS= read -r -d '' ANTHROPIC_API_KEY < "$d/secret"
-  export ANTHROPIC_API_KEY
-  rm -f -- "$d/secret"
-fi
-export NODE_OPTIONS=--max-old-space-size=32768
-mapfile -d '' -t argv < "$d/argv"
-IFS= read -r -d '' prompt < "$d/prompt"
-pid=
-# The tmux session ended under us (kill-session, kill-server): end the agent too, then record.
-trap '[ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null' HUP TERM
-date -u +%Y-%m-%dT%H:%M:%SZ > "$d/started_at"
-: >> "$d/output.log"
-set -m
-"${argv[@]}" "$prompt" < /dev/null >> "$d/output.log" 2>&1 &
-pid=$!
-printf '%s\n' "$pid" > "$d/agent.pid"
-tail -n +1 -f --pid=$$ -- "$d/output.log" &
-tail_pid=$!
-# A trapped signal cuts `wait` short: wait again until the agent has really exited.
-while :; do
-  wait "$pid"
-  rc=$?
-  kill -0 "$pid" 2>/dev/null || break
-done
-date -u +%Y-%m-%dT%H:%M:%SZ > "$d/finished_at.part" && mv -f -- "$d/finished_at.part" "$d/finished_at"
-printf '%s\n' "$rc" > "$d/exit_code.part" && mv -f -- "$d/exit_code.part" "$d/exit_code"
-sleep 1
-kill "$tail_pid" 2>/dev/null
-exit 0
-"#;
+/// The shell files that run on a VM (src/vm/): helpers, the control script and the session
+/// supervisor. They are shellchecked as files; here they are only embedded and sent.
+const LIB_SH: &str = include_str!("vm/lib.sh");
+const CONTROL_SH: &str = include_str!("vm/control.sh");
+const SUPERVISOR_SH: &str = include_str!("vm/supervisor.sh");
 
-/// Shared opening of every script: stdin kept on fd 3 for payload and replaced by /dev/null
-/// for every command, the user's own tmux client variable dropped, and `probe`, which prints
-/// one `session` line of facts about a session.
-fn opening(kind: &str) -> String {
-    format!(
-        r#"# amplihack remote: {kind} script (generated; see docs/remote-layout.md)
-{{
-exec 3<&0 </dev/null
-unset TMUX
-umask 077
-base="$HOME/{REMOTE_BASE}"
-fail() {{ printf 'amplihack: %s\n' "$*" >&2; exit 3; }}
-probe() {{
-  local id=$1 d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=-
-  [ -d "$d" ] && known=1
-  tmux has-session -t "=$id" 2>/dev/null && alive=1
-  [ -f "$d/exit_code" ] && IFS= read -r rc < "$d/exit_code"
-  [ -f "$d/finished_at" ] && IFS= read -r fin < "$d/finished_at"
-  [ -f "$d/started_at" ] && IFS= read -r st < "$d/started_at"
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$known" "$alive" "${{rc:--}}" "${{fin:--}}" "${{st:--}}"
-}}
-"#
-    )
+/// The supervisor as the launch writes it into each session directory: self-contained (the
+/// helpers in front), and a copy per session, so an upgrade never changes it underfoot.
+pub fn supervisor_text() -> String {
+    format!("{LIB_SH}\n{SUPERVISOR_SH}")
 }
 
-const CLOSING: &str = "exit 0\n}\n";
+/// The whole stdin of one control call: `{`, the header (variables, then the arguments of
+/// the subcommand, every value single-quoted), the helpers and the control script, `}`, then
+/// the payload. The group makes bash read everything before it runs anything.
+fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut s = String::with_capacity(LIB_SH.len() + CONTROL_SH.len() + 512);
+    s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n{\n");
+    for (name, value) in vars {
+        s.push_str(name);
+        s.push('=');
+        s.push_str(&shell_quote(value));
+        s.push('\n');
+    }
+    s.push_str("set --");
+    for arg in args {
+        s.push(' ');
+        s.push_str(&shell_quote(arg));
+    }
+    s.push('\n');
+    s.push_str(LIB_SH);
+    s.push('\n');
+    s.push_str(CONTROL_SH);
+    s.push_str("\n}\n");
+    let mut input = s.into_bytes();
+    input.extend_from_slice(payload);
+    input
+}
+
+/// Makes a control call start the VM's queued work first, as far as the VM has room: used on
+/// VMs the state knows to have queued sessions, whose supervisors may all be gone. `key` is
+/// handed to the sessions it starts (never written on the VM).
+pub fn draining(input: Vec<u8>, key: Option<&str>) -> Vec<u8> {
+    let open = input
+        .iter()
+        .position(|b| *b == b'{')
+        .expect("a control call opens its group")
+        + 2;
+    let mut header = String::from("AMPLIHACK_DRAIN=1\n");
+    if let Some(key) = key {
+        header.push_str(&format!("AMPLIHACK_SECRET={}\n", shell_quote(key)));
+    }
+    let mut out = Vec::with_capacity(input.len() + header.len());
+    out.extend_from_slice(&input[..open]);
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&input[open..]);
+    out
+}
+
+/// Queued sessions the VM could not start (`stuck` lines of a draining call), and why.
+pub fn parse_stuck(stdout: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, '\t');
+            match (p.next(), p.next(), p.next()) {
+                (Some("stuck"), Some(id), Some(why)) => Some((id.to_string(), why.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 pub struct LaunchSession<'a> {
@@ -129,6 +123,8 @@ pub struct LaunchSession<'a> {
     pub prompt: &'a str,
     pub command: &'a str,
     pub max_turns: u32,
+    /// The session's own record (JSON), kept on the VM so the VM alone can describe it.
+    pub record: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -141,92 +137,66 @@ pub struct LaunchPlan<'a> {
     pub bundle: Option<(&'a str, &'a [u8])>,
     /// A fresh Azure VM may still be installing tmux and the agent.
     pub wait_for_cloud_init: bool,
+    /// How many agents the VM may run at once; the VM enforces it under its lock.
+    pub capacity: Option<u32>,
+    /// A session that finds no free slot on the VM waits in its queue (else it fails).
+    pub queue: bool,
 }
 
-/// The whole stdin of the launch call: the script, then the bundle bytes if any.
-pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
-    let mut s = opening("launch");
-    s.push_str(
-        r#"report_failed() { printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"; }
-command -v tmux >/dev/null 2>&1 || fail "tmux is not installed on this machine"
-mkdir -p -- "$base/sessions" "$base/context" || fail "cannot create $base"
-"#,
-    );
-    if plan.wait_for_cloud_init {
-        s.push_str(
-            "if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1; fi\n",
-        );
-    }
-    match plan.bundle {
-        Some((name, _)) => {
-            s.push_str(&format!(
-                r#"command -v git >/dev/null 2>&1 || fail "git is not installed on this machine"
-bundle="$base/context/"{name}
-cat <&3 > "$bundle.part" && mv -f -- "$bundle.part" "$bundle" || fail "could not store the git bundle"
-"#,
-                name = shell_quote(name)
-            ));
-        }
-        None => s.push_str("bundle=\n"),
-    }
-    s.push_str("exec 3<&-\n");
-    s.push_str(&format!("root={}\n", root_expr(plan.workspace_root)));
-    s.push_str(
-        r#"mkdir -p -- "$root" 2>/dev/null || { sudo -n mkdir -p -- "$root" && sudo -n chown "$(id -u):$(id -g)" -- "$root"; } 2>/dev/null || fail "cannot create the workspace root $root (it needs sudo)"
-IFS= read -r -d '' run_sh <<'AMPLIHACK_RUN_SH'
-"#,
-    );
-    s.push_str(RUN_SCRIPT);
-    s.push_str(
-        r#"AMPLIHACK_RUN_SH
-start_session() {
-  local id=$1 ws="$root/$1" d="$base/sessions/$1" out
-  if tmux has-session -t "=$id" 2>/dev/null; then printf 'launched\t%s\n' "$id"; return; fi
-  printf '%s' "$run_sh" > "$d/run.sh" || { report_failed "$id" "cannot write $d/run.sh"; return; }
-  if [ -n "$bundle" ]; then
-    if [ ! -e "$ws/.git" ]; then
-      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return; }
-      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return; }
-    fi
-  else
-    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return; }
-  fi
-  out=$(tmux new-session -d -s "$id" -c "$ws" bash "$d/run.sh" "$d" 2>&1) || { report_failed "$id" "tmux new-session failed: $out"; return; }
-  printf 'launched\t%s\n' "$id"
+/// The agent's argv before the prompt: `amplihack claude --<command> --max-turns N -- -p`.
+pub fn agent_argv(agent_words: &[String], command: &str, max_turns: u32) -> Vec<String> {
+    let mut argv = agent_words.to_vec();
+    argv.push(format!("--{command}"));
+    argv.push("--max-turns".into());
+    argv.push(max_turns.to_string());
+    argv.push("--".into());
+    argv.push("-p".into());
+    argv
 }
-"#,
-    );
-    for sess in &plan.sessions {
-        let id = shell_quote(sess.id);
-        let mut argv: Vec<String> = plan.agent_words.to_vec();
-        argv.push(format!("--{}", sess.command));
-        argv.push("--max-turns".into());
-        argv.push(sess.max_turns.to_string());
-        argv.push("--".into());
-        argv.push("-p".into());
-        let argv_words: Vec<String> = argv.iter().map(|w| shell_quote(w)).collect();
-        let secret = match plan.api_key {
-            Some(key) => format!(" && printf '%s' {} > \"$d/secret\"", shell_quote(key)),
-            None => String::new(),
-        };
-        s.push_str(&format!(
-            "d=\"$base/sessions/\"{id}\n\
-             if mkdir -p -- \"$d\" && printf '%s' {prompt} > \"$d/prompt\" && printf '%s\\0' {argv} > \"$d/argv\"{secret}; then start_session {id}; else report_failed {id} \"cannot write the session files in $d\"; fi\n",
-            prompt = shell_quote(sess.prompt),
-            argv = argv_words.join(" "),
-        ));
+
+/// The whole stdin of the launch call: control `launch`, then the bundle bytes if any.
+pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
+    let supervisor = supervisor_text();
+    let mut vars: Vec<(&str, &str)> = vec![("AMPLIHACK_SUPERVISOR", &supervisor)];
+    if let Some(key) = plan.api_key {
+        vars.push(("AMPLIHACK_SECRET", key));
     }
-    s.push_str(CLOSING);
-    let mut input = s.into_bytes();
-    if let Some((_, bytes)) = plan.bundle {
-        input.extend_from_slice(bytes);
+    let argvs: Vec<(Vec<String>, String)> = plan
+        .sessions
+        .iter()
+        .map(|s| {
+            let argv = agent_argv(plan.agent_words, s.command, s.max_turns);
+            let argc = argv.len().to_string();
+            (argv, argc)
+        })
+        .collect();
+    let capacity = plan.capacity.map(|c| c.to_string()).unwrap_or_default();
+    let mut args: Vec<&str> = vec![
+        "launch",
+        plan.workspace_root,
+        plan.bundle.map_or("", |(name, _)| name),
+        if plan.wait_for_cloud_init { "1" } else { "0" },
+        &capacity,
+        if plan.queue { "1" } else { "0" },
+    ];
+    for (s, (argv, argc)) in plan.sessions.iter().zip(&argvs) {
+        args.extend([s.id, s.prompt, s.record, argc.as_str()]);
+        args.extend(argv.iter().map(String::as_str));
     }
-    input
+    control_input(&vars, &args, plan.bundle.map_or(&[][..], |(_, b)| b))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchResult {
-    Launched,
+    /// Running; `started_at` is when the VM recorded the agent's start, when it has.
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
+    /// Waiting in the VM's queue, at this place (1 = next) of this many.
+    Queued {
+        place: u32,
+        of: u32,
+    },
     Failed(String),
 }
 
@@ -236,8 +206,17 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     for line in text.lines() {
         let mut parts = line.splitn(3, '\t');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some("launched"), Some(id), _) => {
-                out.insert(id.to_string(), LaunchResult::Launched);
+            (Some("launched"), Some(id), started) => {
+                let started_at = field(started, |v| parse_timestamp(v.trim()).ok());
+                out.insert(id.to_string(), LaunchResult::Launched { started_at });
+            }
+            (Some("queued"), Some(id), place) => {
+                let mut p = place
+                    .unwrap_or("")
+                    .split('\t')
+                    .map(|n| n.trim().parse().unwrap_or(0));
+                let (place, of) = (p.next().unwrap_or(0), p.next().unwrap_or(0));
+                out.insert(id.to_string(), LaunchResult::Queued { place, of });
             }
             (Some("failed"), Some(id), reason) => {
                 out.insert(
@@ -251,25 +230,145 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     out
 }
 
-/// Prints one `session` line per id: whether its directory exists, whether its tmux session
-/// is alive, its exit code, finish and start times.
-pub fn probe_script(ids: &[&str]) -> Vec<u8> {
-    let mut s = opening("status");
-    for id in ids {
-        s.push_str(&format!("probe {}\n", shell_quote(id)));
+/// What a call should bring home of a session it finds finished: its archive frame (result,
+/// record, log, commits since the starting commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveRequest<'a> {
+    /// The workspace as the state records it (the VM resolves `~`).
+    pub workspace: &'a str,
+    /// The commit the workspace started from; `None` without a git context.
+    pub base_commit: Option<&'a str>,
+    /// The most bytes of the log to send: its last part.
+    pub log_cap: u64,
+}
+
+impl ArchiveRequest<'_> {
+    /// The trailing arguments of capture and kill: `LOG_CAP WORKSPACE BASE_COMMIT`.
+    fn args(&self) -> [String; 3] {
+        [
+            self.log_cap.to_string(),
+            self.workspace.to_string(),
+            self.base_commit.unwrap_or("").to_string(),
+        ]
     }
-    s.push_str(CLOSING);
-    s.into_bytes()
+}
+
+/// What a probe asks about one session beyond its `session` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Its facts alone.
+    Facts,
+    /// Its archive frame when it has ended.
+    Archive,
+    /// Its archive frame when it has ended, else a snapshot of its commits so far (`pull`).
+    Commits,
+    /// A pending session whose start died: claimed first (the VM settles, under the session's
+    /// lock, whether it was launched, and cancels a launch still on its way), then as
+    /// `Archive`. Its `session` line says `claimed`.
+    Claim,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget<'a> {
+    pub id: &'a str,
+    pub workspace: &'a str,
+    pub base_commit: Option<&'a str>,
+    pub want: Want,
+}
+
+/// Asks for one `session` line per target (see `Probe`), plus the frames each one wants:
+/// `probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...`.
+pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
+    let cap = log_cap.to_string();
+    let mut args = vec!["probe", cap.as_str()];
+    for t in targets {
+        args.extend([
+            t.id,
+            t.workspace,
+            t.base_commit.unwrap_or(""),
+            match t.want {
+                Want::Facts => "facts",
+                Want::Archive => "archive",
+                Want::Commits => "commits",
+                Want::Claim => "claim",
+            },
+        ]);
+    }
+    control_input(&[], &args, &[])
+}
+
+/// Asks a VM for everything it knows of its sessions (`sync`): each session directory's own
+/// record and facts, plus the facts of `ids`, which may have no directory.
+pub fn records_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
+    let mut args = vec!["records"];
+    args.extend_from_slice(ids);
+    if !claim.is_empty() {
+        args.push("--");
+        args.extend_from_slice(claim);
+    }
+    control_input(&[], &args, &[])
+}
+
+/// What a VM answered to `records`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmRecords {
+    /// Per session directory: the session's own record, or why it cannot be used.
+    pub records: BTreeMap<String, Result<Session, String>>,
+    /// Facts of every session it reported on: its directories and the ids asked about.
+    pub probes: HashMap<String, Probe>,
+}
+
+/// Reads a `records` answer: `record\tID\tJSON` (or `-`) lines and `session` lines. Lines
+/// of other shapes, and ids that are not well formed, are ignored.
+pub fn parse_records(stdout: &[u8]) -> VmRecords {
+    let mut out = VmRecords::default();
+    for line in String::from_utf8_lossy(stdout).lines() {
+        if let Some(rest) = line.strip_prefix("record\t") {
+            let Some((id, json)) = rest.split_once('\t') else {
+                continue;
+            };
+            if naming::validate_session_id(id).is_err() {
+                continue;
+            }
+            let record = match json.trim() {
+                "-" => Err("its directory has no record.json (a launch that did not get that far, or an older version's)".to_string()),
+                json => match serde_json::from_str::<Session>(json) {
+                    Ok(s) if s.session_id == id => Ok(s),
+                    Ok(s) => Err(format!("its record.json names session {:?}", s.session_id)),
+                    Err(e) => Err(format!("its record.json is not a session record: {e}")),
+                },
+            };
+            out.records.insert(id.to_string(), record);
+        } else if let Some((id, probe)) = parse_probe_line(line)
+            && naming::validate_session_id(&id).is_ok()
+        {
+            out.probes.insert(id, probe);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     /// The session directory exists (sessions of the Python original have none).
     pub known: bool,
+    /// The agent's process group or the session's supervisor lives (identity verified); for a
+    /// session without a directory, its tmux session exists.
     pub alive: bool,
     pub exit_code: Option<i32>,
     pub finished_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
+    /// `kill` marked the session before signalling it.
+    pub kill_requested: bool,
+    /// Its tmux session exists (what `attach` needs).
+    pub tmux: bool,
+    /// Its launch was cancelled: its start died before launching it.
+    pub cancelled: bool,
+    /// This probe claimed it (a pending session whose start died): launched or cancelled, the
+    /// answer is final, so it may settle a pending session.
+    pub claimed: bool,
+    /// It waits in its VM's queue.
+    pub queued: bool,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -287,6 +386,11 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let exit_code = field(p.next(), |v| v.trim().parse().ok());
     let finished_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
     let started_at = field(p.next(), |v| parse_timestamp(v.trim()).ok());
+    let kill_requested = p.next() == Some("1");
+    let tmux = p.next() == Some("1");
+    let cancelled = p.next() == Some("1");
+    let claimed = p.next() == Some("1");
+    let queued = p.next() == Some("1");
     Some((
         id,
         Probe {
@@ -295,6 +399,11 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             exit_code,
             finished_at,
             started_at,
+            kill_requested,
+            tmux,
+            cancelled,
+            claimed,
+            queued,
         },
     ))
 }
@@ -308,6 +417,8 @@ pub fn parse_probes(stdout: &[u8]) -> HashMap<String, Probe> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// Waiting in its VM's queue.
+    Queued,
     Running {
         started_at: Option<DateTime<Utc>>,
     },
@@ -319,14 +430,29 @@ pub enum Verdict {
     },
 }
 
-pub const VANISHED: &str = "the tmux session ended without recording an exit code";
+/// A session with a directory whose supervisor and agent are both gone, with no exit code.
+pub const VANISHED: &str = "its supervisor and agent ended without recording an exit code (the VM rebooted, or they were killed outright)";
+/// A session its VM has no trace of.
+pub const UNKNOWN_ON_VM: &str =
+    "its VM has no trace of it: no session directory and no tmux session";
+/// A session of the Python original (no directory) whose tmux session is gone.
+pub const TMUX_ENDED: &str = "the tmux session ended without recording an exit code";
+/// A pending session whose start died before launching it.
+pub const NEVER_LAUNCHED: &str = "its start ended before launching it";
 
-/// The true status of a session from what its VM says. A recorded exit code wins; otherwise a
-/// live tmux session means running, and a dead one means the session vanished (failed).
-pub fn verdict(probe: &Probe, now: DateTime<Utc>) -> Verdict {
+/// The true status of a session from what its VM says. A recorded exit code wins; otherwise
+/// a live agent group or supervisor means running, and neither means it ended unrecorded.
+/// A kill asked for (marked on the VM, or `kill_intended` by a live `kill` of ours) makes any
+/// end `killed`.
+pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdict {
+    let killed = probe.kill_requested || kill_intended;
     match probe.exit_code {
         Some(code) => Verdict::Finished {
-            status: SessionStatus::from_exit_code(code),
+            status: if killed {
+                SessionStatus::Killed
+            } else {
+                SessionStatus::from_exit_code(code)
+            },
             exit_code: Some(code),
             at: probe.finished_at.unwrap_or(now),
             error: None,
@@ -334,64 +460,146 @@ pub fn verdict(probe: &Probe, now: DateTime<Utc>) -> Verdict {
         None if probe.alive => Verdict::Running {
             started_at: probe.started_at,
         },
+        None if probe.queued => Verdict::Queued,
+        None if killed => Verdict::Finished {
+            status: SessionStatus::Killed,
+            exit_code: None,
+            at: now,
+            error: None,
+        },
         None => Verdict::Finished {
             status: SessionStatus::Failed,
             exit_code: None,
             at: now,
-            error: Some(VANISHED.into()),
+            error: Some(
+                if probe.cancelled {
+                    NEVER_LAUNCHED
+                } else if probe.known {
+                    VANISHED
+                } else if probe.started_at.is_none() && !probe.tmux {
+                    UNKNOWN_ON_VM
+                } else {
+                    TMUX_ENDED
+                }
+                .into(),
+            ),
         },
     }
 }
 
-/// Captures what a session shows: its tmux pane while it runs, the kept log after.
-pub fn capture_script(id: &str, lines: u32) -> Vec<u8> {
-    let mut s = opening("capture");
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-probe "$id"
-if tmux has-session -t "=$id" 2>/dev/null && [ ! -f "$d/exit_code" ]; then
-  printf 'data\tpane\n'
-  tmux capture-pane -p -J -t "$id" -S -{lines} 2>/dev/null
-elif [ -f "$d/output.log" ]; then
-  printf 'data\tlog\n'
-  tail -n {lines} -- "$d/output.log"
-else
-  printf 'data\tnone\n'
-fi
-"#,
-        id = shell_quote(id)
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+/// A control call's arguments, with the archive request's appended when there is one.
+fn with_archive(mut args: Vec<String>, archive: Option<&ArchiveRequest>) -> Vec<u8> {
+    if let Some(a) = archive {
+        args.extend(a.args());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    control_input(&[], &refs, &[])
 }
 
-/// One poll of `output --follow`: the session's facts, the log size, and the log bytes after
-/// `offset` (or, on the first poll, its last `lines` lines), cut at that size so no byte is
-/// read twice or skipped.
-pub fn follow_script(id: &str, offset: Option<u64>, lines: u32) -> Vec<u8> {
-    let mut s = opening("follow");
-    let read = match offset {
-        None => format!(r#"head -c "$size" -- "$log" | tail -n {lines}"#),
-        Some(off) => format!(
-            r#"if [ "$size" -gt {off} ]; then tail -c +$(({off} + 1)) -- "$log" | head -c $((size - {off})); fi"#
-        ),
-    };
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-log="$d/output.log"
-probe "$id"
-size=0
-[ -f "$log" ] && size=$(($(wc -c < "$log")))
-printf 'log\t%s\n' "$size"
-printf 'data\tlog\n'
-[ -f "$log" ] && {read}
-"#,
-        id = shell_quote(id)
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+/// Captures what a session shows: its tmux pane while it runs, the kept log after; with
+/// `archive`, also the archive frame of a session found finished.
+pub fn capture_script(id: &str, lines: u32, archive: Option<&ArchiveRequest>) -> Vec<u8> {
+    with_archive(
+        vec!["capture".into(), id.into(), lines.to_string()],
+        archive,
+    )
+}
+
+/// How a stream paces itself on the VM: how often it checks, and how often it sends a
+/// heartbeat when there is nothing else to say.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub check_every: std::time::Duration,
+    pub beat_every: std::time::Duration,
+}
+
+impl Pace {
+    fn args(&self) -> [String; 2] {
+        [
+            format!("{:.3}", self.check_every.as_secs_f64()),
+            self.beat_every.as_secs().max(1).to_string(),
+        ]
+    }
+}
+
+/// `output --follow` over one connection: the session's log from byte `offset` (or, first,
+/// from its last `lines` lines) as it grows, until the session is over (see `Frames`).
+pub fn stream_script(id: &str, offset: Option<u64>, lines: u32, pace: Pace) -> Vec<u8> {
+    let offset = offset.map_or_else(|| "-".to_string(), |o| o.to_string());
+    let [check, beat] = pace.args();
+    control_input(
+        &[],
+        &["stream", id, &offset, &lines.to_string(), &check, &beat],
+        &[],
+    )
+}
+
+/// `wait` over one connection per VM: a session line as each session is over (see `Frames`).
+pub fn watch_script(ids: &[&str], pace: Pace) -> Vec<u8> {
+    let [check, beat] = pace.args();
+    let mut args = vec!["watch", check.as_str(), beat.as_str()];
+    args.extend_from_slice(ids);
+    control_input(&[], &args, &[])
+}
+
+/// One frame of a stream (not to be confused with the archive frames of `Frame`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamFrame {
+    /// A session's facts.
+    Session(String, Probe),
+    /// Log bytes starting at a byte offset.
+    Data { offset: u64, bytes: Vec<u8> },
+    /// A heartbeat: the connection lives.
+    Beat,
+    /// The stream is complete.
+    End,
+}
+
+/// Parses a stream's frames as its bytes arrive, in any pieces.
+#[derive(Debug, Default)]
+pub struct Frames {
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    /// Adds bytes; returns every frame now complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<StreamFrame>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Some(nl) = self.buf[at..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.buf[at..at + nl]).into_owned();
+            let body = at + nl + 1;
+            let frame = match line.split_once('\t').map_or((line.as_str(), ""), |p| p) {
+                ("B", _) => StreamFrame::Beat,
+                ("E", _) => StreamFrame::End,
+                ("S", rest) => match parse_probe_line(rest) {
+                    Some((id, probe)) => StreamFrame::Session(id, probe),
+                    None => return Err(format!("a malformed session frame: {rest:?}")),
+                },
+                ("D", rest) => {
+                    let (offset, len) = rest
+                        .split_once('\t')
+                        .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<usize>().ok()?)))
+                        .ok_or_else(|| format!("a malformed data frame: {rest:?}"))?;
+                    if self.buf.len() < body + len {
+                        break; // the bytes are still on their way
+                    }
+                    at = body + len;
+                    frames.push(StreamFrame::Data {
+                        offset,
+                        bytes: self.buf[body..body + len].to_vec(),
+                    });
+                    continue;
+                }
+                _ => return Err(format!("an unexpected line in a stream: {line:?}")),
+            };
+            frames.push(frame);
+            at = body;
+        }
+        self.buf.drain(..at);
+        Ok(frames)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -402,41 +610,213 @@ pub enum CaptureSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capture {
+pub struct Capture<'a> {
     pub probe: Option<Probe>,
+    /// Its place in its VM's queue (1 = next) and the queue's length, when it is queued.
+    pub queue_place: Option<(u32, u32)>,
     pub log_size: Option<u64>,
     pub source: CaptureSource,
-    pub data: Vec<u8>,
+    pub data: &'a [u8],
+    /// The archive frame of a session found finished, when one was asked for.
+    pub frames: Vec<Frame<'a>>,
 }
 
-/// Splits a capture or follow answer into its header lines and the raw data after `data`.
-pub fn parse_capture(stdout: &[u8]) -> Result<Capture, String> {
-    let mut rest = stdout;
+/// Splits a capture or follow answer into its header lines, its frames and the raw data
+/// after `data`.
+pub fn parse_capture(stdout: &[u8]) -> Result<Capture<'_>, String> {
+    let answer = read_answer(stdout)?;
+    let Some((kind, data)) = answer.data else {
+        return Err("the VM's answer ended before its data section".into());
+    };
     let mut probe = None;
     let mut log_size = None;
-    loop {
-        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-            return Err("the VM's answer ended before its data section".into());
-        };
-        let line = String::from_utf8_lossy(&rest[..nl]).into_owned();
-        rest = &rest[nl + 1..];
-        if let Some(kind) = line.strip_prefix("data\t") {
-            let source = match kind {
-                "pane" => CaptureSource::Pane,
-                "log" => CaptureSource::Log,
-                _ => CaptureSource::None,
-            };
-            return Ok(Capture {
-                probe,
-                log_size,
-                source,
-                data: rest.to_vec(),
-            });
+    let mut queue_place = None;
+    for line in &answer.lines {
+        if let Some(place) = line.strip_prefix("queue\t") {
+            let mut p = place.split('\t').map(|n| n.trim().parse().unwrap_or(0));
+            queue_place = Some((p.next().unwrap_or(0), p.next().unwrap_or(0)));
         } else if let Some(size) = line.strip_prefix("log\t") {
             log_size = size.trim().parse().ok();
-        } else if let Some((_, p)) = parse_probe_line(&line) {
+        } else if let Some((_, p)) = parse_probe_line(line) {
             probe = Some(p);
         }
+    }
+    let source = match kind.as_str() {
+        "pane" => CaptureSource::Pane,
+        "log" => CaptureSource::Log,
+        _ => CaptureSource::None,
+    };
+    Ok(Capture {
+        probe,
+        queue_place,
+        log_size,
+        source,
+        data,
+        frames: answer.frames,
+    })
+}
+
+/// What a frame carries: a finished session's archive, or a running session's commits so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Archive,
+    Snapshot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Plain,
+    Gzip,
+}
+
+/// One file of a frame, as sent: `result.json`, `record.json`, `output.log`, `commits.bundle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub name: String,
+    pub encoding: Encoding,
+    pub data: &'a [u8],
+}
+
+/// A frame of an answer: `archive ID` or `snapshot ID`, then `note KEY VALUE` lines and parts
+/// (`part NAME ENCODING LENGTH` and exactly LENGTH bytes), then `end ID`. Only a frame whose
+/// `end` arrived is ever returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub id: String,
+    pub kind: FrameKind,
+    pub notes: BTreeMap<String, String>,
+    pub parts: Vec<Part<'a>>,
+}
+
+impl<'a> Frame<'a> {
+    pub fn part(&self, name: &str) -> Option<&Part<'a>> {
+        self.parts.iter().find(|p| p.name == name)
+    }
+
+    pub fn note_u64(&self, key: &str) -> Option<u64> {
+        self.notes.get(key).and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// An answer split into its text lines, its frames, and the raw data section that follows a
+/// `data KIND` line (capture and follow).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer<'a> {
+    pub lines: Vec<String>,
+    pub frames: Vec<Frame<'a>>,
+    pub data: Option<(String, &'a [u8])>,
+    /// Why reading stopped early: a frame cut short or malformed. Everything before it stands.
+    pub damaged: Option<String>,
+}
+
+/// Cuts the next line (without its newline) off `rest`.
+fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let line = &rest[..nl];
+    *rest = &rest[nl + 1..];
+    Some(line)
+}
+
+/// Reads one frame after its opening line; `Err` when it is cut short or malformed.
+fn read_frame<'a>(rest: &mut &'a [u8], id: &str, kind: FrameKind) -> Result<Frame<'a>, String> {
+    let mut frame = Frame {
+        id: id.to_string(),
+        kind,
+        notes: BTreeMap::new(),
+        parts: Vec::new(),
+    };
+    loop {
+        let line = next_line(rest).ok_or_else(|| format!("the frame of {id} was cut short"))?;
+        let line = String::from_utf8_lossy(line);
+        let mut f = line.split('\t');
+        match (f.next(), f.next(), f.next(), f.next()) {
+            (Some("end"), Some(end_id), None, None) if end_id == id => return Ok(frame),
+            (Some("note"), Some(key), value, None) => {
+                frame
+                    .notes
+                    .insert(key.to_string(), value.unwrap_or("").to_string());
+            }
+            (Some("part"), Some(name), Some(encoding), Some(len)) => {
+                let encoding = match encoding {
+                    "plain" => Encoding::Plain,
+                    "gzip" => Encoding::Gzip,
+                    other => return Err(format!("unknown encoding {other:?} in {id}")),
+                };
+                let len: usize = len
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("bad part length {len:?} in {id}"))?;
+                if rest.len() < len {
+                    return Err(format!("part {name} of {id} was cut short"));
+                }
+                let (data, tail) = rest.split_at(len);
+                *rest = tail;
+                frame.parts.push(Part {
+                    name: name.to_string(),
+                    encoding,
+                    data,
+                });
+            }
+            _ => return Err(format!("unexpected line {line:?} in the frame of {id}")),
+        }
+    }
+}
+
+/// Reads a control call's answer: text lines, frames, and a trailing raw `data` section.
+/// A damaged frame stops the reading; what came before it stands.
+pub fn read_answer(stdout: &[u8]) -> Result<Answer<'_>, String> {
+    let mut rest = stdout;
+    let mut answer = Answer::default();
+    while !rest.is_empty() {
+        let Some(line) = next_line(&mut rest) else {
+            // A last line without a newline: text, never a frame.
+            answer
+                .lines
+                .push(String::from_utf8_lossy(rest).into_owned());
+            break;
+        };
+        let line = String::from_utf8_lossy(line).into_owned();
+        if let Some(kind) = line.strip_prefix("data\t") {
+            answer.data = Some((kind.to_string(), rest));
+            break;
+        }
+        let frame_kind = if let Some(id) = line.strip_prefix("archive\t") {
+            Some((id, FrameKind::Archive))
+        } else {
+            line.strip_prefix("snapshot\t")
+                .map(|id| (id, FrameKind::Snapshot))
+        };
+        match frame_kind {
+            Some((id, kind)) => match read_frame(&mut rest, id, kind) {
+                Ok(frame) => answer.frames.push(frame),
+                Err(why) => {
+                    answer.damaged = Some(why);
+                    break;
+                }
+            },
+            None => answer.lines.push(line),
+        }
+    }
+    Ok(answer)
+}
+
+/// A probe's answer: the facts per session and the frames.
+pub struct ProbeAnswer<'a> {
+    pub probes: HashMap<String, Probe>,
+    pub frames: Vec<Frame<'a>>,
+    pub damaged: Option<String>,
+}
+
+pub fn parse_probe_answer(stdout: &[u8]) -> ProbeAnswer<'_> {
+    let answer = read_answer(stdout).unwrap_or_default();
+    ProbeAnswer {
+        probes: answer
+            .lines
+            .iter()
+            .filter_map(|l| parse_probe_line(l))
+            .collect(),
+        frames: answer.frames,
+        damaged: answer.damaged,
     }
 }
 
@@ -471,37 +851,29 @@ pub fn count_lines(data: &[u8]) -> usize {
     newlines + usize::from(!data.is_empty() && !data.ends_with(b"\n"))
 }
 
-/// Signals the agent's process group (SIGTERM, then SIGKILL after `grace_secs`; or SIGKILL at
-/// once), waits for the run script to record the exit code, and ends the tmux session.
-pub fn kill_script(id: &str, force: bool, grace_secs: u32) -> Vec<u8> {
-    let signal = if force { "KILL" } else { "TERM" };
-    let mut s = opening("kill");
-    s.push_str(&format!(
-        r#"id={id}
-d="$base/sessions/$id"
-if [ -f "$d/exit_code" ]; then printf 'result\talready\n'; probe "$id"; exit 0; fi
-pid=
-[ -f "$d/agent.pid" ] && IFS= read -r pid < "$d/agent.pid"
-alive() {{ [ -n "$pid" ] && kill -0 -- "-$pid" 2>/dev/null; }}
-had_tmux=0
-tmux has-session -t "=$id" 2>/dev/null && had_tmux=1
-if alive; then
-  kill -{signal} -- "-$pid" 2>/dev/null && printf 'signalled\t{signal}\n'
-  n=0
-  while alive && [ "$n" -lt {grace_ticks} ]; do sleep 0.1; n=$((n + 1)); done
-  if alive; then kill -KILL -- "-$pid" 2>/dev/null; printf 'escalated\tKILL\n'; fi
-  n=0
-  while [ ! -f "$d/exit_code" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
-fi
-tmux kill-session -t "=$id" 2>/dev/null
-if [ "$had_tmux" = 1 ] || [ -n "$pid" ]; then printf 'result\tkilled\n'; else printf 'result\tgone\n'; fi
-probe "$id"
-"#,
-        id = shell_quote(id),
-        grace_ticks = grace_secs * 10,
-    ));
-    s.push_str(CLOSING);
-    s.into_bytes()
+/// Marks the session as being killed, signals the agent's verified process group (SIGTERM,
+/// then SIGKILL after `grace_secs`; or SIGKILL at once), and waits for the exit code:
+/// `kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]`. With `claim` (a pending
+/// session whose start died), a launch still on its way is cancelled first; with `archive`,
+/// the ended session's archive frame comes with the answer.
+pub fn kill_script(
+    id: &str,
+    force: bool,
+    grace_secs: u32,
+    claim: bool,
+    archive: Option<&ArchiveRequest>,
+) -> Vec<u8> {
+    let flag = |b: bool| if b { "1" } else { "0" };
+    with_archive(
+        vec![
+            "kill".into(),
+            id.into(),
+            flag(force).into(),
+            grace_secs.to_string(),
+            flag(claim).into(),
+        ],
+        archive,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -512,30 +884,35 @@ pub enum KillOutcome {
     Killed,
     /// Neither a tmux session nor an agent was there.
     Gone,
+    /// It was queued: taken out of its VM's queue, it never starts.
+    Dequeued,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KillReport {
+pub struct KillReport<'a> {
     pub outcome: KillOutcome,
     pub signalled: Option<String>,
     pub escalated: bool,
     pub probe: Option<Probe>,
+    pub frames: Vec<Frame<'a>>,
 }
 
-pub fn parse_kill(stdout: &[u8]) -> Result<KillReport, String> {
-    let text = String::from_utf8_lossy(stdout);
+pub fn parse_kill(stdout: &[u8]) -> Result<KillReport<'_>, String> {
+    let answer = read_answer(stdout)?;
     let mut outcome = None;
     let mut report = KillReport {
         outcome: KillOutcome::Gone,
         signalled: None,
         escalated: false,
         probe: None,
+        frames: answer.frames,
     };
-    for line in text.lines() {
+    for line in &answer.lines {
         if let Some(v) = line.strip_prefix("result\t") {
             outcome = Some(match v {
                 "already" => KillOutcome::AlreadyFinished,
                 "killed" => KillOutcome::Killed,
+                "dequeued" => KillOutcome::Dequeued,
                 _ => KillOutcome::Gone,
             });
         } else if let Some(v) = line.strip_prefix("signalled\t") {
@@ -568,84 +945,320 @@ mod tests {
     }
 
     #[test]
-    fn workspace_roots() {
-        assert_eq!(root_expr("/workspace"), "'/workspace'");
-        assert_eq!(root_expr("~/ws"), "\"$HOME\"/'ws'");
-        assert_eq!(root_expr("rel"), "\"$HOME\"/'rel'");
+    fn workspace_paths() {
         assert_eq!(workspace_path("/workspace/", "s1"), "/workspace/s1");
         assert_eq!(workspace_path("~/ws", "s1"), "~/ws/s1");
+        assert_eq!(workspace_path("/", "s1"), "/s1");
     }
 
-    fn plan<'a>(agent: &'a [String], bundle: Option<(&'a str, &'a [u8])>) -> LaunchPlan<'a> {
+    fn plan<'a>(
+        agent: &'a [String],
+        bundle: Option<(&'a str, &'a [u8])>,
+        key: Option<&'a str>,
+    ) -> LaunchPlan<'a> {
         LaunchPlan {
             sessions: vec![LaunchSession {
                 id: "sess-1",
                 prompt: "it's $(x)",
                 command: "auto",
                 max_turns: 7,
+                record: "{\"session_id\":\"sess-1\"}",
             }],
             agent_words: agent,
-            api_key: Some("sk-secret"),
+            api_key: key,
             workspace_root: "/workspace",
             bundle,
             wait_for_cloud_init: true,
+            capacity: Some(4),
+            queue: true,
         }
     }
 
     #[test]
-    fn launch_script_carries_the_agent_command_and_payload() {
+    fn launch_input_carries_the_arguments_the_key_and_the_payload() {
         let agent = vec!["amplihack".to_string(), "claude".to_string()];
-        let input = launch_input(&plan(&agent, Some(("abc.bundle", b"BUNDLE"))));
+        let input = launch_input(&plan(&agent, Some(("abc.bundle", b"BUNDLE")), Some("sk-x")));
         let text = String::from_utf8(input).unwrap();
         assert!(text.contains(
-            "printf '%s\\0' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p' > \"$d/argv\""
+            "set -- 'launch' '/workspace' 'abc.bundle' '1' '4' '1' 'sess-1' 'it'\\''s $(x)' '{\"session_id\":\"sess-1\"}' '7' 'amplihack' 'claude' '--auto' '--max-turns' '7' '--' '-p'\n"
         ));
-        assert!(text.contains("printf '%s' 'it'\\''s $(x)' > \"$d/prompt\""));
-        assert!(text.contains("cloud-init status --wait"));
-        assert!(
-            text.ends_with("exit 0\n}\nBUNDLE"),
-            "payload follows the group"
-        );
-        let without = String::from_utf8(launch_input(&plan(&agent, None))).unwrap();
-        assert!(without.contains("bundle=\n"));
-        assert!(without.ends_with("exit 0\n}\n"));
+        assert!(text.contains("\nAMPLIHACK_SECRET='sk-x'\n"));
+        assert!(text.contains("\nAMPLIHACK_SUPERVISOR='"));
+        assert!(text.ends_with("\n}\nBUNDLE"), "payload follows the group");
+        let without = String::from_utf8(launch_input(&plan(&agent, None, None))).unwrap();
+        assert!(without.contains("set -- 'launch' '/workspace' '' '1' '4' '1' "));
+        assert!(!without.contains("\nAMPLIHACK_SECRET="));
+        assert!(without.ends_with("\n}\n"));
     }
 
     #[test]
-    fn launch_script_is_valid_bash() {
+    fn every_input_is_valid_bash() {
         let agent = vec!["x".to_string()];
-        let input = launch_input(&plan(&agent, None));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sh");
-        std::fs::write(&path, &input).unwrap();
-        let st = std::process::Command::new("bash")
-            .arg("-n")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let archive = ArchiveRequest {
+            workspace: "~/ws/a",
+            base_commit: Some("abc"),
+            log_cap: 1024,
+        };
         for script in [
-            probe_script(&["a", "b"]),
-            capture_script("a", 5),
-            follow_script("a", Some(3), 5),
-            kill_script("a", true, 10),
+            launch_input(&plan(&agent, None, Some("k"))),
+            probe_script(
+                &[
+                    target("a", Want::Archive),
+                    target("b", Want::Facts),
+                    target("c", Want::Claim),
+                ],
+                10,
+            ),
+            records_script(&["a"], &["b"]),
+            capture_script("a", 5, None),
+            capture_script("a", 5, Some(&archive)),
+            stream_script(
+                "a",
+                Some(3),
+                5,
+                Pace {
+                    check_every: std::time::Duration::from_millis(200),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
+            watch_script(
+                &["a", "b"],
+                Pace {
+                    check_every: std::time::Duration::from_millis(500),
+                    beat_every: std::time::Duration::from_secs(10),
+                },
+            ),
+            kill_script("a", true, 10, true, None),
+            kill_script("a", true, 10, false, Some(&archive)),
         ] {
             std::fs::write(&path, &script).unwrap();
-            assert!(
-                std::process::Command::new("bash")
-                    .arg("-n")
-                    .arg(&path)
-                    .status()
-                    .unwrap()
-                    .success()
-            );
+            let st = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(st.success(), "{}", String::from_utf8_lossy(&script));
         }
+        std::fs::write(&path, supervisor_text()).unwrap();
+        assert!(
+            std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn target(id: &str, want: Want) -> ProbeTarget<'_> {
+        ProbeTarget {
+            id,
+            workspace: "",
+            base_commit: None,
+            want,
+        }
+    }
+
+    /// Runs a control call under bash with its own HOME, as a VM would.
+    fn run_control(input: &[u8], home: &std::path::Path) -> std::process::Output {
+        use std::io::Write;
+        let mut child = std::process::Command::new("bash")
+            .arg("-s")
+            .env_clear()
+            .env("HOME", home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("TMUX_TMPDIR", home)
+            .current_dir(home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    #[test]
+    fn arguments_reach_the_control_script_byte_for_byte() {
+        let home = tempfile::tempdir().unwrap();
+        // (Ids never hold tabs or newlines: the answer is tab-separated lines.)
+        let nasty = "a b 'c' \"d\" $(touch pwned) `touch pwned` \\ ünï ; | & *";
+        let out = run_control(
+            &probe_script(
+                &[target(nasty, Want::Archive), target("plain", Want::Facts)],
+                10,
+            ),
+            home.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        let probes = answer.probes;
+        assert_eq!(probes.len(), 2, "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(probes.contains_key(nasty));
+        assert!(!probes["plain"].known && !probes["plain"].alive);
+        assert!(!home.path().join("pwned").exists());
+        // Nothing of `nasty` runs: it has ended, and its (empty) archive says the VM has no
+        // directory of it.
+        assert_eq!(answer.frames.len(), 1);
+        assert_eq!(answer.frames[0].id, nasty);
+        assert_eq!(answer.frames[0].notes["session_dir"], "missing");
+    }
+
+    /// `claim` settles, under the session's lock, whether a pending session was launched: one
+    /// never launched is cancelled (so a late launch refuses it) and comes with its archive
+    /// frame, as ended; one launched is left alone. Either way its line says `claimed`.
+    #[test]
+    fn a_claim_cancels_an_unlaunched_session_and_leaves_a_launched_one() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        std::fs::create_dir_all(sessions.join("launched")).unwrap();
+        // A supervisor pid of a process that is gone: launched, then vanished.
+        std::fs::write(sessions.join("launched/supervisor.pid"), "999999\n").unwrap();
+        let out = run_control(
+            &probe_script(
+                &[
+                    target("never", Want::Claim),
+                    target("launched", Want::Claim),
+                    target("plain", Want::Facts),
+                ],
+                10,
+            ),
+            home.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        let never = &answer.probes["never"];
+        assert!(never.claimed && never.cancelled && never.known && !never.alive);
+        assert!(sessions.join("never/cancelled").is_file());
+        let launched = &answer.probes["launched"];
+        assert!(launched.claimed && !launched.cancelled);
+        assert!(!sessions.join("launched/cancelled").exists());
+        assert!(!answer.probes["plain"].claimed);
+        let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
+        match verdict(never, now, false) {
+            Verdict::Finished { error, .. } => assert_eq!(error.as_deref(), Some(NEVER_LAUNCHED)),
+            v => panic!("{v:?}"),
+        }
+        // Both have ended (nothing of them runs): their archive frames came along.
+        let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(ids, ["never", "launched"]);
+    }
+
+    #[test]
+    fn the_control_script_rejects_unknown_commands_with_exit_3() {
+        let home = tempfile::tempdir().unwrap();
+        let out = run_control(&control_input(&[], &["bogus"], &[]), home.path());
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown control command 'bogus'"));
+    }
+
+    #[test]
+    fn records_report_every_session_directory_and_the_ids_asked_about() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        let record = r#"{"session_id":"sess-a","vm_name":"vm1","workspace":"/workspace/sess-a","tmux_session":"sess-a","prompt":"tab\there\nand a line","command":"auto","max_turns":10,"status":"pending","memory_mb":32768,"created_at":"2025-11-25T14:30:22.5Z","started_at":null,"completed_at":null,"exit_code":null,"later":1}"#;
+        let write = |id: &str, file: &str, text: &str| {
+            std::fs::create_dir_all(sessions.join(id)).unwrap();
+            std::fs::write(sessions.join(id).join(file), text).unwrap();
+        };
+        // A finished session whose record was written pretty-printed (line breaks and tabs).
+        write("sess-a", "record.json", &record.replace(",", ",\n\t"));
+        write("sess-a", "started_at", "2025-11-25T14:30:45Z\n");
+        write("sess-a", "finished_at", "2025-11-25T14:40:00Z\n");
+        write("sess-a", "exit_code", "0\n");
+        // A directory without a record yet, one whose record is garbage, one of another id.
+        write("sess-b", "prompt", "x");
+        write("sess-c", "record.json", "{not json");
+        write(
+            "sess-d",
+            "record.json",
+            &record.replace("\"sess-a\",\"vm_name", "\"sess-x\",\"vm_name"),
+        );
+        // A name that is no session id is skipped.
+        write("bad name", "record.json", record);
+        let out = run_control(&records_script(&["sess-a", "py-1"], &[]), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = parse_records(&out.stdout);
+        assert_eq!(
+            r.records.keys().collect::<Vec<_>>(),
+            ["sess-a", "sess-b", "sess-c", "sess-d"]
+        );
+        let a = r.records["sess-a"].as_ref().unwrap();
+        assert_eq!(a.prompt, "tab\there\nand a line");
+        assert_eq!(a.vm_name, "vm1");
+        assert_eq!(a.extra["later"], 1, "fields of another version are kept");
+        assert_eq!(
+            a.created_at,
+            parse_timestamp("2025-11-25T14:30:22.5Z").unwrap()
+        );
+        assert!(
+            r.records["sess-b"]
+                .as_ref()
+                .unwrap_err()
+                .contains("no record.json")
+        );
+        assert!(
+            r.records["sess-c"]
+                .as_ref()
+                .unwrap_err()
+                .contains("not a session record")
+        );
+        assert!(
+            r.records["sess-d"]
+                .as_ref()
+                .unwrap_err()
+                .contains("names session \"sess-x\"")
+        );
+        let pa = &r.probes["sess-a"];
+        assert!(pa.known && !pa.alive);
+        assert_eq!(pa.exit_code, Some(0));
+        assert_eq!(
+            pa.started_at,
+            Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+        );
+        assert!(r.probes["sess-b"].known);
+        // Asked about, no directory: facts only (sess-a is not reported twice).
+        assert!(!r.probes["py-1"].known && !r.records.contains_key("py-1"));
+        assert_eq!(r.probes.len(), 5);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.matches("session\tsess-a\t").count(), 1, "{text}");
+        assert!(!text.contains("bad name"), "{text}");
+        // A VM with no session directory at all answers nothing but the ids asked about.
+        let empty = tempfile::tempdir().unwrap();
+        let out = run_control(&records_script(&[], &[]), empty.path());
+        assert!(out.status.success());
+        assert_eq!(parse_records(&out.stdout), VmRecords::default());
     }
 
     #[test]
     fn launch_results() {
-        let r = parse_launch(b"launched\tsess-1\nfailed\tsess-2\tgit clone failed: boom\nnoise\n");
-        assert_eq!(r["sess-1"], LaunchResult::Launched);
+        let r = parse_launch(
+            b"launched\tsess-1\t2025-11-25T14:30:45Z\nfailed\tsess-2\tgit clone failed: boom\nnoise\nlaunched\tsess-3\t-\nlaunched\tsess-4\n",
+        );
+        assert_eq!(
+            r["sess-1"],
+            LaunchResult::Launched {
+                started_at: Some(parse_timestamp("2025-11-25T14:30:45Z").unwrap())
+            }
+        );
+        // Not started within the wait, or an answer of an older control script.
+        for id in ["sess-3", "sess-4"] {
+            assert_eq!(r[id], LaunchResult::Launched { started_at: None });
+        }
         assert_eq!(
             r["sess-2"],
             LaunchResult::Failed("git clone failed: boom".into())
@@ -655,10 +1268,14 @@ mod tests {
     #[test]
     fn probes_and_verdicts() {
         let p = parse_probes(
-            b"session\ts1\t1\t0\t3\t2025-11-25T14:40:00Z\t2025-11-25T14:30:00Z\nsession\ts2\t1\t1\t-\t-\t2025-11-25T14:30:00Z\nsession\ts3\t0\t0\t-\t-\t-\n",
+            b"session\ts1\t1\t0\t3\t2025-11-25T14:40:00Z\t2025-11-25T14:30:00Z\t0\t0\n\
+              session\ts2\t1\t1\t-\t-\t2025-11-25T14:30:00Z\t0\t1\n\
+              session\ts3\t0\t0\t-\t-\t-\n\
+              session\ts4\t1\t0\t143\t2025-11-25T14:40:00Z\t-\t1\t0\n\
+              session\ts5\t1\t0\t-\t-\t2025-11-25T14:30:00Z\t0\t0\n",
         );
         let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
-        match verdict(&p["s1"], now) {
+        match verdict(&p["s1"], now, false) {
             Verdict::Finished {
                 status,
                 exit_code,
@@ -671,19 +1288,38 @@ mod tests {
             }
             v => panic!("{v:?}"),
         }
-        assert!(matches!(verdict(&p["s2"], now), Verdict::Running { .. }));
-        match verdict(&p["s3"], now) {
+        assert!(p["s2"].tmux);
+        assert!(matches!(
+            verdict(&p["s2"], now, false),
+            Verdict::Running { .. }
+        ));
+        let finished = |v: Verdict| match v {
             Verdict::Finished {
                 status,
                 exit_code,
                 error,
                 ..
-            } => {
-                assert_eq!((status, exit_code), (SessionStatus::Failed, None));
-                assert_eq!(error.as_deref(), Some(VANISHED));
-            }
+            } => (status, exit_code, error),
             v => panic!("{v:?}"),
-        }
+        };
+        // An old probe line (no kill or tmux fields) still parses.
+        assert_eq!(
+            finished(verdict(&p["s3"], now, false)),
+            (SessionStatus::Failed, None, Some(UNKNOWN_ON_VM.into()))
+        );
+        // A kill marked on the VM makes the end `killed`, whoever observes it.
+        assert_eq!(
+            finished(verdict(&p["s4"], now, false)),
+            (SessionStatus::Killed, Some(143), None)
+        );
+        assert_eq!(
+            finished(verdict(&p["s1"], now, true)).0,
+            SessionStatus::Killed
+        );
+        assert_eq!(
+            finished(verdict(&p["s5"], now, false)),
+            (SessionStatus::Failed, None, Some(VANISHED.into()))
+        );
     }
 
     #[test]
@@ -695,6 +1331,40 @@ mod tests {
         assert!(c.probe.unwrap().alive);
         assert_eq!(c.data, b"line\n\x01binary\n");
         assert!(parse_capture(b"session\ts\t1\t1\t-\t-\t-\n").is_err());
+        // A frame before the data section is read whole, its binary bytes included.
+        let c = parse_capture(
+            b"session\ts\t1\t0\t0\t-\t-\narchive\ts\npart\toutput.log\tplain\t7\ndata\tx\nnote\tcommits\t0\nend\ts\ndata\tlog\ntail\n",
+        )
+        .unwrap();
+        assert_eq!(c.frames.len(), 1);
+        assert_eq!(c.frames[0].part("output.log").unwrap().data, b"data\tx\n");
+        assert_eq!(c.data, b"tail\n");
+    }
+
+    #[test]
+    fn frames_parse_in_any_pieces() {
+        let stream: &[u8] = b"S\tsession\ts\t1\t1\t-\t-\t-\t0\t1\t0\t0\nD\t0\t6\nab\ncd\nB\nD\t6\t0\nS\tsession\ts\t1\t0\t0\t2025-11-25T14:40:00Z\t-\t0\t0\t0\t0\nE\n";
+        let whole = Frames::default().feed(stream).unwrap();
+        for split in 0..stream.len() {
+            let mut frames = Frames::default();
+            let mut got = frames.feed(&stream[..split]).unwrap();
+            got.extend(frames.feed(&stream[split..]).unwrap());
+            assert_eq!(got, whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 6);
+        assert_eq!(
+            whole[1],
+            StreamFrame::Data {
+                offset: 0,
+                bytes: b"ab\ncd\n".to_vec()
+            }
+        );
+        assert_eq!(whole[2], StreamFrame::Beat);
+        assert!(
+            matches!(&whole[4], StreamFrame::Session(id, p) if id == "s" && p.exit_code == Some(0))
+        );
+        assert_eq!(whole[5], StreamFrame::End);
+        assert!(Frames::default().feed(b"garbage\n").is_err());
     }
 
     #[test]
@@ -704,6 +1374,139 @@ mod tests {
         assert_eq!(last_lines(b"\n\n", 3), b"");
         assert_eq!(count_lines(b"a\nb"), 2);
         assert_eq!(count_lines(b""), 0);
+    }
+
+    #[test]
+    fn only_whole_frames_are_read() {
+        let whole =
+            b"session\ta\t1\t0\t0\t-\t-\narchive\ta\npart\tresult.json\tplain\t2\n{}end\ta\n";
+        let a = read_answer(whole).unwrap();
+        assert_eq!((a.frames.len(), a.damaged), (1, None));
+        assert_eq!(a.frames[0].part("result.json").unwrap().data, b"{}");
+        // Cut inside a part, before `end`, or with a foreign line: no frame, and why.
+        for cut in [
+            &whole[..whole.len() - 8],
+            &whole[..whole.len() - 6],
+            b"archive\ta\nbogus\nend\ta\n",
+            b"archive\ta\npart\tx\tzip\t1\nxend\ta\n",
+            b"archive\ta\nend\tb\n",
+        ] {
+            let a = read_answer(cut).unwrap();
+            assert!(a.frames.is_empty(), "{}", String::from_utf8_lossy(cut));
+            assert!(a.damaged.is_some());
+        }
+        // What came before a damaged frame stands.
+        let p = parse_probe_answer(&whole[..whole.len() - 6]);
+        assert!(p.probes.contains_key("a") && p.frames.is_empty());
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A finished session on a VM (its directory and a git workspace with 2 commits and
+    /// uncommitted work) comes home whole: its result computed when the supervisor left none,
+    /// its log's last part under the cap, gzip-compressed, and a bundle of its commits.
+    #[test]
+    fn the_archive_of_a_finished_session_carries_result_log_and_commits() {
+        let home = tempfile::tempdir().unwrap();
+        let ws = home.path().join("ws/s1");
+        std::fs::create_dir_all(&ws).unwrap();
+        git(&ws, &["init", "-q"]);
+        let c = |args: &[&str]| {
+            let mut all = vec!["-c", "user.name=t", "-c", "user.email=t@example.invalid"];
+            all.extend_from_slice(args);
+            git(&ws, &all)
+        };
+        std::fs::write(ws.join("a.txt"), "a\n").unwrap();
+        git(&ws, &["add", "a.txt"]);
+        c(&["commit", "-qm", "base"]);
+        let base = git(&ws, &["rev-parse", "HEAD"]);
+        for i in 1..=2 {
+            std::fs::write(ws.join(format!("n{i}.txt")), "x\ny\n").unwrap();
+            git(&ws, &["add", "."]);
+            c(&["commit", "-qm", &format!("agent {i}")]);
+        }
+        std::fs::write(ws.join("a.txt"), "a\nchanged\n").unwrap();
+        std::fs::write(ws.join("untracked.txt"), "1\n2\n3\n").unwrap();
+        let d = home.path().join(".amplihack/remote/sessions/s1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("record.json"),
+            format!("{{\"base_commit\":\"{base}\"}}\n"),
+        )
+        .unwrap();
+        std::fs::write(d.join("started_at"), "2025-11-25T14:30:00Z\n").unwrap();
+        std::fs::write(d.join("finished_at"), "2025-11-25T14:40:00Z\n").unwrap();
+        std::fs::write(d.join("exit_code"), "0\n").unwrap();
+        let log: Vec<u8> = (0..2000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        std::fs::write(d.join("output.log"), &log).unwrap();
+
+        let t = ProbeTarget {
+            id: "s1",
+            workspace: "ws/s1",
+            base_commit: Some(&base),
+            want: Want::Archive,
+        };
+        let out = run_control(&probe_script(&[t], 100), home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer = parse_probe_answer(&out.stdout);
+        assert_eq!(answer.damaged, None);
+        assert_eq!(answer.probes["s1"].exit_code, Some(0));
+        let f = &answer.frames[0];
+        assert_eq!(f.kind, FrameKind::Archive);
+        assert_eq!(f.note_u64("log_bytes"), Some(log.len() as u64));
+        assert_eq!(f.note_u64("log_kept_from"), Some(log.len() as u64 - 100));
+        assert_eq!(f.note_u64("commits"), Some(2));
+        let part = f.part("output.log").unwrap();
+        assert_eq!(part.encoding, Encoding::Gzip);
+        let mut kept = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(part.data), &mut kept)
+            .unwrap();
+        assert_eq!(kept, &log[log.len() - 100..]);
+        let result: crate::model::SessionResult =
+            serde_json::from_slice(f.part("result.json").unwrap().data).unwrap();
+        assert_eq!(result.duration_seconds, Some(600));
+        assert_eq!(result.commits, Some(2));
+        assert_eq!(
+            result.head_commit.as_deref(),
+            Some(git(&ws, &["rev-parse", "HEAD"]).as_str())
+        );
+        let committed = result.committed.unwrap();
+        assert_eq!(
+            (committed.files, committed.insertions, committed.deletions),
+            (2, 4, 0)
+        );
+        let uncommitted = result.uncommitted.unwrap();
+        assert_eq!((uncommitted.files, uncommitted.insertions), (2, 4));
+        assert_eq!(result.dirty, Some(true));
+        // The workspace's own index is untouched by the measure.
+        assert_eq!(
+            git(&ws, &["status", "--porcelain"]),
+            "M a.txt\n?? untracked.txt"
+        );
+        let bundle = f.part("commits.bundle").unwrap().data;
+        assert!(bundle.starts_with(b"# v2 git bundle") || bundle.starts_with(b"# v3 git bundle"));
+        assert!(f.part("record.json").is_some());
     }
 
     #[test]

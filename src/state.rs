@@ -94,6 +94,11 @@ impl StateStore {
         &self.path
     }
 
+    /// Whether the state file exists (a missing one reads as an empty state).
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
     fn lock_path(&self) -> PathBuf {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(".lock");

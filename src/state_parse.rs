@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::model::{
-    Backend, Session, SessionStatus, State, VmEntry, VmState, parse_common_timestamp,
-    parse_timestamp,
+    Backend, KillRequest, Owner, Session, SessionStatus, State, VmEntry, VmState,
+    parse_common_timestamp, parse_timestamp,
 };
 use crate::pretty_json::word_needs_escape;
 
@@ -412,6 +412,26 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// `true` or `false`.
+    fn bool(&mut self) -> Option<bool> {
+        if self.eat_literal(b"true") {
+            Some(true)
+        } else if self.eat_literal(b"false") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// A value of a typed field this reader does not take apart (an owner, a kill request):
+    /// its extent found here, the value itself deserialized by serde_json from that text,
+    /// exactly as the derive would.
+    fn by_serde<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        let start = self.at;
+        self.skip_value(0)?;
+        serde_json::from_str(&self.text[start..self.at]).ok()
+    }
+
     /// A value of a field we do not know: its extent found here, its content read (and
     /// checked) by serde_json.
     fn any_value(&mut self) -> Option<Value> {
@@ -492,6 +512,10 @@ impl<'a> Reader<'a> {
         let mut error = None;
         let mut repo_path = None;
         let mut base_commit = None;
+        let mut owner = None;
+        let mut kill_request = None;
+        let mut archived_at = None;
+        let mut pulled_commit = None;
         let mut extra = Map::new();
         self.record(&SESSION_FIELDS, |p, field| match field {
             Ok(SessionId) => once(&mut session_id, p.owned_string()?),
@@ -510,6 +534,10 @@ impl<'a> Reader<'a> {
             Ok(Error) => once(&mut error, p.optional(Reader::owned_string)?),
             Ok(RepoPath) => once(&mut repo_path, p.optional(Reader::owned_string)?),
             Ok(BaseCommit) => once(&mut base_commit, p.optional(Reader::owned_string)?),
+            Ok(SessionOwner) => once(&mut owner, p.by_serde::<Option<Owner>>()?),
+            Ok(KillRequestField) => once(&mut kill_request, p.by_serde::<Option<KillRequest>>()?),
+            Ok(ArchivedAt) => once(&mut archived_at, p.optional(Reader::timestamp)?),
+            Ok(PulledCommit) => once(&mut pulled_commit, p.optional(Reader::owned_string)?),
             Err(key) => {
                 let value = p.any_value()?;
                 extra.insert(key.into_owned(), value);
@@ -533,6 +561,10 @@ impl<'a> Reader<'a> {
             error: error.flatten(),
             repo_path: repo_path.flatten(),
             base_commit: base_commit.flatten(),
+            owner: owner.flatten(),
+            kill_request: kill_request.flatten(),
+            archived_at: archived_at.flatten(),
+            pulled_commit: pulled_commit.flatten(),
             extra,
         })
     }
@@ -547,6 +579,9 @@ impl<'a> Reader<'a> {
         let mut backend = None;
         let mut state = None;
         let mut error = None;
+        let mut resource_group = None;
+        let mut owner = None;
+        let mut creation_unconfirmed = None;
         let mut extra = Map::new();
         self.record(&VM_FIELDS, |p, field| match field {
             Ok(Size) => once(&mut size, p.owned_string()?),
@@ -573,6 +608,9 @@ impl<'a> Reader<'a> {
                 once(&mut state, value)
             }
             Ok(Error) => once(&mut error, p.optional(Reader::owned_string)?),
+            Ok(ResourceGroup) => once(&mut resource_group, p.optional(Reader::owned_string)?),
+            Ok(VmOwner) => once(&mut owner, p.by_serde::<Option<Owner>>()?),
+            Ok(CreationUnconfirmed) => once(&mut creation_unconfirmed, p.bool()?),
             Err(key) => {
                 let value = p.any_value()?;
                 extra.insert(key.into_owned(), value);
@@ -588,6 +626,9 @@ impl<'a> Reader<'a> {
             backend: backend.unwrap_or_default(),
             state: state.unwrap_or_default(),
             error: error.flatten(),
+            resource_group: resource_group.flatten(),
+            owner: owner.flatten(),
+            creation_unconfirmed: creation_unconfirmed.unwrap_or_default(),
             extra,
         })
     }
@@ -612,9 +653,13 @@ enum SessionField {
     Error,
     RepoPath,
     BaseCommit,
+    SessionOwner,
+    KillRequestField,
+    ArchivedAt,
+    PulledCommit,
 }
 
-const SESSION_FIELDS: [(SessionField, &str); 16] = [
+const SESSION_FIELDS: [(SessionField, &str); 20] = [
     (SessionField::SessionId, "session_id"),
     (SessionField::VmName, "vm_name"),
     (SessionField::Workspace, "workspace"),
@@ -631,6 +676,10 @@ const SESSION_FIELDS: [(SessionField, &str); 16] = [
     (SessionField::Error, "error"),
     (SessionField::RepoPath, "repo_path"),
     (SessionField::BaseCommit, "base_commit"),
+    (SessionField::SessionOwner, "owner"),
+    (SessionField::KillRequestField, "kill_request"),
+    (SessionField::ArchivedAt, "archived_at"),
+    (SessionField::PulledCommit, "pulled_commit"),
 ];
 
 /// A VM's fields, in the order `VmEntry` is written.
@@ -644,9 +693,12 @@ enum VmField {
     BackendName,
     PoolState,
     Error,
+    ResourceGroup,
+    VmOwner,
+    CreationUnconfirmed,
 }
 
-const VM_FIELDS: [(VmField, &str); 8] = [
+const VM_FIELDS: [(VmField, &str); 11] = [
     (VmField::Size, "size"),
     (VmField::Capacity, "capacity"),
     (VmField::ActiveSessions, "active_sessions"),
@@ -655,6 +707,9 @@ const VM_FIELDS: [(VmField, &str); 8] = [
     (VmField::BackendName, "backend"),
     (VmField::PoolState, "state"),
     (VmField::Error, "error"),
+    (VmField::ResourceGroup, "resource_group"),
+    (VmField::VmOwner, "owner"),
+    (VmField::CreationUnconfirmed, "creation_unconfirmed"),
 ];
 
 #[cfg(test)]
@@ -737,6 +792,151 @@ mod tests {
         st.extra.insert("version".into(), 3.into());
         st.normalize();
         st
+    }
+
+    /// A state in which every field of Session and VmEntry holds a value other than its
+    /// default, written as struct literals (no `..`): a field added to the model fails to
+    /// compile here until this test sets it.
+    fn every_field_set() -> State {
+        let owner = |pid: u32| Owner {
+            pid,
+            host: format!("host-{pid} \"q\""),
+            started: format!("boot-{pid} 98765"),
+        };
+        let mut extra = Map::new();
+        extra.insert(
+            "python_field".into(),
+            serde_json::json!({"a": [1, 2.5, null]}),
+        );
+        extra.insert("zz_last".into(), serde_json::json!("x"));
+        let session = Session {
+            session_id: "sess-20251125-143022-abc1".into(),
+            vm_name: "amplihack-vm-1".into(),
+            workspace: "/workspace/sess-20251125-143022-abc1".into(),
+            tmux_session: "sess-20251125-143022-abc1".into(),
+            prompt: "fix \"it\"\nnow é".into(),
+            command: "auto".into(),
+            max_turns: 42,
+            status: SessionStatus::Queued,
+            memory_mb: 65536,
+            created_at: parse_timestamp("2025-11-25T14:30:22Z").unwrap(),
+            started_at: Some(parse_timestamp("2025-11-25T14:30:25.5Z").unwrap()),
+            completed_at: Some(parse_timestamp("2025-11-25T15:00:00").unwrap()),
+            exit_code: Some(-3),
+            error: Some("boom".into()),
+            repo_path: Some("/home/jane/project".into()),
+            base_commit: Some("4f1c2d".into()),
+            owner: Some(owner(4242)),
+            kill_request: Some(KillRequest {
+                at: parse_timestamp("2025-11-25T14:59:00Z").unwrap(),
+                by: owner(77),
+            }),
+            archived_at: Some(parse_timestamp("2025-11-25T15:01:02Z").unwrap()),
+            pulled_commit: Some("9e8d7c".into()),
+            extra: extra.clone(),
+        };
+        let vm = VmEntry {
+            size: "Standard_E16s_v5".into(),
+            capacity: 7,
+            active_sessions: vec!["sess-x".into()],
+            region: "westus3".into(),
+            created_at: parse_timestamp("2025-11-25T14:00:00Z").unwrap(),
+            backend: Backend::Local,
+            state: VmState::Deleting,
+            error: Some("deletion failed".into()),
+            resource_group: Some("rg-amplihack".into()),
+            owner: Some(owner(9)),
+            creation_unconfirmed: true,
+            extra,
+        };
+        let mut st = State::default();
+        st.sessions
+            .insert(session.session_id.clone(), session.clone());
+        let mut running = session;
+        running.session_id = "sess-2".into();
+        running.status = SessionStatus::Running;
+        running.kill_request = None;
+        st.sessions.insert("sess-2".into(), running);
+        st.vm_pool.insert("amplihack-vm-1".into(), vm.clone());
+        let mut azure = vm;
+        azure.backend = Backend::Azure;
+        azure.state = VmState::Provisioning;
+        azure.owner = None;
+        azure.creation_unconfirmed = false;
+        st.vm_pool.insert("amplihack-vm-2".into(), azure);
+        st.extra
+            .insert("unknown_top".into(), serde_json::json!([{"k": "v"}]));
+        st
+    }
+
+    #[test]
+    fn every_field_of_the_model_is_read_as_serde_json_reads_it() {
+        let st = every_field_set();
+        for text in [
+            serde_json::to_string_pretty(&st).unwrap(),
+            serde_json::to_string(&st).unwrap(),
+        ] {
+            let fast = parse(&text).expect("the reader answers for what we write");
+            let by_serde: State = serde_json::from_str(&text).unwrap();
+            assert_eq!(fast, by_serde);
+            assert_eq!(fast, st, "nothing lost or moved into `extra`");
+            for s in fast.sessions.values() {
+                assert_eq!(
+                    s.extra.keys().collect::<Vec<_>>(),
+                    ["python_field", "zz_last"]
+                );
+            }
+            for v in fast.vm_pool.values() {
+                assert_eq!(
+                    v.extra.keys().collect::<Vec<_>>(),
+                    ["python_field", "zz_last"]
+                );
+            }
+            let sessions_only = parse_sessions_only(&text).unwrap();
+            assert_eq!(sessions_only.sessions, by_serde.sessions);
+        }
+        // The typed fields in another order, explicit nulls and defaults, and odd values:
+        // the reader either answers as serde_json does or leaves the file to it.
+        let text = serde_json::to_string_pretty(&st).unwrap();
+        for (from, to) in [
+            ("\"owner\": {", "\"owner\": null, \"x_owner\": {"),
+            (
+                "\"creation_unconfirmed\": true",
+                "\"creation_unconfirmed\": false",
+            ),
+            (
+                "\"creation_unconfirmed\": true",
+                "\"creation_unconfirmed\": null",
+            ),
+            (
+                "\"creation_unconfirmed\": true",
+                "\"creation_unconfirmed\": 1",
+            ),
+            (
+                "\"archived_at\": \"2025-11-25T15:01:02Z\"",
+                "\"archived_at\": null",
+            ),
+            (
+                "\"archived_at\": \"2025-11-25T15:01:02Z\"",
+                "\"archived_at\": \"soon\"",
+            ),
+            ("\"pulled_commit\": \"9e8d7c\"", "\"pulled_commit\": null"),
+            ("\"pulled_commit\": \"9e8d7c\"", "\"pulled_commit\": 5"),
+            (
+                "\"resource_group\": \"rg-amplihack\"",
+                "\"resource_group\": null",
+            ),
+            ("\"pid\": 4242", "\"pid\": -1"),
+            ("\"pid\": 4242", "\"pid\": 4242, \"pid\": 1"),
+            ("\"pid\": 4242", "\"pid\": 4242, \"unknown\": [1]"),
+            ("\"by\": {", "\"by\": null, \"b\": {"),
+            ("\"status\": \"queued\"", "\"status\": \"queu\\u0065d\""),
+        ] {
+            assert!(text.contains(from), "{from}");
+            for changed in [text.replacen(from, to, 1), text.replace(from, to)] {
+                agrees(&changed);
+            }
+        }
     }
 
     #[test]
@@ -914,6 +1114,7 @@ mod tests {
         let texts = [
             PYTHON_STATE.to_string(),
             serde_json::to_string_pretty(&varied_state()).unwrap(),
+            serde_json::to_string_pretty(&every_field_set()).unwrap(),
         ];
         let mut answered = 0;
         for _ in 0..10_000 {

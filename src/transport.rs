@@ -4,26 +4,68 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd, OnInterrupt, Output, RunError};
-use crate::model::{Backend, VmEntry};
+use crate::model::Backend;
+
+/// A VM as every call about it must name it: azlin needs the resource group it lives in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRef {
+    pub name: String,
+    pub backend: Backend,
+    /// The VM's own resource group; `None` uses azlin's configured default.
+    pub resource_group: Option<String>,
+}
+
+/// An interactive program to run on this terminal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interactive {
+    pub program: OsString,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
 
 pub trait Transport: Sync {
     /// Runs a bash script (plus any payload after it) on the VM, with `input` on stdin.
     /// A non-zero exit of the script is an error carrying its stderr.
     fn run_script(
         &self,
-        vm: &str,
+        vm: &VmRef,
         input: Vec<u8>,
         timeout: Duration,
         on_interrupt: OnInterrupt,
     ) -> Result<Output>;
 
-    /// The program and arguments of an interactive `tmux attach` to a session.
-    fn attach_command(&self, vm: &str, session: &str) -> (OsString, Vec<String>);
+    /// Runs a script whose answer is a stream: its stdout goes to `on_stdout` as it arrives.
+    /// A stream quiet for longer than `silence` is taken for a dead connection: `VmUnreachable`.
+    /// `stop` (or Ctrl+C) ends it with `Error::Interrupted`. A non-zero exit is an error, as for
+    /// `run_script`.
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output>;
+
+    /// The interactive command that attaches this terminal to a session's tmux session.
+    fn attach_command(&self, vm: &VmRef, session: &str) -> Interactive;
+}
+
+/// A stream that stayed quiet past its silence allowance: the connection is taken for dead.
+fn silent_stream(vm: &str, silence: Duration) -> Error {
+    Error::VmUnreachable {
+        vm: vm.into(),
+        detail: format!(
+            "the stream sent nothing for {}s (heartbeats included): the connection is taken for dead",
+            silence.as_secs()
+        ),
+    }
 }
 
 pub struct Azlin {
@@ -56,21 +98,22 @@ impl Transports {
             Backend::Local => &self.local,
         }
     }
-
-    pub fn for_vm(&self, vm: &VmEntry) -> &dyn Transport {
-        self.for_backend(vm.backend)
-    }
 }
 
 /// The remote command of every `connect`: bash reading the script from stdin.
 const REMOTE_COMMAND: &str = "bash -s";
 
 impl Azlin {
-    fn args(&self, sub: &[&str], tail: &[&str]) -> Vec<String> {
+    /// The configured resource group (`AMPLIHACK_RESOURCE_GROUP`), recorded on new VMs.
+    pub fn default_resource_group(&self) -> Option<&str> {
+        self.resource_group.as_deref()
+    }
+
+    fn args(&self, sub: &[&str], rg: Option<&str>, tail: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
-        if let Some(rg) = &self.resource_group {
+        if let Some(rg) = rg.or(self.resource_group.as_deref()) {
             args.push("--resource-group".into());
-            args.push(rg.clone());
+            args.push(rg.to_string());
         }
         args.extend(tail.iter().map(|s| s.to_string()));
         args
@@ -82,7 +125,17 @@ impl Azlin {
 
     /// Runs azlin and maps its failures to our errors (docs/exit-codes.md).
     fn call(&self, cmd: Cmd, vm: Option<&str>) -> Result<Output> {
-        match exec::run(&cmd) {
+        let result = exec::run(&cmd);
+        self.judge(&cmd, vm, result)
+    }
+
+    fn judge(
+        &self,
+        cmd: &Cmd,
+        vm: Option<&str>,
+        result: std::result::Result<Output, RunError>,
+    ) -> Result<Output> {
+        match result {
             Ok(out) if out.code == 0 => Ok(out),
             Ok(out) => Err(classify_failure(
                 &cmd.display(),
@@ -120,6 +173,7 @@ impl Azlin {
     pub fn new_vm(&self, name: &str, sku: &str, region: &str, timeout: Duration) -> Result<()> {
         let args = self.args(
             &["new", "--name", name, "--vm-size", sku, "--region", region],
+            None,
             &["--public", "--no-auto-connect"],
         );
         self.call(self.cmd(args, timeout), None).map(drop)
@@ -127,26 +181,60 @@ impl Azlin {
 
     /// `azlin kill NAME --force`: deletes the VM with its disks, NIC, IP and NSG. A VM that is
     /// already gone is a success.
-    pub fn delete_vm(&self, name: &str, timeout: Duration) -> Result<()> {
-        let args = self.args(&["kill", name], &["--force"]);
+    pub fn delete_vm(&self, vm: &VmRef, timeout: Duration) -> Result<()> {
+        let args = self.args(
+            &["kill", &vm.name],
+            vm.resource_group.as_deref(),
+            &["--force"],
+        );
         self.call(self.cmd(args, timeout), None).map(drop)
     }
 
-    /// Power state of every VM azlin sees (one call, no ssh into the VMs).
-    pub fn power_states(&self, timeout: Duration) -> Result<BTreeMap<String, String>> {
-        let args = self.args(&["list"], &["--all", "--no-tmux", "-o", "json"]);
+    /// `azlin show NAME -o json` in the VM's own resource group: `Ok(false)` only when azlin
+    /// answers that the VM was not found; any other failure is an error (we cannot tell).
+    pub fn vm_exists(&self, vm: &VmRef, timeout: Duration) -> Result<bool> {
+        let args = self.args(
+            &["show", &vm.name],
+            vm.resource_group.as_deref(),
+            &["-o", "json"],
+        );
+        match self.call(self.cmd(args, timeout), Some(&vm.name)) {
+            Ok(_) => Ok(true),
+            Err(Error::VmNotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Power state of every VM azlin lists in a resource group (one call, no ssh into the VMs).
+    pub fn power_states(
+        &self,
+        rg: Option<&str>,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .list_vms(rg, timeout)?
+            .into_iter()
+            .map(|v| (v.name, v.power_state))
+            .collect())
+    }
+
+    /// Every VM azlin lists in a resource group, stopped ones included (one call, no ssh into
+    /// the VMs).
+    pub fn list_vms(&self, rg: Option<&str>, timeout: Duration) -> Result<Vec<ListedVm>> {
+        let args = self.args(&["list"], rg, &["--all", "--no-tmux", "-o", "json"]);
         let cmd = self.cmd(args, timeout);
         let out = self.call(cmd.clone(), None)?;
-        parse_vm_list(&out.stdout).map_err(|e| Error::CommandFailed {
+        parse_vm_listing(&out.stdout).map_err(|e| Error::CommandFailed {
             command: cmd.display(),
             status: Some(0),
             stderr: format!("unexpected output: {e}"),
         })
     }
 
-    fn connect_args(&self, vm: &str) -> Vec<String> {
+    fn connect_args(&self, vm: &VmRef) -> Vec<String> {
         self.args(
-            &["connect", vm],
+            &["connect", &vm.name],
+            vm.resource_group.as_deref(),
             &[
                 "--no-tmux",
                 "--no-reconnect",
@@ -162,7 +250,7 @@ impl Azlin {
 impl Transport for Azlin {
     fn run_script(
         &self,
-        vm: &str,
+        vm: &VmRef,
         input: Vec<u8>,
         timeout: Duration,
         on_interrupt: OnInterrupt,
@@ -171,26 +259,49 @@ impl Transport for Azlin {
             .cmd(self.connect_args(vm), timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        self.call(cmd, Some(vm))
+        self.call(cmd, Some(&vm.name))
     }
 
-    fn attach_command(&self, vm: &str, session: &str) -> (OsString, Vec<String>) {
-        let mut args = self.args(
-            &["connect", vm],
-            &["--no-tmux", "--no-reconnect", "--no-status", "--"],
-        );
-        args.push(format!(
-            "tmux attach -t {}",
-            crate::script::shell_quote(&format!("={session}"))
-        ));
-        (OsString::from(&self.program), args)
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = self
+            .cmd(self.connect_args(vm), silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(out)) => self.judge(&cmd, Some(&vm.name), Ok(out)),
+            Err(RunError::Timeout) => Err(silent_stream(&vm.name, silence)),
+            Err(other) => self.judge(&cmd, Some(&vm.name), Err(other)),
+        }
+    }
+
+    /// azlin's own tmux attach: the only way to get a terminal on the VM (with `--no-tmux`
+    /// and a remote command azlin never allocates one). azlin runs `tmux new-session -A -s S`,
+    /// which would create an empty shell session if S were gone: check it lives first.
+    fn attach_command(&self, vm: &VmRef, session: &str) -> Interactive {
+        Interactive {
+            program: OsString::from(&self.program),
+            args: self.args(
+                &["connect", &vm.name],
+                vm.resource_group.as_deref(),
+                &["--tmux-session", session, "--no-reconnect", "--no-status"],
+            ),
+            env: vec![("AZLIN_NO_UPDATE_CHECK".into(), "1".into())],
+        }
     }
 }
 
 impl Transport for LocalShell {
     fn run_script(
         &self,
-        _vm: &str,
+        _vm: &VmRef,
         input: Vec<u8>,
         timeout: Duration,
         on_interrupt: OnInterrupt,
@@ -198,7 +309,7 @@ impl Transport for LocalShell {
         let cmd = Cmd::new("bash", vec!["-s".into()], timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        let out = exec::run_checked_spawn(&cmd)?;
+        let out = exec::run_any_exit(&cmd)?;
         if out.code == 0 {
             Ok(out)
         } else {
@@ -210,11 +321,40 @@ impl Transport for LocalShell {
         }
     }
 
-    fn attach_command(&self, _vm: &str, session: &str) -> (OsString, Vec<String>) {
-        (
-            OsString::from("tmux"),
-            vec!["attach".into(), "-t".into(), format!("={session}")],
-        )
+    fn stream_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        silence: Duration,
+        stop: &AtomicBool,
+        on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Output> {
+        let cmd = Cmd::new("bash", vec!["-s".into()], silence)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        let out = match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+            Ok(result) => result?,
+            Err(RunError::Timeout) => return Err(silent_stream(&vm.name, silence)),
+            Err(RunError::Interrupted) => return Err(Error::Interrupted),
+            Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
+        };
+        if out.code == 0 {
+            Ok(out)
+        } else {
+            Err(Error::CommandFailed {
+                command: cmd.display(),
+                status: Some(out.code),
+                stderr: trim_stderr(&out.stderr_text()),
+            })
+        }
+    }
+
+    fn attach_command(&self, _vm: &VmRef, session: &str) -> Interactive {
+        Interactive {
+            program: OsString::from("tmux"),
+            args: vec!["attach".into(), "-t".into(), format!("={session}")],
+            env: vec![],
+        }
     }
 }
 
@@ -305,8 +445,22 @@ pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str
     }
 }
 
-/// `azlin list -o json`: `{"vms": [{"name", "power_state", ...}], "filters": {...}}`.
-pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, String>, String> {
+/// One VM of `azlin list -o json`, with the facts we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedVm {
+    pub name: String,
+    /// `Running`, `Stopped`, `Deallocated`, ...; `Unknown` when azlin gives none.
+    pub power_state: String,
+    pub resource_group: Option<String>,
+    /// The Azure region.
+    pub location: Option<String>,
+    /// The SKU, e.g. Standard_E16s_v5.
+    pub vm_size: Option<String>,
+}
+
+/// `azlin list -o json`: `{"vms": [{"name", "power_state", "resource_group", "location",
+/// "vm_size", ...}], "filters": {...}}`.
+pub fn parse_vm_listing(stdout: &[u8]) -> std::result::Result<Vec<ListedVm>, String> {
     #[derive(serde::Deserialize)]
     struct Listing {
         vms: Vec<Vm>,
@@ -316,12 +470,24 @@ pub fn parse_vm_list(stdout: &[u8]) -> std::result::Result<BTreeMap<String, Stri
         name: String,
         #[serde(default)]
         power_state: Option<String>,
+        #[serde(default)]
+        resource_group: Option<String>,
+        #[serde(default)]
+        location: Option<String>,
+        #[serde(default)]
+        vm_size: Option<String>,
     }
     let listing: Listing = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
     Ok(listing
         .vms
         .into_iter()
-        .map(|v| (v.name, v.power_state.unwrap_or_else(|| "Unknown".into())))
+        .map(|v| ListedVm {
+            name: v.name,
+            power_state: v.power_state.unwrap_or_else(|| "Unknown".into()),
+            resource_group: v.resource_group,
+            location: v.location,
+            vm_size: v.vm_size,
+        })
         .collect())
 }
 
@@ -381,38 +547,62 @@ mod tests {
 
     #[test]
     fn vm_list_envelope() {
-        let m = parse_vm_list(
-            br#"{"vms":[{"name":"a","power_state":"Running","x":1},{"name":"b"}],"filters":{}}"#,
+        let m = parse_vm_listing(
+            br#"{"vms":[{"name":"a","resource_group":"rg1","power_state":"Running","location":"eastus","vm_size":"Standard_E16s_v5","session":null,"x":1},{"name":"b"}],"filters":{}}"#,
         )
         .unwrap();
-        assert_eq!(m["a"], "Running");
-        assert_eq!(m["b"], "Unknown");
-        assert!(parse_vm_list(b"garbage").is_err());
+        assert_eq!(
+            m[0],
+            ListedVm {
+                name: "a".into(),
+                power_state: "Running".into(),
+                resource_group: Some("rg1".into()),
+                location: Some("eastus".into()),
+                vm_size: Some("Standard_E16s_v5".into()),
+            }
+        );
+        assert_eq!(m[1].power_state, "Unknown");
+        assert_eq!(m[1].location, None);
+        assert!(parse_vm_listing(b"garbage").is_err());
+    }
+
+    fn vm(rg: Option<&str>) -> VmRef {
+        VmRef {
+            name: "vm1".into(),
+            backend: Backend::Azure,
+            resource_group: rg.map(String::from),
+        }
     }
 
     #[test]
-    fn attach_goes_through_connect_with_one_remote_command() {
+    fn attach_uses_azlins_own_tmux_attach() {
         let az = Azlin {
             program: "azlin".into(),
-            resource_group: None,
+            resource_group: Some("rg-default".into()),
         };
-        let (program, args) = az.attach_command("vm1", "sess-1");
-        assert_eq!(program, "azlin");
+        let attach = az.attach_command(&vm(Some("rg-vm")), "sess-1");
+        assert_eq!(attach.program, "azlin");
         assert_eq!(
-            args,
+            attach.args,
             [
                 "connect",
                 "vm1",
-                "--no-tmux",
+                "--resource-group",
+                "rg-vm",
+                "--tmux-session",
+                "sess-1",
                 "--no-reconnect",
-                "--no-status",
-                "--",
-                "tmux attach -t '=sess-1'"
+                "--no-status"
             ]
         );
-        let (program, args) = LocalShell.attach_command("local", "sess-1");
+        assert!(
+            attach
+                .env
+                .contains(&("AZLIN_NO_UPDATE_CHECK".into(), "1".into()))
+        );
+        let local = LocalShell.attach_command(&vm(None), "sess-1");
         assert_eq!(
-            (program.to_str().unwrap(), args),
+            (local.program.to_str().unwrap(), local.args),
             (
                 "tmux",
                 vec!["attach".to_string(), "-t".into(), "=sess-1".into()]
@@ -427,7 +617,7 @@ mod tests {
             resource_group: Some("rg1".into()),
         };
         assert_eq!(
-            az.connect_args("vm1"),
+            az.connect_args(&vm(None)),
             [
                 "connect",
                 "vm1",
@@ -441,5 +631,7 @@ mod tests {
                 "bash -s"
             ]
         );
+        // A VM created in another resource group is always addressed in its own.
+        assert_eq!(az.connect_args(&vm(Some("rg2")))[3], "rg2");
     }
 }

@@ -1,5 +1,6 @@
 //! Terminal output. Stdout carries data; progress and warnings go to stderr. A closed stdout
-//! (`list | head -1`) surfaces as a broken-pipe error that main treats as success.
+//! (`list | head -1`) surfaces as a broken-pipe error that main treats as success. While live
+//! progress lines are drawn (`progress`), everything written here goes around them.
 
 use std::io::{IsTerminal, Write};
 
@@ -9,29 +10,42 @@ pub fn print(text: &str) -> Result<()> {
     print_bytes(text.as_bytes())
 }
 
+/// Runs `f` with live progress lines, if any, cleared from the terminal.
+fn around_progress<R>(f: impl FnOnce() -> R) -> R {
+    match crate::progress::live_board() {
+        Some(board) => board.suspend(f),
+        None => f(),
+    }
+}
+
 pub fn print_bytes(bytes: &[u8]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::io("cannot write to stdout", e))
+    around_progress(|| {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes).and_then(|()| out.flush())
+    })
+    .map_err(|e| Error::io("cannot write to stdout", e))
 }
 
 /// Streams output through a buffered stdout (for large outputs).
 pub fn write_stdout(
     write: impl FnOnce(&mut std::io::BufWriter<std::io::StdoutLock<'static>>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    write(&mut out)
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::io("cannot write to stdout", e))
+    around_progress(|| {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+        write(&mut out).and_then(|()| out.flush())
+    })
+    .map_err(|e| Error::io("cannot write to stdout", e))
 }
 
 pub fn progress(msg: &str) {
-    eprintln!("{msg}");
+    match crate::progress::live_board() {
+        Some(board) => board.println(msg),
+        None => eprintln!("{msg}"),
+    }
 }
 
 pub fn warn(msg: &str) {
-    eprintln!("warning: {msg}");
+    progress(&format!("warning: {msg}"));
 }
 
 /// Colour only on a terminal, never when NO_COLOR is set (https://no-color.org).

@@ -115,10 +115,17 @@ fn recorded_timestamps_are_whole_seconds() {
 }
 
 #[test]
-fn a_full_local_pool_fails_the_extra_prompts_without_holding_slots() {
+fn with_no_queue_a_full_local_pool_fails_the_extra_prompts_without_holding_slots() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "2");
-    let out = env.run(&["start", "--no-context", "SLEEP=30", "SLEEP=30", "SLEEP=30"]);
+    let out = env.run(&[
+        "start",
+        "--no-queue",
+        "--no-context",
+        "SLEEP=30",
+        "SLEEP=30",
+        "SLEEP=30",
+    ]);
     assert_eq!(code(&out), 1);
     let text = stdout(&out);
     assert!(
@@ -162,9 +169,14 @@ fn start_local_flag_selects_the_backend_and_shares_the_state_with_azure() {
     let env = TestEnv::new();
     let out = env.run(&["start", "--no-context", "--json", "SLEEP=30"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Without AMPLIHACK_REMOTE_AGENT the local backend runs the other `amplihack` on PATH
+    // (the Python one): here the stand-in agent plays it.
+    std::os::unix::fs::symlink(
+        support("vm-bin/amplihack"),
+        env.root().join("bin/amplihack"),
+    )
+    .unwrap();
     let out = env.run(&["start", "--local", "--no-context", "--json", "SLEEP=30"]);
-    // Without AMPLIHACK_REMOTE_AGENT the local backend runs `amplihack claude`, which is not
-    // installed here: the session starts, and then fails.
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let st = env.state();
     assert_eq!(

@@ -86,7 +86,12 @@ fn sigkill_at_random_points_never_corrupts_or_loses_a_returned_transaction() {
         .map(|i| {
             let t = Instant::now();
             assert_eq!(
-                code(&env.run(&["start", "--no-context", &format!("calibration {i}")])),
+                code(&env.run(&[
+                    "start",
+                    "--no-queue",
+                    "--no-context",
+                    &format!("calibration {i}")
+                ])),
                 1
             );
             t.elapsed().as_micros() as u64
@@ -103,7 +108,7 @@ fn sigkill_at_random_points_never_corrupts_or_loses_a_returned_transaction() {
         seed ^= seed << 17;
         let delay = Duration::from_micros(seed % life_us);
         let prompt = format!("writer {i}");
-        let mut child = spawn(&env, &["start", "--no-context", &prompt]);
+        let mut child = spawn(&env, &["start", "--no-queue", "--no-context", &prompt]);
         std::thread::sleep(delay);
         unsafe {
             libc::kill(child.id() as i32, libc::SIGKILL);
@@ -137,7 +142,7 @@ fn sigkill_at_random_points_never_corrupts_or_loses_a_returned_transaction() {
         "the kills should spread: {returned} returned, {killed} killed"
     );
     // No temp file survives the next transaction.
-    let out = env.run(&["start", "--no-context", "last"]);
+    let out = env.run(&["start", "--no-queue", "--no-context", "last"]);
     assert_eq!(code(&out), 1);
     let leftovers: Vec<_> = std::fs::read_dir(env.state_path().parent().unwrap())
         .unwrap()
@@ -298,9 +303,17 @@ fn ctrl_c_stops_following_while_the_session_keeps_running() {
     let out = env.run(&["start", "--no-context", "--json", "SLEEP=60"]);
     let id = started_ids(&out).remove(0);
     env.clear_calls();
-    let child = spawn(&env, &["output", &id, "--follow"]);
+    let log = env.root().join("follow.err");
+    let child = env
+        .std_cmd(&["output", &id, "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
     env.wait_for("following to begin", Duration::from_secs(20), || {
-        env.calls().iter().any(|c| c[0] == "connect")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Following")
     });
     sigint(&child);
     let out = wait_output(child);

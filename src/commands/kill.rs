@@ -1,11 +1,12 @@
-//! `kill`: SIGTERM to the agent's process group, a grace period, then the tmux session ends;
-//! `--force` sends SIGKILL at once.
+//! `kill`: SIGTERM to the agent's process group, a grace period, then SIGKILL; `--force`
+//! sends SIGKILL at once. The intent is recorded under the lock before any signal, and the VM
+//! marks the session before signalling it, so whoever sees it end records `killed`.
 
 use crate::cli::KillArgs;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::exec::OnInterrupt;
-use crate::model::SessionStatus;
+use crate::exec::{self, OnInterrupt};
+use crate::model::{KillRequest, Session, SessionStatus};
 use crate::refresh;
 use crate::script::{self, KillOutcome};
 use crate::ui;
@@ -15,40 +16,70 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let session = find_session(&state, &args.session_id)?.clone();
     let id = session.session_id.as_str();
     if !session.status.is_active() {
-        let code = session
-            .exit_code
-            .map(|c| format!(" (exit {c})"))
-            .unwrap_or_default();
-        return ui::print(&format!(
-            "Session {id} already {}{code}; nothing to kill.\n",
-            session.status
-        ));
+        return already_finished(&session);
     }
-    if session.status == SessionStatus::Pending
-        && !refresh::pending_is_stale(session.created_at, ctx.now())
-    {
-        // Its `start` is launching it right now; a kill now would race the launch and could
-        // leave an agent running that the state calls killed.
-        return Err(Error::Failed(format!(
-            "session {id} is still being launched by another command; kill it once 'amplihack remote list' shows it running"
-        )));
+    let me = exec::current_owner();
+    let now = ctx.now();
+    // Record the intent, re-checking under the lock that the session is still ours to kill.
+    let current = ctx.store.update(|st| {
+        let s = find_session(st, id)?.clone();
+        if !s.status.is_active() {
+            return Ok(s);
+        }
+        if s.status == SessionStatus::Pending
+            && !refresh::abandoned(s.owner.as_ref(), s.created_at, now, &exec::liveness)
+        {
+            // Its `start` is launching it right now; a kill now would race the launch and
+            // could leave an agent running that the state calls killed.
+            return Err(Error::Failed(format!(
+                "session {id} is still being launched by another command; kill it once 'amplihack remote list' shows it running"
+            )));
+        }
+        if let Some(s) = st.sessions.get_mut(id) {
+            s.kill_request = Some(KillRequest {
+                at: now,
+                by: me.clone(),
+            });
+        }
+        Ok(s)
+    })?;
+    if !current.status.is_active() {
+        return already_finished(&current);
     }
+
     ui::print(&format!("Killing session: {id}\n"))?;
     ui::print(if args.force {
         "Sending SIGKILL...\n"
     } else {
         "Sending SIGTERM...\n"
     })?;
-    let transport = ctx.transport_to(&state, &session.vm_name);
-    let input = script::kill_script(id, args.force, ctx.settings.kill_grace_secs);
-    let report = match transport.run_script(
-        &session.vm_name,
-        input,
-        ctx.settings.timeouts.kill,
-        OnInterrupt::Abort,
-    ) {
-        Ok(out) => script::parse_kill(&out.stdout)
-            .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?,
+    let vm = ctx.vm_ref(&state, &session.vm_name);
+    // A pending session here is one whose start died (a live start's is refused above): a
+    // launch it left on its way must be cancelled, not raced. The same call brings the ended
+    // session's archive home.
+    let claim = current.status == SessionStatus::Pending;
+    let mut input = script::kill_script(
+        id,
+        args.force,
+        ctx.settings.kill_grace_secs,
+        claim,
+        Some(&refresh::archive_request(ctx, &session)),
+    );
+    // The slot this kill frees goes to the VM's queue, should no supervisor be left to pass it.
+    if state.sessions.values().any(|s| {
+        s.vm_name == session.vm_name && s.status == SessionStatus::Queued && s.session_id != id
+    }) {
+        input = refresh::drain_queue_first(ctx, input);
+    }
+    let answer = ctx
+        .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
+        .and_then(|out| {
+            script::parse_kill(&out.stdout)
+                .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
+            Ok(out)
+        });
+    let out = match answer {
+        Ok(out) => out,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"
@@ -58,17 +89,37 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 id,
                 SessionStatus::Killed,
                 None,
+                None,
                 Some("killed locally while its VM was unreachable".into()),
+                &refresh::Archived::new(),
             )?;
             return ui::print("Status updated: killed\n");
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            // Nothing was signalled (or we cannot know): the intent must not turn a later,
+            // natural end into `killed`.
+            withdraw_intent(ctx, id, &me)?;
+            return Err(e);
+        }
     };
+    let report = script::parse_kill(&out.stdout).expect("parsed above");
+    let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
     let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
+    // When the VM recorded the end: the state keeps the VM's time, as a refresh would.
+    let finished_at = report.probe.as_ref().and_then(|p| p.finished_at);
     match report.outcome {
         KillOutcome::AlreadyFinished => {
             let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
-            mark(ctx, id, status.clone(), exit_code, None)?;
+            withdraw_intent(ctx, id, &me)?;
+            mark(
+                ctx,
+                id,
+                status.clone(),
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             let code = exit_code
                 .map(|c| format!(" (exit {c})"))
                 .unwrap_or_default();
@@ -76,35 +127,102 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 "Session had already finished: {status}{code}; nothing to kill.\nStatus updated: {status}\n"
             ))
         }
-        KillOutcome::Killed | KillOutcome::Gone => {
-            if report.outcome == KillOutcome::Gone {
-                ui::warn(&format!(
-                    "no agent or tmux session of {id} was running on {}",
-                    session.vm_name
-                ));
-            }
+        KillOutcome::Dequeued => {
+            mark(
+                ctx,
+                id,
+                SessionStatus::Killed,
+                None,
+                None,
+                Some("taken out of its VM's queue before it started".into()),
+                &archived,
+            )?;
+            ui::print(
+                "Session was queued: taken out of the queue, it never starts.\nStatus updated: killed\n",
+            )
+        }
+        KillOutcome::Gone => {
+            // It had ended before the kill, without a record (a reboot, or killed outright):
+            // the truth is that it vanished, not that we killed it.
+            withdraw_intent(ctx, id, &me)?;
+            let vanished = match report.probe.as_ref() {
+                Some(p) if p.cancelled => script::NEVER_LAUNCHED,
+                Some(p) if p.known => script::VANISHED,
+                _ => script::UNKNOWN_ON_VM,
+            };
+            mark(
+                ctx,
+                id,
+                SessionStatus::Failed,
+                None,
+                None,
+                Some(vanished.to_string()),
+                &archived,
+            )?;
+            ui::print(&format!(
+                "Nothing of session {id} was running on {}: {vanished}.\nStatus updated: failed\n",
+                session.vm_name
+            ))
+        }
+        KillOutcome::Killed => {
             if report.escalated {
                 ui::print(&format!(
                     "Still running after {}s; sent SIGKILL.\n",
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(ctx, id, SessionStatus::Killed, exit_code, None)?;
+            mark(
+                ctx,
+                id,
+                SessionStatus::Killed,
+                exit_code,
+                finished_at,
+                None,
+                &archived,
+            )?;
             ui::print("Session terminated.\nStatus updated: killed\n")
         }
     }
 }
 
+fn already_finished(session: &Session) -> Result<()> {
+    let code = session
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    ui::print(&format!(
+        "Session {} already {}{code}; nothing to kill.\n",
+        session.session_id, session.status
+    ))
+}
+
+fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> {
+    ctx.store.update(|st| {
+        if let Some(s) = st.sessions.get_mut(id)
+            && s.kill_request.as_ref().is_some_and(|k| &k.by == me)
+        {
+            s.kill_request = None;
+        }
+        Ok(())
+    })
+}
+
+/// Settles the session, as ended at `finished_at` (the VM's record) or now, and marks it
+/// archived when its archive came home with the answer. A refresh that saw the end first may
+/// already have recorded it (as `killed`, thanks to the marks): then its status stays.
 fn mark(
     ctx: &Ctx,
     id: &str,
     status: SessionStatus,
     exit_code: Option<i32>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
     error: Option<String>,
+    archived: &refresh::Archived,
 ) -> Result<()> {
-    let now = ctx.now();
+    let at = finished_at.unwrap_or_else(|| ctx.now());
     ctx.store.update(|st| {
-        st.finish_session(id, status, exit_code, now, error);
+        st.finish_session(id, status, exit_code, at, error);
+        refresh::mark_archived(st, archived);
         Ok(())
     })
 }

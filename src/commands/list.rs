@@ -6,11 +6,12 @@ use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let refresh::Refreshed { state, live } = if args.refresh.no_refresh {
+    let refresh::Refreshed { state, live, .. } = if args.refresh.no_refresh {
         // Sessions are all `list` shows: the VM entries are checked, not built.
         refresh::Refreshed {
             state: ctx.store.load_sessions_only()?,
             live: render::Live::default(),
+            failed_vms: Default::default(),
         }
     } else {
         refresh::current(ctx, false, false)?

@@ -2,27 +2,36 @@
 //! finish; state and processes are reached only through `StateStore` and the transports.
 
 pub mod attach;
+pub mod completions;
 pub mod kill;
 pub mod list;
+pub mod man;
 pub mod output;
 pub mod prime;
 pub mod prune;
 pub mod pull;
+pub mod report;
 pub mod start;
 pub mod status;
+pub mod sync;
+pub mod wait;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
+use crate::archive::ArchiveStore;
 use crate::cli::{RemoteCommand, StatusFilter};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::model::{Session, SessionStatus, State};
+use crate::exec::{OnInterrupt, Output};
+use crate::model::{Backend, Session, SessionStatus, State};
+use crate::pool::LOCAL_VM_NAME;
 use crate::state::StateStore;
-use crate::transport::{Transport, Transports};
+use crate::transport::{Transport, Transports, VmRef};
 
 pub struct Ctx {
     pub settings: Settings,
     pub store: StateStore,
+    pub archive: ArchiveStore,
     pub transports: Transports,
 }
 
@@ -30,11 +39,39 @@ impl Ctx {
     pub fn from_env() -> Result<Self> {
         let settings = Settings::from_env()?;
         let transports = Transports::new(&settings);
+        let store = StateStore::from_env()?;
+        let archive = ArchiveStore::beside(store.path(), settings.archive_dir.clone());
         Ok(Ctx {
             settings,
-            store: StateStore::from_env()?,
+            store,
+            archive,
             transports,
         })
+    }
+
+    /// The context a `start` runs in. On the local backend with the default agent, the agent
+    /// is the other `amplihack` on PATH (the Python one: this binary has no `claude`), by
+    /// absolute path; with none there, the start fails before it reserves anything.
+    pub fn for_start(&self, local_flag: bool) -> Result<Option<Ctx>> {
+        let local = local_flag || self.settings.backend == Backend::Local;
+        if !local || self.settings.agent_override.is_some() {
+            return Ok(None);
+        }
+        let program = crate::forward::other_amplihack()?.ok_or(Error::LocalAgentMissing)?;
+        let program = program.into_os_string().into_string().map_err(|p| {
+            Error::Failed(format!(
+                "the path of the other amplihack ({}) is not UTF-8; set AMPLIHACK_REMOTE_AGENT instead",
+                p.to_string_lossy()
+            ))
+        })?;
+        let mut settings = self.settings.clone();
+        settings.default_agent = vec![program, "claude".into()];
+        Ok(Some(Ctx {
+            transports: Transports::new(&settings),
+            store: self.store.clone(),
+            archive: self.archive.clone(),
+            settings,
+        }))
     }
 
     /// Every timestamp we record comes from here: whole seconds, the specification's form.
@@ -42,10 +79,42 @@ impl Ctx {
         whole_seconds(Utc::now())
     }
 
+    /// How every call must address `vm`: its backend, and the resource group it was created
+    /// in (the configured one for VMs recorded before we kept it).
+    pub fn vm_ref(&self, state: &State, vm: &str) -> VmRef {
+        let entry = state.vm_pool.get(vm);
+        let backend = entry.map(|v| v.backend).unwrap_or(if vm == LOCAL_VM_NAME {
+            Backend::Local
+        } else {
+            Backend::Azure
+        });
+        VmRef {
+            name: vm.to_string(),
+            backend,
+            resource_group: match backend {
+                Backend::Local => None,
+                Backend::Azure => entry
+                    .and_then(|v| v.resource_group.clone())
+                    .or_else(|| self.settings.resource_group.clone()),
+            },
+        }
+    }
+
     /// The transport that reaches `vm`: azlin for Azure VMs, local bash for `local`.
-    pub fn transport_to(&self, state: &State, vm: &str) -> &dyn Transport {
-        self.transports
-            .for_backend(crate::refresh::backend_of(state, vm))
+    pub fn transport(&self, vm: &VmRef) -> &dyn Transport {
+        self.transports.for_backend(vm.backend)
+    }
+
+    /// Runs a control call on `vm` through its transport.
+    pub fn run_on(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        timeout: std::time::Duration,
+        on_interrupt: OnInterrupt,
+    ) -> Result<Output> {
+        self.transport(vm)
+            .run_script(vm, input, timeout, on_interrupt)
     }
 }
 
@@ -55,6 +124,12 @@ pub fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
+    // Generated from the command tree alone: no settings, state or VM is needed.
+    match command {
+        RemoteCommand::Completions(a) => return completions::run(a),
+        RemoteCommand::Man => return man::run(),
+        _ => {}
+    }
     let ctx = Ctx::from_env()?;
     match command {
         RemoteCommand::List(a) => list::run(&ctx, a),
@@ -66,6 +141,11 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
+        RemoteCommand::Report(a) => report::run(&ctx, a),
+        RemoteCommand::Wait(a) => wait::run(&ctx, a),
+        RemoteCommand::Completions(a) => completions::run(a),
+        RemoteCommand::Man => man::run(),
+        RemoteCommand::Sync(a) => sync::run(&ctx, a),
     }
 }
 
@@ -73,6 +153,7 @@ pub fn status_filter(f: StatusFilter) -> Option<SessionStatus> {
     match f {
         StatusFilter::All => None,
         StatusFilter::Pending => Some(SessionStatus::Pending),
+        StatusFilter::Queued => Some(SessionStatus::Queued),
         StatusFilter::Running => Some(SessionStatus::Running),
         StatusFilter::Completed => Some(SessionStatus::Completed),
         StatusFilter::Failed => Some(SessionStatus::Failed),

@@ -1,78 +1,191 @@
 //! `output`: the tmux pane while the session runs, the kept log after it ended; `--follow`
-//! polls the log by byte offset so nothing is printed twice or skipped.
+//! streams the log over one connection (reconnecting when it drops), each byte exactly once. An
+//! archived session is read from its archive: no call, and its VM may be gone. A capture that
+//! finds the session ended brings its archive home too; a follow that sees it end brings it
+//! with one more call (a probe asking for the archive), since the stream carries only the log.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
+use crate::exec;
 use crate::exec::OnInterrupt;
-use crate::model::{Session, State};
+use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
 use crate::render;
-use crate::script::{self, Capture, CaptureSource, Probe};
-use crate::{interrupt, ui};
+use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame, Want};
+use crate::{interrupt, stream, ui};
 
-fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<Capture> {
-    let transport = ctx.transport_to(state, &session.vm_name);
-    let out = transport.run_script(
-        &session.vm_name,
+fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
+    let vm = ctx.vm_ref(state, &session.vm_name);
+    ctx.run_on(
+        &vm,
         input,
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
-    )?;
+    )
+}
+
+fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
     script::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
-/// Settles the session's status from the probe (unless --no-refresh) and returns it.
+/// Keeps the archive the answer brought, then settles the session's status from the probe
+/// (unless --no-refresh, which asks for no archive) and returns the state.
 fn settle(
     ctx: &Ctx,
     state: State,
-    id: &str,
-    probe: Option<Probe>,
+    session: &Session,
+    capture: &Capture,
     refresh_state: bool,
 ) -> Result<State> {
-    match probe {
+    let (archived, _) = refresh::keep_archives(ctx, &session.vm_name, &capture.frames);
+    match capture.probe.clone() {
         Some(p) if refresh_state => {
-            let probes: HashMap<String, Probe> = [(id.to_string(), p)].into();
-            refresh::commit_probes(ctx, &probes, state)
+            let probes: HashMap<String, Probe> = [(session.session_id.clone(), p)].into();
+            refresh::commit_probes(ctx, &probes, &archived, state)
         }
         _ => Ok(state),
     }
 }
 
+/// Prints an archived session's log from its archive.
+fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
+    let id = session.session_id.as_str();
+    let Some(text) = ctx.archive.log_tail(id, args.lines as usize)? else {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status: format!("{}; its archive holds no log", session.status),
+        });
+    };
+    if !args.raw {
+        ui::print(&render::output_header(
+            session,
+            session.status.as_str(),
+            session.archived_at.unwrap_or_else(|| ctx.now()),
+            script::count_lines(&text),
+        ))?;
+    }
+    ui::progress(&format!(
+        "From the archive of {id} ({}); its VM was not asked.",
+        ctx.archive.dir(id)?.display()
+    ));
+    if let Some(cut) = ctx.archive.meta(id)?.and_then(|m| m.log_cut()) {
+        ui::warn(&format!(
+            "the log was over the archive's cap: its first {cut} bytes were not kept"
+        ));
+    }
+    ui::print_bytes(&text)?;
+    if args.follow {
+        ui::progress(&format!("Session {id} ended: {}", ended_text(session)));
+    }
+    Ok(())
+}
+
+fn ended_text(s: &Session) -> String {
+    let code = s
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let why = s
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!("{}{code}{why}", s.status)
+}
+
+/// Whether a `start` that lives is still launching the session.
+fn being_launched(ctx: &Ctx, session: &Session) -> bool {
+    session.status == SessionStatus::Pending
+        && !refresh::abandoned(
+            session.owner.as_ref(),
+            session.created_at,
+            ctx.now(),
+            &exec::liveness,
+        )
+}
+
 pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
-    let state = ctx.store.load()?;
-    let session = find_session(&state, &args.session_id)?.clone();
+    let mut state = ctx.store.load()?;
+    let mut session = find_session(&state, &args.session_id)?.clone();
+    if session.archived_at.is_some() {
+        if ctx.archive.has(&session.session_id) {
+            return from_archive(ctx, &session, &args);
+        }
+        ui::warn(&format!(
+            "the archive of {} is missing from {}; asking its VM",
+            session.session_id,
+            ctx.archive.root().display()
+        ));
+    }
+    if args.follow && being_launched(ctx, &session) {
+        // Following from the start: wait for the launch (reading the state file, no remote
+        // call), then stream.
+        ui::progress(&format!(
+            "Session {} is still being launched; following it once it runs.",
+            session.session_id
+        ));
+        while being_launched(ctx, &session) {
+            interrupt::sleep(std::time::Duration::from_millis(500))?;
+            state = ctx.store.load()?;
+            session = find_session(&state, &args.session_id)?.clone();
+        }
+    }
+    if being_launched(ctx, &session) {
+        // Its start is still provisioning or launching it: the VM has nothing to show yet,
+        // and asking would only race the launch.
+        if !args.raw {
+            ui::print(&render::output_header(&session, "pending", ctx.now(), 0))?;
+        }
+        ui::progress(&format!(
+            "Session {} is still being launched by its start; no output yet.",
+            session.session_id
+        ));
+        return Ok(());
+    }
     if args.follow {
         return follow(ctx, state, &session, &args);
     }
-    let capture = ask(
+    // --no-refresh writes nothing, so it asks for no archive either.
+    let archive = (!args.refresh.no_refresh && session.archived_at.is_none())
+        .then(|| refresh::archive_request(ctx, &session));
+    let out = ask(
         ctx,
         &state,
         &session,
-        script::capture_script(&session.session_id, args.lines),
+        script::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
-    let state = settle(
-        ctx,
-        state,
-        &session.session_id,
-        capture.probe.clone(),
-        !args.refresh.no_refresh,
-    )?;
+    let capture = parse(&session, &out)?;
+    let state = settle(ctx, state, &session, &capture, !args.refresh.no_refresh)?;
     let status = find_session(&state, &session.session_id)?
         .status
         .to_string();
     let text = match capture.source {
-        CaptureSource::Pane => script::last_lines(&capture.data, args.lines as usize),
-        CaptureSource::Log => capture.data,
+        CaptureSource::Pane => script::last_lines(capture.data, args.lines as usize),
+        CaptureSource::Log => capture.data.to_vec(),
         CaptureSource::None => Vec::new(),
     };
-    if capture.source == CaptureSource::None {
-        ui::warn(&format!(
-            "no output recorded for {} on {} (status: {status}): it never launched, or its tmux session ended without a log",
+    if let Some((place, of)) = capture.queue_place {
+        if !args.raw {
+            ui::print(&render::output_header(&session, &status, ctx.now(), 0))?;
+        }
+        ui::progress(&format!(
+            "Session {} is queued on {} (place {place} of {of}); it starts on its own when a slot frees, and has no output yet.",
             session.session_id, session.vm_name
         ));
+        return Ok(());
+    }
+    if capture.source == CaptureSource::None {
+        return Err(Error::SessionNotOnVm {
+            id: session.session_id.clone(),
+            vm: session.vm_name.clone(),
+            status,
+        });
     }
     if !args.raw {
         ui::print(&render::output_header(
@@ -85,54 +198,110 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     ui::print_bytes(&text)
 }
 
-fn follow(ctx: &Ctx, mut state: State, session: &Session, args: &OutputArgs) -> Result<()> {
+/// Streams the session's log over one connection (reconnecting when it drops) until the
+/// session is over: the last `--lines` lines first, then every byte as it is written, each
+/// exactly once (the stream resumes at the byte offset printed so far). Then, unless
+/// --no-refresh, records the end and brings the session's archive home.
+fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Result<()> {
     let id = session.session_id.as_str();
-    let mut offset: Option<u64> = None;
-    loop {
-        let capture = ask(
-            ctx,
-            &state,
-            session,
-            script::follow_script(id, offset, args.lines),
-        )?;
-        let probe = capture.probe.clone();
-        if offset.is_none() && !args.raw {
-            let status = state
-                .sessions
-                .get(id)
-                .map(|s| s.status.to_string())
-                .unwrap_or_default();
-            ui::print(&render::output_header(
-                session,
-                &status,
-                ctx.now(),
-                script::count_lines(&capture.data),
-            ))?;
-            ui::progress(&format!(
-                "Following {id} (polling every {}s; Ctrl+C stops following, the session keeps running)",
-                ctx.settings.follow_interval.as_secs_f64()
-            ));
-        }
-        ui::print_bytes(&capture.data)?;
-        offset = Some(capture.log_size.unwrap_or(0).max(offset.unwrap_or(0)));
-        let finished = probe
-            .as_ref()
-            .is_some_and(|p| p.exit_code.is_some() || !p.alive);
-        state = settle(ctx, state, id, probe, !args.refresh.no_refresh)?;
-        if finished {
-            let s = find_session(&state, id)?;
-            let code = s
-                .exit_code
-                .map(|c| format!(" (exit {c})"))
-                .unwrap_or_default();
-            let why = s
-                .error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            ui::progress(&format!("Session {id} ended: {}{code}{why}", s.status));
-            return Ok(());
-        }
-        interrupt::sleep(ctx.settings.follow_interval)?;
+    let vm = ctx.vm_ref(&state, &session.vm_name);
+    let printed_to: Cell<Option<u64>> = Cell::new(None);
+    let mut first_facts: Option<Probe> = None;
+    let mut last_facts: Option<Probe> = None;
+    let pace = ctx.settings.stream_pace();
+    let status = state
+        .sessions
+        .get(id)
+        .map(|s| s.status.to_string())
+        .unwrap_or_default();
+    let stop = AtomicBool::new(false);
+    stream::until_end(
+        ctx,
+        &vm,
+        &stop,
+        &mut || script::stream_script(id, printed_to.get(), args.lines, pace),
+        &mut |frame| {
+            match frame {
+                StreamFrame::Session(_, facts) => {
+                    first_facts.get_or_insert_with(|| facts.clone());
+                    last_facts = Some(facts);
+                }
+                StreamFrame::Data { offset, bytes } => {
+                    let have = match printed_to.get() {
+                        Some(have) => have,
+                        None => {
+                            if !args.raw {
+                                ui::print(&render::output_header(
+                                    session,
+                                    &status,
+                                    ctx.now(),
+                                    script::count_lines(&bytes),
+                                ))?;
+                            }
+                            ui::progress(&format!(
+                                "Following {id} (Ctrl+C stops following, the session keeps running)"
+                            ));
+                            offset
+                        }
+                    };
+                    // A resumed stream starts where we asked; never print a byte twice.
+                    let skip = (have.saturating_sub(offset) as usize).min(bytes.len());
+                    ui::print_bytes(&bytes[skip..])?;
+                    printed_to.set(Some(have.max(offset + bytes.len() as u64)));
+                }
+                StreamFrame::Beat | StreamFrame::End => {}
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(f) = &first_facts
+        && !f.known
+        && !f.tmux
+        && printed_to.get() == Some(0)
+    {
+        return Err(Error::SessionNotOnVm {
+            id: id.to_string(),
+            vm: session.vm_name.clone(),
+            status,
+        });
     }
+    let state = if args.refresh.no_refresh {
+        state
+    } else {
+        settle_and_archive(ctx, state, session, last_facts)?
+    };
+    let s = find_session(&state, id)?;
+    ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
+    Ok(())
+}
+
+/// Records the end a follow saw and brings the session's archive home: one probe call asking
+/// for the archive (its `session` line is the freshest fact, so it settles the session too).
+/// If that call fails, the end the stream saw is recorded and the archive waits for a later
+/// call (a refresh takes it along); the follow itself succeeded.
+fn settle_and_archive(
+    ctx: &Ctx,
+    state: State,
+    session: &Session,
+    seen: Option<Probe>,
+) -> Result<State> {
+    let id = &session.session_id;
+    let mut probes: HashMap<String, Probe> =
+        seen.map(|p| [(id.clone(), p)].into()).unwrap_or_default();
+    let mut archived = refresh::Archived::new();
+    if session.archived_at.is_none() {
+        let plan: BTreeMap<String, Vec<(String, Want)>> =
+            [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();
+        let collected = refresh::collect(ctx, &state, &plan)?;
+        match collected.failed_vms.get(&session.vm_name) {
+            Some(e) => ui::warn(&format!(
+                "could not bring the archive of {id} home; a later refresh will. {e}"
+            )),
+            None => {
+                probes.extend(collected.probes);
+                archived = collected.archived;
+            }
+        }
+    }
+    refresh::commit_probes(ctx, &probes, &archived, state)
 }

@@ -4,10 +4,9 @@ use serde::Serialize;
 
 use crate::cli::PrimeArgs;
 use crate::commands::Ctx;
-use crate::commands::start::size_letter;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
-use crate::{interrupt, parallel, pool, provision, ui};
+use crate::{interrupt, parallel, pool, progress, provision, ui};
 
 #[derive(Serialize)]
 struct Primed {
@@ -26,13 +25,13 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
             "prime provisions Azure VMs; the local backend (AMPLIHACK_REMOTE_BACKEND=local) needs no priming".into(),
         ));
     }
-    let size = pool::size_by_letter(size_letter(args.vm_size))
-        .expect("the size table covers every choice");
+    let size = pool::size_of(args.vm_size);
     let region = args
         .region
         .clone()
         .unwrap_or_else(|| ctx.settings.region.clone());
     let now = ctx.now();
+    let owner = crate::exec::current_owner();
     let count = args.count as usize;
     let names = ctx.store.update(|st| {
         Ok(provision::reserve_vms(
@@ -40,7 +39,11 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
             count,
             size,
             &region,
-            &ctx.settings.user,
+            &provision::Reservation {
+                user: &ctx.settings.user,
+                resource_group: ctx.transports.azlin.default_resource_group(),
+                owner: &owner,
+            },
             now,
         ))
     })?;
@@ -60,6 +63,13 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
                 return (name.clone(), dropped.and(Err(Error::Interrupted)));
             }
             let outcome = provision::create_vm(ctx, name, size.sku, &region);
+            match &outcome {
+                Ok(got) => progress::vm(name).finish(
+                    progress::Outcome::Done,
+                    &format!("ready in {got}, {} slot(s)", size.max_sessions),
+                ),
+                Err(e) => progress::vm(name).finish(progress::Outcome::Failed, &e.to_string()),
+            }
             let committed = provision::commit_vm(ctx, name, &outcome);
             (name.clone(), committed.and(outcome))
         });

@@ -1,8 +1,13 @@
 //! `prune`: delete pool VMs that have no pending or running session and have been idle long
 //! enough, and drop VMs that no longer exist in Azure. A VM whose deletion fails stays in the
 //! state with its error: we never lose track of a billable VM.
+//!
+//! Before a VM goes, the results of its finished sessions must be home: the refresh prune
+//! makes first brings the archives of those not archived yet, in its one call per VM. A VM
+//! some of whose sessions could not be archived is kept, unless `--force`, which deletes it
+//! and says whose output and commits are lost.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 
 use chrono::Duration;
@@ -11,8 +16,8 @@ use serde::Serialize;
 use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, VmState};
-use crate::{interrupt, parallel, pool, refresh, render, ui};
+use crate::model::{Backend, State, VmState};
+use crate::{interrupt, model, parallel, pool, refresh, render, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -22,13 +27,45 @@ struct Pruned {
     idle_minutes: i64,
     reason: String,
     result: String,
+    /// Sessions of the VM whose results are not archived: kept from deletion, or lost with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_archived: Vec<String>,
+}
+
+/// Sessions of `vm` that ran and whose results are not home: deleting the VM loses them.
+fn not_archived(state: &State, vm: &str) -> Vec<String> {
+    state
+        .sessions
+        .values()
+        .filter(|s| s.vm_name == vm && refresh::unarchived(state, s))
+        .map(|s| s.session_id.clone())
+        .collect()
 }
 
 pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
-    // Settle finished sessions first, and learn which VMs Azure still has (one call).
-    let refreshed = refresh::refresh(ctx, true)?;
     let now = ctx.now();
     let min_idle = Duration::minutes(args.idle_minutes as i64);
+    // The finished sessions of VMs that may go, whose results are not home yet: the refresh
+    // brings their archives in its call to their VM (a dry run deletes nothing, so needs none).
+    let before = ctx.store.load()?;
+    let also: BTreeSet<String> = if args.dry_run {
+        BTreeSet::new()
+    } else {
+        let idle: BTreeSet<String> = pool::idle_vms(&before, now, min_idle)
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        before
+            .sessions
+            .values()
+            .filter(|s| idle.contains(&s.vm_name) && refresh::unarchived(&before, s))
+            .map(|s| s.session_id.clone())
+            .collect()
+    };
+    drop(before);
+    // Settle finished sessions first, and learn which VMs Azure still has (one call).
+    let refreshed = refresh::refresh_with(ctx, true, &also)?;
+    let now = ctx.now();
     let mut candidates: Vec<(pool::IdleVm, String)> =
         pool::idle_vms(&refreshed.state, now, min_idle)
             .into_iter()
@@ -40,20 +77,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                 (v, reason)
             })
             .collect();
-    let missing: BTreeSet<String> = match &refreshed.live.power {
-        Some(power) => refreshed
-            .state
-            .vm_pool
-            .iter()
-            .filter(|(name, vm)| {
-                vm.backend == Backend::Azure
-                    && vm.state != VmState::Provisioning
-                    && !power.contains_key(*name)
-            })
-            .map(|(name, _)| name.clone())
-            .collect(),
-        None => BTreeSet::new(),
-    };
+    let missing = confirmed_gone(ctx, &refreshed)?;
     for (v, reason) in candidates.iter_mut() {
         if missing.contains(&v.name) {
             *reason = "no longer exists in Azure".into();
@@ -84,20 +108,64 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             args.idle_minutes
         ));
     }
+    let unarchived: BTreeMap<String, Vec<String>> = candidates
+        .iter()
+        .map(|(v, _)| (v.name.clone(), not_archived(&refreshed.state, &v.name)))
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect();
     if args.dry_run {
         let report: Vec<Pruned> = candidates
             .iter()
-            .map(|(v, reason)| pruned(v, reason, "would be deleted"))
+            .map(|(v, reason)| {
+                let ids = unarchived.get(&v.name).cloned().unwrap_or_default();
+                let result = if ids.is_empty() || missing.contains(&v.name) {
+                    "would be deleted".to_string()
+                } else {
+                    format!(
+                        "would be deleted once the results of {} session(s) are archived",
+                        ids.len()
+                    )
+                };
+                pruned(v, reason, &result, ids)
+            })
             .collect();
         return print_report(&report, args.json, "Would delete");
     }
-    if !args.yes {
+    // A VM whose sessions' results could not be brought home stays, unless --force. One
+    // Azure no longer has is gone already: nothing of it can be saved.
+    let blocked: BTreeMap<String, String> = unarchived
+        .iter()
+        .filter(|(vm, _)| !args.force && !missing.contains(*vm))
+        .map(|(vm, ids)| {
+            let why = match refreshed.failed_vms.get(vm) {
+                Some(e) => e.to_string(),
+                None => "their archives did not come home".to_string(),
+            };
+            (
+                vm.clone(),
+                format!("{} session(s) not archived: {why}", ids.len()),
+            )
+        })
+        .collect();
+    for (vm, ids) in &unarchived {
+        if args.force || missing.contains(vm) {
+            ui::warn(&format!(
+                "deleting VM {vm} loses the output and commits of session(s) never archived: {}",
+                ids.join(", ")
+            ));
+        }
+    }
+    let deletable: Vec<&(pool::IdleVm, String)> = candidates
+        .iter()
+        .filter(|(v, _)| !blocked.contains_key(&v.name))
+        .collect();
+    if !args.yes && !deletable.is_empty() {
         if !ui::stdin_is_terminal() {
             return Err(Error::InvalidArgs(
                 "prune deletes VMs; pass --yes to confirm when not on a terminal (or --dry-run to see what would go)".into(),
             ));
         }
-        let names: Vec<&str> = candidates.iter().map(|(v, _)| v.name.as_str()).collect();
+        let names: Vec<&str> = deletable.iter().map(|(v, _)| v.name.as_str()).collect();
         eprint!("Delete {} VM(s): {}? [y/N] ", names.len(), names.join(", "));
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
@@ -106,29 +174,15 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         }
     }
 
-    // Reserve: mark the VMs `deleting` under the lock, re-checking each is still idle, so no
-    // start places a session on a VM we are about to delete.
-    let chosen: Vec<String> = candidates.iter().map(|(v, _)| v.name.clone()).collect();
-    let to_delete: Vec<String> = ctx.store.update(|st| {
-        let counts = st.active_counts();
-        let ok: Vec<String> = chosen
-            .iter()
-            .filter(|n| {
-                !counts.contains_key(n.as_str())
-                    && st
-                        .vm_pool
-                        .get(*n)
-                        .is_some_and(|v| v.state != VmState::Provisioning)
-            })
-            .cloned()
-            .collect();
-        for n in &ok {
-            if let Some(vm) = st.vm_pool.get_mut(n) {
-                vm.state = VmState::Deleting;
-            }
-        }
-        Ok(ok)
-    })?;
+    // Reserve: mark the VMs `deleting` under the lock, re-checking each is still idle (and
+    // has no results left to archive), so no start places a session on a VM we are about to
+    // delete. The reservation carries its owner: a prune that dies mid-deletion is recovered.
+    let chosen: Vec<String> = deletable.iter().map(|(v, _)| v.name.clone()).collect();
+    let to_delete: Vec<String> = if chosen.is_empty() {
+        Vec::new()
+    } else {
+        reserve(ctx, &chosen, args.force, &missing)?
+    };
 
     // At most AMPLIHACK_REMOTE_PARALLEL `azlin kill` at once.
     let results: Vec<(String, Result<()>)> =
@@ -140,40 +194,85 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             if interrupt::requested() {
                 return (name.clone(), Err(Error::Interrupted));
             }
+            let vm = ctx.vm_ref(&refreshed.state, name);
             ui::progress(&format!("Deleting VM {name}..."));
             (
                 name.clone(),
                 ctx.transports
                     .azlin
-                    .delete_vm(name, ctx.settings.timeouts.delete),
+                    .delete_vm(&vm, ctx.settings.timeouts.delete),
             )
         });
-    ctx.store.update(|st| {
-        for (name, r) in &results {
-            match r {
-                Ok(()) => {
-                    st.vm_pool.remove(name);
-                }
-                Err(e) => {
-                    if let Some(vm) = st.vm_pool.get_mut(name) {
-                        vm.state = VmState::Failed;
-                        vm.error = Some(format!("deletion failed: {e}"));
+    let now = ctx.now();
+    let kept_watching: BTreeSet<String> = if results.is_empty() {
+        BTreeSet::new()
+    } else {
+        ctx.store.update(|st| {
+            let mut kept = BTreeSet::new();
+            for (name, r) in &results {
+                match r {
+                    Ok(()) => match st.vm_pool.get_mut(name) {
+                        Some(vm) if pool::creation_may_still_complete(vm, now) => {
+                            vm.owner = None;
+                            vm.state = VmState::Failed;
+                            vm.error = Some(format!(
+                                "deleted, but its cut creation may still complete in Azure; prune deletes it again after {}",
+                                model::format_timestamp(&pool::creation_settled_after(vm))
+                            ));
+                            kept.insert(name.clone());
+                        }
+                        _ => {
+                            st.vm_pool.remove(name);
+                        }
+                    },
+                    Err(e) => {
+                        if let Some(vm) = st.vm_pool.get_mut(name) {
+                            vm.owner = None;
+                            vm.state = VmState::Failed;
+                            vm.error = Some(format!("deletion failed: {e}"));
+                        }
                     }
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(kept)
+        })?
+    };
     let mut report = Vec::new();
     let mut first_error = None;
     for (v, reason) in &candidates {
+        let ids = unarchived.get(&v.name).cloned().unwrap_or_default();
+        let lost = if ids.is_empty() {
+            String::new()
+        } else {
+            format!("; lost, never archived: {}", ids.join(", "))
+        };
         let outcome = match results.iter().find(|(n, _)| n == &v.name) {
-            None => "skipped: it took a session meanwhile".to_string(),
-            Some((_, Ok(()))) if missing.contains(&v.name) => "removed from the pool".into(),
-            Some((_, Ok(()))) => "deleted".into(),
+            None => match blocked.get(&v.name) {
+                Some(why) => format!(
+                    "KEPT: {why}; run prune again when its VM answers, or pass --force to delete it and lose them"
+                ),
+                None => "skipped: it took a session meanwhile".to_string(),
+            },
+            Some((_, Ok(()))) if kept_watching.contains(&v.name) => {
+                format!(
+                    "deleted; still tracked, as its cut creation may yet complete in Azure{lost}"
+                )
+            }
+            Some((_, Ok(()))) if missing.contains(&v.name) => {
+                format!("removed from the pool{lost}")
+            }
+            Some((_, Ok(()))) => format!("deleted{lost}"),
             Some((_, Err(e))) => format!("deletion FAILED, kept in the pool: {e}"),
         };
-        report.push(pruned(v, reason, &outcome));
+        report.push(pruned(v, reason, &outcome, ids));
+    }
+    for (vm, why) in &blocked {
+        if first_error.is_none() {
+            first_error = Some(match refreshed.failed_vms.get(vm) {
+                Some(e) => e.replicate(),
+                None => Error::Failed(format!("VM {vm} was kept: {why}")),
+            });
+        }
     }
     for (_, r) in results {
         if let Err(e) = r {
@@ -184,7 +283,90 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-fn pruned(v: &pool::IdleVm, reason: &str, result: &str) -> Pruned {
+/// Marks the chosen VMs `deleting` in one transaction, keeping only those still idle, not
+/// being provisioned, and (unless `force`, or Azure has them no more) with no results left to
+/// archive. Returns the VMs to delete.
+fn reserve(
+    ctx: &Ctx,
+    chosen: &[String],
+    force: bool,
+    missing: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let me = crate::exec::current_owner();
+    ctx.store.update(|st| {
+        let counts = st.active_counts();
+        let ok: Vec<String> = chosen
+            .iter()
+            .filter(|n| {
+                !counts.contains_key(n.as_str())
+                    && st
+                        .vm_pool
+                        .get(*n)
+                        .is_some_and(|v| v.state != VmState::Provisioning)
+                    && (force || missing.contains(*n) || not_archived(st, n).is_empty())
+            })
+            .cloned()
+            .collect();
+        for n in &ok {
+            if let Some(vm) = st.vm_pool.get_mut(n) {
+                vm.state = VmState::Deleting;
+                vm.owner = Some(me.clone());
+            }
+        }
+        Ok(ok)
+    })
+}
+
+/// Pool VMs that azlin confirms are gone: absent from the listing of their resource group AND
+/// `azlin show` in that group answers "not found". Only those are forgotten without a deletion;
+/// a VM the listing merely does not show (another subscription, a listing of another group)
+/// stays tracked, since forgetting it would leave a billable VM nobody sees.
+fn confirmed_gone(ctx: &Ctx, refreshed: &refresh::Refreshed) -> Result<BTreeSet<String>> {
+    let Some(power) = &refreshed.live.power else {
+        return Ok(BTreeSet::new());
+    };
+    let unlisted: Vec<String> = refreshed
+        .state
+        .vm_pool
+        .iter()
+        .filter(|(name, vm)| {
+            vm.backend == Backend::Azure
+                && vm.state != VmState::Provisioning
+                && !power.contains_key(*name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    // At most AMPLIHACK_REMOTE_PARALLEL `azlin show` at once.
+    let answers: Vec<(String, Result<bool>)> =
+        parallel::map_bounded(&unlisted, ctx.settings.parallel, |name| {
+            // After Ctrl+C, calls still waiting for their turn do not start.
+            if interrupt::requested() {
+                return (name.clone(), Err(Error::Interrupted));
+            }
+            let vm = ctx.vm_ref(&refreshed.state, name);
+            let exists = ctx
+                .transports
+                .azlin
+                .vm_exists(&vm, ctx.settings.timeouts.list);
+            (vm.name, exists)
+        });
+    let mut gone = BTreeSet::new();
+    for (name, answer) in answers {
+        match answer {
+            Ok(false) => {
+                gone.insert(name);
+            }
+            Ok(true) => {}
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => ui::warn(&format!(
+                "VM '{name}' is not in azlin's listing and 'azlin show' could not confirm it is gone; keeping it tracked. {e}"
+            )),
+        }
+    }
+    Ok(gone)
+}
+
+fn pruned(v: &pool::IdleVm, reason: &str, result: &str, not_archived: Vec<String>) -> Pruned {
     Pruned {
         name: v.name.clone(),
         sku: v.sku.clone(),
@@ -192,6 +374,7 @@ fn pruned(v: &pool::IdleVm, reason: &str, result: &str) -> Pruned {
         idle_minutes: v.idle_for.num_minutes(),
         reason: reason.into(),
         result: result.into(),
+        not_archived,
     }
 }
 

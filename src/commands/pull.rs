@@ -1,91 +1,350 @@
-//! `pull`: brings a session's commits home as branch `amplihack/<session-id>` in the local
-//! repository it was started from. One call streams a git bundle on stdout.
+//! `pull`: brings sessions' commits home as branches `amplihack/<session-id>` in the local
+//! repository they were started from. An archived session's commits come from its archive (no
+//! call; its VM may be gone). The others are asked for in one call per VM, whatever their
+//! number: a finished one is archived by that call, a running one sends its commits so far.
+//! Work a session left uncommitted is in no commit, so in no bundle: each line says so.
 
-use crate::cli::SessionArg;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::cli::PullArgs;
 use crate::commands::{Ctx, find_session};
 use crate::context;
 use crate::error::{Error, Result};
-use crate::exec::OnInterrupt;
-use crate::script::{self, shell_quote};
+use crate::exec;
+use crate::model::{Changes, Session, SessionStatus, State};
+use crate::refresh::{self, Collected};
+use crate::script::Want;
 use crate::ui;
 
-pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
-    let state = ctx.store.load()?;
-    let session = find_session(&state, &args.session_id)?;
-    let (Some(repo), Some(base)) = (session.repo_path.as_deref(), session.base_commit.as_deref())
-    else {
-        return Err(Error::Failed(format!(
-            "session {} was started without a repository (--no-context, or by another tool); there is nothing to pull",
-            session.session_id
-        )));
-    };
+/// The repository `pull` runs in, as the state records a session's (canonical path).
+fn here(ctx: &Ctx) -> Result<Option<PathBuf>> {
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
-    let here = context::repo_root(&cwd, ctx.settings.timeouts.local_git)?;
-    let repo_path = std::path::Path::new(repo);
-    let same = here
+    Ok(context::repo_root(&cwd, ctx.settings.timeouts.local_git)?
+        .and_then(|r| r.canonicalize().ok()))
+}
+
+fn same_repo(session: &Session, here: Option<&Path>) -> bool {
+    let repo = session
+        .repo_path
         .as_deref()
-        .zip(repo_path.canonicalize().ok())
-        .is_some_and(|(h, r)| h.canonicalize().ok().as_deref() == Some(r.as_path()));
-    if !same {
-        return Err(Error::Failed(format!(
-            "run pull inside {repo}, the repository session {} was started from",
-            session.session_id
-        )));
+        .and_then(|r| Path::new(r).canonicalize().ok());
+    here.is_some() && repo.as_deref() == here
+}
+
+/// Checks the sessions named on the command line, before any remote call: every id is known
+/// (exit 3), has a repository, is of this one, and is not being launched.
+fn named(ctx: &Ctx, state: &State, ids: &[String], here: Option<&Path>) -> Result<Vec<String>> {
+    for id in ids {
+        find_session(state, id)?;
     }
-    let transport = ctx.transport_to(&state, &session.vm_name);
-    let out = transport.run_script(
-        &session.vm_name,
-        pull_script(&session.workspace, base),
-        ctx.settings.timeouts.launch,
-        OnInterrupt::Abort,
-    )?;
-    let capture = script::parse_capture(&out.stdout)
-        .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
-    if capture.data.is_empty() {
-        return ui::print(&format!(
-            "Nothing new: session {} has no commits beyond {}.\n",
-            session.session_id,
-            &base[..base.len().min(12)]
+    let mut chosen = Vec::new();
+    for id in ids {
+        let s = find_session(state, id)?;
+        let (Some(repo), Some(_)) = (s.repo_path.as_deref(), s.base_commit.as_deref()) else {
+            return Err(Error::Failed(format!(
+                "session {id} was started without a repository (--no-context, or by another tool); there is nothing to pull"
+            )));
+        };
+        if !same_repo(s, here) {
+            return Err(Error::Failed(format!(
+                "run pull inside {repo}, the repository session {id} was started from"
+            )));
+        }
+        if s.status == SessionStatus::Pending
+            && !refresh::abandoned(s.owner.as_ref(), s.created_at, ctx.now(), &exec::liveness)
+        {
+            return Err(Error::Failed(format!(
+                "session {id} is still being launched; pull it once 'amplihack remote list' shows it running"
+            )));
+        }
+        if !chosen.contains(id) {
+            chosen.push(id.clone());
+        }
+    }
+    Ok(chosen)
+}
+
+/// `--all`: every finished session of this repository whose commits are not home yet. An
+/// archived one is chosen when its archive holds commits other than those last pulled; one
+/// still not archived (its VM did not answer) is chosen to say why it could not be pulled.
+fn all_unpulled(ctx: &Ctx, state: &State, here: Option<&Path>) -> Vec<String> {
+    let mut others = 0;
+    let mut chosen = Vec::new();
+    let mut sessions: Vec<&Session> = state
+        .sessions
+        .values()
+        .filter(|s| !s.status.is_active() && s.base_commit.is_some())
+        .collect();
+    sessions.sort_by_key(|s| s.created_at);
+    for s in sessions {
+        if !same_repo(s, here) {
+            others += 1;
+            continue;
+        }
+        let unpulled = if s.archived_at.is_some() {
+            let head = ctx
+                .archive
+                .result(&s.session_id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.head_commit);
+            ctx.archive.bundle(&s.session_id).is_some()
+                && (s.pulled_commit.is_none() || s.pulled_commit != head)
+        } else {
+            refresh::unarchived(state, s)
+        };
+        if unpulled {
+            chosen.push(s.session_id.clone());
+        }
+    }
+    if others > 0 {
+        ui::progress(&format!(
+            "{others} finished session(s) of other repositories left out: run pull --all inside them."
         ));
     }
-    let branch = format!("amplihack/{}", session.session_id);
-    let pulled = context::fetch_bundle(
-        repo_path,
-        &capture.data,
-        base,
-        &branch,
-        ctx.settings.timeouts.local_git,
-    )?;
-    ui::print(&format!(
-        "Fetched {} commit(s) into branch {} ({} file(s) changed).\n",
-        pulled.commits, pulled.branch, pulled.files_changed
+    chosen
+}
+
+/// What one session's pull came to.
+enum Outcome {
+    Fetched(context::Pulled),
+    NothingNew,
+    Failed(Error),
+}
+
+/// Where a session's commits are now: its archive's bundle, a running session's snapshot, or
+/// nowhere (with why).
+enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+    Empty,
+}
+
+fn source(ctx: &Ctx, s: &Session, collected: &Collected) -> Result<Source> {
+    let id = s.session_id.as_str();
+    if s.archived_at.is_some() && ctx.archive.has(id) {
+        if let Some(file) = ctx.archive.bundle(id) {
+            return Ok(Source::File(file));
+        }
+        let meta = ctx.archive.meta(id)?.unwrap_or_default();
+        return match (meta.bundle_error, meta.commits) {
+            (Some(why), _) => Err(Error::Failed(format!(
+                "the commits of session {id} could not be bundled on its VM: {why}"
+            ))),
+            (None, Some(n)) if n > 0 => Err(Error::Failed(format!(
+                "the archive of session {id} lacks the bundle of its {n} commit(s)"
+            ))),
+            _ => Ok(Source::Empty),
+        };
+    }
+    if let Some(snapshot) = collected.snapshots.get(id) {
+        return match (&snapshot.bundle, &snapshot.error) {
+            (Some(bytes), _) => Ok(Source::Bytes(bytes.clone())),
+            (None, Some(why)) => Err(Error::Failed(format!(
+                "the commits of session {id} could not be bundled on its VM: {why}"
+            ))),
+            (None, None) => Ok(Source::Empty),
+        };
+    }
+    if let Some(e) = collected.failed_vms.get(&s.vm_name) {
+        return Err(e.replicate());
+    }
+    if let Some(why) = collected.archive_failures.get(id) {
+        return Err(Error::Failed(format!(
+            "the results of session {id} came home but could not be archived: {why}"
+        )));
+    }
+    Err(Error::Failed(format!(
+        "VM '{}' sent neither the archive nor the commits of session {id}",
+        s.vm_name
+    )))
+}
+
+fn pull_one(ctx: &Ctx, s: &Session, repo: &Path, collected: &Collected) -> Outcome {
+    let base = s.base_commit.as_deref().unwrap_or_default();
+    let branch = format!("amplihack/{}", s.session_id);
+    let timeout = ctx.settings.timeouts.local_git;
+    let fetched = match source(ctx, s, collected) {
+        Ok(Source::File(file)) => context::fetch_bundle_file(repo, &file, base, &branch, timeout),
+        Ok(Source::Bytes(bytes)) => context::fetch_bundle(repo, &bytes, base, &branch, timeout),
+        Ok(Source::Empty) => return Outcome::NothingNew,
+        Err(e) => return Outcome::Failed(e),
+    };
+    match fetched {
+        Ok(p) => Outcome::Fetched(p),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// The note for work a finished session left uncommitted: it is in no commit, so not in what
+/// came home.
+fn uncommitted_note(ctx: &Ctx, s: &Session) -> Option<String> {
+    let result = ctx.archive.result(&s.session_id).ok().flatten()?;
+    let Changes {
+        files,
+        insertions,
+        deletions,
+    } = result.uncommitted_work()?;
+    Some(format!(
+        "  Not in it: {files} file(s) of work left uncommitted in its workspace (+{insertions} -{deletions}), which stays on VM {} and goes when the VM is pruned.\n",
+        s.vm_name
     ))
 }
 
-/// Streams the workspace's commits after `base` as a bundle on stdout (nothing when there
-/// are none); the bundle lives in a temp file on the VM only for the call.
-fn pull_script(workspace: &str, base: &str) -> Vec<u8> {
-    format!(
-        r#"# amplihack remote: pull script (generated; see docs/remote-layout.md)
-{{
-exec </dev/null
-ws={ws}
-cd "$ws" 2>/dev/null || {{ printf 'amplihack: the workspace %s is gone\n' "$ws" >&2; exit 3; }}
-n=$(git rev-list --count {base}..HEAD 2>/dev/null) || {{ printf 'amplihack: %s is not a git workspace with commit %s\n' "$ws" {base} >&2; exit 3; }}
-printf 'commits\t%s\n' "$n"
-printf 'data\tbundle\n'
-if [ "$n" -gt 0 ]; then
-  t=$(mktemp) && git bundle create --quiet "$t" HEAD ^{base} >/dev/null 2>&1 && cat -- "$t"
-  rc=$?
-  rm -f -- "$t"
-  [ "$rc" = 0 ] || exit 3
-fi
-exit 0
-}}
-"#,
-        ws = script::root_expr(workspace),
-        base = shell_quote(base),
-    )
-    .into_bytes()
+/// `--all` first asks, in one call per VM, about this repository's sessions that may have
+/// ended (pending or running in the state) or whose results are not home: the call settles
+/// them and brings the archives of those that ended.
+fn all_plan(
+    ctx: &Ctx,
+    state: &State,
+    here: Option<&Path>,
+) -> BTreeMap<String, Vec<(String, Want)>> {
+    let due = refresh::sessions_to_probe(state, ctx.now(), &exec::liveness);
+    let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
+    for s in state.sessions.values() {
+        let targets = due.get(&s.vm_name);
+        let want = if targets.is_some_and(|t| t.claim.contains(&s.session_id)) {
+            // A pending session whose start died: claimed, as a refresh would.
+            Want::Claim
+        } else if targets.is_some_and(|t| t.running.contains(&s.session_id))
+            || refresh::unarchived(state, s)
+        {
+            Want::Archive
+        } else {
+            continue;
+        };
+        if s.base_commit.is_some() && same_repo(s, here) {
+            plan.entry(s.vm_name.clone())
+                .or_default()
+                .push((s.session_id.clone(), want));
+        }
+    }
+    plan
+}
+
+/// Asks the VMs in `plan` (one call each, in parallel) and commits what they said.
+fn ask(
+    ctx: &Ctx,
+    state: State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+) -> Result<(State, Collected)> {
+    if plan.is_empty() {
+        return Ok((state, Collected::default()));
+    }
+    ui::progress(&format!(
+        "Asking {} VM(s) about {} session(s)...",
+        plan.len(),
+        plan.values().map(Vec::len).sum::<usize>()
+    ));
+    let collected = refresh::collect(ctx, &state, plan)?;
+    let state = refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok((state, collected))
+}
+
+pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
+    let state = ctx.store.load()?;
+    let here = here(ctx)?;
+    let (state, collected, chosen) = if args.all {
+        if here.is_none() {
+            return Err(Error::Failed(
+                "pull --all fetches into the repository the sessions were started from: run it inside that repository".into(),
+            ));
+        }
+        let plan = all_plan(ctx, &state, here.as_deref());
+        let (state, collected) = ask(ctx, state, &plan)?;
+        let chosen = all_unpulled(ctx, &state, here.as_deref());
+        (state, collected, chosen)
+    } else {
+        let chosen = named(ctx, &state, &args.session_ids, here.as_deref())?;
+        // One call per VM for the sessions whose commits are not in an archive: a finished
+        // one is archived by it, a running one sends its commits so far.
+        let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
+        for id in &chosen {
+            let s = &state.sessions[id];
+            if s.archived_at.is_none() || !ctx.archive.has(id) {
+                // A pending one here is one whose start died (`named` refuses the others):
+                // claimed, so the call can settle it.
+                let want = if s.status == SessionStatus::Pending {
+                    Want::Claim
+                } else {
+                    Want::Commits
+                };
+                plan.entry(s.vm_name.clone())
+                    .or_default()
+                    .push((id.clone(), want));
+            }
+        }
+        let (state, collected) = ask(ctx, state, &plan)?;
+        (state, collected, chosen)
+    };
+    if chosen.is_empty() {
+        return ui::print(
+            "Nothing to pull: every finished session of this repository is pulled or made no commits.\n",
+        );
+    }
+    let repo = here.expect("checked: every chosen session is of this repository");
+
+    let mut text = String::new();
+    let mut pulled: Vec<(String, String)> = Vec::new();
+    let mut first_error = None;
+    let mut failures = 0;
+    for id in &chosen {
+        let s = &state.sessions[id];
+        match pull_one(ctx, s, &repo, &collected) {
+            Outcome::Fetched(p) => {
+                text.push_str(&format!(
+                    "Fetched {} commit(s) into branch {} ({} file(s) changed).\n",
+                    p.commits, p.branch, p.files_changed
+                ));
+                if s.status.is_active() {
+                    text.push_str(
+                        "  The session is still running: these are its commits so far.\n",
+                    );
+                }
+                pulled.push((id.clone(), p.head));
+            }
+            Outcome::NothingNew => {
+                let base = s.base_commit.as_deref().unwrap_or_default();
+                text.push_str(&format!(
+                    "Nothing new: session {id} has no commits beyond {}.\n",
+                    &base[..base.len().min(12)]
+                ));
+            }
+            Outcome::Failed(e) => {
+                ui::warn(&format!("{id}: not pulled: {e}"));
+                failures += 1;
+                first_error.get_or_insert(e);
+                continue;
+            }
+        }
+        if !s.status.is_active()
+            && let Some(note) = uncommitted_note(ctx, s)
+        {
+            text.push_str(&note);
+        }
+    }
+    if !pulled.is_empty() {
+        ctx.store.update(|st| {
+            for (id, head) in &pulled {
+                if let Some(s) = st.sessions.get_mut(id) {
+                    s.pulled_commit = Some(head.clone());
+                }
+            }
+            Ok(())
+        })?;
+    }
+    ui::print(&text)?;
+    match first_error {
+        Some(e) if chosen.len() > 1 => Err(match e.exit_code() {
+            1 => Error::Failed(format!(
+                "{failures} of {} session(s) could not be pulled (see above)",
+                chosen.len()
+            )),
+            _ => e,
+        }),
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

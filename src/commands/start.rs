@@ -7,25 +7,34 @@ use std::hash::{BuildHasher, Hasher};
 
 use chrono::{DateTime, Utc};
 
-use crate::cli::{SizeArg, StartArgs};
+use crate::cli::StartArgs;
 use crate::commands::Ctx;
 use crate::context::{self, RepoContext};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, Session, SessionStatus, State, VmEntry, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
+use crate::transport::VmRef;
 use crate::{naming, provision, refresh, ui};
 
-pub fn size_letter(size: SizeArg) -> &'static str {
-    match size {
-        SizeArg::S => "s",
-        SizeArg::M => "m",
-        SizeArg::L => "l",
-        SizeArg::Xl => "xl",
+/// What this start asks of the pool.
+fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
+    pool::Request {
+        count,
+        backend: target.backend,
+        region: &target.region,
+        new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
+        max_vms: target.max_vms.map(|m| m as usize),
+        // Without a cap, Azure provisions on demand (the specification): no queue.
+        queue: target.queue && (target.backend == Backend::Local || target.max_vms.is_some()),
     }
 }
+
+/// The VM name recorded for a session that found no VM at all (a capped pool, no queue).
+const UNPLACED_VM: &str = "-";
 
 fn random_u16() -> u16 {
     // RandomState is seeded per process and per call: enough to spread ids, which are
@@ -46,7 +55,7 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
 }
 
 /// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
-fn local_capacity(ctx: &Ctx) -> u32 {
+pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
     ctx.settings.local_slots.unwrap_or_else(|| {
         let bytes = std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -79,6 +88,10 @@ struct Target {
     size: &'static SizeSpec,
     local_capacity: Option<u32>,
     workspace_root: String,
+    /// The most pool VMs of the region this start may end up with (Azure).
+    max_vms: Option<u32>,
+    /// Prompts beyond the free slots wait in a VM's queue (else they fail).
+    queue: bool,
 }
 
 fn reserve(
@@ -87,6 +100,7 @@ fn reserve(
     args: &StartArgs,
     target: &Target,
     repo: Option<&RepoContext>,
+    owner: &Owner,
     now: DateTime<Utc>,
 ) -> Vec<Reserved> {
     if let Some(capacity) = target.local_capacity {
@@ -102,25 +116,24 @@ fn reserve(
                 backend: Backend::Local,
                 state: VmState::Ready,
                 error: None,
+                resource_group: None,
+                owner: None,
+                creation_unconfirmed: false,
                 extra: Default::default(),
             });
         local.capacity = capacity;
     }
-    let plan = pool::plan(
-        st,
-        &pool::Request {
-            count: args.prompts.len(),
-            backend: target.backend,
-            region: &target.region,
-            new_vm_capacity: (target.backend == Backend::Azure).then_some(target.size.max_sessions),
-        },
-    );
+    let plan = pool::plan(st, &plan_request(target, args.prompts.len()));
     let new_vms = provision::reserve_vms(
         st,
         plan.new_vms,
         target.size,
         &target.region,
-        &ctx.settings.user,
+        &provision::Reservation {
+            user: &ctx.settings.user,
+            resource_group: ctx.transports.azlin.default_resource_group(),
+            owner,
+        },
         now,
     );
     let mut reserved: Vec<Reserved> = Vec::with_capacity(args.prompts.len());
@@ -128,19 +141,38 @@ fn reserve(
         let taken: Vec<String> = reserved.iter().map(|r| r.id.clone()).collect();
         let id = unique_session_id(st, &taken, now);
         let (vm, vm_is_new, status, error) = match placement {
-            Placement::Existing(vm) => (vm, false, SessionStatus::Pending, None),
-            Placement::New(i) => (new_vms[i].clone(), true, SessionStatus::Pending, None),
-            Placement::Unplaced => {
+            Placement::Existing(vm) | Placement::QueuedOn(vm) => {
+                (vm, false, SessionStatus::Pending, None)
+            }
+            Placement::New(i) | Placement::QueuedOnNew(i) => {
+                (new_vms[i].clone(), true, SessionStatus::Pending, None)
+            }
+            Placement::Unplaced if target.backend == Backend::Local => {
                 let cap = target.local_capacity.unwrap_or(0);
                 (
                     LOCAL_VM_NAME.to_string(),
                     false,
                     SessionStatus::Failed,
                     Some(format!(
-                        "no free slot on '{LOCAL_VM_NAME}' (all {cap} in use); wait for a session to finish, or raise AMPLIHACK_LOCAL_SLOTS"
+                        "no free slot on '{LOCAL_VM_NAME}' (all {cap} in use) and --no-queue; wait for a session to finish, raise AMPLIHACK_LOCAL_SLOTS, or let it queue"
                     )),
                 )
             }
+            Placement::Unplaced => (
+                UNPLACED_VM.to_string(),
+                false,
+                SessionStatus::Failed,
+                Some(format!(
+                    "no free slot in the pool, which may not grow past {} VM(s) in {}{}; raise --max-vms, or let it queue",
+                    target.max_vms.unwrap_or(0),
+                    target.region,
+                    if target.queue {
+                        " and has no ready VM to queue on"
+                    } else {
+                        ", and --no-queue"
+                    }
+                )),
+            ),
         };
         let finished = !status.is_active();
         let record = Session {
@@ -160,6 +192,10 @@ fn reserve(
             error,
             repo_path: repo.map(|r| r.root.to_string_lossy().into_owned()),
             base_commit: repo.map(|r| r.head.clone()),
+            owner: (!finished).then(|| owner.clone()),
+            kill_request: None,
+            archived_at: None,
+            pulled_commit: None,
             extra: Default::default(),
         };
         st.sessions.insert(id.clone(), record.clone());
@@ -177,10 +213,18 @@ fn reserve(
 /// What happened to one session of this start.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Launched,
+    /// Running since the VM's recorded start time (when it reported one).
+    Launched {
+        started_at: Option<DateTime<Utc>>,
+    },
     Failed {
         code: i32,
         message: String,
+    },
+    /// Waiting in its VM's queue, at this place of this many.
+    Queued {
+        place: u32,
+        of: u32,
     },
     /// A second Ctrl+C cut the launch call short: whether the session runs is unknown until
     /// the next refresh.
@@ -206,6 +250,9 @@ struct VmJob<'a> {
     vm: String,
     vm_is_new: bool,
     backend: Backend,
+    resource_group: Option<String>,
+    /// How many agents the VM may run at once (the VM enforces it).
+    capacity: u32,
     sessions: Vec<&'a Reserved>,
 }
 
@@ -234,21 +281,42 @@ fn launch_on_vm(
     if crate::interrupt::requested() {
         return all(Outcome::from_error(&Error::Interrupted));
     }
-    ui::progress(&format!(
-        "Launching {} session(s) on {}...",
-        job.sessions.len(),
-        job.vm
-    ));
+    match repo {
+        Some(r) => progress::vm(&job.vm).stage(
+            Stage::SendingContext,
+            &format!(
+                "git bundle ({} KB), then launching {} session(s)",
+                r.bundle.len().div_ceil(1024),
+                job.sessions.len()
+            ),
+        ),
+        None => progress::vm(&job.vm).stage(
+            Stage::Launching,
+            &format!("{} session(s)", job.sessions.len()),
+        ),
+    }
     let agent_words = ctx.settings.agent_words();
+    // The session's own record as the VM keeps it: what it is, without who launches it.
+    let records: Vec<String> = job
+        .sessions
+        .iter()
+        .map(|r| {
+            let mut record = r.record.clone();
+            record.owner = None;
+            serde_json::to_string(&record).expect("a session serializes")
+        })
+        .collect();
     let plan = LaunchPlan {
         sessions: job
             .sessions
             .iter()
-            .map(|r| LaunchSession {
+            .zip(&records)
+            .map(|(r, record)| LaunchSession {
                 id: &r.id,
                 prompt: &r.record.prompt,
                 command: args.command.as_str(),
                 max_turns: args.max_turns,
+                record,
             })
             .collect(),
         agent_words: &agent_words,
@@ -256,8 +324,17 @@ fn launch_on_vm(
         workspace_root: &target.workspace_root,
         bundle: repo.map(|r| (r.bundle_name.as_str(), r.bundle.as_slice())),
         wait_for_cloud_init: job.backend == Backend::Azure,
+        capacity: Some(job.capacity),
+        queue: target.queue,
     };
-    let transport = ctx.transports.for_backend(job.backend);
+    let vm = VmRef {
+        name: job.vm.clone(),
+        backend: job.backend,
+        resource_group: match job.backend {
+            Backend::Azure => job.resource_group.clone(),
+            Backend::Local => None,
+        },
+    };
     let input = script::launch_input(&plan);
     // A VM azlin has just created may not answer ssh yet; the launch script is idempotent,
     // so it is safe to send again. Pool VMs get no retry: a failure there is news.
@@ -268,8 +345,8 @@ fn launch_on_vm(
     };
     let mut attempt = 1;
     let result = loop {
-        let result = transport.run_script(
-            &job.vm,
+        let result = ctx.run_on(
+            &vm,
             input.clone(),
             ctx.settings.timeouts.launch,
             OnInterrupt::FinishUnlessRepeated,
@@ -277,12 +354,14 @@ fn launch_on_vm(
         match result {
             Err(Error::VmUnreachable { ref detail, .. }) if attempt < attempts => {
                 let delay = ctx.settings.new_vm_ssh_retry_delay;
-                ui::progress(&format!(
-                    "New VM {} does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})...",
-                    job.vm,
-                    delay.as_secs_f64(),
-                    attempt + 1
-                ));
+                progress::vm(&job.vm).stage(
+                    Stage::WaitingForSsh,
+                    &format!(
+                        "does not answer ssh yet ({detail}); retrying in {}s ({}/{attempts})",
+                        delay.as_secs_f64(),
+                        attempt + 1
+                    ),
+                );
                 if let Err(e) = crate::interrupt::sleep(delay) {
                     break Err(e);
                 }
@@ -298,7 +377,13 @@ fn launch_on_vm(
                 .iter()
                 .map(|r| {
                     let o = match results.get(&r.id) {
-                        Some(LaunchResult::Launched) => Outcome::Launched,
+                        Some(LaunchResult::Launched { started_at }) => Outcome::Launched {
+                            started_at: *started_at,
+                        },
+                        Some(LaunchResult::Queued { place, of }) => Outcome::Queued {
+                            place: *place,
+                            of: *of,
+                        },
                         Some(LaunchResult::Failed(why)) => Outcome::Failed {
                             code: 1,
                             message: why.clone(),
@@ -329,14 +414,30 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
             match outcome {
-                Outcome::Launched => {
+                Outcome::Launched { started_at } => {
+                    // The launch is the truth for its sessions. Nobody settles a pending
+                    // session whose start lives, but a state edited by hand, or a start that
+                    // was taken for dead, may have: an unexplained failure yields to it.
+                    if let Some(s) = st.sessions.get_mut(id).filter(|s| {
+                        s.status == SessionStatus::Pending
+                            || (s.status == SessionStatus::Failed && s.exit_code.is_none())
+                    }) {
+                        s.status = SessionStatus::Running;
+                        // The VM's own time, so a state rebuilt from the VM says the same.
+                        s.started_at = Some(started_at.unwrap_or(now));
+                        s.completed_at = None;
+                        s.error = None;
+                        s.owner = None;
+                    }
+                }
+                Outcome::Queued { .. } => {
                     if let Some(s) = st
                         .sessions
                         .get_mut(id)
                         .filter(|s| s.status == SessionStatus::Pending)
                     {
-                        s.status = SessionStatus::Running;
-                        s.started_at = Some(now);
+                        s.status = SessionStatus::Queued;
+                        s.owner = None;
                     }
                 }
                 Outcome::Failed { message, .. } => {
@@ -349,6 +450,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                         .filter(|s| s.status == SessionStatus::Pending)
                     {
                         s.status = SessionStatus::Running;
+                        s.owner = None;
                         s.error = Some(
                             "launch was interrupted; the next refresh settles whether it runs"
                                 .into(),
@@ -371,8 +473,7 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
     } else {
         ctx.settings.backend
     };
-    let size =
-        pool::size_by_letter(size_letter(args.size)).expect("the size table covers every choice");
+    let size = pool::size_of(args.size);
     let region = match backend {
         Backend::Local => LOCAL_REGION.to_string(),
         Backend::Azure => args
@@ -397,10 +498,18 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
         size,
         local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
         workspace_root,
+        max_vms: match backend {
+            Backend::Azure => args.max_vms.or(ctx.settings.max_vms),
+            Backend::Local => None,
+        },
+        queue: !args.no_queue,
     })
 }
 
 pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    // The local backend's default agent is the Python amplihack on PATH: found, or refused.
+    let local_ctx = ctx.for_start(args.local)?;
+    let ctx = local_ctx.as_ref().unwrap_or(ctx);
     // Everything that can fail locally fails before any remote work.
     if ctx.settings.api_key.is_none() && ctx.settings.agent_override.is_none() {
         return Err(Error::MissingApiKey);
@@ -423,9 +532,12 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
     refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
 
     let now = ctx.now();
-    let reserved = ctx
-        .store
-        .update(|st| Ok(reserve(st, ctx, &args, &target, repo.as_ref(), now)))?;
+    let owner = crate::exec::current_owner();
+    let reserved = ctx.store.update(|st| {
+        // A dead start's reservations must not hold slots this start could use.
+        refresh::recover_abandoned(st, now, &crate::exec::liveness);
+        Ok(reserve(st, ctx, &args, &target, repo.as_ref(), &owner, now))
+    })?;
     let (outcomes, records) = launch_all(ctx, &reserved, &target, &args, repo.as_ref())?;
 
     let sessions: Vec<&Session> = reserved.iter().filter_map(|r| records.get(&r.id)).collect();
@@ -438,27 +550,23 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
             .map(|(r, s)| StartLine {
                 session: s,
                 vm_is_new: r.vm_is_new,
+                queue_place: match outcomes.get(&r.id) {
+                    Some(Outcome::Queued { place, of }) => Some((*place, *of)),
+                    _ => None,
+                },
             })
             .collect();
         ui::print(&render::start_report(&lines))?;
     }
-    exit_status(&reserved, &outcomes)
+    exit_status(&reserved, &outcomes, &records)
 }
 
 /// A refresh costs seconds and a new VM costs minutes: when the pool looks full, first learn
 /// whether some of its sessions have finished.
 fn refresh_if_pool_looks_full(ctx: &Ctx, target: &Target, count: usize) -> Result<()> {
-    if target.backend != Backend::Azure {
-        return Ok(());
-    }
     let st = ctx.store.load()?;
-    let request = pool::Request {
-        count,
-        backend: target.backend,
-        region: &target.region,
-        new_vm_capacity: Some(target.size.max_sessions),
-    };
-    if pool::plan(&st, &request).needs_new_vms()
+    let plan = pool::plan(&st, &plan_request(target, count));
+    if (plan.needs_new_vms() || plan.placements.iter().any(Placement::is_queued))
         && !pool::busy_vms(&st, target.backend, &target.region).is_empty()
     {
         ui::progress("Checking whether busy pool VMs have free slots...");
@@ -476,6 +584,7 @@ fn launch_all(
     args: &StartArgs,
     repo: Option<&RepoContext>,
 ) -> Result<(BTreeMap<String, Outcome>, BTreeMap<String, Session>)> {
+    let state = ctx.store.load()?;
     let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
     for r in reserved.iter().filter(|r| r.pending) {
         jobs.entry(r.vm.as_str())
@@ -483,6 +592,11 @@ fn launch_all(
                 vm: r.vm.clone(),
                 vm_is_new: r.vm_is_new,
                 backend: target.backend,
+                resource_group: ctx.vm_ref(&state, &r.vm).resource_group,
+                capacity: state
+                    .vm_pool
+                    .get(&r.vm)
+                    .map_or(target.size.max_sessions, |v| v.capacity),
                 sessions: vec![],
             })
             .sessions
@@ -494,6 +608,18 @@ fn launch_all(
             .map(|job| {
                 scope.spawn(move || {
                     let outcomes = launch_on_vm(ctx, job, target, args, repo);
+                    let running = outcomes
+                        .iter()
+                        .filter(|(_, o)| matches!(o, Outcome::Launched { .. }))
+                        .count();
+                    progress::vm(&job.vm).finish(
+                        if running == outcomes.len() {
+                            progress::Outcome::Done
+                        } else {
+                            progress::Outcome::Failed
+                        },
+                        &format!("{running} of {} session(s) running", outcomes.len()),
+                    );
                     commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
                 })
             })
@@ -518,8 +644,14 @@ fn launch_all(
     Ok((outcomes, records))
 }
 
-/// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order.
-fn exit_status(reserved: &[Reserved], outcomes: &BTreeMap<String, Outcome>) -> Result<()> {
+/// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order. A
+/// session whose launch succeeded but whose record says otherwise (settled by someone else
+/// meanwhile) is a failure too: the exit code never claims more than the state holds.
+fn exit_status(
+    reserved: &[Reserved],
+    outcomes: &BTreeMap<String, Outcome>,
+    records: &BTreeMap<String, Session>,
+) -> Result<()> {
     if outcomes
         .values()
         .any(|o| matches!(o, Outcome::Abandoned | Outcome::Failed { code: 130, .. }))
@@ -534,6 +666,15 @@ fn exit_status(reserved: &[Reserved], outcomes: &BTreeMap<String, Outcome>) -> R
                 return Err(failure(1, why));
             }
             _ => {}
+        }
+        if let Some(s) = records.get(&r.id)
+            && !matches!(
+                s.status,
+                SessionStatus::Running | SessionStatus::Queued | SessionStatus::Completed
+            )
+        {
+            let why = s.error.as_deref().unwrap_or("its record is not running");
+            return Err(failure(1, &format!("{} is {}: {why}", r.id, s.status)));
         }
     }
     Ok(())

@@ -6,9 +6,10 @@ use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
-    let refresh::Refreshed { state, live } = refresh::current(ctx, args.refresh.no_refresh, true)?;
+    let refresh::Refreshed { state, live, .. } =
+        refresh::current(ctx, args.refresh.no_refresh, true)?;
     let now = ctx.now();
-    let status = render::pool_status(&state, &live, now);
+    let status = render::pool_status(&state, &live, &ctx.settings.prices, now);
     if args.json {
         ui::write_stdout(|out| render::write_status_json(out, &status))?;
     } else {

@@ -83,6 +83,10 @@ impl TestEnv {
     pub fn vm_dir(&self, vm: &str) -> PathBuf {
         self.azlin_home().join("vms").join(vm)
     }
+    /// Where finished sessions' archives go: `remote-archive` beside the state file.
+    pub fn archive_dir(&self) -> PathBuf {
+        self.root().join("state/remote-archive")
+    }
 
     pub fn env(&self) -> Vec<(String, String)> {
         let r = self.root().display().to_string();
@@ -216,6 +220,32 @@ impl TestEnv {
             .join(id)
     }
 
+    /// Every regular file under `.amplihack` of each fake VM's home and of the local home, and
+    /// in the archive.
+    pub fn files_of_ours_on_vms(&self) -> Vec<PathBuf> {
+        let mut roots = vec![self.home().join(".amplihack"), self.archive_dir()];
+        if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
+            roots.extend(vms.flatten().map(|e| e.path().join("home/.amplihack")));
+        }
+        let mut files = Vec::new();
+        while let Some(dir) = roots.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    roots.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files
+    }
+
     /// The agent's pid, which is also its process group.
     pub fn agent_pid(&self, vm: &str, id: &str) -> i32 {
         std::fs::read_to_string(self.session_dir(vm, id).join("agent.pid"))
@@ -254,7 +284,10 @@ impl TestEnv {
                 .as_array()
                 .and_then(|a| a.iter().find(|s| s["session_id"] == id).cloned())
                 .unwrap_or(Value::Null);
-            !matches!(last["status"].as_str(), Some("running" | "pending"))
+            !matches!(
+                last["status"].as_str(),
+                Some("running" | "pending" | "queued")
+            )
         });
         last
     }
@@ -395,6 +428,13 @@ impl Drop for TestEnv {
         // Across the whole suite: the key is never in a logged azlin argv or the state file.
         if !std::thread::panicking() {
             for file in [self.azlin_home().join("calls.log"), self.state_path()] {
+                if let Ok(bytes) = std::fs::read(&file) {
+                    assert_no_secret(&bytes, &file.display().to_string());
+                }
+            }
+            // Nor at rest in any file of ours on any VM (or this machine, for `local`), nor in
+            // an archive.
+            for file in self.files_of_ours_on_vms() {
                 if let Ok(bytes) = std::fs::read(&file) {
                     assert_no_secret(&bytes, &file.display().to_string());
                 }

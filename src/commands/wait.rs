@@ -1,0 +1,232 @@
+//! `wait`: blocks until sessions end, printing one line (or one JSON object) as each ends and
+//! recording each end in the state. One streaming azlin call per VM (`control.sh watch`) for as
+//! long as the connection holds; a dropped one is reopened (docs/remote-layout.md). A session
+//! its `start` is still launching is waited for on this machine (the state file) until it runs.
+//! Once the waiting is over, the sessions it saw end whose results are not home yet are
+//! archived: one more call per VM (a probe asking for their archives), not one per session.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::cli::WaitArgs;
+use crate::commands::{Ctx, find_session};
+use crate::error::{Error, Result};
+use crate::exec;
+use crate::model::{Session, SessionStatus, State};
+use crate::script::{self, Probe, StreamFrame, Want};
+use crate::transport::VmRef;
+use crate::{interrupt, refresh, render, stream, ui};
+
+/// What a VM's watcher reports.
+enum Event {
+    Over(String, Probe),
+    /// The VM could not be reached for longer than the reconnect allowance.
+    Lost(Error),
+}
+
+/// Sets the flag when dropped, so every watcher stops however `run` returns.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
+    let state = ctx.store.load()?;
+    let targets = targets(&state, &args)?;
+    if targets.is_empty() {
+        ui::progress("No sessions to wait for.");
+        return Ok(());
+    }
+    let deadline = args
+        .timeout
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let stop = AtomicBool::new(false);
+    let mut waiting: BTreeSet<String> = targets.iter().cloned().collect();
+    let mut ended: Vec<Session> = Vec::new();
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        let _stop_watchers = StopOnDrop(&stop);
+        let (tx, rx) = mpsc::channel::<Event>();
+        let mut watched: BTreeSet<String> = BTreeSet::new();
+        let mut last_refresh: Option<Instant> = None;
+        loop {
+            let state = ctx.store.load()?;
+            // Report what ended, whoever recorded it, in the order the user named them.
+            for id in &targets {
+                if !waiting.contains(id) {
+                    continue;
+                }
+                let session = find_session(&state, id)?;
+                if !session.status.is_active() {
+                    report(session, args.json)?;
+                    ended.push(session.clone());
+                    waiting.remove(id);
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Failed(format!(
+                    "timed out after {}s; still waiting for: {}",
+                    args.timeout.unwrap_or_default(),
+                    waiting.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            // A session whose start died is settled by a refresh (which claims it on its VM);
+            // at most every 30 s, should its VM not answer.
+            let now = ctx.now();
+            if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+                && waiting.iter().any(|id| {
+                    state.sessions.get(id).is_some_and(|s| {
+                        s.status == SessionStatus::Pending
+                            && refresh::abandoned(
+                                s.owner.as_ref(),
+                                s.created_at,
+                                now,
+                                &exec::liveness,
+                            )
+                    })
+                })
+            {
+                last_refresh = Some(Instant::now());
+                refresh::refresh(ctx, false)?;
+                continue;
+            }
+            // Running sessions nobody watches yet: one watcher per VM for them.
+            let mut fresh: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for id in &waiting {
+                let s = &state.sessions[id];
+                if matches!(s.status, SessionStatus::Running | SessionStatus::Queued)
+                    && !watched.contains(id)
+                {
+                    fresh.entry(s.vm_name.clone()).or_default().push(id.clone());
+                }
+            }
+            for (vm, ids) in fresh {
+                watched.extend(ids.iter().cloned());
+                let vm = ctx.vm_ref(&state, &vm);
+                let tx = tx.clone();
+                let stop = &stop;
+                scope.spawn(move || watch_vm(ctx, vm, ids, stop, tx));
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(Event::Over(id, probe)) => {
+                    let probes: HashMap<String, Probe> = [(id, probe)].into();
+                    refresh::commit_probes(ctx, &probes, &refresh::Archived::new(), state)?;
+                }
+                Ok(Event::Lost(e)) => return Err(e),
+                Err(_) => {}
+            }
+            interrupt::check()?;
+        }
+    });
+    if !matches!(outcome, Err(Error::Interrupted)) {
+        archive_ended(ctx, &ended)?;
+    }
+    outcome?;
+    let refs: Vec<&Session> = ended.iter().collect();
+    match render::wait_failures(&refs) {
+        Some(message) => Err(Error::SessionsFailed { code: 1, message }),
+        None => Ok(()),
+    }
+}
+
+/// Brings home the archives of the sessions that ended whose results are not home yet: one
+/// probe call per VM asking for their archives. A VM that does not answer is only warned about
+/// (a later refresh takes its sessions along): the waiting itself is done.
+fn archive_ended(ctx: &Ctx, ended: &[Session]) -> Result<()> {
+    let state = ctx.store.load()?;
+    let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
+    for s in ended {
+        if let Some(s) = state.sessions.get(&s.session_id)
+            && refresh::unarchived(&state, s)
+        {
+            plan.entry(s.vm_name.clone())
+                .or_default()
+                .push((s.session_id.clone(), Want::Archive));
+        }
+    }
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let collected = refresh::collect(ctx, &state, &plan)?;
+    for (vm, e) in &collected.failed_vms {
+        ui::warn(&format!(
+            "could not bring home the archives of the sessions on VM '{vm}'; a later refresh will. {e}"
+        ));
+    }
+    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok(())
+}
+
+/// The sessions to wait for: those named (all must exist: exit 3 before any waiting), or every
+/// session pending or running now, oldest first.
+fn targets(state: &State, args: &WaitArgs) -> Result<Vec<String>> {
+    if args.session_ids.is_empty() {
+        let mut active: Vec<&Session> = state
+            .sessions
+            .values()
+            .filter(|s| s.status.is_active())
+            .collect();
+        active.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.session_id.cmp(&b.session_id))
+        });
+        return Ok(active.into_iter().map(|s| s.session_id.clone()).collect());
+    }
+    let mut seen = BTreeSet::new();
+    let mut ids = Vec::new();
+    for id in &args.session_ids {
+        find_session(state, id)?;
+        if seen.insert(id.clone()) {
+            ids.push(id.clone());
+        }
+    }
+    Ok(ids)
+}
+
+fn report(session: &Session, json: bool) -> Result<()> {
+    if json {
+        let mut line = serde_json::to_string(session).expect("a session serializes");
+        line.push('\n');
+        ui::print(&line)
+    } else {
+        ui::print(&render::wait_line(session))
+    }
+}
+
+/// Watches `ids` on one VM until each is over, across dropped connections, sending an event as
+/// each ends. A reconnection watches only those not over yet.
+fn watch_vm(ctx: &Ctx, vm: VmRef, ids: Vec<String>, stop: &AtomicBool, tx: mpsc::Sender<Event>) {
+    let remaining = std::cell::RefCell::new(ids);
+    let pace = ctx.settings.stream_pace();
+    let result = stream::until_end(
+        ctx,
+        &vm,
+        stop,
+        &mut || {
+            let ids = remaining.borrow();
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            script::watch_script(&refs, pace)
+        },
+        &mut |frame| {
+            if let StreamFrame::Session(id, probe) = frame {
+                remaining.borrow_mut().retain(|r| r != &id);
+                let _ = tx.send(Event::Over(id, probe));
+            }
+            Ok(())
+        },
+    );
+    match result {
+        Ok(()) | Err(Error::Interrupted) => {}
+        Err(e) => {
+            let _ = tx.send(Event::Lost(e));
+        }
+    }
+}

@@ -1,0 +1,637 @@
+#!/usr/bin/env bash
+# amplihack remote: the control script, with one subcommand per thing the CLI asks of a VM.
+# Usage: control.sh COMMAND ARGS...  (launch, probe, records, capture, stream, watch, kill)
+# The CLI sends it on the stdin of `bash -s` (through `azlin connect ... -- 'bash -s'`, or local
+# bash) inside one `{ ... }` group, after lib.sh and a header that sets its arguments, so bash
+# has read all of it before anything runs; whatever follows the group on stdin (a git bundle)
+# is payload, read from fd 3. Every piece of data arrives as a quoted argument, byte for byte.
+# It exits 0, or 3 with a message on stderr; never 255, which would look like an ssh failure.
+# Answers are tab-separated lines on stdout; the formats are in docs/remote-layout.md.
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
+[ -n "${AMPLIHACK_LIB:-}" ] || . "${BASH_SOURCE[0]%/*}/lib.sh"
+
+# The API key, set by the launch header only; kept in this shell, never exported or written.
+secret=${AMPLIHACK_SECRET:-}
+unset AMPLIHACK_SECRET
+supervisor_text=${AMPLIHACK_SUPERVISOR:-}
+unset AMPLIHACK_SUPERVISOR
+drain_first=${AMPLIHACK_DRAIN:-}
+unset AMPLIHACK_DRAIN
+
+fail() {
+  printf 'amplihack: %s\n' "$*" >&2
+  exit 3
+}
+
+# A path as the CLI records it (`/abs`, `~`, `~/rel`, or `rel` under the home) made absolute.
+resolve_path() {
+  local p=${1%/}
+  # shellcheck disable=SC2088 # the CLI's literal `~/`, matched, not expanded
+  case $p in
+    '' | '~') printf '%s' "$HOME" ;;
+    '~/'*) printf '%s/%s' "$HOME" "${p#\~/}" ;;
+    /*) printf '%s' "$p" ;;
+    *) printf '%s/%s' "$HOME" "$p" ;;
+  esac
+}
+
+# One `session` line of facts: id, known (has a session directory), alive (its agent's group
+# or its supervisor lives, verified by identity; for a session of the Python original, which
+# has no directory, its tmux session), exit code, finish and start times, whether a kill was
+# asked, whether its tmux session exists, whether its launch was cancelled, whether this call
+# claimed it ($2: see claim_unlaunched), and whether it waits in the VM's queue. Leaves
+# `facts_exit` and `facts_alive` set.
+session_facts() {
+  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0 queued=0
+  local pid aid spid sid
+  tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
+  if [ -d "$d" ]; then
+    known=1
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then alive=1; fi
+    [ -f "$d/exit_code" ] && read_into rc "$d/exit_code"
+    [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
+    [ -f "$d/started_at" ] && read_into st "$d/started_at"
+    [ -e "$d/kill_requested" ] && killreq=1
+    [ -e "$d/cancelled" ] && cancelled=1
+    [ -e "$d/queued" ] && queued=1
+  else
+    alive=$tmux_up
+  fi
+  facts_exit=${rc:--}
+  facts_alive=$alive
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed" "$queued"
+}
+
+# Whether the session of the last `session_facts` has ended: an exit code is recorded, or
+# nothing of it runs any more.
+facts_finished() {
+  [ "$facts_exit" != - ] || [ "$facts_alive" = 0 ]
+}
+
+# A note inside a frame: `note KEY VALUE`, the value on one line.
+send_note() {
+  printf 'note\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
+}
+
+# Part $1 of a frame, encoded as $2 (plain or gzip), from file $3: `part NAME ENCODING LENGTH`,
+# then exactly LENGTH bytes.
+send_part() {
+  local size
+  size=$(wc -c < "$3" 2>/dev/null) || return 1
+  size=$((size))
+  printf 'part\t%s\t%s\t%s\n' "$1" "$2" "$size"
+  head -c "$size" -- "$3"
+}
+
+# The commits workspace $1 made after commit $2: a `commits N` note and, when N > 0, the part
+# `commits.bundle` (a git bundle of HEAD without what $2 has), built in temp directory $3.
+send_commits() {
+  local ws n
+  ws=$(resolve_path "$1")
+  if ! n=$(git_bounded -C "$ws" rev-list --count "$2..HEAD" 2>/dev/null); then
+    send_note bundle_error "$ws is not a git workspace with commit $2"
+    return
+  fi
+  send_note commits "$n"
+  [ "$n" -gt 0 ] || return 0
+  if git_bounded -C "$ws" bundle create --quiet "$3/commits.bundle" HEAD "^$2" >/dev/null 2>&1; then
+    send_part commits.bundle plain "$3/commits.bundle"
+  else
+    send_note bundle_error "git bundle create failed in $ws"
+  fi
+}
+
+# The archive frame of a finished session: `archive ID`, notes and parts, `end ID`
+# (docs/remote-layout.md). A reader that never sees `end` keeps nothing of it, so a cut
+# connection never passes for a whole archive. $2 workspace and $3 starting commit (either may
+# be empty), $4 the most bytes of the log to send (its last part).
+send_archive() {
+  local id=$1 ws=$2 from=$3 cap=$4 d="$base/sessions/$1" tmp size kept fin
+  printf 'archive\t%s\n' "$id"
+  if ! tmp=$(mktemp -d 2>/dev/null); then
+    send_note error "cannot create a temp directory on the VM"
+    printf 'end\t%s\n' "$id"
+    return
+  fi
+  if [ -d "$d" ]; then
+    if [ -f "$d/result.json" ]; then
+      send_part result.json plain "$d/result.json"
+    else
+      # The supervisor did not live to record it (killed outright, or the VM rebooted).
+      read_into fin "$d/finished_at"
+      [ -n "$fin" ] || fin=$(now_utc)
+      session_result_json "$d" "${ws:+$(resolve_path "$ws")}" "$fin" > "$tmp/result.json" 2>/dev/null &&
+        send_part result.json plain "$tmp/result.json"
+    fi
+    [ -f "$d/record.json" ] && send_part record.json plain "$d/record.json"
+    if [ -f "$d/output.log" ]; then
+      size=$(($(wc -c < "$d/output.log")))
+      kept=$size
+      [ "$size" -gt "$cap" ] && kept=$cap
+      send_note log_bytes "$size"
+      send_note log_kept_from "$((size - kept))"
+      if command -v gzip >/dev/null 2>&1 &&
+        tail -c "$kept" -- "$d/output.log" | head -c "$kept" | gzip -c > "$tmp/output.log.gz"; then
+        send_part output.log gzip "$tmp/output.log.gz"
+      else
+        tail -c "$kept" -- "$d/output.log" | head -c "$kept" > "$tmp/output.log"
+        send_part output.log plain "$tmp/output.log"
+      fi
+    fi
+  else
+    send_note session_dir missing
+  fi
+  [ -n "$ws" ] && [ -n "$from" ] && send_commits "$ws" "$from" "$tmp"
+  rm -rf -- "$tmp"
+  printf 'end\t%s\n' "$id"
+}
+
+# The commits a running session made so far, as a `snapshot ID` frame (what `pull` of a running
+# session brings home; nothing is archived).
+send_snapshot() {
+  local tmp
+  printf 'snapshot\t%s\n' "$1"
+  if tmp=$(mktemp -d 2>/dev/null); then
+    send_commits "$2" "$3" "$tmp"
+    rm -rf -- "$tmp"
+  else
+    send_note error "cannot create a temp directory on the VM"
+  fi
+  printf 'end\t%s\n' "$1"
+}
+
+# A pending session whose `start` died: it was launched (its supervisor started), or it never
+# will be: a launch still on its way (an azlin call the dead start left behind) finds it
+# cancelled and refuses it.
+claim_unlaunched() {
+  local id=$1 d="$base/sessions/$1"
+  lock_session "$id" || fail "cannot lock session $id"
+  # Queued is launched too: the VM starts it when a slot frees.
+  if [ ! -e "$d/supervisor.pid" ] && [ ! -e "$d/queued" ]; then
+    mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)"
+  fi
+  unlock_session
+}
+
+# Starts what the VM's queue holds while it has room. The supervisors that end do this, but
+# none may be left (all killed, a reboot): a call whose header sets AMPLIHACK_DRAIN (the CLI
+# sets it for VMs with queued sessions, with the user's key) does it first.
+drain_now() {
+  lock_vm || return 0
+  drain_queue report
+  unlock_vm
+}
+
+# probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...: one `session` line per session, and by WANT:
+# `archive`: the archive frame of a session found finished; `commits`: that, or the snapshot
+# frame of a session still running; `claim` (a pending session whose start died): claimed
+# first (see claim_unlaunched; its line says so), then as `archive`; `facts`: nothing more.
+cmd_probe() {
+  local cap=$1
+  shift
+  while [ $# -ge 4 ]; do
+    if [ "$4" = claim ]; then
+      claim_unlaunched "$1"
+      session_facts "$1" 1
+    else
+      session_facts "$1"
+    fi
+    case $4 in
+      archive | claim) facts_finished && send_archive "$1" "$2" "$3" "$cap" ;;
+      commits)
+        if facts_finished; then
+          send_archive "$1" "$2" "$3" "$cap"
+        elif [ -n "$2" ] && [ -n "$3" ]; then
+          send_snapshot "$1" "$2" "$3"
+        fi
+        ;;
+    esac
+    shift 4
+  done
+}
+
+# The facts of session $2 ($1: whether this call claimed it) and, when an archive was asked
+# for ($3 $4 $5: LOG_CAP WORKSPACE BASE_COMMIT) and the session has ended, its archive frame:
+# what capture and kill answer with.
+facts_and_archive() {
+  session_facts "$2" "$1"
+  [ $# -ge 5 ] && facts_finished && send_archive "$2" "$4" "$5" "$3"
+  return 0
+}
+
+# records ID... [-- CLAIM_ID...]: everything this VM knows of its sessions, for `sync`. Per
+# session directory a `record` line (its record.json on one line, `-` when it has none yet) and
+# its `session` line; then a `session` line for each ID given that has no directory (the
+# Python original's).
+cmd_records() {
+  local d id text claiming=0
+  local -A claimed=()
+  local -a asked=()
+  # Ids after `--` are pending sessions whose start died: claimed first, as for probe.
+  for id in "$@"; do
+    if [ "$id" = -- ]; then
+      claiming=1
+      continue
+    fi
+    asked+=("$id")
+    if [ "$claiming" = 1 ]; then
+      claim_unlaunched "$id"
+      claimed[$id]=1
+    fi
+  done
+  for d in "$base/sessions"/*/; do
+    [ -d "$d" ] || continue
+    d=${d%/}
+    id=${d##*/}
+    # A name no session id can have would break the line format.
+    case $id in *[!A-Za-z0-9._-]*) continue ;; esac
+    text=-
+    # JSON needs no line breaks or tabs outside its strings, and has none inside them.
+    [ -s "$d/record.json" ] && text=$(tr '\t\n\r' '   ' < "$d/record.json")
+    printf 'record\t%s\t%s\n' "$id" "${text:--}"
+    session_facts "$id" "${claimed[$id]:-0}"
+  done
+  for id in "${asked[@]}"; do
+    [ -d "$base/sessions/$id" ] || session_facts "$id" "${claimed[$id]:-0}"
+  done
+}
+
+# `launched ID STARTED`: STARTED is the supervisor's own `started_at`, so the state records the
+# time the VM records (`-` when the agent has not started within 10 s, or never will).
+report_launched() {
+  local d="$base/sessions/$1" st='' spid sid n=0
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  while [ ! -f "$d/started_at" ] && [ ! -f "$d/exit_code" ] && [ "$n" -lt 100 ] &&
+    process_alive "$spid" "$sid"; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  [ -f "$d/started_at" ] && read_into st "$d/started_at"
+  printf 'launched\t%s\t%s\n' "$1" "${st:--}"
+}
+
+report_failed() {
+  printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
+}
+
+# Launches one session: its files and workspace under its lock, then, under the VM's lock, its
+# supervisor if the VM has a free slot (after any older queued session), else a place in the
+# VM's queue (when queueing is allowed), else a failure.
+# $1 id, $2 prompt, $3 the session's own record (JSON), then the agent's argv before the prompt.
+launch_session() {
+  local id=$1 d="$base/sessions/$1"
+  if ! lock_session "$id"; then
+    report_failed "$id" "cannot lock the session"
+    return
+  fi
+  prepare_session "$@"
+  local prepared=$?
+  unlock_session
+  [ "$prepared" = 0 ] || return
+  if ! lock_vm; then
+    report_failed "$id" "cannot lock the VM"
+    return
+  fi
+  drain_queue quiet
+  if lock_session "$id"; then
+    place_session "$id"
+    unlock_session
+  else
+    report_failed "$id" "cannot lock the session"
+  fi
+  unlock_vm
+}
+
+# Under the session's lock: its files and workspace. Returns 1 when it has answered already.
+prepare_session() {
+  local id=$1 prompt=$2 record=$3
+  shift 3
+  local d="$base/sessions/$id" ws="$root/$id" out
+  # An earlier attempt of this same launch (a retried connect) got this far already.
+  if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
+    report_launched "$id"
+    return 1
+  fi
+  if [ -e "$d/queued" ]; then
+    return 0
+  fi
+  if [ -e "$d/cancelled" ]; then
+    report_failed "$id" "its start was taken for dead and the launch was cancelled"
+    return 1
+  fi
+  mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return 1; }
+  if ! { printf '%s' "$prompt" > "$d/prompt" &&
+    printf '%s\0' "$@" > "$d/argv" &&
+    printf '%s\n' "$record" > "$d/record.json" &&
+    printf '%s' "$supervisor_text" > "$d/supervisor.sh" &&
+    write_atomic "$d/workspace" "$ws"; }; then
+    report_failed "$id" "cannot write the session files in $d"
+    return 1
+  fi
+  # A session queued now starts later from another process, which must then have a key.
+  if [ -n "$secret" ]; then : > "$d/needs_key"; else rm -f -- "$d/needs_key"; fi
+  if [ -n "$bundle" ]; then
+    if [ ! -e "$ws/.git" ]; then
+      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return 1; }
+      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return 1; }
+    fi
+  else
+    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return 1; }
+  fi
+}
+
+# Under the VM's and the session's locks: start it, queue it, or refuse it.
+place_session() {
+  local id=$1 d="$base/sessions/$1" running
+  if [ -e "$d/supervisor.pid" ]; then
+    report_launched "$id"
+    return
+  fi
+  if [ -e "$d/cancelled" ]; then
+    rm -f -- "$d/queued"
+    report_failed "$id" "its start was taken for dead and the launch was cancelled"
+    return
+  fi
+  running=$(running_count)
+  if [ ! -e "$d/queued" ] && { [ -z "$capacity" ] || [ "$running" -lt "$capacity" ]; }; then
+    if start_supervisor "$id"; then
+      report_launched "$id"
+    else
+      report_failed "$id" "$start_error"
+    fi
+  elif [ "$queue_ok" = 1 ]; then
+    [ -e "$d/queued" ] || write_atomic "$d/queued" "$(date +%s%N)"
+    printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
+  else
+    report_failed "$id" "no free slot on this VM ($running of $capacity running)"
+  fi
+}
+
+# The place of a queued session in its VM's queue (1 = next), and how many are queued.
+queue_place() {
+  local id=$1 q t mine n=0 total=0
+  read_into mine "$base/sessions/$id/queued"
+  for q in "$base/sessions"/*/queued; do
+    [ -e "$q" ] || continue
+    total=$((total + 1))
+    read_into t "$q"
+    if [ "${t:-0}" -lt "${mine:-0}" ] || { [ "${t:-0}" = "${mine:-0}" ] && [[ $q < "$base/sessions/$id/queued" ]]; }; then
+      n=$((n + 1))
+    fi
+  done
+  printf '%s\t%s' "$((n + 1))" "$total"
+}
+
+# launch ROOT BUNDLE_NAME WAIT_FOR_CLOUD_INIT CAPACITY QUEUE_OK then, per session:
+# ID PROMPT RECORD ARGC ARGV... The git bundle, if BUNDLE_NAME is not empty, follows the
+# script on stdin. CAPACITY (empty: none) is how many agents this VM may run at once; with
+# QUEUE_OK a session that finds no free slot waits in the VM's queue.
+cmd_launch() {
+  local root_spec=$1 bundle_name=$2 cloud_init=$3
+  capacity=$4 queue_ok=$5
+  shift 5
+  command -v tmux > /dev/null 2>&1 || fail "tmux is not installed on this machine"
+  command -v flock > /dev/null 2>&1 || fail "flock (util-linux) is not installed on this machine"
+  mkdir -p -- "$base/sessions" "$base/context" || fail "cannot create $base"
+  [ -n "$capacity" ] && write_atomic "$base/capacity" "$capacity"
+  if [ "$cloud_init" = 1 ] && command -v cloud-init > /dev/null 2>&1; then
+    cloud-init status --wait > /dev/null 2>&1
+  fi
+  bundle=
+  if [ -n "$bundle_name" ]; then
+    command -v git > /dev/null 2>&1 || fail "git is not installed on this machine"
+    bundle="$base/context/$bundle_name"
+    local part
+    # A name of its own: concurrent launches onto this VM store the same bundle at once.
+    part=$(mktemp -- "$bundle.XXXXXX.part") || fail "cannot create a temp file in $base/context"
+    if ! { cat <&3 > "$part" && mv -f -- "$part" "$bundle"; }; then
+      rm -f -- "$part"
+      fail "could not store the git bundle"
+    fi
+  fi
+  exec 3<&-
+  root=$(resolve_path "$root_spec")
+  mkdir -p -- "$root" 2> /dev/null ||
+    { sudo -n mkdir -p -- "$root" && sudo -n chown "$(id -u):$(id -g)" -- "$root"; } 2> /dev/null ||
+    fail "cannot create the workspace root $root (it needs sudo)"
+  local id prompt record argc
+  while [ $# -ge 4 ]; do
+    id=$1 prompt=$2 record=$3 argc=$4
+    shift 4
+    launch_session "$id" "$prompt" "$record" "${@:1:$argc}"
+    shift "$argc"
+  done
+  secret=
+}
+
+# capture ID LINES [LOG_CAP WORKSPACE BASE_COMMIT]: what a session shows, its tmux pane while
+# it runs, the kept log after; with the archive frame of a finished session when asked.
+cmd_capture() {
+  local id=$1 lines=$2 d="$base/sessions/$1"
+  facts_and_archive 0 "$id" "${@:3}"
+  if [ -e "$d/queued" ]; then
+    printf 'queue\t%s\n' "$(queue_place "$id")"
+    printf 'data\tnone\n'
+  elif [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
+    printf 'data\tpane\n'
+    tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2> /dev/null
+  elif [ -f "$d/output.log" ]; then
+    printf 'data\tlog\n'
+    tail -n "$lines" -- "$d/output.log"
+  else
+    printf 'data\tnone\n'
+  fi
+}
+
+# Whether a session is over: its exit code is recorded, or nothing of it runs any more.
+session_over() {
+  local id=$1 d="$base/sessions/$1" pid aid spid sid
+  [ -f "$d/exit_code" ] && return 0
+  [ -e "$d/queued" ] && return 1
+  if [ -d "$d" ]; then
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    ! group_alive "$pid" "$aid" && ! process_alive "$spid" "$sid"
+  else
+    ! tmux has-session -t "=$id" 2> /dev/null
+  fi
+}
+
+# Streams answer in frames (docs/remote-layout.md): `S<TAB><session line>`, `D<TAB>OFFSET<TAB>LEN`
+# followed by LEN bytes of the log, `B` (a heartbeat, so a silent connection can be told from a
+# dead one), `E` (the end).
+beat_if_due() {
+  if [ $((SECONDS - last_beat)) -ge "$beat" ]; then
+    printf 'B\n'
+    last_beat=$SECONDS
+  fi
+}
+
+# Emits the log's bytes from `offset` to its current size as one D frame (with `always`, even
+# when there are none), and moves `offset`.
+emit_log() {
+  local size=0
+  [ -f "$log" ] && size=$(stat -c %s -- "$log")
+  [ "$size" -gt "$offset" ] || [ -n "${1:-}" ] || return 0
+  [ "$size" -ge "$offset" ] || size=$offset
+  printf 'D\t%s\t%s\n' "$offset" "$((size - offset))"
+  [ "$size" -gt "$offset" ] && tail -c "+$((offset + 1))" -- "$log" | head -c "$((size - offset))"
+  offset=$size
+}
+
+# stream ID OFFSET|- LINES INTERVAL BEAT: the session's log from byte OFFSET (or from its last
+# LINES lines) as it grows, checked every INTERVAL seconds, until the session is over.
+cmd_stream() {
+  local id=$1 offset=$2 lines=$3 interval=$4 beat=$5 log="$base/sessions/$1/output.log"
+  local last_beat=$SECONDS size over
+  printf 'S\t'
+  session_facts "$id"
+  if [ "$offset" = - ]; then
+    offset=0
+    if [ -f "$log" ]; then
+      size=$(stat -c %s -- "$log")
+      offset=$((size - $(head -c "$size" -- "$log" | tail -n "$lines" | wc -c)))
+    fi
+  fi
+  emit_log always
+  while :; do
+    # Checked before the last read: everything the agent wrote precedes its end.
+    over=0
+    session_over "$id" && over=1
+    emit_log
+    if [ "$over" = 1 ]; then
+      printf 'S\t'
+      session_facts "$id"
+      printf 'E\n'
+      return
+    fi
+    beat_if_due
+    sleep "$interval"
+  done
+}
+
+# watch INTERVAL BEAT ID...: an S frame with each session's facts as it is over, heartbeats
+# meanwhile, and E once all are.
+cmd_watch() {
+  local interval=$1 beat=$2 last_beat=$SECONDS id
+  shift 2
+  local -a waiting=("$@") still
+  while [ "${#waiting[@]}" -gt 0 ]; do
+    still=()
+    for id in "${waiting[@]}"; do
+      if session_over "$id"; then
+        printf 'S\t'
+        session_facts "$id"
+      else
+        still+=("$id")
+      fi
+    done
+    waiting=("${still[@]}")
+    [ "${#waiting[@]}" -gt 0 ] || break
+    beat_if_due
+    sleep "$interval"
+  done
+  printf 'E\n'
+}
+
+# kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]: records that a kill was
+# asked (so whoever sees the exit calls it killed), signals the agent's verified process group
+# (TERM, then KILL after the grace; or KILL at once), and records the exit code itself when no
+# supervisor is left to do it. With CLAIM 1 (a pending session whose start died), a launch still
+# on its way is cancelled first. Answers with the facts, and the archive frame when asked.
+cmd_kill() {
+  local id=$1 force=$2 grace=$3 claim=${4:-0} d="$base/sessions/$1" signal=TERM number=15 n
+  local pid aid spid sid group=0 supervisor=0 tmux_up=0
+  local -a archive_args=("${@:5}")
+  if [ -f "$d/exit_code" ]; then
+    printf 'result\talready\n'
+    facts_and_archive 0 "$id" "${archive_args[@]}"
+    return
+  fi
+  [ "$force" = 1 ] && signal=KILL number=9
+  [ "$claim" = 1 ] && claim_unlaunched "$id"
+  if [ -e "$d/queued" ] && lock_vm; then
+    # Queued: taken out of the queue, so it never starts.
+    if lock_session "$id"; then
+      if [ -e "$d/queued" ]; then
+        rm -f -- "$d/queued"
+        write_atomic "$d/kill_requested" "$signal $(now_utc)"
+        write_atomic "$d/cancelled" "$(now_utc)"
+        unlock_session
+        unlock_vm
+        printf 'result\tdequeued\n'
+        session_facts "$id"
+        return
+      fi
+      unlock_session
+    fi
+    unlock_vm
+  fi
+  read_into pid "$d/agent.pid"
+  read_into aid "$d/agent.id"
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  group_alive "$pid" "$aid" && group=1
+  process_alive "$spid" "$sid" && supervisor=1
+  tmux has-session -t "=$id" 2> /dev/null && tmux_up=1
+  if [ "$group$supervisor$tmux_up" = 000 ]; then
+    # Nothing of it runs (a reboot, or killed outright): nothing to signal, nothing to mark.
+    printf 'result\tgone\n'
+    facts_and_archive "$claim" "$id" "${archive_args[@]}"
+    return
+  fi
+  [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
+  [ "$group" = 1 ] && end_group "$pid" "$aid" "$signal" "$((grace * 10))" report
+  if [ "$supervisor" = 1 ]; then
+    # Not started its agent yet: it stops before starting it. Else it is recording the exit.
+    [ -z "$pid" ] && kill -TERM "$spid" 2> /dev/null
+    n=0
+    while [ ! -f "$d/exit_code" ] && process_alive "$spid" "$sid" && [ "$n" -lt 50 ]; do
+      sleep 0.1
+      n=$((n + 1))
+    done
+  fi
+  tmux kill-session -t "=$id" 2> /dev/null
+  # The supervisor was gone (killed outright): nobody else will record how the agent ended.
+  if [ -d "$d" ] && [ ! -f "$d/exit_code" ]; then
+    write_atomic "$d/finished_at" "$(now_utc)"
+    write_atomic "$d/exit_code" "$((128 + number))"
+  fi
+  printf 'result\tkilled\n'
+  facts_and_archive "$claim" "$id" "${archive_args[@]}"
+}
+
+main() {
+  local command=${1:-}
+  shift || true
+  [ -n "$drain_first" ] && drain_now
+  case $command in
+    launch) cmd_launch "$@" ;;
+    probe) cmd_probe "$@" ;;
+    records) cmd_records "$@" ;;
+    capture) cmd_capture "$@" ;;
+    stream) cmd_stream "$@" ;;
+    watch) cmd_watch "$@" ;;
+    kill) cmd_kill "$@" ;;
+    *) fail "unknown control command '$command'" ;;
+  esac
+  # A kill frees a slot that no supervisor may be left to pass on.
+  [ "$command" = kill ] && [ -n "$drain_first" ] && drain_now
+  exit 0
+}
+
+# Payload (if any) stays readable on fd 3; every command gets /dev/null as its stdin. Our own
+# tmux client variable must not make tmux talk to another server.
+exec 3<&0 < /dev/null
+unset TMUX
+umask 077
+main "$@"

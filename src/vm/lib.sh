@@ -1,0 +1,329 @@
+# shellcheck shell=bash
+# amplihack remote: helpers shared by the control script and the session supervisor.
+# Both are sent to the VM with this file in front of them; run from the source tree, they
+# source it. The layout they maintain and their contracts: docs/remote-layout.md.
+
+# Read by the scripts that use these helpers (shellcheck sees each file alone).
+# shellcheck disable=SC2034
+AMPLIHACK_LIB=1
+# Where a VM keeps everything of ours (except the workspaces).
+# shellcheck disable=SC2034
+base="$HOME/.amplihack/remote"
+# Identities of processes are only comparable within one boot: pids and start times restart.
+boot_id=
+{ IFS= read -r boot_id < /proc/sys/kernel/random/boot_id; } 2>/dev/null
+
+# Reads the first line of file $2 into variable $1 (empty when the file is missing).
+read_into() {
+  local _line=
+  { IFS= read -r _line < "$2"; } 2>/dev/null
+  printf -v "$1" '%s' "$_line"
+}
+
+# Writes $2 and a newline to file $1 so a reader sees the old file or the new, never a part.
+write_atomic() {
+  printf '%s\n' "$2" > "$1.part.$$" && mv -f -- "$1.part.$$" "$1"
+}
+
+now_utc() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+
+# The start time of process $1 in clock ticks since boot (field 22 of /proc/PID/stat). The
+# command name (field 2) may hold spaces and parentheses, so fields are counted after its last ')'.
+start_ticks() {
+  local stat=
+  { IFS= read -r stat < "/proc/$1/stat"; } 2>/dev/null || return 1
+  stat=${stat##*) }
+  local -a fields
+  read -r -a fields <<< "$stat"
+  [ -n "${fields[19]:-}" ] || return 1
+  printf '%s' "${fields[19]}"
+}
+
+# What tells process $1 apart from any later process that reuses its pid: boot and start time.
+identity_of() {
+  local ticks
+  ticks=$(start_ticks "$1") || return 1
+  printf '%s %s' "$boot_id" "$ticks"
+}
+
+# Whether the process recorded as pid $1 with identity $2 is still that process.
+process_alive() {
+  local pid=$1 id=$2 ticks
+  [ -n "$pid" ] && [ -n "$id" ] && [ "${id% *}" = "$boot_id" ] || return 1
+  ticks=$(start_ticks "$pid") || return 1
+  [ "$ticks" = "${id#* }" ]
+}
+
+# Whether the process group led by the process recorded as pid $1 with identity $2 still has
+# members. The leader may have exited while its children live on: Linux does not hand out a
+# pid again while a process group of that number exists, so a live group is ours as long as
+# the pid is not in use by another process.
+group_alive() {
+  local pid=$1 id=$2 ticks
+  [ -n "$pid" ] && [ -n "$id" ] && [ "${id% *}" = "$boot_id" ] || return 1
+  if ticks=$(start_ticks "$pid"); then
+    [ "$ticks" = "${id#* }" ] || return 1
+  fi
+  kill -0 -- "-$pid" 2>/dev/null
+}
+
+# Ends a verified process group: signal $3 (TERM or KILL), then SIGKILL for whatever still
+# lives after $4 tenths of a second. Prints `signalled`/`escalated` lines when $5 is set.
+end_group() {
+  local pid=$1 id=$2 signal=$3 ticks=$4 report=${5:-} n=0
+  group_alive "$pid" "$id" || return 0
+  kill "-$signal" -- "-$pid" 2>/dev/null && [ -n "$report" ] && printf 'signalled\t%s\n' "$signal"
+  while group_alive "$pid" "$id" && [ "$n" -lt "$ticks" ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  if group_alive "$pid" "$id"; then
+    kill -KILL -- "-$pid" 2>/dev/null
+    [ -n "$report" ] && printf 'escalated\tKILL\n'
+    n=0
+    while group_alive "$pid" "$id" && [ "$n" -lt 50 ]; do
+      sleep 0.1
+      n=$((n + 1))
+    done
+  fi
+  return 0
+}
+
+# Locks. A session's lock orders its launch against whoever settles it; the VM's lock orders
+# every decision to start an agent against the VM's capacity. Where both are held, the VM's is
+# taken first.
+lock_session() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {session_lock_fd}> "$base/locks/$1" || return 1
+  flock -w 60 "$session_lock_fd"
+}
+
+unlock_session() {
+  exec {session_lock_fd}>&-
+}
+
+lock_vm() {
+  mkdir -p -- "$base/locks" || return 1
+  exec {vm_lock_fd}> "$base/locks/.vm" || return 1
+  flock -w 120 "$vm_lock_fd"
+}
+
+unlock_vm() {
+  exec {vm_lock_fd}>&-
+}
+
+# Hands `secret` (the API key) to a supervisor just started, through its FIFO: the key is only
+# ever in a pipe, never in a file. Succeeds once the supervisor has taken it (it removes the
+# FIFO); when it never does, the pipe's contents vanish as its last open end closes.
+hand_key() {
+  local fifo=$1 fd n=0
+  exec {fd}<> "$fifo" || return 1
+  printf '%s\0' "$secret" >&"$fd"
+  while [ -p "$fifo" ] && [ "$n" -lt 300 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  exec {fd}>&-
+  if [ -p "$fifo" ]; then
+    rm -f -- "$fifo"
+    return 1
+  fi
+}
+
+# Runs a command with only stdin, stdout and stderr open: a daemon it starts (the tmux server,
+# and through it every supervisor and agent) must not inherit our lock files, or it would hold
+# the locks for as long as it lives.
+without_inherited_fds() {
+  (
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ] 2> /dev/null; then eval "exec $fd>&-"; fi
+    done
+    exec "$@"
+  )
+}
+
+# Starts the supervisor of a prepared session (files and workspace in place) in a detached
+# tmux session, and hands it `secret`. On failure says why in `start_error`.
+start_supervisor() {
+  local id=$1 d="$base/sessions/$1" ws pane
+  read_into ws "$d/workspace"
+  # The FIFO exists before the supervisor does, so the supervisor knows a key is coming.
+  rm -f -- "$d/secret.fifo"
+  if [ -n "$secret" ] && ! mkfifo -m 600 -- "$d/secret.fifo"; then
+    start_error="cannot create $d/secret.fifo"
+    return 1
+  fi
+  if ! pane=$(without_inherited_fds tmux new-session -d -P -F '#{pane_pid}' -s "$id" -c "${ws:-$HOME}" bash "$d/supervisor.sh" "$d" 2>&1); then
+    rm -f -- "$d/secret.fifo"
+    start_error="tmux new-session failed: $pane"
+    return 1
+  fi
+  # Recorded here too (the supervisor writes the same), so the moment this returns, anyone
+  # can tell a live session from a dead one.
+  write_atomic "$d/supervisor.id" "$(identity_of "$pane")"
+  write_atomic "$d/supervisor.pid" "$pane"
+  if [ -n "$secret" ] && ! hand_key "$d/secret.fifo"; then
+    tmux kill-session -t "=$id" 2> /dev/null
+    start_error="the session's supervisor did not take the API key"
+    return 1
+  fi
+}
+
+# How many sessions of this VM run now: not finished, not queued, and their supervisor or
+# their agent's group alive (identities verified).
+running_count() {
+  local n=0 d pid aid spid sid
+  for d in "$base/sessions"/*/; do
+    d=${d%/}
+    [ -f "$d/exit_code" ] || [ -e "$d/queued" ] || [ ! -e "$d/supervisor.pid" ] && continue
+    read_into pid "$d/agent.pid"
+    read_into aid "$d/agent.id"
+    read_into spid "$d/supervisor.pid"
+    read_into sid "$d/supervisor.id"
+    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then n=$((n + 1)); fi
+  done
+  printf '%s' "$n"
+}
+
+# The session queued first (by the time it was queued, then by id); fails when none is.
+next_queued() {
+  local d t best='' best_t=
+  for d in "$base/sessions"/*/queued; do
+    [ -e "$d" ] || continue
+    read_into t "$d"
+    t=${t:-0}
+    d=${d%/queued}
+    if [ -z "$best" ] || [ "$t" -lt "$best_t" ] || { [ "$t" = "$best_t" ] && [[ ${d##*/} < $best ]]; }; then
+      best=${d##*/} best_t=$t
+    fi
+  done
+  [ -n "$best" ] && printf '%s' "$best"
+}
+
+# Starts queued sessions, oldest first, while the VM has a free slot ($base/capacity). Call it
+# holding the VM's lock. With $1 = report (not quiet), says what it did: `drained\tID`, or
+# `stuck\tID\twhy`.
+drain_queue() {
+  local report='' cap id d
+  [ "$1" = report ] && report=1
+  read_into cap "$base/capacity"
+  [ -n "$cap" ] || return 0
+  while [ "$(running_count)" -lt "$cap" ]; do
+    id=$(next_queued) || return 0
+    d="$base/sessions/$id"
+    lock_session "$id" || return 0
+    if [ -e "$d/cancelled" ] || [ -e "$d/supervisor.pid" ]; then
+      rm -f -- "$d/queued"
+    elif [ -e "$d/needs_key" ] && [ -z "$secret" ]; then
+      unlock_session
+      [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "no API key to start it with: run a command of this tool with ANTHROPIC_API_KEY set"
+      return 0
+    else
+      rm -f -- "$d/queued"
+      if start_supervisor "$id"; then
+        [ -n "$report" ] && printf 'drained\t%s\n' "$id"
+      else
+        # It can never start: record that, so nobody waits for it.
+        printf 'amplihack: the queued session could not start: %s\n' "$start_error" >> "$d/output.log"
+        write_atomic "$d/finished_at" "$(now_utc)"
+        write_atomic "$d/exit_code" 1
+        [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "$start_error"
+      fi
+    fi
+    unlock_session
+  done
+}
+
+# Runs git with a time limit: a hung git must never keep a session from recording its end.
+git_bounded() {
+  if command -v timeout >/dev/null 2>&1; then
+    timeout 60 git "$@"
+  else
+    git "$@"
+  fi
+}
+
+# Sums `git diff --numstat` lines on stdin into `FILES INSERTIONS DELETIONS` (a binary file
+# counts as a file with no lines).
+numstat_totals() {
+  awk -F '\t' 'NF >= 3 { f++; if ($1 != "-") i += $1; if ($2 != "-") d += $2 }
+    END { printf "%d %d %d", f, i, d }'
+}
+
+# `{"files":F,"insertions":I,"deletions":D}` from `F I D`.
+changes_json() {
+  local f i d
+  read -r f i d <<< "$1"
+  printf '{"files":%d,"insertions":%d,"deletions":%d}' "${f:-0}" "${i:-0}" "${d:-0}"
+}
+
+# What workspace $1 holds against commit $2, as JSON members: head commit, commits since, the
+# changes committed and those not committed (untracked files included), whether it is dirty.
+# On failure: the reason on stdout, status 1. Read-only: uncommitted work is measured through a
+# temporary index, never the workspace's own.
+workspace_changes() {
+  local ws=$1 from=$2 head commits committed uncommitted dirty=false idx real_index status
+  [ -n "$ws" ] || { printf 'the workspace is unknown'; return 1; }
+  command -v git >/dev/null 2>&1 || { printf 'git is not installed on the VM'; return 1; }
+  head=$(git_bounded -C "$ws" rev-parse --verify -q HEAD 2>/dev/null) ||
+    { printf 'the workspace is not a git repository with a commit'; return 1; }
+  commits=$(git_bounded -C "$ws" rev-list --count "$from..HEAD" 2>/dev/null) ||
+    { printf 'the starting commit is not in the workspace'; return 1; }
+  committed=$(git_bounded -C "$ws" diff --numstat "$from" HEAD 2>/dev/null | numstat_totals)
+  [ "${PIPESTATUS[0]}" = 0 ] || { printf 'git diff of the commits failed'; return 1; }
+  idx=$(mktemp 2>/dev/null) || { printf 'cannot create a temp file'; return 1; }
+  real_index=$(git_bounded -C "$ws" rev-parse --path-format=absolute --git-path index 2>/dev/null)
+  if ! { [ -f "$real_index" ] && cp -- "$real_index" "$idx"; }; then
+    GIT_INDEX_FILE=$idx git_bounded -C "$ws" read-tree HEAD >/dev/null 2>&1
+  fi
+  # Intent-to-add records untracked files without hashing them into the repository.
+  GIT_INDEX_FILE=$idx git_bounded -C "$ws" add -A -N >/dev/null 2>&1
+  uncommitted=$(GIT_INDEX_FILE=$idx git_bounded -C "$ws" diff --numstat HEAD 2>/dev/null | numstat_totals)
+  status=${PIPESTATUS[0]}
+  rm -f -- "$idx"
+  [ "$status" = 0 ] || { printf 'git diff of the work tree failed'; return 1; }
+  [ -n "$(git_bounded -C "$ws" status --porcelain 2>/dev/null | head -c 1)" ] && dirty=true
+  printf '"base_commit":"%s","head_commit":"%s","commits":%d,"committed":%s,"uncommitted":%s,"dirty":%s' \
+    "$from" "$head" "$commits" "$(changes_json "$committed")" "$(changes_json "$uncommitted")" "$dirty"
+}
+
+# The result of a finished session as one JSON object (docs/remote-layout.md): its start and
+# finish ($3) times and duration and, when it started from a commit (record.json's
+# base_commit), what its workspace $2 holds against it. Without a git context: the times alone.
+session_result_json() {
+  local d=$1 ws=$2 finished=$3 started='' record='' from='' duration=null s0 s1 changes
+  read_into started "$d/started_at"
+  [[ $started =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$ ]] || started=
+  if [ -n "$started" ] && s0=$(date -u -d "$started" +%s 2>/dev/null) &&
+    s1=$(date -u -d "$finished" +%s 2>/dev/null); then
+    duration=$((s1 - s0))
+  fi
+  if [ -n "$started" ]; then
+    printf '{"started_at":"%s"' "$started"
+  else
+    printf '{"started_at":null'
+  fi
+  printf ',"finished_at":"%s","duration_seconds":%s' "$finished" "$duration"
+  read_into record "$d/record.json"
+  [[ $record =~ \"base_commit\":\"([0-9a-f]{7,64})\" ]] && from=${BASH_REMATCH[1]}
+  if [ -n "$from" ]; then
+    if changes=$(workspace_changes "$ws" "$from"); then
+      printf ',%s' "$changes"
+    else
+      printf ',"base_commit":"%s","git_error":"%s"' "$from" "$changes"
+    fi
+  fi
+  printf '}\n'
+}
+
+# Writes result.json into session directory $1 (workspace $2, finished at $3) atomically.
+# Never fails: a broken or missing git leaves out only the git facts.
+write_session_result() {
+  local d=$1
+  if session_result_json "$@" > "$d/result.json.part.$$" 2>/dev/null; then
+    mv -f -- "$d/result.json.part.$$" "$d/result.json" 2>/dev/null
+  fi
+  rm -f -- "$d/result.json.part.$$"
+  return 0
+}
