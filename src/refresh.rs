@@ -397,7 +397,19 @@ pub struct Collected {
     pub failed_vms: BTreeMap<String, Error>,
 }
 
-/// Asks each VM about its sessions in `plan` (one call per VM, VMs in parallel), keeping the
+/// What one VM answered: probes, archives kept, archives that could not be kept, snapshots.
+type VmAnswer = (
+    HashMap<String, Probe>,
+    Archived,
+    BTreeMap<String, String>,
+    HashMap<String, Snapshot>,
+);
+
+/// One resource group's power-state listing: VM name to power state.
+pub type PowerStates = Result<BTreeMap<String, String>>;
+
+/// Asks each VM about its sessions in `plan` (one call per VM; VMs in parallel, at most
+/// AMPLIHACK_REMOTE_PARALLEL at once), keeping the
 /// archives that come back. Nothing is committed. Only an interrupt is an error; a VM that
 /// does not answer is warned about and listed in `failed_vms`.
 pub fn collect(
@@ -411,22 +423,21 @@ pub fn collect(
 /// `collect`, with the power-state listings of `power_groups` (one azlin call per resource
 /// group) in the same bounded fan-out: at most AMPLIHACK_REMOTE_PARALLEL azlin calls at once.
 /// The listings' results come back in the order of `power_groups`.
-#[allow(clippy::type_complexity)]
 pub fn collect_with_power(
     ctx: &Ctx,
     state: &State,
     plan: &BTreeMap<String, Vec<(String, Want)>>,
     power_groups: &BTreeSet<Option<String>>,
-) -> (Result<Collected>, Vec<Result<BTreeMap<String, String>>>) {
+) -> (Result<Collected>, Vec<PowerStates>) {
     let timeout = ctx.settings.timeouts.probe;
     let queued = state.queued_counts();
     enum Call<'a> {
         Power(&'a Option<String>),
         Probe(&'a String, &'a Vec<(String, Want)>),
     }
-    enum Answer<A> {
-        Power(Result<BTreeMap<String, String>>),
-        Probe(String, Result<A>),
+    enum Answer {
+        Power(PowerStates),
+        Probe(String, Result<VmAnswer>),
     }
     let calls: Vec<Call> = power_groups
         .iter()
@@ -509,18 +520,7 @@ pub fn collect_with_power(
     (collect_answers(results), power_results)
 }
 
-#[allow(clippy::type_complexity)]
-fn collect_answers(
-    results: Vec<(
-        String,
-        Result<(
-            HashMap<String, Probe>,
-            Archived,
-            BTreeMap<String, String>,
-            HashMap<String, Snapshot>,
-        )>,
-    )>,
-) -> Result<Collected> {
+fn collect_answers(results: Vec<(String, Result<VmAnswer>)>) -> Result<Collected> {
     let mut collected = Collected::default();
     for (vm, result) in results {
         match result {
