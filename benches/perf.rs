@@ -1,16 +1,20 @@
 //! Benchmarks of the release binary (`cargo bench --bench perf`; results in docs/performance.md).
 //!
 //! 1. Read path: `list --json --no-refresh` and `status --json --no-refresh` on states of 10 to
-//!    100,000 sessions: median wall time and peak RSS of the process.
+//!    100,000 sessions, in our format and in the Python original's (naive timestamps with
+//!    microseconds): median wall time and peak RSS of the process.
 //! 2. Round trips: commands against the stand-in azlin sleeping 2 s per call, with the number of
 //!    azlin calls each made.
-//! 3. State transactions: 32 processes doing 50 locked transactions each.
-//! 4. Results home: `report` and `pull --all` over 8 finished sessions on 2 VMs (azlin calls and
+//! 3. Bounded fan-out: `list` and `status` over 64 VMs with the stand-in sleeping 2 s per
+//!    call, with the number of calls in flight at once.
+//! 4. State transactions: 32 processes doing 50 locked transactions each.
+//! 5. Results home: `report` and `pull --all` over 8 finished sessions on 2 VMs (azlin calls and
 //!    time), and `output` of an archived session (no call).
-//! 5. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
+//! 6. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
 //!    state file was lost, and again once it is whole.
 //!
-//! `cargo bench --bench perf -- read|remote|tx|results|sync` runs one section.
+//! `cargo bench --bench perf -- read|remote|fanout|tx|results|sync` runs one section; `-- read
+//! 1000 10000` picks the state sizes of the read path.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,49 +131,119 @@ fn synthetic_state(n: usize) -> State {
     st
 }
 
-fn read_path() {
+/// The state as the Python original writes it: fields in the same order, naive timestamps
+/// with microseconds (`datetime.isoformat()`), two-space indented JSON.
+fn python_state_text(state: &State) -> Vec<u8> {
+    let ours = serde_json::to_string_pretty(state).unwrap();
+    let mut out = String::with_capacity(ours.len() * 21 / 20);
+    let mut rest = ours.as_str();
+    let mut i = 0u32;
+    const KEY_END: &str = "_at\": \"";
+    while let Some(at) = rest.find(KEY_END) {
+        let value_start = at + KEY_END.len();
+        out.push_str(&rest[..value_start]);
+        let value_end = value_start + rest[value_start..].find('"').unwrap();
+        i = i.wrapping_add(1);
+        // Non-zero microseconds, as nearly every Python timestamp has.
+        let micros = 1 + i.wrapping_mul(7919) % 999_998;
+        let t = amplihack::model::parse_timestamp(&rest[value_start..value_end]).unwrap()
+            + chrono::Duration::microseconds(i64::from(micros));
+        out.push_str(&t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string());
+        rest = &rest[value_end..];
+    }
+    out.push_str(rest);
+    out.into_bytes()
+}
+
+/// Writes the state file of `n` sessions in `format` (`ours` or `Python`) to `path`. Runs in
+/// a child process, so the bench process stays small: a child it spawns shares its memory
+/// until exec, and that would count toward the measured command's peak RSS.
+fn write_state_file(format: &str, n: usize, path: &Path) {
+    let state = synthetic_state(n);
+    let text = match format {
+        "ours" => serde_json::to_vec_pretty(&state).unwrap(),
+        "Python" => python_state_text(&state),
+        other => panic!("unknown format {other}"),
+    };
+    std::fs::write(path, text).unwrap();
+}
+
+/// With `AMPLIHACK_BENCH_BASELINE` set to another build of the binary, every run of ours is
+/// followed by one of it on the same file, and both medians are shown: on a shared machine
+/// whose load drifts, only runs interleaved like this compare fairly.
+fn read_path(sizes: &[usize]) {
+    let baseline = std::env::var_os("AMPLIHACK_BENCH_BASELINE").map(PathBuf::from);
     println!("## Read path (release binary, median of N runs)\n");
-    println!(
-        "| sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    let dir = tempfile::tempdir().unwrap();
-    for n in [10usize, 100, 1_000, 10_000, 100_000] {
-        let path = dir.path().join(format!("state-{n}.json"));
-        let text = serde_json::to_vec_pretty(&synthetic_state(n)).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        let runs = if n >= 100_000 { 7 } else { 31 };
-        let mut row = Vec::new();
-        let mut rss = Vec::new();
-        for args in [
-            ["list", "--json", "--no-refresh"],
-            ["status", "--json", "--no-refresh"],
-        ] {
-            let mut times = Vec::new();
-            let mut peak = 0;
-            for _ in 0..runs {
-                let (t, r, code) = measure(
-                    Command::new(BIN)
-                        .arg("remote")
-                        .args(args)
-                        .env_clear()
-                        .env("AMPLIHACK_REMOTE_STATE", &path)
-                        .env("HOME", dir.path()),
-                );
-                assert_eq!(code, 0);
-                times.push(t);
-                peak = peak.max(r);
-            }
-            row.push(format!("{} ms", ms(median(times))));
-            rss.push(format!("{:.1}", peak as f64 / 1024.0));
-        }
+    if let Some(b) = &baseline {
         println!(
-            "| {n} | {:.1} MB | {} | {} | {} MB | {runs} |",
-            text.len() as f64 / 1e6,
-            row[0],
-            row[1],
-            rss.join(" / ")
+            "Each cell: this build (before: the baseline {}, run alternately with it).\n",
+            b.display()
         );
+    }
+    println!(
+        "| format | sessions | state file | `list --json --no-refresh` | `status --json --no-refresh` | peak RSS (list / status) | runs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    for &n in sizes {
+        for format in ["ours", "Python"] {
+            let path = dir.path().join(format!("state-{format}-{n}.json"));
+            let written = Command::new(&exe)
+                .args(["--write-state", format, &n.to_string()])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(written.success());
+            let size = std::fs::metadata(&path).unwrap().len();
+            let runs = if n >= 100_000 { 7 } else { 31 };
+            let mut row = Vec::new();
+            let mut rss = Vec::new();
+            for args in [
+                ["list", "--json", "--no-refresh"],
+                ["status", "--json", "--no-refresh"],
+            ] {
+                let run = |bin: &Path| {
+                    let (t, r, code) = measure(
+                        Command::new(bin)
+                            .arg("remote")
+                            .args(args)
+                            .env_clear()
+                            .env("AMPLIHACK_REMOTE_STATE", &path)
+                            .env("HOME", dir.path()),
+                    );
+                    assert_eq!(code, 0, "{}", bin.display());
+                    (t, r)
+                };
+                let mut times = Vec::new();
+                let mut baseline_times = Vec::new();
+                let mut peak = 0;
+                for _ in 0..runs {
+                    let (t, r) = run(Path::new(BIN));
+                    times.push(t);
+                    peak = peak.max(r);
+                    if let Some(b) = &baseline {
+                        baseline_times.push(run(b).0);
+                    }
+                }
+                row.push(match &baseline {
+                    None => format!("{} ms", ms(median(times))),
+                    Some(_) => format!(
+                        "{} ms (before: {} ms)",
+                        ms(median(times)),
+                        ms(median(baseline_times))
+                    ),
+                });
+                rss.push(format!("{:.1}", peak as f64 / 1024.0));
+            }
+            println!(
+                "| {format} | {n} | {:.1} MB | {} | {} | {} MB | {runs} |",
+                size as f64 / 1e6,
+                row[0],
+                row[1],
+                rss.join(" / ")
+            );
+        }
     }
     println!();
 }
@@ -438,6 +512,57 @@ fn remote() {
     println!();
 }
 
+/// 64 VMs, each with a running session; `list` and `status` with the stand-in sleeping 2 s
+/// per call, at the default bound and with the bound lifted, counting calls in flight.
+fn fan_out() {
+    println!(
+        "## Bounded fan-out (64 VMs with running sessions, stand-in azlin sleeping 2 s per call; median of 3 runs)\n"
+    );
+    println!("| command | AMPLIHACK_REMOTE_PARALLEL | azlin calls | time | most calls in flight |");
+    println!("|---|---:|---:|---:|---:|");
+    let w = FakeWorld::new();
+    // prime takes at most 50 at a time.
+    w.setup(&["prime", "--count", "32", "--vm-size", "s"]);
+    w.setup(&["prime", "--count", "32", "--vm-size", "s"]);
+    let mut start = vec!["start", "--no-context", "--size", "s"];
+    start.extend(std::iter::repeat_n("SLEEP=3600", 64));
+    w.setup(&start);
+    let max_path = w.dir.path().join("azlin/max-inflight");
+    for (args, bound) in [
+        (["list", "--json"], "16"),
+        (["status", "--json"], "16"),
+        (["list", "--json"], "64"),
+        (["status", "--json"], "64"),
+    ] {
+        let mut times = Vec::new();
+        let mut calls = 0;
+        let mut most = 0;
+        for _ in 0..3 {
+            w.clear_calls();
+            let _ = std::fs::remove_file(&max_path);
+            let mut cmd = w.cmd("2", &args);
+            cmd.env("FAKE_AZLIN_TRACK_INFLIGHT", "1")
+                .env("AMPLIHACK_REMOTE_PARALLEL", bound);
+            let (t, _, code) = measure(&mut cmd);
+            assert_eq!(code, 0, "{args:?} failed");
+            times.push(t);
+            calls = w.calls();
+            let seen: usize = std::fs::read_to_string(&max_path)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            most = most.max(seen);
+        }
+        println!(
+            "| `{}` | {bound} | {calls} | {:.2} s | {most} |",
+            args.join(" "),
+            median(times).as_secs_f64()
+        );
+    }
+    println!();
+}
+
 /// 8 sessions that each made a commit, finished on 2 L VMs, not seen by any command yet.
 fn eight_finished() -> FakeWorld {
     let w = FakeWorld::new().with_repo();
@@ -598,10 +723,14 @@ fn main() {
         worker(args[2].parse().unwrap(), Path::new(&args[3]));
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--write-state") {
+        write_state_file(&args[2], args[3].parse().unwrap(), Path::new(&args[4]));
+        return;
+    }
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "tx", "results", "sync"].contains(&a.as_str()))
+        .find(|a| ["read", "remote", "fanout", "tx", "results", "sync"].contains(&a.as_str()))
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -611,11 +740,20 @@ fn main() {
             .unwrap_or(1),
         cpu_model()
     );
+    // Numbers after `read` pick the state sizes (`-- read 1000 10000`).
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     if run("read") {
-        read_path();
+        read_path(if sizes.is_empty() {
+            &[10, 1_000, 10_000, 100_000]
+        } else {
+            &sizes
+        });
     }
     if run("remote") {
         remote();
+    }
+    if run("fanout") {
+        fan_out();
     }
     if run("tx") {
         transactions();

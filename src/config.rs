@@ -11,6 +11,7 @@ use crate::pool::PriceTable;
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
 pub const DEFAULT_REMOTE_WORKSPACE: &str = "/workspace";
+pub const DEFAULT_PARALLEL: usize = 16;
 /// How much of a session's log its archive keeps: the last 64 MiB.
 pub const DEFAULT_ARCHIVE_LOG_CAP: u64 = 64 * 1024 * 1024;
 
@@ -56,6 +57,8 @@ pub struct Settings {
     /// A new VM may not answer ssh at once: launch attempts, and the pause between them.
     pub new_vm_ssh_attempts: u32,
     pub new_vm_ssh_retry_delay: Duration,
+    /// Most azlin calls in flight at once in a fan-out over VMs (each one starts `az`).
+    pub parallel: usize,
     /// Where finished sessions' results are kept (`AMPLIHACK_REMOTE_ARCHIVE`); `None`: the
     /// `remote-archive` directory beside the state file.
     pub archive_dir: Option<std::path::PathBuf>,
@@ -199,6 +202,8 @@ impl Settings {
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,
+            parallel: number::<usize>("AMPLIHACK_REMOTE_PARALLEL", "a whole number of 1 or more")?
+                .unwrap_or(DEFAULT_PARALLEL),
             archive_dir: var("AMPLIHACK_REMOTE_ARCHIVE").map(std::path::PathBuf::from),
             archive_log_cap: number::<u64>(
                 "AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP",

@@ -353,46 +353,98 @@ impl State {
 }
 
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
-    match whole_seconds(t) {
-        Some(buf) => String::from_utf8_lossy(&buf).into_owned(),
+    match TimestampText::new(t) {
+        Some(text) => text.as_str().to_string(),
         None => t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` without allocating, for whole-second times of years 0-9999: the form
-/// nearly every timestamp has, and a hot spot when listing thousands of sessions.
-fn whole_seconds(t: &DateTime<Utc>) -> Option<[u8; 20]> {
-    use chrono::{Datelike, Timelike};
-    if t.nanosecond() != 0 || !(0..=9999).contains(&t.year()) {
-        return None;
-    }
-    let mut b = *b"0000-00-00T00:00:00Z";
-    let mut put = |at: usize, width: usize, mut v: u32| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
+/// A timestamp as we write it, `YYYY-MM-DDTHH:MM:SS[.fff|.ffffff|.fffffffff]Z`, built on the
+/// stack: chrono's formatter allocates and costs a tenth of `list --json` on a large state.
+/// The digits follow chrono's `SecondsFormat::AutoSi` (none, 3, 6 or 9, the fewest that are
+/// exact), so the text is the one chrono writes (unit tests).
+pub(crate) struct TimestampText {
+    buf: [u8; 30],
+    len: usize,
+}
+
+impl TimestampText {
+    /// None for years outside 0-9999 and for leap seconds; chrono writes those.
+    pub(crate) fn new(t: &DateTime<Utc>) -> Option<Self> {
+        use chrono::{Datelike, Timelike};
+        let nanos = t.nanosecond();
+        if nanos >= 1_000_000_000 || !(0..=9999).contains(&t.year()) {
+            return None;
         }
-    };
-    put(0, 4, t.year() as u32);
-    put(5, 2, t.month());
-    put(8, 2, t.day());
-    put(11, 2, t.hour());
-    put(14, 2, t.minute());
-    put(17, 2, t.second());
-    Some(b)
+        // Two digits at a time from a table: a division per digit cost more than the rest.
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        let mut buf = *b"0000-00-00T00:00:00.000000000Z";
+        let put = |buf: &mut [u8; 30], at: usize, v: u32| {
+            let i = 2 * v as usize;
+            buf[at..at + 2].copy_from_slice(&PAIRS[i..i + 2]);
+        };
+        let year = t.year() as u32;
+        put(&mut buf, 0, year / 100);
+        put(&mut buf, 2, year % 100);
+        put(&mut buf, 5, t.month());
+        put(&mut buf, 8, t.day());
+        put(&mut buf, 11, t.hour());
+        put(&mut buf, 14, t.minute());
+        put(&mut buf, 17, t.second());
+        let digits = match nanos {
+            0 => 0,
+            n if n % 1_000_000 == 0 => 3,
+            n if n % 1_000 == 0 => 6,
+            _ => 9,
+        };
+        let len = if digits == 0 {
+            buf[19] = b'Z';
+            20
+        } else {
+            buf[20] = b'0' + (nanos / 100_000_000) as u8;
+            let rest = nanos % 100_000_000;
+            put(&mut buf, 21, rest / 1_000_000);
+            put(&mut buf, 23, rest / 10_000 % 100);
+            put(&mut buf, 25, rest / 100 % 100);
+            put(&mut buf, 27, rest % 100);
+            buf[20 + digits] = b'Z';
+            21 + digits
+        };
+        Some(TimestampText { buf, len })
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("ASCII")
+    }
 }
 
 fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    match whole_seconds(t) {
-        Some(buf) => s.serialize_str(std::str::from_utf8(&buf).expect("ASCII")),
+    match TimestampText::new(t) {
+        Some(text) => s.serialize_str(text.as_str()),
         None => s.serialize_str(&format_timestamp(t)),
     }
 }
 
+/// Reads a timestamp: RFC 3339 with any offset, or the Python original's naive ISO form
+/// (`2025-11-25T14:30:22.123456`, also with a space), taken as UTC.
 pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
-    if let Some(t) = parse_utc_seconds(s) {
-        return Ok(t);
+    match parse_common_timestamp(s.as_bytes()) {
+        Some(t) => Ok(t),
+        None => parse_timestamp_with_chrono(s),
     }
+}
+
+/// The general parsers, for every form the fast path leaves out (offsets other than UTC, leap
+/// seconds, lower-case `t` and `z`, more than 9 fractional digits, unpadded fields...).
+fn parse_timestamp_with_chrono(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -404,27 +456,65 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
     Err(format!("invalid timestamp {s:?}"))
 }
 
-/// The fast path for the form we write, `YYYY-MM-DDTHH:MM:SSZ`: reading a state file spends
-/// most of its time on timestamps otherwise. Anything else goes to the general parsers.
-fn parse_utc_seconds(s: &str) -> Option<DateTime<Utc>> {
-    let b = s.as_bytes();
-    if b.len() != 20
+/// The forms nearly every state file holds, read without chrono's general parsers (up to three
+/// of them per naive timestamp: a quarter of `list` on a Python-written state):
+/// `YYYY-MM-DD`, `T` or a space, `HH:MM:SS`, optionally `.` and 1 to 9 digits, then `Z`,
+/// `+00:00` or nothing (naive, taken as UTC). Returns None for anything else, and for invalid
+/// dates and times, leaving the answer to chrono; where it answers, chrono gives the same
+/// instant (unit tests).
+pub(crate) fn parse_common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
+    if b.len() < 19
         || b[4] != b'-'
         || b[7] != b'-'
-        || b[10] != b'T'
+        || !matches!(b[10], b'T' | b' ')
         || b[13] != b':'
         || b[16] != b':'
-        || b[19] != b'Z'
     {
         return None;
     }
-    let num = |range: std::ops::Range<usize>| -> Option<u32> {
-        b[range].iter().try_fold(0u32, |acc, d| {
-            d.is_ascii_digit().then(|| acc * 10 + u32::from(d - b'0'))
-        })
+    // Each digit's value; a byte that is not a digit wraps to above 9.
+    let d = |i: usize| u32::from(b[i].wrapping_sub(b'0'));
+    let fields = [
+        d(0),
+        d(1),
+        d(2),
+        d(3),
+        d(5),
+        d(6),
+        d(8),
+        d(9),
+        d(11),
+        d(12),
+        d(14),
+        d(15),
+        d(17),
+        d(18),
+    ];
+    if fields.iter().any(|&v| v > 9) {
+        return None;
+    }
+    let two = |i: usize| fields[i] * 10 + fields[i + 1];
+    let (nanos, offset) = if b.get(19) == Some(&b'.') {
+        let mut nanos = 0u32;
+        let mut digits = 0;
+        while digits < 9 && b.get(20 + digits).is_some_and(u8::is_ascii_digit) {
+            nanos = nanos * 10 + d(20 + digits);
+            digits += 1;
+        }
+        if digits == 0 {
+            return None;
+        }
+        (nanos * 10u32.pow(9 - digits as u32), &b[20 + digits..])
+    } else {
+        (0, &b[19..])
     };
-    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
-    let time = chrono::NaiveTime::from_hms_opt(num(11..13)?, num(14..16)?, num(17..19)?)?;
+    if !matches!(offset, b"" | b"Z" | b"+00:00") {
+        return None;
+    }
+    let year = (two(0) * 100 + two(2)) as i32;
+    let date = chrono::NaiveDate::from_ymd_opt(year, two(4), two(6))?;
+    // Second 60 (a leap second) is refused here and left to chrono.
+    let time = chrono::NaiveTime::from_hms_nano_opt(two(8), two(10), two(12), nanos)?;
     Some(date.and_time(time).and_utc())
 }
 
@@ -515,36 +605,248 @@ mod tests {
         );
     }
 
+    /// The fast path never decides differently from chrono: where it answers, chrono gives the
+    /// same instant, and where it does not, the answer is chrono's.
+    fn assert_agrees_with_chrono(s: &str) {
+        let general = parse_timestamp_with_chrono(s);
+        if let Some(fast) = parse_common_timestamp(s.as_bytes()) {
+            assert_eq!(general, Ok(fast), "{s:?}");
+        }
+        assert_eq!(parse_timestamp(s), general, "{s:?}");
+    }
+
     #[test]
-    fn the_fast_timestamp_path_agrees_with_chrono() {
+    fn the_fast_timestamp_path_reads_the_common_forms_as_chrono_does() {
         for s in [
             "2025-11-25T14:30:22Z",
+            "2025-11-25T14:30:22+00:00",
+            "2025-11-25 14:30:22Z",
+            "2025-11-25 14:30:22+00:00",
+            "2025-11-25T14:30:22",
+            "2025-11-25 14:30:22",
+            "2025-11-25T14:30:22.123456",
+            "2025-11-25 14:30:22.123456",
+            "2025-11-25T14:30:22.123456Z",
+            "2025-11-25T14:30:22.123456+00:00",
+            "2025-11-25T14:30:22.1",
+            "2025-11-25T14:30:22.12",
+            "2025-11-25T14:30:22.123",
+            "2025-11-25T14:30:22.000001",
+            "2025-11-25T14:30:22.000000",
+            "2025-11-25T14:30:22.999999999Z",
+            "2025-11-25T14:30:22.000000001",
             "2000-02-29T00:00:00Z",
-            "2099-12-31T23:59:59Z",
+            "2024-02-29 23:59:59.5",
+            "1900-03-01T00:00:00",
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999",
         ] {
-            let slow = DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-            assert_eq!(parse_utc_seconds(s), Some(slow), "{s}");
+            assert!(
+                parse_common_timestamp(s.as_bytes()).is_some(),
+                "fast path skips {s:?}"
+            );
+            assert_agrees_with_chrono(s);
+        }
+        let t = parse_timestamp("2025-11-25T14:30:22.123456").unwrap();
+        assert_eq!(t.timestamp_subsec_nanos(), 123_456_000);
+        assert_eq!(parse_timestamp("2025-11-25 14:30:22.123456+00:00"), Ok(t));
+    }
+
+    #[test]
+    fn forms_the_fast_path_leaves_to_chrono_still_parse() {
+        for s in [
+            "2025-11-25T15:30:22+01:00",
+            "2025-11-25T14:30:22-00:00",
+            "2025-11-25t14:30:22z",
+            "2025-11-25T14:30:22.1234567891Z",
+            "2025-11-25T14:30:22.1234567891",
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:60.5Z",
+            "2016-12-31 23:59:60",
+            "2025-1-5T1:2:3",
+            " 2025-11-25T14:30:22",
+        ] {
+            assert_eq!(parse_common_timestamp(s.as_bytes()), None, "{s:?}");
+            assert!(parse_timestamp(s).is_ok(), "{s:?}");
+            assert_agrees_with_chrono(s);
+        }
+        assert_eq!(
+            parse_timestamp("2025-11-25T15:30:22+01:00"),
+            parse_timestamp("2025-11-25T14:30:22Z")
+        );
+    }
+
+    #[test]
+    fn invalid_timestamps_are_refused_by_both_paths() {
+        for s in [
+            "",
+            "yesterday",
+            "2025-11-25",
+            "2025-11-25T14:30",
+            "2025-02-30T00:00:00Z",
+            "2025-02-29 00:00:00",
+            "1900-02-29T00:00:00",
+            "2025-13-01T00:00:00",
+            "2025-00-10 00:00:00",
+            "2025-11-00T00:00:00",
+            "2025-11-31T00:00:00",
+            "2025-11-25T24:00:00Z",
+            "2025-11-25T14:60:00",
+            "2025-11-25T14:30:61",
+            "2025-11-25T14:30:22.",
+            "2025-11-25T14:30:22.Z",
+            "2025-11-25T14:30:22.+00:00",
+            "2025-11-25T14:30:22ZZ",
+            "2025-11-25T14:30:22+00",
+            "2025-11-25T14:30:22+00:0",
+            "2025-11-25T14:30:22+24:00",
+            "2025-11-25T14:30:22.123456Zjunk",
+            "2025-11-25X14:30:22",
+            "2025-11-25T14-30-22",
+            "2025/11/25T14:30:22",
+            "2025-1a-25T14:30:22Z",
+            "+025-11-25T14:30:22Z",
+            "2025-11-25T14:30:22.12345a",
+            "2025-11-25T14:30:22UTC",
+        ] {
+            assert_eq!(parse_common_timestamp(s.as_bytes()), None, "{s:?}");
+            assert!(parse_timestamp(s).is_err(), "{s:?} was accepted");
+            assert_agrees_with_chrono(s);
+        }
+    }
+
+    /// Every month and day field from 00 to 39 of years with and without Feb 29, in every
+    /// separator and suffix the fast path knows.
+    #[test]
+    fn the_fast_timestamp_path_agrees_on_every_calendar_edge() {
+        for year in ["0000", "1900", "2000", "2023", "2024", "2100", "9999"] {
+            for month in 0..=13 {
+                for day in 0..=39 {
+                    for sep in ['T', ' '] {
+                        for tail in ["", "Z", "+00:00", ".5", ".123456", ".5Z"] {
+                            let s = format!("{year}-{month:02}-{day:02}{sep}23:59:59{tail}");
+                            assert_agrees_with_chrono(&s);
+                        }
+                    }
+                }
+            }
+        }
+        for h in 0..=25 {
+            for m in [0, 59, 60] {
+                for sec in [0, 59, 60, 61] {
+                    assert_agrees_with_chrono(&format!("2025-06-15T{h:02}:{m:02}:{sec:02}.25"));
+                }
+            }
+        }
+    }
+
+    /// Random damage to valid timestamps (a digit changed, a character replaced, dropped or
+    /// added), from a fixed seed: both paths give the same answer every time.
+    #[test]
+    fn the_fast_timestamp_path_agrees_on_damaged_input() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let alphabet = b"0123456789-:.+ TZtz";
+        let templates = [
+            "2025-11-25T14:30:22.123456",
+            "2024-02-29 23:59:59",
+            "2025-11-25T14:30:22Z",
+            "2025-11-25T14:30:22.5+00:00",
+        ];
+        let mut fast_answers = 0;
+        for _ in 0..100_000 {
+            let mut b = templates[next(templates.len())].as_bytes().to_vec();
+            for _ in 0..1 + next(2) {
+                let at = next(b.len());
+                match next(4) {
+                    0 => b[at] = alphabet[next(10)],
+                    1 => b[at] = alphabet[next(alphabet.len())],
+                    2 => {
+                        b.remove(at);
+                    }
+                    _ => b.insert(at, alphabet[next(alphabet.len())]),
+                }
+            }
+            let s = String::from_utf8(b).unwrap();
+            fast_answers += usize::from(parse_common_timestamp(s.as_bytes()).is_some());
+            assert_agrees_with_chrono(&s);
+        }
+        // The damage must leave plenty the fast path reads, or this test would prove little.
+        assert!(fast_answers > 10_000, "{fast_answers}");
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        let base = parse_timestamp("2025-11-25T14:30:22Z").unwrap();
+        for nanos in [
+            0,
+            1,
+            999,
+            1_000,
+            100_000,
+            123_456_000,
+            123_000_000,
+            100_000_000,
+            999_999_999,
+            500_000_001,
+        ] {
+            let t = base + chrono::Duration::nanoseconds(nanos);
+            assert_eq!(
+                format_timestamp(&t),
+                t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                "{nanos}"
+            );
         }
         for s in [
-            "2025-11-25T14:30:22Z",
+            "0000-01-01T00:00:00Z",
             "0001-01-01T00:00:00Z",
-            "9999-12-31T23:59:59Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2025-11-25T14:30:22.123456Z",
+            "2025-11-25T14:30:22.120Z",
         ] {
             let t = parse_timestamp(s).unwrap();
+            assert!(TimestampText::new(&t).is_some(), "{s}");
             assert_eq!(
                 format_timestamp(&t),
                 t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
             );
-            assert_eq!(format_timestamp(&t), s);
         }
-        for s in [
-            "2025-02-30T00:00:00Z",
-            "2025-11-25T24:00:00Z",
-            "2025-11-25 14:30:22Z",
-            "2025-1a-25T14:30:22Z",
-            "+025-11-25T14:30:22Z",
-        ] {
-            assert_eq!(parse_utc_seconds(s), None, "{s}");
+        assert_eq!(
+            format_timestamp(&parse_timestamp("2025-11-25T14:30:22.120").unwrap()),
+            "2025-11-25T14:30:22.120Z"
+        );
+        // Outside the fast writer's range, chrono writes.
+        let leap = parse_timestamp("2016-12-31T23:59:60.5Z").unwrap();
+        assert!(TimestampText::new(&leap).is_none());
+        assert_eq!(format_timestamp(&leap), "2016-12-31T23:59:60.500Z");
+        let far = chrono::NaiveDate::from_ymd_opt(10_000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert!(TimestampText::new(&far).is_none());
+        assert_eq!(format_timestamp(&far), "+10000-01-01T00:00:00Z");
+        let mut seed = 88_172_645_463_325_252u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let t = DateTime::from_timestamp(
+                (seed % 253_402_300_800) as i64 - 62_167_219_200,
+                (seed >> 20) as u32 % 1_000_000_000,
+            )
+            .unwrap();
+            assert_eq!(
+                format_timestamp(&t),
+                t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            );
+            assert_eq!(parse_timestamp(&format_timestamp(&t)), Ok(t));
         }
     }
 

@@ -25,6 +25,7 @@ use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::render::Live;
 use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Verdict, Want};
 use crate::ui;
+use crate::{interrupt, parallel};
 
 /// Finished sessions not archived yet that ride along on one call made anyway: enough to
 /// catch up over a few refreshes without making any one of them slow.
@@ -396,7 +397,19 @@ pub struct Collected {
     pub failed_vms: BTreeMap<String, Error>,
 }
 
-/// Asks each VM about its sessions in `plan` (one call per VM, VMs in parallel), keeping the
+/// What one VM answered: probes, archives kept, archives that could not be kept, snapshots.
+type VmAnswer = (
+    HashMap<String, Probe>,
+    Archived,
+    BTreeMap<String, String>,
+    HashMap<String, Snapshot>,
+);
+
+/// One resource group's power-state listing: VM name to power state.
+pub type PowerStates = Result<BTreeMap<String, String>>;
+
+/// Asks each VM about its sessions in `plan` (one call per VM; VMs in parallel, at most
+/// AMPLIHACK_REMOTE_PARALLEL at once), keeping the
 /// archives that come back. Nothing is committed. Only an interrupt is an error; a VM that
 /// does not answer is warned about and listed in `failed_vms`.
 pub fn collect(
@@ -404,72 +417,110 @@ pub fn collect(
     state: &State,
     plan: &BTreeMap<String, Vec<(String, Want)>>,
 ) -> Result<Collected> {
+    collect_with_power(ctx, state, plan, &BTreeSet::new()).0
+}
+
+/// `collect`, with the power-state listings of `power_groups` (one azlin call per resource
+/// group) in the same bounded fan-out: at most AMPLIHACK_REMOTE_PARALLEL azlin calls at once.
+/// The listings' results come back in the order of `power_groups`.
+pub fn collect_with_power(
+    ctx: &Ctx,
+    state: &State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+    power_groups: &BTreeSet<Option<String>>,
+) -> (Result<Collected>, Vec<PowerStates>) {
     let timeout = ctx.settings.timeouts.probe;
     let queued = state.queued_counts();
-    let results = std::thread::scope(|scope| {
-        let handles: Vec<_> = plan
-            .iter()
-            .map(|(vm, asked)| {
-                let vm = ctx.vm_ref(state, vm);
-                let drain = queued.contains_key(vm.name.as_str());
-                scope.spawn(move || {
-                    let targets: Vec<ProbeTarget> = asked
-                        .iter()
-                        .filter_map(|(id, want)| {
-                            let s = state.sessions.get(id)?;
-                            Some(ProbeTarget {
-                                id: &s.session_id,
-                                workspace: &s.workspace,
-                                base_commit: s.base_commit.as_deref(),
-                                want: *want,
-                            })
-                        })
-                        .collect();
-                    let mut input = script::probe_script(&targets, ctx.settings.archive_log_cap);
-                    if drain {
-                        input = drain_queue_first(ctx, input);
-                    }
-                    let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
-                    let answer = out.map(|o| {
-                        warn_stuck(&o.stdout);
-                        let answer = script::parse_probe_answer(&o.stdout);
-                        if let Some(why) = &answer.damaged {
-                            ui::warn(&format!(
-                                "the answer of VM '{}' was damaged: {why}",
-                                vm.name
-                            ));
-                        }
-                        let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
-                        let snapshots: HashMap<String, Snapshot> = answer
-                            .frames
-                            .iter()
-                            .filter(|f| f.kind == FrameKind::Snapshot)
-                            .map(|f| {
-                                (
-                                    f.id.clone(),
-                                    Snapshot {
-                                        commits: f.note_u64("commits"),
-                                        bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
-                                        error: f
-                                            .notes
-                                            .get("bundle_error")
-                                            .or_else(|| f.notes.get("error"))
-                                            .cloned(),
-                                    },
-                                )
-                            })
-                            .collect();
-                        (answer.probes, archived, failures, snapshots)
-                    });
-                    (vm.name, answer)
+    enum Call<'a> {
+        Power(&'a Option<String>),
+        Probe(&'a String, &'a Vec<(String, Want)>),
+    }
+    enum Answer {
+        Power(PowerStates),
+        Probe(String, Result<VmAnswer>),
+    }
+    let calls: Vec<Call> = power_groups
+        .iter()
+        .map(Call::Power)
+        .chain(plan.iter().map(|(vm, asked)| Call::Probe(vm, asked)))
+        .collect();
+    let answers = parallel::map_bounded(&calls, ctx.settings.parallel, |call| match *call {
+        // After Ctrl+C, calls still waiting for their turn do not start.
+        Call::Power(_) if interrupt::requested() => Answer::Power(Err(Error::Interrupted)),
+        Call::Probe(vm, _) if interrupt::requested() => {
+            Answer::Probe(vm.clone(), Err(Error::Interrupted))
+        }
+        Call::Power(rg) => Answer::Power(
+            ctx.transports
+                .azlin
+                .power_states(rg.as_deref(), ctx.settings.timeouts.list),
+        ),
+        Call::Probe(vm, asked) => {
+            let vm = ctx.vm_ref(state, vm);
+            let drain = queued.contains_key(vm.name.as_str());
+            let targets: Vec<ProbeTarget> = asked
+                .iter()
+                .filter_map(|(id, want)| {
+                    let s = state.sessions.get(id)?;
+                    Some(ProbeTarget {
+                        id: &s.session_id,
+                        workspace: &s.workspace,
+                        base_commit: s.base_commit.as_deref(),
+                        want: *want,
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect::<Vec<_>>()
+                .collect();
+            let mut input = script::probe_script(&targets, ctx.settings.archive_log_cap);
+            if drain {
+                input = drain_queue_first(ctx, input);
+            }
+            let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
+            let answer = out.map(|o| {
+                warn_stuck(&o.stdout);
+                let answer = script::parse_probe_answer(&o.stdout);
+                if let Some(why) = &answer.damaged {
+                    ui::warn(&format!(
+                        "the answer of VM '{}' was damaged: {why}",
+                        vm.name
+                    ));
+                }
+                let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
+                let snapshots: HashMap<String, Snapshot> = answer
+                    .frames
+                    .iter()
+                    .filter(|f| f.kind == FrameKind::Snapshot)
+                    .map(|f| {
+                        (
+                            f.id.clone(),
+                            Snapshot {
+                                commits: f.note_u64("commits"),
+                                bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
+                                error: f
+                                    .notes
+                                    .get("bundle_error")
+                                    .or_else(|| f.notes.get("error"))
+                                    .cloned(),
+                            },
+                        )
+                    })
+                    .collect();
+                (answer.probes, archived, failures, snapshots)
+            });
+            Answer::Probe(vm.name, answer)
+        }
     });
+    let mut results = Vec::new();
+    let mut power_results = Vec::new();
+    for answer in answers {
+        match answer {
+            Answer::Power(p) => power_results.push(p),
+            Answer::Probe(vm, r) => results.push((vm, r)),
+        }
+    }
+    (collect_answers(results), power_results)
+}
+
+fn collect_answers(results: Vec<(String, Result<VmAnswer>)>) -> Result<Collected> {
     let mut collected = Collected::default();
     for (vm, result) in results {
         match result {
@@ -560,24 +611,7 @@ pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<R
             failed_vms: BTreeMap::new(),
         });
     }
-    let (collected, power_results) = std::thread::scope(|scope| {
-        let power_handles: Vec<_> = power_groups
-            .iter()
-            .map(|rg| {
-                scope.spawn(move || {
-                    ctx.transports
-                        .azlin
-                        .power_states(rg.as_deref(), ctx.settings.timeouts.list)
-                })
-            })
-            .collect();
-        let collected = collect(ctx, &state, &plan);
-        let power_results: Vec<_> = power_handles
-            .into_iter()
-            .map(|h| h.join().expect("list thread"))
-            .collect();
-        (collected, power_results)
-    });
+    let (collected, power_results) = collect_with_power(ctx, &state, &plan, &power_groups);
     let collected = collected?;
     for (vm, e) in &collected.failed_vms {
         ui::warn(&format!(

@@ -248,14 +248,6 @@ pub fn list_verbose(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> S
     out
 }
 
-#[derive(Serialize)]
-struct ListItem<'a> {
-    #[serde(flatten)]
-    session: &'a Session,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    vm_unreachable: bool,
-}
-
 /// Writes sessions as a JSON array with the state file's field names (plus `vm_unreachable`
 /// where it holds). Streams into `out`, so a large list never sits in memory twice.
 pub fn write_list_json<W: std::io::Write + ?Sized>(
@@ -263,20 +255,9 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     sessions: &[&Session],
     live: &Live,
 ) -> std::io::Result<()> {
-    let unreachable = |s: &Session| s.status.is_active() && live.unreachable.contains(&s.vm_name);
-    if sessions.iter().any(|s| unreachable(s)) {
-        let items: Vec<ListItem> = sessions
-            .iter()
-            .map(|s| ListItem {
-                session: s,
-                vm_unreachable: unreachable(s),
-            })
-            .collect();
-        serde_json::to_writer_pretty(&mut *out, &items)?;
-    } else {
-        // The common case skips the wrapper, whose flattening costs ~10% on large lists.
-        serde_json::to_writer_pretty(&mut *out, sessions)?;
-    }
+    crate::pretty_json::write_sessions(out, sessions, |s| {
+        s.status.is_active() && live.unreachable.contains(&s.vm_name)
+    })?;
     out.write_all(b"\n")
 }
 
@@ -662,10 +643,19 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
     out
 }
 
+/// Writes the status as pretty JSON. Streams into `out`.
+pub fn write_status_json<W: std::io::Write + ?Sized>(
+    out: &mut W,
+    status: &PoolStatus,
+) -> std::io::Result<()> {
+    crate::pretty_json::write_pool_status(out, status)?;
+    out.write_all(b"\n")
+}
+
 pub fn status_json(status: &PoolStatus) -> String {
-    let mut out = serde_json::to_string_pretty(status).expect("status serializes");
-    out.push('\n');
-    out
+    let mut out = Vec::new();
+    write_status_json(&mut out, status).expect("writing to memory");
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 /// The header `output` prints above the captured text.

@@ -118,6 +118,10 @@ fn malformed_environment_variables_exit_2_naming_the_variable() {
         ("AMPLIHACK_REMOTE_BACKEND", "gcp"),
         ("AZURE_REGION", "East US"),
         ("AMPLIHACK_REMOTE_TIMEOUT", "soon"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "0"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "-2"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "1.5"),
+        ("AMPLIHACK_REMOTE_PARALLEL", "many"),
     ] {
         let mut env = TestEnv::new();
         env.set(k, v);
@@ -251,6 +255,27 @@ fn a_rewrite_keeps_unknown_fields_and_writes_utc_timestamps() {
             & 0o777,
         0o600
     );
+}
+
+/// Timestamps we record are whole seconds; a rewrite keeps the fractions the Python original
+/// wrote (docs/state-file.md says why).
+#[test]
+fn a_rewrite_keeps_python_fractions_and_records_whole_seconds() {
+    let env = TestEnv::new();
+    env.write_state(PYTHON_STATE);
+    let o = env.run(&["kill", "sess-20251125-143022-abc", "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st = env.state();
+    let killed = &st["sessions"]["sess-20251125-143022-abc"];
+    assert_eq!(killed["created_at"], "2025-11-25T14:30:22.123456Z");
+    assert!(
+        is_whole_second_utc(&killed["completed_at"]),
+        "{}",
+        killed["completed_at"]
+    );
+    let untouched = &st["sessions"]["sess-20251125-143025-def"];
+    assert_eq!(untouched["created_at"], "2025-11-25T14:30:25Z");
+    assert!(untouched["completed_at"].is_null());
 }
 
 #[test]

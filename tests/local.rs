@@ -96,6 +96,25 @@ fn the_whole_lifecycle_runs_on_this_machine() {
 }
 
 #[test]
+fn recorded_timestamps_are_whole_seconds() {
+    let env = TestEnv::local();
+    let out = env.run(&["start", "--no-context", "--json", "EXIT=0"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    env.wait_finished(&id);
+    let st = env.state();
+    let s = &st["sessions"][&id];
+    for field in ["created_at", "started_at", "completed_at"] {
+        assert!(is_whole_second_utc(&s[field]), "{field}: {}", s[field]);
+    }
+    assert!(
+        is_whole_second_utc(&st["vm_pool"]["local"]["created_at"]),
+        "{}",
+        st["vm_pool"]["local"]["created_at"]
+    );
+}
+
+#[test]
 fn with_no_queue_a_full_local_pool_fails_the_extra_prompts_without_holding_slots() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "2");

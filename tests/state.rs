@@ -12,6 +12,7 @@ fn assert_corrupt_everywhere(env: &TestEnv, content: &[u8], detail: &str) {
     std::fs::write(env.state_path(), content).unwrap();
     for args in [
         &["list"][..],
+        &["list", "--no-refresh", "--json"],
         &["status"],
         &["start", "--no-context", "x"],
         &["kill", "sess-1"],
@@ -246,4 +247,109 @@ fn sixteen_concurrent_starts_all_land() {
         );
     }
     assert!(sessions.values().all(|s| s["status"] != "pending"));
+}
+
+/// Two state files in one directory: their writers take different locks and run at once, so
+/// neither may touch the other's temp files. Every transaction of every writer lands.
+#[test]
+fn state_files_sharing_a_directory_never_delete_each_others_temp_files() {
+    const WRITERS_PER_FILE: usize = 12;
+    const VMS_PER_WRITER: usize = 4;
+    let mut env = TestEnv::new();
+    // Every azlin call succeeds at once: what remains is state transactions, one to reserve
+    // the VMs and one per VM to commit it.
+    env.set("AMPLIHACK_AZLIN", "true");
+    let dir = env.root().join("shared");
+    let files = ["a.json", "b.json"];
+    let children: Vec<_> = (0..WRITERS_PER_FILE)
+        .flat_map(|_| files)
+        .map(|file| {
+            env.std_cmd(&["prime", "--count", &VMS_PER_WRITER.to_string(), "--json"])
+                .env("AMPLIHACK_REMOTE_STATE", dir.join(file))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for file in files {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
+        let vms = st["vm_pool"].as_object().unwrap();
+        assert_eq!(vms.len(), WRITERS_PER_FILE * VMS_PER_WRITER, "{file}");
+        assert!(
+            vms.values().all(|v| v.get("state").is_none()),
+            "{file}: a VM was left provisioning or failed"
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a.json", "a.json.lock", "b.json", "b.json.lock"]);
+}
+
+/// `~/...` is the same file from every directory; a relative path is refused before anything
+/// is read or written.
+#[test]
+fn the_state_setting_expands_tilde_and_refuses_relative_paths() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_REMOTE_STATE", "~/pools/remote.json");
+    let o = env.run(&["start", "--no-context", "--json", "EXIT=0"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let id = started_ids(&o).remove(0);
+    assert!(env.home().join("pools/remote.json").exists());
+    assert!(!env.work().join("~").exists());
+    for dir in [
+        env.work(),
+        env.root().to_path_buf(),
+        std::path::PathBuf::from("/"),
+    ] {
+        let o = env
+            .cmd()
+            .current_dir(&dir)
+            .args(["remote", "list", "--json", "--no-refresh"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&id),
+            "from {}: {}",
+            dir.display(),
+            stdout(&o)
+        );
+    }
+
+    for relative in ["remote.json", "./state/remote.json", "~other/remote.json"] {
+        env.set("AMPLIHACK_REMOTE_STATE", relative);
+        for args in [&["list"][..], &["start", "--no-context", "EXIT=0"]] {
+            let o = env.run(args);
+            assert_eq!(code(&o), 2, "{relative} {args:?}: {}", stderr(&o));
+            assert_eq!(
+                stderr(&o),
+                format!(
+                    "Error: invalid AMPLIHACK_REMOTE_STATE={relative:?}: a relative path names a different file in every directory; set AMPLIHACK_REMOTE_STATE to an absolute path (or one starting with ~/)\n"
+                )
+            );
+        }
+    }
+    let mut made: Vec<_> = std::fs::read_dir(env.work())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    made.sort();
+    assert!(
+        made.is_empty(),
+        "created in the working directory: {made:?}"
+    );
 }

@@ -6,8 +6,16 @@ use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
-    let refresh::Refreshed { state, live, .. } =
-        refresh::current(ctx, args.refresh.no_refresh, false)?;
+    let refresh::Refreshed { state, live, .. } = if args.refresh.no_refresh {
+        // Sessions are all `list` shows: the VM entries are checked, not built.
+        refresh::Refreshed {
+            state: ctx.store.load_sessions_only()?,
+            live: render::Live::default(),
+            failed_vms: Default::default(),
+        }
+    } else {
+        refresh::current(ctx, false, false)?
+    };
     let filter = status_filter(args.status);
     let rows = render::sessions_newest_first(&state, filter.as_ref());
     let now = ctx.now();

@@ -16,7 +16,7 @@ pub mod status;
 pub mod sync;
 pub mod wait;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::archive::ArchiveStore;
 use crate::cli::{RemoteCommand, StatusFilter};
@@ -74,8 +74,9 @@ impl Ctx {
         }))
     }
 
+    /// Every timestamp we record comes from here: whole seconds, the specification's form.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        whole_seconds(Utc::now())
     }
 
     /// How every call must address `vm`: its backend, and the resource group it was created
@@ -115,6 +116,11 @@ impl Ctx {
         self.transport(vm)
             .run_script(vm, input, timeout, on_interrupt)
     }
+}
+
+/// `t` without its fraction of a second (truncated, so never in the future).
+pub fn whole_seconds(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(0)
 }
 
 pub fn dispatch(command: RemoteCommand) -> Result<()> {
@@ -160,4 +166,22 @@ pub fn find_session<'a>(state: &'a State, id: &str) -> Result<&'a Session> {
         .sessions
         .get(id)
         .ok_or_else(|| Error::SessionNotFound(id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{format_timestamp, parse_timestamp};
+
+    #[test]
+    fn recorded_times_are_whole_seconds() {
+        let t = parse_timestamp("2025-11-25T14:30:22.999999999Z").unwrap();
+        assert_eq!(format_timestamp(&whole_seconds(t)), "2025-11-25T14:30:22Z");
+        let t = parse_timestamp("2025-11-25T14:30:22Z").unwrap();
+        assert_eq!(whole_seconds(t), t);
+        let now = Utc::now();
+        let truncated = whole_seconds(now);
+        assert_eq!(truncated.timestamp_subsec_nanos(), 0);
+        assert!(truncated <= now && now - truncated < chrono::Duration::seconds(1));
+    }
 }

@@ -6,7 +6,7 @@ use crate::cli::PrimeArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
-use crate::{pool, progress, provision, ui};
+use crate::{interrupt, parallel, pool, progress, provision, ui};
 
 #[derive(Serialize)]
 struct Primed {
@@ -51,32 +51,28 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
         "Priming {count} VM(s) ({}, {}) in {region}...",
         size.letter, size.sku
     ));
-    let outcomes: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .iter()
-            .map(|name| {
-                let region = &region;
-                scope.spawn(move || {
-                    let outcome = provision::create_vm(ctx, name, size.sku, region);
-                    match &outcome {
-                        Ok(got) => progress::vm(name).finish(
-                            progress::Outcome::Done,
-                            &format!("ready in {got}, {} slot(s)", size.max_sessions),
-                        ),
-                        Err(e) => {
-                            progress::vm(name).finish(progress::Outcome::Failed, &e.to_string())
-                        }
-                    }
-                    let committed = provision::commit_vm(ctx, name, &outcome);
-                    (name.clone(), committed.and(outcome))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("prime thread"))
-            .collect()
-    });
+    // At most AMPLIHACK_REMOTE_PARALLEL `azlin new` at once.
+    let outcomes: Vec<(String, Result<String>)> =
+        parallel::map_bounded(&names, ctx.settings.parallel, |name| {
+            // Ctrl+C before this VM's turn: nothing was started, so its reservation goes.
+            if interrupt::requested() {
+                let dropped = ctx.store.update(|st| {
+                    st.vm_pool.remove(name);
+                    Ok(())
+                });
+                return (name.clone(), dropped.and(Err(Error::Interrupted)));
+            }
+            let outcome = provision::create_vm(ctx, name, size.sku, &region);
+            match &outcome {
+                Ok(got) => progress::vm(name).finish(
+                    progress::Outcome::Done,
+                    &format!("ready in {got}, {} slot(s)", size.max_sessions),
+                ),
+                Err(e) => progress::vm(name).finish(progress::Outcome::Failed, &e.to_string()),
+            }
+            let committed = provision::commit_vm(ctx, name, &outcome);
+            (name.clone(), committed.and(outcome))
+        });
     let state = ctx.store.load()?;
     let mut report = Vec::new();
     let mut first_error = None;

@@ -17,7 +17,7 @@ use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, State, VmState};
-use crate::{model, pool, refresh, render, ui};
+use crate::{interrupt, model, parallel, pool, refresh, render, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -184,31 +184,25 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         reserve(ctx, &chosen, args.force, &missing)?
     };
 
-    let results: Vec<(String, Result<()>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = to_delete
-            .iter()
-            .map(|name| {
-                let gone = missing.contains(name);
-                let vm = ctx.vm_ref(&refreshed.state, name);
-                scope.spawn(move || {
-                    if gone {
-                        return (name.clone(), Ok(()));
-                    }
-                    ui::progress(&format!("Deleting VM {name}..."));
-                    (
-                        name.clone(),
-                        ctx.transports
-                            .azlin
-                            .delete_vm(&vm, ctx.settings.timeouts.delete),
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("delete thread"))
-            .collect()
-    });
+    // At most AMPLIHACK_REMOTE_PARALLEL `azlin kill` at once.
+    let results: Vec<(String, Result<()>)> =
+        parallel::map_bounded(&to_delete, ctx.settings.parallel, |name| {
+            if missing.contains(name) {
+                return (name.clone(), Ok(()));
+            }
+            // After Ctrl+C, deletions still waiting for their turn do not start.
+            if interrupt::requested() {
+                return (name.clone(), Err(Error::Interrupted));
+            }
+            let vm = ctx.vm_ref(&refreshed.state, name);
+            ui::progress(&format!("Deleting VM {name}..."));
+            (
+                name.clone(),
+                ctx.transports
+                    .azlin
+                    .delete_vm(&vm, ctx.settings.timeouts.delete),
+            )
+        });
     let now = ctx.now();
     let kept_watching: BTreeSet<String> = if results.is_empty() {
         BTreeSet::new()
@@ -342,25 +336,20 @@ fn confirmed_gone(ctx: &Ctx, refreshed: &refresh::Refreshed) -> Result<BTreeSet<
         })
         .map(|(name, _)| name.clone())
         .collect();
-    let answers: Vec<(String, Result<bool>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = unlisted
-            .iter()
-            .map(|name| {
-                let vm = ctx.vm_ref(&refreshed.state, name);
-                scope.spawn(move || {
-                    let exists = ctx
-                        .transports
-                        .azlin
-                        .vm_exists(&vm, ctx.settings.timeouts.list);
-                    (vm.name, exists)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("show thread"))
-            .collect()
-    });
+    // At most AMPLIHACK_REMOTE_PARALLEL `azlin show` at once.
+    let answers: Vec<(String, Result<bool>)> =
+        parallel::map_bounded(&unlisted, ctx.settings.parallel, |name| {
+            // After Ctrl+C, calls still waiting for their turn do not start.
+            if interrupt::requested() {
+                return (name.clone(), Err(Error::Interrupted));
+            }
+            let vm = ctx.vm_ref(&refreshed.state, name);
+            let exists = ctx
+                .transports
+                .azlin
+                .vm_exists(&vm, ctx.settings.timeouts.list);
+            (vm.name, exists)
+        });
     let mut gone = BTreeSet::new();
     for (name, answer) in answers {
         match answer {

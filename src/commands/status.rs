@@ -10,14 +10,14 @@ pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
         refresh::current(ctx, args.refresh.no_refresh, true)?;
     let now = ctx.now();
     let status = render::pool_status(&state, &live, &ctx.settings.prices, now);
-    let text = if args.json {
-        render::status_json(&status)
+    if args.json {
+        ui::write_stdout(|out| render::write_status_json(out, &status))?;
     } else {
-        render::status_text_report(&status, now)
-    };
-    ui::print(&text)?;
-    // The process ends next: freeing thousands of sessions one by one would cost ~10% of
-    // the command's time for nothing.
+        ui::print(&render::status_text_report(&status, now))?;
+    }
+    // The process ends next: freeing thousands of sessions and VMs one by one would cost
+    // ~10% of the command's time for nothing.
+    std::mem::forget(status);
     std::mem::forget(state);
     Ok(())
 }

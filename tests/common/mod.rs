@@ -467,6 +467,21 @@ pub fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// Whether `v` is a timestamp in the specification's form, `2025-11-25T14:30:22Z`.
+pub fn is_whole_second_utc(v: &Value) -> bool {
+    let Some(s) = v.as_str() else {
+        return false;
+    };
+    s.len() == 20
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            10 => b == b'T',
+            13 | 16 => b == b':',
+            19 => b == b'Z',
+            _ => b.is_ascii_digit(),
+        })
+}
+
 /// Ids of the sessions `start --json` reported.
 pub fn started_ids(o: &Output) -> Vec<String> {
     let v: Value =
