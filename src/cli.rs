@@ -296,8 +296,8 @@ pub struct PrimeArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Delete VMs idle for longer than this many minutes
-    #[arg(long, default_value_t = 30)]
+    /// Delete VMs idle for longer than this many minutes (at most ten years)
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=5_256_000))]
     pub idle_minutes: u64,
     /// Show what would be deleted, delete nothing
     #[arg(long)]
@@ -366,8 +366,8 @@ pub struct WaitArgs {
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err("expected a number of seconds above 0".into()),
+        Ok(v) if v.is_finite() && v > 0.0 && v <= crate::config::MAX_SECONDS => Ok(v),
+        _ => Err("expected a number of seconds above 0, at most a year (31536000)".into()),
     }
 }
 
@@ -493,6 +493,8 @@ mod tests {
             &["remote", "kill", "../etc"],
             &["remote", "kill", "-f", "sess-1"],
             &["remote", "wait", "--timeout", "0"],
+            &["remote", "wait", "--timeout", "1e308"],
+            &["remote", "prune", "--idle-minutes", "18446744073709551615"],
             &["remote", "wait", "--timeout", "soon"],
             &["remote", "wait", "--all", "sess-1"],
             &["remote", "wait", "sess;1"],

@@ -89,6 +89,23 @@ fn number<T: std::str::FromStr + PartialOrd + Default>(
     }
 }
 
+/// The longest duration a setting may name: a year. Beyond it (1e308, say) a duration cannot
+/// even be represented, and no wait of ours is meant to last that long.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A number of seconds above 0 and at most a year, from the environment.
+fn seconds(name: &str) -> Result<Option<Duration>> {
+    match var(name) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 && n <= MAX_SECONDS => {
+                Ok(Some(Duration::from_secs_f64(n)))
+            }
+            _ => Err(bad(name, &v, "a number of seconds above 0, at most a year")),
+        },
+    }
+}
+
 impl Settings {
     pub fn from_env() -> Result<Self> {
         let backend = match var("AMPLIHACK_REMOTE_BACKEND").as_deref() {
@@ -134,30 +151,14 @@ impl Settings {
         let kill_grace_secs =
             number::<u32>("AMPLIHACK_REMOTE_KILL_GRACE", "a number of seconds above 0")?
                 .unwrap_or(10);
-        let follow_interval = number::<f64>(
-            "AMPLIHACK_REMOTE_FOLLOW_INTERVAL",
-            "a number of seconds above 0",
-        )?
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_millis(200));
-        let stream_silence = number::<f64>(
-            "AMPLIHACK_REMOTE_STREAM_TIMEOUT",
-            "a number of seconds above 0",
-        )?
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(45));
-        let reconnect_for = number::<f64>(
-            "AMPLIHACK_REMOTE_RECONNECT_FOR",
-            "a number of seconds above 0",
-        )?
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(300));
-        let new_vm_ssh_retry_delay = number::<f64>(
-            "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
-            "a number of seconds above 0",
-        )?
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(15));
+        let follow_interval =
+            seconds("AMPLIHACK_REMOTE_FOLLOW_INTERVAL")?.unwrap_or(Duration::from_millis(200));
+        let stream_silence =
+            seconds("AMPLIHACK_REMOTE_STREAM_TIMEOUT")?.unwrap_or(Duration::from_secs(45));
+        let reconnect_for =
+            seconds("AMPLIHACK_REMOTE_RECONNECT_FOR")?.unwrap_or(Duration::from_secs(300));
+        let new_vm_ssh_retry_delay =
+            seconds("AMPLIHACK_REMOTE_SSH_RETRY_DELAY")?.unwrap_or(Duration::from_secs(15));
         let prices = match var("AMPLIHACK_REMOTE_PRICES") {
             None => PriceTable::default(),
             Some(text) => PriceTable::with_overrides(&text).map_err(|e| {

@@ -122,6 +122,10 @@ fn malformed_environment_variables_exit_2_naming_the_variable() {
         ("AMPLIHACK_REMOTE_PARALLEL", "-2"),
         ("AMPLIHACK_REMOTE_PARALLEL", "1.5"),
         ("AMPLIHACK_REMOTE_PARALLEL", "many"),
+        ("AMPLIHACK_REMOTE_STREAM_TIMEOUT", "1e308"),
+        ("AMPLIHACK_REMOTE_RECONNECT_FOR", "99999999999999999999"),
+        ("AMPLIHACK_REMOTE_FOLLOW_INTERVAL", "0"),
+        ("AMPLIHACK_REMOTE_SSH_RETRY_DELAY", "inf"),
     ] {
         let mut env = TestEnv::new();
         env.set(k, v);

@@ -162,16 +162,19 @@ fn reserve(
                 UNPLACED_VM.to_string(),
                 false,
                 SessionStatus::Failed,
-                Some(format!(
-                    "no free slot in the pool, which may not grow past {} VM(s) in {}{}; raise --max-vms, or let it queue",
-                    target.max_vms.unwrap_or(0),
-                    target.region,
-                    if target.queue {
-                        " and has no ready VM to queue on"
-                    } else {
-                        ", and --no-queue"
-                    }
-                )),
+                Some(if target.queue {
+                    format!(
+                        "the pool may not grow past {} VM(s) in {}, and none of them is ready to queue on yet (still being provisioned); try again in a few minutes, or raise --max-vms",
+                        target.max_vms.unwrap_or(0),
+                        target.region
+                    )
+                } else {
+                    format!(
+                        "no free slot in the pool, which may not grow past {} VM(s) in {}, and --no-queue; raise --max-vms, or let it queue",
+                        target.max_vms.unwrap_or(0),
+                        target.region
+                    )
+                }),
             ),
         };
         let finished = !status.is_active();
@@ -608,17 +611,21 @@ fn launch_all(
             .map(|job| {
                 scope.spawn(move || {
                     let outcomes = launch_on_vm(ctx, job, target, args, repo);
-                    let running = outcomes
-                        .iter()
-                        .filter(|(_, o)| matches!(o, Outcome::Launched { .. }))
-                        .count();
+                    let count =
+                        |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
+                    let running = count(|o| matches!(o, Outcome::Launched { .. }));
+                    let queued = count(|o| matches!(o, Outcome::Queued { .. }));
+                    let detail = match queued {
+                        0 => format!("{running} of {} session(s) running", outcomes.len()),
+                        q => format!("{running} running, {q} queued, of {}", outcomes.len()),
+                    };
                     progress::vm(&job.vm).finish(
-                        if running == outcomes.len() {
+                        if running + queued == outcomes.len() {
                             progress::Outcome::Done
                         } else {
                             progress::Outcome::Failed
                         },
-                        &format!("{running} of {} session(s) running", outcomes.len()),
+                        &detail,
                     );
                     commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
                 })
