@@ -253,3 +253,60 @@ fn queued_work_left_without_a_supervisor_is_started_by_the_next_command() {
     );
     assert_eq!(env.session(&ids[0])["status"], "failed");
 }
+
+/// A VM slow to start tmux sessions: between leaving the queue and having a supervisor, a
+/// session must never look dead to `wait`, a refresh or `kill` (found by review: completed
+/// sessions were recorded failed, wait hung, a kill was lost).
+#[test]
+fn a_session_on_its_way_out_of_the_queue_never_looks_dead() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let slow_tmux = env.root().join("bin/tmux");
+    std::fs::write(
+        &slow_tmux,
+        "#!/bin/sh\n[ \"$1\" = new-session ] && sleep 1.5\nexec /usr/bin/tmux \"$@\"\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&slow_tmux)
+        .status()
+        .unwrap();
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=1 A", "SLEEP=2 B"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ids = started_ids(&out);
+    let out = env.run(&["wait", "--timeout", "60"]);
+    assert_eq!(code(&out), 0, "{}\n{}", stdout(&out), stderr(&out));
+    for id in &ids {
+        assert_eq!(
+            env.session(id)["status"],
+            "completed",
+            "{}",
+            env.session(id)
+        );
+    }
+    // And a kill racing the start from the queue reaches the agent.
+    let out = env.run(&[
+        "start",
+        "--no-context",
+        "--json",
+        "SLEEP=1 C",
+        "TRAP SLEEP=30 D",
+    ]);
+    let ids = started_ids(&out);
+    let queued = env
+        .home()
+        .join(".amplihack/remote/sessions")
+        .join(&ids[1])
+        .join("queued");
+    env.wait_for("D to leave the queue", Duration::from_secs(30), || {
+        !queued.exists()
+    });
+    let out = env.run(&["kill", &ids[1]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.session(&ids[1])["status"], "killed", "{}", stdout(&out));
+    env.wait_for("D's agent to end", Duration::from_secs(30), || {
+        std::fs::read_to_string(env.agent_record("local", &ids[1]).join("signals"))
+            .is_ok_and(|s| s.contains("TERM"))
+    });
+}

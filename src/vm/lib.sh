@@ -172,13 +172,14 @@ start_supervisor() {
   fi
 }
 
-# How many sessions of this VM run now: not finished, not queued, and their supervisor or
-# their agent's group alive (identities verified).
+# How many sessions of this VM run now: not finished, and their supervisor or their agent's
+# group alive (identities verified). A session still marked `queued` counts once it has a live
+# supervisor: its drainer may have died between starting it and clearing the mark.
 running_count() {
   local n=0 d pid aid spid sid
   for d in "$base/sessions"/*/; do
     d=${d%/}
-    [ -f "$d/exit_code" ] || [ -e "$d/queued" ] || [ ! -e "$d/supervisor.pid" ] && continue
+    [ -f "$d/exit_code" ] || [ ! -e "$d/supervisor.pid" ] && continue
     read_into pid "$d/agent.pid"
     read_into aid "$d/agent.id"
     read_into spid "$d/supervisor.pid"
