@@ -114,11 +114,10 @@ fn kill_group(pid: u32) {
     }
 }
 
-/// Runs a command to completion. The child leads its own process group, so a timeout or an
-/// abort stops everything it started, and the terminal's Ctrl+C reaches only us.
-pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
-    let mut command = Command::new(&cmd.program);
-    command
+/// Starts `cmd` as the leader of its own process group, with stdout and stderr piped and its
+/// stdin bytes (if any) written from a thread of their own.
+fn spawn(cmd: &Cmd) -> std::result::Result<std::process::Child, RunError> {
+    let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .stdin(if cmd.stdin.is_some() {
@@ -128,15 +127,23 @@ pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = command.spawn().map_err(RunError::Spawn)?;
-    let pid = child.id();
+        .process_group(0)
+        .spawn()
+        .map_err(RunError::Spawn)?;
     if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
         // A child that exits early closes its end; the write error is expected then.
         thread::spawn(move || {
             let _ = pipe.write_all(&data);
         });
     }
+    Ok(child)
+}
+
+/// Runs a command to completion. The child leads its own process group, so a timeout or an
+/// abort stops everything it started, and the terminal's Ctrl+C reaches only us.
+pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
+    let mut child = spawn(cmd)?;
+    let pid = child.id();
     let (out_buf, out_thread) = drain(child.stdout.take().expect("piped stdout"));
     let (err_buf, err_thread) = drain(child.stderr.take().expect("piped stderr"));
 
@@ -194,25 +201,8 @@ pub fn run_streaming(
     on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> std::result::Result<Result<Output>, RunError> {
     use std::sync::mpsc;
-    let mut command = Command::new(&cmd.program);
-    command
-        .args(&cmd.args)
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if cmd.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = command.spawn().map_err(RunError::Spawn)?;
+    let mut child = spawn(cmd)?;
     let pid = child.id();
-    if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
-        thread::spawn(move || {
-            let _ = pipe.write_all(&data);
-        });
-    }
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut stdout = child.stdout.take().expect("piped stdout");
     let reader = thread::spawn(move || {

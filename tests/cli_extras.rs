@@ -731,14 +731,10 @@ fn prime_reports_each_vm_done_or_failed() {
 #[test]
 fn on_a_terminal_each_vm_has_a_live_line_on_stderr() {
     let env = TestEnv::new();
-    let envs: Vec<String> = env
-        .env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
-        .collect();
+    let envs = env.env_words();
     let start = format!(
         "env -i TERM=xterm {} {} remote start --no-context --size m a b c >{}/report.txt",
-        envs.join(" "),
+        envs,
         this_binary().display(),
         env.root().display()
     );

@@ -351,14 +351,10 @@ fn attach_on_a_terminal_shows_the_session_and_detaches() {
     env.wait_for("agent output", Duration::from_secs(20), || {
         stdout(&env.run(&["output", &id, "--raw"])).contains("agent line 3")
     });
-    let envs: Vec<String> = env
-        .env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
-        .collect();
+    let envs = env.env_words();
     let cmd = format!(
         "env -i TERM=\"$TERM\" {} {} remote attach {id}; echo attach-exit=$?; sleep 30",
-        envs.join(" "),
+        envs,
         assert_cmd::cargo::cargo_bin("amplihack").display()
     );
     let terminal = Terminal::new(&env, "outer", &cmd);
@@ -376,15 +372,11 @@ fn attach_on_a_terminal_shows_the_session_and_detaches() {
 fn prune_on_a_terminal_asks_first() {
     let env = TestEnv::new();
     let vms = env.prime(1, "s");
-    let envs: Vec<String> = env
-        .env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
-        .collect();
+    let envs = env.env_words();
     let bin = assert_cmd::cargo::cargo_bin("amplihack");
     let prune = format!(
         "env -i TERM=\"$TERM\" {} {} remote prune --idle-minutes 0",
-        envs.join(" "),
+        envs,
         bin.display()
     );
     let terminal = Terminal::new(

@@ -431,15 +431,11 @@ fn concurrent_starts_onto_one_vm_with_a_repository_all_launch() {
 fn attach_goes_through_azlins_tmux_attach_and_refuses_ended_sessions() {
     let env = TestEnv::new();
     let s = env.start_running("LINES=3 SLEEP=60");
-    let envs: Vec<String> = env
-        .env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
-        .collect();
+    let envs = env.env_words();
     let attach = |id: &str| {
         format!(
             "env -i TERM=\"$TERM\" {} {} remote attach {id}; echo attach-exit=$?; sleep 30",
-            envs.join(" "),
+            envs,
             assert_cmd::cargo::cargo_bin("amplihack").display()
         )
     };
@@ -504,14 +500,10 @@ fn output_of_a_session_gone_from_its_vm_exits_3() {
 fn the_stand_in_gives_a_remote_command_no_terminal() {
     let env = TestEnv::new();
     let vm = env.prime(1, "s").remove(0);
-    let envs: Vec<String> = env
-        .env()
-        .into_iter()
-        .map(|(k, v)| format!("{k}='{v}'"))
-        .collect();
+    let envs = env.env_words();
     let cmd = format!(
         "env -i TERM=\"$TERM\" AZLIN_NO_UPDATE_CHECK=1 {} azlin connect {vm} --no-tmux --no-reconnect --no-status -- 'if [ -t 0 ] || [ -t 1 ]; then echo has-tty; else echo no-tty; fi; tmux new-session -d -s x sleep 30; tmux attach -t x'; echo exit=$?; sleep 30",
-        envs.join(" ")
+        envs
     );
     let terminal = Terminal::new(&env, "outer", &cmd);
     let screen = terminal.wait_for("exit=", false);

@@ -130,6 +130,15 @@ impl TestEnv {
         c
     }
 
+    /// This test's environment as `K='V' ...` words, for a command line run in a terminal.
+    pub fn env_words(&self) -> String {
+        self.env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}='{v}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Runs `amplihack remote ARGS...`. Whatever it prints must never hold the API key.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut c = self.cmd();
