@@ -120,35 +120,47 @@ fn session_dirs(env: &TestEnv) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// Whether the session's agent group has a live member whose identity matches the record.
-fn agent_alive(dir: &Path) -> bool {
-    let (Some(pid), Some(id)) = (
-        read_line(&dir.join("agent.pid")),
-        read_line(&dir.join("agent.id")),
-    ) else {
-        return false;
-    };
-    let want = id.rsplit(' ').next().unwrap_or_default().to_string();
-    if let Some(ticks) = start_ticks(&pid) {
-        return ticks == want;
+/// The agents alive right now, by VM: every live process that carries a session's
+/// `AMPLIHACK_SESSION_ID` (agents and their children inherit it) with a stand-in VM's HOME.
+/// Read from the process table itself, so neither a pid reused by another process nor a
+/// record the VM never wrote can mislead it.
+fn running_agents(env: &TestEnv) -> BTreeMap<String, BTreeSet<String>> {
+    let vms = env.azlin_home().join("vms");
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if start_ticks(pid).is_none() {
+            continue; // gone, or a zombie
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut session = None;
+        let mut home = None;
+        for var in environ.split(|b| *b == 0) {
+            let var = String::from_utf8_lossy(var);
+            if let Some(id) = var.strip_prefix("AMPLIHACK_SESSION_ID=") {
+                session = Some(id.to_string());
+            } else if let Some(h) = var.strip_prefix("HOME=") {
+                home = Some(PathBuf::from(h));
+            }
+        }
+        if let (Some(id), Some(home)) = (session, home)
+            && let Ok(rest) = home.strip_prefix(&vms)
+            && let Some(vm) = rest.components().next()
+        {
+            out.entry(vm.as_os_str().to_string_lossy().into_owned())
+                .or_default()
+                .insert(id);
+        }
     }
-    // The leader is gone: any live member of its group?
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        .any(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = s[s.rfind(')')? + 2..].to_string();
-                    let f: Vec<&str> = after.split_whitespace().collect();
-                    Some(f.first() != Some(&"Z") && f.get(2) == Some(&pid.as_str()))
-                })
-                .unwrap_or(false)
-        })
+    out
 }
 
 fn capacity_of(env: &TestEnv, vm: &str) -> usize {
@@ -259,16 +271,13 @@ fn monkey(w: &World) {
 /// Throughout the run: no VM ever runs more agents than its capacity.
 fn sampler(w: &World) {
     while w.running() {
-        let mut per_vm: BTreeMap<String, usize> = BTreeMap::new();
-        for (vm, dir) in session_dirs(&w.env) {
-            if agent_alive(&dir) {
-                *per_vm.entry(vm).or_default() += 1;
-            }
-        }
-        for (vm, n) in per_vm {
+        for (vm, sessions) in running_agents(&w.env) {
             let cap = capacity_of(&w.env, &vm);
-            if n > cap {
-                w.violation(format!("{vm} runs {n} agents, capacity {cap}"));
+            if sessions.len() > cap {
+                w.violation(format!(
+                    "{vm} runs the agents of {} sessions, capacity {cap}: {sessions:?}",
+                    sessions.len()
+                ));
             }
         }
         std::thread::sleep(Duration::from_millis(150));
@@ -375,17 +384,20 @@ fn chaos_keeps_every_invariant() {
         }
     }
     // No agent alive that the state does not call running (all settled: none may live).
-    for (vm, dir) in session_dirs(env) {
-        assert!(
-            !agent_alive(&dir),
-            "seed {seed}: an agent of {} on {vm} runs, state says {}",
-            dir.display(),
-            sessions
-                .get(&*dir.file_name().unwrap().to_string_lossy())
+    let mut still_running = Vec::new();
+    for (vm, ids) in running_agents(env) {
+        for id in ids {
+            let status = sessions
+                .get(&id)
                 .map(|s| s["status"].to_string())
-                .unwrap_or_else(|| "nothing".into())
-        );
+                .unwrap_or_else(|| "nothing".into());
+            still_running.push(format!("{id} on {vm} (state: {status})"));
+        }
     }
+    assert!(
+        still_running.is_empty(),
+        "seed {seed}: agents run that the state does not call running: {still_running:?}"
+    );
     // No session of a VM that still exists is unaccounted for on the VM side either.
     let on_vms: BTreeSet<String> = session_dirs(env)
         .into_iter()

@@ -52,7 +52,7 @@ session_facts() {
     read_into aid "$d/agent.id"
     read_into spid "$d/supervisor.pid"
     read_into sid "$d/supervisor.id"
-    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then alive=1; fi
+    if group_alive "$pid" "$aid" "$id" || process_alive "$spid" "$sid"; then alive=1; fi
     [ -f "$d/exit_code" ] && read_into rc "$d/exit_code"
     [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
@@ -460,7 +460,7 @@ session_over() {
     read_into aid "$d/agent.id"
     read_into spid "$d/supervisor.pid"
     read_into sid "$d/supervisor.id"
-    ! group_alive "$pid" "$aid" && ! process_alive "$spid" "$sid"
+    ! group_alive "$pid" "$aid" "$id" && ! process_alive "$spid" "$sid"
   else
     ! tmux has-session -t "=$id" 2> /dev/null
   fi
@@ -580,7 +580,7 @@ cmd_kill() {
   read_into aid "$d/agent.id"
   read_into spid "$d/supervisor.pid"
   read_into sid "$d/supervisor.id"
-  group_alive "$pid" "$aid" && group=1
+  group_alive "$pid" "$aid" "$id" && group=1
   process_alive "$spid" "$sid" && supervisor=1
   tmux has-session -t "=$id" 2> /dev/null && tmux_up=1
   if [ "$group$supervisor$tmux_up" = 000 ]; then
@@ -590,7 +590,7 @@ cmd_kill() {
     return
   fi
   [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
-  [ "$group" = 1 ] && end_group "$pid" "$aid" "$signal" "$((grace * 10))" report
+  [ "$group" = 1 ] && end_group "$pid" "$aid" "$signal" "$((grace * 10))" report "$id"
   if [ "$supervisor" = 1 ]; then
     # Not started its agent yet: it stops before starting it. Else it is recording the exit.
     [ -z "$pid" ] && kill -TERM "$spid" 2> /dev/null

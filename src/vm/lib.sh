@@ -56,34 +56,55 @@ process_alive() {
   [ "$ticks" = "${id#* }" ]
 }
 
+# Whether a live process of process group $1 carries session $2's mark (AMPLIHACK_SESSION_ID,
+# which the agent and everything it starts inherit).
+group_carries_session() {
+  local pgid=$1 session=$2 p stat
+  local -a f
+  for p in /proc/[0-9]*; do
+    { IFS= read -r stat < "$p/stat"; } 2> /dev/null || continue
+    stat=${stat##*) }
+    read -r -a f <<< "$stat"
+    if [ "${f[0]}" != Z ] && [ "${f[2]}" = "$pgid" ] &&
+      tr '\0' '\n' < "$p/environ" 2> /dev/null | grep -qxF "AMPLIHACK_SESSION_ID=$session"; then
+      return 0
+    fi
+  done
+  return 1
+}
+
 # Whether the process group led by the process recorded as pid $1 with identity $2 still has
-# members. The leader may have exited while its children live on: Linux does not hand out a
-# pid again while a process group of that number exists, so a live group is ours as long as
-# the pid is not in use by another process.
+# members. The leader may have exited while its children live on; the group's number may then
+# have gone to another group (pids are reused, quickly where pid_max is 32768), so without its
+# leader a group is taken for session $3's only when a member carries that session's mark.
 group_alive() {
-  local pid=$1 id=$2 ticks
+  local pid=$1 id=$2 session=${3:-} ticks
   [ -n "$pid" ] && [ -n "$id" ] && [ "${id% *}" = "$boot_id" ] || return 1
   if ticks=$(start_ticks "$pid"); then
     [ "$ticks" = "${id#* }" ] || return 1
+    kill -0 -- "-$pid" 2> /dev/null
+    return
   fi
-  kill -0 -- "-$pid" 2>/dev/null
+  kill -0 -- "-$pid" 2> /dev/null || return 1
+  [ -z "$session" ] || group_carries_session "$pid" "$session"
 }
 
-# Ends a verified process group: signal $3 (TERM or KILL), then SIGKILL for whatever still
-# lives after $4 tenths of a second. Prints `signalled`/`escalated` lines when $5 is set.
+# Ends a verified process group (leader pid $1, identity $2, of session $6): signal $3 (TERM or
+# KILL), then SIGKILL for whatever still lives after $4 tenths of a second. Prints
+# `signalled`/`escalated` lines when $5 is set.
 end_group() {
-  local pid=$1 id=$2 signal=$3 ticks=$4 report=${5:-} n=0
-  group_alive "$pid" "$id" || return 0
+  local pid=$1 id=$2 signal=$3 ticks=$4 report=${5:-} session=${6:-} n=0
+  group_alive "$pid" "$id" "$session" || return 0
   kill "-$signal" -- "-$pid" 2>/dev/null && [ -n "$report" ] && printf 'signalled\t%s\n' "$signal"
-  while group_alive "$pid" "$id" && [ "$n" -lt "$ticks" ]; do
+  while group_alive "$pid" "$id" "$session" && [ "$n" -lt "$ticks" ]; do
     sleep 0.1
     n=$((n + 1))
   done
-  if group_alive "$pid" "$id"; then
+  if group_alive "$pid" "$id" "$session"; then
     kill -KILL -- "-$pid" 2>/dev/null
     [ -n "$report" ] && printf 'escalated\tKILL\n'
     n=0
-    while group_alive "$pid" "$id" && [ "$n" -lt 50 ]; do
+    while group_alive "$pid" "$id" "$session" && [ "$n" -lt 50 ]; do
       sleep 0.1
       n=$((n + 1))
     done
@@ -184,7 +205,7 @@ running_count() {
     read_into aid "$d/agent.id"
     read_into spid "$d/supervisor.pid"
     read_into sid "$d/supervisor.id"
-    if group_alive "$pid" "$aid" || process_alive "$spid" "$sid"; then n=$((n + 1)); fi
+    if group_alive "$pid" "$aid" "${d##*/}" || process_alive "$spid" "$sid"; then n=$((n + 1)); fi
   done
   printf '%s' "$n"
 }

@@ -91,7 +91,7 @@ while :; do
 done
 # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
 # session and hold a slot nobody accounts for.
-end_group "$pid" "$agent_id" TERM 100
+end_group "$pid" "$agent_id" TERM 100 "" "$id"
 record_session_result
 finish "$rc"
 # A slot is free: start what waits in this VM's queue, handing on the key held here (the only
