@@ -9,78 +9,21 @@
 //!    run that provisions more VMs: time until all are done, azlin calls, VM-hours bought.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_amplihack");
+mod world;
+use world::{BIN, FakeWorld};
 
-fn support(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(rel)
-}
-
-/// A private world: HOME, state, tmux and the stand-in azlin's VMs.
-struct World {
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ahl")
-            .tempdir_in("/tmp")
-            .unwrap();
-        for sub in ["home", "azlin", "bin", "tmux"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        std::os::unix::fs::symlink(support("azlin"), dir.path().join("bin/azlin")).unwrap();
-        World { dir }
-    }
-
-    fn cmd(&self, bin: &str, delay: &str, args: &[&str]) -> Command {
-        let r = self.dir.path();
-        let mut c = Command::new(bin);
-        c.env_clear()
-            .current_dir(r)
-            .env(
-                "PATH",
-                format!("{}/bin:/usr/local/bin:/usr/bin:/bin", r.display()),
-            )
-            .env("HOME", r.join("home"))
-            .env("USER", "bench")
-            .env("AMPLIHACK_REMOTE_STATE", r.join("state.json"))
-            .env("TMUX_TMPDIR", r.join("tmux"))
-            .env("FAKE_AZLIN_HOME", r.join("azlin"))
-            .env("FAKE_AZLIN_VM_BIN", support("vm-bin"))
-            .env("FAKE_AZLIN_DELAY", delay)
-            .env("AMPLIHACK_REMOTE_WORKSPACE", "~/workspace")
-            .env("ANTHROPIC_API_KEY", "sk-ant-bench")
-            .env("AMPLIHACK_AZURE_REGIONS", "")
-            .arg("remote")
-            .args(args);
-        c
-    }
-
+impl FakeWorld {
     fn run(&self, delay: &str, args: &[&str]) -> std::process::Output {
-        let out = self.cmd(BIN, delay, args).output().unwrap();
+        let out = self.cmd(delay, args).output().unwrap();
         assert!(
             out.status.success() || args[0] == "wait",
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         out
-    }
-
-    fn calls(&self, what: &str) -> usize {
-        std::fs::read_to_string(self.dir.path().join("azlin/calls.log"))
-            .map(|t| t.lines().filter(|l| l.starts_with(what)).count())
-            .unwrap_or(0)
-    }
-
-    fn clear_calls(&self) {
-        let _ = std::fs::remove_file(self.dir.path().join("azlin/calls.log"));
     }
 
     /// Ids of the sessions `start --json` printed.
@@ -116,22 +59,6 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        for vm in std::fs::read_dir(self.dir.path().join("azlin/vms"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("tmux")
-                .arg("kill-server")
-                .env("TMUX_TMPDIR", vm.path().join("tmp"))
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,13 +74,13 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// Follows a session whose agent stamps a line every 0.25 s for `stamps` lines; returns
 /// (latencies in ms, follow wall time, connect calls).
 fn follow(bin: &str, stamps: u32, env: &[(&str, &str)]) -> (Vec<f64>, Duration, usize) {
-    let w = World::new();
+    let w = FakeWorld::new();
     w.run("0", &["prime", "--count", "1", "--vm-size", "l"]);
     let id = w.start("0", &[&format!("STAMP={stamps}")]).remove(0);
     w.clear_calls();
     let started = Instant::now();
     let mut child = w
-        .cmd(bin, "2", &["output", &id, "--follow", "--raw", "-n", "1"])
+        .cmd_of(bin, "2", &["output", &id, "--follow", "--raw", "-n", "1"])
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -170,7 +97,7 @@ fn follow(bin: &str, stamps: u32, env: &[(&str, &str)]) -> (Vec<f64>, Duration, 
         }
     }
     child.wait().unwrap();
-    (latencies, started.elapsed(), w.calls("connect"))
+    (latencies, started.elapsed(), w.calls_of("connect"))
 }
 
 fn follow_section() {
@@ -208,7 +135,7 @@ fn follow_section() {
 
 fn wait_section() {
     println!("## wait on 8 sessions over 2 VMs (stand-in sleeping 2 s per call)\n");
-    let w = World::new();
+    let w = FakeWorld::new();
     w.run("0", &["prime", "--count", "2", "--vm-size", "l"]);
     let prompts: Vec<String> = (1..=8).map(|i| format!("SLEEP={}", 2 + i % 4)).collect();
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -221,7 +148,7 @@ fn wait_section() {
     println!(
         "wait printed {lines} lines in {:.2} s with {} azlin calls: one watch stream per VM for the whole wait, then one call per VM bringing the archives home (the last session ends 5 s after the start)\n",
         took.as_secs_f64(),
-        w.calls(""),
+        w.calls(),
     );
 }
 
@@ -236,7 +163,7 @@ fn queue_section() {
         ("capped: --max-vms 1 (queues)", true),
         ("uncapped (provisions)", false),
     ] {
-        let w = World::new();
+        let w = FakeWorld::new();
         w.run("0", &["prime", "--count", "1", "--vm-size", "l"]);
         w.clear_calls();
         let mut args: Vec<&str> = Vec::new();
@@ -256,7 +183,7 @@ fn queue_section() {
         println!(
             "| {name} | {:.2} s | {} | {vms} |",
             took.as_secs_f64(),
-            w.calls("")
+            w.calls()
         );
     }
     println!();

@@ -24,13 +24,8 @@ use amplihack::model::{Session, SessionStatus, State, VmEntry};
 use amplihack::state::StateStore;
 use chrono::{TimeZone, Utc};
 
-const BIN: &str = env!("CARGO_BIN_EXE_amplihack");
-
-fn support(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/support")
-        .join(rel)
-}
+mod world;
+use world::{BIN, FakeWorld};
 
 /// Runs a command to the end; returns its wall time and peak RSS in KiB (from wait4).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also reports the child's rusage
@@ -248,53 +243,7 @@ fn read_path(sizes: &[usize]) {
     println!();
 }
 
-struct FakeWorld {
-    dir: tempfile::TempDir,
-}
-
 impl FakeWorld {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ahb")
-            .tempdir_in("/tmp")
-            .unwrap();
-        for sub in ["home", "azlin", "bin", "tmux"] {
-            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
-        }
-        std::os::unix::fs::symlink(support("azlin"), dir.path().join("bin/azlin")).unwrap();
-        FakeWorld { dir }
-    }
-
-    fn cmd(&self, delay: &str, args: &[&str]) -> Command {
-        let r = self.dir.path();
-        let mut c = Command::new(BIN);
-        // In the git repository when there is one (`with_repo`), so starts send it.
-        let cwd = if r.join("work/.git").exists() {
-            r.join("work")
-        } else {
-            r.to_path_buf()
-        };
-        c.env_clear()
-            .current_dir(cwd)
-            .env(
-                "PATH",
-                format!("{}/bin:/usr/local/bin:/usr/bin:/bin", r.display()),
-            )
-            .env("HOME", r.join("home"))
-            .env("USER", "bench")
-            .env("AMPLIHACK_REMOTE_STATE", r.join("state.json"))
-            .env("TMUX_TMPDIR", r.join("tmux"))
-            .env("FAKE_AZLIN_HOME", r.join("azlin"))
-            .env("FAKE_AZLIN_VM_BIN", support("vm-bin"))
-            .env("FAKE_AZLIN_DELAY", delay)
-            .env("AMPLIHACK_REMOTE_WORKSPACE", "~/workspace")
-            .env("ANTHROPIC_API_KEY", "sk-ant-bench")
-            .env("AMPLIHACK_AZURE_REGIONS", "")
-            .arg("remote")
-            .args(args);
-        c
-    }
-
     /// Makes `work/` a git repository with one commit; commands run there from now on.
     fn with_repo(self) -> Self {
         let w = self.dir.path().join("work");
@@ -366,16 +315,6 @@ impl FakeWorld {
             .collect()
     }
 
-    fn calls(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("azlin/calls.log"))
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    }
-
-    fn clear_calls(&self) {
-        let _ = std::fs::remove_file(self.dir.path().join("azlin/calls.log"));
-    }
-
     /// Runs a setup command with no azlin delay.
     fn setup(&self, args: &[&str]) {
         let (_, _, code) = measure(&mut self.cmd("0", args));
@@ -388,23 +327,6 @@ impl FakeWorld {
         self.clear_calls();
         let (t, _, code) = measure(&mut self.cmd("2", args));
         (t, self.calls(), code)
-    }
-}
-
-impl Drop for FakeWorld {
-    fn drop(&mut self) {
-        let mut sockets = vec![self.dir.path().join("tmux")];
-        if let Ok(vms) = std::fs::read_dir(self.dir.path().join("azlin/vms")) {
-            sockets.extend(vms.flatten().map(|e| e.path().join("tmp")));
-        }
-        for s in sockets {
-            let _ = Command::new("tmux")
-                .arg("kill-server")
-                .env_remove("TMUX")
-                .env("TMUX_TMPDIR", s)
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 

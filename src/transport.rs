@@ -310,15 +310,7 @@ impl Transport for LocalShell {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let out = exec::run_any_exit(&cmd)?;
-        if out.code == 0 {
-            Ok(out)
-        } else {
-            Err(Error::CommandFailed {
-                command: cmd.display(),
-                status: Some(out.code),
-                stderr: trim_stderr(&out.stderr_text()),
-            })
-        }
+        succeeded(&cmd, out)
     }
 
     fn stream_script(
@@ -338,15 +330,7 @@ impl Transport for LocalShell {
             Err(RunError::Interrupted) => return Err(Error::Interrupted),
             Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
         };
-        if out.code == 0 {
-            Ok(out)
-        } else {
-            Err(Error::CommandFailed {
-                command: cmd.display(),
-                status: Some(out.code),
-                stderr: trim_stderr(&out.stderr_text()),
-            })
-        }
+        succeeded(&cmd, out)
     }
 
     fn attach_command(&self, _vm: &VmRef, session: &str) -> Interactive {
@@ -355,6 +339,19 @@ impl Transport for LocalShell {
             args: vec!["attach".into(), "-t".into(), format!("={session}")],
             env: vec![],
         }
+    }
+}
+
+/// A local script's answer, or its failure with the command line and trimmed stderr.
+fn succeeded(cmd: &Cmd, out: Output) -> Result<Output> {
+    if out.code == 0 {
+        Ok(out)
+    } else {
+        Err(Error::CommandFailed {
+            command: cmd.display(),
+            status: Some(out.code),
+            stderr: trim_stderr(&out.stderr_text()),
+        })
     }
 }
 
