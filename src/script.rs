@@ -87,11 +87,12 @@ fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8
 /// VMs the state knows to have queued sessions, whose supervisors may all be gone. `key` is
 /// handed to the sessions it starts (never written on the VM).
 pub fn draining(input: Vec<u8>, key: Option<&str>) -> Vec<u8> {
+    // Right after the line that opens the call's group (see `control_input`).
     let open = input
-        .iter()
-        .position(|b| *b == b'{')
+        .windows(3)
+        .position(|w| w == b"\n{\n")
         .expect("a control call opens its group")
-        + 2;
+        + 3;
     let mut header = String::from("AMPLIHACK_DRAIN=1\n");
     if let Some(key) = key {
         header.push_str(&format!("AMPLIHACK_SECRET={}\n", shell_quote(key)));
@@ -1152,6 +1153,20 @@ mod tests {
         // Both have ended (nothing of them runs): their archive frames came along.
         let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["never", "launched"]);
+    }
+
+    #[test]
+    fn a_draining_call_sets_its_header_inside_the_group() {
+        let plain = capture_script("a", 5, None);
+        let input = draining(plain.clone(), Some("sk-'x"));
+        let text = String::from_utf8(input).unwrap();
+        assert!(text.contains("\n{\nAMPLIHACK_DRAIN=1\nAMPLIHACK_SECRET='sk-'\\''x'\n"));
+        assert_eq!(
+            text.len(),
+            plain.len() + "AMPLIHACK_DRAIN=1\nAMPLIHACK_SECRET='sk-'\\''x'\n".len()
+        );
+        let without = String::from_utf8(draining(plain, None)).unwrap();
+        assert!(without.contains("\n{\nAMPLIHACK_DRAIN=1\nset -- "));
     }
 
     #[test]
