@@ -327,6 +327,13 @@ pub struct PullArgs {
     /// Every finished session of this repository with commits not pulled yet
     #[arg(long)]
     pub all: bool,
+    /// Move amplihack/<session-id> to the session's commits even when it holds commits of its
+    /// own (they stay in git's reflog); without it such a branch is left alone
+    #[arg(long)]
+    pub force: bool,
+    /// Fetch into this branch instead of amplihack/<session-id> (one session only)
+    #[arg(long, value_name = "NAME", conflicts_with = "all", value_parser = parse_branch_name)]
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -396,7 +403,11 @@ fn parse_session_id(s: &str) -> Result<String, String> {
 }
 
 fn parse_region(s: &str) -> Result<String, String> {
-    naming::validate_region(s).map(|()| s.to_string())
+    naming::normalize_region(s)
+}
+
+fn parse_branch_name(s: &str) -> Result<String, String> {
+    naming::validate_branch_name(s).map(|()| s.to_string())
 }
 
 #[cfg(test)]

@@ -113,9 +113,9 @@ impl Settings {
             Some("local") => Backend::Local,
             Some(other) => return Err(bad("AMPLIHACK_REMOTE_BACKEND", other, "azure or local")),
         };
-        let region = var("AZURE_REGION").unwrap_or_else(|| DEFAULT_REGION.into());
-        naming::validate_region(&region)
-            .map_err(|e| Error::InvalidArgs(format!("AZURE_REGION: {e}")))?;
+        let region =
+            naming::normalize_region(&var("AZURE_REGION").unwrap_or_else(|| DEFAULT_REGION.into()))
+                .map_err(|e| Error::InvalidArgs(format!("AZURE_REGION: {e}")))?;
         // Unset: the spec's default list. Set but empty: no fallback at all.
         let fallback_text = std::env::var("AMPLIHACK_AZURE_REGIONS")
             .unwrap_or_else(|_| DEFAULT_FALLBACK_REGIONS.into());
@@ -125,9 +125,9 @@ impl Settings {
             .map(str::trim)
             .filter(|r| !r.is_empty())
         {
-            naming::validate_region(r)
+            let r = naming::normalize_region(r)
                 .map_err(|e| Error::InvalidArgs(format!("AMPLIHACK_AZURE_REGIONS: {e}")))?;
-            fallback_regions.push(r.to_string());
+            fallback_regions.push(r);
         }
         let agent_override = match var("AMPLIHACK_REMOTE_AGENT") {
             None => None,

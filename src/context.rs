@@ -174,42 +174,218 @@ pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
     Ok(findings)
 }
 
+/// What `pull` did to the branch it fetched into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchMove {
+    /// The branch did not exist: created at the session's head.
+    Created,
+    /// The branch already pointed at the session's head: left alone.
+    UpToDate,
+    /// The branch was behind the session's head: moved forward, nothing lost.
+    FastForward,
+    /// The branch was where the last pull left it but the session rewrote its history, or
+    /// `--force` was given: moved to the session's head (what it held stays in the reflog).
+    Reset,
+}
+
+/// Where a pull may put a session's head. A branch the user moved is never moved again
+/// unless `force`: it is fast-forwarded, or the pull is refused.
+pub struct Target<'a> {
+    pub branch: &'a str,
+    /// The commit the last pull of this session left the branch at.
+    pub last_pulled: Option<&'a str>,
+    pub force: bool,
+}
+
+/// Decides how to move the branch (pure): `existing` is its tip (None: no such branch),
+/// `new` the session's head, `behind` whether `existing` is an ancestor of `new`.
+/// None: refused, the branch holds commits the session does not have.
+pub fn branch_move(
+    existing: Option<&str>,
+    new: &str,
+    behind: bool,
+    last_pulled: Option<&str>,
+    force: bool,
+) -> Option<BranchMove> {
+    match existing {
+        None => Some(BranchMove::Created),
+        Some(e) if e == new => Some(BranchMove::UpToDate),
+        Some(_) if behind => Some(BranchMove::FastForward),
+        Some(e) if force || Some(e) == last_pulled => Some(BranchMove::Reset),
+        Some(_) => None,
+    }
+}
+
 pub struct Pulled {
     pub branch: String,
     /// The branch's tip: the session's head commit that came home.
     pub head: String,
     pub commits: u64,
     pub files_changed: u64,
+    pub moved: BranchMove,
 }
 
-/// Fetches the commits of the git bundle in `file` into `repo` as `branch` and counts what
+/// Which of `commits` the repository at `repo` holds, in one git call: how `pull` recognises
+/// the repository a session was started from (a moved repository or another clone holds the
+/// commit the session started from; an unrelated one does not).
+pub fn commits_present(
+    repo: &Path,
+    commits: &[&str],
+    timeout: Duration,
+) -> Result<std::collections::HashSet<String>> {
+    let mut present = std::collections::HashSet::new();
+    let asked: Vec<&str> = commits
+        .iter()
+        .copied()
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect();
+    if asked.is_empty() {
+        return Ok(present);
+    }
+    let mut input = String::new();
+    for c in &asked {
+        input.push_str(c);
+        input.push_str("^{commit}\n");
+    }
+    let argv = vec![
+        "-C".to_string(),
+        repo.to_string_lossy().into_owned(),
+        "cat-file".into(),
+        "--batch-check=%(objectname)".into(),
+    ];
+    let out = exec::run_any_exit(&Cmd::new("git", argv, timeout).stdin(input.into_bytes()))?;
+    if out.code != 0 {
+        return Err(Error::CommandFailed {
+            command: "git cat-file --batch-check".into(),
+            status: Some(out.code),
+            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+        });
+    }
+    // One answer line per question, in order: the object's name, or "<name> missing".
+    for (asked, answer) in asked
+        .iter()
+        .zip(String::from_utf8_lossy(&out.stdout).lines())
+    {
+        if !answer.ends_with(" missing") && !answer.contains(' ') {
+            present.insert((*asked).to_string());
+        }
+    }
+    Ok(present)
+}
+
+/// The worktree, if any, that has `branch` checked out.
+fn checked_out_in(repo: &Path, branch: &str, timeout: Duration) -> Result<Option<String>> {
+    let list = git_ok(repo, &["worktree", "list", "--porcelain"], timeout)?;
+    let mut worktree = None;
+    for line in list.lines() {
+        if let Some(w) = line.strip_prefix("worktree ") {
+            worktree = Some(w.to_string());
+        } else if line.strip_prefix("branch ") == Some(&format!("refs/heads/{branch}")) {
+            return Ok(worktree);
+        }
+    }
+    Ok(None)
+}
+
+/// Fetches the commits of the git bundle in `file` into `repo` and puts its head on the
+/// target branch, never moving a branch the user moved (see `branch_move`), and counts what
 /// came.
 pub fn fetch_bundle_file(
     repo: &Path,
     file: &Path,
     base: &str,
-    branch: &str,
+    target: &Target,
     timeout: Duration,
 ) -> Result<Pulled> {
     let file_arg = file.to_string_lossy().into_owned();
-    let refspec = format!("+HEAD:refs/heads/{branch}");
+    let branch = target.branch;
+    let heads = git_ok(repo, &["bundle", "list-heads", &file_arg, "HEAD"], timeout)?;
+    let new = heads
+        .split_whitespace()
+        .next()
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| Error::Failed(format!("the bundle {file_arg} has no HEAD")))?
+        .to_string();
     git_ok(
         repo,
-        &["fetch", "--quiet", "--no-tags", &file_arg, &refspec],
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            &file_arg,
+            "HEAD",
+        ],
         timeout,
     )?;
-    let head = git_ok(repo, &["rev-parse", "--verify", branch], timeout)?;
-    let range = format!("{base}..{branch}");
+    let full_ref = format!("refs/heads/{branch}");
+    let existing = git(
+        repo,
+        &["rev-parse", "--verify", "--quiet", &full_ref],
+        timeout,
+    )?;
+    let existing =
+        (existing.code == 0).then(|| String::from_utf8_lossy(&existing.stdout).trim().to_string());
+    let behind = match existing.as_deref() {
+        Some(e) if e != new => {
+            git(repo, &["merge-base", "--is-ancestor", e, &new], timeout)?.code == 0
+        }
+        _ => false,
+    };
+    let Some(moved) = branch_move(
+        existing.as_deref(),
+        &new,
+        behind,
+        target.last_pulled,
+        target.force,
+    ) else {
+        return Err(Error::Failed(format!(
+            "branch {branch} holds commits that are not the session's (it was moved after it was pulled): left as it is. Pass --force to reset it to the session's commits (what it holds stays in the reflog), or --branch NAME to fetch into a new branch"
+        )));
+    };
+    match moved {
+        BranchMove::UpToDate => {}
+        BranchMove::Created => {
+            git_ok(
+                repo,
+                &["update-ref", "-m", "amplihack pull", &full_ref, &new, ""],
+                timeout,
+            )?;
+        }
+        BranchMove::FastForward | BranchMove::Reset => {
+            let old = existing.as_deref().unwrap_or_default();
+            if let Some(worktree) = checked_out_in(repo, branch, timeout)? {
+                let here = repo.canonicalize().ok();
+                let there = Path::new(&worktree).canonicalize().ok();
+                if moved == BranchMove::Reset || here != there {
+                    return Err(Error::Failed(format!(
+                        "branch {branch} is checked out in {worktree}, so pull will not move it: switch that worktree to another branch, or pass --branch NAME to fetch into a new branch"
+                    )));
+                }
+                // Checked out here: a fast-forward merge moves the branch and the files
+                // together (git refuses if that would overwrite local changes).
+                git_ok(repo, &["merge", "--ff-only", "--quiet", &new], timeout)?;
+            } else {
+                git_ok(
+                    repo,
+                    &["update-ref", "-m", "amplihack pull", &full_ref, &new, old],
+                    timeout,
+                )?;
+            }
+        }
+    }
+    let range = format!("{base}..{new}");
     let commits = git_ok(repo, &["rev-list", "--count", &range], timeout)?
         .trim()
         .parse()
         .unwrap_or(0);
-    let files = git_ok(repo, &["diff", "--name-only", base, branch], timeout)?;
+    let files = git_ok(repo, &["diff", "--name-only", base, &new], timeout)?;
     Ok(Pulled {
         branch: branch.into(),
-        head,
+        head: new,
         commits,
         files_changed: files.lines().count() as u64,
+        moved,
     })
 }
 
@@ -218,13 +394,13 @@ pub fn fetch_bundle(
     repo: &Path,
     bundle: &[u8],
     base: &str,
-    branch: &str,
+    target: &Target,
     timeout: Duration,
 ) -> Result<Pulled> {
     let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temp directory", e))?;
     let file = dir.path().join("pull.bundle");
     std::fs::write(&file, bundle).map_err(|e| Error::io("cannot write the bundle", e))?;
-    fetch_bundle_file(repo, &file, base, branch, timeout)
+    fetch_bundle_file(repo, &file, base, target, timeout)
 }
 
 #[cfg(test)]
@@ -240,5 +416,28 @@ mod tests {
         assert!(is_secret_file("id.key"));
         assert!(!is_secret_file("src/keyboard.rs"));
         assert!(!is_secret_file("environment.md"));
+    }
+
+    #[test]
+    fn a_pull_never_moves_a_branch_the_user_moved() {
+        use BranchMove::*;
+        assert_eq!(branch_move(None, "n", false, None, false), Some(Created));
+        assert_eq!(
+            branch_move(Some("n"), "n", false, None, false),
+            Some(UpToDate)
+        );
+        assert_eq!(
+            branch_move(Some("o"), "n", true, None, false),
+            Some(FastForward)
+        );
+        // The session rewrote its history and the branch is where the last pull left it.
+        assert_eq!(
+            branch_move(Some("o"), "n", false, Some("o"), false),
+            Some(Reset)
+        );
+        // The user committed on it (or moved it): refused unless forced.
+        assert_eq!(branch_move(Some("u"), "n", false, Some("o"), false), None);
+        assert_eq!(branch_move(Some("u"), "n", false, None, false), None);
+        assert_eq!(branch_move(Some("u"), "n", false, None, true), Some(Reset));
     }
 }

@@ -69,6 +69,31 @@ pub fn is_valid_vm_name(name: &str) -> bool {
         && !name.ends_with(['-', '.'])
 }
 
+/// A branch name `pull --branch` may create: git's rules for a branch name (git
+/// check-ref-format), checked here so a bad one is refused before any remote call.
+pub fn validate_branch_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with(['-', '/', '.'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("/.")
+        && !name.contains("@{")
+        && name != "@"
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == ' ' || "~^:?*[\\".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid branch name {name:?}: expected a git branch name such as review/fix-login"
+        ))
+    }
+}
+
 /// A session id is well formed when it is safe as a tmux session name, a file name and a shell
 /// word: 1-64 of `[A-Za-z0-9._-]`, starting with a letter or digit. This accepts ids written by
 /// the Python original (`sess-20251125-143022-abc`) and rejects shell metacharacters and paths.
@@ -86,6 +111,17 @@ pub fn validate_session_id(id: &str) -> Result<(), String> {
             "malformed session id {id:?}: expected letters, digits, '.', '_' or '-' (like sess-20251125-143022-abc1)"
         ))
     }
+}
+
+/// A region name as Azure spells it: case does not matter to Azure (`EastUS`, `eastus`) and
+/// its display names have spaces (`East US`), so both are taken to the canonical form.
+pub fn normalize_region(region: &str) -> Result<String, String> {
+    let canonical: String = region
+        .chars()
+        .filter(|c| *c != ' ')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    validate_region(&canonical).map(|()| canonical)
 }
 
 /// Azure regions are lower-case letters and digits (eastus, westus3).

@@ -4,7 +4,7 @@
 //! number: a finished one is archived by that call, a running one sends its commits so far.
 //! Work a session left uncommitted is in no commit, so in no bundle: each line says so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::cli::PullArgs;
@@ -17,7 +17,7 @@ use crate::refresh::{self, Collected};
 use crate::script::Want;
 use crate::ui;
 
-/// The repository `pull` runs in, as the state records a session's (canonical path).
+/// The repository `pull` runs in (its top), if any.
 fn here(ctx: &Ctx) -> Result<Option<PathBuf>> {
     let cwd =
         std::env::current_dir().map_err(|e| Error::io("cannot read the current directory", e))?;
@@ -25,32 +25,73 @@ fn here(ctx: &Ctx) -> Result<Option<PathBuf>> {
         .and_then(|r| r.canonicalize().ok()))
 }
 
-fn same_repo(session: &Session, here: Option<&Path>) -> bool {
-    let repo = session
-        .repo_path
-        .as_deref()
-        .and_then(|r| Path::new(r).canonicalize().ok());
-    here.is_some() && repo.as_deref() == here
+/// The repository `pull` runs in and the commits sessions started from that it holds. A
+/// session is of this repository when its start commit is here: a moved repository and any
+/// other clone that has the commit qualify, wherever they are (and only a repository that has
+/// it can take the session's bundle, whose commits build on it).
+struct Here {
+    root: Option<PathBuf>,
+    bases: HashSet<String>,
+}
+
+impl Here {
+    fn find(ctx: &Ctx, state: &State) -> Result<Here> {
+        let root = here(ctx)?;
+        let bases = match &root {
+            Some(r) => {
+                let asked: Vec<&str> = state
+                    .sessions
+                    .values()
+                    .filter_map(|s| s.base_commit.as_deref())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                context::commits_present(r, &asked, ctx.settings.timeouts.local_git)?
+            }
+            None => HashSet::new(),
+        };
+        Ok(Here { root, bases })
+    }
+
+    fn has(&self, session: &Session) -> bool {
+        session
+            .base_commit
+            .as_deref()
+            .is_some_and(|b| self.bases.contains(b))
+    }
+}
+
+fn not_here(id: &str, session: &Session, here: &Here) -> Error {
+    let repo = session.repo_path.as_deref().unwrap_or("?");
+    let base = session.base_commit.as_deref().unwrap_or_default();
+    let base = &base[..base.len().min(12)];
+    match &here.root {
+        None => Error::Failed(format!(
+            "run pull inside {repo}, the repository session {id} was started from (or inside any clone of it that has commit {base})"
+        )),
+        Some(root) => Error::Failed(format!(
+            "{} does not have commit {base}, which session {id} started from: run pull inside {repo}, the repository it was started from, or fetch that commit here first",
+            root.display()
+        )),
+    }
 }
 
 /// Checks the sessions named on the command line, before any remote call: every id is known
 /// (exit 3), has a repository, is of this one, and is not being launched.
-fn named(ctx: &Ctx, state: &State, ids: &[String], here: Option<&Path>) -> Result<Vec<String>> {
+fn named(ctx: &Ctx, state: &State, ids: &[String], here: &Here) -> Result<Vec<String>> {
     for id in ids {
         find_session(state, id)?;
     }
     let mut chosen = Vec::new();
     for id in ids {
         let s = find_session(state, id)?;
-        let (Some(repo), Some(_)) = (s.repo_path.as_deref(), s.base_commit.as_deref()) else {
+        let Some(_) = s.base_commit.as_deref() else {
             return Err(Error::Failed(format!(
                 "session {id} was started without a repository (--no-context, or by another tool); there is nothing to pull"
             )));
         };
-        if !same_repo(s, here) {
-            return Err(Error::Failed(format!(
-                "run pull inside {repo}, the repository session {id} was started from"
-            )));
+        if !here.has(s) {
+            return Err(not_here(id, s, here));
         }
         if s.status == SessionStatus::Pending
             && !refresh::abandoned(s.owner.as_ref(), s.created_at, ctx.now(), &exec::liveness)
@@ -69,7 +110,7 @@ fn named(ctx: &Ctx, state: &State, ids: &[String], here: Option<&Path>) -> Resul
 /// `--all`: every finished session of this repository whose commits are not home yet. An
 /// archived one is chosen when its archive holds commits other than those last pulled; one
 /// still not archived (its VM did not answer) is chosen to say why it could not be pulled.
-fn all_unpulled(ctx: &Ctx, state: &State, here: Option<&Path>) -> Vec<String> {
+fn all_unpulled(ctx: &Ctx, state: &State, here: &Here) -> Vec<String> {
     let mut others = 0;
     let mut chosen = Vec::new();
     let mut sessions: Vec<&Session> = state
@@ -79,7 +120,7 @@ fn all_unpulled(ctx: &Ctx, state: &State, here: Option<&Path>) -> Vec<String> {
         .collect();
     sessions.sort_by_key(|s| s.created_at);
     for s in sessions {
-        if !same_repo(s, here) {
+        if !here.has(s) {
             others += 1;
             continue;
         }
@@ -162,19 +203,55 @@ fn source(ctx: &Ctx, s: &Session, collected: &Collected) -> Result<Source> {
     )))
 }
 
-fn pull_one(ctx: &Ctx, s: &Session, repo: &Path, collected: &Collected) -> Outcome {
+fn pull_one(
+    ctx: &Ctx,
+    s: &Session,
+    repo: &Path,
+    collected: &Collected,
+    args: &PullArgs,
+) -> Outcome {
     let base = s.base_commit.as_deref().unwrap_or_default();
-    let branch = format!("amplihack/{}", s.session_id);
+    let branch = args
+        .branch
+        .clone()
+        .unwrap_or_else(|| format!("amplihack/{}", s.session_id));
+    let target = context::Target {
+        branch: &branch,
+        // A branch of another name than the session's own was never put there by a pull.
+        last_pulled: s.pulled_commit.as_deref().filter(|_| args.branch.is_none()),
+        force: args.force,
+    };
     let timeout = ctx.settings.timeouts.local_git;
     let fetched = match source(ctx, s, collected) {
-        Ok(Source::File(file)) => context::fetch_bundle_file(repo, &file, base, &branch, timeout),
-        Ok(Source::Bytes(bytes)) => context::fetch_bundle(repo, &bytes, base, &branch, timeout),
+        Ok(Source::File(file)) => context::fetch_bundle_file(repo, &file, base, &target, timeout),
+        Ok(Source::Bytes(bytes)) => context::fetch_bundle(repo, &bytes, base, &target, timeout),
         Ok(Source::Empty) => return Outcome::NothingNew,
         Err(e) => return Outcome::Failed(e),
     };
     match fetched {
         Ok(p) => Outcome::Fetched(p),
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// What a pull did to its branch, in one line.
+fn fetched_line(p: &context::Pulled) -> String {
+    let what = format!(
+        "{} commit(s) ({} file(s) changed)",
+        p.commits, p.files_changed
+    );
+    match p.moved {
+        context::BranchMove::Created | context::BranchMove::FastForward => format!(
+            "Fetched {} commit(s) into branch {} ({} file(s) changed).\n",
+            p.commits, p.branch, p.files_changed
+        ),
+        context::BranchMove::UpToDate => {
+            format!("Branch {} already holds the session's {what}.\n", p.branch)
+        }
+        context::BranchMove::Reset => format!(
+            "Reset branch {} to the session's {what}; what it held before is in git's reflog ({}@{{1}}).\n",
+            p.branch, p.branch
+        ),
     }
 }
 
@@ -196,11 +273,7 @@ fn uncommitted_note(ctx: &Ctx, s: &Session) -> Option<String> {
 /// `--all` first asks, in one call per VM, about this repository's sessions that may have
 /// ended (pending or running in the state) or whose results are not home: the call settles
 /// them and brings the archives of those that ended.
-fn all_plan(
-    ctx: &Ctx,
-    state: &State,
-    here: Option<&Path>,
-) -> BTreeMap<String, Vec<(String, Want)>> {
+fn all_plan(ctx: &Ctx, state: &State, here: &Here) -> BTreeMap<String, Vec<(String, Want)>> {
     let due = refresh::sessions_to_probe(state, ctx.now(), &exec::liveness);
     let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
     for s in state.sessions.values() {
@@ -215,7 +288,7 @@ fn all_plan(
         } else {
             continue;
         };
-        if s.base_commit.is_some() && same_repo(s, here) {
+        if here.has(s) {
             plan.entry(s.vm_name.clone())
                 .or_default()
                 .push((s.session_id.clone(), want));
@@ -245,19 +318,24 @@ fn ask(
 
 pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
     let state = ctx.store.load()?;
-    let here = here(ctx)?;
+    if args.branch.is_some() && args.session_ids.len() > 1 {
+        return Err(Error::InvalidArgs(
+            "--branch names the branch of one session: give one session id with it".into(),
+        ));
+    }
+    let here = Here::find(ctx, &state)?;
     let (state, collected, chosen) = if args.all {
-        if here.is_none() {
+        if here.root.is_none() {
             return Err(Error::Failed(
                 "pull --all fetches into the repository the sessions were started from: run it inside that repository".into(),
             ));
         }
-        let plan = all_plan(ctx, &state, here.as_deref());
+        let plan = all_plan(ctx, &state, &here);
         let (state, collected) = ask(ctx, state, &plan)?;
-        let chosen = all_unpulled(ctx, &state, here.as_deref());
+        let chosen = all_unpulled(ctx, &state, &here);
         (state, collected, chosen)
     } else {
-        let chosen = named(ctx, &state, &args.session_ids, here.as_deref())?;
+        let chosen = named(ctx, &state, &args.session_ids, &here)?;
         // One call per VM for the sessions whose commits are not in an archive: a finished
         // one is archived by it, a running one sends its commits so far.
         let mut plan: BTreeMap<String, Vec<(String, Want)>> = BTreeMap::new();
@@ -284,7 +362,9 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
             "Nothing to pull: every finished session of this repository is pulled or made no commits.\n",
         );
     }
-    let repo = here.expect("checked: every chosen session is of this repository");
+    let repo = here
+        .root
+        .expect("checked: every chosen session is of this repository");
 
     let mut text = String::new();
     let mut pulled: Vec<(String, String)> = Vec::new();
@@ -292,12 +372,9 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
     let mut failures = 0;
     for id in &chosen {
         let s = &state.sessions[id];
-        match pull_one(ctx, s, &repo, &collected) {
+        match pull_one(ctx, s, &repo, &collected, &args) {
             Outcome::Fetched(p) => {
-                text.push_str(&format!(
-                    "Fetched {} commit(s) into branch {} ({} file(s) changed).\n",
-                    p.commits, p.branch, p.files_changed
-                ));
+                text.push_str(&fetched_line(&p));
                 if s.status.is_active() {
                     text.push_str(
                         "  The session is still running: these are its commits so far.\n",

@@ -1,0 +1,166 @@
+//! Hostile input and real-world setups: a wrapper that execs this binary, secrets in history,
+//! branches the user moved, moved repositories and clones, a state file holding bad ids or
+//! escape sequences, and the rough edges a new user meets. Each test fails on the version
+//! before its fix.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn run_in(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut c = env.cmd();
+    c.current_dir(dir).arg("remote").args(args);
+    c.output().unwrap()
+}
+
+/// A finished session of `env.work()` that made `commits` commits.
+fn finished_with_commits(env: &TestEnv, commits: u32) -> String {
+    let out = env.run(&["start", "--json", &format!("COMMIT={commits}")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    assert_eq!(env.wait_finished(&id)["status"], "completed");
+    id
+}
+
+#[test]
+fn pull_never_moves_a_branch_the_user_moved() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let id = finished_with_commits(&env, 2);
+    let branch = format!("amplihack/{id}");
+    let out = env.run(&["pull", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let session_head = git(&env.work(), &["rev-parse", &branch]);
+
+    // The user builds on the branch.
+    let w = env.work();
+    git(&w, &["checkout", "-q", &branch]);
+    std::fs::write(w.join("mine.txt"), "my work\n").unwrap();
+    git(&w, &["add", "mine.txt"]);
+    git(&w, &["commit", "-q", "-m", "my own commit"]);
+    let mine = git(&w, &["rev-parse", "HEAD"]);
+    git(&w, &["checkout", "-q", "main"]);
+
+    // A second pull leaves it alone and says how to get the session's commits anyway.
+    let out = env.run(&["pull", &id]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&branch) && err.contains("--force") && err.contains("--branch"),
+        "{err}"
+    );
+    assert_eq!(
+        git(&w, &["rev-parse", &branch]),
+        mine,
+        "the user's commit stays"
+    );
+
+    // Into a new branch: the session's commits, the user's branch untouched.
+    let out = env.run(&["pull", "--branch", "review/session", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(git(&w, &["rev-parse", "review/session"]), session_head);
+    assert_eq!(git(&w, &["rev-parse", &branch]), mine);
+
+    // --force resets it; the user's commit is still reachable from the reflog.
+    let out = env.run(&["pull", "--force", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("reflog"), "{}", stdout(&out));
+    assert_eq!(git(&w, &["rev-parse", &branch]), session_head);
+    assert!(git(&w, &["reflog", "show", "--format=%H", &branch]).contains(&mine));
+}
+
+#[test]
+fn pull_fast_forwards_a_branch_that_is_behind() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let id = finished_with_commits(&env, 2);
+    let branch = format!("amplihack/{id}");
+    let w = env.work();
+    // The branch points at the session's first commit (the user reset it back, say).
+    let out = env.run(&["pull", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let head = git(&w, &["rev-parse", &branch]);
+    git(&w, &["branch", "-f", &branch, &format!("{head}~1")]);
+    let out = env.run(&["pull", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(git(&w, &["rev-parse", &branch]), head);
+}
+
+#[test]
+fn pull_recognises_a_moved_repository_and_a_clone_but_not_a_stranger() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let id = finished_with_commits(&env, 1);
+    let branch = format!("amplihack/{id}");
+
+    // A second clone, elsewhere.
+    let clone = env.root().join("clone");
+    git(
+        env.root(),
+        &["clone", "-q", &env.work().display().to_string(), "clone"],
+    );
+    let out = run_in(&env, &clone, &["pull", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("into branch {branch}")),
+        "{}",
+        stdout(&out)
+    );
+    git(&clone, &["rev-parse", "--verify", &branch]);
+
+    // The original, moved.
+    let moved = env.root().join("moved");
+    std::fs::rename(env.work(), &moved).unwrap();
+    std::fs::create_dir(env.work()).unwrap();
+    let out = run_in(&env, &moved, &["pull", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    git(&moved, &["rev-parse", "--verify", &branch]);
+
+    // An unrelated repository: refused, naming the commit and where the session came from.
+    let stranger = env.root().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    git(&stranger, &["init", "-q"]);
+    git(
+        &stranger,
+        &[
+            "-c",
+            "user.email=s@example.invalid",
+            "-c",
+            "user.name=s",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "other",
+        ],
+    );
+    let out = run_in(&env, &stranger, &["pull", &id]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("does not have commit"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn region_names_are_case_insensitive() {
+    let env = TestEnv::new();
+    let out = env.run(&[
+        "start",
+        "--no-context",
+        "--region",
+        "EastUS",
+        "--json",
+        "EXIT=0",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let vm = env.vm_of(&id);
+    assert_eq!(env.state()["vm_pool"][&vm]["region"], "eastus");
+    let mut env = env;
+    env.set("AZURE_REGION", "West US 2");
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
