@@ -232,6 +232,10 @@ pub struct StartArgs {
     /// Fail the prompts that find no free slot instead of queueing them
     #[arg(long)]
     pub no_queue: bool,
+    /// Create the new VMs this start needs without asking, however many
+    /// (AMPLIHACK_REMOTE_CONFIRM_VMS, default 10, is the most created without a question)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,8 @@ pub struct Settings {
     pub archive_dir: Option<std::path::PathBuf>,
     /// The most bytes of a session's log its archive keeps (the last part).
     pub archive_log_cap: u64,
+    /// `AMPLIHACK_REMOTE_CONFIRM_VMS`: the most new VMs one `start` creates without asking.
+    pub confirm_vms: usize,
     /// Prices `status` shows costs with: list prices, `AMPLIHACK_REMOTE_PRICES` on top.
     pub prices: PriceTable,
 }
@@ -88,6 +90,9 @@ fn number<T: std::str::FromStr + PartialOrd + Default>(
         },
     }
 }
+
+/// New VMs one `start` may create without asking (about $4/h at size l's list price).
+pub const DEFAULT_CONFIRM_VMS: usize = 10;
 
 /// The longest duration a setting may name: a year. Beyond it (1e308, say) a duration cannot
 /// even be represented, and no wait of ours is meant to last that long.
@@ -200,6 +205,8 @@ impl Settings {
             stream_silence,
             reconnect_for,
             max_vms: number::<u32>("AMPLIHACK_REMOTE_MAX_VMS", "a whole number above 0")?,
+            confirm_vms: number::<usize>("AMPLIHACK_REMOTE_CONFIRM_VMS", "a whole number above 0")?
+                .unwrap_or(DEFAULT_CONFIRM_VMS),
             kill_grace_secs,
             new_vm_ssh_attempts: 4,
             new_vm_ssh_retry_delay,

@@ -56,3 +56,33 @@ pub fn stdout_color() -> bool {
 pub fn stdin_is_terminal() -> bool {
     std::io::stdin().is_terminal()
 }
+
+/// Asks a yes/no question on the terminal (stderr) and reads the answer from stdin: yes only
+/// for "y" or "yes". Ctrl+C while waiting interrupts (the read runs on a thread, because the
+/// Ctrl+C counter does not interrupt a blocking read).
+pub fn confirm(question: &str) -> Result<bool> {
+    around_progress(|| {
+        let mut err = std::io::stderr().lock();
+        err.write_all(question.as_bytes())
+            .and_then(|()| err.flush())
+    })
+    .map_err(|e| Error::io("cannot write to stderr", e))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::stdin().read_line(&mut line).map(|_| line);
+        let _ = tx.send(read);
+    });
+    loop {
+        crate::interrupt::check()?;
+        match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(Ok(line)) => {
+                let answer = line.trim().to_ascii_lowercase();
+                return Ok(answer == "y" || answer == "yes");
+            }
+            Ok(Err(e)) => return Err(Error::io("cannot read the answer from stdin", e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+        }
+    }
+}

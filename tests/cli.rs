@@ -83,7 +83,7 @@ fn invalid_arguments_exit_2_before_anything_runs() {
         &["start", ""],
         &["start", "   "],
         &["start"],
-        &["start", "--region", "East US", "x"],
+        &["start", "--region", "east_us", "x"],
         &["output", "sess-1", "--lines", "0"],
         &["output", "sess-1", "-n", "many"],
         &["prime", "--count", "0"],
@@ -116,7 +116,7 @@ fn malformed_environment_variables_exit_2_naming_the_variable() {
     for (k, v) in [
         ("AMPLIHACK_LOCAL_SLOTS", "0"),
         ("AMPLIHACK_REMOTE_BACKEND", "gcp"),
-        ("AZURE_REGION", "East US"),
+        ("AZURE_REGION", "east/us"),
         ("AMPLIHACK_REMOTE_TIMEOUT", "soon"),
         ("AMPLIHACK_REMOTE_PARALLEL", "0"),
         ("AMPLIHACK_REMOTE_PARALLEL", "-2"),

@@ -164,3 +164,67 @@ fn region_names_are_case_insensitive() {
     let out = env.run(&["list"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+fn this_binary() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("amplihack")
+}
+
+fn new_calls(env: &TestEnv) -> usize {
+    env.calls().iter().filter(|c| c[0] == "new").count()
+}
+
+#[test]
+fn many_new_vms_need_a_yes_off_a_terminal() {
+    let mut env = TestEnv::new();
+    // The default threshold is 10: 11 prompts at size s (one slot each) ask.
+    let prompts: Vec<String> = (0..11).map(|i| format!("EXIT=0 #{i}")).collect();
+    let mut args = vec!["start", "--no-context", "--size", "s"];
+    args.extend(prompts.iter().map(String::as_str));
+    let out = env.run(&args);
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("11 new VMs") && err.contains("$4.22/h") && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(new_calls(&env), 0, "nothing was created");
+    assert!(!env.state_path().exists() || env.session_ids().is_empty());
+
+    // The threshold is a setting; --yes goes ahead.
+    env.set("AMPLIHACK_REMOTE_CONFIRM_VMS", "1");
+    let out = env.run(&["start", "--no-context", "--size", "s", "EXIT=0", "EXIT=0"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(new_calls(&env), 0);
+    let out = env.run(&[
+        "start",
+        "--no-context",
+        "--size",
+        "s",
+        "--yes",
+        "EXIT=0",
+        "EXIT=0",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(new_calls(&env), 2);
+}
+
+#[test]
+fn many_new_vms_ask_on_a_terminal_with_the_hourly_cost() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_CONFIRM_VMS", "1");
+    let start = format!(
+        "env -i TERM=xterm {} {} remote start --no-context --size m a b c d e; echo start-exit=$?; sleep 30",
+        env.env_words(),
+        this_binary().display(),
+    );
+    let terminal = Terminal::new(&env, "ask", &start);
+    let screen = terminal.wait_for("Create them? [y/N]", false);
+    assert!(
+        screen.contains("3 new VMs (Standard_E8s_v5 in eastus): about $1.51/h"),
+        "{screen}"
+    );
+    terminal.keys(&["n", "Enter"]);
+    let screen = terminal.wait_for("start-exit=", false);
+    assert!(screen.contains("start-exit=1"), "{screen}");
+    assert_eq!(new_calls(&env), 0);
+}

@@ -533,13 +533,27 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
         ui::print(&format!("Starting {} session(s)...\n", args.prompts.len()))?;
     }
     refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
+    let allowed_new_vms = confirm_new_vms(ctx, &target, &args)?;
 
     let now = ctx.now();
     let owner = crate::exec::current_owner();
     let reserved = ctx.store.update(|st| {
         // A dead start's reservations must not hold slots this start could use.
         refresh::recover_abandoned(st, now, &crate::exec::liveness);
-        Ok(reserve(st, ctx, &args, &target, repo.as_ref(), &owner, now))
+        let reserved = reserve(st, ctx, &args, &target, repo.as_ref(), &owner, now);
+        let new_vms = reserved
+            .iter()
+            .filter(|r| r.vm_is_new)
+            .map(|r| &r.vm)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if new_vms > allowed_new_vms {
+            // Dropped with the transaction: nothing is reserved.
+            return Err(Error::Failed(format!(
+                "the pool changed while this start waited for confirmation: it would now create {new_vms} new VMs; run it again"
+            )));
+        }
+        Ok(reserved)
     })?;
     let (outcomes, records) = launch_all(ctx, &reserved, &target, &args, repo.as_ref())?;
 
@@ -562,6 +576,57 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
         ui::print(&render::start_report(&lines))?;
     }
     exit_status(&reserved, &outcomes, &records)
+}
+
+/// The question asked before a start creates more than `threshold` new VMs (pure).
+pub fn new_vms_question(
+    new_vms: usize,
+    sku: &str,
+    region: &str,
+    usd_per_hour: Option<f64>,
+) -> String {
+    let cost = match usd_per_hour {
+        Some(p) => format!(
+            "about ${:.2}/h at list price while they run",
+            p * new_vms as f64
+        ),
+        None => format!("price of {sku} unknown"),
+    };
+    format!("This start creates {new_vms} new VMs ({sku} in {region}): {cost}.")
+}
+
+/// Many new VMs cost real money: a start that would create more than
+/// AMPLIHACK_REMOTE_CONFIRM_VMS asks first on a terminal, stating the hourly cost, and is
+/// refused off one unless --yes. Asked with no lock held; returns how many new VMs the
+/// reservation may then create.
+fn confirm_new_vms(ctx: &Ctx, target: &Target, args: &StartArgs) -> Result<usize> {
+    let threshold = ctx.settings.confirm_vms;
+    if args.yes || target.backend == Backend::Local {
+        return Ok(usize::MAX);
+    }
+    let st = ctx.store.load()?;
+    let new_vms = pool::plan(&st, &plan_request(target, args.prompts.len())).new_vms;
+    if new_vms <= threshold {
+        return Ok(threshold);
+    }
+    let question = new_vms_question(
+        new_vms,
+        target.size.sku,
+        &target.region,
+        ctx.settings.prices.hourly_usd(target.size.sku),
+    );
+    if !ui::stdin_is_terminal() {
+        return Err(Error::InvalidArgs(format!(
+            "{question} Not started without confirmation: pass --yes, or raise AMPLIHACK_REMOTE_CONFIRM_VMS (now {threshold})"
+        )));
+    }
+    if ui::confirm(&format!("{question} Create them? [y/N] "))? {
+        Ok(new_vms)
+    } else {
+        Err(Error::Failed(
+            "not started: no VM was created and no session recorded".into(),
+        ))
+    }
 }
 
 /// A refresh costs seconds and a new VM costs minutes: when the pool looks full, first learn
