@@ -7,6 +7,13 @@
 //! to us is skipped. A copy of us (another build, another install) cannot be recognised by its
 //! file, so every binary that forwards adds itself to `AMPLIHACK_REMOTE_FORWARDED_FROM` and
 //! skips what is listed there: two copies never hand a command back and forth.
+//!
+//! A wrapper script named `amplihack` that execs this binary (an asdf or mise shim, a `~/bin`
+//! wrapper) is not this binary's file either. So the marker also names every program a
+//! command was handed to: when the wrapper brings the command back here, the wrapper is
+//! skipped too, and the command goes on to the next `amplihack` on PATH, or ends with exit 2
+//! at once when there is none. The local backend's agent must be the Python amplihack itself,
+//! so there a candidate that is not a Python script is asked who it is (`identity probe`).
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,6 +27,15 @@ pub const PROGRAM: &str = "amplihack";
 
 /// The binaries a command has already passed through, in PATH syntax.
 pub const FORWARDED_FROM_VAR: &str = "AMPLIHACK_REMOTE_FORWARDED_FROM";
+
+/// Set to a nonce by the identity probe: this binary then prints `IDENTITY_PREFIX` and the
+/// nonce and exits, whatever its arguments, so a wrapper that leads back here is recognised.
+pub const IDENTIFY_VAR: &str = "AMPLIHACK_REMOTE_IDENTIFY";
+const IDENTITY_PREFIX: &str = "amplihack-remote-identity:";
+
+/// The Python original's own `amplihack remote` commands (its older `remote COMMAND PROMPT`
+/// form and `remote exec`): handed to it rather than refused as unknown.
+pub const PYTHON_REMOTE_COMMANDS: &[&str] = &["exec", "auto", "ultrathink", "analyze", "fix"];
 
 /// How to get the commands this binary does not have; used by `--help` and the errors.
 pub const GET_THE_REST: &str = "install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing)";
@@ -59,7 +75,11 @@ pub fn excluded_binaries(this: &Path, forwarded_from: Option<&OsStr>) -> Result<
     })?;
     let mut out = vec![me];
     if let Some(list) = forwarded_from {
-        out.extend(std::env::split_paths(list).filter_map(|p| FileId::of(&p)));
+        for id in std::env::split_paths(list).filter_map(|p| FileId::of(&p)) {
+            if !out.iter().any(|x| x.is_same_file(&id)) {
+                out.push(id);
+            }
+        }
     }
     Ok(out)
 }
@@ -68,36 +88,182 @@ fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The first executable `amplihack` in `path_var` (a PATH value) that is none of `excluded`,
-/// as an absolute path (a relative PATH entry is taken from `cwd`). Empty entries are skipped:
-/// they would mean the current directory, which nobody intends for this lookup.
-pub fn find_other(path_var: Option<&OsStr>, cwd: &Path, excluded: &[FileId]) -> Option<PathBuf> {
-    let path_var = path_var?;
-    std::env::split_paths(path_var)
+/// Every executable `amplihack` in `path_var` (a PATH value) that is none of `excluded`, in
+/// PATH order, as absolute paths (a relative PATH entry is taken from `cwd`), each file once.
+/// Empty entries are skipped: they would mean the current directory, which nobody intends for
+/// this lookup.
+pub fn find_others(path_var: Option<&OsStr>, cwd: &Path, excluded: &[FileId]) -> Vec<PathBuf> {
+    let Some(path_var) = path_var else {
+        return Vec::new();
+    };
+    let mut seen: Vec<FileId> = excluded.to_vec();
+    let mut out = Vec::new();
+    for candidate in std::env::split_paths(path_var)
         .filter(|dir| !dir.as_os_str().is_empty())
         .map(|dir| cwd.join(dir).join(PROGRAM))
         .filter(|candidate| is_executable_file(candidate))
-        .find(|candidate| {
-            FileId::of(candidate).is_some_and(|id| !excluded.iter().any(|x| x.is_same_file(&id)))
-        })
+    {
+        if let Some(id) = FileId::of(&candidate)
+            && !seen.iter().any(|x| x.is_same_file(&id))
+        {
+            seen.push(id);
+            out.push(candidate);
+        }
+    }
+    out
+}
+
+/// The first of `find_others`.
+pub fn find_other(path_var: Option<&OsStr>, cwd: &Path, excluded: &[FileId]) -> Option<PathBuf> {
+    find_others(path_var, cwd, excluded).into_iter().next()
+}
+
+/// The forwarding marker for a command handed to `program`: what it has passed through, and
+/// `program` itself, so that if `program` hands it back here it is not handed to it again.
+pub fn marker_for(excluded: &[FileId], program: &Path) -> std::result::Result<OsString, String> {
+    let id = FileId::of(program);
+    let program = id
+        .as_ref()
+        .filter(|id| !excluded.iter().any(|x| x.is_same_file(id)))
+        .map(|id| id.path.clone());
+    std::env::join_paths(excluded.iter().map(|id| id.path.clone()).chain(program))
+        .map_err(|e| e.to_string())
+}
+
+/// The identity probe's answer: when `IDENTIFY_VAR` is set, this binary prints who it is and
+/// exits 0 before reading its arguments. Called first thing in `main`.
+pub fn answer_identity_probe() {
+    if let Some(nonce) = std::env::var_os(IDENTIFY_VAR) {
+        println!("{IDENTITY_PREFIX}{}", nonce.to_string_lossy());
+        std::process::exit(0);
+    }
+}
+
+/// True when `candidate` is a Python script (pip's and uv's entry points are): the Python
+/// amplihack, not a wrapper leading back here. Anything else (a shell shim, a binary) may be.
+fn is_python_script(candidate: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(candidate)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let first_line = head[..n].split(|b| *b == b'\n').next().unwrap_or_default();
+    first_line.starts_with(b"#!") && first_line.windows(6).any(|w| w == b"python")
+}
+
+/// Whether running `candidate` leads back to this program (a wrapper that execs us, or a copy
+/// of us): it is run as `candidate --version` with `IDENTIFY_VAR` set, which this program
+/// answers with the nonce before anything else. One process, only for candidates that are not
+/// Python scripts.
+fn leads_back_here(candidate: &Path, excluded: &[FileId]) -> bool {
+    if is_python_script(candidate) {
+        return false;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let nonce = format!("{}-{nanos}", std::process::id());
+    let Ok(marker) = marker_for(excluded, candidate) else {
+        return false;
+    };
+    let cmd = crate::exec::Cmd::new(
+        candidate.as_os_str(),
+        vec!["--version".into()],
+        std::time::Duration::from_secs(30),
+    )
+    .env(IDENTIFY_VAR, &nonce)
+    .env(FORWARDED_FROM_VAR, &marker.to_string_lossy());
+    crate::exec::run_any_exit(&cmd).is_ok_and(|out| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == format!("{IDENTITY_PREFIX}{nonce}"))
+    })
 }
 
 fn this_binary() -> Result<PathBuf> {
     std::env::current_exe().map_err(|e| Error::io("cannot locate this program's own file", e))
 }
 
-/// The other `amplihack` on this process's PATH (the Python one), if there is one.
+/// The Python amplihack on this process's PATH, if there is one: the first other
+/// `amplihack` that does not lead back to this program (see `leads_back_here`).
 pub fn other_amplihack() -> Result<Option<PathBuf>> {
     let excluded = excluded_binaries(
         &this_binary()?,
         std::env::var_os(FORWARDED_FROM_VAR).as_deref(),
     )?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    Ok(find_other(
-        std::env::var_os("PATH").as_deref(),
-        &cwd,
-        &excluded,
-    ))
+    Ok(
+        find_others(std::env::var_os("PATH").as_deref(), &cwd, &excluded)
+            .into_iter()
+            .find(|candidate| !leads_back_here(candidate, &excluded)),
+    )
+}
+
+/// What `--version` adds below this binary's version: the amplihack other commands go to
+/// (path and its own version line), or that there is none and how to get it.
+pub fn version_note() -> String {
+    match other_amplihack() {
+        Ok(Some(program)) => {
+            let cmd = crate::exec::Cmd::new(
+                program.as_os_str(),
+                vec!["--version".into()],
+                std::time::Duration::from_secs(30),
+            );
+            let theirs = crate::exec::run_any_exit(&cmd)
+                .ok()
+                .and_then(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .map(crate::sanitize::line)
+                })
+                .unwrap_or_else(|| "its version unknown".into());
+            format!(
+                "Other commands (amplihack claude, launch, ...) go to {} ({theirs}).\n",
+                crate::sanitize::line(&program.to_string_lossy())
+            )
+        }
+        Ok(None) => format!(
+            "Other commands (amplihack claude, launch, ...): no other amplihack on PATH; {GET_THE_REST}.\n"
+        ),
+        Err(e) => format!("Other commands: {e}\n"),
+    }
+}
+
+/// What `main` does with a command line clap refused or answered: `--version` prints this
+/// binary's version and where other commands go; a Python original `remote` command
+/// (`remote exec`, ...) is handed to the Python amplihack; anything else is clap's own message.
+pub fn on_parse_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayVersion => {
+            print!("{e}{}", version_note());
+            std::process::exit(0);
+        }
+        ErrorKind::InvalidSubcommand => {
+            let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+            let python_remote = args.first().is_some_and(|a| a == "remote")
+                && args
+                    .get(1)
+                    .is_some_and(|c| PYTHON_REMOTE_COMMANDS.iter().any(|p| c == *p));
+            if python_remote {
+                let err = match exec_other_amplihack(args.clone()) {
+                    Error::InvalidArgs(_) => Error::InvalidArgs(format!(
+                        "'remote {}' is a command of the Python amplihack's `remote`, not of this one ({}), and no other amplihack is on PATH: {GET_THE_REST}",
+                        args[1].to_string_lossy(),
+                        "list, start, output, kill, status, prime, ..."
+                    )),
+                    other => other,
+                };
+                eprintln!("Error: {err}");
+                std::process::exit(err.exit_code());
+            }
+            e.exit()
+        }
+        _ => e.exit(),
+    }
 }
 
 /// The one-line error for a command nobody on PATH provides.
@@ -128,7 +294,7 @@ pub fn exec_other_amplihack(args: Vec<OsString>) -> Error {
     let Some(program) = find_other(std::env::var_os("PATH").as_deref(), &cwd, &excluded) else {
         return Error::InvalidArgs(not_found_message(subcommand));
     };
-    let marker = match std::env::join_paths(excluded.iter().map(|id| &id.path)) {
+    let marker = match marker_for(&excluded, &program) {
         Ok(m) => m,
         Err(e) => {
             return Error::Failed(format!(

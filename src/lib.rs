@@ -21,6 +21,7 @@ pub mod reconcile;
 pub mod refresh;
 pub mod render;
 pub mod report;
+pub mod sanitize;
 pub mod script;
 pub mod state;
 pub mod state_parse;

@@ -115,11 +115,16 @@ fn other_commands_go_to_a_python_amplihack_later_on_path() {
     set_path(&mut env, &["ours", "python"]);
     let out = run_top(&env, &odd_argv(), "line one\nline two\n");
     assert_forwarded_intact(&python, &out);
-    // The marker names the binary that forwarded: the one cargo built, by its real path.
+    // The marker names the binary that forwarded (the one cargo built, by its real path)
+    // and the program it handed the command to, so a wrapper that leads back is not taken
+    // again.
     let marker = recorded(&python, "marker");
     assert_eq!(
-        PathBuf::from(&marker),
-        std::fs::canonicalize(this_binary()).unwrap()
+        std::env::split_paths(&marker).collect::<Vec<_>>(),
+        vec![
+            std::fs::canonicalize(this_binary()).unwrap(),
+            std::fs::canonicalize(&python).unwrap()
+        ]
     );
 }
 
@@ -185,8 +190,8 @@ fn two_copies_of_this_binary_never_hand_a_command_back_and_forth() {
     assert_forwarded_intact(&python, &out);
     assert_eq!(
         recorded(&python, "marker").split(':').count(),
-        2,
-        "both binaries are named"
+        3,
+        "both binaries are named, and the Python amplihack it was handed to"
     );
 }
 

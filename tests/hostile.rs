@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::time::Duration;
 
 fn run_in(env: &TestEnv, dir: &Path, args: &[&str]) -> std::process::Output {
     let mut c = env.cmd();
@@ -227,4 +228,140 @@ fn many_new_vms_ask_on_a_terminal_with_the_hourly_cost() {
     let screen = terminal.wait_for("start-exit=", false);
     assert!(screen.contains("start-exit=1"), "{screen}");
     assert_eq!(new_calls(&env), 0);
+}
+
+/// `ROOT/<dir>/amplihack`: a wrapper script that execs this binary, like an asdf or mise shim.
+fn wrapper_of_this_binary(env: &TestEnv, dir: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = env.root().join(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let script = d.join("amplihack");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec '{}' \"$@\"\n", this_binary().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn set_path(env: &mut TestEnv, dirs: &[&str]) {
+    let mut parts: Vec<String> = dirs
+        .iter()
+        .map(|d| env.root().join(d).display().to_string())
+        .collect();
+    parts.push("/usr/local/bin:/usr/bin:/bin".into());
+    env.set("PATH", &parts.join(":"));
+}
+
+/// The stand-in agent as the Python amplihack, in `ROOT/<dir>/amplihack`.
+fn python_amplihack(env: &TestEnv, dir: &str) -> std::path::PathBuf {
+    let d = env.root().join(dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let python = d.join("amplihack");
+    std::os::unix::fs::symlink(support("vm-bin/amplihack"), &python).unwrap();
+    python
+}
+
+#[test]
+fn a_wrapper_that_execs_this_binary_does_not_loop() {
+    let mut env = TestEnv::new();
+    wrapper_of_this_binary(&env, "wrap");
+    set_path(&mut env, &["wrap"]);
+    // Through the wrapper, as a user types it: nothing else to hand it to, exit 2 at once.
+    let mut c = env.cmd();
+    c.timeout(Duration::from_secs(20));
+    let out = c.arg("claude").output().unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("'claude' is not a command of this amplihack"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    let mut c = std::process::Command::new(env.root().join("wrap/amplihack"));
+    c.env_clear().envs(env.env()).current_dir(env.work());
+    let out = assert_cmd::Command::from_std(c)
+        .timeout(Duration::from_secs(20))
+        .arg("launch")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
+#[test]
+fn a_wrapper_before_the_python_amplihack_hands_commands_on_and_is_not_the_local_agent() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_BACKEND", "local");
+    env.set("AMPLIHACK_LOCAL_SLOTS", "2");
+    env.unset("AMPLIHACK_REMOTE_AGENT");
+    wrapper_of_this_binary(&env, "wrap");
+    let python = python_amplihack(&env, "python");
+    set_path(&mut env, &["wrap", "python"]);
+    // A forwarded command passes the wrapper, comes back here and goes on to the Python one.
+    let mut c = env.cmd();
+    c.timeout(Duration::from_secs(20));
+    let out = c.arg("--version").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "go to {} (amplihack 0.0.0 (stand-in))",
+            python.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let mut c = env.cmd();
+    c.timeout(Duration::from_secs(20));
+    let out = c.args(["claude", "EXIT=0"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let argv = std::fs::read(env.home().join("agent-records/work/argv")).unwrap();
+    let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+    assert_eq!(
+        argv[..3],
+        [python.as_os_str().as_encoded_bytes(), b"claude", b"EXIT=0"]
+    );
+    // The local agent is the Python amplihack, not the wrapper.
+    let started = env.start_running("LINES=1");
+    let argv = std::fs::read(env.agent_record("local", &started.id).join("argv")).unwrap();
+    let argv0 = argv.split(|b| *b == 0).next().unwrap();
+    assert_eq!(argv0, python.as_os_str().as_encoded_bytes());
+}
+
+#[test]
+fn version_names_the_missing_python_amplihack_and_remote_exec_is_handed_to_it() {
+    let mut env = TestEnv::new();
+    set_path(&mut env, &["bin"]);
+    let out = env.cmd().arg("--version").output().unwrap();
+    assert_eq!(code(&out), 0);
+    let text = stdout(&out);
+    assert!(text.starts_with("amplihack "), "{text}");
+    assert!(
+        text.contains("no other amplihack on PATH") && text.contains("pip install amplihack"),
+        "{text}"
+    );
+    // `remote exec` is the Python original's: with no Python amplihack, say so (exit 2).
+    let out = env.run(&["exec", "auto", "a task"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr(&out).contains("'remote exec' is a command of the Python amplihack"),
+        "{}",
+        stderr(&out)
+    );
+    // With it, it goes there, arguments intact.
+    let python = python_amplihack(&env, "python");
+    set_path(&mut env, &["bin", "python"]);
+    let out = env.run(&["exec", "--version"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let argv = std::fs::read(env.home().join("agent-records/work/argv")).unwrap();
+    let argv: Vec<&[u8]> = argv.split(|b| *b == 0).collect();
+    assert_eq!(
+        argv[..4],
+        [
+            python.as_os_str().as_encoded_bytes(),
+            b"remote",
+            b"exec",
+            b"--version"
+        ]
+    );
 }
