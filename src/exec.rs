@@ -346,6 +346,18 @@ pub fn current_owner() -> Owner {
     }
 }
 
+/// This machine's memory (MemTotal of /proc/meminfo), for the local backend's slots and its
+/// line in `status`.
+pub fn machine_memory_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    })
+}
+
 /// Whether `owner` still runs: the same pid with the same start time, on this machine.
 pub fn liveness(owner: &Owner) -> Liveness {
     if owner.host != hostname() {

@@ -395,6 +395,8 @@ pub struct Collected {
     pub snapshots: HashMap<String, Snapshot>,
     /// VMs that could not be asked, with why.
     pub failed_vms: BTreeMap<String, Error>,
+    /// VMs that answered.
+    pub answered_vms: BTreeSet<String>,
 }
 
 /// What one VM answered: probes, archives kept, archives that could not be kept, snapshots.
@@ -525,6 +527,7 @@ fn collect_answers(results: Vec<(String, Result<VmAnswer>)>) -> Result<Collected
     for (vm, result) in results {
         match result {
             Ok((probes, archived, failures, snapshots)) => {
+                collected.answered_vms.insert(vm);
                 collected.probes.extend(probes);
                 collected.archived.extend(archived);
                 collected.archive_failures.extend(failures);
@@ -619,6 +622,7 @@ pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<R
         ));
         live.unreachable.insert(vm.clone());
     }
+    live.answered.extend(collected.answered_vms.iter().cloned());
     if !power_results.is_empty() {
         let mut all = BTreeMap::new();
         let mut complete = true;

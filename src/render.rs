@@ -15,6 +15,10 @@ use crate::pool;
 pub struct Live {
     /// VMs that did not answer the refresh.
     pub unreachable: HashSet<String>,
+    /// VMs that answered the refresh.
+    pub answered: HashSet<String>,
+    /// This machine's memory, the local backend's real memory in `status`.
+    pub local_memory_bytes: Option<u64>,
     /// Power state per VM from `azlin list`, when it was asked.
     pub power: Option<BTreeMap<String, String>>,
 }
@@ -376,7 +380,9 @@ pub struct PoolStatus {
 /// Cents are noise at this precision; four places keep list prices such as 1.008 exact.
 fn round_usd(value: f64, places: i32) -> f64 {
     let scale = 10f64.powi(places);
-    (value * scale).round() / scale
+    // + 0.0 turns -0.0 (the sum of no prices, or a rounded tiny negative) into 0.0, which
+    // prints as $0.00 rather than $-0.00.
+    (value * scale).round() / scale + 0.0
 }
 
 /// (hourly now, since created) of one VM; `None`s for a SKU without a price.
@@ -447,9 +453,12 @@ pub fn pool_status(
             let on_vm = active.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
             let used = on_vm.len() as u32;
             let spec = pool::size_by_sku(&vm.size);
-            let memory_total_gb = spec
-                .map(|s| u64::from(s.memory_gb))
-                .unwrap_or(u64::from(vm.capacity) * pool::SESSION_MEMORY_MB / 1024);
+            let memory_total_gb = match (vm.backend, live.local_memory_bytes) {
+                (Backend::Local, Some(bytes)) => bytes.div_ceil(1 << 30),
+                _ => spec
+                    .map(|s| u64::from(s.memory_gb))
+                    .unwrap_or(u64::from(vm.capacity) * pool::SESSION_MEMORY_MB / 1024),
+            };
             if vm.state == VmState::Ready {
                 capacity.used += used.min(vm.capacity);
                 capacity.total += vm.capacity;
@@ -484,6 +493,8 @@ pub fn pool_status(
                 age_seconds: (now - vm.created_at).num_seconds().max(0),
                 reachable: if live.unreachable.contains(name) {
                     Some(false)
+                } else if live.answered.contains(name) {
+                    Some(true)
                 } else {
                     None
                 },
@@ -565,7 +576,11 @@ pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
         } else {
             format!(" [{}]", flags.join(", "))
         };
-        let _ = writeln!(out, "  {} ({}, {}){}", vm.name, vm.size, vm.region, flags);
+        if vm.backend == Backend::Local {
+            let _ = writeln!(out, "  {} (this machine){}", vm.name, flags);
+        } else {
+            let _ = writeln!(out, "  {} ({}, {}){}", vm.name, vm.size, vm.region, flags);
+        }
         let _ = writeln!(
             out,
             "    Sessions: {}/{} ({}% capacity)",
@@ -944,7 +959,7 @@ mod tests {
         assert!(text.contains("    Cost: $0.38/h now, at most $3.84 since created\n"));
         assert!(text.contains("  Not counted: 1 VM(s) of unknown price"));
         assert!(!text.contains("Power states not read"));
-        let local_block = text.split("  local (local, local)").nth(1).unwrap();
+        let local_block = text.split("  local (this machine)").nth(1).unwrap();
         assert!(
             !local_block.split("\n  ").next().unwrap().contains("Cost"),
             "no cost line for this machine: {text}"

@@ -365,3 +365,51 @@ fn version_names_the_missing_python_amplihack_and_remote_exec_is_handed_to_it() 
         ]
     );
 }
+
+#[test]
+fn status_with_no_known_price_costs_zero_not_minus_zero() {
+    let env = TestEnv::new();
+    let created = chrono::Utc::now() - chrono::Duration::hours(2);
+    env.write_state(
+        &serde_json::json!({
+            "sessions": {},
+            "vm_pool": {"amplihack-user-20251125-143000": {
+                "size": "Standard_D4s_v3", "capacity": 1, "active_sessions": [],
+                "region": "eastus",
+                "created_at": created.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+            }}
+        })
+        .to_string(),
+    );
+    let out = env.run(&["status", "--no-refresh"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Cost: $0.00/h now"), "{text}");
+    assert!(!text.contains("-0"), "{text}");
+    let out = env.run(&["status", "--no-refresh", "--json"]);
+    let raw = stdout(&out);
+    assert!(raw.contains("\"total_hourly_usd\": 0.0"), "{raw}");
+    assert!(!raw.contains("-0.0"), "{raw}");
+}
+
+#[test]
+fn status_json_says_reachable_for_a_vm_that_answered() {
+    let env = TestEnv::new();
+    let started = env.start_running("SLEEP=30");
+    let out = env.run(&["status", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vm = v["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == started.vm.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(vm["reachable"], true, "{vm}");
+    // And false for one that does not answer.
+    env.fault(&format!("vms/{}/unreachable", started.vm));
+    let out = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vms"][0]["reachable"], false, "{v}");
+}

@@ -57,16 +57,7 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
 /// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
 pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
     ctx.settings.local_slots.unwrap_or_else(|| {
-        let bytes = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map(|kb| kb * 1024)
-            .unwrap_or(0);
+        let bytes = crate::exec::machine_memory_bytes().unwrap_or(0);
         pool::local_slots(bytes)
     })
 }

@@ -1,13 +1,22 @@
 use crate::cli::StatusArgs;
 use crate::commands::Ctx;
 use crate::error::Result;
+use crate::model::Backend;
 use crate::refresh;
 use crate::render;
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
-    let refresh::Refreshed { state, live, .. } =
-        refresh::current(ctx, args.refresh.no_refresh, true)?;
+    let refresh::Refreshed {
+        state, mut live, ..
+    } = refresh::current(ctx, args.refresh.no_refresh, true)?;
+    if state
+        .vm_pool
+        .values()
+        .any(|vm| vm.backend == Backend::Local)
+    {
+        live.local_memory_bytes = crate::exec::machine_memory_bytes();
+    }
     let now = ctx.now();
     let status = render::pool_status(&state, &live, &ctx.settings.prices, now);
     if args.json {
