@@ -139,6 +139,72 @@ pub fn validate_region(region: &str) -> Result<(), String> {
     }
 }
 
+/// A workspace path recorded for a session: absolute or under `~/`, with no `..` component and
+/// no control character (it reaches the VM as an argument of its control calls).
+pub fn is_safe_workspace(path: &str) -> bool {
+    (path.starts_with('/') || path.starts_with("~/"))
+        && path.len() <= 4096
+        && !path.chars().any(char::is_control)
+        && !path.split('/').any(|part| part == "..")
+}
+
+fn is_commit_id(c: &str) -> bool {
+    (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks every name the state file gives that becomes a path or reaches a VM: session ids
+/// (keys, `session_id`, the VMs' `active_sessions`), VM names (pool keys, `vm_name`),
+/// workspaces and commit ids. A hand-edited or hostile state (a session id
+/// `../../../important.txt`) is then refused whole, naming the entry, before anything acts on
+/// it. The first bad entry, in words, or None.
+pub fn unsafe_state_entry(state: &crate::model::State) -> Option<String> {
+    let bad_id = |id: &str| validate_session_id(id).is_err();
+    let shown = |v: &str| crate::sanitize::line(&format!("{v:?}"));
+    for (key, s) in &state.sessions {
+        if bad_id(key) {
+            return Some(format!("the session id {} is not safe to use", shown(key)));
+        }
+        if s.session_id != *key && bad_id(&s.session_id) {
+            return Some(format!(
+                "session {key} has the session_id {}, which is not safe to use",
+                shown(&s.session_id)
+            ));
+        }
+        if !is_valid_vm_name(&s.vm_name) {
+            return Some(format!(
+                "session {key} names the VM {}, which is not a valid VM name",
+                shown(&s.vm_name)
+            ));
+        }
+        if !is_safe_workspace(&s.workspace) {
+            return Some(format!(
+                "session {key} has the workspace {}, which is not a safe path",
+                shown(&s.workspace)
+            ));
+        }
+        for c in [&s.base_commit, &s.pulled_commit].into_iter().flatten() {
+            if !is_commit_id(c) {
+                return Some(format!(
+                    "session {key} names the commit {}, which is not a commit id",
+                    shown(c)
+                ));
+            }
+        }
+    }
+    for (name, vm) in &state.vm_pool {
+        if !is_valid_vm_name(name) {
+            return Some(format!("the VM name {} is not valid", shown(name)));
+        }
+        if let Some(id) = vm.active_sessions.iter().find(|id| bad_id(id)) {
+            return Some(format!(
+                "VM {name} lists the session id {}, which is not safe to use",
+                shown(id)
+            ));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,10 +143,18 @@ impl StateStore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
             Err(e) => return Err(self.access_error(format!("cannot read: {e}"))),
         };
-        parse(&bytes).map_err(|detail| Error::StateCorrupt {
+        let state = parse(&bytes).map_err(|detail| Error::StateCorrupt {
             path: self.path.clone(),
             detail,
-        })
+        })?;
+        // Names from the file become paths and reach VMs: a bad one is reported, never used.
+        match crate::naming::unsafe_state_entry(&state) {
+            None => Ok(state),
+            Some(detail) => Err(Error::StateCorrupt {
+                path: self.path.clone(),
+                detail: format!("{detail}; nothing was done with it"),
+            }),
+        }
     }
 
     /// Runs `change` on the current state under the lock and writes the result atomically.

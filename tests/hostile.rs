@@ -413,3 +413,46 @@ fn status_json_says_reachable_for_a_vm_that_answered() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vms"][0]["reachable"], false, "{v}");
 }
+
+#[test]
+fn a_state_holding_a_path_as_a_session_id_is_reported_not_obeyed() {
+    let env = TestEnv::new();
+    let vm = env.prime(1, "s").remove(0);
+    let important = env.vm_dir(&vm).join("home/important.txt");
+    std::fs::write(&important, "keep me\n").unwrap();
+    let mut state = env.state();
+    let id = "../../../important.txt";
+    state["sessions"][id] = serde_json::json!({
+        "session_id": id, "vm_name": vm, "workspace": format!("~/workspace/{id}"),
+        "tmux_session": id, "prompt": "x", "command": "auto", "max_turns": 10,
+        "status": "pending", "memory_mb": 32768, "created_at": "2025-11-25T14:30:22Z",
+        "started_at": null, "completed_at": null, "exit_code": null
+    });
+    env.write_state(&state.to_string());
+    env.clear_calls();
+    for args in [&["list"][..], &["status"], &["kill", "sess-1"], &["sync"]] {
+        let out = env.run(args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("\"../../../important.txt\" is not safe to use"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&important).unwrap(), "keep me\n");
+    assert!(env.calls().is_empty(), "no VM was asked: {:?}", env.calls());
+
+    // A VM name that is a path, likewise.
+    let mut state = env.state();
+    state["sessions"].as_object_mut().unwrap().clear();
+    let entry = state["vm_pool"][&vm].clone();
+    state["vm_pool"]["../../evil"] = entry;
+    env.write_state(&state.to_string());
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("the VM name \"../../evil\" is not valid"),
+        "{}",
+        stderr(&out)
+    );
+}
