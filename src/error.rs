@@ -188,6 +188,36 @@ impl Error {
         )
     }
 
+    /// Failures of a remote call that prove its script never ran on the VM: azlin could not
+    /// start, the VM was not found, or ssh never connected (refused, timed out, no route, no
+    /// public IP). Any other failure (a dropped connection, a timeout, garbage) may have come
+    /// after the script ran.
+    pub fn ran_nothing(&self) -> bool {
+        match self {
+            Error::VmUnreachable { detail, .. } => {
+                let lower = detail.to_lowercase();
+                [
+                    "connect to host",
+                    "could not resolve hostname",
+                    "no route to host",
+                    "no bastion host found",
+                    "permission denied (publickey",
+                ]
+                .iter()
+                .any(|n| lower.contains(n))
+            }
+            Error::VmNotFound { .. }
+            | Error::QuotaExceeded { .. }
+            | Error::AzlinMissing(_)
+            | Error::AzureAuth(_)
+            | Error::NoResourceGroup
+            | Error::MissingApiKey
+            | Error::LocalAgentMissing
+            | Error::InvalidArgs(_) => true,
+            _ => false,
+        }
+    }
+
     /// Writing to a closed pipe (`list | head -1`) is not a failure of ours.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
@@ -197,6 +227,21 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_that_never_opened_ran_nothing_a_dropped_one_may_have() {
+        let unreachable = |detail: &str| Error::VmUnreachable {
+            vm: "vm".into(),
+            detail: detail.into(),
+        };
+        assert!(
+            unreachable("ssh: connect to host 10.0.0.4 port 22: Connection refused").ran_nothing()
+        );
+        assert!(unreachable("No bastion host found for VM").ran_nothing());
+        assert!(!unreachable("Connection to 10.0.0.4 closed by remote host.").ran_nothing());
+        assert!(!unreachable("no answer within 1s").ran_nothing());
+        assert!(!Error::Interrupted.ran_nothing());
+    }
 
     #[test]
     fn every_variant_maps_to_a_documented_code() {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod forward;
 pub mod interrupt;
+pub mod lifecycle;
 pub mod model;
 pub mod naming;
 pub mod parallel;

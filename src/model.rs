@@ -324,32 +324,6 @@ impl State {
             }
         }
     }
-
-    /// Moves a session to a final status and frees its slot. Returns false when the session
-    /// was no longer active (someone else settled it first), in which case nothing changes.
-    pub fn finish_session(
-        &mut self,
-        id: &str,
-        status: SessionStatus,
-        exit_code: Option<i32>,
-        at: DateTime<Utc>,
-        error: Option<String>,
-    ) -> bool {
-        match self.sessions.get_mut(id) {
-            Some(s) if s.status.is_active() => {
-                s.status = status;
-                s.exit_code = exit_code;
-                s.completed_at = Some(at);
-                if error.is_some() {
-                    s.error = error;
-                }
-                s.owner = None;
-                s.kill_request = None;
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
@@ -873,21 +847,11 @@ mod tests {
                 "sess-20251125-143025-def".to_string()
             ]
         );
-        let now = Utc::now();
-        assert!(state.finish_session(
-            "sess-20251125-143022-abc",
-            SessionStatus::Completed,
-            Some(0),
-            now,
-            None
-        ));
-        assert!(!state.finish_session(
-            "sess-20251125-143022-abc",
-            SessionStatus::Failed,
-            Some(1),
-            now,
-            None
-        ));
+        state
+            .sessions
+            .get_mut("sess-20251125-143022-abc")
+            .unwrap()
+            .status = SessionStatus::Completed;
         state.normalize();
         assert_eq!(
             state.vm_pool["amplihack-user-20251125-143000"].active_sessions,

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, Owner, SessionStatus, State, VmEntry, VmState};
+use crate::model::{Backend, Owner, State, VmEntry, VmState};
 use crate::naming;
 use crate::pool::SizeSpec;
 use crate::progress::{self, Stage};
 use crate::ui;
+use crate::{exec, lifecycle, refresh};
 
 /// A VM name not yet in the pool: the timestamp form, a second later on a clash.
 pub fn fresh_vm_name(state: &State, taken: &[String], user: &str, now: DateTime<Utc>) -> String {
@@ -124,8 +125,9 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
                     .map(|s| s.session_id.clone())
                     .collect();
                 let now = ctx.now();
+                let refused = lifecycle::Event::Refused(e.to_string());
                 for id in bound {
-                    st.finish_session(&id, SessionStatus::Failed, None, now, Some(e.to_string()));
+                    refresh::settle(st, &id, &refused, now, &exec::liveness);
                 }
             }
             Err(e) => {

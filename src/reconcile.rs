@@ -3,7 +3,7 @@
 //!
 //! The VMs are the truth about their sessions and the state is a cache of it: sessions and VMs
 //! the state lacks are added, sessions it has are settled by the rules of a refresh
-//! (`refresh::apply_probes`, `script::verdict`), and nothing the state has is dropped because a
+//! (`refresh::apply_probes`, by the lifecycle), and nothing the state has is dropped because a
 //! VM does not know it. Merging the same findings twice changes nothing the second time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -11,10 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::lifecycle;
 use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_SKU};
 use crate::refresh::{self, LivenessCheck};
-use crate::script::{self, Probe, Verdict, VmRecords};
+use crate::script::{Probe, VmRecords};
 use crate::transport::ListedVm;
 
 /// What `sync` learned from azlin and the VMs.
@@ -152,49 +153,13 @@ pub fn local_vm(capacity: u32, records: &VmRecords, now: DateTime<Utc>) -> VmEnt
     }
 }
 
-/// A session the state lacks, rebuilt from its record and facts on `vm`, by the verdict rules
-/// of a refresh. A session that has neither started nor ended may still be being launched by a
-/// `start` elsewhere: it is `pending` (without an owner we could check) until its reservation
-/// is older than any start can take, as any pending session is.
-pub fn session_from_vm(
-    record: &Session,
-    vm: &str,
-    probe: &Probe,
-    now: DateTime<Utc>,
-    alive: LivenessCheck,
-) -> Session {
-    let mut s = record.clone();
-    s.vm_name = vm.to_string();
-    s.owner = None;
-    s.kill_request = None;
-    s.started_at = probe.started_at.or(record.started_at);
-    s.completed_at = None;
-    s.exit_code = None;
-    s.error = None;
-    match script::verdict(probe, now, false) {
-        Verdict::Queued => s.status = SessionStatus::Queued,
-        Verdict::Running { .. } => s.status = SessionStatus::Running,
-        Verdict::Finished {
-            exit_code: None, ..
-        } if !probe.kill_requested
-            && probe.started_at.is_none()
-            && !refresh::abandoned(None, record.created_at, now, alive) =>
-        {
-            s.status = SessionStatus::Pending;
-        }
-        Verdict::Finished {
-            status,
-            exit_code,
-            at,
-            error,
-        } => {
-            s.status = status;
-            s.exit_code = exit_code;
-            s.completed_at = Some(at);
-            s.error = error;
-        }
-    }
-    s
+/// A session the state lacks, rebuilt from its record and facts on `vm` by the lifecycle
+/// (`lifecycle::rebuilt`): a session that has neither been placed nor ended may still be being
+/// launched by a `start` elsewhere, so it is `pending` (without an owner we could check) until
+/// its reservation is older than any start can take, as any pending session is; everything
+/// else is as its VM says, an ended or refused one included.
+pub fn session_from_vm(record: &Session, vm: &str, probe: &Probe, now: DateTime<Utc>) -> Session {
+    lifecycle::rebuilt(record, vm, probe, now)
 }
 
 /// Merges the findings into `state`: adds the VMs and sessions it lacks, settles the sessions
@@ -296,7 +261,7 @@ pub fn merge(
                     .push(unreadable("its VM reported no facts of it".into()));
                 continue;
             };
-            let session = session_from_vm(record, vm, probe, now, alive);
+            let session = session_from_vm(record, vm, probe, now);
             merged.added_sessions.push(session_ref(&session));
             state.sessions.insert(id.clone(), session);
         }
@@ -332,6 +297,7 @@ fn session_ref(s: &Session) -> SessionRef {
 mod tests {
     use super::*;
     use crate::exec::Liveness;
+    use crate::lifecycle::Phase;
     use crate::model::{KillRequest, Owner, parse_timestamp};
     use crate::pool::tests::{session, t0, vm};
     use chrono::Duration;
@@ -383,6 +349,14 @@ mod tests {
             cancelled: false,
             claimed: false,
             queued: false,
+            // Nothing recorded and nothing alive: its files are there, it was never placed.
+            phase: match (exit, alive, started) {
+                (Some(_), _, _) => Phase::Ended,
+                (None, true, _) => Phase::Running,
+                (None, false, Some(_)) => Phase::Vanished,
+                (None, false, None) => Phase::Launching,
+            },
+            reason: None,
         }
     }
 
@@ -507,7 +481,7 @@ mod tests {
         assert!(first.changed_anything());
         // Vanished: ended without an exit code, at `now`; a record the VM has not started yet
         // is pending (a launch may be under way).
-        assert_eq!(st.sessions["b"].error.as_deref(), Some(script::VANISHED));
+        assert_eq!(st.sessions["b"].error.as_deref(), Some(lifecycle::VANISHED));
         assert_eq!(st.sessions["c"].status, SessionStatus::Pending);
         let snapshot = st.clone();
         let second = merge(&mut st, &found, now() + Duration::minutes(1), &check);
@@ -527,7 +501,10 @@ mod tests {
         let mut st = State::default();
         merge(&mut st, &found, late, &check);
         assert_eq!(st.sessions["c"].status, SessionStatus::Failed);
-        assert_eq!(st.sessions["c"].error.as_deref(), Some(script::VANISHED));
+        assert_eq!(
+            st.sessions["c"].error.as_deref(),
+            Some(lifecycle::LAUNCH_NEVER_FINISHED)
+        );
         // And a pending session added earlier is settled the same way once that time passed.
         let mut st = State::default();
         merge(&mut st, &found, now(), &check);
@@ -641,6 +618,8 @@ mod tests {
             cancelled: false,
             claimed: false,
             queued: false,
+            phase: if tmux { Phase::Running } else { Phase::Absent },
+            reason: None,
         };
         answer_a
             .probes
@@ -667,7 +646,7 @@ mod tests {
         // Its VM answered that nothing of it is there: settled as a refresh settles it.
         let def = &st.sessions["sess-20251125-143025-def"];
         assert_eq!(def.status, SessionStatus::Failed);
-        assert_eq!(def.error.as_deref(), Some(script::UNKNOWN_ON_VM));
+        assert_eq!(def.error.as_deref(), Some(lifecycle::UNKNOWN_ON_VM));
         assert_eq!(def.extra, python.sessions["sess-20251125-143025-def"].extra);
         assert_eq!(
             merged.not_on_vm,

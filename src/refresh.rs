@@ -16,14 +16,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Liveness, OnInterrupt};
+use crate::lifecycle;
 use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::render::Live;
-use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Verdict, Want};
+use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Want};
 use crate::ui;
 use crate::{interrupt, parallel};
 
@@ -31,12 +32,7 @@ use crate::{interrupt, parallel};
 /// catch up over a few refreshes without making any one of them slow.
 pub const UNARCHIVED_PER_CALL: usize = 8;
 
-/// How long a reservation whose owner cannot be checked (it ran on another machine, or none
-/// was recorded, as by the Python original) is trusted: longer than any start can take
-/// (provisioning 25 minutes, then up to 4 launch attempts of 10 minutes).
-pub fn unverifiable_owner_trust() -> Duration {
-    Duration::hours(2)
-}
+pub use crate::lifecycle::unverifiable_owner_trust;
 
 /// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
 pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
@@ -48,30 +44,34 @@ pub fn abandoned(
     now: DateTime<Utc>,
     alive: LivenessCheck,
 ) -> bool {
-    match owner.map(alive) {
-        Some(Liveness::Alive) => false,
-        Some(Liveness::Dead) => true,
-        Some(Liveness::Unknown) | None => now - since > unverifiable_owner_trust(),
+    lifecycle::owner_gone(owner.map(alive), since, now)
+}
+
+/// What the lifecycle needs to know of a session besides the event: the time, whether its
+/// reservation's owner lives, whether a kill of ours is under way.
+pub fn seen(s: &Session, now: DateTime<Utc>, alive: LivenessCheck) -> lifecycle::Seen {
+    lifecycle::Seen {
+        now,
+        owner: s.owner.as_ref().map(alive),
+        kill_intended: s
+            .kill_request
+            .as_ref()
+            .is_some_and(|k| alive(&k.by) != Liveness::Dead),
     }
 }
 
-/// Whether a probe may settle a pending session. A dead owner may have left a launch on its
-/// way (its azlin call goes on without it): only a probe that claimed the session on its VM may
-/// settle it. A reservation older than any start can take is past that danger.
-pub fn pending_settleable_by(
-    owner: Option<&Owner>,
-    since: DateTime<Utc>,
+/// Applies `event` to session `id` by the lifecycle's decision; returns the reason when it
+/// changed the session.
+pub fn settle(
+    state: &mut State,
+    id: &str,
+    event: &lifecycle::Event,
     now: DateTime<Utc>,
     alive: LivenessCheck,
-    probe_claimed: bool,
-) -> bool {
-    if now - since > unverifiable_owner_trust() {
-        return true;
-    }
-    match owner.map(alive) {
-        Some(Liveness::Dead) => probe_claimed,
-        _ => false,
-    }
+) -> Option<String> {
+    let s = state.sessions.get_mut(id)?;
+    let seen = seen(s, now, alive);
+    lifecycle::step(s, event, &seen)
 }
 
 /// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
@@ -119,13 +119,7 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
         .map(|s| s.session_id.clone())
         .collect();
     for id in unlaunchable {
-        changed |= state.finish_session(
-            &id,
-            SessionStatus::Failed,
-            None,
-            now,
-            Some("its start ended before launching it".into()),
-        );
+        changed |= settle(state, &id, &lifecycle::Event::StartDied, now, alive).is_some();
     }
     changed
 }
@@ -282,73 +276,21 @@ pub fn keep_archives(
     (archived, failures)
 }
 
-/// Applies what the VMs said to the sessions that are still active. A pending session is
-/// settled only when `pending_settleable_by` allows: anything less could race a launch still
-/// on its way. Returns how many changed.
+/// Applies what the VMs said to the sessions, each by the lifecycle's decision (a pending
+/// session whose start may still be launching it is settled only by an answer that launch
+/// cannot change, or by a claim). Returns how many changed.
 pub fn apply_probes(
     state: &mut State,
     probes: &HashMap<String, Probe>,
     now: DateTime<Utc>,
     alive: LivenessCheck,
 ) -> usize {
-    let mut changed = 0;
-    for (id, probe) in probes {
-        let Some(session) = state.sessions.get_mut(id) else {
-            continue;
-        };
-        if !session.status.is_active()
-            || (session.status == SessionStatus::Pending
-                && !pending_settleable_by(
-                    session.owner.as_ref(),
-                    session.created_at,
-                    now,
-                    alive,
-                    probe.claimed,
-                ))
-        {
-            continue;
-        }
-        // A kill of ours under way (its process alive) makes any end it causes `killed`.
-        let kill_intended = session
-            .kill_request
-            .as_ref()
-            .is_some_and(|k| alive(&k.by) != Liveness::Dead);
-        match script::verdict(probe, now, kill_intended) {
-            Verdict::Queued => {
-                if session.status == SessionStatus::Pending {
-                    session.status = SessionStatus::Queued;
-                    session.owner = None;
-                    changed += 1;
-                }
-            }
-            Verdict::Running { started_at } => {
-                if session.status != SessionStatus::Running {
-                    // A queued session started by its VM: its real start time.
-                    if session.status == SessionStatus::Queued {
-                        session.started_at = started_at;
-                    }
-                    session.status = SessionStatus::Running;
-                    session.started_at = session.started_at.or(started_at);
-                    session.owner = None;
-                    changed += 1;
-                }
-            }
-            Verdict::Finished {
-                status,
-                exit_code,
-                at,
-                error,
-            } => {
-                if session.started_at.is_none() {
-                    session.started_at = probe.started_at;
-                }
-                if state.finish_session(id, status, exit_code, at, error) {
-                    changed += 1;
-                }
-            }
-        }
-    }
-    changed
+    probes
+        .iter()
+        .filter(|(id, probe)| {
+            settle(state, id, &lifecycle::Event::Observed(probe), now, alive).is_some()
+        })
+        .count()
 }
 
 /// Commits probes, recoveries and archive marks, in one transaction, if anything changed;
@@ -652,8 +594,10 @@ pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::Phase;
     use crate::model::KillRequest;
     use crate::pool::tests::{session, t0, vm};
+    use chrono::Duration;
 
     fn owner(pid: u32) -> Owner {
         Owner {
@@ -715,6 +659,13 @@ mod tests {
             cancelled: false,
             claimed: false,
             queued: false,
+            phase: match (exit, alive) {
+                (Some(_), _) => Phase::Ended,
+                (None, true) => Phase::Running,
+                // Its files are there and nothing of it started: never placed.
+                (None, false) => Phase::Launching,
+            },
+            reason: None,
         }
     }
 
@@ -731,6 +682,7 @@ mod tests {
         let claimed = Probe {
             claimed: true,
             cancelled: true,
+            phase: Phase::Cancelled,
             ..probe(None, false)
         };
         let probes: HashMap<String, Probe> = [
@@ -749,7 +701,7 @@ mod tests {
         assert_eq!(st.sessions["c"].status, SessionStatus::Failed);
         assert_eq!(
             st.sessions["c"].error.as_deref(),
-            Some(script::NEVER_LAUNCHED)
+            Some(lifecycle::NEVER_LAUNCHED)
         );
         assert_eq!(st.sessions["r"].status, SessionStatus::Completed);
         assert_eq!(st.sessions["r"].exit_code, Some(0));

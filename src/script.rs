@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Session, SessionStatus, parse_timestamp};
+use crate::lifecycle::Phase;
+use crate::model::{Session, parse_timestamp};
 use crate::naming;
 
 /// Quotes a string as one shell word. Single quotes keep every byte literal; an embedded
@@ -370,6 +371,10 @@ pub struct Probe {
     pub claimed: bool,
     /// It waits in its VM's queue.
     pub queued: bool,
+    /// What it is on its VM (`session_phase`, the VM's one judge): what the lifecycle decides by.
+    pub phase: Phase,
+    /// Why its placement failed, when it did.
+    pub reason: Option<String>,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -392,6 +397,14 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     let cancelled = p.next() == Some("1");
     let claimed = p.next() == Some("1");
     let queued = p.next() == Some("1");
+    let phase = p
+        .next()
+        .and_then(Phase::parse)
+        .unwrap_or_else(|| Phase::from_flags(known, alive, exit_code, cancelled, queued));
+    let reason = p
+        .next()
+        .filter(|r| !r.is_empty() && *r != "-")
+        .map(String::from);
     Some((
         id,
         Probe {
@@ -405,6 +418,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             cancelled,
             claimed,
             queued,
+            phase,
+            reason,
         },
     ))
 }
@@ -414,78 +429,6 @@ pub fn parse_probes(stdout: &[u8]) -> HashMap<String, Probe> {
         .lines()
         .filter_map(parse_probe_line)
         .collect()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Waiting in its VM's queue.
-    Queued,
-    Running {
-        started_at: Option<DateTime<Utc>>,
-    },
-    Finished {
-        status: SessionStatus,
-        exit_code: Option<i32>,
-        at: DateTime<Utc>,
-        error: Option<String>,
-    },
-}
-
-/// A session with a directory whose supervisor and agent are both gone, with no exit code.
-pub const VANISHED: &str = "its supervisor and agent ended without recording an exit code (the VM rebooted, or they were killed outright)";
-/// A session its VM has no trace of.
-pub const UNKNOWN_ON_VM: &str =
-    "its VM has no trace of it: no session directory and no tmux session";
-/// A session of the Python original (no directory) whose tmux session is gone.
-pub const TMUX_ENDED: &str = "the tmux session ended without recording an exit code";
-/// A pending session whose start died before launching it.
-pub const NEVER_LAUNCHED: &str = "its start ended before launching it";
-
-/// The true status of a session from what its VM says. A recorded exit code wins; otherwise
-/// a live agent group or supervisor means running, and neither means it ended unrecorded.
-/// A kill asked for (marked on the VM, or `kill_intended` by a live `kill` of ours) makes any
-/// end `killed`.
-pub fn verdict(probe: &Probe, now: DateTime<Utc>, kill_intended: bool) -> Verdict {
-    let killed = probe.kill_requested || kill_intended;
-    match probe.exit_code {
-        Some(code) => Verdict::Finished {
-            status: if killed {
-                SessionStatus::Killed
-            } else {
-                SessionStatus::from_exit_code(code)
-            },
-            exit_code: Some(code),
-            at: probe.finished_at.unwrap_or(now),
-            error: None,
-        },
-        None if probe.alive => Verdict::Running {
-            started_at: probe.started_at,
-        },
-        None if probe.queued => Verdict::Queued,
-        None if killed => Verdict::Finished {
-            status: SessionStatus::Killed,
-            exit_code: None,
-            at: now,
-            error: None,
-        },
-        None => Verdict::Finished {
-            status: SessionStatus::Failed,
-            exit_code: None,
-            at: now,
-            error: Some(
-                if probe.cancelled {
-                    NEVER_LAUNCHED
-                } else if probe.known {
-                    VANISHED
-                } else if probe.started_at.is_none() && !probe.tmux {
-                    UNKNOWN_ON_VM
-                } else {
-                    TMUX_ENDED
-                }
-                .into(),
-            ),
-        },
-    }
 }
 
 /// A control call's arguments, with the archive request's appended when there is one.
@@ -1145,11 +1088,8 @@ mod tests {
         assert!(launched.claimed && !launched.cancelled);
         assert!(!sessions.join("launched/cancelled").exists());
         assert!(!answer.probes["plain"].claimed);
-        let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
-        match verdict(never, now, false) {
-            Verdict::Finished { error, .. } => assert_eq!(error.as_deref(), Some(NEVER_LAUNCHED)),
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(never.phase, Phase::Cancelled);
+        assert_eq!(launched.phase, Phase::Vanished);
         // Both have ended (nothing of them runs): their archive frames came along.
         let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["never", "launched"]);
@@ -1281,60 +1221,38 @@ mod tests {
     }
 
     #[test]
-    fn probes_and_verdicts() {
+    fn probes_and_their_phases() {
         let p = parse_probes(
             b"session\ts1\t1\t0\t3\t2025-11-25T14:40:00Z\t2025-11-25T14:30:00Z\t0\t0\n\
               session\ts2\t1\t1\t-\t-\t2025-11-25T14:30:00Z\t0\t1\n\
               session\ts3\t0\t0\t-\t-\t-\n\
               session\ts4\t1\t0\t143\t2025-11-25T14:40:00Z\t-\t1\t0\n\
-              session\ts5\t1\t0\t-\t-\t2025-11-25T14:30:00Z\t0\t0\n",
+              session\ts5\t1\t0\t-\t-\t2025-11-25T14:30:00Z\t0\t0\n\
+              session\ts6\t1\t0\t-\t-\t-\t0\t0\t0\t0\t0\tfailed\ttmux new-session failed: x\n\
+              session\ts7\t1\t1\t-\t-\t-\t0\t1\t0\t0\t1\trunning\t-\n",
         );
-        let now = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
-        match verdict(&p["s1"], now, false) {
-            Verdict::Finished {
-                status,
-                exit_code,
-                at,
-                ..
-            } => {
-                assert_eq!(status, SessionStatus::Failed);
-                assert_eq!(exit_code, Some(3));
-                assert_eq!(at, parse_timestamp("2025-11-25T14:40:00Z").unwrap());
-            }
-            v => panic!("{v:?}"),
-        }
+        assert_eq!(p["s1"].phase, Phase::Ended);
+        assert_eq!(p["s1"].exit_code, Some(3));
+        assert_eq!(
+            p["s1"].finished_at,
+            Some(parse_timestamp("2025-11-25T14:40:00Z").unwrap())
+        );
         assert!(p["s2"].tmux);
-        assert!(matches!(
-            verdict(&p["s2"], now, false),
-            Verdict::Running { .. }
-        ));
-        let finished = |v: Verdict| match v {
-            Verdict::Finished {
-                status,
-                exit_code,
-                error,
-                ..
-            } => (status, exit_code, error),
-            v => panic!("{v:?}"),
-        };
-        // An old probe line (no kill or tmux fields) still parses.
+        assert_eq!(p["s2"].phase, Phase::Running);
+        // An old probe line (no kill or tmux fields, no phase) still parses.
+        assert_eq!(p["s3"].phase, Phase::Absent);
+        assert!(p["s4"].kill_requested);
+        assert_eq!(p["s4"].phase, Phase::Ended);
+        assert_eq!(p["s5"].phase, Phase::Vanished);
+        assert_eq!(p["s6"].phase, Phase::Failed);
         assert_eq!(
-            finished(verdict(&p["s3"], now, false)),
-            (SessionStatus::Failed, None, Some(UNKNOWN_ON_VM.into()))
+            p["s6"].reason.as_deref(),
+            Some("tmux new-session failed: x")
         );
-        // A kill marked on the VM makes the end `killed`, whoever observes it.
-        assert_eq!(
-            finished(verdict(&p["s4"], now, false)),
-            (SessionStatus::Killed, Some(143), None)
-        );
-        assert_eq!(
-            finished(verdict(&p["s1"], now, true)).0,
-            SessionStatus::Killed
-        );
-        assert_eq!(
-            finished(verdict(&p["s5"], now, false)),
-            (SessionStatus::Failed, None, Some(VANISHED.into()))
-        );
+        // The VM's phase is the word: a stale queued mark beside a live supervisor.
+        assert!(p["s7"].queued);
+        assert_eq!(p["s7"].phase, Phase::Running);
+        assert_eq!(p["s7"].reason, None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::cli::KillArgs;
 use crate::commands::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
+use crate::lifecycle::{self, Event};
 use crate::model::{KillRequest, Session, SessionStatus};
 use crate::refresh;
 use crate::script::{self, KillOutcome};
@@ -87,10 +88,8 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             mark(
                 ctx,
                 id,
-                SessionStatus::Killed,
-                None,
-                None,
-                Some("killed locally while its VM was unreachable".into()),
+                &Event::KilledLocally,
+                false,
                 &refresh::Archived::new(),
             )?;
             return ui::print("Status updated: killed\n");
@@ -104,64 +103,50 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     };
     let report = script::parse_kill(&out.stdout).expect("parsed above");
     let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
-    let exit_code = report.probe.as_ref().and_then(|p| p.exit_code);
-    // When the VM recorded the end: the state keeps the VM's time, as a refresh would.
-    let finished_at = report.probe.as_ref().and_then(|p| p.finished_at);
+    // The VM's `session` line after the kill: the lifecycle decides from it, as a refresh
+    // would (a kill marked on the VM makes any end `killed`, whoever asked it).
+    let Some(facts) = report.probe.as_ref() else {
+        withdraw_intent(ctx, id, &me)?;
+        return Err(Error::unexpected_answer(
+            &session.vm_name,
+            "the kill's answer had no facts of the session".to_string(),
+        ));
+    };
+    let observed = Event::Observed(facts);
+    let shown = |s: &Session| {
+        let code = s
+            .exit_code
+            .map(|c| format!(" (exit {c})"))
+            .unwrap_or_default();
+        format!("{}{code}", s.status)
+    };
     match report.outcome {
         KillOutcome::AlreadyFinished => {
-            let status = exit_code.map_or(SessionStatus::Failed, SessionStatus::from_exit_code);
+            // It had ended before this kill: our intent is no cause of its end.
             withdraw_intent(ctx, id, &me)?;
-            mark(
-                ctx,
-                id,
-                status.clone(),
-                exit_code,
-                finished_at,
-                None,
-                &archived,
-            )?;
-            let code = exit_code
-                .map(|c| format!(" (exit {c})"))
-                .unwrap_or_default();
+            let s = mark(ctx, id, &observed, false, &archived)?;
             ui::print(&format!(
-                "Session had already finished: {status}{code}; nothing to kill.\nStatus updated: {status}\n"
+                "Session had already finished: {}; nothing to kill.\nStatus updated: {}\n",
+                shown(&s),
+                s.status
             ))
         }
         KillOutcome::Dequeued => {
-            mark(
-                ctx,
-                id,
-                SessionStatus::Killed,
-                None,
-                None,
-                Some("taken out of its VM's queue before it started".into()),
-                &archived,
-            )?;
-            ui::print(
-                "Session was queued: taken out of the queue, it never starts.\nStatus updated: killed\n",
-            )
+            let s = mark(ctx, id, &observed, true, &archived)?;
+            ui::print(&format!(
+                "Session was queued: taken out of the queue, it never starts.\nStatus updated: {}\n",
+                s.status
+            ))
         }
         KillOutcome::Gone => {
-            // It had ended before the kill, without a record (a reboot, or killed outright):
-            // the truth is that it vanished, not that we killed it.
+            // It had ended before the kill, without a record (a reboot, or killed outright),
+            // or was never launched: the truth is that, not that we killed it.
             withdraw_intent(ctx, id, &me)?;
-            let vanished = match report.probe.as_ref() {
-                Some(p) if p.cancelled => script::NEVER_LAUNCHED,
-                Some(p) if p.known => script::VANISHED,
-                _ => script::UNKNOWN_ON_VM,
-            };
-            mark(
-                ctx,
-                id,
-                SessionStatus::Failed,
-                None,
-                None,
-                Some(vanished.to_string()),
-                &archived,
-            )?;
+            let s = mark(ctx, id, &observed, false, &archived)?;
+            let why = s.error.as_deref().unwrap_or("it had ended");
             ui::print(&format!(
-                "Nothing of session {id} was running on {}: {vanished}.\nStatus updated: failed\n",
-                session.vm_name
+                "Nothing of session {id} was running on {}: {why}.\nStatus updated: {}\n",
+                session.vm_name, s.status
             ))
         }
         KillOutcome::Killed => {
@@ -171,16 +156,11 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            mark(
-                ctx,
-                id,
-                SessionStatus::Killed,
-                exit_code,
-                finished_at,
-                None,
-                &archived,
-            )?;
-            ui::print("Session terminated.\nStatus updated: killed\n")
+            let s = mark(ctx, id, &observed, true, &archived)?;
+            ui::print(&format!(
+                "Session terminated.\nStatus updated: {}\n",
+                s.status
+            ))
         }
     }
 }
@@ -207,22 +187,25 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> 
     })
 }
 
-/// Settles the session, as ended at `finished_at` (the VM's record) or now, and marks it
-/// archived when its archive came home with the answer. A refresh that saw the end first may
-/// already have recorded it (as `killed`, thanks to the marks): then its status stays.
+/// Settles the session by the lifecycle's decision on `event` (`ours`: this kill caused what
+/// it reports), and marks it archived when its archive came home with the answer. A refresh
+/// that saw the end first may already have recorded it (as `killed`, thanks to the marks):
+/// then its status stays. Returns the session as it now stands.
 fn mark(
     ctx: &Ctx,
     id: &str,
-    status: SessionStatus,
-    exit_code: Option<i32>,
-    finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    error: Option<String>,
+    event: &Event,
+    ours: bool,
     archived: &refresh::Archived,
-) -> Result<()> {
-    let at = finished_at.unwrap_or_else(|| ctx.now());
+) -> Result<Session> {
+    let now = ctx.now();
     ctx.store.update(|st| {
-        st.finish_session(id, status, exit_code, at, error);
+        if let Some(s) = st.sessions.get_mut(id) {
+            let mut seen = refresh::seen(s, now, &exec::liveness);
+            seen.kill_intended |= ours;
+            lifecycle::step(s, event, &seen);
+        }
         refresh::mark_archived(st, archived);
-        Ok(())
+        Ok(find_session(st, id)?.clone())
     })
 }

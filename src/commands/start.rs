@@ -18,7 +18,7 @@ use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
-use crate::{naming, provision, refresh, ui};
+use crate::{exec, lifecycle, naming, provision, refresh, ui};
 
 /// What this start asks of the pool.
 fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
@@ -220,9 +220,14 @@ enum Outcome {
         place: u32,
         of: u32,
     },
-    /// A second Ctrl+C cut the launch call short: whether the session runs is unknown until
-    /// the next refresh.
-    Abandoned,
+    /// The launch call's answer was lost (a second Ctrl+C cut it short, the connection
+    /// dropped, it timed out): the session may run. It stays `pending`, unconfirmed, until its
+    /// VM says (a probe, or the claim a refresh makes once this start has ended). `code` is
+    /// this start's exit code for it.
+    Unconfirmed {
+        code: i32,
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -235,6 +240,26 @@ impl Outcome {
             other => Outcome::Failed {
                 code: other.exit_code(),
                 message: other.to_string(),
+            },
+        }
+    }
+
+    /// The outcome of a launch call that failed. Only a failure that proves the script never
+    /// ran (`Error::ran_nothing`: azlin missing, not logged in, the VM not found, ssh never
+    /// connected) fails its sessions; any other (a dropped connection, a timeout, garbage) may
+    /// have come after agents started, which run on: their sessions stay unconfirmed.
+    fn from_launch_error(e: &Error) -> Self {
+        match e {
+            Error::Interrupted => Outcome::Unconfirmed {
+                code: 130,
+                message: "launch was interrupted; the next refresh settles whether it runs".into(),
+            },
+            e if e.ran_nothing() => Outcome::from_error(e),
+            _ => Outcome::Unconfirmed {
+                code: e.exit_code(),
+                message: format!(
+                    "its launch is unconfirmed ({e}); the next refresh asks its VM whether it runs"
+                ),
             },
         }
     }
@@ -394,8 +419,7 @@ fn launch_on_vm(
                 })
                 .collect()
         }
-        Err(Error::Interrupted) => all(Outcome::Abandoned),
-        Err(e) => all(Outcome::from_error(&e)),
+        Err(e) => all(Outcome::from_launch_error(&e)),
     }
 }
 
@@ -407,51 +431,19 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
     let now = ctx.now();
     ctx.store.update(|st| {
         for (id, outcome) in outcomes {
-            match outcome {
-                Outcome::Launched { started_at } => {
-                    // The launch is the truth for its sessions. Nobody settles a pending
-                    // session whose start lives, but a state edited by hand, or a start that
-                    // was taken for dead, may have: an unexplained failure yields to it.
-                    if let Some(s) = st.sessions.get_mut(id).filter(|s| {
-                        s.status == SessionStatus::Pending
-                            || (s.status == SessionStatus::Failed && s.exit_code.is_none())
-                    }) {
-                        s.status = SessionStatus::Running;
-                        // The VM's own time, so a state rebuilt from the VM says the same.
-                        s.started_at = Some(started_at.unwrap_or(now));
-                        s.completed_at = None;
-                        s.error = None;
-                        s.owner = None;
-                    }
+            // The lifecycle decides what each answer makes of the session (a refresh may
+            // have settled it first: then the late answer changes nothing).
+            let event = match outcome {
+                Outcome::Launched { started_at } => lifecycle::Event::Launched {
+                    started_at: *started_at,
+                },
+                Outcome::Queued { .. } => lifecycle::Event::LaunchQueued,
+                Outcome::Failed { message, .. } => lifecycle::Event::Refused(message.clone()),
+                Outcome::Unconfirmed { message, .. } => {
+                    lifecycle::Event::Unconfirmed(message.clone())
                 }
-                Outcome::Queued { .. } => {
-                    if let Some(s) = st
-                        .sessions
-                        .get_mut(id)
-                        .filter(|s| s.status == SessionStatus::Pending)
-                    {
-                        s.status = SessionStatus::Queued;
-                        s.owner = None;
-                    }
-                }
-                Outcome::Failed { message, .. } => {
-                    st.finish_session(id, SessionStatus::Failed, None, now, Some(message.clone()));
-                }
-                Outcome::Abandoned => {
-                    if let Some(s) = st
-                        .sessions
-                        .get_mut(id)
-                        .filter(|s| s.status == SessionStatus::Pending)
-                    {
-                        s.status = SessionStatus::Running;
-                        s.owner = None;
-                        s.error = Some(
-                            "launch was interrupted; the next refresh settles whether it runs"
-                                .into(),
-                        );
-                    }
-                }
-            }
+            };
+            refresh::settle(st, id, &event, now, &exec::liveness);
         }
         Ok(outcomes
             .iter()
@@ -715,15 +707,23 @@ fn exit_status(
     outcomes: &BTreeMap<String, Outcome>,
     records: &BTreeMap<String, Session>,
 ) -> Result<()> {
-    if outcomes
-        .values()
-        .any(|o| matches!(o, Outcome::Abandoned | Outcome::Failed { code: 130, .. }))
-    {
+    if outcomes.values().any(|o| {
+        matches!(
+            o,
+            Outcome::Unconfirmed { code: 130, .. } | Outcome::Failed { code: 130, .. }
+        )
+    }) {
         return Err(Error::Interrupted);
     }
     for r in reserved {
         match outcomes.get(&r.id) {
             Some(Outcome::Failed { code, message }) => return Err(failure(*code, message)),
+            Some(Outcome::Unconfirmed { code, message }) => {
+                return Err(Error::SessionsFailed {
+                    code: *code,
+                    message: format!("{}: {message}", r.id),
+                });
+            }
             None if !r.pending => {
                 let why = r.record.error.as_deref().unwrap_or("unknown error");
                 return Err(failure(1, why));

@@ -36,42 +36,27 @@ resolve_path() {
   esac
 }
 
-# One `session` line of facts: id, known (has a session directory), alive (its agent's group
-# or its supervisor lives, verified by identity; for a session of the Python original, which
-# has no directory, its tmux session), exit code, finish and start times, whether a kill was
-# asked, whether its tmux session exists, whether its launch was cancelled, whether this call
-# claimed it ($2: see claim_unlaunched), and whether it waits in the VM's queue. Leaves
-# `facts_exit` and `facts_alive` set.
+# One `session` line of facts: id, known (has a session directory), alive (something of it runs:
+# its agent's group or its supervisor, identities verified; for a session of the Python
+# original, which has no directory, its tmux session), exit code, finish and start times,
+# whether a kill was asked, whether its tmux session exists, whether its launch was cancelled,
+# whether this call claimed it ($2: see claim_unlaunched), whether it waits in the VM's queue,
+# its phase (session_phase in lib.sh: the one judge of what a session is) and why its placement
+# failed. Leaves the phase variables set.
 session_facts() {
-  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 alive=0 rc=- fin=- st=- killreq=0 tmux_up=0 cancelled=0 queued=0
-  local pid aid spid sid
+  local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 fin=- st=- tmux_up=0 cancelled=0 queued=0
   tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
+  session_phase "$id"
   if [ -d "$d" ]; then
     known=1
-    read_into pid "$d/agent.pid"
-    read_into aid "$d/agent.id"
-    read_into spid "$d/supervisor.pid"
-    read_into sid "$d/supervisor.id"
-    if group_alive "$pid" "$aid" "$id" || process_alive "$spid" "$sid"; then alive=1; fi
-    [ -f "$d/exit_code" ] && read_into rc "$d/exit_code"
     [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
-    [ -e "$d/kill_requested" ] && killreq=1
     [ -e "$d/cancelled" ] && cancelled=1
-    [ -e "$d/queued" ] && queued=1
-  else
-    alive=$tmux_up
   fi
-  facts_exit=${rc:--}
-  facts_alive=$alive
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-    "$id" "$known" "$alive" "${rc:--}" "${fin:--}" "${st:--}" "$killreq" "$tmux_up" "$cancelled" "$claimed" "$queued"
-}
-
-# Whether the session of the last `session_facts` has ended: an exit code is recorded, or
-# nothing of it runs any more.
-facts_finished() {
-  [ "$facts_exit" != - ] || [ "$facts_alive" = 0 ]
+  [ "$phase" = queued ] && queued=1
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    "$id" "$known" "$phase_alive" "$phase_exit" "${fin:--}" "${st:--}" "$phase_kill" "$tmux_up" \
+    "$cancelled" "$claimed" "$queued" "$phase" "$(printf '%s' "${phase_reason:--}" | tr '\t\n\r' '   ')"
 }
 
 # A note inside a frame: `note KEY VALUE`, the value on one line.
@@ -172,10 +157,12 @@ send_snapshot() {
 claim_unlaunched() {
   local id=$1 d="$base/sessions/$1"
   lock_session "$id" || fail "cannot lock session $id"
-  # Queued is launched too: the VM starts it when a slot frees.
-  if [ ! -e "$d/supervisor.pid" ] && [ ! -e "$d/queued" ]; then
-    mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)"
-  fi
+  # Only a session nothing has placed yet: queued is launched too (the VM starts it when a
+  # slot frees), and a started, failed or ended one has its own answer.
+  session_phase "$id"
+  case $phase in
+    launching | absent) mkdir -p -- "$d" && write_atomic "$d/cancelled" "$(now_utc)" ;;
+  esac
   unlock_session
 }
 
@@ -203,9 +190,9 @@ cmd_probe() {
       session_facts "$1"
     fi
     case $4 in
-      archive | claim) facts_finished && send_archive "$1" "$2" "$3" "$cap" ;;
+      archive | claim) phase_over && send_archive "$1" "$2" "$3" "$cap" ;;
       commits)
-        if facts_finished; then
+        if phase_over; then
           send_archive "$1" "$2" "$3" "$cap"
         elif [ -n "$2" ] && [ -n "$3" ]; then
           send_snapshot "$1" "$2" "$3"
@@ -221,7 +208,7 @@ cmd_probe() {
 # what capture and kill answer with.
 facts_and_archive() {
   session_facts "$2" "$1"
-  [ $# -ge 5 ] && facts_finished && send_archive "$2" "$4" "$5" "$3"
+  [ $# -ge 5 ] && phase_over && send_archive "$2" "$4" "$5" "$3"
   return 0
 }
 
@@ -281,6 +268,14 @@ report_failed() {
   printf 'failed\t%s\t%s\n' "$1" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
 }
 
+# A placement that failed for good: recorded in the session's directory (when it has one), so
+# whoever asks later, a `sync` rebuilding a lost state among them, learns it failed and why.
+fail_placement() {
+  local d="$base/sessions/$1"
+  [ -d "$d" ] && write_atomic "$d/launch_failed" "$(printf '%s' "$2" | tr '\t\n\r' '   ')"
+  report_failed "$1" "$2"
+}
+
 # Launches one session: its files and workspace under its lock, then, under the VM's lock, its
 # supervisor if the VM has a free slot (after any older queued session), else a place in the
 # VM's queue (when queueing is allowed), else a failure.
@@ -327,23 +322,25 @@ prepare_session() {
     return 1
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return 1; }
+  # A new attempt (a retried connect): an earlier one's failure is not this one's.
+  rm -f -- "$d/launch_failed"
   if ! { printf '%s' "$prompt" > "$d/prompt" &&
     printf '%s\0' "$@" > "$d/argv" &&
     printf '%s\n' "$record" > "$d/record.json" &&
     printf '%s' "$supervisor_text" > "$d/supervisor.sh" &&
     write_atomic "$d/workspace" "$ws"; }; then
-    report_failed "$id" "cannot write the session files in $d"
+    fail_placement "$id" "cannot write the session files in $d"
     return 1
   fi
   # A session queued now starts later from another process, which must then have a key.
   if [ -n "$secret" ]; then : > "$d/needs_key"; else rm -f -- "$d/needs_key"; fi
   if [ -n "$bundle" ]; then
     if [ ! -e "$ws/.git" ]; then
-      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { report_failed "$id" "git clone failed: $out"; return 1; }
-      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { report_failed "$id" "git checkout failed: $out"; return 1; }
+      out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { fail_placement "$id" "git clone failed: $out"; return 1; }
+      out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { fail_placement "$id" "git checkout failed: $out"; return 1; }
     fi
   else
-    mkdir -p -- "$ws" || { report_failed "$id" "cannot create the workspace $ws"; return 1; }
+    mkdir -p -- "$ws" || { fail_placement "$id" "cannot create the workspace $ws"; return 1; }
   fi
 }
 
@@ -364,13 +361,13 @@ place_session() {
     if start_supervisor "$id"; then
       report_launched "$id"
     else
-      report_failed "$id" "$start_error"
+      fail_placement "$id" "$start_error"
     fi
   elif [ "$queue_ok" = 1 ]; then
     [ -e "$d/queued" ] || write_atomic "$d/queued" "$(date +%s%N)"
     printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
   else
-    report_failed "$id" "no free slot on this VM ($running of $capacity running)"
+    fail_placement "$id" "no free slot on this VM ($running of $capacity running)"
   fi
 }
 
@@ -436,10 +433,10 @@ cmd_launch() {
 cmd_capture() {
   local id=$1 lines=$2 d="$base/sessions/$1"
   facts_and_archive 0 "$id" "${@:3}"
-  if [ -e "$d/queued" ]; then
+  if [ "$phase" = queued ]; then
     printf 'queue\t%s\n' "$(queue_place "$id")"
     printf 'data\tnone\n'
-  elif [ ! -f "$d/exit_code" ] && tmux has-session -t "=$id" 2>/dev/null; then
+  elif [ "$phase" = running ] && tmux has-session -t "=$id" 2>/dev/null; then
     printf 'data\tpane\n'
     tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2> /dev/null
   elif [ -f "$d/output.log" ]; then
@@ -450,20 +447,28 @@ cmd_capture() {
   fi
 }
 
-# Whether a session is over: its exit code is recorded, or nothing of it runs any more.
+# Whether a session is over (its phase is final). A call that carries the user's key (a VM
+# with queued sessions) also starts what the queue holds while it waits, should no supervisor
+# be left to do it: a stranded queue must not outlast a `wait` or a `follow`.
 session_over() {
-  local id=$1 d="$base/sessions/$1" pid aid spid sid
-  [ -f "$d/exit_code" ] && return 0
-  [ -e "$d/queued" ] && return 1
-  if [ -d "$d" ]; then
-    read_into pid "$d/agent.pid"
-    read_into aid "$d/agent.id"
-    read_into spid "$d/supervisor.pid"
-    read_into sid "$d/supervisor.id"
-    ! group_alive "$pid" "$aid" "$id" && ! process_alive "$spid" "$sid"
-  else
-    ! tmux has-session -t "=$id" 2> /dev/null
-  fi
+  [ -n "$drain_first" ] && queue_waiting && drain_quietly
+  session_phase "$1"
+  phase_over
+}
+
+# Whether any session of this VM waits in its queue.
+queue_waiting() {
+  local q
+  for q in "$base/sessions"/*/queued; do
+    [ -e "$q" ] && return 0
+  done
+  return 1
+}
+
+drain_quietly() {
+  lock_vm || return 0
+  drain_queue quiet
+  unlock_vm
 }
 
 # Streams answer in frames (docs/remote-layout.md): `S<TAB><session line>`, `D<TAB>OFFSET<TAB>LEN`
@@ -552,17 +557,23 @@ cmd_kill() {
   local id=$1 force=$2 grace=$3 claim=${4:-0} d="$base/sessions/$1" signal=TERM number=15 n
   local pid aid spid sid group=0 supervisor=0 tmux_up=0
   local -a archive_args=("${@:5}")
-  if [ -f "$d/exit_code" ]; then
+  session_phase "$id"
+  if [ "$phase" = ended ]; then
     printf 'result\talready\n'
     facts_and_archive 0 "$id" "${archive_args[@]}"
     return
   fi
   [ "$force" = 1 ] && signal=KILL number=9
-  [ "$claim" = 1 ] && claim_unlaunched "$id"
-  if [ -e "$d/queued" ] && lock_vm; then
-    # Queued: taken out of the queue, so it never starts.
+  if [ "$claim" = 1 ]; then
+    claim_unlaunched "$id"
+    session_phase "$id"
+  fi
+  if [ "$phase" = queued ] && lock_vm; then
+    # Queued: taken out of the queue, so it never starts. A session whose supervisor lives is
+    # running whatever its marks say, and is signalled below.
     if lock_session "$id"; then
-      if [ -e "$d/queued" ]; then
+      session_phase "$id"
+      if [ "$phase" = queued ]; then
         rm -f -- "$d/queued"
         write_atomic "$d/kill_requested" "$signal $(now_utc)"
         write_atomic "$d/cancelled" "$(now_utc)"

@@ -193,19 +193,82 @@ start_supervisor() {
   fi
 }
 
-# How many sessions of this VM run now: not finished, and their supervisor or their agent's
-# group alive (identities verified). A session still marked `queued` counts once it has a live
-# supervisor: its drainer may have died between starting it and clearing the mark.
+# The phase of session $1, computed from its files and its processes: the one answer, on the
+# VM, to "what is this session now" (docs/remote-layout.md, "A session's phase"). Every control
+# subcommand and the supervisor decide through it; nothing is archived, drained, dequeued or
+# reported finished otherwise. Sets:
+#   phase         ended (exit_code recorded), running (its supervisor or its agent's group
+#                 lives, identities verified, whatever marks remain), cancelled (never to start:
+#                 a claim found it unlaunched, or a kill took it out of the queue), queued,
+#                 failed (its placement failed: the reason is kept), vanished (it was started,
+#                 and nothing of it runs, and no exit code was recorded), launching (its files
+#                 are being written, or a launch died before placing it), absent (no
+#                 directory; a session of the Python original is `running` while its tmux
+#                 session exists)
+#   phase_exit    the exit code, `-` when none is recorded
+#   phase_kill    1 when a kill was asked (`kill_requested`)
+#   phase_reason  why its placement failed (phase failed)
+#   phase_alive   1 when something of it runs
+# Extra facts that other parts of the VM keep in the session directory are read by
+# session_facts, never by callers of this.
+session_phase() {
+  local id=$1 d="$base/sessions/$1" pid aid spid sid
+  phase_exit=- phase_kill=0 phase_reason='' phase_alive=0
+  if [ ! -d "$d" ]; then
+    if tmux has-session -t "=$id" 2> /dev/null; then
+      phase=running phase_alive=1
+    else
+      phase=absent
+    fi
+    return 0
+  fi
+  [ -e "$d/kill_requested" ] && phase_kill=1
+  # exit_code is written last, once the agent's group has been ended: nothing of it runs.
+  if [ -f "$d/exit_code" ]; then
+    read_into phase_exit "$d/exit_code"
+    phase_exit=${phase_exit:--}
+    phase=ended
+    # A queued session that could not start records why beside its exit code.
+    [ -f "$d/launch_failed" ] && read_into phase_reason "$d/launch_failed"
+    return 0
+  fi
+  read_into pid "$d/agent.pid"
+  read_into aid "$d/agent.id"
+  read_into spid "$d/supervisor.pid"
+  read_into sid "$d/supervisor.id"
+  if group_alive "$pid" "$aid" "$id" || process_alive "$spid" "$sid"; then
+    phase=running phase_alive=1
+  elif [ -e "$d/cancelled" ]; then
+    phase=cancelled
+  elif [ -e "$d/queued" ]; then
+    phase=queued
+  elif [ -f "$d/launch_failed" ]; then
+    phase=failed
+    read_into phase_reason "$d/launch_failed"
+  elif [ -e "$d/supervisor.pid" ]; then
+    phase=vanished
+  else
+    phase=launching
+  fi
+  return 0
+}
+
+# Whether the phase last computed is final: the session will never run (again).
+phase_over() {
+  case $phase in
+    ended | cancelled | failed | vanished | absent) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+# How many sessions of this VM run now (phase running): a session still marked `queued` counts
+# once its supervisor lives (its drainer may have died between starting it and clearing the mark).
 running_count() {
-  local n=0 d pid aid spid sid
+  local n=0 d
   for d in "$base/sessions"/*/; do
     d=${d%/}
-    [ -f "$d/exit_code" ] || [ ! -e "$d/supervisor.pid" ] && continue
-    read_into pid "$d/agent.pid"
-    read_into aid "$d/agent.id"
-    read_into spid "$d/supervisor.pid"
-    read_into sid "$d/supervisor.id"
-    if group_alive "$pid" "$aid" "${d##*/}" || process_alive "$spid" "$sid"; then n=$((n + 1)); fi
+    session_phase "${d##*/}"
+    [ "$phase" = running ] && n=$((n + 1))
   done
   printf '%s' "$n"
 }
@@ -237,7 +300,9 @@ drain_queue() {
     id=$(next_queued) || return 0
     d="$base/sessions/$id"
     lock_session "$id" || return 0
-    if [ -e "$d/cancelled" ] || [ -e "$d/supervisor.pid" ]; then
+    session_phase "$id"
+    if [ "$phase" != queued ]; then
+      # Started already (its drainer died before clearing the mark), cancelled, or ended.
       rm -f -- "$d/queued"
     elif [ -e "$d/needs_key" ] && [ -z "$secret" ]; then
       unlock_session
@@ -252,6 +317,7 @@ drain_queue() {
       else
         # It can never start: record that, so nobody waits for it.
         printf 'amplihack: the queued session could not start: %s\n' "$start_error" >> "$d/output.log"
+        write_atomic "$d/launch_failed" "the queued session could not start: $(printf '%s' "$start_error" | tr '\t\n\r' '   ')"
         write_atomic "$d/finished_at" "$(now_utc)"
         write_atomic "$d/exit_code" 1
         rm -f -- "$d/queued"
