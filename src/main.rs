@@ -17,7 +17,8 @@ fn main() {
         Err(e) if e.is_broken_pipe() => 0,
         Err(e) => {
             if !matches!(e, amplihack::error::Error::Interrupted) {
-                eprintln!("Error: {e}");
+                // The message may quote the state or a VM: nothing in it acts on the terminal.
+                eprintln!("Error: {}", amplihack::sanitize::text(&e.to_string()));
             }
             e.exit_code()
         }

@@ -63,7 +63,7 @@ pub fn one_line(text: &str, width: usize) -> String {
     for c in text.trim().chars() {
         let c = if c.is_whitespace() {
             ' '
-        } else if c.is_control() {
+        } else if crate::sanitize::is_unsafe(c) {
             '?'
         } else {
             c
@@ -111,6 +111,12 @@ pub fn table(
     rows: &[Vec<String>],
     paint_cell: impl Fn(usize, usize, &str) -> String,
 ) -> String {
+    // Cells come from the state and the VMs: nothing in them may act on the terminal.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| crate::sanitize::line(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -208,7 +214,13 @@ fn opt_time(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// `list_verbose_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
+/// state and the VMs.
 pub fn list_verbose(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> String {
+    crate::sanitize::text(&list_verbose_unescaped(sessions, live, now))
+}
+
+fn list_verbose_unescaped(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> String {
     if sessions.is_empty() {
         return list_table(sessions, live, now, false);
     }
@@ -267,7 +279,13 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
 
 /// `wait`'s line for a session that ended: `sess-... completed (exit 0) after 12m`, with the
 /// reason when it failed without an exit code.
+/// `wait_line_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
+/// state and the VMs.
 pub fn wait_line(s: &Session) -> String {
+    crate::sanitize::text(&wait_line_unescaped(s))
+}
+
+fn wait_line_unescaped(s: &Session) -> String {
     let code = s
         .exit_code
         .map(|c| format!(" (exit {c})"))
@@ -285,6 +303,10 @@ pub fn wait_line(s: &Session) -> String {
 
 /// `wait`'s verdict on sessions that did not all complete: which did not, and how.
 pub fn wait_failures(ended: &[&Session]) -> Option<String> {
+    wait_failures_unescaped(ended).map(|t| crate::sanitize::text(&t))
+}
+
+fn wait_failures_unescaped(ended: &[&Session]) -> Option<String> {
     let bad: Vec<String> = ended
         .iter()
         .filter(|s| s.status != SessionStatus::Completed)
@@ -551,7 +573,13 @@ fn vm_cost_line(vm: &VmStatus) -> Option<String> {
     })
 }
 
+/// `status_text_report_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
+/// state and the VMs.
 pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
+    crate::sanitize::text(&status_text_report_unescaped(status, now))
+}
+
+fn status_text_report_unescaped(status: &PoolStatus, now: DateTime<Utc>) -> String {
     let mut out = String::from("=== Remote Session Pool Status ===\n");
     let _ = writeln!(out, "VMs: {} total", status.vms.len());
     for vm in &status.vms {
@@ -680,7 +708,7 @@ pub fn output_header(
     captured_at: DateTime<Utc>,
     lines: usize,
 ) -> String {
-    format!(
+    crate::sanitize::text(&format!(
         "=== Session: {} ===\nVM: {}\nStatus: {}\nCaptured: {} ({} lines)\n",
         session.session_id,
         session.vm_name,
@@ -689,7 +717,7 @@ pub fn output_header(
             .with_timezone(&Local)
             .format("%Y-%m-%d %H:%M:%S"),
         lines
-    )
+    ))
 }
 
 /// What `start` reports for one session.
@@ -700,7 +728,13 @@ pub struct StartLine<'a> {
     pub queue_place: Option<(u32, u32)>,
 }
 
+/// `start_report_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
+/// state and the VMs.
 pub fn start_report(lines: &[StartLine]) -> String {
+    crate::sanitize::text(&start_report_unescaped(lines))
+}
+
+fn start_report_unescaped(lines: &[StartLine]) -> String {
     let n = lines.len();
     let mut out = String::new();
     for (i, l) in lines.iter().enumerate() {

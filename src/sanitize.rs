@@ -42,24 +42,121 @@ pub fn line(s: &str) -> String {
     out
 }
 
-/// For text of many lines (a prompt in full, a session's output): newlines and tabs kept,
-/// every other unsafe character escaped. A carriage return before a newline (CRLF output) is
-/// dropped rather than shown; a lone one would let a line overwrite itself, so it is escaped.
+/// For text of many lines (a prompt in full, a message): newlines and tabs kept, every other
+/// unsafe character escaped. A carriage return before a newline (CRLF) is dropped rather than
+/// shown; a lone one would let a line overwrite itself, so it is escaped.
 pub fn text(s: &str) -> String {
     if !s.chars().any(|c| is_unsafe(c) && c != '\n' && c != '\t') {
         return s.to_string();
     }
-    let mut out = String::with_capacity(s.len() + 8);
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            '\r' if chars.peek() == Some(&'\n') => {}
-            c if is_unsafe(c) => escape_into(&mut out, c),
-            c => out.push(c),
+    convert(s.as_bytes(), false, true).0
+}
+
+/// A session's output as a terminal may show it: as `text`, except that colour and style
+/// sequences (SGR: `ESC [ params m`) are kept, since they only colour text, and bytes that
+/// are not UTF-8 are shown as `\xNN`. `--raw` prints the bytes themselves.
+pub fn output(bytes: &[u8]) -> String {
+    convert(bytes, true, true).0
+}
+
+/// `output` for a stream that arrives in pieces: a character, a CRLF or a colour sequence cut
+/// between two pieces is held back until the rest comes, so the result is the same as for
+/// the whole.
+#[derive(Debug, Default)]
+pub struct OutputStream {
+    held: Vec<u8>,
+}
+
+impl OutputStream {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.held.extend_from_slice(bytes);
+        let (out, used) = convert(&self.held, true, false);
+        self.held.drain(..used);
+        out
+    }
+
+    /// What is still held back, once nothing more will come.
+    pub fn finish(&mut self) -> String {
+        let (out, _) = convert(&self.held, true, true);
+        self.held.clear();
+        out
+    }
+}
+
+/// The longest colour sequence kept whole; a longer one is escaped.
+const MAX_SGR: usize = 64;
+
+fn utf8_len(lead: u8) -> usize {
+    match lead {
+        0x00..=0x7f => 1,
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        _ => 1,
+    }
+}
+
+/// Escapes `bytes` (see `text` and `output`); returns the text and how many bytes it used.
+/// Unless `at_end`, an incomplete character, CRLF or colour sequence at the end is left
+/// unused for the next call.
+fn convert(b: &[u8], keep_sgr: bool, at_end: bool) -> (String, usize) {
+    let mut out = String::with_capacity(b.len() + 16);
+    let mut i = 0;
+    while i < b.len() {
+        let c0 = b[i];
+        if c0 == 0x1b && keep_sgr {
+            let mut j = i + 1;
+            if j < b.len() && b[j] == b'[' {
+                j += 1;
+                while j < b.len()
+                    && j - i < MAX_SGR
+                    && (b[j].is_ascii_digit() || b[j] == b';' || b[j] == b':')
+                {
+                    j += 1;
+                }
+                if j < b.len() && b[j] == b'm' {
+                    out.push_str(std::str::from_utf8(&b[i..=j]).unwrap_or_default());
+                    i = j + 1;
+                    continue;
+                }
+            }
+            if j >= b.len() && !at_end && j - i < MAX_SGR {
+                break;
+            }
+        }
+        if c0 == b'\r' {
+            if i + 1 == b.len() && !at_end {
+                break;
+            }
+            if b.get(i + 1) == Some(&b'\n') {
+                i += 1;
+                continue;
+            }
+        }
+        let len = utf8_len(c0);
+        if i + len > b.len()
+            && !at_end
+            && std::str::from_utf8(&b[i..]).is_err_and(|e| e.error_len().is_none())
+        {
+            break;
+        }
+        match b.get(i..i + len).and_then(|s| std::str::from_utf8(s).ok()) {
+            Some(ch) => {
+                let c = ch.chars().next().unwrap_or_default();
+                if is_unsafe(c) && c != '\n' && c != '\t' {
+                    escape_into(&mut out, c);
+                } else {
+                    out.push(c);
+                }
+                i += len;
+            }
+            None => {
+                out.push_str(&format!("\\x{c0:02x}"));
+                i += 1;
+            }
         }
     }
-    out
+    (out, i)
 }
 
 #[cfg(test)]
@@ -78,5 +175,34 @@ mod tests {
         assert_eq!(text("over\rwrite"), "over\\x0dwrite");
         assert_eq!(text("\u{1b}[2J\u{1b}c"), "\\x1b[2J\\x1bc");
         assert_eq!(text("\u{2067}iso\u{2069}"), "\\u{2067}iso\\u{2069}");
+    }
+
+    #[test]
+    fn output_keeps_colours_and_escapes_the_rest() {
+        assert_eq!(output(b"\x1b[1;32mok\x1b[0m\r\n"), "\x1b[1;32mok\x1b[0m\n");
+        assert_eq!(
+            output(b"\x1b]0;title\x07\x1b[2J"),
+            "\\x1b]0;title\\x07\\x1b[2J"
+        );
+        assert_eq!(output(b"caf\xe9 \xc2\x9b"), "caf\\xe9 \\u{9b}");
+        assert_eq!(output("ünï\u{202e}".as_bytes()), "ünï\\u{202e}");
+    }
+
+    #[test]
+    fn a_stream_in_pieces_gives_what_the_whole_gives() {
+        let mut whole: Vec<u8> = "a\x1b[31mré\r\nb\x1b]2;x\x07 ✓\r\n".as_bytes().to_vec();
+        whole.extend_from_slice(b"\xff end\r");
+        let whole = whole.as_slice();
+        let expected = output(whole);
+        for cut in 0..whole.len() {
+            for cut2 in cut..whole.len() {
+                let mut s = OutputStream::default();
+                let mut got = s.push(&whole[..cut]);
+                got.push_str(&s.push(&whole[cut..cut2]));
+                got.push_str(&s.push(&whole[cut2..]));
+                got.push_str(&s.finish());
+                assert_eq!(got, expected, "cut at {cut} and {cut2}");
+            }
+        }
     }
 }

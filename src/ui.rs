@@ -10,6 +10,12 @@ pub fn print(text: &str) -> Result<()> {
     print_bytes(text.as_bytes())
 }
 
+/// Prints text for people that quotes the state or the VMs (names, errors, azlin's words):
+/// made safe for a terminal first (`sanitize::text`). JSON and `--raw` use `print`.
+pub fn print_text(text: &str) -> Result<()> {
+    print(&crate::sanitize::text(text))
+}
+
 /// Runs `f` with live progress lines, if any, cleared from the terminal.
 fn around_progress<R>(f: impl FnOnce() -> R) -> R {
     match crate::progress::live_board() {
@@ -37,7 +43,11 @@ pub fn write_stdout(
     .map_err(|e| Error::io("cannot write to stdout", e))
 }
 
+/// A line for stderr. Messages carry text from the state and the VMs (names, azlin's and
+/// ssh's stderr), so nothing in them may act on the terminal (`sanitize::text`).
 pub fn progress(msg: &str) {
+    let msg = crate::sanitize::text(msg);
+    let msg = msg.as_str();
     match crate::progress::live_board() {
         Some(board) => board.println(msg),
         None => eprintln!("{msg}"),

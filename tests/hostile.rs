@@ -456,3 +456,98 @@ fn a_state_holding_a_path_as_a_session_id_is_reported_not_obeyed() {
         stderr(&out)
     );
 }
+
+const HOSTILE_PROMPT: &str =
+    "fix it\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m \u{202e}gnp.exe\nsecond line\u{1b}c";
+
+fn state_with_prompt(env: &TestEnv, prompt: &str) -> String {
+    let id = "sess-20251125-143022-abc1";
+    env.write_state(
+        &serde_json::json!({
+            "sessions": {id: {
+                "session_id": id, "vm_name": "amplihack-user-20251125-143000",
+                "workspace": format!("/workspace/{id}"), "tmux_session": id,
+                "prompt": prompt, "command": "auto", "max_turns": 10,
+                "status": "completed", "memory_mb": 32768,
+                "created_at": "2025-11-25T14:30:22Z", "started_at": "2025-11-25T14:30:25Z",
+                "completed_at": "2025-11-25T14:40:00Z", "exit_code": 0,
+                "error": "bad\u{1b}[2Jthing"
+            }},
+            "vm_pool": {"amplihack-user-20251125-143000": {
+                "size": "Standard_E16s_v5\u{1b}[5m", "capacity": 4, "active_sessions": [],
+                "region": "eastus", "created_at": "2025-11-25T14:30:00Z"
+            }}
+        })
+        .to_string(),
+    );
+    id.to_string()
+}
+
+fn assert_terminal_safe(text: &str, what: &str) {
+    for bad in ['\u{1b}', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(!text.contains(bad), "{what} holds {bad:?}: {text:?}");
+    }
+}
+
+#[test]
+fn text_from_the_state_never_acts_on_the_terminal() {
+    let env = TestEnv::new();
+    state_with_prompt(&env, HOSTILE_PROMPT);
+    let out = env.run(&["list", "--verbose", "--no-refresh"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_terminal_safe(&text, "list --verbose");
+    assert!(
+        text.contains("fix it\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}31m \\u{202e}gnp.exe"),
+        "{text}"
+    );
+    assert!(text.contains("    second line\\x1bc"), "{text}");
+    assert!(text.contains("Error:       bad?[2Jthing"), "{text}");
+    let out = env.run(&["list", "--no-refresh"]);
+    assert_terminal_safe(&stdout(&out), "list");
+    let out = env.run(&["status", "--no-refresh"]);
+    assert_terminal_safe(&stdout(&out), "status");
+    let out = env.run(&["report"]);
+    assert_terminal_safe(&stdout(&out), "report");
+    assert_terminal_safe(&stderr(&out), "report's stderr");
+    // --json stays byte for byte: the prompt is the state's.
+    let out = env.run(&["list", "--json", "--no-refresh"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["prompt"], HOSTILE_PROMPT);
+    assert!(stdout(&out).contains('\u{202e}'));
+}
+
+#[test]
+fn session_output_keeps_colours_escapes_the_rest_and_raw_is_byte_exact() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = TestEnv::local();
+    let agent = env.root().join("agent.sh");
+    std::fs::write(
+        &agent,
+        "#!/bin/bash\nprintf '\\033]0;pwned\\007\\033[2J\\033[31mred\\033[0m \\342\\200\\256txt\\n'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    env.set("AMPLIHACK_REMOTE_AGENT", &agent.display().to_string());
+    let out = env.run(&["start", "--no-context", "--json", "x"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    env.wait_finished(&id);
+    let raw_line: &[u8] = b"\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m \xe2\x80\xaetxt\n";
+    let out = env.run(&["output", &id, "--raw"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        out.stdout.windows(raw_line.len()).any(|w| w == raw_line),
+        "{:?}",
+        stdout(&out)
+    );
+    for args in [&["output", &id][..], &["output", &id, "--follow"]] {
+        let out = env.run(args);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("\\x1b]0;pwned\\x07\\x1b[2J\u{1b}[31mred\u{1b}[0m \\u{202e}txt\n"),
+            "{args:?}: {text:?}"
+        );
+    }
+}

@@ -79,7 +79,7 @@ fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
             "the log was over the archive's cap: its first {cut} bytes were not kept"
         ));
     }
-    ui::print_bytes(&text)?;
+    print_output(&text, args.raw)?;
     if args.follow {
         ui::progress(&format!("Session {id} ended: {}", ended_text(session)));
     }
@@ -195,7 +195,17 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
             script::count_lines(&text),
         ))?;
     }
-    ui::print_bytes(&text)
+    print_output(&text, args.raw)
+}
+
+/// A session's output: the bytes themselves with --raw; else made safe for a terminal
+/// (`sanitize::output`: colours kept, every other control shown escaped).
+fn print_output(bytes: &[u8], raw: bool) -> Result<()> {
+    if raw {
+        ui::print_bytes(bytes)
+    } else {
+        ui::print(&crate::sanitize::output(bytes))
+    }
 }
 
 /// Streams the session's log over one connection (reconnecting when it drops) until the
@@ -215,6 +225,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
         .map(|s| s.status.to_string())
         .unwrap_or_default();
     let stop = AtomicBool::new(false);
+    let unescaped = std::cell::RefCell::new(crate::sanitize::OutputStream::default());
     stream::until_end(
         ctx,
         &vm,
@@ -246,7 +257,11 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
                     };
                     // A resumed stream starts where we asked; never print a byte twice.
                     let skip = (have.saturating_sub(offset) as usize).min(bytes.len());
-                    ui::print_bytes(&bytes[skip..])?;
+                    if args.raw {
+                        ui::print_bytes(&bytes[skip..])?;
+                    } else {
+                        ui::print(&unescaped.borrow_mut().push(&bytes[skip..]))?;
+                    }
                     printed_to.set(Some(have.max(offset + bytes.len() as u64)));
                 }
                 StreamFrame::Beat | StreamFrame::End => {}
@@ -254,6 +269,9 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             Ok(())
         },
     )?;
+    if !args.raw {
+        ui::print(&unescaped.borrow_mut().finish())?;
+    }
     if let Some(f) = &first_facts
         && !f.known
         && !f.tmux

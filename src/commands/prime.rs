@@ -123,7 +123,7 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
                 )),
             }
         }
-        ui::print(&text)?;
+        ui::print_text(&text)?;
     }
     match first_error {
         Some(e) => Err(e),

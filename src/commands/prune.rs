@@ -391,5 +391,5 @@ fn print_report(report: &[Pruned], json: bool, title: &str) -> Result<()> {
             p.name, p.sku, p.region, p.reason, p.result
         ));
     }
-    ui::print(&text)
+    ui::print_text(&text)
 }

@@ -412,7 +412,7 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
             Ok(())
         })?;
     }
-    ui::print(&text)?;
+    ui::print_text(&text)?;
     match first_error {
         Some(e) if chosen.len() > 1 => Err(match e.exit_code() {
             1 => Error::Failed(format!(

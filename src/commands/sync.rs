@@ -162,7 +162,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         text.push('\n');
         ui::print(&text)?;
     } else {
-        ui::print(&report_text(&report))?;
+        ui::print_text(&report_text(&report))?;
     }
     if report.merged.answered.is_empty() && !report.merged.unreachable_vms.is_empty() {
         let names: Vec<&str> = report
