@@ -30,9 +30,53 @@ pub const RESULT_FILE: &str = "result.json";
 pub const RECORD_FILE: &str = "record.json";
 pub const LOG_FILE: &str = "output.log";
 pub const BUNDLE_FILE: &str = "commits.bundle";
+pub const PATCH_FILE: &str = "uncommitted.patch";
+/// The agent's conversations (Claude Code's `*.jsonl`), as they were when it ended.
+pub const CONVERSATION_DIR: &str = "conversation";
 
-/// The files a frame may carry; anything else a VM sends is ignored.
-const PART_FILES: [&str; 4] = [RESULT_FILE, RECORD_FILE, LOG_FILE, BUNDLE_FILE];
+/// The files a frame may carry, besides conversation files; anything else a VM sends is
+/// ignored.
+const PART_FILES: [&str; 5] = [RESULT_FILE, RECORD_FILE, LOG_FILE, BUNDLE_FILE, PATCH_FILE];
+
+/// Where a part of a frame is kept in a session's archive: one of `PART_FILES`, or
+/// `conversation/NAME.jsonl` with a plain file name. `None` for anything else.
+fn part_path(name: &str) -> Option<PathBuf> {
+    if PART_FILES.contains(&name) {
+        return Some(PathBuf::from(name));
+    }
+    let file = name.strip_prefix("conversation/")?;
+    let plain = !file.is_empty()
+        && !file.starts_with('.')
+        && file.ends_with(".jsonl")
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    plain.then(|| Path::new(CONVERSATION_DIR).join(file))
+}
+
+/// Anything shaped like an Anthropic API key (`sk-ant-...`) in `text`, replaced by
+/// `[REDACTED]`. The VM redacts the session's own key before anything leaves it; this is the
+/// second line, for a conversation saved where the key was not at hand.
+pub fn redact_keys(text: &[u8]) -> Vec<u8> {
+    const PREFIX: &[u8] = b"sk-ant-";
+    let key_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(PREFIX) {
+            let mut j = i + PREFIX.len();
+            while j < text.len() && key_byte(text[j]) {
+                j += 1;
+            }
+            out.extend_from_slice(b"[REDACTED]");
+            i = j;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
+}
 
 /// Temp directories of writers; one older than this was left by a writer that died.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -144,18 +188,38 @@ impl ArchiveStore {
                 "cannot create a temp directory in {}",
                 self.root.display()
             )))?;
-        for part in frame
+        let mut conversation: Vec<PathBuf> = Vec::new();
+        for (part, rel) in frame
             .parts
             .iter()
-            .filter(|p| PART_FILES.contains(&p.name.as_str()))
+            .filter_map(|p| Some((p, part_path(&p.name)?)))
         {
-            let path = tmp.path().join(&part.name);
+            if rel.starts_with(CONVERSATION_DIR) {
+                conversation.push(tmp.path().join(&rel));
+            }
+            let path = tmp.path().join(&rel);
+            if let Some(dir) = path.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_error(format!("cannot create {}", dir.display())))?;
+            }
             let mut file = create_private(&path)?;
+            let redact = rel.starts_with(CONVERSATION_DIR) || part.name == PATCH_FILE;
             let written = match part.encoding {
+                Encoding::Plain if redact => file.write_all(&redact_keys(part.data)),
                 Encoding::Plain => file.write_all(part.data),
                 Encoding::Gzip => {
                     let mut decoder = flate2::read::MultiGzDecoder::new(part.data);
-                    std::io::copy(&mut decoder, &mut file).map(drop)
+                    if redact {
+                        let mut text = Vec::new();
+                        decoder
+                            .read_to_end(&mut text)
+                            .and_then(|_| file.write_all(&redact_keys(&text)))
+                    } else {
+                        std::io::copy(&mut decoder, &mut file).map(drop)
+                    }
                 }
             };
             written
@@ -165,6 +229,9 @@ impl ArchiveStore {
                     part.name, frame.id
                 )))?;
         }
+        // The VM sends conversations oldest first; their times here keep that order, which
+        // tells `claude --continue` the latest.
+        order_by_mtime(&conversation, now);
         let note = |key: &str| frame.notes.get(key).cloned();
         let meta = ArchiveMeta {
             session_id: frame.id.clone(),
@@ -280,12 +347,59 @@ impl ArchiveStore {
             .map_err(io_error(format!("cannot read {}", path.display())))
     }
 
+    /// The patch of the work the session left uncommitted, when it left any.
+    pub fn patch(&self, id: &str) -> Option<PathBuf> {
+        self.dir(id)
+            .ok()
+            .map(|d| d.join(PATCH_FILE))
+            .filter(|p| p.is_file())
+    }
+
+    /// The agent's conversation files as the session left them (name order).
+    pub fn conversation(&self, id: &str) -> Vec<PathBuf> {
+        let Ok(dir) = self.dir(id).map(|d| d.join(CONVERSATION_DIR)) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(SystemTime, PathBuf)> = fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file())
+                    .map(|p| {
+                        let t = fs::metadata(&p)
+                            .and_then(|m| m.modified())
+                            .unwrap_or(SystemTime::UNIX_EPOCH);
+                        (t, p)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The bundle of the session's commits, when it made any.
     pub fn bundle(&self, id: &str) -> Option<PathBuf> {
         self.dir(id)
             .ok()
             .map(|d| d.join(BUNDLE_FILE))
             .filter(|p| p.is_file())
+    }
+}
+
+/// Gives `files` modification times one second apart, the last at `latest`, so their order
+/// (oldest first) survives any copy that keeps times, and `claude --continue`, which takes the
+/// newest conversation, takes the last. Best effort: a file whose time cannot be set keeps its
+/// own.
+pub fn order_by_mtime(files: &[PathBuf], latest: DateTime<Utc>) {
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(latest.timestamp().max(0) as u64);
+    let count = files.len() as u64;
+    for (i, path) in files.iter().enumerate() {
+        let t = latest - Duration::from_secs(count - 1 - i as u64);
+        if let Ok(f) = OpenOptions::new().write(true).open(path) {
+            let _ = f.set_modified(t);
+        }
     }
 }
 
@@ -484,5 +598,64 @@ mod tests {
         store.write(&parsed.frames[0], "vm", t()).unwrap();
         assert_eq!(store.log_tail("s1", 10).unwrap().unwrap(), b"hello\n");
         assert_eq!(store.meta("s1").unwrap().unwrap().commits, Some(0));
+    }
+
+    #[test]
+    fn conversation_and_patch_parts_are_kept_with_keys_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path().join("archive"));
+        let conv = gzip(b"{\"k\":\"sk-ant-api03-AbC_d-9\"}\n{\"ok\":1}\n");
+        let mut f = frame("s1", &conv, b"");
+        f.parts = vec![
+            Part {
+                name: "conversation/a1-b2.jsonl".into(),
+                encoding: Encoding::Gzip,
+                data: &conv,
+            },
+            Part {
+                name: "uncommitted.patch".into(),
+                encoding: Encoding::Plain,
+                data: b"+KEY=sk-ant-xyz\n",
+            },
+            Part {
+                name: "conversation/../../escape.jsonl".into(),
+                encoding: Encoding::Plain,
+                data: b"x",
+            },
+            Part {
+                name: "conversation/.hidden.jsonl".into(),
+                encoding: Encoding::Plain,
+                data: b"x",
+            },
+        ];
+        store.write(&f, "vm", t()).unwrap();
+        let files = store.conversation("s1");
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            std::fs::read_to_string(&files[0]).unwrap(),
+            "{\"k\":\"[REDACTED]\"}\n{\"ok\":1}\n"
+        );
+        let patch = store.patch("s1").unwrap();
+        assert_eq!(std::fs::read_to_string(patch).unwrap(), "+KEY=[REDACTED]\n");
+        assert!(!dir.path().join("escape.jsonl").exists());
+        assert_eq!(
+            std::fs::metadata(files[0].parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn redaction_takes_the_whole_key_and_nothing_else() {
+        assert_eq!(redact_keys(b"a sk-ant-X1_-y b"), b"a [REDACTED] b");
+        assert_eq!(redact_keys(b"sk-ant-"), b"[REDACTED]");
+        assert_eq!(redact_keys(b"sk-an nothing"), b"sk-an nothing");
+        assert_eq!(
+            redact_keys("ünï sk-ant-k\"".as_bytes()),
+            "ünï [REDACTED]\"".as_bytes()
+        );
     }
 }

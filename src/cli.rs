@@ -85,6 +85,12 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote prune --dry-run\n  amplihack remote prune --idle-minutes 60 --yes"
     )]
     Prune(PruneArgs),
+    /// Carry on from an ended session: a new session in its workspace, continuing its
+    /// conversation with a new instruction
+    #[command(
+        after_help = "Examples:\n  amplihack remote continue sess-20251125-143022-abc1 \"now add tests\"\n  amplihack remote continue sess-20251125-143022-abc1 --max-turns 30 \"you missed the migration\""
+    )]
+    Continue(ContinueArgs),
     /// Fetch sessions' commits into the local repository as branches amplihack/<session-id>
     #[command(
         after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
@@ -236,6 +242,37 @@ pub struct StartArgs {
     /// (AMPLIHACK_REMOTE_CONFIRM_VMS, default 10, is the most created without a question)
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ContinueArgs {
+    /// The ended session to carry on from (it may itself be a follow-up)
+    #[arg(value_name = "SESSION_ID", value_parser = parse_session_id)]
+    pub session_id: String,
+    /// The new instruction for the agent
+    #[arg(value_name = "PROMPT", value_parser = parse_prompt)]
+    pub prompt: String,
+    /// Maximum conversation turns for Claude Code [default: the session's]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: Option<u32>,
+    /// Amplihack command mode [default: the session's]
+    #[arg(long, value_enum)]
+    pub command: Option<CommandMode>,
+    /// VM size of a new VM, when the session's VM is gone and the pool has no room
+    #[arg(long, value_enum, default_value_t = SizeArg::L)]
+    pub size: SizeArg,
+    /// Azure region for the follow-up when the session's VM is gone [default: $AZURE_REGION, else eastus]
+    #[arg(long, value_parser = parse_region)]
+    pub region: Option<String>,
+    /// Fail instead of queueing when the VM has no free slot
+    #[arg(long)]
+    pub no_queue: bool,
+    /// Create a new VM, when one is needed, without asking
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print the new session as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

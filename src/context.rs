@@ -403,6 +403,89 @@ pub fn fetch_bundle(
     fetch_bundle_file(repo, &file, base, target, timeout)
 }
 
+/// Brings the commits of `bundles` (each building on the ones before it, the first on a
+/// commit `repo` has) into `repo`'s objects without touching any branch: what a follow-up's
+/// own bundle builds on (its parent's commits, and theirs).
+pub fn fetch_objects(repo: &Path, bundles: &[PathBuf], timeout: Duration) -> Result<()> {
+    for bundle in bundles {
+        let file = bundle.to_string_lossy().into_owned();
+        git_ok(
+            repo,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                &file,
+                "HEAD",
+            ],
+            timeout,
+        )?;
+    }
+    Ok(())
+}
+
+/// A git bundle of `head`'s whole history, built from `repo` and the commits of `bundles`
+/// (see `fetch_objects`) in a scratch repository that borrows `repo`'s objects, so `repo`
+/// gains no ref and no object. Its one ref is `refs/heads/restore`.
+pub fn history_bundle(
+    repo: &Path,
+    bundles: &[PathBuf],
+    head: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    let objects = git_ok(
+        repo,
+        &[
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "objects",
+        ],
+        timeout,
+    )?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io("cannot create a temp directory", e))?;
+    let scratch = dir.path().join("scratch.git");
+    let scratch_arg = scratch.to_string_lossy().into_owned();
+    git_ok(
+        dir.path(),
+        &["init", "--quiet", "--bare", &scratch_arg],
+        timeout,
+    )?;
+    std::fs::write(
+        scratch.join("objects/info/alternates"),
+        format!("{objects}\n"),
+    )
+    .map_err(|e| Error::io("cannot write a scratch repository", e))?;
+    fetch_objects(&scratch, bundles, timeout)?;
+    let commit = format!("{head}^{{commit}}");
+    git_ok(&scratch, &["rev-parse", "--verify", "--quiet", &commit], timeout).map_err(|_| {
+        Error::Failed(format!(
+            "commit {head} is neither in {} nor in the archived commits; the history the session built on is gone",
+            repo.display()
+        ))
+    })?;
+    git_ok(
+        &scratch,
+        &["update-ref", "refs/heads/restore", head],
+        timeout,
+    )?;
+    let file = dir.path().join("workspace.bundle");
+    let file_arg = file.to_string_lossy().into_owned();
+    git_ok(
+        &scratch,
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            &file_arg,
+            "refs/heads/restore",
+        ],
+        timeout,
+    )?;
+    std::fs::read(&file).map_err(|e| Error::io("cannot read the workspace bundle", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

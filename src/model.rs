@@ -74,6 +74,38 @@ pub struct Session {
     pub extra: Map<String, Value>,
 }
 
+/// Fields of ours kept among a session's other members (`extra`), so the state file's readers
+/// and writers carry them like any member they do not model: the session a follow-up continues
+/// (`continue`), and the pull request `pull --pr` opened for a session.
+pub const PARENT_SESSION_FIELD: &str = "parent_session_id";
+pub const PR_URL_FIELD: &str = "pr_url";
+
+impl Session {
+    fn extra_str(&self, field: &str) -> Option<&str> {
+        self.extra.get(field).and_then(Value::as_str)
+    }
+
+    /// The session this one continues (`continue`), if it is a follow-up.
+    pub fn parent_session_id(&self) -> Option<&str> {
+        self.extra_str(PARENT_SESSION_FIELD)
+    }
+
+    pub fn set_parent_session_id(&mut self, parent: &str) {
+        self.extra
+            .insert(PARENT_SESSION_FIELD.into(), Value::String(parent.into()));
+    }
+
+    /// The pull request `pull --pr` opened for the session's branch.
+    pub fn pr_url(&self) -> Option<&str> {
+        self.extra_str(PR_URL_FIELD)
+    }
+
+    pub fn set_pr_url(&mut self, url: &str) {
+        self.extra
+            .insert(PR_URL_FIELD.into(), Value::String(url.into()));
+    }
+}
+
 /// Files changed, lines inserted and deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changes {

@@ -255,6 +255,12 @@ fn list_verbose_unescaped(sessions: &[&Session], live: &Live, now: DateTime<Utc>
         if let Some(r) = &s.repo_path {
             let _ = writeln!(out, "  Repository:  {r}");
         }
+        if let Some(parent) = s.parent_session_id() {
+            let _ = writeln!(out, "  Continues:   {parent}");
+        }
+        if let Some(url) = s.pr_url() {
+            let _ = writeln!(out, "  PR:          {url}");
+        }
         let _ = writeln!(out, "  Prompt:");
         for line in s.prompt.lines() {
             let _ = writeln!(out, "    {line}");

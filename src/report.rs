@@ -96,6 +96,10 @@ pub struct ReportRow {
     pub archived: bool,
     /// `pull` fetched its commits (the head it fetched is its current head).
     pub pulled: bool,
+    /// The session it continues, for a follow-up (`continue`).
+    pub parent_session_id: Option<String>,
+    /// The pull request `pull --pr` opened for its branch.
+    pub pr_url: Option<String>,
     pub prompt: String,
 }
 
@@ -136,6 +140,8 @@ pub fn rows(
                 archived: s.archived_at.is_some(),
                 pulled: s.pulled_commit.is_some()
                     && s.pulled_commit == result.and_then(|r| r.head_commit.clone()),
+                parent_session_id: s.parent_session_id().map(str::to_string),
+                pr_url: s.pr_url().map(str::to_string),
                 prompt: s.prompt.clone(),
             }
         })
@@ -222,6 +228,25 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
         for r in dirty {
             let c = r.uncommitted.unwrap_or_default();
             let _ = writeln!(out, "  {}: {}", r.session_id, changes_text(&c));
+        }
+    }
+    let follow_ups: Vec<&ReportRow> = rows
+        .iter()
+        .filter(|r| r.parent_session_id.is_some())
+        .collect();
+    if !follow_ups.is_empty() {
+        out.push_str("Follow-ups:\n");
+        for r in follow_ups {
+            let parent = r.parent_session_id.as_deref().unwrap_or_default();
+            let _ = writeln!(out, "  {} continues {parent}", r.session_id);
+        }
+    }
+    let prs: Vec<&ReportRow> = rows.iter().filter(|r| r.pr_url.is_some()).collect();
+    if !prs.is_empty() {
+        out.push_str("Pull requests:\n");
+        for r in prs {
+            let url = r.pr_url.as_deref().unwrap_or_default();
+            let _ = writeln!(out, "  {}: {url}", r.session_id);
         }
     }
     out
@@ -424,6 +449,48 @@ mod tests {
             (Some(5), Some(120), Some(8), Some(3900))
         );
         assert!(c["uncommitted"].is_null());
+        assert!(c["parent_session_id"].is_null() && c["pr_url"].is_null());
         assert_eq!(json(&[]), "[]\n");
+    }
+
+    #[test]
+    fn follow_ups_and_pull_requests_are_named_under_the_table() {
+        let (mut st, results) = sample();
+        let now = t0() + Duration::hours(3);
+        let ids: Vec<String> = st.sessions.keys().cloned().collect();
+        st.sessions
+            .get_mut(&ids[1])
+            .unwrap()
+            .set_parent_session_id(&ids[0]);
+        st.sessions
+            .get_mut(&ids[0])
+            .unwrap()
+            .set_pr_url("https://example.invalid/pr/1");
+        let rows = rows(
+            &select(&st, Duration::days(7), None, now),
+            &results,
+            &Live::default(),
+            now,
+        );
+        let text = table(&rows, Duration::days(7), false);
+        assert!(
+            text.contains(&format!("Follow-ups:\n  {} continues {}\n", ids[1], ids[0])),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "Pull requests:\n  {}: https://example.invalid/pr/1\n",
+                ids[0]
+            )),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&json(&rows)).unwrap();
+        let child = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["session_id"] == ids[1].as_str())
+            .unwrap();
+        assert_eq!(child["parent_session_id"], ids[0].as_str());
     }
 }

@@ -143,6 +143,36 @@ pub struct LaunchPlan<'a> {
     pub capacity: Option<u32>,
     /// A session that finds no free slot on the VM waits in its queue (else it fails).
     pub queue: bool,
+    /// A follow-up (`continue`): its one session works in an ended session's workspace, and
+    /// the agent is told to continue that session's conversation.
+    pub continuation: Option<ContinueLaunch<'a>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContinueLaunch<'a> {
+    /// The workspace of the session it continues, as the state records it.
+    pub workspace: &'a str,
+    /// The workspace rebuilt from the archive, on a VM that does not have it.
+    pub restore: Option<&'a Restore>,
+}
+
+/// What rebuilds an ended session's workspace on another VM: a git bundle whose one ref holds
+/// its head commit (the whole history), its branch, and the files of its archive: the
+/// uncommitted work as a patch, and the agent's conversations, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    pub branch: String,
+    pub head: String,
+    /// `(name, bytes)`: `workspace.bundle`, `uncommitted.patch`, `conversation/NAME.jsonl`.
+    pub parts: Vec<(String, Vec<u8>)>,
+}
+
+/// The argv of an agent that continues its workspace's latest conversation: Claude Code's
+/// `--continue` before the prompt's `-p`.
+pub fn continuing_argv(mut argv: Vec<String>) -> Vec<String> {
+    let at = argv.len().saturating_sub(1);
+    argv.insert(at, "--continue".into());
+    argv
 }
 
 /// The agent's argv before the prompt: `amplihack claude --<command> --max-turns N -- -p`.
@@ -163,11 +193,34 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
     if let Some(key) = plan.api_key {
         vars.push(("AMPLIHACK_SECRET", key));
     }
+    let restore_parts: String;
+    let mut payload: Vec<u8> = plan.bundle.map_or(Vec::new(), |(_, b)| b.to_vec());
+    if let Some(c) = &plan.continuation {
+        vars.push(("AMPLIHACK_CONTINUE", c.workspace));
+        if let Some(r) = c.restore {
+            restore_parts = r
+                .parts
+                .iter()
+                .map(|(name, bytes)| format!("{name} {}\n", bytes.len()))
+                .collect();
+            vars.push(("AMPLIHACK_RESTORE_BRANCH", &r.branch));
+            vars.push(("AMPLIHACK_RESTORE_HEAD", &r.head));
+            vars.push(("AMPLIHACK_RESTORE_PARTS", &restore_parts));
+            for (_, bytes) in &r.parts {
+                payload.extend_from_slice(bytes);
+            }
+        }
+    }
     let argvs: Vec<(Vec<String>, String)> = plan
         .sessions
         .iter()
         .map(|s| {
             let argv = agent_argv(plan.agent_words, s.command, s.max_turns);
+            let argv = if plan.continuation.is_some() {
+                continuing_argv(argv)
+            } else {
+                argv
+            };
             let argc = argv.len().to_string();
             (argv, argc)
         })
@@ -185,7 +238,7 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
         args.extend([s.id, s.prompt, s.record, argc.as_str()]);
         args.extend(argv.iter().map(String::as_str));
     }
-    control_input(&vars, &args, plan.bundle.map_or(&[][..], |(_, b)| b))
+    control_input(&vars, &args, &payload)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -915,7 +968,50 @@ mod tests {
             wait_for_cloud_init: true,
             capacity: Some(4),
             queue: true,
+            continuation: None,
         }
+    }
+
+    #[test]
+    fn a_continuation_passes_continue_and_sends_the_restore_parts_after_the_script() {
+        let agent = vec!["amplihack".to_string(), "claude".to_string()];
+        let restore = Restore {
+            branch: "amplihack/sess-0".into(),
+            head: "abc".into(),
+            parts: vec![
+                ("workspace.bundle".into(), b"BUNDLE".to_vec()),
+                ("conversation/x.jsonl".into(), b"{}\n".to_vec()),
+            ],
+        };
+        let mut p = plan(&agent, None, None);
+        p.continuation = Some(ContinueLaunch {
+            workspace: "~/ws/sess-0",
+            restore: Some(&restore),
+        });
+        let input = launch_input(&p);
+        let text = String::from_utf8_lossy(&input);
+        assert!(text.ends_with("\n}\nBUNDLE{}\n"), "payload last, in order");
+        assert!(text.contains("AMPLIHACK_CONTINUE='~/ws/sess-0'\n"));
+        assert!(
+            text.contains("AMPLIHACK_RESTORE_PARTS='workspace.bundle 6\nconversation/x.jsonl 3\n'")
+        );
+        assert!(
+            text.contains("'--max-turns' '7' '--' '--continue' '-p'\n"),
+            "{text}"
+        );
+        assert_eq!(
+            continuing_argv(agent_argv(&agent, "auto", 3)),
+            [
+                "amplihack",
+                "claude",
+                "--auto",
+                "--max-turns",
+                "3",
+                "--",
+                "--continue",
+                "-p"
+            ]
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod completions;
+pub mod r#continue;
 pub mod kill;
 pub mod list;
 pub mod man;
@@ -139,6 +140,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Status(a) => status::run(&ctx, a),
         RemoteCommand::Prime(a) => prime::run(&ctx, a),
         RemoteCommand::Prune(a) => prune::run(&ctx, a),
+        RemoteCommand::Continue(a) => r#continue::run(&ctx, a),
         RemoteCommand::Pull(a) => pull::run(&ctx, a),
         RemoteCommand::Attach(a) => attach::run(&ctx, a),
         RemoteCommand::Report(a) => report::run(&ctx, a),

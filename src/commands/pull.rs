@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::cli::PullArgs;
+use crate::commands::r#continue::lineage;
 use crate::commands::{Ctx, find_session};
 use crate::context;
 use crate::error::{Error, Result};
@@ -53,17 +54,21 @@ impl Here {
         Ok(Here { root, bases })
     }
 
-    fn has(&self, session: &Session) -> bool {
-        session
-            .base_commit
-            .as_deref()
-            .is_some_and(|b| self.bases.contains(b))
+    fn has(&self, state: &State, session: &Session) -> bool {
+        start_commit(state, session).is_some_and(|b| self.bases.contains(b))
     }
 }
 
-fn not_here(id: &str, session: &Session, here: &Here) -> Error {
+/// The commit a session's history starts from in the user's repository: its own start
+/// commit, or for a follow-up that of the session its chain began with (a follow-up starts
+/// from its parent's head, which only the archives hold).
+fn start_commit<'a>(state: &'a State, session: &'a Session) -> Option<&'a str> {
+    lineage(state, session)[0].base_commit.as_deref()
+}
+
+fn not_here(id: &str, state: &State, session: &Session, here: &Here) -> Error {
     let repo = session.repo_path.as_deref().unwrap_or("?");
-    let base = session.base_commit.as_deref().unwrap_or_default();
+    let base = start_commit(state, session).unwrap_or_default();
     let base = &base[..base.len().min(12)];
     match &here.root {
         None => Error::Failed(format!(
@@ -90,8 +95,8 @@ fn named(ctx: &Ctx, state: &State, ids: &[String], here: &Here) -> Result<Vec<St
                 "session {id} was started without a repository (--no-context, or by another tool); there is nothing to pull"
             )));
         };
-        if !here.has(s) {
-            return Err(not_here(id, s, here));
+        if !here.has(state, s) {
+            return Err(not_here(id, state, s, here));
         }
         if s.status == SessionStatus::Pending
             && !refresh::abandoned(s.owner.as_ref(), s.created_at, ctx.now(), &exec::liveness)
@@ -120,7 +125,7 @@ fn all_unpulled(ctx: &Ctx, state: &State, here: &Here) -> Vec<String> {
         .collect();
     sessions.sort_by_key(|s| s.created_at);
     for s in sessions {
-        if !here.has(s) {
+        if !here.has(state, s) {
             others += 1;
             continue;
         }
@@ -205,12 +210,29 @@ fn source(ctx: &Ctx, s: &Session, collected: &Collected) -> Result<Source> {
 
 fn pull_one(
     ctx: &Ctx,
+    state: &State,
     s: &Session,
     repo: &Path,
     collected: &Collected,
     args: &PullArgs,
 ) -> Outcome {
-    let base = s.base_commit.as_deref().unwrap_or_default();
+    // A follow-up's branch holds its chain's commits and its own: the commits of the sessions
+    // before it come from their archives first, and everything counts from the chain's start.
+    let chain = lineage(state, s);
+    let base = chain[0].base_commit.as_deref().unwrap_or_default();
+    let mut earlier: Vec<PathBuf> = Vec::new();
+    for a in &chain[..chain.len() - 1] {
+        match ctx.archive.bundle(&a.session_id) {
+            Some(b) => earlier.push(b),
+            None if a.archived_at.is_none() || !ctx.archive.has(&a.session_id) => {
+                return Outcome::Failed(Error::Failed(format!(
+                    "session {} continues {}, whose results are not home yet: run 'amplihack remote pull {}' first",
+                    s.session_id, a.session_id, a.session_id
+                )));
+            }
+            None => {}
+        }
+    }
     let branch = args
         .branch
         .clone()
@@ -222,10 +244,20 @@ fn pull_one(
         force: args.force,
     };
     let timeout = ctx.settings.timeouts.local_git;
-    let fetched = match source(ctx, s, collected) {
+    let source = source(ctx, s, collected);
+    if source.is_ok()
+        && let Err(e) = context::fetch_objects(repo, &earlier, timeout)
+    {
+        return Outcome::Failed(e);
+    }
+    let fetched = match source {
         Ok(Source::File(file)) => context::fetch_bundle_file(repo, &file, base, &target, timeout),
         Ok(Source::Bytes(bytes)) => context::fetch_bundle(repo, &bytes, base, &target, timeout),
-        Ok(Source::Empty) => return Outcome::NothingNew,
+        // No commits of its own: its branch is where the last commits of its chain left it.
+        Ok(Source::Empty) => match earlier.last() {
+            Some(file) => context::fetch_bundle_file(repo, file, base, &target, timeout),
+            None => return Outcome::NothingNew,
+        },
         Err(e) => return Outcome::Failed(e),
     };
     match fetched {
@@ -288,7 +320,7 @@ fn all_plan(ctx: &Ctx, state: &State, here: &Here) -> BTreeMap<String, Vec<(Stri
         } else {
             continue;
         };
-        if here.has(s) {
+        if here.has(state, s) {
             plan.entry(s.vm_name.clone())
                 .or_default()
                 .push((s.session_id.clone(), want));
@@ -372,7 +404,7 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
     let mut failures = 0;
     for id in &chosen {
         let s = &state.sessions[id];
-        match pull_one(ctx, s, &repo, &collected, &args) {
+        match pull_one(ctx, &state, s, &repo, &collected, &args) {
             Outcome::Fetched(p) => {
                 text.push_str(&fetched_line(&p));
                 if s.status.is_active() {

@@ -33,6 +33,22 @@ fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
     }
 }
 
+/// A follow-up of an ended session (`continue`): one session that carries on in its parent's
+/// workspace, with its parent's conversation.
+#[derive(Debug, Clone)]
+pub(crate) struct Continuation {
+    pub parent_id: String,
+    /// The parent's workspace, as the state records it.
+    pub workspace: String,
+    pub repo_path: Option<String>,
+    /// The parent's head commit: the follow-up's commits are counted from it.
+    pub base_commit: Option<String>,
+    /// The parent's VM, when it still has the workspace; `None`: the follow-up goes to any VM
+    /// with room (or a new one) and the workspace is rebuilt there from the archive.
+    pub vm: Option<String>,
+    pub restore: Option<script::Restore>,
+}
+
 /// The VM name recorded for a session that found no VM at all (a capped pool, no queue).
 const UNPLACED_VM: &str = "-";
 
@@ -85,15 +101,23 @@ struct Target {
     queue: bool,
 }
 
+/// What the sessions start from: a repository's HEAD, or (a follow-up) an ended session.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    repo: Option<&'a RepoContext>,
+    continuation: Option<&'a Continuation>,
+}
+
 fn reserve(
     st: &mut State,
     ctx: &Ctx,
     args: &StartArgs,
     target: &Target,
-    repo: Option<&RepoContext>,
+    origin: Origin,
     owner: &Owner,
     now: DateTime<Utc>,
 ) -> Vec<Reserved> {
+    let Origin { repo, continuation } = origin;
     if let Some(capacity) = target.local_capacity {
         let local = st
             .vm_pool
@@ -114,7 +138,14 @@ fn reserve(
             });
         local.capacity = capacity;
     }
-    let plan = pool::plan(st, &plan_request(target, args.prompts.len()));
+    let plan = match continuation.and_then(|c| c.vm.clone()) {
+        // Its parent's VM: the VM queues it when it is full.
+        Some(vm) => pool::Plan {
+            placements: vec![Placement::Existing(vm)],
+            new_vms: 0,
+        },
+        None => pool::plan(st, &plan_request(target, args.prompts.len())),
+    };
     let new_vms = provision::reserve_vms(
         st,
         plan.new_vms,
@@ -169,10 +200,13 @@ fn reserve(
             ),
         };
         let finished = !status.is_active();
-        let record = Session {
+        let mut record = Session {
             session_id: id.clone(),
             vm_name: vm.clone(),
-            workspace: script::workspace_path(&target.workspace_root, &id),
+            workspace: continuation.map_or_else(
+                || script::workspace_path(&target.workspace_root, &id),
+                |c| c.workspace.clone(),
+            ),
             tmux_session: id.clone(),
             prompt: prompt.clone(),
             command: args.command.as_str().into(),
@@ -192,6 +226,11 @@ fn reserve(
             pulled_commit: None,
             extra: Default::default(),
         };
+        if let Some(c) = continuation {
+            record.repo_path = c.repo_path.clone();
+            record.base_commit = c.base_commit.clone();
+            record.set_parent_session_id(&c.parent_id);
+        }
         st.sessions.insert(id.clone(), record.clone());
         reserved.push(Reserved {
             id,
@@ -281,6 +320,7 @@ fn launch_on_vm(
     target: &Target,
     args: &StartArgs,
     repo: Option<&RepoContext>,
+    continuation: Option<&Continuation>,
 ) -> Vec<(String, Outcome)> {
     let all = |o: Outcome| {
         job.sessions
@@ -345,6 +385,10 @@ fn launch_on_vm(
         wait_for_cloud_init: job.backend == Backend::Azure,
         capacity: Some(job.capacity),
         queue: target.queue,
+        continuation: continuation.map(|c| script::ContinueLaunch {
+            workspace: &c.workspace,
+            restore: c.restore.as_ref(),
+        }),
     };
     let vm = VmRef {
         name: job.vm.clone(),
@@ -493,6 +537,16 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
 }
 
 pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
+    run_with(ctx, args, None)
+}
+
+/// `start`, or with a continuation the one follow-up `continue` starts: reserved, placed,
+/// launched, committed and reported the same way.
+pub(crate) fn run_with(
+    ctx: &Ctx,
+    args: StartArgs,
+    continuation: Option<&Continuation>,
+) -> Result<()> {
     // The local backend's default agent is the Python amplihack on PATH: found, or refused.
     let local_ctx = ctx.for_start(args.local)?;
     let ctx = local_ctx.as_ref().unwrap_or(ctx);
@@ -501,7 +555,7 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
         return Err(Error::MissingApiKey);
     }
     let target = target(ctx, &args)?;
-    let repo = if args.no_context {
+    let repo = if args.no_context || continuation.is_some() {
         None
     } else {
         let cwd = std::env::current_dir()
@@ -515,7 +569,9 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
     if !args.json {
         ui::print(&format!("Starting {} session(s)...\n", args.prompts.len()))?;
     }
-    refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
+    if continuation.is_none_or(|c| c.vm.is_none()) {
+        refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
+    }
     let allowed_new_vms = confirm_new_vms(ctx, &target, &args)?;
 
     let now = ctx.now();
@@ -523,7 +579,17 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
     let reserved = ctx.store.update(|st| {
         // A dead start's reservations must not hold slots this start could use.
         refresh::recover_abandoned(st, now, &crate::exec::liveness);
-        let reserved = reserve(st, ctx, &args, &target, repo.as_ref(), &owner, now);
+        // Checked under the lock: two follow-ups never share their parent's workspace.
+        if let Some(e) =
+            continuation.and_then(|c| super::r#continue::workspace_taken(st, &c.parent_id))
+        {
+            return Err(e);
+        }
+        let origin = Origin {
+            repo: repo.as_ref(),
+            continuation,
+        };
+        let reserved = reserve(st, ctx, &args, &target, origin, &owner, now);
         let new_vms = reserved
             .iter()
             .filter(|r| r.vm_is_new)
@@ -538,7 +604,8 @@ pub fn run(ctx: &Ctx, args: StartArgs) -> Result<()> {
         }
         Ok(reserved)
     })?;
-    let (outcomes, records) = launch_all(ctx, &reserved, &target, &args, repo.as_ref())?;
+    let (outcomes, records) =
+        launch_all(ctx, &reserved, &target, &args, repo.as_ref(), continuation)?;
 
     let sessions: Vec<&Session> = reserved.iter().filter_map(|r| records.get(&r.id)).collect();
     if args.json {
@@ -634,6 +701,7 @@ fn launch_all(
     target: &Target,
     args: &StartArgs,
     repo: Option<&RepoContext>,
+    continuation: Option<&Continuation>,
 ) -> Result<(BTreeMap<String, Outcome>, BTreeMap<String, Session>)> {
     let state = ctx.store.load()?;
     let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
@@ -658,7 +726,7 @@ fn launch_all(
             .values()
             .map(|job| {
                 scope.spawn(move || {
-                    let outcomes = launch_on_vm(ctx, job, target, args, repo);
+                    let outcomes = launch_on_vm(ctx, job, target, args, repo, continuation);
                     let count =
                         |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
                     let running = count(|o| matches!(o, Outcome::Launched { .. }));

@@ -18,6 +18,15 @@ supervisor_text=${AMPLIHACK_SUPERVISOR:-}
 unset AMPLIHACK_SUPERVISOR
 drain_first=${AMPLIHACK_DRAIN:-}
 unset AMPLIHACK_DRAIN
+# A follow-up (`continue`): the workspace it carries on in and, on a VM that lacks that
+# workspace, what rebuilds it (a branch and its head, and the parts that follow the script:
+# one `NAME LENGTH` line each).
+continue_ws=${AMPLIHACK_CONTINUE:-}
+restore_branch=${AMPLIHACK_RESTORE_BRANCH:-}
+restore_head=${AMPLIHACK_RESTORE_HEAD:-}
+restore_parts=${AMPLIHACK_RESTORE_PARTS:-}
+unset AMPLIHACK_CONTINUE AMPLIHACK_RESTORE_BRANCH AMPLIHACK_RESTORE_HEAD AMPLIHACK_RESTORE_PARTS
+restore_dir=
 
 fail() {
   printf 'amplihack: %s\n' "$*" >&2
@@ -74,22 +83,66 @@ send_part() {
   head -c "$size" -- "$3"
 }
 
-# The commits workspace $1 made after commit $2: a `commits N` note and, when N > 0, the part
-# `commits.bundle` (a git bundle of HEAD without what $2 has), built in temp directory $3.
+# The commits workspace $1 made after commit $2 up to commit $4 (empty: its HEAD now): a
+# `commits N` note and, when N > 0, the part `commits.bundle` (a git bundle whose HEAD is that
+# commit, without what $2 has), built in temp directory $3. A finished session's head is the one
+# its result recorded: a follow-up may have committed in the same workspace since.
 send_commits() {
-  local ws n
+  local ws n head=${4:-HEAD} repo
   ws=$(resolve_path "$1")
-  if ! n=$(git_bounded -C "$ws" rev-list --count "$2..HEAD" 2>/dev/null); then
-    send_note bundle_error "$ws is not a git workspace with commit $2"
+  if ! n=$(git_bounded -C "$ws" rev-list --count "$2..$head" 2>/dev/null); then
+    send_note bundle_error "$ws is not a git workspace with commits $2 and $head"
     return
   fi
   send_note commits "$n"
   [ "$n" -gt 0 ] || return 0
-  if git_bounded -C "$ws" bundle create --quiet "$3/commits.bundle" HEAD "^$2" >/dev/null 2>&1; then
+  repo=$ws
+  if [ "$head" != HEAD ] && [ "$(git_bounded -C "$ws" rev-parse --verify -q HEAD 2>/dev/null)" != "$head" ]; then
+    # A bundle names refs, not commits: a repository of its own whose HEAD is that commit,
+    # borrowing the workspace's objects, leaves the workspace untouched.
+    repo="$3/head.git"
+    if ! { mkdir -p -- "$repo/objects/info" "$repo/refs" &&
+      git_bounded -C "$ws" rev-parse --path-format=absolute --git-path objects > "$repo/objects/info/alternates" 2>/dev/null &&
+      printf '%s\n' "$head" > "$repo/HEAD"; }; then
+      send_note bundle_error "cannot prepare the bundle of $head"
+      return
+    fi
+  fi
+  if git_bounded --git-dir="$(git_bounded -C "$repo" rev-parse --absolute-git-dir 2>/dev/null)" bundle create --quiet "$3/commits.bundle" HEAD "^$2" >/dev/null 2>&1; then
     send_part commits.bundle plain "$3/commits.bundle"
   else
     send_note bundle_error "git bundle create failed in $ws"
   fi
+}
+
+# The head commit a session's result recorded (result.json $1), if any.
+result_head() {
+  local text=''
+  read_into text "$1"
+  [[ $text =~ \"head_commit\":\"([0-9a-f]{7,64})\" ]] && printf '%s' "${BASH_REMATCH[1]}"
+  return 0
+}
+
+# Part `uncommitted.patch` and one part `conversation/NAME` per conversation file kept in
+# directory $1 (gzip-compressed through temp directory $2 when the VM has gzip).
+send_session_work() {
+  local src=$1 tmp=$2 f name
+  [ -f "$src/uncommitted.patch" ] && send_part uncommitted.patch plain "$src/uncommitted.patch"
+  [ -d "$src/conversation" ] || return 0
+  # Oldest first: the order tells which conversation is the latest (`claude --continue`
+  # takes the newest), and the archive keeps it. Names are checked before use.
+  # shellcheck disable=SC2012,SC2045
+  for name in $(ls -tr -- "$src/conversation"); do
+    case $name in *.jsonl) ;; *) continue ;; esac
+    case $name in *[!A-Za-z0-9._-]*) continue ;; esac
+    f="$src/conversation/$name"
+    [ -f "$f" ] || continue
+    if command -v gzip >/dev/null 2>&1 && gzip -c -- "$f" > "$tmp/conversation.gz"; then
+      send_part "conversation/$name" gzip "$tmp/conversation.gz"
+    else
+      send_part "conversation/$name" plain "$f"
+    fi
+  done
 }
 
 # The archive frame of a finished session: `archive ID`, notes and parts, `end ID`
@@ -97,7 +150,7 @@ send_commits() {
 # connection never passes for a whole archive. $2 workspace and $3 starting commit (either may
 # be empty), $4 the most bytes of the log to send (its last part).
 send_archive() {
-  local id=$1 ws=$2 from=$3 cap=$4 d="$base/sessions/$1" tmp size kept fin
+  local id=$1 ws=$2 from=$3 cap=$4 d="$base/sessions/$1" tmp size kept fin head=''
   printf 'archive\t%s\n' "$id"
   if ! tmp=$(mktemp -d 2>/dev/null); then
     send_note error "cannot create a temp directory on the VM"
@@ -107,12 +160,16 @@ send_archive() {
   if [ -d "$d" ]; then
     if [ -f "$d/result.json" ]; then
       send_part result.json plain "$d/result.json"
+      head=$(result_head "$d/result.json")
+      send_session_work "$d" "$tmp"
     else
       # The supervisor did not live to record it (killed outright, or the VM rebooted).
       read_into fin "$d/finished_at"
       [ -n "$fin" ] || fin=$(now_utc)
       session_result_json "$d" "${ws:+$(resolve_path "$ws")}" "$fin" > "$tmp/result.json" 2>/dev/null &&
         send_part result.json plain "$tmp/result.json"
+      mkdir -p -- "$tmp/work" && save_session_work "${ws:+$(resolve_path "$ws")}" "$tmp/work" &&
+        send_session_work "$tmp/work" "$tmp"
     fi
     [ -f "$d/record.json" ] && send_part record.json plain "$d/record.json"
     if [ -f "$d/output.log" ]; then
@@ -132,7 +189,7 @@ send_archive() {
   else
     send_note session_dir missing
   fi
-  [ -n "$ws" ] && [ -n "$from" ] && send_commits "$ws" "$from" "$tmp"
+  [ -n "$ws" ] && [ -n "$from" ] && send_commits "$ws" "$from" "$tmp" "$head"
   rm -rf -- "$tmp"
   printf 'end\t%s\n' "$id"
 }
@@ -309,6 +366,7 @@ prepare_session() {
   local id=$1 prompt=$2 record=$3
   shift 3
   local d="$base/sessions/$id" ws="$root/$id" out
+  [ -n "$continue_ws" ] && ws=$(resolve_path "$continue_ws")
   # An earlier attempt of this same launch (a retried connect) got this far already.
   if [ -e "$d/supervisor.pid" ] || tmux has-session -t "=$id" 2>/dev/null; then
     report_launched "$id"
@@ -334,7 +392,14 @@ prepare_session() {
   fi
   # A session queued now starts later from another process, which must then have a key.
   if [ -n "$secret" ]; then : > "$d/needs_key"; else rm -f -- "$d/needs_key"; fi
-  if [ -n "$bundle" ]; then
+  if [ -n "$continue_ws" ]; then
+    if [ -n "$restore_dir" ] && [ ! -e "$ws" ]; then
+      out=$(restore_workspace "$ws" 2>&1) ||
+        { report_failed "$id" "cannot rebuild the workspace $ws from the archive: $out"; return 1; }
+    fi
+    [ -d "$ws" ] ||
+      { report_failed "$id" "the workspace $ws of the session it continues is not on this VM"; return 1; }
+  elif [ -n "$bundle" ]; then
     if [ ! -e "$ws/.git" ]; then
       out=$(git clone --quiet -- "$bundle" "$ws" 2>&1) || { fail_placement "$id" "git clone failed: $out"; return 1; }
       out=$(git -C "$ws" checkout --quiet -B "amplihack/$id" 2>&1) || { fail_placement "$id" "git checkout failed: $out"; return 1; }
@@ -342,6 +407,60 @@ prepare_session() {
   else
     mkdir -p -- "$ws" || { fail_placement "$id" "cannot create the workspace $ws"; return 1; }
   fi
+}
+
+# Reads the parts that rebuild a workspace (restore_parts: `NAME LENGTH` lines) from the
+# payload into a temp directory, `restore_dir`.
+read_restore_parts() {
+  local name len got
+  restore_dir=$(mktemp -d 2>/dev/null) || fail "cannot create a temp directory on the VM"
+  mkdir -p -- "$restore_dir/conversation" || fail "cannot create $restore_dir/conversation"
+  while read -r name len; do
+    [ -n "$name" ] || continue
+    case $name in
+      workspace.bundle | uncommitted.patch) ;;
+      conversation/*.jsonl) case ${name#conversation/} in *[!A-Za-z0-9._-]* | .*) fail "bad part name $name" ;; esac ;;
+      *) fail "bad part name $name" ;;
+    esac
+    # GNU head reads no further than the count it is given.
+    head -c "$len" <&3 > "$restore_dir/$name" || fail "could not read $name"
+    got=$(wc -c < "$restore_dir/$name")
+    [ "$((got))" = "$len" ] || fail "$name came cut short ($got of $len bytes)"
+    printf '%s\n' "$name" >> "$restore_dir/order"
+  done <<< "$restore_parts"
+}
+
+# Rebuilds an ended session's workspace at $1 from restore_dir: a clone of its history on its
+# branch at its head, its uncommitted work applied, and its conversations where Claude Code
+# looks for that path, oldest first (their times keep the order: `--continue` takes the newest).
+restore_workspace() {
+  local ws=$1 tmp="$1.restore.$$" conv name n=0 i=0 now
+  mkdir -p -- "${ws%/*}" || return 1
+  if [ -f "$restore_dir/workspace.bundle" ]; then
+    rm -rf -- "$tmp"
+    if ! { git clone --quiet --no-checkout -- "$restore_dir/workspace.bundle" "$tmp" &&
+      git -C "$tmp" checkout --quiet -B "$restore_branch" "$restore_head" &&
+      git -C "$tmp" remote remove origin; }; then
+      rm -rf -- "$tmp"
+      return 1
+    fi
+    if [ -f "$restore_dir/uncommitted.patch" ]; then
+      git -C "$tmp" apply --binary --whitespace=nowarn "$restore_dir/uncommitted.patch" || { rm -rf -- "$tmp"; return 1; }
+    fi
+    mv -- "$tmp" "$ws" || return 1
+  else
+    mkdir -p -- "$ws" || return 1
+  fi
+  conv=$(conversation_dir "$ws")
+  mkdir -p -- "$conv" || return 1
+  n=$(grep -c '^conversation/' "$restore_dir/order" 2>/dev/null)
+  now=$(date +%s)
+  while read -r name; do
+    case $name in conversation/*) ;; *) continue ;; esac
+    i=$((i + 1))
+    cp -- "$restore_dir/$name" "$conv/${name#conversation/}" || return 1
+    touch -d "@$((now - n + i))" -- "$conv/${name#conversation/}"
+  done < "$restore_dir/order"
 }
 
 # Under the VM's and the session's locks: start it, queue it, or refuse it.
@@ -413,6 +532,7 @@ cmd_launch() {
       fail "could not store the git bundle"
     fi
   fi
+  [ -n "$restore_parts" ] && read_restore_parts
   exec 3<&-
   root=$(resolve_path "$root_spec")
   mkdir -p -- "$root" 2> /dev/null ||
@@ -426,6 +546,8 @@ cmd_launch() {
     shift "$argc"
   done
   secret=
+  [ -n "$restore_dir" ] && rm -rf -- "$restore_dir"
+  return 0
 }
 
 # capture ID LINES [LOG_CAP WORKSPACE BASE_COMMIT]: what a session shows, its tmux pane while

@@ -420,3 +420,78 @@ write_session_result() {
   rm -f -- "$d/result.json.part.$$"
   return 0
 }
+
+# The folder Claude Code keeps the conversations of workspace $1 in: ~/.claude/projects/ and
+# the workspace's absolute path with every character other than an ASCII letter or digit
+# replaced by `-`.
+conversation_dir() {
+  local LC_ALL=C
+  printf '%s/.claude/projects/%s' "$HOME" "${1//[^A-Za-z0-9]/-}"
+}
+
+# Copies file $1 to $2 with API keys redacted: the value of `redact_key` (the session's key,
+# held in memory; through the environment of awk, never its argv) and anything shaped like an
+# Anthropic key.
+redacted_copy() {
+  AMPLIHACK_REDACT=${redact_key:-} awk '
+    BEGIN { k = ENVIRON["AMPLIHACK_REDACT"] }
+    {
+      s = $0
+      if (k != "") {
+        out = ""
+        while ((i = index(s, k)) > 0) {
+          out = out substr(s, 1, i - 1) "[REDACTED]"
+          s = substr(s, i + length(k))
+        }
+        s = out s
+      }
+      gsub(/sk-ant-[A-Za-z0-9_-]+/, "[REDACTED]", s)
+      print s
+    }' < "$1" > "$2"
+}
+
+# The uncommitted work of workspace $1 (edits of tracked files and untracked files, not the
+# ignored ones) as a binary git patch against HEAD into file $2; no file when there is none.
+# Read-only: untracked files are seen through a temporary index, never the workspace's own.
+write_uncommitted_patch() {
+  local ws=$1 out=$2 idx real_index
+  git_bounded -C "$ws" rev-parse --verify -q HEAD >/dev/null 2>&1 || return 0
+  idx=$(mktemp 2>/dev/null) || return 0
+  real_index=$(git_bounded -C "$ws" rev-parse --path-format=absolute --git-path index 2>/dev/null)
+  if ! { [ -f "$real_index" ] && cp -- "$real_index" "$idx"; }; then
+    GIT_INDEX_FILE=$idx git_bounded -C "$ws" read-tree HEAD >/dev/null 2>&1
+  fi
+  GIT_INDEX_FILE=$idx git_bounded -C "$ws" add -A -N >/dev/null 2>&1
+  GIT_INDEX_FILE=$idx git_bounded -C "$ws" diff --binary HEAD > "$out.raw.$$" 2>/dev/null
+  rm -f -- "$idx"
+  if [ -s "$out.raw.$$" ] && redacted_copy "$out.raw.$$" "$out.part.$$"; then
+    mv -f -- "$out.part.$$" "$out"
+  fi
+  rm -f -- "$out.raw.$$" "$out.part.$$"
+  return 0
+}
+
+# What a continuation of a session needs, saved into directory $2 when its agent has ended
+# (workspace $1): `conversation/*.jsonl`, the agent's conversations (keys redacted), and
+# `uncommitted.patch`. Taken at the end, because a follow-up later works in the same
+# workspace. Never fails.
+save_session_work() {
+  local ws=$1 out=$2 conv f
+  [ -n "$ws" ] && [ -d "$ws" ] || return 0
+  write_uncommitted_patch "$ws" "$out/uncommitted.patch"
+  conv=$(conversation_dir "$ws")
+  [ -d "$conv" ] || return 0
+  rm -rf -- "$out/conversation.part"
+  mkdir -p -- "$out/conversation.part" || return 0
+  for f in "$conv"/*.jsonl; do
+    [ -f "$f" ] || continue
+    if redacted_copy "$f" "$out/conversation.part/${f##*/}"; then
+      touch -r "$f" -- "$out/conversation.part/${f##*/}"
+    else
+      rm -f -- "$out/conversation.part/${f##*/}"
+    fi
+  done
+  rm -rf -- "$out/conversation"
+  mv -f -- "$out/conversation.part" "$out/conversation"
+  return 0
+}

@@ -33,12 +33,15 @@ finish() {
   write_atomic "$d/exit_code" "$1"
 }
 
-# Records what the session produced (result.json: times, commits, changes; lib.sh), before
-# exit_code. It never fails, so nothing here can keep exit_code from being written. The
-# supervisor's cwd is the workspace (tmux started it there).
+# Records what the session produced (result.json: times, commits, changes; lib.sh) and what
+# a follow-up needs (the conversation, with the key redacted, and the uncommitted work as a
+# patch), before exit_code. It never fails, so nothing here can keep exit_code from being
+# written. The supervisor's cwd is the workspace (tmux started it there).
 record_session_result() {
   finished_at=$(now_utc)
   write_session_result "$d" "$PWD" "$finished_at"
+  redact_key=$key
+  save_session_work "$PWD" "$d"
 }
 
 key=

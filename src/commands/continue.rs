@@ -1,0 +1,331 @@
+//! `continue`: a follow-up of an ended session. A new session (new id) carries on in its
+//! parent's workspace, with Claude Code's `--continue` so the agent resumes the parent's
+//! conversation, and the prompt as its new instruction. It runs on the parent's VM (queued
+//! when that VM is full); when that VM is gone, on any VM with room or a new one, where the
+//! parent's workspace is first rebuilt from its archive (history, uncommitted work,
+//! conversation). Its commits are counted from its parent's head. Flows: docs/results.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::ValueEnum;
+
+use crate::cli::{CommandMode, ContinueArgs, StartArgs};
+use crate::commands::start::{self, Continuation};
+use crate::commands::{Ctx, find_session};
+use crate::context;
+use crate::error::{Error, Result};
+use crate::model::{Backend, Session, SessionStatus, State, VmState};
+use crate::pool::LOCAL_VM_NAME;
+use crate::refresh;
+use crate::script::{Restore, Want};
+use crate::ui;
+
+/// The chain a session descends from, root first, ending with the session itself. A chain
+/// whose parent is missing from the state (or loops) stops there.
+pub(crate) fn lineage<'a>(state: &'a State, session: &'a Session) -> Vec<&'a Session> {
+    let mut chain = vec![session];
+    while let Some(parent) = chain
+        .last()
+        .and_then(|s| s.parent_session_id())
+        .and_then(|id| state.sessions.get(id))
+    {
+        if chain.iter().any(|s| s.session_id == parent.session_id) {
+            break;
+        }
+        chain.push(parent);
+    }
+    chain.reverse();
+    chain
+}
+
+/// Why `parent`'s workspace cannot take a follow-up now: a follow-up of it is under way, or
+/// one has already worked in it (its workspace holds that one's work: continue that one).
+/// Checked again in the transaction that reserves the follow-up, so two `continue`s of one
+/// session never both run in its workspace.
+pub(crate) fn workspace_taken(state: &State, parent_id: &str) -> Option<Error> {
+    let child = state
+        .sessions
+        .values()
+        .filter(|s| s.parent_session_id() == Some(parent_id))
+        .find(|s| s.status.is_active() || s.started_at.is_some())?;
+    Some(if child.status.is_active() {
+        Error::Failed(format!(
+            "session {parent_id} is being continued by {} ({}): wait for it or kill it first",
+            child.session_id, child.status
+        ))
+    } else {
+        Error::Failed(format!(
+            "session {parent_id} was continued by {} already, whose work its workspace now holds: continue {} instead",
+            child.session_id, child.session_id
+        ))
+    })
+}
+
+/// Asks the parent's VM about a parent the state takes for active, or whose results are not
+/// home yet: that call settles it and brings its archive.
+fn settle(ctx: &Ctx, state: State, parent: &Session) -> Result<State> {
+    let id = parent.session_id.clone();
+    let plan = BTreeMap::from([(parent.vm_name.clone(), vec![(id.clone(), Want::Archive)])]);
+    let collected = refresh::collect(ctx, &state, &plan)?;
+    if let Some(e) = collected.failed_vms.get(&parent.vm_name) {
+        return Err(e.replicate());
+    }
+    if let Some(why) = collected.archive_failures.get(&id) {
+        return Err(Error::Failed(format!(
+            "the results of session {id} came home but could not be archived: {why}"
+        )));
+    }
+    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)
+}
+
+/// The parent's VM, if it is still in the pool and ready to take a session.
+fn vm_still_there(state: &State, parent: &Session) -> bool {
+    parent.vm_name == LOCAL_VM_NAME
+        || state
+            .vm_pool
+            .get(&parent.vm_name)
+            .is_some_and(|v| v.state == VmState::Ready)
+}
+
+fn backend_of(state: &State, parent: &Session) -> Backend {
+    state
+        .vm_pool
+        .get(&parent.vm_name)
+        .map(|v| v.backend)
+        .unwrap_or(if parent.vm_name == LOCAL_VM_NAME {
+            Backend::Local
+        } else {
+            Backend::Azure
+        })
+}
+
+/// What rebuilds the parent's workspace elsewhere, from the archives of its chain: the whole
+/// history up to its head (the repository it started from plus each session's archived
+/// commits), its uncommitted work and its conversation.
+fn restore_from_archive(
+    ctx: &Ctx,
+    state: &State,
+    parent: &Session,
+    head: Option<&str>,
+) -> Result<Restore> {
+    let chain = lineage(state, parent);
+    let root = chain[0];
+    let mut restore = Restore {
+        branch: format!("amplihack/{}", root.session_id),
+        head: head.unwrap_or_default().to_string(),
+        parts: Vec::new(),
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
+    };
+    if let (Some(repo), Some(head)) = (parent.repo_path.as_deref(), head) {
+        let mut bundles: Vec<PathBuf> = Vec::new();
+        for s in &chain {
+            match ctx.archive.bundle(&s.session_id) {
+                Some(b) => bundles.push(b),
+                None if archived_commits(ctx, s) > 0 => {
+                    return Err(Error::Failed(format!(
+                        "the archive of session {} lacks the bundle of its commits; its workspace cannot be rebuilt",
+                        s.session_id
+                    )));
+                }
+                None => {}
+            }
+        }
+        let bundle = context::history_bundle(
+            Path::new(repo),
+            &bundles,
+            head,
+            ctx.settings.timeouts.local_git,
+        )?;
+        restore.parts.push(("workspace.bundle".into(), bundle));
+        if let Some(patch) = ctx.archive.patch(&parent.session_id) {
+            restore
+                .parts
+                .push(("uncommitted.patch".into(), read(&patch)?));
+        }
+    }
+    for file in ctx.archive.conversation(&parent.session_id) {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        restore
+            .parts
+            .push((format!("conversation/{name}"), read(&file)?));
+    }
+    Ok(restore)
+}
+
+fn archived_commits(ctx: &Ctx, s: &Session) -> u64 {
+    ctx.archive
+        .meta(&s.session_id)
+        .ok()
+        .flatten()
+        .and_then(|m| m.commits)
+        .unwrap_or(0)
+}
+
+pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
+    let mut state = ctx.store.load()?;
+    let id = args.session_id.clone();
+    let parent = find_session(&state, &id)?.clone();
+    // Being launched: nothing to ask yet. Queued or running ones may have ended since.
+    if parent.status == SessionStatus::Pending {
+        return Err(still_active(&parent));
+    }
+    if (parent.status.is_active() || refresh::unarchived(&state, &parent))
+        && vm_still_there(&state, &parent)
+    {
+        state = settle(ctx, state, &parent)?;
+    }
+    let parent = find_session(&state, &id)?.clone();
+    if parent.status.is_active() {
+        return Err(still_active(&parent));
+    }
+    if let Some(e) = workspace_taken(&state, &id) {
+        return Err(e);
+    }
+    if parent.archived_at.is_none() || !ctx.archive.has(&id) {
+        return Err(Error::Failed(format!(
+            "the results of session {id} are not home yet (VM '{}' did not send them), so a follow-up could not tell what it starts from; try again when 'amplihack remote list' reaches the VM",
+            parent.vm_name
+        )));
+    }
+    let result = ctx.archive.result(&id)?.unwrap_or_default();
+    let head = parent
+        .base_commit
+        .as_ref()
+        .and(result.head_commit.clone().or(parent.base_commit.clone()));
+
+    let backend = backend_of(&state, &parent);
+    let same_vm = vm_still_there(&state, &parent);
+    // This machine's workspace is at hand: rebuilt only when it is gone.
+    let local_workspace_gone = backend == Backend::Local && !Path::new(&parent.workspace).exists();
+    let restore = if !same_vm || local_workspace_gone {
+        ui::progress(&if same_vm {
+            format!(
+                "The workspace of session {id} is gone: restoring it from the archive ({}).",
+                parent.workspace
+            )
+        } else {
+            format!(
+                "VM '{}' of session {id} is gone: restoring its workspace from the archive on the follow-up's VM.",
+                parent.vm_name
+            )
+        });
+        Some(restore_from_archive(ctx, &state, &parent, head.as_deref())?)
+    } else {
+        None
+    };
+    let command = args
+        .command
+        .or_else(|| CommandMode::from_str(&parent.command, true).ok())
+        .unwrap_or(CommandMode::Auto);
+    let continuation = Continuation {
+        parent_id: id.clone(),
+        workspace: parent.workspace.clone(),
+        repo_path: parent.repo_path.clone(),
+        base_commit: head,
+        vm: same_vm.then(|| parent.vm_name.clone()),
+        restore,
+    };
+    let start_args = StartArgs {
+        prompts: vec![args.prompt],
+        size: args.size,
+        region: args.region,
+        max_turns: args.max_turns.unwrap_or(parent.max_turns.max(1)),
+        command,
+        local: backend == Backend::Local,
+        no_context: true,
+        allow_secrets: false,
+        json: args.json,
+        max_vms: None,
+        no_queue: args.no_queue,
+        yes: args.yes,
+    };
+    start::run_with(ctx, start_args, Some(&continuation))
+}
+
+fn still_active(parent: &Session) -> Error {
+    Error::Failed(format!(
+        "session {} is still {}: wait for it or kill it first",
+        parent.session_id, parent.status
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, parent: Option<&str>, status: SessionStatus, started: bool) -> Session {
+        let t = crate::model::parse_timestamp("2025-11-25T14:30:22Z").unwrap();
+        let mut s: Session = serde_json::from_value(serde_json::json!({
+            "session_id": id, "vm_name": "vm", "workspace": "/w/root", "tmux_session": id,
+            "prompt": "p", "command": "auto", "max_turns": 10, "status": "completed",
+            "memory_mb": 32768, "created_at": "2025-11-25T14:30:22Z",
+        }))
+        .unwrap();
+        s.status = status;
+        s.started_at = started.then_some(t);
+        if let Some(p) = parent {
+            s.set_parent_session_id(p);
+        }
+        s
+    }
+
+    fn state(sessions: Vec<Session>) -> State {
+        State {
+            sessions: sessions
+                .into_iter()
+                .map(|s| (s.session_id.clone(), s))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lineage_runs_from_the_root_and_survives_a_loop() {
+        let st = state(vec![
+            session("a", None, SessionStatus::Completed, true),
+            session("b", Some("a"), SessionStatus::Completed, true),
+            session("c", Some("b"), SessionStatus::Running, true),
+        ]);
+        let ids: Vec<&str> = lineage(&st, &st.sessions["c"])
+            .iter()
+            .map(|s| s.session_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        let looped = state(vec![
+            session("x", Some("y"), SessionStatus::Completed, true),
+            session("y", Some("x"), SessionStatus::Completed, true),
+        ]);
+        assert_eq!(lineage(&looped, &looped.sessions["x"]).len(), 2);
+    }
+
+    #[test]
+    fn a_workspace_is_taken_by_a_follow_up_that_runs_or_ran_not_by_one_that_never_started() {
+        let running = state(vec![
+            session("a", None, SessionStatus::Completed, true),
+            session("b", Some("a"), SessionStatus::Queued, false),
+        ]);
+        let e = workspace_taken(&running, "a").unwrap().to_string();
+        assert!(e.contains("being continued by b (queued)"), "{e}");
+        let ran = state(vec![
+            session("a", None, SessionStatus::Completed, true),
+            session("b", Some("a"), SessionStatus::Completed, true),
+        ]);
+        let e = workspace_taken(&ran, "a").unwrap().to_string();
+        assert!(e.contains("continue b instead"), "{e}");
+        assert!(
+            workspace_taken(&ran, "b").is_none(),
+            "the chain goes on from b"
+        );
+        let never = state(vec![
+            session("a", None, SessionStatus::Completed, true),
+            session("b", Some("a"), SessionStatus::Failed, false),
+        ]);
+        assert!(workspace_taken(&never, "a").is_none());
+    }
+}

@@ -1,0 +1,207 @@
+//! Follow-ups and hand-overs of ended sessions: `continue` (on the session's VM, and on
+//! another after its VM is gone), the archive's conversation and uncommitted work, `pull` of a
+//! follow-up, `pull --resume` and `pull --pr`; on the stand-in azlin and the local backend.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+/// Starts one session in the test's repository; returns its id and VM.
+fn start(env: &TestEnv, args: &[&str]) -> Started {
+    let mut all = vec!["start", "--json"];
+    all.extend_from_slice(args);
+    let out = env.run(&all);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let vm = env.vm_of(&id);
+    Started { id, vm }
+}
+
+/// `continue ID PROMPT --json`: the new session.
+fn follow_up(env: &TestEnv, id: &str, prompt: &str) -> Started {
+    let out = env.run(&["continue", id, prompt, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let child = started_ids(&out).remove(0);
+    let vm = env.vm_of(&child);
+    Started { id: child, vm }
+}
+
+fn archived(env: &TestEnv, id: &str) -> PathBuf {
+    env.archive_dir().join(id)
+}
+
+fn conversation_files(env: &TestEnv, id: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(archived(env, id).join("conversation"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn result_of(env: &TestEnv, id: &str) -> Value {
+    serde_json::from_str(&read(&archived(env, id).join("result.json"))).unwrap()
+}
+
+/// What the agent of a follow-up found when it continued (the stand-in records it).
+fn continued(env: &TestEnv, s: &Started) -> String {
+    read(&env.agent_record(&s.vm, &s.id).join("continued"))
+}
+
+fn check_archive_keeps_conversation_and_patch(env: &TestEnv, s: &Started) {
+    let dir = archived(env, &s.id);
+    let files = conversation_files(env, &s.id);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let conversation = read(&files[0]);
+    assert!(
+        conversation.contains(&format!("\"session\":\"{}\"", s.id)),
+        "{conversation}"
+    );
+    assert!(
+        conversation.contains("ANTHROPIC_API_KEY=[REDACTED]"),
+        "{conversation}"
+    );
+    let patch = read(&dir.join("uncommitted.patch"));
+    assert!(
+        patch.contains("+++ b/edit-1.txt") && patch.contains("+three"),
+        "{patch}"
+    );
+    for f in env.files_of_ours_on_vms() {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert_no_secret(&bytes, &f.display().to_string());
+        }
+    }
+}
+
+#[test]
+fn a_follow_up_on_this_machine_continues_the_conversation_in_the_same_workspace() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    check_archive_keeps_conversation_and_patch(&env, &parent);
+
+    let child = follow_up(&env, &parent.id, "now COMMIT=1");
+    assert_eq!(child.vm, "local");
+    assert_ne!(child.id, parent.id);
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    let seen = continued(&env, &child);
+    assert!(
+        seen.contains(&format!("\"session\":\"{}\"", parent.id)),
+        "the follow-up saw its parent's conversation: {seen}"
+    );
+    let rec = env.session(&child.id);
+    assert_eq!(rec["parent_session_id"], parent.id.as_str());
+    assert_eq!(rec["workspace"], env.session(&parent.id)["workspace"]);
+    assert_eq!(rec["command"], "auto");
+    assert_eq!(rec["max_turns"], 10);
+    let argv = read(&env.agent_record("local", &child.id).join("argv"));
+    let argv: Vec<&str> = argv.split('\0').collect();
+    assert!(
+        argv.windows(4)
+            .any(|w| w == ["--", "--continue", "-p", "now COMMIT=1"]),
+        "{argv:?}"
+    );
+    // Its commits count from its parent's head; the parent's archive keeps its own head.
+    let parent_head = result_of(&env, &parent.id)["head_commit"].clone();
+    assert_eq!(rec["base_commit"], parent_head);
+    let r = result_of(&env, &child.id);
+    assert_eq!(r["commits"], 1, "{r}");
+    assert_eq!(r["base_commit"], parent_head, "{r}");
+
+    let list: Value = serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == child.id.as_str())
+        .unwrap();
+    assert_eq!(row["parent_session_id"], parent.id.as_str());
+    let verbose = stdout(&env.run(&["list", "--verbose"]));
+    assert!(
+        verbose.contains(&format!("  Continues:   {}\n", parent.id)),
+        "{verbose}"
+    );
+
+    // pull of the follow-up: its parent's commits and its own, on its branch.
+    let out = env.run(&["pull", &child.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "Fetched 2 commit(s) into branch amplihack/{}",
+            child.id
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let log = git(
+        &env.work(),
+        &["log", "--format=%s", &format!("amplihack/{}", child.id)],
+    );
+    assert_eq!(log, "agent commit 1\nagent commit 1\ninit");
+    // The parent's own pull stops at its head, though its workspace moved on.
+    let out = env.run(&["pull", &parent.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        git(
+            &env.work(),
+            &["rev-parse", &format!("amplihack/{}", parent.id)]
+        ),
+        parent_head.as_str().unwrap()
+    );
+
+    // Chains: the follow-up is continued in turn; its parent no longer can be.
+    let out = env.run(&["continue", &parent.id, "again"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains(&format!("continue {} instead", child.id)),
+        "{}",
+        stderr(&out)
+    );
+    let grandchild = follow_up(&env, &child.id, "third");
+    assert_eq!(env.wait_finished(&grandchild.id)["status"], "completed");
+    let seen = continued(&env, &grandchild);
+    assert!(
+        seen.contains(&format!("\"session\":\"{}\"", parent.id))
+            && seen.contains(&format!("\"session\":\"{}\"", child.id)),
+        "the whole conversation so far: {seen}"
+    );
+    let out = env.run(&["pull", &grandchild.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Fetched 2 commit(s)"),
+        "no commits of its own: its chain's: {}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn continue_refuses_a_session_that_has_not_ended_and_an_unknown_one() {
+    let env = TestEnv::local();
+    let s = env.start_running("SLEEP=30");
+    let out = env.run(&["continue", &s.id, "more"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "session {} is still running: wait for it or kill it first",
+            s.id
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["continue", "sess-20250101-000000-dead", "more"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(env.session_ids().len(), 1, "nothing was reserved");
+    let out = env.run(&["kill", &s.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Killed is ended: it can be continued (without a repository: an empty workspace).
+    let child = follow_up(&env, &s.id, "more");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&s.id));
+}
