@@ -205,3 +205,106 @@ fn continue_refuses_a_session_that_has_not_ended_and_an_unknown_one() {
     assert_eq!(env.wait_finished(&child.id)["status"], "completed");
     assert!(continued(&env, &child).contains(&s.id));
 }
+
+#[test]
+fn on_azure_a_follow_up_runs_on_the_sessions_vm_then_on_a_new_one_once_that_vm_is_gone() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    check_archive_keeps_conversation_and_patch(&env, &parent);
+
+    env.clear_calls();
+    let child = follow_up(&env, &parent.id, "COMMIT=1");
+    assert_eq!(child.vm, parent.vm, "on the parent's VM");
+    let calls = env.calls();
+    assert_eq!(calls.len(), 1, "one launch call: {calls:?}");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&format!("\"session\":\"{}\"", parent.id)));
+
+    // The VM goes; the archive holds everything the next follow-up needs.
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&parent.vm).exists());
+
+    let out = env.run(&["continue", &child.id, "EDIT=0 carry on", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let err = stderr(&out);
+    let restored_lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("restoring its workspace from the archive"))
+        .collect();
+    assert_eq!(restored_lines.len(), 1, "{}", stderr(&out));
+    let grandchild = started_ids(&out).remove(0);
+    let grandchild = Started {
+        vm: env.vm_of(&grandchild),
+        id: grandchild,
+    };
+    assert_ne!(grandchild.vm, parent.vm, "a new VM");
+    assert_eq!(env.wait_finished(&grandchild.id)["status"], "completed");
+    let seen = continued(&env, &grandchild);
+    assert!(
+        seen.contains(&format!("\"session\":\"{}\"", parent.id))
+            && seen.contains(&format!("\"session\":\"{}\"", child.id)),
+        "the follow-up on the new VM saw the conversation so far: {seen}"
+    );
+    // The same path, rebuilt: both sessions' commits and the parent's uncommitted file.
+    let workspace = env
+        .vm_dir(&grandchild.vm)
+        .join("home/workspace")
+        .join(&parent.id);
+    assert_eq!(
+        read(&env.agent_record(&grandchild.vm, &grandchild.id).join("cwd")).trim_end(),
+        workspace.display().to_string()
+    );
+    assert_eq!(read(&workspace.join("edit-1.txt")), "one\ntwo\nthree\n");
+    assert_eq!(
+        git(&workspace, &["log", "--format=%s"]),
+        "agent commit 1\nagent commit 1\ninit"
+    );
+    assert_eq!(
+        git(&workspace, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("amplihack/{}", parent.id)
+    );
+    let out = env.run(&["pull", &grandchild.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Fetched 2 commit(s)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_follow_up_waits_in_the_queue_of_a_full_vm() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let parent = start(&env, &["--no-context", "LINES=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let blocker = env.start_running("SLEEP=60");
+    let out = env.run(&["continue", &parent.id, "queued one"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("queued"), "{}", stdout(&out));
+    let child = env
+        .session_ids()
+        .into_iter()
+        .find(|id| *id != parent.id && *id != blocker.id)
+        .unwrap();
+    assert_eq!(env.session(&child)["status"], "queued");
+    // A second follow-up of the same session is refused while this one waits.
+    let out = env.run(&["continue", &parent.id, "another"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains(&format!("being continued by {child}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["kill", &blocker.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.wait_finished(&child)["status"], "completed");
+    let s = Started {
+        id: child,
+        vm: "local".into(),
+    };
+    assert!(continued(&env, &s).contains(&parent.id));
+}
