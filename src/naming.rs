@@ -11,7 +11,7 @@ pub fn session_id(now: DateTime<Utc>, random: u16) -> String {
 /// `amplihack-<user>-<YYYYMMDD-HHMMSS>`, the user part reduced to what azlin accepts.
 pub fn vm_name(user: &str, now: DateTime<Utc>) -> String {
     format!(
-        "amplihack-{}-{}",
+        "{VM_NAME_PREFIX}{}-{}",
         vm_user_part(user),
         now.format("%Y%m%d-%H%M%S")
     )
@@ -94,10 +94,21 @@ pub fn validate_branch_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The prefix of every pool VM name. No session id (a tmux session name on a VM) may start
+/// with it: azlin reads a VM name it cannot find as a tmux session name and connects to
+/// whichever VM has one, so a session may never be named like a VM.
+pub const VM_NAME_PREFIX: &str = "amplihack-";
+
 /// A session id is well formed when it is safe as a tmux session name, a file name and a shell
-/// word: 1-64 of `[A-Za-z0-9._-]`, starting with a letter or digit. This accepts ids written by
-/// the Python original (`sess-20251125-143022-abc`) and rejects shell metacharacters and paths.
+/// word: 1-64 of `[A-Za-z0-9._-]`, starting with a letter or digit, and not named like a pool
+/// VM (`VM_NAME_PREFIX`). This accepts ids written by the Python original
+/// (`sess-20251125-143022-abc`) and rejects shell metacharacters and paths.
 pub fn validate_session_id(id: &str) -> Result<(), String> {
+    if id.starts_with(VM_NAME_PREFIX) {
+        return Err(format!(
+            "malformed session id {id:?}: that is a VM name (session ids look like sess-20251125-143022-abc1)"
+        ));
+    }
     let ok = (1..=64).contains(&id.len())
         && id.as_bytes()[0].is_ascii_alphanumeric()
         && id
@@ -276,8 +287,21 @@ mod tests {
             "a b",
             "`x`",
             &"a".repeat(65),
+            "amplihack-jo-20251125-143022",
         ] {
             assert!(validate_session_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_session_id_can_equal_a_vm_name() {
+        // azlin takes a VM name it cannot find for a tmux session name: the two never meet.
+        for n in 0..50u16 {
+            let vm = vm_name("sess", t());
+            assert!(vm.starts_with(VM_NAME_PREFIX));
+            assert!(validate_session_id(&vm).is_err(), "{vm}");
+            let id = session_id(t(), n);
+            assert!(validate_session_id(&id).is_ok() && !id.starts_with(VM_NAME_PREFIX));
         }
     }
 

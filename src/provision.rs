@@ -70,8 +70,15 @@ pub fn reserve_vms(
     names
 }
 
-/// Runs `azlin new`, moving to the next region on a quota error. Returns the region it got.
-pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result<String> {
+/// Runs `azlin new` in resource group `rg` (the one recorded for the VM), moving to the next
+/// region on a quota error. Returns the region it got.
+pub fn create_vm(
+    ctx: &Ctx,
+    name: &str,
+    sku: &str,
+    first_region: &str,
+    rg: Option<&str>,
+) -> Result<String> {
     let regions = ctx.settings.regions_to_try(first_region);
     let mut quota_regions = Vec::new();
     for region in &regions {
@@ -79,7 +86,7 @@ pub fn create_vm(ctx: &Ctx, name: &str, sku: &str, first_region: &str) -> Result
         match ctx
             .transports
             .azlin
-            .new_vm(name, sku, region, ctx.settings.timeouts.provision)
+            .new_vm(name, sku, region, rg, ctx.settings.timeouts.provision)
         {
             Ok(()) => {
                 progress::vm(name).stage(Stage::Provisioning, &format!("ready in {region}"));

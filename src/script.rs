@@ -57,12 +57,31 @@ pub fn supervisor_text() -> String {
     format!("{LIB_SH}\n{SUPERVISOR_SH}")
 }
 
-/// The whole stdin of one control call: `{`, the header (variables, then the arguments of
+/// The first line of every control call's answer. azlin can answer a `connect` without
+/// running our script at all (it reads a VM name it cannot find as a tmux session name and
+/// attaches elsewhere, exit 0, nothing on stdout): an answer without this line is not from our
+/// script, so it proves nothing about our sessions.
+pub const ANSWER_MARK: &[u8] = b"amplihack-remote\tanswer\n";
+
+/// The answer after its mark (anything a login printed before it dropped with it); `None`
+/// when the mark never came: the script did not run.
+pub fn framed_answer(stdout: &[u8]) -> Option<&[u8]> {
+    if let Some(rest) = stdout.strip_prefix(ANSWER_MARK) {
+        return Some(rest);
+    }
+    let at = stdout
+        .windows(ANSWER_MARK.len() + 1)
+        .position(|w| w[0] == b'\n' && &w[1..] == ANSWER_MARK)?;
+    Some(&stdout[at + 1 + ANSWER_MARK.len()..])
+}
+
+/// The whole stdin of one control call: the answer's mark, `{`, the header (variables, then the arguments of
 /// the subcommand, every value single-quoted), the helpers and the control script, `}`, then
 /// the payload. The group makes bash read everything before it runs anything.
 fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
     let mut s = String::with_capacity(LIB_SH.len() + CONTROL_SH.len() + 512);
-    s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n{\n");
+    s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n");
+    s.push_str("printf 'amplihack-remote\\tanswer\\n'\n{\n");
     for (name, value) in vars {
         s.push_str(name);
         s.push('=');
@@ -1117,7 +1136,11 @@ mod tests {
             .spawn()
             .unwrap();
         child.stdin.take().unwrap().write_all(input).unwrap();
-        child.wait_with_output().unwrap()
+        let mut out = child.wait_with_output().unwrap();
+        out.stdout = framed_answer(&out.stdout)
+            .expect("every answer opens with its mark")
+            .to_vec();
+        out
     }
 
     #[test]
@@ -1189,6 +1212,26 @@ mod tests {
         // Both have ended (nothing of them runs): their archive frames came along.
         let ids: Vec<&str> = answer.frames.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(ids, ["never", "launched"]);
+    }
+
+    #[test]
+    fn an_answer_counts_only_after_its_mark() {
+        let mut answer = ANSWER_MARK.to_vec();
+        answer.extend_from_slice(b"session\tx\n");
+        assert_eq!(framed_answer(&answer), Some(&b"session\tx\n"[..]));
+        // A login's noise before the mark is dropped with it.
+        let noisy = [&b"Welcome\n"[..], &answer].concat();
+        assert_eq!(framed_answer(&noisy), Some(&b"session\tx\n"[..]));
+        // azlin's tmux-name fallback: nothing at all, or anything without the mark.
+        assert_eq!(framed_answer(b""), None);
+        assert_eq!(framed_answer(b"session\tx\n"), None);
+        assert_eq!(framed_answer(&ANSWER_MARK[..5]), None);
+        // Every control call prints it first, outside its group.
+        let input = String::from_utf8(probe_script(&[], 1)).unwrap();
+        assert!(
+            input.contains("printf 'amplihack-remote\\tanswer\\n'\n{\n"),
+            "{input}"
+        );
     }
 
     #[test]

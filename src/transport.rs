@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -11,13 +13,15 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd, OnInterrupt, Output, RunError};
 use crate::model::Backend;
+use crate::script;
 
 /// A VM as every call about it must name it: azlin needs the resource group it lives in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRef {
     pub name: String,
     pub backend: Backend,
-    /// The VM's own resource group; `None` uses azlin's configured default.
+    /// The VM's own resource group; `None`: azlin's own default (no `--resource-group`), the
+    /// group a VM recorded without one was created in.
     pub resource_group: Option<String>,
 }
 
@@ -70,7 +74,15 @@ fn silent_stream(vm: &str, silence: Duration) -> Error {
 
 pub struct Azlin {
     program: String,
+    /// `AMPLIHACK_RESOURCE_GROUP`.
     resource_group: Option<String>,
+    /// azlin's own default group: `default_resource_group` of its config.toml.
+    azlin_default_group: Option<String>,
+    /// For the one `azlin show` that checks a VM whose `connect` did not run our script.
+    show_timeout: Duration,
+    /// VMs `azlin show` confirmed gone during this command, with why: not asked again (each
+    /// `connect` to a gone VM costs azlin an ssh login per running VM).
+    gone: Mutex<BTreeMap<String, String>>,
 }
 
 pub struct LocalShell;
@@ -87,6 +99,9 @@ impl Transports {
             azlin: Azlin {
                 program: settings.azlin.clone(),
                 resource_group: settings.resource_group.clone(),
+                azlin_default_group: azlin_config_default_group(),
+                show_timeout: settings.timeouts.list,
+                gone: Mutex::new(BTreeMap::new()),
             },
             local: LocalShell,
         }
@@ -103,15 +118,63 @@ impl Transports {
 /// The remote command of every `connect`: bash reading the script from stdin.
 const REMOTE_COMMAND: &str = "bash -s";
 
+/// azlin's config file: `$AZLIN_CONFIG_DIR/config.toml`, else `~/.azlin/config.toml`.
+fn azlin_config_path() -> Option<PathBuf> {
+    match std::env::var_os("AZLIN_CONFIG_DIR") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("config.toml")),
+        _ => dirs::home_dir().map(|h| h.join(".azlin/config.toml")),
+    }
+}
+
+/// The resource group azlin uses when given none: its config's `default_resource_group`.
+fn azlin_config_default_group() -> Option<String> {
+    let text = std::fs::read_to_string(azlin_config_path()?).ok()?;
+    default_group_in_config(&text)
+}
+
+/// `default_resource_group = "NAME"` at the top level of azlin's config.toml (before any
+/// `[table]`).
+pub fn default_group_in_config(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            return None;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() != "default_resource_group" {
+            continue;
+        }
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(rest) => rest.split('"').next()?,
+            None => match value.strip_prefix('\'') {
+                Some(rest) => rest.split('\'').next()?,
+                None => value.split('#').next()?.trim(),
+            },
+        };
+        return (!value.is_empty()).then(|| value.to_string());
+    }
+    None
+}
+
 impl Azlin {
-    /// The configured resource group (`AMPLIHACK_RESOURCE_GROUP`), recorded on new VMs.
+    /// The resource group new VMs go to, and are recorded in: `AMPLIHACK_RESOURCE_GROUP`, else
+    /// azlin's own default (its config's), so a later change of either never loses them.
+    /// `None` when neither is set (azlin then fails "No resource group configured").
     pub fn default_resource_group(&self) -> Option<&str> {
-        self.resource_group.as_deref()
+        self.resource_group
+            .as_deref()
+            .or(self.azlin_default_group.as_deref())
     }
 
+    /// `sub`, `--resource-group RG` when a group is named, `tail`. Without one, azlin uses its
+    /// own default: never `AMPLIHACK_RESOURCE_GROUP` behind the caller's back, since a VM
+    /// recorded without a group was created in azlin's default.
     fn args(&self, sub: &[&str], rg: Option<&str>, tail: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = sub.iter().map(|s| s.to_string()).collect();
-        if let Some(rg) = rg.or(self.resource_group.as_deref()) {
+        if let Some(rg) = rg {
             args.push("--resource-group".into());
             args.push(rg.to_string());
         }
@@ -170,10 +233,17 @@ impl Azlin {
 
     /// `azlin new`: a public VM, no auto-connect, and no `--yes` (which would copy the user's
     /// local credentials onto it).
-    pub fn new_vm(&self, name: &str, sku: &str, region: &str, timeout: Duration) -> Result<()> {
+    pub fn new_vm(
+        &self,
+        name: &str,
+        sku: &str,
+        region: &str,
+        rg: Option<&str>,
+        timeout: Duration,
+    ) -> Result<()> {
         let args = self.args(
             &["new", "--name", name, "--vm-size", sku, "--region", region],
-            None,
+            rg,
             &["--public", "--no-auto-connect"],
         );
         self.call(self.cmd(args, timeout), None).map(drop)
@@ -191,18 +261,112 @@ impl Azlin {
     }
 
     /// `azlin show NAME -o json` in the VM's own resource group: `Ok(false)` only when azlin
-    /// answers that the VM was not found; any other failure is an error (we cannot tell).
+    /// answers that the VM was not found in that group; any other failure is an error (we
+    /// cannot tell), and so is a "not found" about another group.
     pub fn vm_exists(&self, vm: &VmRef, timeout: Duration) -> Result<bool> {
         let args = self.args(
             &["show", &vm.name],
             vm.resource_group.as_deref(),
             &["-o", "json"],
         );
-        match self.call(self.cmd(args, timeout), Some(&vm.name)) {
+        let cmd = self.cmd(args, timeout);
+        match self.call(cmd.clone(), Some(&vm.name)) {
             Ok(_) => Ok(true),
-            Err(Error::VmNotFound { .. }) => Ok(false),
+            Err(Error::VmNotFound { detail, .. }) => {
+                let asked = vm
+                    .resource_group
+                    .as_deref()
+                    .or(self.azlin_default_group.as_deref());
+                match (group_named_in(&detail), asked) {
+                    (Some(answered), Some(asked)) if !answered.eq_ignore_ascii_case(asked) => {
+                        Err(Error::CommandFailed {
+                            command: cmd.display(),
+                            status: Some(1),
+                            stderr: format!(
+                                "azlin answered about resource group '{answered}', not '{asked}' where the VM was created: that proves nothing about it ({detail})"
+                            ),
+                        })
+                    }
+                    _ => Ok(false),
+                }
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// A VM whose `connect` answered without running our script (`script::framed_answer`):
+    /// azlin did not find it and attached to a tmux session of that name elsewhere. One
+    /// `azlin show` settles whether it is gone; a gone VM is not asked again by this process.
+    fn not_our_answer(&self, vm: &VmRef) -> Error {
+        let asked = "its `connect` answered without running our script (azlin reads a VM name it cannot find as a tmux session name and attaches wherever one has it)";
+        match self.vm_exists(vm, self.show_timeout) {
+            Ok(false) => {
+                let detail = format!(
+                    "{asked}, and `azlin show` in {} says it does not exist",
+                    match &vm.resource_group {
+                        Some(rg) => format!("its resource group '{rg}'"),
+                        None => "azlin's default resource group".to_string(),
+                    }
+                );
+                self.gone
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(vm.name.clone(), detail.clone());
+                Error::VmNotFound {
+                    vm: vm.name.clone(),
+                    detail,
+                }
+            }
+            Ok(true) => Error::VmUnreachable {
+                vm: vm.name.clone(),
+                detail: format!("{asked}; `azlin show` still finds it, so try again"),
+            },
+            Err(e) => e,
+        }
+    }
+
+    /// A VM this process already found gone: no more calls to it.
+    fn known_gone(&self, vm: &VmRef) -> Result<()> {
+        match self
+            .gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vm.name)
+        {
+            Some(detail) => Err(Error::VmNotFound {
+                vm: vm.name.clone(),
+                detail: detail.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A `connect` that failed: an exit 1 with nothing on stderr but ssh's own words about the
+    /// connection is ssh dying of a signal (a dropped connection: azlin exits
+    /// `status.code().unwrap_or(1)`, not 255), which is unreachable like any ssh failure (our
+    /// scripts never exit 1). Anything else is classified as usual.
+    fn judge_connect(
+        &self,
+        cmd: &Cmd,
+        vm: &VmRef,
+        result: std::result::Result<Output, RunError>,
+    ) -> Result<Output> {
+        if let Ok(out) = &result
+            && out.code == 1
+            && is_cut_connection(&out.stderr_text())
+        {
+            return Err(Error::VmUnreachable {
+                vm: vm.name.clone(),
+                detail: format!(
+                    "the connection dropped (azlin exited 1 without an error of its own: its ssh was cut){}",
+                    match trim_stderr(&out.stderr_text()).as_str() {
+                        "(no error message)" => String::new(),
+                        text => format!(": {text}"),
+                    }
+                ),
+            });
+        }
+        self.judge(cmd, Some(&vm.name), result)
     }
 
     /// Power state of every VM azlin lists in a resource group (one call, no ssh into the VMs).
@@ -255,11 +419,19 @@ impl Transport for Azlin {
         timeout: Duration,
         on_interrupt: OnInterrupt,
     ) -> Result<Output> {
+        self.known_gone(vm)?;
         let cmd = self
             .cmd(self.connect_args(vm), timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        self.call(cmd, Some(&vm.name))
+        let mut out = self.judge_connect(&cmd, vm, exec::run(&cmd))?;
+        match script::framed_answer(&out.stdout) {
+            Some(answer) => {
+                out.stdout = answer.to_vec();
+                Ok(out)
+            }
+            None => Err(self.not_our_answer(vm)),
+        }
     }
 
     fn stream_script(
@@ -270,15 +442,27 @@ impl Transport for Azlin {
         stop: &AtomicBool,
         on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<Output> {
+        self.known_gone(vm)?;
         let cmd = self
             .cmd(self.connect_args(vm), silence)
             .stdin(input)
             .on_interrupt(OnInterrupt::Abort);
-        match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+        let mut framing = Framing::default();
+        let result = exec::run_streaming(&cmd, silence, stop, &mut |bytes| {
+            framing.pass(bytes, on_stdout)
+        });
+        match result {
             Ok(Err(e)) => Err(e),
-            Ok(Ok(out)) => self.judge(&cmd, Some(&vm.name), Ok(out)),
+            Ok(Ok(out)) => {
+                let out = self.judge_connect(&cmd, vm, Ok(out))?;
+                if framing.opened {
+                    Ok(out)
+                } else {
+                    Err(self.not_our_answer(vm))
+                }
+            }
             Err(RunError::Timeout) => Err(silent_stream(&vm.name, silence)),
-            Err(other) => self.judge(&cmd, Some(&vm.name), Err(other)),
+            Err(other) => self.judge_connect(&cmd, vm, Err(other)),
         }
     }
 
@@ -298,6 +482,36 @@ impl Transport for Azlin {
     }
 }
 
+/// Passes a stream's bytes on once its answer mark has come (`script::framed_answer`), without
+/// the mark.
+#[derive(Default)]
+struct Framing {
+    opened: bool,
+    head: Vec<u8>,
+}
+
+impl Framing {
+    fn pass(&mut self, bytes: &[u8], on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if self.opened {
+            return on_stdout(bytes);
+        }
+        self.head.extend_from_slice(bytes);
+        match script::framed_answer(&self.head) {
+            Some(rest) => {
+                self.opened = true;
+                let rest = rest.to_vec();
+                self.head = Vec::new();
+                if rest.is_empty() {
+                    Ok(())
+                } else {
+                    on_stdout(&rest)
+                }
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 impl Transport for LocalShell {
     fn run_script(
         &self,
@@ -309,8 +523,16 @@ impl Transport for LocalShell {
         let cmd = Cmd::new("bash", vec!["-s".into()], timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        let out = exec::run_any_exit(&cmd)?;
-        succeeded(&cmd, out)
+        let mut out = succeeded(&cmd, exec::run_any_exit(&cmd)?)?;
+        out.stdout = script::framed_answer(&out.stdout)
+            .ok_or_else(|| {
+                Error::unexpected_answer(
+                    crate::pool::LOCAL_VM_NAME,
+                    "the control script did not run",
+                )
+            })?
+            .to_vec();
+        Ok(out)
     }
 
     fn stream_script(
@@ -324,7 +546,10 @@ impl Transport for LocalShell {
         let cmd = Cmd::new("bash", vec!["-s".into()], silence)
             .stdin(input)
             .on_interrupt(OnInterrupt::Abort);
-        let out = match exec::run_streaming(&cmd, silence, stop, on_stdout) {
+        let mut framing = Framing::default();
+        let out = match exec::run_streaming(&cmd, silence, stop, &mut |bytes| {
+            framing.pass(bytes, on_stdout)
+        }) {
             Ok(result) => result?,
             Err(RunError::Timeout) => return Err(silent_stream(&vm.name, silence)),
             Err(RunError::Interrupted) => return Err(Error::Interrupted),
@@ -416,7 +641,16 @@ pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str
         return Error::QuotaExceeded { detail };
     }
     if let Some(vm) = vm {
-        if code == 255 || has(&["no bastion host found"]) {
+        if has(&["no bastion host found"]) {
+            // No public IP: the VM is deallocated (or was made private).
+            return Error::VmUnreachable {
+                vm: vm.into(),
+                detail: format!(
+                    "it has no public IP, so azlin looked for a Bastion host and found none: the VM is probably deallocated; start it with 'azlin start {vm}' ({detail})"
+                ),
+            };
+        }
+        if code == 255 {
             return Error::VmUnreachable {
                 vm: vm.into(),
                 detail,
@@ -440,6 +674,34 @@ pub fn classify_failure(command: &str, vm: Option<&str>, code: i32, stderr: &str
         status: Some(code),
         stderr: detail,
     }
+}
+
+/// Whether a `connect`'s stderr says no more than that its connection went: empty, or only
+/// ssh's own lines about the connection.
+fn is_cut_connection(stderr: &str) -> bool {
+    const SSH_SAYS: [&str; 7] = [
+        "closed by remote host",
+        "connection to ",
+        "client_loop",
+        "broken pipe",
+        "connection reset",
+        "packet_write_wait",
+        "timeout, server",
+    ];
+    trim_stderr(stderr) == "(no error message)"
+        || stderr
+            .lines()
+            .map(|l| l.trim().to_lowercase())
+            .filter(|l| !l.is_empty())
+            .all(|l| SSH_SAYS.iter().any(|s| l.contains(s)))
+}
+
+/// The resource group a "not found" answer names (`... under resource group 'RG' ...`).
+fn group_named_in(text: &str) -> Option<&str> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find("resource group '")? + "resource group '".len();
+    let rest = &text[at..];
+    rest.split('\'').next().filter(|g| !g.is_empty())
 }
 
 /// One VM of `azlin list -o json`, with the facts we use.
@@ -573,10 +835,7 @@ mod tests {
 
     #[test]
     fn attach_uses_azlins_own_tmux_attach() {
-        let az = Azlin {
-            program: "azlin".into(),
-            resource_group: Some("rg-default".into()),
-        };
+        let az = test_azlin(Some("rg-default"));
         let attach = az.attach_command(&vm(Some("rg-vm")), "sess-1");
         assert_eq!(attach.program, "azlin");
         assert_eq!(
@@ -609,12 +868,9 @@ mod tests {
 
     #[test]
     fn connect_argv_follows_the_contract() {
-        let az = Azlin {
-            program: "azlin".into(),
-            resource_group: Some("rg1".into()),
-        };
+        let az = test_azlin(Some("rg1"));
         assert_eq!(
-            az.connect_args(&vm(None)),
+            az.connect_args(&vm(Some("rg1"))),
             [
                 "connect",
                 "vm1",
@@ -630,5 +886,91 @@ mod tests {
         );
         // A VM created in another resource group is always addressed in its own.
         assert_eq!(az.connect_args(&vm(Some("rg2")))[3], "rg2");
+        // One recorded without a group was created in azlin's default: never the group
+        // configured since.
+        assert!(
+            !az.connect_args(&vm(None))
+                .contains(&"--resource-group".to_string())
+        );
+    }
+
+    fn test_azlin(rg: Option<&str>) -> Azlin {
+        Azlin {
+            program: "azlin".into(),
+            resource_group: rg.map(String::from),
+            azlin_default_group: Some("azlin-default".into()),
+            show_timeout: Duration::from_secs(1),
+            gone: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    #[test]
+    fn new_vms_go_to_the_configured_group_else_azlins_default() {
+        assert_eq!(
+            test_azlin(Some("mine")).default_resource_group(),
+            Some("mine")
+        );
+        assert_eq!(
+            test_azlin(None).default_resource_group(),
+            Some("azlin-default")
+        );
+    }
+
+    #[test]
+    fn azlins_default_group_is_read_from_its_config() {
+        let read = default_group_in_config;
+        assert_eq!(
+            read("default_resource_group = \"rg-x\"\n").as_deref(),
+            Some("rg-x")
+        );
+        assert_eq!(
+            read("# c\nregion = \"eastus\"\ndefault_resource_group='rg-y' # note\n").as_deref(),
+            Some("rg-y")
+        );
+        assert_eq!(
+            read("default_resource_group = rg-z # bare\n").as_deref(),
+            Some("rg-z")
+        );
+        assert_eq!(read("default_resource_group = \"\"\n"), None);
+        assert_eq!(read("[vm]\ndefault_resource_group = \"nested\"\n"), None);
+        assert_eq!(read("other_resource_group = \"x\"\n"), None);
+    }
+
+    #[test]
+    fn a_not_found_answer_names_the_group_it_is_about() {
+        assert_eq!(
+            group_named_in(
+                "(ResourceNotFound) The Resource 'x' under resource group 'RG-a' was not found."
+            ),
+            Some("RG-a")
+        );
+        assert_eq!(group_named_in("VM 'x' was not found."), None);
+    }
+
+    #[test]
+    fn only_a_silent_exit_1_is_a_cut_connection() {
+        assert!(is_cut_connection(""));
+        assert!(is_cut_connection("\n"));
+        assert!(is_cut_connection(
+            "Connection to 10.0.0.4 closed by remote host.\n"
+        ));
+        assert!(!is_cut_connection("Error: Failed to connect\n"));
+        assert!(!is_cut_connection("Traceback (most recent call last): x\n"));
+        assert!(!is_cut_connection(
+            "Connection to 10.0.0.4 closed.\nError: boom\n"
+        ));
+    }
+
+    #[test]
+    fn a_deallocated_vm_is_unreachable_and_said_so() {
+        let e = classify_failure(
+            "azlin connect",
+            Some("vm1"),
+            1,
+            "Error: No bastion host found for region westus2.",
+        );
+        assert_eq!(e.exit_code(), 4);
+        assert!(e.to_string().contains("deallocated"), "{e}");
+        assert!(e.to_string().contains("azlin start vm1"), "{e}");
     }
 }

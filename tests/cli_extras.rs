@@ -479,6 +479,7 @@ fn status_shows_what_running_vms_cost_and_deallocated_ones_do_not() {
     std::process::Command::new(support("azlin"))
         .args(["stop", &vms[0]])
         .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("HOME", env.home())
         .env("AZLIN_NO_UPDATE_CHECK", "1")
         .stdin(std::process::Stdio::null())
         .status()

@@ -144,6 +144,9 @@ fn prune_deletes_idle_vms_and_keeps_busy_ones() {
         vec![vec![
             "kill".to_string(),
             idle.clone(),
+            // The group azlin put it in (its config's default), recorded when it was made.
+            "--resource-group".to_string(),
+            "rg".to_string(),
             "--force".to_string()
         ]]
     );
@@ -186,6 +189,7 @@ fn status_shows_power_states_and_flags_vms_gone_from_azure() {
     std::process::Command::new(support("azlin"))
         .args(["stop", &vms[0]])
         .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("HOME", env.home())
         .env("AZLIN_NO_UPDATE_CHECK", "1")
         .stdin(std::process::Stdio::null())
         .status()
@@ -208,7 +212,18 @@ fn status_shows_power_states_and_flags_vms_gone_from_azure() {
     );
     let lists: Vec<Vec<String>> = env.calls().into_iter().filter(|c| c[0] == "list").collect();
     assert_eq!(lists.len(), 1);
-    assert_eq!(lists[0], ["list", "--all", "--no-tmux", "-o", "json"]);
+    assert_eq!(
+        lists[0],
+        [
+            "list",
+            "--resource-group",
+            "rg",
+            "--all",
+            "--no-tmux",
+            "-o",
+            "json"
+        ]
+    );
     let v: Value = serde_json::from_slice(&env.run(&["status", "--json"]).stdout).unwrap();
     assert_eq!(
         v["vms"]

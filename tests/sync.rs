@@ -466,6 +466,7 @@ fn a_stopped_vm_is_reported_with_its_power_state() {
     let stop = std::process::Command::new(support("azlin"))
         .args(["stop", &vm])
         .env("FAKE_AZLIN_HOME", env.azlin_home())
+        .env("HOME", env.home())
         .env("AZLIN_NO_UPDATE_CHECK", "1")
         .stdin(std::process::Stdio::null())
         .status()

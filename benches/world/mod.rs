@@ -57,6 +57,8 @@ impl FakeWorld {
             .env("FAKE_AZLIN_HOME", r.join("azlin"))
             .env("FAKE_AZLIN_VM_BIN", support("vm-bin"))
             .env("FAKE_AZLIN_DELAY", delay)
+            // azlin's default group, as a user's ~/.azlin/config.toml would set it.
+            .env("FAKE_AZLIN_DEFAULT_RG", "rg")
             .env("AMPLIHACK_REMOTE_WORKSPACE", "~/workspace")
             .env("ANTHROPIC_API_KEY", "sk-ant-bench")
             .env("AMPLIHACK_AZURE_REGIONS", "")

@@ -81,7 +81,10 @@ impl Ctx {
     }
 
     /// How every call must address `vm`: its backend, and the resource group it was created
-    /// in (the configured one for VMs recorded before we kept it).
+    /// in. A VM recorded without one (by an older version, the Python original, or adopted
+    /// from azlin's default listing) was created in azlin's own default group: it is addressed
+    /// without `--resource-group`, never in `AMPLIHACK_RESOURCE_GROUP` set since. A VM the
+    /// state does not know goes to the group new VMs go to.
     pub fn vm_ref(&self, state: &State, vm: &str) -> VmRef {
         let entry = state.vm_pool.get(vm);
         let backend = entry.map(|v| v.backend).unwrap_or(if vm == LOCAL_VM_NAME {
@@ -94,9 +97,14 @@ impl Ctx {
             backend,
             resource_group: match backend {
                 Backend::Local => None,
-                Backend::Azure => entry
-                    .and_then(|v| v.resource_group.clone())
-                    .or_else(|| self.settings.resource_group.clone()),
+                Backend::Azure => match entry {
+                    Some(v) => v.resource_group.clone(),
+                    None => self
+                        .transports
+                        .azlin
+                        .default_resource_group()
+                        .map(String::from),
+                },
             },
         }
     }

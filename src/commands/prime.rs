@@ -62,7 +62,13 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
                 });
                 return (name.clone(), dropped.and(Err(Error::Interrupted)));
             }
-            let outcome = provision::create_vm(ctx, name, size.sku, &region);
+            let outcome = provision::create_vm(
+                ctx,
+                name,
+                size.sku,
+                &region,
+                ctx.transports.azlin.default_resource_group(),
+            );
             match &outcome {
                 Ok(got) => progress::vm(name).finish(
                     progress::Outcome::Done,

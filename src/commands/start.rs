@@ -329,7 +329,13 @@ fn launch_on_vm(
             .collect::<Vec<_>>()
     };
     if job.vm_is_new {
-        let outcome = provision::create_vm(ctx, &job.vm, target.size.sku, &target.region);
+        let outcome = provision::create_vm(
+            ctx,
+            &job.vm,
+            target.size.sku,
+            &target.region,
+            job.resource_group.as_deref(),
+        );
         if let Err(e) = provision::commit_vm(ctx, &job.vm, &outcome) {
             return all(Outcome::from_error(&e));
         }

@@ -40,6 +40,13 @@ impl TestEnv {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         std::os::unix::fs::symlink(support("azlin"), dir.path().join("bin/azlin")).unwrap();
+        // azlin's own default resource group, as its user would configure it.
+        std::fs::create_dir_all(dir.path().join("home/.azlin")).unwrap();
+        std::fs::write(
+            dir.path().join("home/.azlin/config.toml"),
+            "default_resource_group = \"rg\"\n",
+        )
+        .unwrap();
         TestEnv {
             dir,
             extra_env: Vec::new(),
@@ -161,6 +168,19 @@ impl TestEnv {
     }
 
     /// Every azlin call so far, as argv vectors.
+    /// Runs the stand-in azlin itself, as the user would behind our back (its argv lands in
+    /// the calls log like ours: clear it after).
+    pub fn azlin(&self, args: &[&str]) -> Output {
+        std::process::Command::new(support("azlin"))
+            .args(args)
+            .env_clear()
+            .envs(self.env())
+            .env("AZLIN_NO_UPDATE_CHECK", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     pub fn calls(&self) -> Vec<Vec<String>> {
         std::fs::read_to_string(self.azlin_home().join("calls.log"))
             .unwrap_or_default()

@@ -1,0 +1,232 @@
+//! What only the real azlin client shows (the azlin contract, "Behaviours that only show with
+//! the real client"), modelled by the stand-in, and what the product does about each: a
+//! `connect` azlin resolved to another VM's tmux session, an ssh cut by a signal (exit 1), a VM
+//! that drops packets, a deallocated VM (Bastion path); and the resource group a VM is always
+//! addressed in.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+
+fn calls_of(env: &TestEnv, sub: &str, vm: &str) -> usize {
+    env.calls()
+        .iter()
+        .filter(|c| c[0] == sub && c.get(1).map(String::as_str) == Some(vm))
+        .count()
+}
+
+fn tmux_on_vm(env: &TestEnv, vm: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("tmux")
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("TMUX_TMPDIR", env.vm_dir(vm).join("tmp"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A VM deleted behind our back while another VM has a tmux session of its name: azlin's
+/// `connect` answers from that other VM (exit 0, nothing on stdout, our script never ran).
+/// That answer is "VM gone or not ours", confirmed by one `azlin show`, never "nothing runs".
+#[test]
+fn a_connect_azlin_resolved_to_another_vms_tmux_session_is_not_an_empty_vm() {
+    let env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    let out = env.run(&[
+        "start",
+        "--no-context",
+        "--size",
+        "s",
+        "--json",
+        "SLEEP=120",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let gone = env.vm_of(&id);
+    let other = vms.iter().find(|v| **v != gone).unwrap().clone();
+    // The VM goes (its tmux server with it); the other VM happens to have a tmux session named
+    // after it.
+    tmux_on_vm(&env, &gone, &["kill-server"]);
+    std::fs::remove_dir_all(env.vm_dir(&gone)).unwrap();
+    let made = tmux_on_vm(
+        &env,
+        &other,
+        &["new-session", "-d", "-s", &gone, "sleep 600"],
+    );
+    assert!(made.status.success(), "{made:?}");
+    // The stand-in answers as azlin does: exit 0, the piped command never runs.
+    let resolved = env.azlin(&[
+        "connect",
+        &gone,
+        "--no-tmux",
+        "--no-reconnect",
+        "--yes",
+        "--no-status",
+        "--",
+        "echo ran",
+    ]);
+    assert_eq!(resolved.status.code(), Some(0));
+    assert!(resolved.stdout.is_empty());
+    assert!(
+        stderr(&resolved).contains(&format!("Resolved tmux session '{gone}' to VM '{other}'")),
+        "{}",
+        stderr(&resolved)
+    );
+
+    env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no longer exists")
+            && stderr(&out).contains("without running our script"),
+        "{}",
+        stderr(&out)
+    );
+    // One connect, then one `show` to confirm, in the VM's own group.
+    assert_eq!(calls_of(&env, "connect", &gone), 1);
+    assert_eq!(calls_of(&env, "show", &gone), 1);
+    let s = env.session(&id);
+    let error = s["error"].as_str().unwrap_or("");
+    assert!(
+        !error.contains("no trace"),
+        "an answer from another VM is no news about this session: {s}"
+    );
+    assert!(
+        s["status"] == "running" || error.contains("no longer exists"),
+        "{s}"
+    );
+    // `kill` on it: exit 4, says the VM is gone; nothing was signalled anywhere.
+    env.clear_calls();
+    let out = env.run(&["kill", &id]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no longer exists"),
+        "{}",
+        stderr(&out)
+    );
+    tmux_on_vm(&env, &other, &["kill-session", "-t", &format!("={gone}")]);
+}
+
+/// ssh killed by a signal makes azlin exit 1 (not 255): `wait` reconnects on it as on any drop.
+#[test]
+fn wait_reconnects_after_a_connection_cut_with_azlins_exit_1() {
+    let env = TestEnv::new();
+    let s = env.start_running("TICK=30");
+    env.clear_calls();
+    std::fs::write(env.azlin_home().join("drop-after"), "1 1\n").unwrap();
+    let out = env.run(&["wait", &s.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the connection dropped") && stderr(&out).contains("reconnecting in"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.session(&s.id)["status"], "completed");
+}
+
+/// A VM that drops packets hangs azlin (no ConnectTimeout): `wait` takes the silence for a
+/// dead connection and opens another.
+#[test]
+fn wait_takes_a_silent_connection_for_dead() {
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_STREAM_TIMEOUT", "3");
+    let s = env.start_running("TICK=30");
+    std::fs::write(env.azlin_home().join("freeze-next"), "1\n").unwrap();
+    let out = env.run(&["wait", &s.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("taken for dead"), "{}", stderr(&out));
+    assert_eq!(env.session(&s.id)["status"], "completed");
+}
+
+/// A deallocated VM has no public IP: azlin takes its Bastion path and exits 1. That is
+/// unreachable (exit 4), said as what it is, and `status` shows the VM deallocated.
+#[test]
+fn a_deallocated_vm_is_unreachable_and_status_shows_it() {
+    let env = TestEnv::new();
+    let s = env.start_running("SLEEP=120");
+    let stop = env.azlin(&["stop", &s.vm]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let out = env.run(&["output", &s.id]);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deallocated")
+            && stderr(&out).contains(&format!("azlin start {}", s.vm)),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["status"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("Deallocated]"), "{}", stdout(&out));
+}
+
+/// Case 8: a VM made while no group was configured (azlin used its own default) is never
+/// forgotten once AMPLIHACK_RESOURCE_GROUP is set: it records the group azlin used, and one
+/// recorded without a group (an older state) is addressed in azlin's default, not in the
+/// group configured since.
+#[test]
+fn a_vm_is_always_addressed_in_the_group_it_was_created_in() {
+    let mut env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    // azlin's default (its config.toml) is where it went, and the state says so.
+    assert_eq!(env.state()["vm_pool"][&vms[0]]["resource_group"], "rg");
+    // An entry written before the group was recorded.
+    let mut state = env.state();
+    state["vm_pool"][&vms[1]]
+        .as_object_mut()
+        .unwrap()
+        .remove("resource_group");
+    env.write_state(&serde_json::to_string_pretty(&state).unwrap());
+
+    env.set("AMPLIHACK_RESOURCE_GROUP", "team");
+    let out = env.run(&["prune", "--idle-minutes", "600", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("no longer exists"),
+        "{}",
+        stdout(&out)
+    );
+    let tracked: Vec<String> = env.state()["vm_pool"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(tracked, vms, "both billable VMs stay tracked");
+    // Every call about them named their own group (none: azlin's default), never "team".
+    for c in env.calls() {
+        assert!(
+            !c.windows(2).any(|w| w == ["--resource-group", "team"]) || c[0] == "list",
+            "{c:?}"
+        );
+    }
+    // Deleting them reaches them too.
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vms[0]).exists() && !env.vm_dir(&vms[1]).exists());
+    // A new VM now goes to the configured group, and is recorded there.
+    let vm = env.prime(1, "s").remove(0);
+    assert_eq!(env.state()["vm_pool"][&vm]["resource_group"], "team");
+}
+
+/// azlin without a group of its own or ours fails "No resource group configured": exit 1
+/// with the hint, nothing tracked.
+#[test]
+fn no_resource_group_anywhere_is_refused_with_the_hint() {
+    let env = TestEnv::new();
+    std::fs::remove_file(env.home().join(".azlin/config.toml")).unwrap();
+    let out = env.run(&["prime", "--count", "1", "--vm-size", "s"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("AMPLIHACK_RESOURCE_GROUP"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        env.state()["vm_pool"]
+            .as_object()
+            .is_none_or(|m| m.is_empty())
+    );
+}
