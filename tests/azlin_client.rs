@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 
@@ -50,7 +51,10 @@ fn a_connect_azlin_resolved_to_another_vms_tmux_session_is_not_an_empty_vm() {
     // The VM goes (its tmux server with it); the other VM happens to have a tmux session named
     // after it.
     tmux_on_vm(&env, &gone, &["kill-server"]);
-    std::fs::remove_dir_all(env.vm_dir(&gone)).unwrap();
+    // Its supervisor may still be writing its last files as it ends.
+    env.wait_for("the VM to go", Duration::from_secs(20), || {
+        std::fs::remove_dir_all(env.vm_dir(&gone)).is_ok()
+    });
     let made = tmux_on_vm(
         &env,
         &other,
