@@ -82,7 +82,7 @@ pub fn prepare(cwd: &Path, allow_secrets: bool, timeout: Duration) -> Result<Rep
         let findings = scan_secrets(&root, timeout)?;
         if !findings.is_empty() {
             return Err(Error::Failed(format!(
-                "refusing to send the repository: likely secrets in tracked files: {}. Remove them from the commit, or pass --allow-secrets if they are not secret",
+                "refusing to send the repository: likely secrets in what would be sent (HEAD and its history): {}. Remove them from the commits (a secret only in history needs the history rewritten, e.g. git filter-repo), pass --no-context to send nothing, or --allow-secrets if they are not secret",
                 findings.join("; ")
             )));
         }
@@ -110,21 +110,21 @@ pub fn prepare(cwd: &Path, allow_secrets: bool, timeout: Duration) -> Result<Rep
     })
 }
 
-/// Patterns of likely secrets (extended regular expressions for `git grep`).
+/// Patterns of likely secrets (regular expressions over a file's bytes).
 const SECRET_PATTERNS: &[(&str, &str)] = &[
-    ("Anthropic API key", "sk-ant-[A-Za-z0-9_-]{20,}"),
-    ("OpenAI API key", "sk-(proj-)?[A-Za-z0-9]{32,}"),
+    ("Anthropic API key", r"sk-ant-[A-Za-z0-9_-]{20,}"),
+    ("OpenAI API key", r"sk-(proj-)?[A-Za-z0-9]{32,}"),
     (
         "GitHub token",
-        "(gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        r"(gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
     ),
-    ("AWS access key", "(AKIA|ASIA)[0-9A-Z]{16}"),
-    ("Azure storage key", "AccountKey=[A-Za-z0-9+/]{40,}={0,2}"),
+    ("AWS access key", r"(AKIA|ASIA)[0-9A-Z]{16}"),
+    ("Azure storage key", r"AccountKey=[A-Za-z0-9+/]{40,}={0,2}"),
     (
         "Azure client secret",
-        "[A-Za-z0-9_~.-]{3}8Q~[A-Za-z0-9_~.-]{31,34}",
+        r"[A-Za-z0-9_~.-]{3}8Q~[A-Za-z0-9_~.-]{31,34}",
     ),
-    ("private key", "-----BEGIN ([A-Z]+ )?PRIVATE KEY-----"),
+    ("private key", r"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----"),
 ];
 
 /// Shows the start of a secret and its length, never the secret.
@@ -133,42 +133,149 @@ pub fn mask(secret: &str) -> String {
     format!("{shown}... ({} chars)", secret.chars().count())
 }
 
-/// True for tracked file names that hold secrets by convention.
+/// True for file names that hold secrets by convention: dotenv files (`.env`, `.env.local`,
+/// `creds.env`; not the `.example`, `.sample` and `.template` ones meant to be committed),
+/// keys and certificates with their private part (`*.pem`, `*.key`, `*.p12`, `*.pfx`, Java
+/// keystores), ssh private keys (`id_rsa`, `id_ed25519`, ...), cloud credential files
+/// (`credentials.json`, `credentials`, `service-account*.json`), `.netrc`, `.pgpass` and
+/// `secrets.{json,yml,yaml}`.
 pub fn is_secret_file(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.starts_with(".env") || name.ends_with(".pem") || name.ends_with(".key")
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let template = [".example", ".sample", ".template", ".dist"]
+        .iter()
+        .any(|t| name.ends_with(t));
+    let dotenv = name == ".env" || name.starts_with(".env.") || name.ends_with(".env");
+    let key_file = [".pem", ".key", ".p12", ".pfx", ".jks", ".keystore"]
+        .iter()
+        .any(|e| name.ends_with(e));
+    let ssh_key = ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&name.as_str());
+    let credentials = matches!(
+        name.as_str(),
+        "credentials.json"
+            | "credentials"
+            | ".netrc"
+            | ".pgpass"
+            | "secrets.json"
+            | "secrets.yml"
+            | "secrets.yaml"
+    ) || (name.starts_with("service-account") && name.ends_with(".json"));
+    !template && (dotenv || key_file || ssh_key || credentials)
 }
 
-/// `file:line: kind (masked)` for every likely secret in the tracked files of HEAD.
-pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
-    let mut findings = Vec::new();
-    let files = git_ok(root, &["ls-tree", "-r", "--name-only", "HEAD"], timeout)?;
-    for f in files.lines().filter(|f| is_secret_file(f)) {
-        findings.push(format!("{f}: secret file tracked"));
+/// A blob git would call binary (a NUL in its first 8000 bytes): not searched, as `git grep -I`.
+fn is_binary(data: &[u8]) -> bool {
+    data[..data.len().min(8000)].contains(&0)
+}
+
+/// Every blob the history of `rev` holds (so every blob a bundle of it carries), each once,
+/// with the first path it was seen at: (blob id, path). One `git rev-list`.
+fn history_blobs(root: &Path, rev: &str, timeout: Duration) -> Result<Vec<(String, String)>> {
+    let listing = git_ok(root, &["rev-list", "--objects", rev], timeout)?;
+    let mut seen = std::collections::HashSet::new();
+    Ok(listing
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, path)| !path.is_empty())
+        .filter(|(id, _)| seen.insert(id.to_string()))
+        .map(|(id, path)| (id.to_string(), path.to_string()))
+        .collect())
+}
+
+/// Reads the objects `ids` (one `git cat-file --batch`) and calls `each` with the id, type and
+/// contents of each.
+fn read_objects(
+    root: &Path,
+    ids: &[&str],
+    timeout: Duration,
+    mut each: impl FnMut(&str, &str, &[u8]),
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    for (kind, pattern) in SECRET_PATTERNS {
-        let out = git(
-            root,
-            &["grep", "-n", "-o", "-I", "-E", "-e", pattern, "HEAD", "--"],
-            timeout,
-        )?;
-        if out.code > 1 {
-            return Err(Error::CommandFailed {
-                command: "git grep".into(),
-                status: Some(out.code),
-                stderr: crate::transport::trim_stderr(&out.stderr_text()),
-            });
+    let mut input = ids.join("\n");
+    input.push('\n');
+    let argv = vec![
+        "-C".to_string(),
+        root.to_string_lossy().into_owned(),
+        "cat-file".into(),
+        "--batch".into(),
+    ];
+    let out = exec::run_any_exit(&Cmd::new("git", argv, timeout).stdin(input.into_bytes()))?;
+    if out.code != 0 {
+        return Err(Error::CommandFailed {
+            command: "git cat-file --batch".into(),
+            status: Some(out.code),
+            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+        });
+    }
+    // Each object: "<id> <type> <size>\n<contents>\n".
+    let mut rest = out.stdout.as_slice();
+    while let Some(eol) = rest.iter().position(|b| *b == b'\n') {
+        let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        rest = &rest[eol + 1..];
+        let mut words = header.split(' ');
+        let (Some(id), Some(kind), Some(size)) = (words.next(), words.next(), words.next()) else {
+            continue; // "<id> missing"
+        };
+        let size: usize = size.parse().unwrap_or(0).min(rest.len());
+        each(id, kind, &rest[..size]);
+        rest = &rest[(size + 1).min(rest.len())..];
+    }
+    Ok(())
+}
+
+/// `path[:line]: what` for every likely secret in what a bundle of HEAD sends: every blob of
+/// its history, not only HEAD's files, since the VM receives the whole history (a key
+/// committed and deleted later is still in it). Secret-looking file names are findings
+/// whatever their contents. A finding only in history says so, with the way to remove it.
+pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
+    let patterns: Vec<(&str, regex::bytes::Regex)> = SECRET_PATTERNS
+        .iter()
+        .map(|(kind, p)| (*kind, regex::bytes::Regex::new(p).expect("a valid pattern")))
+        .collect();
+    let in_head: std::collections::HashSet<String> =
+        git_ok(root, &["ls-tree", "-r", "HEAD"], timeout)?
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2))
+            .map(str::to_string)
+            .collect();
+    let blobs = history_blobs(root, "HEAD", timeout)?;
+    let path_of: std::collections::HashMap<&str, &str> = blobs
+        .iter()
+        .map(|(id, path)| (id.as_str(), path.as_str()))
+        .collect();
+    let where_ = |id: &str| {
+        if in_head.contains(id) {
+            ""
+        } else {
+            " (in an earlier commit only: it is in the history sent)"
         }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            // HEAD:path:line:match
-            let mut parts = line.splitn(4, ':');
-            if let (Some(_), Some(path), Some(lineno), Some(found)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            {
-                findings.push(format!("{path}:{lineno}: {kind} {}", mask(found)));
+    };
+    let mut findings = Vec::new();
+    let ids: Vec<&str> = blobs.iter().map(|(id, _)| id.as_str()).collect();
+    read_objects(root, &ids, timeout, |id, kind, data| {
+        if kind != "blob" {
+            return;
+        }
+        let path = path_of.get(id).copied().unwrap_or("?");
+        if is_secret_file(path) {
+            findings.push(format!("{path}: secret file committed{}", where_(id)));
+        }
+        if is_binary(data) {
+            return;
+        }
+        for (kind, re) in &patterns {
+            for m in re.find_iter(data) {
+                let line = data[..m.start()].iter().filter(|b| **b == b'\n').count() + 1;
+                let found = String::from_utf8_lossy(m.as_bytes());
+                findings.push(format!(
+                    "{path}:{line}: {kind} {}{}",
+                    mask(&found),
+                    where_(id)
+                ));
             }
         }
-    }
+    })?;
     findings.sort();
     findings.dedup();
     Ok(findings)
@@ -497,8 +604,17 @@ mod tests {
         assert!(is_secret_file("config/.env.production"));
         assert!(is_secret_file("certs/server.pem"));
         assert!(is_secret_file("id.key"));
+        assert!(is_secret_file("deploy/creds.env"));
+        assert!(is_secret_file("home/.ssh/id_rsa"));
+        assert!(is_secret_file("id_ed25519"));
+        assert!(!is_secret_file("id_ed25519.pub"));
+        assert!(is_secret_file("gcp/credentials.json"));
+        assert!(is_secret_file("service-account-prod.json"));
+        assert!(is_secret_file("certs/Store.P12"));
+        assert!(!is_secret_file(".env.example"));
         assert!(!is_secret_file("src/keyboard.rs"));
         assert!(!is_secret_file("environment.md"));
+        assert!(!is_secret_file("src/secrets.rs"));
     }
 
     #[test]

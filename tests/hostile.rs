@@ -551,3 +551,58 @@ fn session_output_keeps_colours_escapes_the_rest_and_raw_is_byte_exact() {
         );
     }
 }
+
+#[test]
+fn a_secret_deleted_from_head_but_in_history_is_not_sent() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let w = env.work();
+    let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+    std::fs::write(w.join("settings.py"), format!("KEY = '{key}'\n")).unwrap();
+    std::fs::write(w.join("creds.env"), "TOKEN=1\n").unwrap();
+    git(&w, &["add", "."]);
+    git(&w, &["commit", "-q", "-m", "oops"]);
+    git(&w, &["rm", "-q", "settings.py", "creds.env"]);
+    git(&w, &["commit", "-q", "-m", "remove the key"]);
+    let out = env.run(&["start", "task"]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("settings.py:1: Anthropic API key sk-ant..."),
+        "{err}"
+    );
+    assert!(err.contains("creds.env: secret file committed"), "{err}");
+    assert!(err.contains("in an earlier commit only"), "{err}");
+    assert!(!err.contains(key), "the key itself is never printed: {err}");
+    assert!(env.calls().is_empty(), "nothing was sent");
+    // The ways out stay: no context at all, or the explicit override.
+    let out = env.run(&["start", "--no-context", "--json", "EXIT=0"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = env.run(&["start", "--allow-secrets", "--json", "EXIT=0"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+#[test]
+fn secret_looking_file_names_beyond_dotenv_are_refused() {
+    for name in [
+        "creds.env",
+        "id_rsa",
+        "deploy.pem",
+        "tls.key",
+        "credentials.json",
+    ] {
+        let env = TestEnv::new();
+        env.git_repo();
+        let w = env.work();
+        std::fs::write(w.join(name), "nothing that looks like a key\n").unwrap();
+        git(&w, &["add", "-f", name]);
+        git(&w, &["commit", "-q", "-m", "add"]);
+        let out = env.run(&["start", "task"]);
+        assert_eq!(code(&out), 1, "{name}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains(&format!("{name}: secret file committed")),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+}

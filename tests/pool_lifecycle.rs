@@ -349,7 +349,7 @@ fn start_refuses_to_send_likely_secrets() {
         err.contains("config.py:2: Anthropic API key sk-ant... (49 chars)"),
         "{err}"
     );
-    assert!(err.contains(".env: secret file tracked"), "{err}");
+    assert!(err.contains(".env: secret file committed"), "{err}");
     assert!(err.contains("id_rsa:1: private key"), "{err}");
     assert!(err.contains("--allow-secrets"), "{err}");
     assert!(!err.contains(key), "the secret itself is masked");
