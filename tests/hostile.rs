@@ -606,3 +606,63 @@ fn secret_looking_file_names_beyond_dotenv_are_refused() {
         );
     }
 }
+
+#[test]
+fn follow_of_a_python_original_session_follows_its_pane() {
+    let env = TestEnv::new();
+    let vm = env.prime(1, "l").remove(0);
+    let python =
+        include_str!("expected/python-state.json").replace("amplihack-user-20251125-143000", &vm);
+    env.write_state(&python);
+    let id = "sess-20251125-143022-abc";
+    let go = env.root().join("go");
+    // The Python original's session: a tmux session of that name, no directory of ours. It
+    // prints a line, waits for the test, prints more, and ends.
+    let script = format!(
+        "echo 'before the follow'; while [ ! -e '{go}' ]; do sleep 0.05; done; echo 'while followed ünï'; sleep 0.3; echo 'the last line'",
+        go = go.display()
+    );
+    let tmux = std::process::Command::new("tmux")
+        .env("TMUX_TMPDIR", env.vm_dir(&vm).join("tmp"))
+        .env_remove("TMUX")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            id,
+            "-x",
+            "100",
+            "-y",
+            "20",
+            &script,
+        ])
+        .status()
+        .unwrap();
+    assert!(tmux.success());
+    let mut follow = env
+        .std_cmd(&["output", id, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for("the follow to start", Duration::from_secs(20), || {
+        env.vm_dir(&vm)
+            .join(format!("home/.amplihack/remote/pane-follow/{id}.log"))
+            .exists()
+    });
+    std::fs::write(&go, "").unwrap();
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let first = text.find("before the follow").expect(&text);
+    let second = text.find("while followed ünï").expect(&text);
+    let last = text.find("the last line").expect(&text);
+    assert!(first < second && second < last, "{text}");
+    assert_eq!(text.matches("while followed").count(), 1, "{text}");
+    assert!(
+        !env.vm_dir(&vm)
+            .join(format!("home/.amplihack/remote/pane-follow/{id}.log"))
+            .exists(),
+        "the follow's log goes when the session ended"
+    );
+}

@@ -619,9 +619,14 @@ emit_log() {
 # LINES lines) as it grows, checked every INTERVAL seconds, until the session is over.
 cmd_stream() {
   local id=$1 offset=$2 lines=$3 interval=$4 beat=$5 log="$base/sessions/$1/output.log"
-  local last_beat=$SECONDS size over
+  local last_beat=$SECONDS size over pane=0
   printf 'S\t'
   session_facts "$id"
+  if [ ! -d "$base/sessions/$id" ] && tmux has-session -t "=$id" 2>/dev/null; then
+    # A session of the Python original keeps no log: its tmux pane is followed instead.
+    pane=1
+    log=$(pane_log "$id" "$lines")
+  fi
   if [ "$offset" = - ]; then
     offset=0
     if [ -f "$log" ]; then
@@ -636,13 +641,43 @@ cmd_stream() {
     session_over "$id" && over=1
     emit_log
     if [ "$over" = 1 ]; then
+      # The pane's last bytes reach the log through the pipe just after the pane closes.
+      [ "$pane" = 1 ] && settle_pane_log
       printf 'S\t'
       session_facts "$id"
       printf 'E\n'
+      [ "$pane" = 1 ] && rm -f -- "$log"
       return
     fi
     beat_if_due
     sleep "$interval"
+  done
+}
+
+# pane_log ID LINES: the log a Python original's session gets while it is followed: its pane's
+# last LINES lines, then everything the pane prints from then on (`tmux pipe-pane`, opened
+# once, shared by every follower: `-o` opens a pipe only where none is). Prints its path.
+pane_log() {
+  local id=$1 lines=$2 dir="$base/pane-follow" log
+  log="$dir/$id.log"
+  mkdir -p -- "$dir"
+  if [ ! -f "$log" ]; then
+    printf '%s\n' "$(tmux capture-pane -p -J -t "=$id:" -S "-$lines" 2>/dev/null)" > "$log"
+  fi
+  tmux pipe-pane -o -t "=$id:" "exec cat >> $(printf '%q' "$log")" 2>/dev/null
+  printf '%s' "$log"
+}
+
+# Emits what the pane's pipe still writes after the pane closed: until the log stops growing.
+settle_pane_log() {
+  local before=-1 now=0 tries=0
+  while [ "$tries" -lt 20 ]; do
+    now=$(stat -c %s -- "$log" 2>/dev/null || echo 0)
+    [ "$now" = "$before" ] && break
+    before=$now
+    emit_log
+    sleep 0.1
+    tries=$((tries + 1))
   done
 }
 
