@@ -639,7 +639,7 @@ fn follow_of_a_python_original_session_follows_its_pane() {
         .status()
         .unwrap();
     assert!(tmux.success());
-    let mut follow = env
+    let follow = env
         .std_cmd(&["output", id, "--follow"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
