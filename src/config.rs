@@ -70,6 +70,15 @@ pub struct Settings {
     pub prices: PriceTable,
 }
 
+/// `AMPLIHACK_REMOTE_ARCHIVE`: absolute or under `~/`, as the state path (exit 2 otherwise).
+fn archive_dir() -> Result<Option<std::path::PathBuf>> {
+    const NAME: &str = "AMPLIHACK_REMOTE_ARCHIVE";
+    std::env::var_os(NAME)
+        .filter(|v| !v.is_empty())
+        .map(|v| crate::state::path_from_setting(NAME, "folder", &v, dirs::home_dir().as_deref()))
+        .transpose()
+}
+
 fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -212,7 +221,7 @@ impl Settings {
             new_vm_ssh_retry_delay,
             parallel: number::<usize>("AMPLIHACK_REMOTE_PARALLEL", "a whole number of 1 or more")?
                 .unwrap_or(DEFAULT_PARALLEL),
-            archive_dir: var("AMPLIHACK_REMOTE_ARCHIVE").map(std::path::PathBuf::from),
+            archive_dir: archive_dir()?,
             archive_log_cap: number::<u64>(
                 "AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP",
                 "a number of bytes above 0",

@@ -107,11 +107,12 @@ fn drain(mut pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, thread::
     (buf, handle)
 }
 
+/// The child leads its own process group (`process_group(0)`): this kills all it started.
 fn kill_group(pid: u32) {
-    // SAFETY: plain syscall; the child leads its own process group (process_group(0)).
-    unsafe {
-        libc::kill(-(pid as i32), libc::SIGKILL);
-    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 /// Starts `cmd` as the leader of its own process group, with stdout and stderr piped and its
@@ -365,9 +366,11 @@ pub fn liveness(owner: &Owner) -> Liveness {
     }
     if owner.started.is_empty() {
         // No /proc where it ran: existence of the pid is all we can check.
-        // SAFETY: signal 0 only checks that the process exists.
-        let exists = unsafe { libc::kill(owner.pid as i32, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // No signal is sent: this only checks that the process exists.
+        let exists = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner.pid as i32), None),
+            Ok(()) | Err(nix::errno::Errno::EPERM)
+        );
         return if exists {
             Liveness::Alive
         } else {

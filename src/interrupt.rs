@@ -8,21 +8,26 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// How many stop signals (SIGINT, SIGTERM, SIGHUP) arrived since the process started: the
+/// first asks a command to stop at its next safe point, a second to stop even a step it
+/// would otherwise finish (`OnInterrupt::FinishUnlessRepeated`).
 static STOP_SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
+/// Counts the stop signals on a thread of its own: signal_hook's safe iterator receives them
+/// (its handler only writes to a pipe), so no code of ours runs in a signal handler.
 pub fn install() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        // SAFETY: the handler only does an atomic add, which is async-signal-safe.
-        let _ = unsafe {
-            signal_hook::low_level::register(signal, || {
-                STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
-            })
-        };
-    }
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            STOP_SIGNALS.fetch_add(1, Ordering::SeqCst);
+        }
+    });
 }
 
-/// How many times Ctrl+C was pressed.
+/// How many stop signals arrived (see `STOP_SIGNALS`).
 pub fn count() -> usize {
     STOP_SIGNALS.load(Ordering::SeqCst)
 }

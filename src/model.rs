@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    #[serde(default)]
+    #[serde(default, with = "records")]
     pub sessions: BTreeMap<String, Session>,
-    #[serde(default)]
+    #[serde(default, with = "records")]
     pub vm_pool: BTreeMap<String, VmEntry>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -30,7 +30,7 @@ pub struct Session {
     pub vm_name: String,
     pub workspace: String,
     pub tmux_session: String,
-    pub prompt: String,
+    pub prompt: Prompt,
     pub command: String,
     pub max_turns: u32,
     pub status: SessionStatus,
@@ -72,6 +72,10 @@ pub struct Session {
     pub pulled_commit: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Written by the Python original (naive timestamps): its timestamps are written back
+    /// naive, since that program cannot compare a naive time with an aware one.
+    #[serde(skip)]
+    pub naive_timestamps: bool,
 }
 
 /// Fields of ours kept among a session's other members (`extra`), so the state file's readers
@@ -181,8 +185,9 @@ pub struct VmEntry {
     #[serde(default)]
     pub active_sessions: Vec<String>,
     pub region: String,
-    #[serde(with = "timestamp")]
-    pub created_at: DateTime<Utc>,
+    /// Unknown (`null`) for a VM the Python original adopted from `azlin list`.
+    #[serde(with = "opt_timestamp")]
+    pub created_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Backend::is_azure")]
     pub backend: Backend,
     #[serde(default, skip_serializing_if = "VmState::is_ready")]
@@ -204,6 +209,9 @@ pub struct VmEntry {
     pub creation_unconfirmed: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Written by the Python original (naive timestamps), as for `Session`.
+    #[serde(skip)]
+    pub naive_timestamps: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +329,139 @@ impl<'de> Deserialize<'de> for SessionStatus {
     }
 }
 
+/// A session's prompt. Reads as the text it is (`Deref<Target = str>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompt {
+    text: String,
+    /// The JSON string literal it was read from, when that holds what no Rust string can: a
+    /// lone UTF-16 surrogate escape (`"\udce9"`, how Python writes a byte of a prompt that
+    /// was not UTF-8). `text` has U+FFFD in its place; the literal is written back as it was.
+    literal: Option<Box<str>>,
+}
+
+impl Prompt {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// From a string as JSON decodes it, in WTF-8: lone surrogates are kept as their 3-byte
+    /// encodings (serde_json decodes a string into bytes that way).
+    fn from_wtf8(bytes: &[u8]) -> Prompt {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Prompt::from(text);
+        }
+        let mut text = String::with_capacity(bytes.len());
+        let mut literal = String::from("\"");
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (valid, after) = match std::str::from_utf8(rest) {
+                Ok(all) => (all, &[][..]),
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    (std::str::from_utf8(valid).expect("checked"), after)
+                }
+            };
+            text.push_str(valid);
+            let quoted = serde_json::to_string(valid).expect("a string serializes");
+            literal.push_str(&quoted[1..quoted.len() - 1]);
+            rest = match after {
+                [0xED, b1 @ 0xA0..=0xBF, b2 @ 0x80..=0xBF, tail @ ..] => {
+                    let unit = 0xD000 | (u32::from(b1 & 0x3F) << 6) | u32::from(b2 & 0x3F);
+                    text.push(char::REPLACEMENT_CHARACTER);
+                    literal.push_str(&format!("\\u{unit:04x}"));
+                    tail
+                }
+                [_, tail @ ..] => {
+                    // Not from a JSON string (the state file is checked to be UTF-8).
+                    text.push(char::REPLACEMENT_CHARACTER);
+                    literal.push_str("\\ufffd");
+                    tail
+                }
+                [] => &[],
+            };
+        }
+        literal.push('"');
+        Prompt {
+            text,
+            literal: Some(literal.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for Prompt {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Prompt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(text: String) -> Self {
+        Prompt {
+            text,
+            literal: None,
+        }
+    }
+}
+
+impl From<&str> for Prompt {
+    fn from(text: &str) -> Self {
+        Prompt::from(text.to_string())
+    }
+}
+
+impl PartialEq<str> for Prompt {
+    fn eq(&self, other: &str) -> bool {
+        self.text == other
+    }
+}
+
+impl PartialEq<&str> for Prompt {
+    fn eq(&self, other: &&str) -> bool {
+        self.text == *other
+    }
+}
+
+impl Serialize for Prompt {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.literal {
+            Some(literal) => serde_json::value::RawValue::from_string(literal.to_string())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+            None => s.serialize_str(&self.text),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PromptVisitor;
+        impl serde::de::Visitor<'_> for PromptVisitor {
+            type Value = Prompt;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Prompt, E> {
+                Ok(Prompt::from(s))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Prompt, E> {
+                Ok(Prompt::from(s))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<Prompt, E> {
+                Ok(Prompt::from_wtf8(b))
+            }
+        }
+        // As bytes: serde_json then accepts lone surrogate escapes (see `literal`).
+        d.deserialize_bytes(PromptVisitor)
+    }
+}
+
 impl State {
     /// Number of pending or running sessions on each VM: the slots in use.
     pub fn active_counts(&self) -> HashMap<&str, u32> {
@@ -433,10 +574,144 @@ impl TimestampText {
 }
 
 fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    if record_form::writing_naive() {
+        return s.serialize_str(&format_naive_timestamp(t));
+    }
     match TimestampText::new(t) {
         Some(text) => s.serialize_str(text.as_str()),
         None => s.serialize_str(&format_timestamp(t)),
     }
+}
+
+/// A timestamp as the Python original writes it (`datetime.isoformat()` of a naive time):
+/// `YYYY-MM-DDTHH:MM:SS`, then `.ffffff` unless the microseconds are 0.
+pub fn format_naive_timestamp(t: &DateTime<Utc>) -> String {
+    use chrono::Timelike;
+    let micros = t.nanosecond() % 1_000_000_000 / 1_000;
+    let whole = t.naive_utc().format("%Y-%m-%dT%H:%M:%S");
+    if micros == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{micros:06}")
+    }
+}
+
+/// Whether a timestamp that parsed was written without an offset (the Python original's naive
+/// form): nothing after the date is `Z` or an offset's sign.
+fn is_naive_text(s: &str) -> bool {
+    s.get(10..)
+        .is_some_and(|time| !time.contains(['Z', 'z', '+', '-']))
+}
+
+/// Which form a record's timestamps were read in and are to be written in. Timestamps are
+/// (de)serialized field by field, and a field cannot see its record, so the record maps of
+/// the state (`records`) tell the timestamp fields through this thread's flags.
+mod record_form {
+    use std::cell::Cell;
+
+    thread_local! {
+        static READ_NAIVE: Cell<bool> = const { Cell::new(false) };
+        static WRITE_NAIVE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub(super) fn saw_naive() {
+        READ_NAIVE.with(|f| f.set(true));
+    }
+
+    /// Clears the flag and says whether a naive timestamp was read since the last call.
+    pub(super) fn take_naive() -> bool {
+        READ_NAIVE.with(|f| f.replace(false))
+    }
+
+    pub(super) fn writing_naive() -> bool {
+        WRITE_NAIVE.with(Cell::get)
+    }
+
+    /// Runs `write` with timestamps written naive (or not), then restores the flag.
+    pub(super) fn write_with<T>(naive: bool, write: impl FnOnce() -> T) -> T {
+        let before = WRITE_NAIVE.with(|f| f.replace(naive));
+        let out = write();
+        WRITE_NAIVE.with(|f| f.set(before));
+        out
+    }
+}
+
+/// A record of the state file (a session or a VM entry) that remembers whether the Python
+/// original wrote it.
+trait Record {
+    fn naive_timestamps(&self) -> bool;
+    fn set_naive_timestamps(&mut self);
+}
+
+impl Record for Session {
+    fn naive_timestamps(&self) -> bool {
+        self.naive_timestamps
+    }
+    fn set_naive_timestamps(&mut self) {
+        self.naive_timestamps = true;
+    }
+}
+
+impl Record for VmEntry {
+    fn naive_timestamps(&self) -> bool {
+        self.naive_timestamps
+    }
+    fn set_naive_timestamps(&mut self) {
+        self.naive_timestamps = true;
+    }
+}
+
+/// `sessions` and `vm_pool`: maps of records, each read and written in its own form.
+mod records {
+    use super::*;
+    use serde::de::{MapAccess, Visitor};
+    use serde::ser::SerializeMap;
+
+    pub fn serialize<S: Serializer, T: Serialize + Record>(
+        map: &BTreeMap<String, T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_map(Some(map.len()))?;
+        for (key, record) in map {
+            out.serialize_key(key)?;
+            record_form::write_with(record.naive_timestamps(), || out.serialize_value(record))?;
+        }
+        out.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de> + Record>(
+        d: D,
+    ) -> Result<BTreeMap<String, T>, D::Error> {
+        struct Records<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Record> Visitor<'de> for Records<T> {
+            type Value = BTreeMap<String, T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    record_form::take_naive();
+                    let mut record: T = map.next_value()?;
+                    if record_form::take_naive() {
+                        record.set_naive_timestamps();
+                    }
+                    out.insert(key, record);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Records(std::marker::PhantomData))
+    }
+}
+
+/// Parses a record's timestamp and notes its form for `records`.
+fn read_record_timestamp(s: &str) -> Result<DateTime<Utc>, String> {
+    let t = parse_timestamp(s)?;
+    if is_naive_text(s) {
+        record_form::saw_naive();
+    }
+    Ok(t)
 }
 
 /// Reads a timestamp: RFC 3339 with any offset, or the Python original's naive ISO form
@@ -524,6 +799,33 @@ pub(crate) fn parse_common_timestamp(b: &[u8]) -> Option<DateTime<Utc>> {
     Some(date.and_time(time).and_utc())
 }
 
+/// Reads a timestamp string without copying it (or `null`, for the optional ones).
+struct TimestampVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TimestampVisitor {
+    type Value = Option<DateTime<Utc>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a timestamp string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        read_record_timestamp(s).map(Some).map_err(E::custom)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(TimestampVisitor)
+    }
+}
+
 mod timestamp {
     use super::*;
 
@@ -532,8 +834,8 @@ mod timestamp {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        parse_timestamp(&s).map_err(serde::de::Error::custom)
+        d.deserialize_str(TimestampVisitor)?
+            .ok_or_else(|| serde::de::Error::custom("a timestamp is missing"))
     }
 }
 
@@ -548,12 +850,7 @@ mod opt_timestamp {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        match <Option<std::borrow::Cow<'de, str>>>::deserialize(d)? {
-            Some(s) => parse_timestamp(&s)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-            None => Ok(None),
-        }
+        d.deserialize_option(TimestampVisitor)
     }
 }
 
@@ -580,9 +877,15 @@ mod tests {
             out["sessions"]["sess-20251125-143022-abc"]["python_field"][1],
             2
         );
+        // The Python original's records keep their naive timestamps (it cannot compare a
+        // naive time with an aware one).
         assert_eq!(
             out["sessions"]["sess-20251125-143022-abc"]["started_at"],
-            "2025-11-25T14:30:45Z"
+            "2025-11-25T14:30:45"
+        );
+        assert_eq!(
+            out["sessions"]["sess-20251125-143022-abc"]["created_at"],
+            "2025-11-25T14:30:22.123456"
         );
         assert!(out["sessions"]["sess-20251125-143022-abc"]["completed_at"].is_null());
         assert!(
@@ -595,6 +898,88 @@ mod tests {
                 .get("backend")
                 .is_none()
         );
+    }
+
+    /// The Python original's records as it writes them: a lone surrogate in a prompt, a VM
+    /// adopted with `created_at: null`, naive timestamps; all kept as they were on a rewrite,
+    /// while records of ours keep the `Z` form.
+    #[test]
+    fn the_python_originals_records_round_trip_as_written() {
+        let text = PYTHON_STATE
+            .replace(
+                "\"implement user authentication\"",
+                r#""caf\udce9 \ud83e\udd80 \"q\" \udc80\udcff""#,
+            )
+            .replace(
+                "\"created_at\": \"2025-11-25T14:30:00\"",
+                "\"created_at\": null",
+            );
+        let mut state = crate::state::parse_state(text.as_bytes()).unwrap();
+        let s = &state.sessions["sess-20251125-143022-abc"];
+        assert_eq!(s.prompt, "caf\u{fffd} \u{1f980} \"q\" \u{fffd}\u{fffd}");
+        assert!(s.naive_timestamps);
+        assert_eq!(
+            state.vm_pool["amplihack-user-20251125-143000"].created_at,
+            None
+        );
+        let t = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
+        state.finish_session(
+            "sess-20251125-143022-abc",
+            SessionStatus::Completed,
+            Some(0),
+            t,
+            None,
+        );
+        let mut ours = state.sessions["sess-20251125-143025-def"].clone();
+        ours.session_id = "sess-ours".into();
+        ours.naive_timestamps = false;
+        ours.prompt = "plain".into();
+        state.sessions.insert("sess-ours".into(), ours);
+        let written = String::from_utf8(serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+        assert!(
+            written.contains(r#""prompt": "caf\udce9 \ud83e\udd80 \"q\" \udc80\udcff","#)
+                || written.contains(r#""prompt": "caf\udce9 🦀 \"q\" \udc80\udcff","#),
+            "{written}"
+        );
+        assert!(written.contains(r#""created_at": "2025-11-25T14:30:22.123456","#));
+        assert!(written.contains(r#""completed_at": "2025-11-25T15:00:00","#));
+        assert!(written.contains(r#""created_at": null"#));
+        // Ours: the specification's form, beside the Python original's naive one.
+        assert!(written.contains(r#""created_at": "2025-11-25T14:30:25Z","#));
+        assert!(written.contains(r#""created_at": "2025-11-25T14:30:25","#));
+        let back = crate::state::parse_state(written.as_bytes()).unwrap();
+        assert_eq!(
+            back.sessions["sess-20251125-143022-abc"].prompt,
+            state.sessions["sess-20251125-143022-abc"].prompt
+        );
+        assert!(!back.sessions["sess-ours"].naive_timestamps);
+        let ours_text = serde_json::to_string(&back.sessions["sess-ours"]).unwrap();
+        assert!(
+            ours_text.contains(r#""created_at":"2025-11-25T14:30:25Z""#),
+            "{ours_text}"
+        );
+        assert_eq!(crate::state::parse_state(written.as_bytes()).unwrap(), back);
+    }
+
+    #[test]
+    fn naive_timestamps_are_written_as_python_writes_them() {
+        for (read, naive) in [
+            ("2025-11-25T14:30:22Z", "2025-11-25T14:30:22"),
+            ("2025-11-25T14:30:22.123456", "2025-11-25T14:30:22.123456"),
+            ("2025-11-25T14:30:22.100000", "2025-11-25T14:30:22.100000"),
+            ("2025-11-25T14:30:22.000001", "2025-11-25T14:30:22.000001"),
+            (
+                "2025-11-25T14:30:22.123456789Z",
+                "2025-11-25T14:30:22.123456",
+            ),
+        ] {
+            let t = parse_timestamp(read).unwrap();
+            assert_eq!(format_naive_timestamp(&t), naive, "{read}");
+        }
+        assert!(is_naive_text("2025-11-25 14:30:22.5"));
+        assert!(!is_naive_text("2025-11-25T14:30:22+01:00"));
+        assert!(!is_naive_text("2025-11-25T14:30:22-01:00"));
+        assert!(!is_naive_text("2025-11-25T14:30:22z"));
     }
 
     #[test]

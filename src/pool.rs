@@ -312,8 +312,10 @@ pub fn creation_settle_time() -> Duration {
     Duration::minutes(30)
 }
 
+/// A VM of unknown creation time (adopted by the Python original) settled long ago.
 pub fn creation_settled_after(vm: &VmEntry) -> DateTime<Utc> {
-    vm.created_at + creation_settle_time()
+    vm.created_at
+        .map_or(DateTime::<Utc>::MIN_UTC, |at| at + creation_settle_time())
 }
 
 /// A VM whose creation was cut short may appear in Azure after we deleted it: until its
@@ -327,7 +329,9 @@ pub struct IdleVm {
     pub name: String,
     pub sku: String,
     pub region: String,
-    pub idle_for: Duration,
+    /// None for a VM never used whose creation time is unknown (one the Python original
+    /// adopted from `azlin list`): idle for as long as anyone knows.
+    pub idle_for: Option<Duration>,
     pub state: VmState,
 }
 
@@ -353,13 +357,12 @@ pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<Id
             .values()
             .filter(|s| &s.vm_name == name)
             .filter_map(|s| s.completed_at.or(s.started_at))
-            .max()
-            .unwrap_or(vm.created_at)
-            .max(vm.created_at);
+            .chain(vm.created_at)
+            .max();
         // A VM's created time is the time in its name, which a clash may have put a second or
         // two ahead: a time in the future is no time at all.
-        let idle_for = (now - last_use).max(Duration::zero());
-        if vm.state == VmState::Failed || idle_for >= min_idle {
+        let idle_for = last_use.map(|at| (now - at).max(Duration::zero()));
+        if vm.state == VmState::Failed || idle_for.is_none_or(|d| d >= min_idle) {
             out.push(IdleVm {
                 name: name.clone(),
                 sku: vm.size.clone(),
@@ -388,7 +391,7 @@ pub(crate) mod tests {
             capacity,
             active_sessions: vec![],
             region: region.into(),
-            created_at: t0(),
+            created_at: Some(t0()),
             backend: Backend::Azure,
             state: VmState::Ready,
             error: None,
@@ -396,6 +399,7 @@ pub(crate) mod tests {
             owner: None,
             creation_unconfirmed: false,
             extra: Default::default(),
+            naive_timestamps: false,
         }
     }
 
@@ -405,7 +409,7 @@ pub(crate) mod tests {
             vm_name: vm.into(),
             workspace: format!("/workspace/{id}"),
             tmux_session: id.into(),
-            prompt: format!("prompt of {id}"),
+            prompt: format!("prompt of {id}").into(),
             command: "auto".into(),
             max_turns: 10,
             status,
@@ -422,6 +426,7 @@ pub(crate) mod tests {
             archived_at: None,
             pulled_commit: None,
             extra: Default::default(),
+            naive_timestamps: false,
         }
     }
 
@@ -687,12 +692,12 @@ pub(crate) mod tests {
         st.sessions.get_mut("s2").unwrap().completed_at = Some(t0() + Duration::minutes(10));
         st.sessions.get_mut("s3").unwrap().completed_at = Some(t0() + Duration::minutes(50));
         st.vm_pool.get_mut("broken").unwrap().state = VmState::Failed;
-        st.vm_pool.get_mut("broken").unwrap().created_at = t0() + Duration::minutes(59);
+        st.vm_pool.get_mut("broken").unwrap().created_at = Some(t0() + Duration::minutes(59));
         let now = t0() + Duration::minutes(60);
         let idle = idle_vms(&st, now, Duration::minutes(30));
         let names: Vec<_> = idle.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, vec!["broken", "idle"]);
-        assert_eq!(idle[1].idle_for, Duration::minutes(50));
+        assert_eq!(idle[1].idle_for, Some(Duration::minutes(50)));
     }
 
     #[test]

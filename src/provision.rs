@@ -55,7 +55,7 @@ pub fn reserve_vms(
                 active_sessions: vec![],
                 region: region.to_string(),
                 // The time in its name: a state rebuilt from azlin's listing says the same.
-                created_at: naming::vm_name_time(&name, by.user).unwrap_or(now),
+                created_at: Some(naming::vm_name_time(&name, by.user).unwrap_or(now)),
                 backend: Backend::Azure,
                 state: VmState::Provisioning,
                 error: None,
@@ -63,6 +63,7 @@ pub fn reserve_vms(
                 owner: Some(by.owner.clone()),
                 creation_unconfirmed: false,
                 extra: Default::default(),
+                naive_timestamps: false,
             },
         );
         names.push(name);
@@ -186,7 +187,7 @@ mod tests {
         assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
         assert_eq!(
             st.vm_pool[&a[1]].created_at,
-            t0() + chrono::Duration::seconds(1)
+            Some(t0() + chrono::Duration::seconds(1))
         );
         assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }

@@ -117,7 +117,7 @@ pub fn vm_from_listing(
             .location
             .clone()
             .unwrap_or_else(|| "unknown".to_string()),
-        created_at,
+        created_at: Some(created_at),
         backend: Backend::Azure,
         state: VmState::Ready,
         error: None,
@@ -125,6 +125,7 @@ pub fn vm_from_listing(
         owner: None,
         creation_unconfirmed: false,
         extra: Default::default(),
+        naive_timestamps: false,
     }
 }
 
@@ -142,7 +143,7 @@ pub fn local_vm(capacity: u32, records: &VmRecords, now: DateTime<Utc>) -> VmEnt
         capacity,
         active_sessions: vec![],
         region: LOCAL_REGION.into(),
-        created_at: first.unwrap_or(now),
+        created_at: Some(first.unwrap_or(now)),
         backend: Backend::Local,
         state: VmState::Ready,
         error: None,
@@ -150,6 +151,7 @@ pub fn local_vm(capacity: u32, records: &VmRecords, now: DateTime<Utc>) -> VmEnt
         owner: None,
         creation_unconfirmed: false,
         extra: Default::default(),
+        naive_timestamps: false,
     }
 }
 
@@ -416,7 +418,7 @@ mod tests {
         assert!(merged.changed_anything());
         assert_eq!(st.vm_pool["vm1"], {
             let mut v = vm("Standard_E16s_v5", 4, "eastus");
-            v.created_at = t0();
+            v.created_at = Some(t0());
             v
         });
 
@@ -755,8 +757,11 @@ mod tests {
         let local = local_vm(3, &recs, now());
         assert_eq!(
             (local.backend, local.capacity, local.created_at),
-            (Backend::Local, 3, early.created_at)
+            (Backend::Local, 3, Some(early.created_at))
         );
-        assert_eq!(local_vm(3, &VmRecords::default(), now()).created_at, now());
+        assert_eq!(
+            local_vm(3, &VmRecords::default(), now()).created_at,
+            Some(now())
+        );
     }
 }

@@ -82,7 +82,7 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
     let mut changed = false;
     for vm in state.vm_pool.values_mut() {
         if vm.state == VmState::Provisioning
-            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+            && abandoned(vm.owner.as_ref(), vm.created_at.unwrap_or(now), now, alive)
         {
             vm.state = VmState::Failed;
             vm.owner = None;
@@ -95,7 +95,7 @@ pub fn recover_abandoned(state: &mut State, now: DateTime<Utc>, alive: LivenessC
         // A prune that died mid-deletion: the VM may still exist; the next prune retries.
         if vm.state == VmState::Deleting
             && vm.owner.is_some()
-            && abandoned(vm.owner.as_ref(), vm.created_at, now, alive)
+            && abandoned(vm.owner.as_ref(), vm.created_at.unwrap_or(now), now, alive)
         {
             vm.state = VmState::Failed;
             vm.owner = None;

@@ -277,9 +277,22 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
     sessions: &[&Session],
     live: &Live,
 ) -> std::io::Result<()> {
-    crate::pretty_json::write_sessions(out, sessions, |s| {
-        s.status.is_active() && live.unreachable.contains(&s.vm_name)
-    })?;
+    /// A session as `list --json` shows it.
+    #[derive(Serialize)]
+    struct ListItem<'a> {
+        #[serde(flatten)]
+        session: &'a Session,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        vm_unreachable: bool,
+    }
+    let items: Vec<ListItem> = sessions
+        .iter()
+        .map(|s| ListItem {
+            session: s,
+            vm_unreachable: s.status.is_active() && live.unreachable.contains(&s.vm_name),
+        })
+        .collect();
+    serde_json::to_writer_pretty(&mut *out, &items)?;
     out.write_all(b"\n")
 }
 
@@ -355,8 +368,9 @@ pub struct VmStatus {
     pub capacity_percent: u32,
     pub memory_used_gb: u64,
     pub memory_total_gb: u64,
-    pub created_at: String,
-    pub age_seconds: i64,
+    /// None for a VM whose creation time is unknown (adopted by the Python original).
+    pub created_at: Option<String>,
+    pub age_seconds: Option<i64>,
     pub reachable: Option<bool>,
     pub power_state: Option<String>,
     pub exists_in_azure: Option<bool>,
@@ -428,11 +442,13 @@ fn vm_cost(
     let Some(price) = prices.hourly_usd(&vm.size) else {
         return (None, None);
     };
-    let hours = (now - vm.created_at).num_seconds().max(0) as f64 / 3600.0;
+    let hours = vm
+        .created_at
+        .map(|at| (now - at).num_seconds().max(0) as f64 / 3600.0);
     let hourly = if live.billed_now(name) { price } else { 0.0 };
     (
         Some(round_usd(hourly, 4)),
-        Some(round_usd(price * hours, 2)),
+        hours.map(|hours| round_usd(price * hours, 2)),
     )
 }
 
@@ -517,8 +533,8 @@ pub fn pool_status(
                 capacity_percent: (used * 100).checked_div(vm.capacity).unwrap_or(0),
                 memory_used_gb: on_vm.iter().map(|s| s.memory_mb).sum::<u64>() / 1024,
                 memory_total_gb,
-                created_at: format_timestamp(&vm.created_at),
-                age_seconds: (now - vm.created_at).num_seconds().max(0),
+                created_at: vm.created_at.map(|at| format_timestamp(&at)),
+                age_seconds: vm.created_at.map(|at| (now - at).num_seconds().max(0)),
                 reachable: if live.unreachable.contains(name) {
                     Some(false)
                 } else if live.answered.contains(name) {
@@ -559,7 +575,7 @@ fn vm_cost_line(vm: &VmStatus) -> Option<String> {
         return None;
     }
     Some(match (vm.hourly_usd, vm.cost_since_created_usd) {
-        (Some(hourly), Some(since)) => {
+        (Some(hourly), since) => {
             let why_free = match (&vm.power_state, vm.exists_in_azure) {
                 _ if hourly > 0.0 => String::new(),
                 (_, Some(false)) => " (not in Azure)".into(),
@@ -567,9 +583,12 @@ fn vm_cost_line(vm: &VmStatus) -> Option<String> {
                 (None, _) => String::new(),
             };
             format!(
-                "Cost: {}/h now{why_free}, at most {} since created",
+                "Cost: {}/h now{why_free}, {}",
                 usd(hourly),
-                usd(since)
+                match since {
+                    Some(since) => format!("at most {} since created", usd(since)),
+                    None => "since created unknown (creation time not recorded)".into(),
+                }
             )
         }
         _ => format!(
@@ -630,8 +649,15 @@ fn status_text_report_unescaped(status: &PoolStatus, now: DateTime<Utc>) -> Stri
             "    Memory: {}GB/{}GB used",
             vm.memory_used_gb, vm.memory_total_gb
         );
-        let created = now - chrono::Duration::seconds(vm.age_seconds);
-        let _ = writeln!(out, "    Age: {}", age(created, now));
+        match vm.age_seconds {
+            Some(seconds) => {
+                let created = now - chrono::Duration::seconds(seconds);
+                let _ = writeln!(out, "    Age: {}", age(created, now));
+            }
+            None => {
+                let _ = writeln!(out, "    Age: unknown (creation time not recorded)");
+            }
+        }
         if let Some(line) = vm_cost_line(vm) {
             let _ = writeln!(out, "    {line}");
         }
@@ -697,7 +723,7 @@ pub fn write_status_json<W: std::io::Write + ?Sized>(
     out: &mut W,
     status: &PoolStatus,
 ) -> std::io::Result<()> {
-    crate::pretty_json::write_pool_status(out, status)?;
+    serde_json::to_writer_pretty(&mut *out, status)?;
     out.write_all(b"\n")
 }
 
@@ -838,7 +864,7 @@ mod tests {
             vm("Standard_E16s_v5", 4, "eastus"),
         );
         let mut west = vm("Standard_E16s_v5", 4, "westus3");
-        west.created_at = t0() - Duration::minutes(30);
+        west.created_at = Some(t0() - Duration::minutes(30));
         st.vm_pool
             .insert("amplihack-user-20251125-140000".into(), west);
         let mut add = |id: &str, vm: &str, status, mins: i64, prompt: &str| {

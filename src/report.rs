@@ -142,7 +142,7 @@ pub fn rows(
                     && s.pulled_commit == result.and_then(|r| r.head_commit.clone()),
                 parent_session_id: s.parent_session_id().map(str::to_string),
                 pr_url: s.pr_url().map(str::to_string),
-                prompt: s.prompt.clone(),
+                prompt: s.prompt.to_string(),
             }
         })
         .collect()

@@ -8,15 +8,13 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::model::State;
-
-mod mapped;
 
 /// A temp file is `.<state file name>.<6 random letters or digits>.tmp`: named after its
 /// own state file, so the writers of two state files in one directory, which hold different
@@ -26,10 +24,22 @@ const TEMP_SUFFIX: &str = ".tmp";
 
 const STATE_VAR: &str = "AMPLIHACK_REMOTE_STATE";
 
-/// The state file a value of AMPLIHACK_REMOTE_STATE names: an absolute path as it is, `~` and
-/// `~/...` under `home`. Any other relative path is refused: it would name a different file,
-/// and so a different pool, in every directory a command runs in.
+/// The state file a value of AMPLIHACK_REMOTE_STATE names (see `path_from_setting`).
 pub fn state_path_from_setting(value: &OsStr, home: Option<&Path>) -> Result<PathBuf> {
+    path_from_setting(STATE_VAR, "file", value, home)
+}
+
+/// The path a setting `var` (AMPLIHACK_REMOTE_STATE, AMPLIHACK_REMOTE_ARCHIVE) names, of
+/// a thing the error calls `names` ("file", "folder"): an
+/// absolute path as it is, `~` and `~/...` under `home`. Any other relative path is refused
+/// (exit 2): it would name a different file, and so a different pool or archive, in every
+/// directory a command runs in.
+pub fn path_from_setting(
+    var: &str,
+    names: &str,
+    value: &OsStr,
+    home: Option<&Path>,
+) -> Result<PathBuf> {
     let path = Path::new(value);
     if path.is_absolute() {
         return Ok(path.to_path_buf());
@@ -43,10 +53,10 @@ pub fn state_path_from_setting(value: &OsStr, home: Option<&Path>) -> Result<Pat
     match (under_home, home) {
         (Some(rest), Some(home)) => Ok(home.join(rest)),
         (Some(_), None) => Err(Error::InvalidArgs(format!(
-            "invalid {STATE_VAR}={value:?}: the home directory is unknown, so ~ cannot be expanded; set {STATE_VAR} to an absolute path"
+            "invalid {var}={value:?}: the home directory is unknown, so ~ cannot be expanded; set {var} to an absolute path"
         ))),
         (None, _) => Err(Error::InvalidArgs(format!(
-            "invalid {STATE_VAR}={value:?}: a relative path names a different file in every directory; set {STATE_VAR} to an absolute path (or one starting with ~/)"
+            "invalid {var}={value:?}: a relative path names a different {names} in every directory; set {var} to an absolute path (or one starting with ~/)"
         ))),
     }
 }
@@ -99,6 +109,14 @@ impl StateStore {
         self.path.exists()
     }
 
+    /// The lock file the Python original takes for this state file: Python's
+    /// `state_file.with_suffix(".lock")` (`remote-state.json` -> `remote-state.lock`). Both
+    /// programs may share one state file, so a transaction holds its lock too.
+    fn python_lock_path(&self) -> Option<PathBuf> {
+        self.path.file_name()?;
+        Some(self.path.with_extension("lock"))
+    }
+
     fn lock_path(&self) -> PathBuf {
         let mut name = self.path.file_name().unwrap_or_default().to_os_string();
         name.push(".lock");
@@ -133,15 +151,10 @@ impl StateStore {
     }
 
     fn load_with(&self, parse: fn(&[u8]) -> std::result::Result<State, String>) -> Result<State> {
-        if self.path.is_dir() {
-            return Err(
-                self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
-            );
-        }
-        let bytes = match mapped::read(&self.path) {
+        let bytes = match self.read_file() {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
-            Err(e) => return Err(self.access_error(format!("cannot read: {e}"))),
+            Err(e) => return Err(e.into_error(self)),
         };
         let state = parse(&bytes).map_err(|detail| Error::StateCorrupt {
             path: self.path.clone(),
@@ -157,20 +170,42 @@ impl StateStore {
         }
     }
 
+    /// The state file's bytes. Only a regular file is read: a directory, a FIFO or a device
+    /// (`/dev/zero`) is refused. It is opened without blocking (a FIFO with no writer would
+    /// hold `open` forever) and then checked, so nothing but a regular file is ever read.
+    fn read_file(&self) -> std::result::Result<Vec<u8>, ReadError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&self.path)
+            .map_err(ReadError::Io)?;
+        let meta = file.metadata().map_err(ReadError::Io)?;
+        if !meta.is_file() {
+            return Err(ReadError::NotAFile(meta.file_type()));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+        file.read_to_end(&mut bytes).map_err(ReadError::Io)?;
+        Ok(bytes)
+    }
+
     /// Runs `change` on the current state under the lock and writes the result atomically.
     /// When `change` fails, nothing is written.
     pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         let dir = self.ensure_dir()?;
-        let lock = self.open_lock()?;
-        lock.lock().map_err(|e| {
-            self.access_error(format!("cannot lock {}: {e}", self.lock_path().display()))
-        })?;
+        // Ours first, then the Python original's: always in this order, so two of our
+        // writers never wait for each other crosswise.
+        let lock = self.take_lock(&self.lock_path())?;
+        let python_lock = match self.python_lock_path() {
+            Some(path) if path != self.lock_path() => Some(self.take_lock(&path)?),
+            _ => None,
+        };
         remove_stale_temps(&dir, &self.temp_prefix());
         let mut state = self.load()?;
         let result = change(&mut state)?;
         state.normalize();
         self.write_atomic(&dir, &state)?;
-        drop(lock); // releases the lock, after the rename
+        drop(python_lock); // releases the locks, after the rename
+        drop(lock);
         Ok(result)
     }
 
@@ -179,10 +214,10 @@ impl StateStore {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if self.path.is_dir() {
-            return Err(
-                self.access_error("is a directory; set AMPLIHACK_REMOTE_STATE to a file path")
-            );
+        if let Ok(meta) = fs::metadata(&self.path)
+            && !meta.is_file()
+        {
+            return Err(ReadError::NotAFile(meta.file_type()).into_error(self));
         }
         if !dir.is_dir() {
             fs::DirBuilder::new()
@@ -196,20 +231,22 @@ impl StateStore {
         Ok(dir)
     }
 
-    fn open_lock(&self) -> Result<File> {
-        OpenOptions::new()
+    /// Opens (creating it 0600 if needed) and locks `path` exclusively (`flock`, as the Python
+    /// original does); the lock is held until the file is dropped.
+    fn take_lock(&self, path: &Path) -> Result<File> {
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(self.lock_path())
+            .open(path)
             .map_err(|e| {
-                self.access_error(format!(
-                    "cannot open lock file {}: {e}",
-                    self.lock_path().display()
-                ))
-            })
+                self.access_error(format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        file.lock()
+            .map_err(|e| self.access_error(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(file)
     }
 
     fn write_atomic(&self, dir: &Path, state: &State) -> Result<()> {
@@ -237,37 +274,63 @@ impl StateStore {
     }
 }
 
-pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
-    let text = state_text(bytes)?;
-    // The hand-written reader answers for the usual file; serde_json decides the rest and
-    // words every error.
-    match crate::state_parse::parse(text) {
-        Some(state) => Ok(state),
-        None => serde_json::from_str(text).map_err(|e| e.to_string()),
+/// Why the state file could not be read.
+enum ReadError {
+    Io(std::io::Error),
+    NotAFile(fs::FileType),
+}
+
+impl ReadError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ReadError::Io(e) => e.kind(),
+            ReadError::NotAFile(_) => ErrorKind::InvalidInput,
+        }
     }
+
+    fn into_error(self, store: &StateStore) -> Error {
+        use std::os::unix::fs::FileTypeExt;
+        match self {
+            ReadError::Io(e) => store.access_error(format!("cannot read: {e}")),
+            ReadError::NotAFile(t) => {
+                let what = if t.is_dir() {
+                    "is a directory"
+                } else if t.is_fifo() {
+                    "is a named pipe (FIFO), not a regular file"
+                } else if t.is_char_device() || t.is_block_device() {
+                    "is a device, not a regular file"
+                } else if t.is_socket() {
+                    "is a socket, not a regular file"
+                } else {
+                    "is not a regular file"
+                };
+                store.access_error(format!("{what}; set AMPLIHACK_REMOTE_STATE to a file path"))
+            }
+        }
+    }
+}
+
+pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
+    check_text(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 /// `parse_state` with `vm_pool` left empty (see `StateStore::load_sessions_only`).
 pub fn parse_state_sessions_only(bytes: &[u8]) -> std::result::Result<State, String> {
-    let text = state_text(bytes)?;
-    match crate::state_parse::parse_sessions_only(text) {
-        Some(state) => Ok(state),
-        None => serde_json::from_str(text)
-            .map(|mut state: State| {
-                state.vm_pool.clear();
-                state
-            })
-            .map_err(|e| e.to_string()),
-    }
+    let mut state = parse_state(bytes)?;
+    state.vm_pool.clear();
+    Ok(state)
 }
 
-fn state_text(bytes: &[u8]) -> std::result::Result<&str, String> {
+fn check_text(bytes: &[u8]) -> std::result::Result<(), String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("the file is empty".into());
     }
-    // One UTF-8 check of the whole file is much cheaper than serde_json's check of every
-    // string it reads from a byte slice (15% of parsing 10,000 sessions).
-    std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+    // One UTF-8 check of the whole file: the prompt is read as bytes (to keep a lone
+    // surrogate escape), which serde_json does not check.
+    std::str::from_utf8(bytes)
+        .map(|_| ())
+        .map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 /// A temp file can only be left behind by a writer that died mid-transaction; under the lock
@@ -306,17 +369,15 @@ mod tests {
         let mut whole = parse_state(text.as_bytes()).unwrap();
         whole.vm_pool.clear();
         assert_eq!(parse_state_sessions_only(text.as_bytes()).unwrap(), whole);
-        // A form the hand-written reader leaves to serde_json: the VMs are dropped there too.
         let unusual = text.replace("\"max_turns\": 10,", "\"max_turns\": 1e1,");
         let by_serde = parse_state_sessions_only(unusual.as_bytes());
         assert!(by_serde.is_err(), "1e1 is not a u32");
-        // Nesting deeper than the hand-written reader follows.
+        // Deep nesting in a field we do not know.
         let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
         let unusual = text.replace(
             "\"capacity\": 4,",
             &format!("\"capacity\": 4, \"x\": {deep},"),
         );
-        assert!(crate::state_parse::parse_sessions_only(&unusual).is_none());
         let mut whole = parse_state(unusual.as_bytes()).unwrap();
         assert!(!whole.vm_pool.is_empty());
         whole.vm_pool.clear();
@@ -376,111 +437,6 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dmode, 0o700);
-    }
-
-    /// Runs this test binary again as a child doing `role` (see the tests below).
-    #[cfg(target_os = "linux")]
-    fn run_child(test: &str, role: &str, path: &Path) -> std::process::Output {
-        std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
-            .env("AMPLIHACK_STATE_TEST_CHILD", role)
-            .env("AMPLIHACK_STATE_TEST_FILE", path)
-            .output()
-            .unwrap()
-    }
-
-    /// In the child: maps the file (watched or not), truncates it, then reads every byte.
-    #[cfg(target_os = "linux")]
-    fn truncate_while_mapped(role: &str) -> ! {
-        let path = PathBuf::from(std::env::var_os("AMPLIHACK_STATE_TEST_FILE").unwrap());
-        let watched = mapped::read(&path).unwrap();
-        assert!(matches!(watched, mapped::FileBytes::Mapped(_)));
-        let file = File::open(&path).unwrap();
-        let len = file.metadata().unwrap().len() as usize;
-        // SAFETY: a plain read-only mapping of the file, outside the watch.
-        let unwatched = unsafe {
-            std::slice::from_raw_parts(
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                    std::os::fd::AsRawFd::as_raw_fd(&file),
-                    0,
-                ) as *const u8,
-                len,
-            )
-        };
-        OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        let bytes: &[u8] = if role == "watched" {
-            &watched
-        } else {
-            unwatched
-        };
-        let sum: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
-        panic!("read {sum} from a truncated mapping without SIGBUS");
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn a_state_file_truncated_while_it_is_read_is_a_clean_error() {
-        const TEST: &str = "state::tests::a_state_file_truncated_while_it_is_read_is_a_clean_error";
-        if let Ok(role) = std::env::var("AMPLIHACK_STATE_TEST_CHILD") {
-            truncate_while_mapped(&role);
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let big = format!(
-            "{{\"sessions\": {{}}, \"pad\": \"{}\"}}",
-            "x".repeat(1 << 20)
-        );
-        fs::write(&path, &big).unwrap();
-        let out = run_child(TEST, "watched", &path);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "Error: State file {}: it was truncated by another program while this one read it; nothing was changed. Run the command again.\n",
-                path.display()
-            )),
-            "{stderr}"
-        );
-        // A SIGBUS outside a watched mapping still kills the process, as it did before.
-        fs::write(&path, &big).unwrap();
-        let out = run_child(TEST, "unwatched", &path);
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGBUS),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    #[test]
-    fn mapped_and_read_files_parse_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let text = include_str!("../tests/expected/python-state.json");
-        fs::write(&path, text).unwrap();
-        let bytes = mapped::read(&path).unwrap();
-        #[cfg(target_os = "linux")]
-        assert!(matches!(bytes, mapped::FileBytes::Mapped(_)));
-        assert_eq!(&*bytes, text.as_bytes());
-        assert_eq!(
-            StateStore::new(path.clone()).load().unwrap(),
-            serde_json::from_str::<State>(text).unwrap()
-        );
-        fs::write(&path, "").unwrap();
-        assert!(matches!(
-            mapped::read(&path).unwrap(),
-            mapped::FileBytes::Read(v) if v.is_empty()
-        ));
     }
 
     #[test]
@@ -565,6 +521,8 @@ mod tests {
                 "a.json",
                 "a.json.Xy3k9Q.tmp",
                 "a.json.lock",
+                // The Python original's lock for a.json, held too.
+                "a.lock",
             ]
         );
     }

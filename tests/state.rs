@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use common::*;
 
@@ -91,6 +92,79 @@ fn state_path_is_a_directory() {
             stderr(&o)
         );
     }
+}
+
+/// A state path that is a device or a FIFO is refused at once, naming the path: never read
+/// without bound (`/dev/zero`), never waited for in `open` (a FIFO nobody writes).
+#[test]
+fn a_state_path_that_is_not_a_regular_file_is_refused() {
+    let mut env = TestEnv::new();
+    let fifo = env.root().join("state/fifo.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (path, what) in [
+        (
+            fifo.to_str().unwrap(),
+            "is a named pipe (FIFO), not a regular file",
+        ),
+        ("/dev/zero", "is a device, not a regular file"),
+    ] {
+        env.set("AMPLIHACK_REMOTE_STATE", path);
+        for args in [
+            &["list", "--no-refresh", "--json"][..],
+            &["status"],
+            &["start", "--no-context", "x"],
+        ] {
+            // Memory is capped, so a regression that reads /dev/zero fails instead of
+            // filling the machine; a timeout ends one that blocks.
+            let o = assert_cmd::Command::new("sh")
+                .env_clear()
+                .current_dir(env.work())
+                .envs(env.env())
+                .args(["-c", "ulimit -v 2000000 && exec \"$@\"", "sh"])
+                .arg(assert_cmd::cargo::cargo_bin("amplihack"))
+                .arg("remote")
+                .args(args)
+                .timeout(Duration::from_secs(30))
+                .output()
+                .unwrap();
+            assert_eq!(code(&o), 1, "{path} {args:?}: {}", stderr(&o));
+            assert_eq!(
+                stderr(&o),
+                format!(
+                    "Error: State file {path}: {what}; set AMPLIHACK_REMOTE_STATE to a file path\n"
+                ),
+                "{args:?}"
+            );
+        }
+    }
+}
+
+/// The archive folder follows the state path's rule: absolute or under `~/`, else exit 2.
+#[test]
+fn a_relative_archive_setting_is_refused() {
+    let mut env = TestEnv::new();
+    for relative in ["archive", "./archive", "~other/archive"] {
+        env.set("AMPLIHACK_REMOTE_ARCHIVE", relative);
+        for args in [&["list"][..], &["output", "sess-1"]] {
+            let o = env.run(args);
+            assert_eq!(code(&o), 2, "{relative} {args:?}: {}", stderr(&o));
+            assert_eq!(
+                stderr(&o),
+                format!(
+                    "Error: invalid AMPLIHACK_REMOTE_ARCHIVE={relative:?}: a relative path names a different folder in every directory; set AMPLIHACK_REMOTE_ARCHIVE to an absolute path (or one starting with ~/)\n"
+                )
+            );
+        }
+    }
+    assert!(env.calls().is_empty());
+    // Under ~/ it is the home's.
+    env.set("AMPLIHACK_REMOTE_ARCHIVE", "~/kept");
+    let o = env.run(&["list", "--no-refresh"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
 #[test]
@@ -296,7 +370,18 @@ fn state_files_sharing_a_directory_never_delete_each_others_temp_files() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["a.json", "a.json.lock", "b.json", "b.json.lock"]);
+    // Each state file's lock and the Python original's (`a.lock`), and no temp file.
+    assert_eq!(
+        left,
+        [
+            "a.json",
+            "a.json.lock",
+            "a.lock",
+            "b.json",
+            "b.json.lock",
+            "b.lock"
+        ]
+    );
 }
 
 /// `~/...` is the same file from every directory; a relative path is refused before anything

@@ -24,7 +24,7 @@ struct Pruned {
     name: String,
     sku: String,
     region: String,
-    idle_minutes: i64,
+    idle_minutes: Option<i64>,
     reason: String,
     result: String,
     /// Sessions of the VM whose results are not archived: kept from deletion, or lost with it.
@@ -72,7 +72,10 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .map(|v| {
                 let reason = match v.state {
                     VmState::Failed => "provisioning or deletion failed earlier".to_string(),
-                    _ => format!("idle for {}", render::age(now - v.idle_for, now)),
+                    _ => match v.idle_for {
+                        Some(idle) => format!("idle for {}", render::age(now - idle, now)),
+                        None => "never used, creation time unknown".to_string(),
+                    },
                 };
                 (v, reason)
             })
@@ -91,7 +94,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                     name: name.clone(),
                     sku: vm.size.clone(),
                     region: vm.region.clone(),
-                    idle_for: Duration::zero(),
+                    idle_for: Some(Duration::zero()),
                     state: vm.state,
                 },
                 "no longer exists in Azure".into(),
@@ -371,7 +374,7 @@ fn pruned(v: &pool::IdleVm, reason: &str, result: &str, not_archived: Vec<String
         name: v.name.clone(),
         sku: v.sku.clone(),
         region: v.region.clone(),
-        idle_minutes: v.idle_for.num_minutes(),
+        idle_minutes: v.idle_for.map(|d| d.num_minutes()),
         reason: reason.into(),
         result: result.into(),
         not_archived,

@@ -127,7 +127,7 @@ fn reserve(
                 capacity,
                 active_sessions: vec![],
                 region: LOCAL_REGION.into(),
-                created_at: now,
+                created_at: Some(now),
                 backend: Backend::Local,
                 state: VmState::Ready,
                 error: None,
@@ -135,6 +135,7 @@ fn reserve(
                 owner: None,
                 creation_unconfirmed: false,
                 extra: Default::default(),
+                naive_timestamps: false,
             });
         local.capacity = capacity;
     }
@@ -208,7 +209,7 @@ fn reserve(
                 |c| c.workspace.clone(),
             ),
             tmux_session: id.clone(),
-            prompt: prompt.clone(),
+            prompt: prompt.clone().into(),
             command: args.command.as_str().into(),
             max_turns: args.max_turns,
             status,
@@ -225,6 +226,7 @@ fn reserve(
             archived_at: None,
             pulled_commit: None,
             extra: Default::default(),
+            naive_timestamps: false,
         };
         if let Some(c) = continuation {
             record.repo_path = c.repo_path.clone();
