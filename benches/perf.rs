@@ -13,8 +13,14 @@
 //! 6. `sync` of 4 VMs holding 16 sessions against the stand-in sleeping 2 s per call: after the
 //!    state file was lost, and again once it is whole.
 //!
-//! `cargo bench --bench perf -- read|remote|fanout|tx|results|sync` runs one section; `-- read
-//! 1000 10000` picks the state sizes of the read path.
+//! 7. Against the Python original: `list --json --no-refresh` of this binary and `list --json`
+//!    of the Python original on the same state file (the Python original's format), run
+//!    alternately: medians and the ratio. Needs a checkout of the Python original:
+//!    `AMPLIHACK_PYTHON_ORIGINAL=<checkout>/.claude/tools/amplihack` (the folder that holds its
+//!    `remote` package); `click` is installed from PyPI if python3 lacks it.
+//!
+//! `cargo bench --bench perf -- read|remote|fanout|tx|results|sync|python` runs one section;
+//! `-- read 1000 10000` (or `python ...`) picks the state sizes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,7 +51,19 @@ fn measure(cmd: &mut Command) -> (Duration, i64, i32) {
     } else {
         -1
     };
+    let cpu = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    LAST_CPU.with(|c| c.set(cpu(usage.ru_utime) + cpu(usage.ru_stime)));
     (start.elapsed(), usage.ru_maxrss, code)
+}
+
+thread_local! {
+    /// The CPU time (user + system) of the last command `measure` ran: on a machine shared
+    /// with other jobs it moves far less with their load than the wall time does.
+    static LAST_CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+fn last_cpu() -> Duration {
+    LAST_CPU.with(std::cell::Cell::get)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -69,7 +87,7 @@ fn synthetic_state(n: usize) -> State {
                 capacity: 4,
                 active_sessions: vec![],
                 region: "eastus".into(),
-                created_at: t0,
+                created_at: Some(t0),
                 backend: Default::default(),
                 state: Default::default(),
                 error: None,
@@ -77,6 +95,7 @@ fn synthetic_state(n: usize) -> State {
                 owner: None,
                 creation_unconfirmed: false,
                 extra: Default::default(),
+                naive_timestamps: false,
             },
         );
     }
@@ -97,7 +116,8 @@ fn synthetic_state(n: usize) -> State {
                 tmux_session: id.clone(),
                 prompt: format!(
                     "implement feature number {i} with tests, docs and a changelog entry"
-                ),
+                )
+                .into(),
                 command: "auto".into(),
                 max_turns: 10,
                 memory_mb: 32768,
@@ -119,6 +139,7 @@ fn synthetic_state(n: usize) -> State {
                 archived_at: None,
                 pulled_commit: None,
                 extra: Default::default(),
+                naive_timestamps: false,
             },
         );
     }
@@ -239,6 +260,125 @@ fn read_path(sizes: &[usize]) {
                 rss.join(" / ")
             );
         }
+    }
+    println!();
+}
+
+/// The Python original's `list --json` as its own entry point runs it, with `HOME` pointing at
+/// a folder whose `.amplihack/remote-state.json` is the state (it has no state path setting).
+fn python_original_list(original: &Path, home: &Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg("import sys; sys.path.insert(0, sys.argv.pop(1)); from remote.cli import main; sys.argv[0] = 'remote'; main()")
+        .arg(original)
+        .args(["list", "--json"])
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    cmd
+}
+
+/// Makes sure python3 can import what the Python original's CLI imports beyond the standard
+/// library (`click`), installing it from PyPI when it cannot.
+fn ensure_python_packages() -> bool {
+    let has_click = || {
+        Command::new("python3")
+            .args(["-c", "import click"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has_click() {
+        return true;
+    }
+    let _ = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "click"])
+        .status();
+    has_click()
+}
+
+/// Section 7: this binary's `list --json --no-refresh` against the Python original's
+/// `list --json`, on one state file in the Python original's format, alternately.
+fn against_python(sizes: &[usize]) {
+    println!("## `list --json` against the Python original (median of N runs, alternately)\n");
+    let Some(original) = std::env::var_os("AMPLIHACK_PYTHON_ORIGINAL").map(PathBuf::from) else {
+        println!(
+            "Skipped: set AMPLIHACK_PYTHON_ORIGINAL to the folder holding the Python original's `remote` package (`.claude/tools/amplihack` of a checkout of rysweet/amplihack).\n"
+        );
+        return;
+    };
+    if !original.join("remote").join("cli.py").is_file() {
+        println!("Skipped: {} holds no remote/cli.py.\n", original.display());
+        return;
+    }
+    if !ensure_python_packages() {
+        println!("Skipped: python3 cannot import click, and installing it failed.\n");
+        return;
+    }
+    println!(
+        "| sessions | state file | this binary: wall | Python original: wall | ratio | this binary: CPU | Python original: CPU | ratio | runs |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let exe = std::env::current_exe().unwrap();
+    for &n in sizes {
+        let home = tempfile::tempdir().unwrap();
+        let path = home.path().join(".amplihack").join("remote-state.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let written = Command::new(&exe)
+            .args(["--write-state", "Python", &n.to_string()])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(written.success());
+        let size = std::fs::metadata(&path).unwrap().len();
+        let ours = || {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["remote", "list", "--json", "--no-refresh"])
+                .env_clear()
+                .env("AMPLIHACK_REMOTE_STATE", &path)
+                .env("HOME", home.path());
+            cmd
+        };
+        // Both print the same sessions: the comparison is of equal work.
+        let listed = |mut cmd: Command| -> usize {
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+                .unwrap()
+                .len()
+        };
+        assert_eq!(listed(ours()), n);
+        assert_eq!(listed(python_original_list(&original, home.path())), n);
+        let runs = if n >= 10_000 { 11 } else { 21 };
+        let (mut ours_times, mut python_times) = (Vec::new(), Vec::new());
+        let (mut ours_cpu, mut python_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let (t, _, code) = measure(&mut ours());
+            assert_eq!(code, 0);
+            ours_times.push(t);
+            ours_cpu.push(last_cpu());
+            let (t, _, code) = measure(&mut python_original_list(&original, home.path()));
+            assert_eq!(code, 0);
+            python_times.push(t);
+            python_cpu.push(last_cpu());
+        }
+        let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64().max(1e-6);
+        let (ours_wall, python_wall) = (median(ours_times), median(python_times));
+        let (ours_cpu, python_cpu) = (median(ours_cpu), median(python_cpu));
+        println!(
+            "| {n} | {:.1} MB | {} ms | {} ms | {:.0}x | {} ms | {} ms | {:.0}x | {runs} |",
+            size as f64 / 1e6,
+            ms(ours_wall),
+            ms(python_wall),
+            ratio(ours_wall, python_wall),
+            ms(ours_cpu),
+            ms(python_cpu),
+            ratio(ours_cpu, python_cpu),
+        );
     }
     println!();
 }
@@ -652,7 +792,12 @@ fn main() {
     let only = args
         .iter()
         .skip(1)
-        .find(|a| ["read", "remote", "fanout", "tx", "results", "sync"].contains(&a.as_str()))
+        .find(|a| {
+            [
+                "read", "remote", "fanout", "tx", "results", "sync", "python",
+            ]
+            .contains(&a.as_str())
+        })
         .cloned();
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     println!(
@@ -667,6 +812,13 @@ fn main() {
     if run("read") {
         read_path(if sizes.is_empty() {
             &[10, 1_000, 10_000, 100_000]
+        } else {
+            &sizes
+        });
+    }
+    if run("python") {
+        against_python(if sizes.is_empty() {
+            &[1_000, 10_000]
         } else {
             &sizes
         });
