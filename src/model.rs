@@ -923,13 +923,10 @@ mod tests {
             None
         );
         let t = parse_timestamp("2025-11-25T15:00:00Z").unwrap();
-        state.finish_session(
-            "sess-20251125-143022-abc",
-            SessionStatus::Completed,
-            Some(0),
-            t,
-            None,
-        );
+        let ended = state.sessions.get_mut("sess-20251125-143022-abc").unwrap();
+        ended.status = SessionStatus::Completed;
+        ended.exit_code = Some(0);
+        ended.completed_at = Some(t);
         let mut ours = state.sessions["sess-20251125-143025-def"].clone();
         ours.session_id = "sess-ours".into();
         ours.naive_timestamps = false;
