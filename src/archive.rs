@@ -379,6 +379,33 @@ impl ArchiveStore {
         files.into_iter().map(|(_, p)| p).collect()
     }
 
+    /// Copies the session's conversation files into `dest` (created 0700; Claude Code's
+    /// folder for a workspace), oldest first with increasing times so `claude --continue`
+    /// takes the latest. Returns how many.
+    pub fn place_conversation(&self, id: &str, dest: &Path, now: DateTime<Utc>) -> Result<usize> {
+        let files = self.conversation(id);
+        if files.is_empty() {
+            return Ok(0);
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dest)
+            .map_err(io_error(format!("cannot create {}", dest.display())))?;
+        let mut placed = Vec::with_capacity(files.len());
+        for file in &files {
+            let target = dest.join(file.file_name().unwrap_or_default());
+            fs::copy(file, &target).map_err(io_error(format!(
+                "cannot copy {} to {}",
+                file.display(),
+                target.display()
+            )))?;
+            placed.push(target);
+        }
+        order_by_mtime(&placed, now);
+        Ok(placed.len())
+    }
+
     /// The bundle of the session's commits, when it made any.
     pub fn bundle(&self, id: &str) -> Option<PathBuf> {
         self.dir(id)

@@ -375,6 +375,23 @@ pub struct PullArgs {
     /// Fetch into this branch instead of amplihack/<session-id> (one session only)
     #[arg(long, value_name = "NAME", conflicts_with = "all", value_parser = parse_branch_name)]
     pub branch: Option<String>,
+    /// Then check the branch out into a new worktree beside the repository
+    /// (<repo>-<session-id>), apply the work left uncommitted and place the agent's
+    /// conversation there, so `claude --continue` in it carries on (one session only)
+    #[arg(long, conflicts_with = "all")]
+    pub resume: bool,
+    /// Where --resume puts the worktree
+    #[arg(long, value_name = "DIR", requires = "resume")]
+    pub worktree: Option<std::path::PathBuf>,
+    /// Then push the branch to the repository's remote and open a pull request with gh
+    #[arg(long)]
+    pub pr: bool,
+    /// Open the pull request as a draft
+    #[arg(long, requires = "pr")]
+    pub draft: bool,
+    /// The branch the pull request asks to merge into [default: the repository's default]
+    #[arg(long, value_name = "BRANCH", requires = "pr", value_parser = parse_branch_name)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -381,7 +381,7 @@ pub fn commits_present(
 }
 
 /// The worktree, if any, that has `branch` checked out.
-fn checked_out_in(repo: &Path, branch: &str, timeout: Duration) -> Result<Option<String>> {
+pub fn checked_out_in(repo: &Path, branch: &str, timeout: Duration) -> Result<Option<String>> {
     let list = git_ok(repo, &["worktree", "list", "--porcelain"], timeout)?;
     let mut worktree = None;
     for line in list.lines() {
@@ -591,6 +591,139 @@ pub fn history_bundle(
         timeout,
     )?;
     std::fs::read(&file).map_err(|e| Error::io("cannot read the workspace bundle", e))
+}
+
+/// The remote a branch is pushed to for a pull request: `origin`, else the repository's only
+/// remote.
+pub fn push_remote(repo: &Path, timeout: Duration) -> Result<String> {
+    let remotes = git_ok(repo, &["remote"], timeout)?;
+    let remotes: Vec<&str> = remotes.lines().filter(|l| !l.is_empty()).collect();
+    if remotes.contains(&"origin") {
+        return Ok("origin".into());
+    }
+    match remotes.as_slice() {
+        [one] => Ok((*one).to_string()),
+        [] => Err(Error::Failed(format!(
+            "{} has no remote to push the branch to: add one (git remote add origin URL), then pull --pr again",
+            repo.display()
+        ))),
+        many => Err(Error::Failed(format!(
+            "{} has several remotes ({}) and none is called origin: name the one to push to origin (git remote rename NAME origin), then pull --pr again",
+            repo.display(),
+            many.join(", ")
+        ))),
+    }
+}
+
+/// Pushes `branch` to `remote` under the same name, never asking for credentials on a
+/// terminal (a pull request needs it on the remote).
+pub fn push_branch(repo: &Path, remote: &str, branch: &str, timeout: Duration) -> Result<()> {
+    let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+    let argv: Vec<String> = [
+        "-C",
+        &repo.to_string_lossy(),
+        "push",
+        "--quiet",
+        remote,
+        &refspec,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let out = exec::run_any_exit(
+        &Cmd::new("git", argv, timeout)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .on_interrupt(exec::OnInterrupt::FinishUnlessRepeated),
+    )?;
+    if out.code != 0 {
+        return Err(Error::CommandFailed {
+            command: format!("git push {remote} {refspec}"),
+            status: Some(out.code),
+            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+        });
+    }
+    Ok(())
+}
+
+/// `- <short hash> <subject>` per commit of `base..head`, oldest first.
+pub fn commit_list(repo: &Path, base: &str, head: &str, timeout: Duration) -> Result<String> {
+    let range = format!("{base}..{head}");
+    git_ok(
+        repo,
+        &["log", "--reverse", "--format=- %h %s", &range],
+        timeout,
+    )
+}
+
+/// `git diff --stat` of `base..head`.
+pub fn diffstat(repo: &Path, base: &str, head: &str, timeout: Duration) -> Result<String> {
+    git_ok(repo, &["diff", "--stat", base, head], timeout)
+}
+
+/// Files changed, lines inserted and deleted between `base` and `head` (a binary file counts
+/// as a file without lines).
+pub fn change_totals(
+    repo: &Path,
+    base: &str,
+    head: &str,
+    timeout: Duration,
+) -> Result<crate::model::Changes> {
+    let numstat = git_ok(repo, &["diff", "--numstat", base, head], timeout)?;
+    let mut c = crate::model::Changes::default();
+    for line in numstat.lines() {
+        let mut f = line.split('\t');
+        let (Some(ins), Some(del), Some(_)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        c.files += 1;
+        c.insertions += ins.parse::<u64>().unwrap_or(0);
+        c.deletions += del.parse::<u64>().unwrap_or(0);
+    }
+    Ok(c)
+}
+
+/// Whether `branch` exists in `repo`.
+pub fn branch_exists(repo: &Path, branch: &str, timeout: Duration) -> Result<bool> {
+    let full = format!("refs/heads/{branch}");
+    Ok(git(repo, &["rev-parse", "--verify", "--quiet", &full], timeout)?.code == 0)
+}
+
+/// A new worktree of `repo` at `path` with `branch` checked out; the branch is created at
+/// `start` when it does not exist.
+pub fn add_worktree(
+    repo: &Path,
+    path: &Path,
+    branch: &str,
+    start: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let path_arg = path.to_string_lossy().into_owned();
+    if branch_exists(repo, branch, timeout)? {
+        git_ok(
+            repo,
+            &["worktree", "add", "--quiet", &path_arg, branch],
+            timeout,
+        )?;
+    } else {
+        git_ok(
+            repo,
+            &["worktree", "add", "--quiet", "-b", branch, &path_arg, start],
+            timeout,
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies a binary git patch (`uncommitted.patch` of an archive) to the work tree at `dir`,
+/// leaving the index alone: edits stay edits, new files stay untracked.
+pub fn apply_patch(dir: &Path, patch: &Path, timeout: Duration) -> Result<()> {
+    let patch_arg = patch.to_string_lossy().into_owned();
+    git_ok(
+        dir,
+        &["apply", "--binary", "--whitespace=nowarn", &patch_arg],
+        timeout,
+    )
+    .map(drop)
 }
 
 #[cfg(test)]

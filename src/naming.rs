@@ -216,6 +216,22 @@ pub fn unsafe_state_entry(state: &crate::model::State) -> Option<String> {
     None
 }
 
+/// The folder name Claude Code keeps a workspace's conversations under, in
+/// `~/.claude/projects/`: the workspace's absolute path with every character other than an
+/// ASCII letter or digit replaced by `-` (one per UTF-16 unit, as Claude Code's JavaScript
+/// does).
+pub fn claude_project_slug(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else {
+            out.extend(std::iter::repeat_n('-', c.len_utf16()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +326,15 @@ mod tests {
         assert!(validate_region("westus3").is_ok());
         assert!(validate_region("East US").is_err());
         assert!(validate_region("").is_err());
+    }
+
+    #[test]
+    fn claude_project_slugs_replace_everything_but_ascii_letters_and_digits() {
+        assert_eq!(
+            claude_project_slug("/home/u/my_repo-sess-1.x"),
+            "-home-u-my-repo-sess-1-x"
+        );
+        assert_eq!(claude_project_slug("/a/é/😀"), "-a-----");
+        assert_eq!(claude_project_slug("/a/é/😀").len(), 7);
     }
 }

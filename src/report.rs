@@ -223,7 +223,7 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
     let dirty: Vec<&ReportRow> = rows.iter().filter(|r| r.uncommitted.is_some()).collect();
     if !dirty.is_empty() {
         out.push_str(
-            "* Uncommitted work left in the workspace: in no commit, so pull does not bring it home; it goes with the VM:\n",
+            "* Uncommitted work left in the workspace: in no commit, so pull does not bring it home; its archive keeps it as a patch, which pull --resume applies:\n",
         );
         for r in dirty {
             let c = r.uncommitted.unwrap_or_default();

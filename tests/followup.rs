@@ -308,3 +308,297 @@ fn a_follow_up_waits_in_the_queue_of_a_full_vm() {
     };
     assert!(continued(&env, &s).contains(&parent.id));
 }
+
+/// Puts the fake `gh` first on PATH (through the test's bin directory) and gives `work/` a
+/// bare repository as its remote `origin`. Returns the remote's path.
+fn with_gh_and_remote(env: &mut TestEnv) -> PathBuf {
+    std::os::unix::fs::symlink(support("fake-gh/gh"), env.root().join("bin/gh")).unwrap();
+    let gh_home = env.root().join("gh");
+    env.set("FAKE_GH_HOME", &gh_home.display().to_string());
+    let remote = env.root().join("remote.git");
+    git(env.root(), &["init", "-q", "--bare", "remote.git"]);
+    git(
+        &env.work(),
+        &["remote", "add", "origin", &remote.display().to_string()],
+    );
+    remote
+}
+
+/// Every call of the fake gh so far, as argv vectors.
+fn gh_calls(env: &TestEnv) -> Vec<Vec<String>> {
+    let dir = env.root().join("gh/calls");
+    let mut calls: Vec<(u32, Vec<String>)> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let n = e.file_name().to_string_lossy().parse().unwrap();
+                    let argv = read(&e.path())
+                        .split_terminator('\0')
+                        .map(String::from)
+                        .collect();
+                    (n, argv)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    calls.sort();
+    calls.into_iter().map(|(_, a)| a).collect()
+}
+
+fn arg_after<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| a == flag)
+        .and_then(|i| argv.get(i + 1))
+        .map(String::as_str)
+}
+
+#[test]
+fn pull_pr_pushes_the_branch_and_opens_one_pull_request_per_session() {
+    let mut env = TestEnv::local();
+    env.git_repo();
+    let remote = with_gh_and_remote(&mut env);
+    let long_title = format!("Add the parser {} COMMIT=2", "x".repeat(80));
+    let s = start(&env, &[&format!("{long_title}\nwith `details`")]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+
+    let out = env.run(&["pull", &s.id, "--pr", "--draft", "--base", "main"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let url = "https://github.example/owner/repo/pull/1";
+    assert!(
+        stdout(&out).contains(&format!("Opened pull request of {}: {url}\n", s.id)),
+        "{}",
+        stdout(&out)
+    );
+    let branch = format!("amplihack/{}", s.id);
+    assert_eq!(
+        git(&remote, &["rev-parse", &branch]),
+        git(&env.work(), &["rev-parse", &branch]),
+        "the branch is on the remote"
+    );
+    let calls = gh_calls(&env);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], ["auth", "status"]);
+    let create = &calls[1];
+    assert_eq!(&create[..2], ["pr", "create"]);
+    assert_eq!(arg_after(create, "--head"), Some(branch.as_str()));
+    let title = arg_after(create, "--title").unwrap();
+    assert_eq!(title, long_title.chars().take(72).collect::<String>());
+    assert!(create.contains(&"--draft".to_string()));
+    assert_eq!(arg_after(create, "--base"), Some("main"));
+    let body = arg_after(create, "--body").unwrap();
+    for needle in [
+        "with `details`",
+        "| Status | completed (exit 0) |",
+        "| Commits | 2 |",
+        "| Changes | +2 -0 (2 files) |",
+        "| Cost | $0 (this machine) |",
+        "agent commit 1",
+        "agent-2.txt",
+        "| Duration | ",
+    ] {
+        assert!(body.contains(needle), "{needle} in {body}");
+    }
+    assert_eq!(env.session(&s.id)["pr_url"], url);
+    let report: Value = serde_json::from_slice(&env.run(&["report", "--json"]).stdout).unwrap();
+    assert_eq!(report[0]["pr_url"], url, "{report}");
+    let list: Value = serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["pr_url"], url, "{list}");
+
+    // Once is enough.
+    let out = env.run(&["pull", &s.id, "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("opened before, nothing new opened): {url}")),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(gh_calls(&env).len(), 2, "nothing new opened");
+
+    // No commits: nothing to propose, and no gh call.
+    let empty = start(&env, &["LINES=1"]);
+    assert_eq!(env.wait_finished(&empty.id)["status"], "completed");
+    let out = env.run(&["pull", &empty.id, "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("it has no commits"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(gh_calls(&env).len(), 2);
+    assert!(env.session(&empty.id).get("pr_url").is_none());
+
+    // gh not logged in, then not installed: exit 1 saying what to run; the branch is home.
+    let other = start(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&other.id)["status"], "completed");
+    std::fs::write(env.root().join("gh/logged-out"), "").unwrap();
+    let out = env.run(&["pull", &other.id, "--pr"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run 'gh auth login'"),
+        "{}",
+        stderr(&out)
+    );
+    let other_branch = format!("amplihack/{}", other.id);
+    git(&env.work(), &["rev-parse", "--verify", &other_branch]);
+    assert!(env.session(&other.id).get("pr_url").is_none());
+    std::fs::remove_file(env.root().join("bin/gh")).unwrap();
+    let out = env.run(&["pull", &other.id, "--pr"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("install it (https://cli.github.com)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pull_all_pr_on_azure_opens_a_pull_request_for_each_session_with_commits() {
+    let mut env = TestEnv::new();
+    env.git_repo();
+    let remote = with_gh_and_remote(&mut env);
+    let a = start(&env, &["first COMMIT=1"]);
+    let b = start(&env, &["second COMMIT=1"]);
+    let c = start(&env, &["third LINES=1"]);
+    for s in [&a, &b, &c] {
+        assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    }
+    let out = env.run(&["pull", "--all", "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let creates: Vec<Vec<String>> = gh_calls(&env)
+        .into_iter()
+        .filter(|c| c[..2] == ["pr", "create"])
+        .collect();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    for s in [&a, &b] {
+        assert!(env.session(&s.id)["pr_url"].is_string());
+        git(
+            &remote,
+            &["rev-parse", "--verify", &format!("amplihack/{}", s.id)],
+        );
+        let body = creates
+            .iter()
+            .find(|c| arg_after(c, "--head") == Some(&format!("amplihack/{}", s.id)))
+            .and_then(|c| arg_after(c, "--body"))
+            .unwrap();
+        assert!(body.contains("| Cost | about $"), "{body}");
+    }
+}
+
+#[test]
+fn pull_resume_hands_the_session_back_in_a_worktree_after_its_vm_is_gone() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let s = start(&env, &["COMMIT=1 EDIT=1"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&s.vm).exists());
+
+    env.clear_calls();
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        env.calls().is_empty(),
+        "all from the archive: {:?}",
+        env.calls()
+    );
+    let worktree = env.root().join(format!("work-{}", s.id));
+    let worktree = worktree.canonicalize().unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "Worktree: {} (branch amplihack/{})\n",
+            worktree.display(),
+            s.id
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!(
+            "Run: cd {} && claude --continue\n",
+            worktree.display()
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        git(&worktree, &["rev-parse", "--abbrev-ref", "HEAD"]),
+        format!("amplihack/{}", s.id)
+    );
+    assert_eq!(read(&worktree.join("agent-1.txt")).lines().count(), 1);
+    assert_eq!(read(&worktree.join("edit-1.txt")), "one\ntwo\nthree\n");
+    assert_eq!(
+        git(&worktree, &["status", "--porcelain"]),
+        "?? edit-1.txt",
+        "uncommitted stays uncommitted"
+    );
+    let slug: String = worktree
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let project = env.home().join(".claude/projects").join(slug);
+    let files: Vec<PathBuf> = std::fs::read_dir(&project)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(read(&files[0]).contains(&format!("\"session\":\"{}\"", s.id)));
+
+    // A second time: it is handed back already, and says where.
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains(&format!("checked out in {} already", worktree.display())),
+        "{}",
+        stderr(&out)
+    );
+    git(
+        &env.work(),
+        &[
+            "worktree",
+            "remove",
+            "--force",
+            &worktree.display().to_string(),
+        ],
+    );
+    std::fs::create_dir(env.root().join("taken")).unwrap();
+    let out = env.run(&["pull", &s.id, "--resume", "--worktree", "../taken"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("pass --worktree DIR"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["pull", &s.id, "--resume", "--worktree", "../elsewhere"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.root().join("elsewhere/edit-1.txt").exists());
+}
+
+#[test]
+fn pull_resume_of_a_follow_up_on_this_machine_carries_the_whole_chain() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let child = follow_up(&env, &parent.id, "EDIT=1");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    let out = env.run(&["pull", &child.id, "--resume"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let worktree = env
+        .root()
+        .join(format!("work-{}", child.id))
+        .canonicalize()
+        .unwrap();
+    assert_eq!(
+        git(&worktree, &["log", "--format=%s"]),
+        "agent commit 1\ninit"
+    );
+    assert!(worktree.join("edit-1.txt").exists());
+    assert!(
+        stdout(&out).contains("2 file(s)"),
+        "both conversations: {}",
+        stdout(&out)
+    );
+}

@@ -166,7 +166,7 @@ fn a_session_that_edits_without_committing_says_so_in_report_and_pull() {
     let row = text.lines().find(|l| l.starts_with(&s.id)).unwrap();
     assert!(row.contains(" none * "), "{text}");
     assert!(
-        text.contains("* Uncommitted work left in the workspace: in no commit, so pull does not bring it home; it goes with the VM:\n"),
+        text.contains("* Uncommitted work left in the workspace: in no commit, so pull does not bring it home; its archive keeps it as a patch, which pull --resume applies:\n"),
         "{text}"
     );
     assert!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::PullArgs;
 use crate::commands::r#continue::lineage;
-use crate::commands::{Ctx, find_session};
+use crate::commands::{Ctx, find_session, pr, resume};
 use crate::context;
 use crate::error::{Error, Result};
 use crate::exec;
@@ -208,6 +208,13 @@ fn source(ctx: &Ctx, s: &Session, collected: &Collected) -> Result<Source> {
     )))
 }
 
+/// The branch a session's commits come home to: `--branch`, else `amplihack/<session-id>`.
+fn branch_of(s: &Session, args: &PullArgs) -> String {
+    args.branch
+        .clone()
+        .unwrap_or_else(|| format!("amplihack/{}", s.session_id))
+}
+
 fn pull_one(
     ctx: &Ctx,
     state: &State,
@@ -233,10 +240,7 @@ fn pull_one(
             None => {}
         }
     }
-    let branch = args
-        .branch
-        .clone()
-        .unwrap_or_else(|| format!("amplihack/{}", s.session_id));
+    let branch = branch_of(s, args);
     let target = context::Target {
         branch: &branch,
         // A branch of another name than the session's own was never put there by a pull.
@@ -297,8 +301,7 @@ fn uncommitted_note(ctx: &Ctx, s: &Session) -> Option<String> {
         deletions,
     } = result.uncommitted_work()?;
     Some(format!(
-        "  Not in it: {files} file(s) of work left uncommitted in its workspace (+{insertions} -{deletions}), which stays on VM {} and goes when the VM is pruned.\n",
-        s.vm_name
+        "  Not in it: {files} file(s) of work left uncommitted in its workspace (+{insertions} -{deletions}); its archive keeps it as a patch, which pull --resume applies.\n"
     ))
 }
 
@@ -355,6 +358,11 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
             "--branch names the branch of one session: give one session id with it".into(),
         ));
     }
+    if args.resume && args.session_ids.len() > 1 {
+        return Err(Error::InvalidArgs(
+            "--resume hands one session back: give one session id with it".into(),
+        ));
+    }
     let here = Here::find(ctx, &state)?;
     let (state, collected, chosen) = if args.all {
         if here.root.is_none() {
@@ -400,6 +408,8 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
 
     let mut text = String::new();
     let mut pulled: Vec<(String, String)> = Vec::new();
+    // Every session whose branch is home (or that has none: no commits), for --pr and --resume.
+    let mut home: Vec<pr::Pulled> = Vec::new();
     let mut first_error = None;
     let mut failures = 0;
     for id in &chosen {
@@ -412,9 +422,21 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
                         "  The session is still running: these are its commits so far.\n",
                     );
                 }
+                home.push(pr::Pulled {
+                    session: s,
+                    branch: p.branch.clone(),
+                    base: start_commit(&state, s).unwrap_or_default().to_string(),
+                    head: Some(p.head.clone()),
+                });
                 pulled.push((id.clone(), p.head));
             }
             Outcome::NothingNew => {
+                home.push(pr::Pulled {
+                    session: s,
+                    branch: branch_of(s, &args),
+                    base: start_commit(&state, s).unwrap_or_default().to_string(),
+                    head: None,
+                });
                 let base = s.base_commit.as_deref().unwrap_or_default();
                 text.push_str(&format!(
                     "Nothing new: session {id} has no commits beyond {}.\n",
@@ -445,7 +467,28 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
         })?;
     }
     ui::print_text(&text)?;
-    match first_error {
+    // The branches are home (and recorded) whatever happens next.
+    if first_error.is_none()
+        && args.resume
+        && let Some(p) = home.first()
+    {
+        resume::hand_over(ctx, p, &repo, args.worktree.as_deref())?;
+    }
+    let opened = if args.pr {
+        pr::open_all(
+            ctx,
+            &state,
+            &home,
+            &repo,
+            &pr::Options {
+                draft: args.draft,
+                base: args.base.clone(),
+            },
+        )
+    } else {
+        Ok(())
+    };
+    let pulled_all = match first_error {
         Some(e) if chosen.len() > 1 => Err(match e.exit_code() {
             1 => Error::Failed(format!(
                 "{failures} of {} session(s) could not be pulled (see above)",
@@ -455,5 +498,6 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
         }),
         Some(e) => Err(e),
         None => Ok(()),
-    }
+    };
+    pulled_all.and(opened)
 }
