@@ -227,8 +227,15 @@ fn on_azure_a_follow_up_runs_on_the_sessions_vm_then_on_a_new_one_once_that_vm_i
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!env.vm_dir(&parent.vm).exists());
 
+    env.clear_calls();
     let out = env.run(&["continue", &child.id, "EDIT=0 carry on", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let kinds: Vec<String> = env.calls().into_iter().map(|c| c[0].clone()).collect();
+    assert_eq!(
+        kinds,
+        ["new", "connect"],
+        "a new VM, then one launch: {kinds:?}"
+    );
     let err = stderr(&out);
     let restored_lines: Vec<&str> = err
         .lines()
@@ -601,4 +608,30 @@ fn pull_resume_of_a_follow_up_on_this_machine_carries_the_whole_chain() {
         "both conversations: {}",
         stdout(&out)
     );
+}
+
+#[test]
+fn continue_first_learns_that_a_session_the_state_takes_for_running_has_ended() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1"]);
+    let exit_code = env.session_dir(&parent.vm, &parent.id).join("exit_code");
+    env.wait_for(
+        "the exit code on the VM",
+        std::time::Duration::from_secs(60),
+        || exit_code.exists(),
+    );
+    assert_eq!(env.session(&parent.id)["status"], "running");
+    env.clear_calls();
+    let child = follow_up(&env, &parent.id, "more");
+    assert_eq!(
+        env.calls().len(),
+        2,
+        "one call settles and archives the parent, one launches: {:?}",
+        env.calls()
+    );
+    assert_eq!(env.session(&parent.id)["status"], "completed");
+    assert!(env.session(&parent.id)["archived_at"].is_string());
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&parent.id));
 }
