@@ -583,12 +583,72 @@ pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<R
             live.power = Some(all);
         }
     }
-    let state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    let mut state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    for (vm, e) in &collected.failed_vms {
+        if let Some(settled) = settle_if_vm_gone(ctx, &state, vm, e)? {
+            state = settled;
+        }
+    }
     Ok(Refreshed {
         state,
         live,
         failed_vms: collected.failed_vms,
     })
+}
+
+/// When a call to VM `vm` failed with "not found" (`err`), asks azlin whether the VM exists
+/// (`azlin show` in its own resource group): once azlin confirms it is gone, its active
+/// sessions end `failed` ("its VM no longer exists"; what was archived stays archived) and
+/// `prune` forgets it. Returns the state as it then stands, or `None` when nothing was settled
+/// (another failure, or azlin could not confirm).
+pub fn settle_if_vm_gone(ctx: &Ctx, state: &State, vm: &str, err: &Error) -> Result<Option<State>> {
+    if !matches!(err, Error::VmNotFound { .. }) || !state.vm_pool.contains_key(vm) {
+        return Ok(None);
+    }
+    let vm_ref = ctx.vm_ref(state, vm);
+    if vm_ref.backend != Backend::Azure {
+        return Ok(None);
+    }
+    match ctx
+        .transports
+        .azlin
+        .vm_exists(&vm_ref, ctx.settings.timeouts.list)
+    {
+        Ok(false) => {}
+        Ok(true) => return Ok(None),
+        Err(Error::Interrupted) => return Err(Error::Interrupted),
+        Err(e) => {
+            ui::warn(&format!(
+                "VM '{vm}' did not answer as a VM, and 'azlin show' could not confirm it is gone; its sessions are kept as last known. {e}"
+            ));
+            return Ok(None);
+        }
+    }
+    let now = ctx.now();
+    let (state, ended) = ctx.store.update(|st| {
+        let ids: Vec<String> = st
+            .sessions
+            .values()
+            .filter(|s| s.vm_name == vm)
+            .map(|s| s.session_id.clone())
+            .collect();
+        let ended: Vec<String> = ids
+            .into_iter()
+            .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
+            .collect();
+        Ok((st.clone(), ended))
+    })?;
+    if ended.is_empty() {
+        ui::warn(&format!(
+            "VM '{vm}' no longer exists in Azure (azlin confirms it); 'amplihack remote prune' forgets it"
+        ));
+    } else {
+        ui::warn(&format!(
+            "VM '{vm}' no longer exists in Azure (azlin confirms it): its session(s) {} ended failed, with whatever was archived kept; 'amplihack remote prune' forgets the VM",
+            ended.join(", ")
+        ));
+    }
+    Ok(Some(state))
 }
 
 #[cfg(test)]

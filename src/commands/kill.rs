@@ -98,6 +98,16 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // Nothing was signalled (or we cannot know): the intent must not turn a later,
             // natural end into `killed`.
             withdraw_intent(ctx, id, &me)?;
+            // A VM deleted behind our back: once azlin confirms it, its sessions end.
+            if let Some(st) =
+                refresh::settle_if_vm_gone(ctx, &ctx.store.load()?, &session.vm_name, &e)?
+            {
+                let s = find_session(&st, id)?;
+                return ui::print(&format!(
+                    "Nothing to kill: VM {} no longer exists.\nStatus updated: {}\n",
+                    session.vm_name, s.status
+                ));
+            }
             return Err(e);
         }
     };

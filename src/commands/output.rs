@@ -219,6 +219,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
     let mut first_facts: Option<Probe> = None;
     let mut last_facts: Option<Probe> = None;
     let pace = ctx.settings.stream_pace();
+    let drain = super::wait::has_queue(&state, &session.vm_name);
     let status = state
         .sessions
         .get(id)
@@ -230,7 +231,15 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
         ctx,
         &vm,
         &stop,
-        &mut || script::stream_script(id, printed_to.get(), args.lines, pace),
+        &mut || {
+            let input = script::stream_script(id, printed_to.get(), args.lines, pace);
+            // A stranded queue is started by whoever talks to its VM with the user's key.
+            if drain {
+                refresh::drain_queue_first(ctx, input)
+            } else {
+                input
+            }
+        },
         &mut |frame| {
             match frame {
                 StreamFrame::Session(_, facts) => {

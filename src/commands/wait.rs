@@ -112,7 +112,10 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
                 let vm = ctx.vm_ref(&state, &vm);
                 let tx = tx.clone();
                 let stop = &stop;
-                scope.spawn(move || watch_vm(ctx, vm, ids, stop, tx));
+                // A VM with queued sessions gets the user's key: should no supervisor be left
+                // to start them, the watch does, as a refresh or a kill would.
+                let drain = has_queue(&state, &vm.name);
+                scope.spawn(move || watch_vm(ctx, vm, ids, drain, stop, tx));
             }
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(Event::Over(id, probe)) => {
@@ -213,7 +216,22 @@ fn report(session: &Session, json: bool) -> Result<()> {
 
 /// Watches `ids` on one VM until each is over, across dropped connections, sending an event as
 /// each ends. A reconnection watches only those not over yet.
-fn watch_vm(ctx: &Ctx, vm: VmRef, ids: Vec<String>, stop: &AtomicBool, tx: mpsc::Sender<Event>) {
+/// Whether the state has queued sessions on VM `vm`.
+pub fn has_queue(state: &State, vm: &str) -> bool {
+    state
+        .sessions
+        .values()
+        .any(|s| s.vm_name == vm && s.status == SessionStatus::Queued)
+}
+
+fn watch_vm(
+    ctx: &Ctx,
+    vm: VmRef,
+    ids: Vec<String>,
+    drain: bool,
+    stop: &AtomicBool,
+    tx: mpsc::Sender<Event>,
+) {
     let remaining = std::cell::RefCell::new(ids);
     let pace = ctx.settings.stream_pace();
     let result = stream::until_end(
@@ -223,7 +241,12 @@ fn watch_vm(ctx: &Ctx, vm: VmRef, ids: Vec<String>, stop: &AtomicBool, tx: mpsc:
         &mut || {
             let ids = remaining.borrow();
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            script::watch_script(&refs, pace)
+            let input = script::watch_script(&refs, pace);
+            if drain {
+                refresh::drain_queue_first(ctx, input)
+            } else {
+                input
+            }
         },
         &mut |frame| {
             if let StreamFrame::Session(id, probe) = frame {

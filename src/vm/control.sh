@@ -781,7 +781,13 @@ cmd_kill() {
 main() {
   local command=${1:-}
   shift || true
-  [ -n "$drain_first" ] && drain_now
+  # Streams answer in frames only: their drains say nothing.
+  if [ -n "$drain_first" ]; then
+    case $command in
+      stream | watch) drain_quietly ;;
+      *) drain_now ;;
+    esac
+  fi
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;

@@ -199,9 +199,9 @@ start_supervisor() {
 # reported finished otherwise. Sets:
 #   phase         ended (exit_code recorded), running (its supervisor or its agent's group
 #                 lives, identities verified, whatever marks remain), cancelled (never to start:
-#                 a claim found it unlaunched, or a kill took it out of the queue), queued,
-#                 failed (its placement failed: the reason is kept), vanished (it was started,
-#                 and nothing of it runs, and no exit code was recorded), launching (its files
+#                 a claim found it unlaunched, or a kill took it out of the queue), failed (its
+#                 placement failed: the reason is kept), vanished (it was started, nothing of it
+#                 runs, no exit code was recorded), queued, launching (its files
 #                 are being written, or a launch died before placing it), absent (no
 #                 directory; a session of the Python original is `running` while its tmux
 #                 session exists)
@@ -240,13 +240,14 @@ session_phase() {
     phase=running phase_alive=1
   elif [ -e "$d/cancelled" ]; then
     phase=cancelled
-  elif [ -e "$d/queued" ]; then
-    phase=queued
   elif [ -f "$d/launch_failed" ]; then
     phase=failed
     read_into phase_reason "$d/launch_failed"
   elif [ -e "$d/supervisor.pid" ]; then
+    # Started once: a `queued` mark left beside it is stale, and it never starts again.
     phase=vanished
+  elif [ -e "$d/queued" ]; then
+    phase=queued
   else
     phase=launching
   fi
