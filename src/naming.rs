@@ -163,6 +163,9 @@ fn is_commit_id(c: &str) -> bool {
     (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The VM name of a session `start` could place nowhere (it failed at once): no VM's name.
+pub const UNPLACED_VM: &str = "-";
+
 /// Checks every name the state file gives that becomes a path or reaches a VM: session ids
 /// (keys, `session_id`, the VMs' `active_sessions`), VM names (pool keys, `vm_name`),
 /// workspaces and commit ids. A hand-edited or hostile state (a session id
@@ -181,7 +184,7 @@ pub fn unsafe_state_entry(state: &crate::model::State) -> Option<String> {
                 shown(&s.session_id)
             ));
         }
-        if !is_valid_vm_name(&s.vm_name) {
+        if s.vm_name != UNPLACED_VM && !is_valid_vm_name(&s.vm_name) {
             return Some(format!(
                 "session {key} names the VM {}, which is not a valid VM name",
                 shown(&s.vm_name)

@@ -49,8 +49,7 @@ pub(crate) struct Continuation {
     pub restore: Option<script::Restore>,
 }
 
-/// The VM name recorded for a session that found no VM at all (a capped pool, no queue).
-const UNPLACED_VM: &str = "-";
+use crate::naming::UNPLACED_VM;
 
 fn random_u16() -> u16 {
     // RandomState is seeded per process and per call: enough to spread ids, which are
