@@ -181,7 +181,7 @@ fn a_dropped_launch_never_records_live_agents_as_failed() {
         "start", "--json", "SLEEP=60", "SLEEP=60", "SLEEP=60", "SLEEP=60",
     ]);
     assert!(
-        stderr(&out).contains("closed by remote host"),
+        stderr(&out).contains("closed by remote host") || stderr(&out).contains("dropped"),
         "the launch was not dropped: {}",
         stderr(&out)
     );

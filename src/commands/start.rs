@@ -738,10 +738,16 @@ fn launch_all(
                         |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
                     let running = count(|o| matches!(o, Outcome::Launched { .. }));
                     let queued = count(|o| matches!(o, Outcome::Queued { .. }));
-                    let detail = match queued {
+                    let unconfirmed = count(|o| matches!(o, Outcome::Unconfirmed { .. }));
+                    let mut detail = match queued {
                         0 => format!("{running} of {} session(s) running", outcomes.len()),
                         q => format!("{running} running, {q} queued, of {}", outcomes.len()),
                     };
+                    if unconfirmed > 0 {
+                        detail.push_str(&format!(
+                            "; {unconfirmed} unconfirmed (the launch's answer was lost)"
+                        ));
+                    }
                     progress::vm(&job.vm).finish(
                         if running + queued == outcomes.len() {
                             progress::Outcome::Done
