@@ -200,10 +200,28 @@ fn continue_refuses_a_session_that_has_not_ended_and_an_unknown_one() {
     assert_eq!(env.session_ids().len(), 1, "nothing was reserved");
     let out = env.run(&["kill", &s.id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    // Killed is ended: it can be continued (without a repository: an empty workspace).
-    let child = follow_up(&env, &s.id, "more");
+    // Killed is ended: it can be continued (without a repository: an empty workspace), and
+    // the new instruction reaches the agent byte for byte.
+    let prompt = "it's \"$(id)\" `x` ${HOME}\nnext line ünï -- -p";
+    let child = follow_up(&env, &s.id, prompt);
     assert_eq!(env.wait_finished(&child.id)["status"], "completed");
     assert!(continued(&env, &child).contains(&s.id));
+    assert_eq!(
+        read(&env.agent_record("local", &child.id).join("prompt")),
+        prompt
+    );
+    assert_eq!(env.session(&child.id)["prompt"], prompt);
+
+    // A session that never started has nothing to carry on.
+    let never = start(&env, &["--no-context", "--max-turns", "3", "x"]);
+    let mut st = env.state();
+    let rec = st["sessions"][&never.id].as_object_mut().unwrap();
+    rec.insert("status".into(), "failed".into());
+    rec.insert("started_at".into(), Value::Null);
+    env.write_state(&serde_json::to_string_pretty(&st).unwrap());
+    let out = env.run(&["continue", &never.id, "more"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("never started"), "{}", stderr(&out));
 }
 
 #[test]
@@ -634,4 +652,38 @@ fn continue_first_learns_that_a_session_the_state_takes_for_running_has_ended() 
     assert!(env.session(&parent.id)["archived_at"].is_string());
     assert_eq!(env.wait_finished(&child.id)["status"], "completed");
     assert!(continued(&env, &child).contains(&parent.id));
+}
+
+#[test]
+fn on_this_machine_a_deleted_workspace_is_rebuilt_from_the_archive() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1 EDIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let workspace = PathBuf::from(env.session(&parent.id)["workspace"].as_str().unwrap());
+    std::fs::remove_dir_all(&workspace).unwrap();
+    // The agent's own conversation goes too: only the archive has it now.
+    std::fs::remove_dir_all(env.home().join(".claude/projects")).unwrap();
+
+    let out = env.run(&["continue", &parent.id, "COMMIT=1", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "The workspace of session {} is gone: restoring it from the archive",
+            parent.id
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let child = Started {
+        id: started_ids(&out).remove(0),
+        vm: "local".into(),
+    };
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&format!("\"session\":\"{}\"", parent.id)));
+    assert_eq!(read(&workspace.join("edit-1.txt")), "one\ntwo\nthree\n");
+    assert_eq!(
+        git(&workspace, &["log", "--format=%s"]),
+        "agent commit 1\nagent commit 1\ninit"
+    );
 }

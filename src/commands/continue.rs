@@ -119,7 +119,7 @@ fn restore_from_archive(
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))
     };
-    if let (Some(repo), Some(head)) = (parent.repo_path.as_deref(), head) {
+    if let (Some(repo), Some(head)) = (history_repo(ctx, root)?, head) {
         let mut bundles: Vec<PathBuf> = Vec::new();
         for s in &chain {
             match ctx.archive.bundle(&s.session_id) {
@@ -133,12 +133,8 @@ fn restore_from_archive(
                 None => {}
             }
         }
-        let bundle = context::history_bundle(
-            Path::new(repo),
-            &bundles,
-            head,
-            ctx.settings.timeouts.local_git,
-        )?;
+        let bundle =
+            context::history_bundle(&repo, &bundles, head, ctx.settings.timeouts.local_git)?;
         restore.parts.push(("workspace.bundle".into(), bundle));
         if let Some(patch) = ctx.archive.patch(&parent.session_id) {
             restore
@@ -156,6 +152,35 @@ fn restore_from_archive(
             .push((format!("conversation/{name}"), read(&file)?));
     }
     Ok(restore)
+}
+
+/// The local repository that holds the commit a chain started from: the one `continue` runs
+/// in, else the one the chain was started from (wherever a repository is, it is the chain's
+/// when it has that commit). `None` for a chain started without a repository.
+fn history_repo(ctx: &Ctx, root: &Session) -> Result<Option<PathBuf>> {
+    let Some(base) = root.base_commit.as_deref() else {
+        return Ok(None);
+    };
+    let timeout = ctx.settings.timeouts.local_git;
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir()
+        && let Ok(Some(here)) = context::repo_root(&cwd, timeout)
+    {
+        candidates.push(here);
+    }
+    candidates.extend(root.repo_path.as_deref().map(PathBuf::from));
+    for repo in candidates.into_iter().filter(|r| r.is_dir()) {
+        if context::commits_present(&repo, &[base], timeout).is_ok_and(|found| found.contains(base))
+        {
+            return Ok(Some(repo));
+        }
+    }
+    Err(Error::Failed(format!(
+        "the workspace of session {} cannot be rebuilt: it started from commit {}, which neither {} nor the repository here holds; run continue inside a clone that has it",
+        root.session_id,
+        &base[..base.len().min(12)],
+        root.repo_path.as_deref().unwrap_or("its repository")
+    )))
 }
 
 fn archived_commits(ctx: &Ctx, s: &Session) -> u64 {
@@ -183,6 +208,12 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
     let parent = find_session(&state, &id)?.clone();
     if parent.status.is_active() {
         return Err(still_active(&parent));
+    }
+    if parent.started_at.is_none() {
+        return Err(Error::Failed(format!(
+            "session {id} never started ({}): it left no workspace or conversation to carry on; start its task again instead",
+            parent.error.as_deref().unwrap_or("no start was recorded")
+        )));
     }
     if let Some(e) = workspace_taken(&state, &id) {
         return Err(e);
