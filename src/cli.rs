@@ -290,7 +290,7 @@ pub struct OutputArgs {
     /// Number of lines to capture from tmux pane
     #[arg(long, short = 'n', default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub lines: u32,
-    /// Follow output in real-time (polls every 5s, like tail -f)
+    /// Follow output as it is written, like tail -f (streamed over one connection, resumed after a drop)
     #[arg(long, short = 'f')]
     pub follow: bool,
     /// Output without formatting (useful for piping to files or tools)

@@ -41,12 +41,13 @@ pub fn duration_text(seconds: i64) -> String {
     }
 }
 
-/// A window as the report names it: `24h`, `2d`, `30m`.
+/// A window as the user would write it: the largest unit it is a whole number of, but days
+/// and weeks only from two of them (`24h` stays `24h`, as the default is given).
 pub fn window_text(window: Duration) -> String {
     let s = window.num_seconds();
-    if s % 604800 == 0 {
+    if s % 604800 == 0 && s >= 2 * 604800 {
         format!("{}w", s / 604800)
-    } else if s % 86400 == 0 {
+    } else if s % 86400 == 0 && s >= 2 * 86400 {
         format!("{}d", s / 86400)
     } else if s % 3600 == 0 {
         format!("{}h", s / 3600)
@@ -321,7 +322,10 @@ mod tests {
         assert_eq!(duration_text(12 * 60 + 5), "12m");
         assert_eq!(duration_text(3600 + 5 * 60), "1h05m");
         assert_eq!(duration_text(2 * 86400 + 3 * 3600), "2d03h");
-        assert_eq!(window_text(Duration::hours(24)), "1d");
+        assert_eq!(window_text(Duration::hours(24)), "24h");
+        assert_eq!(window_text(Duration::days(3)), "3d");
+        assert_eq!(window_text(Duration::days(7)), "7d");
+        assert_eq!(window_text(Duration::days(14)), "2w");
         assert_eq!(window_text(Duration::hours(12)), "12h");
         assert_eq!(window_text(Duration::minutes(90)), "90m");
     }

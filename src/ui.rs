@@ -58,9 +58,12 @@ pub fn warn(msg: &str) {
     progress(&format!("warning: {msg}"));
 }
 
-/// Colour only on a terminal, never when NO_COLOR is set (https://no-color.org).
+/// Colour only on a terminal that is not `TERM=dumb` (which shows escape codes as text),
+/// never when NO_COLOR is set (https://no-color.org).
 pub fn stdout_color() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+        && std::io::stdout().is_terminal()
 }
 
 pub fn stdin_is_terminal() -> bool {

@@ -666,3 +666,45 @@ fn follow_of_a_python_original_session_follows_its_pane() {
         "the follow's log goes when the session ended"
     );
 }
+
+#[test]
+fn output_help_says_follow_streams() {
+    let env = TestEnv::new();
+    let out = env.run(&["output", "--help"]);
+    let help = stdout(&out);
+    assert!(!help.contains("polls every 5s"), "{help}");
+    assert!(help.contains("streamed over one connection"), "{help}");
+}
+
+#[test]
+fn term_dumb_gets_no_colour() {
+    let env = TestEnv::new();
+    state_with_prompt(&env, "a plain prompt");
+    for (term, coloured) in [("xterm", true), ("dumb", false)] {
+        let cmd = format!(
+            "env -i TERM={term} {} {} remote list --no-refresh; echo list-exit=$?; env -i TERM={term} {} {} remote report --since 1000d; echo report-exit=$?; sleep 30",
+            env.env_words(),
+            this_binary().display(),
+            env.env_words(),
+            this_binary().display(),
+        );
+        let terminal = Terminal::new(&env, &format!("t-{term}"), &cmd);
+        let screen = terminal.wait_for("report-exit=", true);
+        assert_eq!(
+            screen.contains("\u{1b}[32m"),
+            coloured,
+            "TERM={term}: {screen:?}"
+        );
+    }
+}
+
+#[test]
+fn report_says_24h_for_its_default_window() {
+    let env = TestEnv::new();
+    let out = env.run(&["report"]);
+    assert!(
+        stdout(&out).contains("No session ended in the last 24h"),
+        "{}",
+        stdout(&out)
+    );
+}
