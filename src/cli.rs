@@ -242,6 +242,8 @@ pub struct StartArgs {
     /// (AMPLIHACK_REMOTE_CONFIRM_VMS, default 10, is the most created without a question)
     #[arg(long, short = 'y')]
     pub yes: bool,
+    #[command(flatten)]
+    pub unattended: UnattendedArgs,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +275,29 @@ pub struct ContinueArgs {
     /// Print the new session as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub unattended: UnattendedArgs,
+}
+
+/// Settings for running unattended (docs/unattended.md), carried to the VM with each session.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UnattendedArgs {
+    /// POST a JSON notification to this URL when a session ends, retries or goes silent
+    /// (a secret, like the API key: prefer the variable) [env: AMPLIHACK_REMOTE_NOTIFY]
+    #[arg(long, value_name = "URL")]
+    pub notify: Option<String>,
+    /// Retry a transient failure (overload, rate or plan limit, network) up to N times with
+    /// --continue; 0 turns it off [default: 2] [env: AMPLIHACK_REMOTE_RETRIES]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: Option<u32>,
+    /// Flag a session whose output has not grown for M minutes (nothing is killed)
+    /// [default: 30] [env: AMPLIHACK_REMOTE_SILENT_MINUTES]
+    #[arg(long, value_name = "M", value_parser = crate::unattended::parse_silent_minutes)]
+    pub silent_minutes: Option<u32>,
+    /// End a session still running H hours after its agent started (failed, exit 124)
+    /// [default: none] [env: AMPLIHACK_REMOTE_MAX_HOURS]
+    #[arg(long, value_name = "H", value_parser = crate::unattended::parse_max_hours)]
+    pub max_hours: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -427,6 +452,10 @@ pub struct WaitArgs {
     /// Print each ended session as one JSON object per line (JSON Lines)
     #[arg(long)]
     pub json: bool,
+    /// Raise a desktop notification when wait returns (notify-send, osascript; nothing where
+    /// neither exists)
+    #[arg(long)]
+    pub notify: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

@@ -383,6 +383,27 @@ pub fn liveness(owner: &Owner) -> Liveness {
     }
 }
 
+/// Raises a desktop notification with `summary` (`wait --notify`): notify-send on Linux,
+/// osascript on macOS. Where neither exists, or it fails, nothing happens and nothing is said:
+/// the notification is a courtesy, never an error.
+pub fn desktop_notify(summary: &str) {
+    let have = |program: &str| {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| {
+                std::fs::metadata(dir.join(program)).is_ok_and(|m| {
+                    m.is_file()
+                        && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+                })
+            })
+        })
+    };
+    if let Some((program, args)) =
+        crate::unattended::desktop_command(std::env::consts::OS, summary, have)
+    {
+        let _ = run(&Cmd::new(program, args, Duration::from_secs(10)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@ pub mod state;
 pub mod stream;
 pub mod transport;
 pub mod ui;
+pub mod unattended;
 
 use cli::{Cli, TopCommand};
 use error::Result;

@@ -21,6 +21,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::exec::Liveness;
 use crate::model::{Session, SessionStatus};
 use crate::script::Probe;
+use crate::unattended;
 
 /// What a session is on its VM: `session_phase` of `src/vm/lib.sh` (docs/remote-layout.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +176,10 @@ pub struct Transition {
     pub exit_code: Option<i32>,
     pub completed_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
+    /// While it runs, what its supervisor says of it (docs/unattended.md): the retry it waits
+    /// for, or `silent 42m`; and since when its output is silent. Cleared by any other status.
+    pub detail: Option<String>,
+    pub silent_since: Option<DateTime<Utc>>,
     /// Why, in words (for messages and reports).
     pub reason: String,
 }
@@ -195,6 +200,8 @@ fn ended(
         completed_at: Some(at),
         // A session that ends without a reason of its own keeps the one it had.
         error: error.or_else(|| s.error.clone()),
+        detail: None,
+        silent_since: None,
         reason,
     }
 }
@@ -308,6 +315,8 @@ fn to_active(to: SessionStatus, started_at: Option<DateTime<Utc>>, reason: &str)
         exit_code: None,
         completed_at: None,
         error: None,
+        detail: None,
+        silent_since: None,
         reason: reason.into(),
     }
 }
@@ -339,15 +348,36 @@ pub fn decide(s: &Session, event: &Event, seen: &Seen) -> Option<Transition> {
                 }
             }
             match p.phase {
-                Phase::Running => (s.status != S::Running).then(|| {
+                Phase::Running => {
+                    // What its supervisor says while it runs (a retry it waits for, silence):
+                    // it stays running, with a detail (docs/unattended.md).
+                    let detail = unattended::detail(p.detail.as_deref(), p.silent_since, now);
+                    if s.status == S::Running {
+                        return (s.detail != detail || s.silent_since != p.silent_since).then(
+                            || Transition {
+                                to: S::Running,
+                                started_at: s.started_at,
+                                exit_code: None,
+                                completed_at: None,
+                                error: s.error.clone(),
+                                reason: detail.clone().unwrap_or_else(|| "its VM runs it".into()),
+                                detail,
+                                silent_since: p.silent_since,
+                            },
+                        );
+                    }
                     // Started by its VM out of the queue, or confirmed: the VM's start time.
                     let started = if s.status == S::Queued {
                         p.started_at.or(s.started_at)
                     } else {
                         s.started_at.or(p.started_at)
                     };
-                    to_active(S::Running, started, "its VM runs it")
-                }),
+                    Some(Transition {
+                        detail,
+                        silent_since: p.silent_since,
+                        ..to_active(S::Running, started, "its VM runs it")
+                    })
+                }
                 Phase::Queued => (s.status != S::Queued)
                     .then(|| to_active(S::Queued, None, "it waits in its VM's queue")),
                 // Being placed: nothing to say yet (a pending session past any start's time
@@ -373,6 +403,8 @@ pub fn decide(s: &Session, event: &Event, seen: &Seen) -> Option<Transition> {
             exit_code: None,
             completed_at: None,
             error: Some(why.clone()),
+            detail: None,
+            silent_since: None,
             reason: why.clone(),
         }),
         Event::StartDied => (s.status == S::Pending && owner_gone(seen.owner, s.created_at, now))
@@ -390,6 +422,8 @@ pub fn apply(s: &mut Session, t: Transition) {
     s.exit_code = t.exit_code;
     s.completed_at = t.completed_at;
     s.error = t.error;
+    s.detail = t.detail;
+    s.silent_since = t.silent_since;
     if !t.to.is_active() {
         s.kill_request = None;
     }
@@ -466,6 +500,8 @@ mod tests {
             queued: phase == Phase::Queued,
             phase,
             reason: None,
+            detail: None,
+            silent_since: None,
         }
     }
 

@@ -70,6 +70,21 @@ pub struct Session {
     /// The session's head commit that `pull` last fetched into the local repository (ours).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pulled_commit: Option<String>,
+    /// Its unattended settings as started (ours; docs/unattended.md): notify, retries,
+    /// silence, the --max-hours cap. Never the notify URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unattended: Option<crate::unattended::Unattended>,
+    /// What its supervisor says of it while it runs (ours), e.g. `retry 1/2 at 14:05 UTC: API
+    /// overloaded`, or `silent 42m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Since when its output has been silent, while it is (ours).
+    #[serde(
+        with = "opt_timestamp",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub silent_since: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
     /// Written by the Python original (naive timestamps): its timestamps are written back

@@ -425,6 +425,9 @@ pub(crate) mod tests {
             kill_request: None,
             archived_at: None,
             pulled_commit: None,
+            unattended: None,
+            detail: None,
+            silent_since: None,
             extra: Default::default(),
             naive_timestamps: false,
         }

@@ -359,6 +359,8 @@ mod tests {
                 (None, false, None) => Phase::Launching,
             },
             reason: None,
+            detail: None,
+            silent_since: None,
         }
     }
 
@@ -622,6 +624,8 @@ mod tests {
             queued: false,
             phase: if tmux { Phase::Running } else { Phase::Absent },
             reason: None,
+            detail: None,
+            silent_since: None,
         };
         answer_a
             .probes

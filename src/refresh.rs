@@ -726,6 +726,8 @@ mod tests {
                 (None, false) => Phase::Launching,
             },
             reason: None,
+            detail: None,
+            silent_since: None,
         }
     }
 

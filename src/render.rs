@@ -175,6 +175,9 @@ pub fn sessions_newest_first<'a>(
 fn status_text(s: &Session, live: &Live) -> String {
     if s.status.is_active() && live.unreachable.contains(&s.vm_name) {
         format!("{} (vm unreachable)", s.status)
+    } else if let Some(detail) = s.detail.as_deref().filter(|_| s.status.is_active()) {
+        // What its supervisor says while it runs: `running (retry 1/2 at 14:05 UTC)`.
+        format!("{} ({})", s.status, crate::unattended::short_detail(detail))
     } else {
         s.status.to_string()
     }
@@ -251,6 +254,9 @@ fn list_verbose_unescaped(sessions: &[&Session], live: &Live, now: DateTime<Utc>
         );
         if let Some(e) = &s.error {
             let _ = writeln!(out, "  Error:       {}", one_line(e, 500));
+        }
+        if let Some(d) = s.detail.as_deref().filter(|_| s.status.is_active()) {
+            let _ = writeln!(out, "  Detail:      {}", one_line(d, 500));
         }
         if let Some(r) = &s.repo_path {
             let _ = writeln!(out, "  Repository:  {r}");
@@ -417,6 +423,10 @@ pub struct PoolStatus {
     pub cost_basis: &'static str,
     /// Whether power states were read; without them every Azure VM counts as billed.
     pub power_states_known: bool,
+    /// Active sessions whose supervisor says something (a retry it waits for, silence), as
+    /// (id, detail), for the text report; `list --json` carries `detail` per session.
+    #[serde(skip)]
+    pub details: Vec<(String, String)>,
 }
 
 /// Cents are noise at this precision; four places keep list prices such as 1.008 exact.
@@ -461,8 +471,12 @@ pub fn pool_status(
     let mut active: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
     let mut waiting: BTreeMap<&str, Vec<&Session>> = BTreeMap::new();
     let mut counts = SessionCounts::default();
+    let mut details = Vec::new();
     for s in state.sessions.values() {
         counts.total += 1;
+        if let Some(d) = s.detail.as_ref().filter(|_| s.status.is_active()) {
+            details.push((s.session_id.clone(), d.clone()));
+        }
         match s.status {
             SessionStatus::Pending => counts.pending += 1,
             SessionStatus::Queued => counts.queued += 1,
@@ -562,6 +576,7 @@ pub fn pool_status(
         total_cost_since_created_usd,
         cost_basis: COST_BASIS,
         power_states_known: live.power.is_some(),
+        details,
     }
 }
 
@@ -674,6 +689,9 @@ fn status_text_report_unescaped(status: &PoolStatus, now: DateTime<Utc>) -> Stri
         let _ = writeln!(out, "  Queued: {}", c.queued);
     }
     let _ = writeln!(out, "  Running: {}", c.running);
+    for (id, detail) in &status.details {
+        let _ = writeln!(out, "    {id}: {}", one_line(detail, 200));
+    }
     let _ = writeln!(out, "  Completed: {}", c.completed);
     let _ = writeln!(out, "  Failed: {}", c.failed);
     if c.killed > 0 {

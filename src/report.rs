@@ -101,6 +101,12 @@ pub struct ReportRow {
     pub parent_session_id: Option<String>,
     /// The pull request `pull --pr` opened for its branch.
     pub pr_url: Option<String>,
+    /// Its share of its VM's cost, approximately: duration x hourly price / slots (None when
+    /// the price or the VM is unknown). See `add_costs`.
+    pub cost_usd: Option<f64>,
+    /// What its supervisor says while it runs (a retry it waits for, silence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     pub prompt: String,
 }
 
@@ -143,10 +149,38 @@ pub fn rows(
                     && s.pulled_commit == result.and_then(|r| r.head_commit.clone()),
                 parent_session_id: s.parent_session_id().map(str::to_string),
                 pr_url: s.pr_url().map(str::to_string),
+                cost_usd: None,
+                detail: s.detail.clone().filter(|_| s.status.is_active()),
                 prompt: s.prompt.to_string(),
             }
         })
         .collect()
+}
+
+/// Each row's approximate VM cost: its duration times its VM's hourly price (the table of
+/// `status`, `AMPLIHACK_REMOTE_PRICES` included), divided by the VM's slots, as the session's
+/// share of the VM. The local backend costs nothing; an unknown VM or price leaves it unknown.
+pub fn add_costs(
+    rows: &mut [ReportRow],
+    pool: &std::collections::BTreeMap<String, crate::model::VmEntry>,
+    prices: &crate::pool::PriceTable,
+) {
+    for r in rows {
+        let Some(vm) = pool.get(&r.vm_name) else {
+            continue;
+        };
+        let hourly = match vm.backend {
+            crate::model::Backend::Local => Some(0.0),
+            crate::model::Backend::Azure => prices.hourly_usd(&vm.size),
+        };
+        r.cost_usd = match (hourly, r.duration_seconds) {
+            (Some(price), Some(secs)) => {
+                let share = price * secs as f64 / 3600.0 / f64::from(vm.capacity.max(1));
+                Some((share * 10_000.0).round() / 10_000.0)
+            }
+            _ => None,
+        };
+    }
 }
 
 fn files(n: u64) -> String {
@@ -192,11 +226,15 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
                 r.session_id.clone(),
                 if r.vm_unreachable {
                     format!("{} (vm unreachable)", r.status)
+                } else if let Some(d) = &r.detail {
+                    format!("{} ({})", r.status, crate::unattended::short_detail(d))
                 } else {
                     r.status.clone()
                 },
                 or_dash(r.exit_code),
                 r.duration_seconds.map_or_else(|| "-".into(), duration_text),
+                r.cost_usd
+                    .map_or_else(|| "-".into(), |c| format!("${c:.2}")),
                 or_dash(r.commits),
                 if r.uncommitted.is_some() {
                     format!("{changes} *")
@@ -209,7 +247,7 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
         .collect();
     let mut out = render::table(
         &[
-            "SESSION", "STATUS", "EXIT", "DURATION", "COMMITS", "CHANGES", "PROMPT",
+            "SESSION", "STATUS", "EXIT", "DURATION", "COST", "COMMITS", "CHANGES", "PROMPT",
         ],
         &cells,
         |r, c, cell| {
@@ -221,6 +259,7 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
         },
     );
     out.push_str(&total_line(rows));
+    out.push_str(&cost_line(rows));
     let dirty: Vec<&ReportRow> = rows.iter().filter(|r| r.uncommitted.is_some()).collect();
     if !dirty.is_empty() {
         out.push_str(
@@ -285,6 +324,28 @@ pub fn total_line(rows: &[ReportRow]) -> String {
         if commits == 1 { "" } else { "s" },
         changes_text(&changes)
     )
+}
+
+/// `Cost: ~$3.42 of VM time (duration x hourly list price / slots; 1 session of unknown price)`,
+/// or nothing when no row has a price.
+pub fn cost_line(rows: &[ReportRow]) -> String {
+    let known: Vec<f64> = rows.iter().filter_map(|r| r.cost_usd).collect();
+    if known.is_empty() {
+        return String::new();
+    }
+    let unknown = rows.len() - known.len();
+    let total: f64 = known.iter().sum();
+    let mut line =
+        format!("Cost: ~${total:.2} of VM time (duration x hourly price / the VM's slots");
+    if unknown > 0 {
+        let _ = write!(
+            line,
+            "; {unknown} session{} of unknown price left out",
+            if unknown == 1 { "" } else { "s" }
+        );
+    }
+    line.push_str(")\n");
+    line
 }
 
 pub fn json(rows: &[ReportRow]) -> String {
@@ -381,6 +442,37 @@ mod tests {
             ("sess-old".to_string(), result(1, (1, 1, 0), 0)),
         ]);
         (st, results)
+    }
+
+    #[test]
+    fn each_session_costs_its_share_of_its_vm_and_the_total_adds_them() {
+        let (mut st, results) = sample();
+        // 4 slots at $2/h: 65 minutes cost 2 x 65/60 / 4 = $0.5417.
+        st.vm_pool.insert(
+            "vm-a".into(),
+            crate::pool::tests::vm("Standard_X", 4, "eastus"),
+        );
+        let prices = crate::pool::PriceTable::with_overrides("Standard_X=2").unwrap();
+        let now = t0() + Duration::hours(3);
+        let sessions = select(&st, Duration::hours(24), None, now);
+        let mut rows = rows(&sessions, &results, &Live::default(), now);
+        add_costs(&mut rows, &st.vm_pool, &prices);
+        let a = rows.iter().find(|r| r.session_id == "sess-a").unwrap();
+        assert_eq!(a.cost_usd, Some(0.5417));
+        let text = table(&rows, Duration::hours(24), false);
+        assert!(text.contains("1h05m     $0.54"), "{text}");
+        let total: f64 = rows.iter().filter_map(|r| r.cost_usd).sum();
+        assert!(
+            text.contains(&format!("Cost: ~${total:.2} of VM time")),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json(&rows)).unwrap();
+        assert_eq!(json[2]["cost_usd"], 0.5417);
+        // Unknown price: unknown cost, and no cost line at all.
+        let mut rows = super::rows(&sessions, &results, &Live::default(), now);
+        add_costs(&mut rows, &st.vm_pool, &crate::pool::PriceTable::default());
+        assert!(rows.iter().all(|r| r.cost_usd.is_none()));
+        assert!(!table(&rows, Duration::hours(24), false).contains("Cost:"));
     }
 
     #[test]

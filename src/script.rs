@@ -48,13 +48,15 @@ pub fn workspace_path(root: &str, id: &str) -> String {
 /// The shell files that run on a VM (src/vm/): helpers, the control script and the session
 /// supervisor. They are shellchecked as files; here they are only embedded and sent.
 const LIB_SH: &str = include_str!("vm/lib.sh");
+/// Retries, silence, the cap and notifications (docs/unattended.md).
+const UNATTENDED_SH: &str = include_str!("vm/unattended.sh");
 const CONTROL_SH: &str = include_str!("vm/control.sh");
 const SUPERVISOR_SH: &str = include_str!("vm/supervisor.sh");
 
 /// The supervisor as the launch writes it into each session directory: self-contained (the
 /// helpers in front), and a copy per session, so an upgrade never changes it underfoot.
 pub fn supervisor_text() -> String {
-    format!("{LIB_SH}\n{SUPERVISOR_SH}")
+    format!("{LIB_SH}\n{UNATTENDED_SH}\n{SUPERVISOR_SH}")
 }
 
 /// The first line of every control call's answer. azlin can answer a `connect` without
@@ -79,7 +81,7 @@ pub fn framed_answer(stdout: &[u8]) -> Option<&[u8]> {
 /// the subcommand, every value single-quoted), the helpers and the control script, `}`, then
 /// the payload. The group makes bash read everything before it runs anything.
 fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
-    let mut s = String::with_capacity(LIB_SH.len() + CONTROL_SH.len() + 512);
+    let mut s = String::with_capacity(LIB_SH.len() + UNATTENDED_SH.len() + CONTROL_SH.len() + 512);
     s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n");
     s.push_str("printf 'amplihack-remote\\tanswer\\n'\n{\n");
     for (name, value) in vars {
@@ -95,6 +97,8 @@ fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8
     }
     s.push('\n');
     s.push_str(LIB_SH);
+    s.push('\n');
+    s.push_str(UNATTENDED_SH);
     s.push('\n');
     s.push_str(CONTROL_SH);
     s.push_str("\n}\n");
@@ -153,6 +157,8 @@ pub struct LaunchPlan<'a> {
     pub sessions: Vec<LaunchSession<'a>>,
     pub agent_words: &'a [String],
     pub api_key: Option<&'a str>,
+    /// Where the sessions' supervisors send notifications: a secret, handed over like the key.
+    pub notify_url: Option<&'a str>,
     pub workspace_root: &'a str,
     /// File name of the git bundle and its bytes, sent after the script on stdin.
     pub bundle: Option<(&'a str, &'a [u8])>,
@@ -229,6 +235,9 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
                 payload.extend_from_slice(bytes);
             }
         }
+    }
+    if let Some(url) = plan.notify_url {
+        vars.push(("AMPLIHACK_NOTIFY", url));
     }
     let argvs: Vec<(Vec<String>, String)> = plan
         .sessions
@@ -447,6 +456,11 @@ pub struct Probe {
     pub phase: Phase,
     /// Why its placement failed, when it did.
     pub reason: Option<String>,
+    /// What its supervisor says of it while it runs: the retry it waits for
+    /// (docs/unattended.md).
+    pub detail: Option<String>,
+    /// Since when its output has been silent, while it is.
+    pub silent_since: Option<DateTime<Utc>>,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
@@ -477,6 +491,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
         .next()
         .filter(|r| !r.is_empty() && *r != "-")
         .map(String::from);
+    let detail = field(p.next(), |v| Some(v.to_string()));
+    let silent_since = field(p.next(), |v| parse_timestamp(v.trim()).ok());
     Some((
         id,
         Probe {
@@ -492,6 +508,8 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
             queued,
             phase,
             reason,
+            detail,
+            silent_since,
         },
     ))
 }
@@ -982,6 +1000,7 @@ mod tests {
             }],
             agent_words: agent,
             api_key: key,
+            notify_url: None,
             workspace_root: "/workspace",
             bundle,
             wait_for_cloud_init: true,

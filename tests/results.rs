@@ -412,7 +412,7 @@ fn report_shows_a_table_with_a_total_and_json_with_the_same_fields() {
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
         [
-            "SESSION", "STATUS", "EXIT", "DURATION", "COMMITS", "CHANGES", "PROMPT"
+            "SESSION", "STATUS", "EXIT", "DURATION", "COST", "COMMITS", "CHANGES", "PROMPT"
         ]
     );
     let row = |id: &str| -> Vec<&str> {
@@ -425,19 +425,21 @@ fn report_shows_a_table_with_a_total_and_json_with_the_same_fields() {
     };
     let committed = row(&ids[0]);
     assert_eq!(
-        (committed[1], committed[2], committed[4]),
+        (committed[1], committed[2], committed[5]),
         ("completed", "0", "2"),
         "{text}"
     );
-    assert_eq!(&committed[5..9], ["+2", "-0", "(2", "files)"], "{text}");
-    assert_eq!(&row(&ids[1])[5..7], ["none", "*"], "{text}");
+    // Its share of a priced VM: duration x hourly price / slots.
+    assert!(committed[4].starts_with("$0."), "{text}");
+    assert_eq!(&committed[6..10], ["+2", "-0", "(2", "files)"], "{text}");
+    assert_eq!(&row(&ids[1])[6..8], ["none", "*"], "{text}");
     assert_eq!(
         (row(&ids[2])[1], row(&ids[2])[2]),
         ("failed", "3"),
         "{text}"
     );
     assert_eq!(
-        (row(&ids[3])[1], row(&ids[3])[4]),
+        (row(&ids[3])[1], row(&ids[3])[5]),
         ("running", "-"),
         "{text}"
     );
@@ -447,6 +449,7 @@ fn report_shows_a_table_with_a_total_and_json_with_the_same_fields() {
         ),
         "{text}"
     );
+    assert!(text.contains("\nCost: ~$0."), "{text}");
     assert!(stderr(&out).contains("1 session(s) with commits not pulled yet"));
 
     env.clear_calls();
@@ -471,6 +474,7 @@ fn report_shows_a_table_with_a_total_and_json_with_the_same_fields() {
             "insertions",
             "deletions",
             "uncommitted",
+            "cost_usd",
             "prompt",
         ] {
             assert!(r.get(field).is_some(), "{field} missing: {r}");
@@ -480,6 +484,7 @@ fn report_shows_a_table_with_a_total_and_json_with_the_same_fields() {
         .iter()
         .find(|r| r["session_id"] == ids[0].as_str())
         .unwrap();
+    assert!(first["cost_usd"].as_f64().unwrap() >= 0.0, "{first}");
     assert_eq!(
         (
             first["commits"].as_u64(),

@@ -275,6 +275,8 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
         max_vms: None,
         no_queue: args.no_queue,
         yes: args.yes,
+        // Notify, retries, silence and the cap, as for any start (docs/unattended.md).
+        unattended: args.unattended,
     };
     start::run_with(ctx, start_args, Some(&continuation))
 }

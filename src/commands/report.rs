@@ -37,7 +37,8 @@ pub fn run(ctx: &Ctx, args: ReportArgs) -> Result<()> {
             Err(e) => ui::warn(&format!("{e}; its commits and changes are left out")),
         }
     }
-    let rows = report::rows(&sessions, &results, &refreshed.live, now);
+    let mut rows = report::rows(&sessions, &results, &refreshed.live, now);
+    report::add_costs(&mut rows, &refreshed.state.vm_pool, &ctx.settings.prices);
     if args.json {
         ui::print(&report::json(&rows))?;
     } else {

@@ -18,6 +18,7 @@ use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
+use crate::unattended::{self, Unattended};
 use crate::{exec, lifecycle, naming, provision, refresh, ui};
 
 /// What this start asks of the pool.
@@ -98,6 +99,10 @@ struct Target {
     max_vms: Option<u32>,
     /// Prompts beyond the free slots wait in a VM's queue (else they fail).
     queue: bool,
+    /// Retries, silence, the cap, notify (docs/unattended.md), recorded with each session.
+    unattended: Unattended,
+    /// Where the VMs send notifications: a secret, never recorded; handed over like the key.
+    notify_url: Option<String>,
 }
 
 /// What the sessions start from: a repository's HEAD, or (a follow-up) an ended session.
@@ -224,6 +229,9 @@ fn reserve(
             kill_request: None,
             archived_at: None,
             pulled_commit: None,
+            unattended: Some(target.unattended.clone()),
+            detail: None,
+            silent_since: None,
             extra: Default::default(),
             naive_timestamps: false,
         };
@@ -387,6 +395,7 @@ fn launch_on_vm(
             .collect(),
         agent_words: &agent_words,
         api_key: ctx.settings.api_key.as_deref(),
+        notify_url: target.notify_url.as_deref(),
         workspace_root: &target.workspace_root,
         bundle: repo.map(|r| (r.bundle_name.as_str(), r.bundle.as_slice())),
         wait_for_cloud_init: job.backend == Backend::Azure,
@@ -511,6 +520,16 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
         ctx.settings.backend
     };
     let size = pool::size_of(args.size);
+    let u = &args.unattended;
+    let (unattended, notify_url) = unattended::resolve(
+        &unattended::Given {
+            notify: u.notify.clone(),
+            retries: u.retries,
+            silent_minutes: u.silent_minutes,
+            max_hours: u.max_hours,
+        },
+        |name| std::env::var(name).ok(),
+    )?;
     let region = match backend {
         Backend::Local => LOCAL_REGION.to_string(),
         Backend::Azure => args
@@ -540,6 +559,8 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
             Backend::Local => None,
         },
         queue: !args.no_queue,
+        unattended,
+        notify_url,
     })
 }
 

@@ -17,7 +17,7 @@ use crate::exec;
 use crate::model::{Session, SessionStatus, State};
 use crate::script::{self, Probe, StreamFrame, Want};
 use crate::transport::VmRef;
-use crate::{interrupt, refresh, render, stream, ui};
+use crate::{interrupt, refresh, render, stream, ui, unattended};
 
 /// What a VM's watcher reports.
 enum Event {
@@ -139,6 +139,10 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
         }
     });
     if !matches!(outcome, Err(Error::Interrupted)) {
+        if args.notify {
+            let statuses: Vec<&str> = ended.iter().map(|s| s.status.as_str()).collect();
+            exec::desktop_notify(&unattended::wait_summary(&statuses, waiting.len()));
+        }
         archive_ended(ctx, &ended)?;
     }
     outcome?;

@@ -10,10 +10,18 @@
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 [ -n "${AMPLIHACK_LIB:-}" ] || . "${BASH_SOURCE[0]%/*}/lib.sh"
+# shellcheck source=unattended.sh
+[ -n "${AMPLIHACK_UNATTENDED:-}" ] || . "${BASH_SOURCE[0]%/*}/unattended.sh"
 
 # The API key, set by the launch header only; kept in this shell, never exported or written.
 secret=${AMPLIHACK_SECRET:-}
 unset AMPLIHACK_SECRET
+# The notify URL of the sessions a launch starts (a secret like the key, handled like it).
+notify_url=${AMPLIHACK_NOTIFY:-}
+unset AMPLIHACK_NOTIFY
+# The local backend runs this with the user's environment: whatever it starts (the tmux server,
+# supervisors, agents) must not inherit the user's notify URL.
+unset AMPLIHACK_REMOTE_NOTIFY
 supervisor_text=${AMPLIHACK_SUPERVISOR:-}
 unset AMPLIHACK_SUPERVISOR
 drain_first=${AMPLIHACK_DRAIN:-}
@@ -50,10 +58,13 @@ resolve_path() {
 # original, which has no directory, its tmux session), exit code, finish and start times,
 # whether a kill was asked, whether its tmux session exists, whether its launch was cancelled,
 # whether this call claimed it ($2: see claim_unlaunched), whether it waits in the VM's queue,
-# its phase (session_phase in lib.sh: the one judge of what a session is) and why its placement
-# failed. Leaves the phase variables set.
+# its phase (session_phase in lib.sh: the one judge of what a session is), why its placement
+# failed (or the error its supervisor recorded), and what its supervisor says of it while it
+# runs unattended (docs/unattended.md): the retry it waits for, since when its output is silent.
+# Leaves the phase variables set.
 session_facts() {
   local id=$1 claimed=${2:-0} d="$base/sessions/$1" known=0 fin=- st=- tmux_up=0 cancelled=0 queued=0
+  local detail=- silent=-
   tmux has-session -t "=$id" 2>/dev/null && tmux_up=1
   session_phase "$id"
   if [ -d "$d" ]; then
@@ -61,11 +72,14 @@ session_facts() {
     [ -f "$d/finished_at" ] && read_into fin "$d/finished_at"
     [ -f "$d/started_at" ] && read_into st "$d/started_at"
     [ -e "$d/cancelled" ] && cancelled=1
+    [ -f "$d/detail" ] && read_into detail "$d/detail"
+    [ -f "$d/silent_since" ] && read_into silent "$d/silent_since"
   fi
   [ "$phase" = queued ] && queued=1
-  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf 'session\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$id" "$known" "$phase_alive" "$phase_exit" "${fin:--}" "${st:--}" "$phase_kill" "$tmux_up" \
-    "$cancelled" "$claimed" "$queued" "$phase" "$(printf '%s' "${phase_reason:--}" | tr '\t\n\r' '   ')"
+    "$cancelled" "$claimed" "$queued" "$phase" "$(printf '%s' "${phase_reason:--}" | tr '\t\n\r' '   ')" \
+    "$(printf '%s' "${detail:--}" | tr '\t\n\r' '   ')" "${silent:--}"
 }
 
 # A note inside a frame: `note KEY VALUE`, the value on one line.
@@ -477,13 +491,19 @@ place_session() {
   fi
   running=$(running_count)
   if [ ! -e "$d/queued" ] && { [ -z "$capacity" ] || [ "$running" -lt "$capacity" ]; }; then
+    handed_url=$notify_url
     if start_supervisor "$id"; then
       report_launched "$id"
     else
       fail_placement "$id" "$start_error"
     fi
+    handed_url=
   elif [ "$queue_ok" = 1 ]; then
-    [ -e "$d/queued" ] || write_atomic "$d/queued" "$(date +%s%N)"
+    if [ ! -e "$d/queued" ]; then
+      write_atomic "$d/queued" "$(date +%s%N)"
+      # Its notify URL waits in a pipe until it starts, and goes on with the key.
+      hold_notify_url "$d" "$notify_url"
+    fi
     printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
   else
     fail_placement "$id" "no free slot on this VM ($running of $capacity running)"
@@ -547,6 +567,7 @@ cmd_launch() {
   done
   secret=
   [ -n "$restore_dir" ] && rm -rf -- "$restore_dir"
+  notify_url=
   return 0
 }
 
@@ -731,11 +752,17 @@ cmd_kill() {
     if lock_session "$id"; then
       session_phase "$id"
       if [ "$phase" = queued ]; then
+        take_held_url "$d"
         rm -f -- "$d/queued"
         write_atomic "$d/kill_requested" "$signal $(now_utc)"
         write_atomic "$d/cancelled" "$(now_utc)"
         unlock_session
         unlock_vm
+        # Nobody else will tell the one who asked to be told: it never started.
+        notify_url=$held_url
+        send_notification session_ended \
+          "$(notification_json "$d" session_ended killed '' 'killed while it waited in the queue' '' '')" "$d/output.log"
+        notify_url=
         printf 'result\tdequeued\n'
         session_facts "$id"
         return
@@ -760,8 +787,9 @@ cmd_kill() {
   [ -d "$d" ] && write_atomic "$d/kill_requested" "$signal $(now_utc)"
   [ "$group" = 1 ] && end_group "$pid" "$aid" "$signal" "$((grace * 10))" report "$id"
   if [ "$supervisor" = 1 ]; then
-    # Not started its agent yet: it stops before starting it. Else it is recording the exit.
-    [ -z "$pid" ] && kill -TERM "$spid" 2> /dev/null
+    # No agent running (not started yet, or waiting to retry a transient failure): it stops
+    # at the signal. Else it is recording the exit.
+    [ "$group" = 0 ] && kill -TERM "$spid" 2> /dev/null
     n=0
     while [ ! -f "$d/exit_code" ] && process_alive "$spid" "$sid" && [ "$n" -lt 50 ]; do
       sleep 0.1

@@ -135,13 +135,14 @@ unlock_vm() {
   exec {vm_lock_fd}>&-
 }
 
-# Hands `secret` (the API key) to a supervisor just started, through its FIFO: the key is only
-# ever in a pipe, never in a file. Succeeds once the supervisor has taken it (it removes the
-# FIFO); when it never does, the pipe's contents vanish as its last open end closes.
+# Hands `secret` (the API key) and `handed_url` (the session's notify URL) to a supervisor
+# just started, through its FIFO: each NUL-terminated, only ever in a pipe, never in a file.
+# Succeeds once the supervisor has taken them (it removes the FIFO); when it never does, the
+# pipe's contents vanish as its last open end closes.
 hand_key() {
   local fifo=$1 fd n=0
   exec {fd}<> "$fifo" || return 1
-  printf '%s\0' "$secret" >&"$fd"
+  printf '%s\0%s\0' "$secret" "${handed_url:-}" >&"$fd"
   while [ -p "$fifo" ] && [ "$n" -lt 300 ]; do
     sleep 0.1
     n=$((n + 1))
@@ -167,13 +168,15 @@ without_inherited_fds() {
 }
 
 # Starts the supervisor of a prepared session (files and workspace in place) in a detached
-# tmux session, and hands it `secret`. On failure says why in `start_error`.
+# tmux session, and hands it `secret` and `handed_url`. On failure says why in `start_error`.
 start_supervisor() {
   local id=$1 d="$base/sessions/$1" ws pane
   read_into ws "$d/workspace"
   # The FIFO exists before the supervisor does, so the supervisor knows a key is coming.
   rm -f -- "$d/secret.fifo"
-  if [ -n "$secret" ] && ! mkfifo -m 600 -- "$d/secret.fifo"; then
+  local handing=
+  [ -n "$secret" ] || [ -n "${handed_url:-}" ] && handing=1
+  if [ -n "$handing" ] && ! mkfifo -m 600 -- "$d/secret.fifo"; then
     start_error="cannot create $d/secret.fifo"
     return 1
   fi
@@ -186,7 +189,7 @@ start_supervisor() {
   # can tell a live session from a dead one.
   write_atomic "$d/supervisor.id" "$(identity_of "$pane")"
   write_atomic "$d/supervisor.pid" "$pane"
-  if [ -n "$secret" ] && ! hand_key "$d/secret.fifo"; then
+  if [ -n "$handing" ] && ! hand_key "$d/secret.fifo"; then
     tmux kill-session -t "=$id" 2> /dev/null
     start_error="the session's supervisor did not take the API key"
     return 1
@@ -207,7 +210,8 @@ start_supervisor() {
 #                 session exists)
 #   phase_exit    the exit code, `-` when none is recorded
 #   phase_kill    1 when a kill was asked (`kill_requested`)
-#   phase_reason  why its placement failed (phase failed)
+#   phase_reason  why its placement failed (phase failed), or why its supervisor ended it
+#                 (phase ended: `error`, retries spent or --max-hours; docs/unattended.md)
 #   phase_alive   1 when something of it runs
 # Extra facts that other parts of the VM keep in the session directory are read by
 # session_facts, never by callers of this.
@@ -228,8 +232,13 @@ session_phase() {
     read_into phase_exit "$d/exit_code"
     phase_exit=${phase_exit:--}
     phase=ended
-    # A queued session that could not start records why beside its exit code.
-    [ -f "$d/launch_failed" ] && read_into phase_reason "$d/launch_failed"
+    # A queued session that could not start records why beside its exit code; a supervisor
+    # that ended its session itself (retries spent, --max-hours: docs/unattended.md) says why.
+    if [ -f "$d/launch_failed" ]; then
+      read_into phase_reason "$d/launch_failed"
+    elif [ -f "$d/error" ]; then
+      read_into phase_reason "$d/error"
+    fi
     return 0
   fi
   read_into pid "$d/agent.pid"
@@ -312,6 +321,10 @@ drain_queue() {
     else
       # `queued` goes only once the supervisor is recorded: a reader without the lock must
       # never see the session between the queue and its supervisor, and take it for dead.
+      # Its notify URL waited in a pipe (hold_notify_url); it goes on the way the key does.
+      take_held_url "$d"
+      # shellcheck disable=SC2154 # set by take_held_url (unattended.sh)
+      handed_url=$held_url
       if start_supervisor "$id"; then
         rm -f -- "$d/queued"
         [ -n "$report" ] && printf 'drained\t%s\n' "$id"
@@ -324,6 +337,7 @@ drain_queue() {
         rm -f -- "$d/queued"
         [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "$start_error"
       fi
+      handed_url=
     fi
     unlock_session
   done

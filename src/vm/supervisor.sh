@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # amplihack remote: the supervisor of one agent session, the process of its tmux pane.
 # Usage: supervisor.sh SESSION_DIR
-# It takes the API key from the FIFO the launch hands it through (so the key is never at rest
-# on the VM), starts the agent as its own process group with its output logged, shows the log
+# It takes the API key and the notify URL from the FIFO the launch hands them through (so
+# neither is ever at rest on the VM), starts the agent as its own process group with its output logged, shows the log
 # in the pane, and when the agent exits ends whatever the agent left running in its group, then
-# records what it produced (result.json), the finish time and the exit code. Contract:
-# docs/remote-layout.md.
+# records what it produced (result.json), the finish time and the exit code. Unattended
+# (docs/unattended.md): it retries transient failures with `--continue`, flags silence, caps
+# the run at --max-hours and sends notifications. Contract: docs/remote-layout.md.
 # shellcheck source-path=SCRIPTDIR
 # shellcheck source=lib.sh
 [ -n "${AMPLIHACK_LIB:-}" ] || . "${BASH_SOURCE[0]%/*}/lib.sh"
+# shellcheck source=unattended.sh
+[ -n "${AMPLIHACK_UNATTENDED:-}" ] || . "${BASH_SOURCE[0]%/*}/unattended.sh"
 
 d=$1
 id=${d##*/}
@@ -46,57 +49,201 @@ record_session_result() {
 
 key=
 key_missing=
+# The notify URL (a secret, like the key): only ever in this shell's memory.
+notify_url=
 if [ -p "$d/secret.fifo" ]; then
-  # Opened read-write, so the open never blocks; the launch writes the key and a NUL, waits
-  # for the FIFO to disappear, then closes its end.
+  # Opened read-write, so the open never blocks; the launch writes the key, a NUL, the notify
+  # URL and a NUL, waits for the FIFO to disappear, then closes its end.
   exec {key_fd}<> "$d/secret.fifo"
   IFS= read -r -t 60 -d '' key <&"$key_fd" || key_missing=1
+  [ -n "$key_missing" ] || IFS= read -r -t 5 -d '' notify_url <&"$key_fd"
   rm -f -- "$d/secret.fifo"
   exec {key_fd}<&-
 fi
-: >> "$d/output.log"
+log="$d/output.log"
+: >> "$log"
+read_unattended_settings "$d"
+
+# The session's status as the VM tells it in a notification: killed when a kill was asked,
+# else by the exit code (docs/remote-layout.md, "How status is derived").
+ended_status() {
+  if [ -e "$d/kill_requested" ]; then
+    printf killed
+  elif [ "$1" = 0 ]; then
+    printf completed
+  else
+    printf failed
+  fi
+}
+
+# Sends event $1 (session_retrying, session_silent) about the running session, with detail $2.
+notify_running() {
+  [ -n "$notify_url" ] || return 0
+  send_notification "$1" "$(notification_json "$d" "$1" running '' '' "$2" "$PWD")" "$log"
+}
+
+# Records the end (exit code $1, error $2) and sends session_ended.
+end_session() {
+  rm -f -- "$d/silent_since" "$d/detail"
+  if [ -n "$2" ]; then write_atomic "$d/error" "$2"; fi
+  finish "$1"
+  [ -n "$notify_url" ] &&
+    send_notification session_ended "$(notification_json "$d" session_ended "$(ended_status "$1")" "$1" "$2" '' "$PWD")" "$log"
+  return 0
+}
+
 if [ -n "$stop" ]; then
-  printf 'amplihack: the session was stopped before its agent started\n' >> "$d/output.log"
-  finish 143
+  printf 'amplihack: the session was stopped before its agent started\n' >> "$log"
+  end_session 143 ""
   exit 0
 fi
 if [ -n "$key_missing" ]; then
-  printf 'amplihack: the API key never arrived from the launch; the agent was not started\n' >> "$d/output.log"
-  finish 1
+  printf 'amplihack: the API key never arrived from the launch; the agent was not started\n' >> "$log"
+  end_session 1 "the API key never arrived from the launch"
   exit 0
 fi
 
 export NODE_OPTIONS=--max-old-space-size=32768
+# The agent never sees a notify URL (the local backend's environment is the user's).
+unset AMPLIHACK_REMOTE_NOTIFY
 mapfile -d '' -t argv < "$d/argv"
 IFS= read -r -d '' prompt < "$d/prompt"
-write_atomic "$d/started_at" "$(now_utc)"
-set -m
-(
-  [ -n "$key" ] && export ANTHROPIC_API_KEY="$key"
-  export AMPLIHACK_SESSION_ID="$id"
-  exec "${argv[@]}" "$prompt"
-) < /dev/null >> "$d/output.log" 2>&1 &
-pid=$!
-set +m
-agent_id=$(identity_of "$pid")
-write_atomic "$d/agent.id" "$agent_id"
-write_atomic "$d/agent.pid" "$pid"
-# A signal that came between the start and `pid=$!` found no pid to forward to.
-[ -n "$stop" ] && kill -TERM -- "-$pid" 2>/dev/null
+# A retry resumes the agent's conversation: Claude Code's `--continue` before `-p`, and a
+# prompt that says to carry on.
+continue_argv=("${argv[@]}")
+if [ "${#argv[@]}" -gt 0 ] && [ "${argv[-1]}" = -p ]; then
+  continue_argv=("${argv[@]:0:${#argv[@]}-1}" --continue -p)
+else
+  continue_argv+=(--continue)
+fi
+continue_prompt='Your previous run of this task was cut short by a transient failure (the API or the network). Continue the task from where you stopped and finish it.'
+printf -v first_start '%(%s)T' -1
+write_atomic "$d/started_at" "$(date -u -d "@$first_start" +%Y-%m-%dT%H:%M:%SZ)"
+deadline=
+[ -n "$max_seconds" ] && deadline=$((first_start + max_seconds))
+capped=
 
-tail -n +1 -f --pid=$$ -- "$d/output.log" &
-tail_pid=$!
-# A trapped signal cuts `wait` short: wait again until the agent has really exited.
-while :; do
+# Starts the agent as its own process group, its output appended to the log; with $1 =
+# continue, as a retry that resumes its conversation.
+start_agent() {
+  local -a run=("${argv[@]}" "$prompt")
+  [ "${1:-}" = continue ] && run=("${continue_argv[@]}" "$continue_prompt")
+  attempt_offset=$(stat -c %s -- "$log" 2> /dev/null || printf 0)
+  set -m
+  (
+    [ -n "$key" ] && export ANTHROPIC_API_KEY="$key"
+    export AMPLIHACK_SESSION_ID="$id"
+    exec "${run[@]}"
+  ) < /dev/null >> "$log" 2>&1 &
+  pid=$!
+  set +m
+  agent_id=$(identity_of "$pid")
+  write_atomic "$d/agent.id" "$agent_id"
+  write_atomic "$d/agent.pid" "$pid"
+  # A signal that came between the start and `pid=$!` found no pid to forward to.
+  [ -n "$stop" ] && kill -TERM -- "-$pid" 2> /dev/null
+}
+
+# Ends the agent's group for running past --max-hours (TERM, 10 s, KILL).
+cap_agent() {
+  capped=1
+  printf 'amplihack: the session ran past --max-hours %s; ending its agent\n' "$max_hours" >> "$log"
+  end_group "$pid" "$agent_id" TERM 100 "" "$id"
+}
+
+# Waits for the agent to exit (into `rc`), checking each second whether its output went
+# silent (silent_since, one session_silent per silence) and whether it ran past its cap.
+watch_agent() {
+  local size last_size=-1 last_growth now silent='' ticker
+  printf -v last_growth '%(%s)T' -1
+  while process_alive "$pid" "$agent_id"; do
+    printf -v now '%(%s)T' -1
+    if [ -n "$deadline" ] && [ "$now" -ge "$deadline" ] && [ -z "$capped" ]; then
+      cap_agent
+      continue
+    fi
+    size=$(stat -c %s -- "$log" 2> /dev/null || printf 0)
+    if [ "$size" != "$last_size" ]; then
+      [ "$last_size" = -1 ] || last_growth=$now
+      last_size=$size
+      if [ -n "$silent" ]; then
+        silent=
+        rm -f -- "$d/silent_since"
+      fi
+    elif [ -z "$silent" ] && [ $((now - last_growth)) -ge "$silent_seconds" ]; then
+      silent=1
+      write_atomic "$d/silent_since" "$(date -u -d "@$last_growth" +%Y-%m-%dT%H:%M:%SZ)"
+      notify_running session_silent "silent $(((now - last_growth) / 60))m (no output since $(date -u -d "@$last_growth" +%H:%M) UTC)"
+    fi
+    # A second's tick, cut short by the agent's exit (bash 5.1 waits for either; older bash
+    # for any child, which the check above then sorts out).
+    sleep 1 &
+    ticker=$!
+    wait -n "$pid" "$ticker" 2> /dev/null
+    kill "$ticker" 2> /dev/null
+  done
   wait "$pid"
   rc=$?
-  process_alive "$pid" "$agent_id" || break
+  rm -f -- "$d/silent_since"
+  # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
+  # session and hold a slot nobody accounts for.
+  end_group "$pid" "$agent_id" TERM 100 "" "$id"
+}
+
+# Waits until epoch second $1 for a retry; fails when a kill or the cap came first.
+wait_for_retry() {
+  local until=$1 now
+  while :; do
+    [ -z "$stop" ] || return 1
+    printf -v now '%(%s)T' -1
+    if [ -n "$deadline" ] && [ "$now" -ge "$deadline" ]; then
+      capped=1
+      printf 'amplihack: the session ran past --max-hours %s while it waited to retry\n' "$max_hours" >> "$log"
+      return 1
+    fi
+    [ "$now" -lt "$until" ] || return 0
+    sleep 1
+  done
+}
+
+start_agent
+tail -n +1 -f --pid=$$ -- "$log" &
+tail_pid=$!
+attempt=0
+error=
+while :; do
+  watch_agent
+  [ -z "$capped" ] || break
+  [ -z "$stop" ] || break
+  [ "$rc" != 0 ] || break
+  printf -v now '%(%s)T' -1
+  failure=$(tail -c "+$((attempt_offset + 1))" -- "$log" | tail -n 40 | transient_failure "$now") || break
+  reason=${failure#*$'\t'}
+  if [ "$attempt" -ge "$retries" ]; then
+    [ "$retries" = 0 ] || error="$reason (after $retries retries)"
+    break
+  fi
+  attempt=$((attempt + 1))
+  until=$((now + $(retry_wait_seconds "$attempt" "${failure%%$'\t'*}" "$retry_backoff" "$now")))
+  detail="retry $attempt/$retries at $(date -u -d "@$until" +%H:%M) UTC: $reason"
+  write_atomic "$d/detail" "$detail"
+  printf 'amplihack: retry %s/%s at %s: %s\n' "$attempt" "$retries" "$(date -u -d "@$until" +%Y-%m-%dT%H:%M:%SZ)" "$reason" >> "$log"
+  notify_running session_retrying "$detail"
+  if ! wait_for_retry "$until"; then
+    # Killed while it waited: no agent was running to take the signal.
+    [ -n "$stop" ] && rc=143
+    break
+  fi
+  rm -f -- "$d/detail"
+  start_agent continue
 done
-# The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
-# session and hold a slot nobody accounts for.
-end_group "$pid" "$agent_id" TERM 100 "" "$id"
+rm -f -- "$d/detail"
+if [ -n "$capped" ]; then
+  rc=124
+  error="ran past --max-hours $max_hours"
+fi
 record_session_result
-finish "$rc"
+end_session "$rc" "$error"
 # A slot is free: start what waits in this VM's queue, handing on the key held here (the only
 # copy of it on the VM, never written down).
 secret=$key

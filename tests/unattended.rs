@@ -1,0 +1,559 @@
+//! Running unattended (docs/unattended.md): notifications the VM sends, transient failures
+//! retried with `--continue`, silence flagged, runaways capped. A receiver on 127.0.0.1
+//! records what the VMs post.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use serde_json::Value;
+
+/// The secret part of every notify URL here: it must never be found at rest or in an argv.
+const URL_SECRET: &str = "T0-hook-SECRETPATH-9f3e";
+
+/// One notification as received: when, its Content-Type, its body.
+#[derive(Debug, Clone)]
+struct Received {
+    at: SystemTime,
+    content_type: String,
+    body: Value,
+}
+
+/// A local HTTP receiver: records every POST, answers 200. It stops when dropped (and on its
+/// own after 10 minutes).
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            while !s.load(Ordering::SeqCst) && began.elapsed() < Duration::from_secs(600) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if let Some(r) = read_request(conn) {
+                            g.lock().unwrap().push(r);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Receiver { port, got, stop }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/{URL_SECRET}", self.port)
+    }
+
+    fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    fn of(&self, id: &str) -> Vec<Received> {
+        self.all()
+            .into_iter()
+            .filter(|r| r.body["session_id"] == id)
+            .collect()
+    }
+
+    fn events_of(&self, id: &str) -> Vec<String> {
+        self.of(id)
+            .iter()
+            .map(|r| r.body["event"].as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+
+    /// Waits until `id` has a notification of `event`, and returns it.
+    fn wait_event(&self, id: &str, event: &str, limit: Duration) -> Received {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.of(id).into_iter().find(|r| r.body["event"] == event) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {event} for {id} within {limit:?}; got {:?}",
+                self.all().iter().map(|r| &r.body).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn read_request(mut conn: TcpStream) -> Option<Received> {
+    conn.set_nonblocking(false).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    Some(Received {
+        at: SystemTime::now(),
+        content_type: header("content-type"),
+        body: serde_json::from_slice(&buf[header_end..]).unwrap_or(Value::Null),
+    })
+}
+
+/// Every process's argv on this machine now: the URL must be in none.
+fn assert_url_in_no_argv() {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            assert!(
+                !String::from_utf8_lossy(&cmdline).contains(URL_SECRET),
+                "the notify URL is in the argv of {}: {:?}",
+                entry.path().display(),
+                String::from_utf8_lossy(&cmdline)
+            );
+        }
+    }
+}
+
+/// Nowhere at rest: state, azlin's argv log, any file of ours on a VM or in the archive.
+fn assert_url_at_rest_nowhere(env: &TestEnv) {
+    let mut files = env.files_of_ours_on_vms();
+    files.push(env.state_path());
+    files.push(env.azlin_home().join("calls.log"));
+    files.extend(agent_record_files(&env.home()));
+    for file in files {
+        if let Ok(bytes) = std::fs::read(&file) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(URL_SECRET),
+                "the notify URL is in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn agent_record_files(home: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(home.join("agent-records"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+fn start(env: &TestEnv, extra: &[&str], prompts: &[&str]) -> Vec<String> {
+    let mut args = vec!["start", "--no-context", "--json"];
+    args.extend(extra);
+    args.extend(prompts);
+    let out = env.run(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    started_ids(&out)
+}
+
+fn local_env(receiver: &Receiver) -> TestEnv {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_REMOTE_NOTIFY", &receiver.url());
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "1");
+    env
+}
+
+/// A session's directory on its VM (this machine's home for `local`).
+fn dir_of(env: &TestEnv, vm: &str, id: &str) -> std::path::PathBuf {
+    if vm == "local" {
+        env.home().join(".amplihack/remote/sessions").join(id)
+    } else {
+        env.session_dir(vm, id)
+    }
+}
+
+fn log_of(env: &TestEnv, vm: &str, id: &str) -> String {
+    std::fs::read_to_string(dir_of(env, vm, id).join("output.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_session_that_ends_is_notified_with_every_field_and_the_url_is_nowhere() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    let ids = start(&env, &[], &["SLEEP=1 implement \"user\" auth ünï"]);
+    let id = &ids[0];
+    // While it runs: the URL in no process's argv.
+    assert_url_in_no_argv();
+    let got = receiver.wait_event(id, "session_ended", Duration::from_secs(30));
+    let b = &got.body;
+    assert_eq!(got.content_type, "application/json");
+    assert_eq!(b["status"], "completed");
+    assert_eq!(b["exit_code"], 0);
+    assert_eq!(b["vm_name"], "local");
+    assert_eq!(b["prompt"], "SLEEP=1 implement \"user\" auth ünï");
+    assert!(b["duration_s"].as_i64().unwrap() >= 1, "{b}");
+    assert!(b["reason"].is_null(), "{b}");
+    assert!(
+        b.get("commits").is_some() && b.get("files_changed").is_some(),
+        "{b}"
+    );
+    let text = b["text"].as_str().unwrap();
+    assert_eq!(b["content"], b["text"]);
+    assert!(text.starts_with(&format!("{id} completed in ")), "{text}");
+    assert!(
+        text.ends_with(": \"SLEEP=1 implement \"user\" auth ünï\""),
+        "{text}"
+    );
+    // Latency: from the finish the VM recorded to the notification's arrival.
+    let finished = std::fs::read_to_string(dir_of(&env, "local", id).join("finished_at")).unwrap();
+    let finished: chrono::DateTime<chrono::Utc> = finished.trim().parse().unwrap();
+    let arrived: chrono::DateTime<chrono::Utc> = got.at.into();
+    let latency = (arrived - finished).num_milliseconds();
+    eprintln!("notification latency after the recorded finish: {latency} ms");
+    assert!(latency < 10_000, "{latency} ms");
+    assert_eq!(receiver.of(id).len(), 1);
+    let s = env.wait_finished(id);
+    assert_eq!(s["unattended"]["notify"], true);
+    assert_url_at_rest_nowhere(&env);
+    assert_url_in_no_argv();
+}
+
+fn list_json_of(env: &TestEnv, id: &str) -> Value {
+    let out = env.run(&["list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    list.as_array()
+        .and_then(|a| a.iter().find(|s| s["session_id"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_transient_failure_is_retried_in_the_same_session_with_continue() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    let ids = start(
+        &env,
+        &[],
+        &["TRANSIENT=overloaded FAILS=2 finish the parser"],
+    );
+    let id = &ids[0];
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(60));
+    assert_eq!(ended.body["status"], "completed", "{}", ended.body);
+    let s = env.wait_finished(id);
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["exit_code"], 0);
+    assert!(s.get("detail").is_none(), "{s}");
+    // Two retries, each with --continue and a marker line; one log, one workspace.
+    let runs = std::fs::read_to_string(env.agent_record("local", id).join("runs")).unwrap();
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert!(!runs[0].contains("--continue"));
+    assert!(
+        runs[1].contains("--continue -p") && runs[2].contains("--continue -p"),
+        "{runs:?}"
+    );
+    let log = log_of(&env, "local", id);
+    let markers: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("amplihack: retry "))
+        .collect();
+    assert_eq!(markers.len(), 2, "{log}");
+    assert!(
+        markers[0].starts_with("amplihack: retry 1/2 at 20"),
+        "{}",
+        markers[0]
+    );
+    assert!(markers[0].ends_with("Z: API overloaded"), "{}", markers[0]);
+    assert!(
+        markers[1].starts_with("amplihack: retry 2/2 at "),
+        "{}",
+        markers[1]
+    );
+    assert!(log.contains("agent: continuing the conversation"));
+    let events = receiver.events_of(id);
+    assert_eq!(
+        events,
+        ["session_retrying", "session_retrying", "session_ended"]
+    );
+    let retrying = &receiver.of(id)[0].body;
+    assert_eq!(retrying["status"], "running");
+    assert!(
+        retrying["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("retry 1/2 at "),
+        "{retrying}"
+    );
+    assert!(
+        retrying["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(" UTC: API overloaded"),
+        "{retrying}"
+    );
+}
+
+#[test]
+fn spent_retries_fail_with_the_last_reason_and_zero_turns_retrying_off() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    let ids = start(&env, &["--retries", "1"], &["TRANSIENT=429 FAILS=9 spent"]);
+    let s = env.wait_finished(&ids[0]);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["exit_code"], 1);
+    assert_eq!(s["error"], "rate limited (after 1 retries)");
+    assert_eq!(s["unattended"]["retries"], 1);
+    let ended = receiver.wait_event(&ids[0], "session_ended", Duration::from_secs(20));
+    assert_eq!(ended.body["reason"], "rate limited (after 1 retries)");
+    assert_eq!(ended.body["exit_code"], 1);
+    assert!(
+        ended.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("failed (exit 1)"),
+        "{}",
+        ended.body
+    );
+
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_REMOTE_RETRIES", "0");
+    let ids = start(&env, &[], &["TRANSIENT=econnreset no retry"]);
+    let s = env.wait_finished(&ids[0]);
+    assert_eq!(s["status"], "failed");
+    assert!(s.get("error").is_none(), "{s}");
+    let runs = std::fs::read_to_string(env.agent_record("local", &ids[0]).join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1);
+}
+
+#[test]
+fn a_session_waiting_to_retry_says_why_and_a_kill_ends_it_within_seconds() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "300");
+    let ids = start(&env, &[], &["TRANSIENT=server waiting"]);
+    let id = &ids[0];
+    receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+    let s = list_json_of(&env, id);
+    assert_eq!(s["status"], "running", "{s}");
+    let detail = s["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.starts_with("retry 1/2 at ") && detail.ends_with(" UTC: API server error 500"),
+        "{detail}"
+    );
+    let table = stdout(&env.run(&["list", "--no-refresh"]));
+    let short = detail.split(": ").next().unwrap();
+    assert!(table.contains(&format!("running ({short})")), "{table}");
+    let status = stdout(&env.run(&["status", "--no-refresh"]));
+    assert!(status.contains(&detail), "{status}");
+    let began = Instant::now();
+    let out = env.run(&["kill", id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = env.wait_finished(id);
+    eprintln!("kill during a retry wait took {:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(s["status"], "killed", "{s}");
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(20));
+    assert_eq!(ended.body["status"], "killed");
+    // It never ran again.
+    let runs = std::fs::read_to_string(env.agent_record("local", id).join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1);
+}
+
+#[test]
+fn a_silent_session_is_flagged_once_and_not_killed() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_REMOTE_SILENT_SECONDS", "2");
+    let ids = start(&env, &["--silent-minutes", "1"], &["SLEEP=7 quiet one"]);
+    let id = &ids[0];
+    let silent = receiver.wait_event(id, "session_silent", Duration::from_secs(20));
+    assert_eq!(silent.body["status"], "running");
+    assert!(
+        silent.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("silent 0m"),
+        "{}",
+        silent.body
+    );
+    let s = list_json_of(&env, id);
+    assert_eq!(s["status"], "running", "{s}");
+    assert_eq!(s["detail"], "silent 0m");
+    assert!(s["silent_since"].is_string(), "{s}");
+    let table = stdout(&env.run(&["list", "--no-refresh"]));
+    assert!(table.contains("running (silent 0m)"), "{table}");
+    let s = env.wait_finished(id);
+    assert_eq!(s["status"], "completed", "{s}");
+    assert!(
+        s.get("silent_since").is_none() && s.get("detail").is_none(),
+        "{s}"
+    );
+    receiver.wait_event(id, "session_ended", Duration::from_secs(20));
+    assert_eq!(receiver.events_of(id), ["session_silent", "session_ended"]);
+    assert_eq!(s["unattended"]["silent_minutes"], 1);
+}
+
+#[test]
+fn a_runaway_is_capped_at_max_hours_with_exit_124() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    // 0.001 h = 3.6 s.
+    let ids = start(
+        &env,
+        &["--max-hours", "0.001"],
+        &["SLEEP=120 IGNORE runaway"],
+    );
+    let id = &ids[0];
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(40));
+    let s = env.wait_finished(id);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["exit_code"], 124);
+    assert_eq!(s["error"], "ran past --max-hours 0.001");
+    assert_eq!(ended.body["reason"], "ran past --max-hours 0.001");
+    assert_eq!(ended.body["exit_code"], 124);
+    // The whole group ended: nothing of the agent lives.
+    let pid = std::fs::read_to_string(dir_of(&env, "local", id).join("agent.pid")).unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{}", pid.trim())).exists() || {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+            stat.contains(") Z ")
+        }
+    );
+}
+
+#[test]
+fn a_receiver_that_is_down_changes_nothing_but_one_log_line() {
+    let down = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut env = TestEnv::local();
+    env.set(
+        "AMPLIHACK_REMOTE_NOTIFY",
+        &format!("http://127.0.0.1:{down}/hooks/{URL_SECRET}"),
+    );
+    let ids = start(&env, &[], &["EXIT=0 nobody listens"]);
+    let s = env.wait_finished(&ids[0]);
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["exit_code"], 0);
+    // 3 tries, 2 + 4 s apart.
+    env.wait_for("the delivery failure line", Duration::from_secs(30), || {
+        log_of(&env, "local", &ids[0]).contains("notification was not delivered")
+    });
+    let log = log_of(&env, "local", &ids[0]);
+    let line = log.lines().find(|l| l.contains("not delivered")).unwrap();
+    assert!(
+        line.starts_with(
+            "amplihack: the session_ended notification was not delivered after 3 tries: "
+        ),
+        "{line}"
+    );
+    assert!(!log.contains(URL_SECRET));
+    assert_url_at_rest_nowhere(&env);
+}
+
+#[test]
+fn a_queued_session_is_notified_too_started_or_killed_in_the_queue() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let ids = start(
+        &env,
+        &[],
+        &["SLEEP=2 first", "SLEEP=0 second", "SLEEP=0 third"],
+    );
+    assert_eq!(env.session(&ids[1])["status"], "queued");
+    // While queued, the URL waits in a pipe: in no file, in no argv.
+    assert_url_at_rest_nowhere(&env);
+    assert_url_in_no_argv();
+    let out = env.run(&["kill", &ids[2]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let killed = receiver.wait_event(&ids[2], "session_ended", Duration::from_secs(20));
+    assert_eq!(killed.body["status"], "killed");
+    let second = receiver.wait_event(&ids[1], "session_ended", Duration::from_secs(40));
+    assert_eq!(second.body["status"], "completed");
+    receiver.wait_event(&ids[0], "session_ended", Duration::from_secs(10));
+    assert_eq!(env.wait_finished(&ids[1])["status"], "completed");
+    assert_url_at_rest_nowhere(&env);
+}
+
+#[test]
+fn wait_notify_raises_a_desktop_notification_and_nothing_where_there_is_none() {
+    let env = TestEnv::local();
+    // A notify-send of our own on PATH records what it was asked to show.
+    let fake = env.root().join("bin/notify-send");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}/notified\n",
+            env.root().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ids = start(&env, &[], &["SLEEP=1 one", "EXIT=3 two"]);
+    let out = env.run(&["wait", "--notify", &ids[0], &ids[1]]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let shown = std::fs::read_to_string(env.root().join("notified")).unwrap();
+    assert!(
+        shown.contains("amplihack remote\n2 sessions ended: "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("1 completed") && shown.contains("1 failed"),
+        "{shown}"
+    );
+    // Without notify-send (or osascript): no error, nothing said about it.
+    std::fs::remove_file(&fake).unwrap();
+    std::fs::remove_file(env.root().join("notified")).unwrap();
+    let out = env.run(&["wait", "--notify", &ids[0]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.root().join("notified").exists());
+    assert!(!stderr(&out).contains("notify"), "{}", stderr(&out));
+}
