@@ -585,6 +585,47 @@ mod tests {
     }
 
     #[test]
+    fn running_takes_its_supervisors_detail_and_drops_it_when_it_ends() {
+        let mut s = session(S::Running);
+        let retrying = Probe {
+            detail: Some("retry 1/2 at 14:05 UTC: API overloaded".into()),
+            ..probe(Phase::Running)
+        };
+        let tr = decide(&s, &Event::Observed(&retrying), &seen(None)).unwrap();
+        assert_eq!(tr.to, S::Running);
+        assert_eq!(
+            tr.detail.as_deref(),
+            Some("retry 1/2 at 14:05 UTC: API overloaded")
+        );
+        apply(&mut s, tr);
+        // Told again: nothing changes.
+        assert_eq!(decide_obs(&s, &retrying, &seen(None)), None);
+        // Silence wins, in whole minutes as of now.
+        let silent = Probe {
+            silent_since: Some(seen(None).now - Duration::minutes(42)),
+            ..probe(Phase::Running)
+        };
+        let tr = decide(&s, &Event::Observed(&silent), &seen(None)).unwrap();
+        assert_eq!(
+            (&tr.to, tr.detail.as_deref()),
+            (&S::Running, Some("silent 42m"))
+        );
+        assert_eq!(tr.silent_since, silent.silent_since);
+        apply(&mut s, tr);
+        // Its end clears both; the supervisor's error (retries spent, the cap) is recorded.
+        let capped = Probe {
+            reason: Some("ran past --max-hours 2".into()),
+            ..ended_with(124)
+        };
+        let tr = decide(&s, &Event::Observed(&capped), &seen(None)).unwrap();
+        assert_eq!(
+            (tr.to, tr.error.as_deref()),
+            (S::Failed, Some("ran past --max-hours 2"))
+        );
+        assert_eq!((tr.detail, tr.silent_since), (None, None));
+    }
+
+    #[test]
     fn queued_starts_at_the_vms_time_and_is_never_ended_while_queued() {
         let s = session(S::Queued);
         // Case 1: still queued: nothing to change, nothing ended.
