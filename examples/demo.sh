@@ -2,7 +2,7 @@
 # A one-minute tour of amplihack remote on the local backend: no Azure account needed.
 # It builds the tool, starts three agent sessions on this machine (with the demo agent,
 # examples/demo-agent.sh), lists them, reads one's output, kills one, waits for the rest and
-# shows the final list and pool status. Everything lives in a temporary directory with its
+# shows what each produced (report) and the pool status. Everything lives in a temporary directory with its
 # own tmux server, so your own state file, workspaces and tmux sessions are not touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +31,10 @@ step list
 sleep 6
 step output "${sessions[0]}" --lines 5
 step kill "${sessions[1]}"
-echo
-echo "Waiting for the other sessions to finish..."
-while "$bin" remote list --json --status running | grep -q session_id; do sleep 2; done
-step list
+# wait blocks until the sessions end, printing each end; it exits 1 here, since one session
+# was killed and one fails on purpose.
+step wait || true
+step report
 step status
 echo
 echo "Done: ${#sessions[@]} sessions ran on this machine. The same commands drive Azure VMs through azlin."

@@ -708,3 +708,34 @@ fn report_says_24h_for_its_default_window() {
         stdout(&out)
     );
 }
+
+#[test]
+fn the_man_page_has_environment_and_files() {
+    let env = TestEnv::new();
+    let out = env.run(&["man"]);
+    let page = stdout(&out);
+    assert!(page.contains(".SH ENVIRONMENT"), "no ENVIRONMENT");
+    assert!(page.contains(".SH FILES"), "no FILES");
+    for name in [
+        "ANTHROPIC_API_KEY",
+        "AMPLIHACK_REMOTE_STATE",
+        "AMPLIHACK_REMOTE_ARCHIVE",
+        "AZURE_REGION",
+        "remote\\-archive",
+        "remote\\-state.json.lock",
+    ] {
+        assert!(page.contains(name), "the page lacks {name}");
+    }
+}
+
+#[test]
+fn the_demo_waits_with_wait_and_shows_report() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.sh")).unwrap();
+    assert!(demo.contains("step wait"), "{demo}");
+    assert!(demo.contains("step report"), "{demo}");
+    assert!(
+        !demo.contains("while \"$bin\" remote list"),
+        "no shell loop over list: {demo}"
+    );
+}

@@ -51,6 +51,144 @@ fn write_roff(out: &mut Vec<u8>, roff: &Roff) {
     roff.to_writer(out).expect("rendering to memory");
 }
 
+/// ENVIRONMENT: every variable the program reads, what it does and its default (README.md has
+/// the same table with more words; a test keeps the two lists equal).
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "ANTHROPIC_API_KEY",
+        "API key for Claude; required unless AMPLIHACK_REMOTE_AGENT is set. It reaches the VM on the stdin of the launch call only: never an argv, the state file, a log or a file on the VM.",
+    ),
+    (
+        "AMPLIHACK_REMOTE_STATE",
+        "The state file: an absolute path or one starting with ~/ (default ~/.amplihack/remote-state.json).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_ARCHIVE",
+        "Where finished sessions' results are kept, one directory per session; an absolute path (default: remote-archive/ beside the state file).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP",
+        "Bytes of a session's log its archive keeps (default 67108864).",
+    ),
+    (
+        "AZURE_REGION",
+        "Default Azure region, case-insensitive (default eastus).",
+    ),
+    (
+        "AMPLIHACK_AZURE_REGIONS",
+        "Comma-separated fallback regions tried in order on a quota error; empty for none (default westus3,eastus,centralus).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_BACKEND",
+        "azure or local (this machine is the pool VM local) (default azure).",
+    ),
+    (
+        "AMPLIHACK_LOCAL_SLOTS",
+        "Sessions the local backend runs at once (default one per 32 GB of memory).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_AGENT",
+        "A command line replacing amplihack claude (default amplihack claude; on the local backend the Python amplihack found on PATH).",
+    ),
+    (
+        "AMPLIHACK_AZLIN",
+        "Path of the azlin binary (default azlin on PATH).",
+    ),
+    (
+        "AMPLIHACK_RESOURCE_GROUP",
+        "Passed to azlin as --resource-group (default azlin's own).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_WORKSPACE",
+        "Workspace root on Azure VMs (default /workspace).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_PARALLEL",
+        "Most azlin calls at once (default 16).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_TIMEOUT",
+        "Caps every azlin call's timeout, in seconds.",
+    ),
+    (
+        "AMPLIHACK_REMOTE_KILL_GRACE",
+        "Seconds kill waits after SIGTERM before SIGKILL (default 10).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_FOLLOW_INTERVAL",
+        "How often a stream checks for news on the VM, in seconds (default 0.2).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_STREAM_TIMEOUT",
+        "Seconds a stream may stay silent before its connection is taken for dead (default 45).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_RECONNECT_FOR",
+        "Seconds output --follow and wait keep reconnecting before they give up (default 300).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_MAX_VMS",
+        "The most pool VMs of a region a start may end up with; the rest queue (default no cap).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_CONFIRM_VMS",
+        "The most new VMs one start creates without asking; above it start states the hourly cost and asks on a terminal, and refuses off one unless --yes (default 10).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_SSH_RETRY_DELAY",
+        "Seconds between launch attempts on a new VM that does not answer ssh yet (default 15).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_PRICES",
+        "USD per hour per VM size for status, e.g. Standard_E16s_v5=1.10 (default list prices).",
+    ),
+    (
+        "NO_COLOR",
+        "Disables colour; colour is only used on a terminal, never with TERM=dumb.",
+    ),
+    (
+        "AMPLIHACK_REMOTE_FORWARDED_FROM",
+        "Set by this program when it hands a command to another amplihack: the programs the command passed through, skipped by the next lookup so a wrapper cannot loop.",
+    ),
+    (
+        "AMPLIHACK_REMOTE_IDENTIFY",
+        "Set by this program when it asks a candidate amplihack who it is: this program then prints its answer and exits.",
+    ),
+];
+
+/// FILES: what the program keeps where.
+const FILES: &[(&str, &str)] = &[
+    (
+        "~/.amplihack/remote-state.json",
+        "The state file (AMPLIHACK_REMOTE_STATE): sessions and pool VMs, shared with the Python original, written whole by atomic rename.",
+    ),
+    (
+        "~/.amplihack/remote-state.json.lock",
+        "Its lock, held across each read-modify-write; the Python original's lock, remote-state.lock, is held too.",
+    ),
+    (
+        "~/.amplihack/remote-archive/",
+        "Finished sessions' results, one directory per session (AMPLIHACK_REMOTE_ARCHIVE, beside the state file).",
+    ),
+    (
+        "~/.amplihack/remote/ (on each VM)",
+        "A session's files on its VM: record, log, exit code, results; pane-follow/ while a Python original's session is followed.",
+    ),
+    (
+        "~/.amplihack/workspaces/",
+        "The local backend's workspaces.",
+    ),
+];
+
+fn definition_list(roff: &mut Roff, heading: &str, items: &[(&str, &str)]) {
+    roff.control("SH", [heading]);
+    for (name, text) in items {
+        roff.control("TP", []);
+        roff.text([bold(*name)]);
+        roff.text([roman(*text)]);
+    }
+}
+
 /// The whole page.
 pub fn page() -> Vec<u8> {
     let remote = remote_command();
@@ -111,6 +249,8 @@ pub fn page() -> Vec<u8> {
                 .trim_start_matches('\n'),
         );
     }
+    definition_list(&mut roff, "ENVIRONMENT", ENVIRONMENT);
+    definition_list(&mut roff, "FILES", FILES);
     roff.control("SH", ["EXIT STATUS"]);
     for (code, meaning) in EXIT_CODES {
         roff.control("TP", []);
@@ -138,6 +278,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_environment_section_and_the_readme_name_the_same_variables() {
+        let readme = include_str!("../../README.md");
+        let in_readme: std::collections::BTreeSet<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|name| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        let in_page: std::collections::BTreeSet<&str> =
+            ENVIRONMENT.iter().map(|(name, _)| *name).collect();
+        assert_eq!(in_page, in_readme);
+    }
+
+    #[test]
     fn the_page_is_roff_and_covers_every_command() {
         let text = String::from_utf8(page()).unwrap();
         assert!(text.starts_with(".ie") || text.starts_with(".TH"), "{text}");
@@ -152,6 +306,11 @@ mod tests {
             assert!(text.contains(option), "no {option}");
         }
         assert!(text.contains(".SH \"EXIT STATUS\"") && text.contains("Session not found"));
+        assert!(text.contains(".SH ENVIRONMENT") && text.contains(".SH FILES"));
+        assert!(
+            text.contains("AMPLIHACK_REMOTE_CONFIRM_VMS")
+                && text.contains("remote\\-state.json.lock")
+        );
         // Only our own headings: none of clap_mangen's per-section ones slipped into COMMANDS.
         assert_eq!(text.matches(".SH SYNOPSIS").count(), 1);
         assert_eq!(text.matches(".SH OPTIONS").count(), 0);
