@@ -557,3 +557,299 @@ fn wait_notify_raises_a_desktop_notification_and_nothing_where_there_is_none() {
     assert!(!env.root().join("notified").exists());
     assert!(!stderr(&out).contains("notify"), "{}", stderr(&out));
 }
+
+/// The morning: 8 sessions on one stand-in azlin VM, started and left alone. Two hit transient
+/// failures and are retried to success, one runs away and is capped, one goes silent, four are
+/// plain. The receiver gets exactly the notifications expected, and the URL is nowhere.
+#[test]
+fn a_morning_of_eight_sessions_sends_exactly_the_notifications_expected() {
+    let receiver = Receiver::start();
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_NOTIFY", &receiver.url());
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "1");
+    env.set("AMPLIHACK_REMOTE_SILENT_SECONDS", "3");
+    let prompts = [
+        "LINES=3 plain one",
+        "COMMIT=2 plain two",
+        "EDIT=1 plain three",
+        "plain four",
+        "TRANSIENT=overloaded retried once",
+        "TRANSIENT=429 FAILS=2 retried twice",
+        "TICK=900 runs away",
+        "SLEEP=6 goes silent",
+    ];
+    let mut args = vec![
+        "start",
+        "--no-context",
+        "--json",
+        "--size",
+        "xl",
+        "--max-hours",
+        "0.003",
+    ];
+    args.extend(prompts);
+    let out = env.run(&args);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ids = started_ids(&out);
+    assert_eq!(ids.len(), 8);
+    // 0.003 h is 10.8 s: every other session ends well before.
+    let began = Instant::now();
+    while receiver
+        .all()
+        .iter()
+        .filter(|r| r.body["event"] == "session_ended")
+        .count()
+        < 8
+    {
+        assert_url_in_no_argv();
+        assert!(
+            began.elapsed() < Duration::from_secs(90),
+            "{:?}",
+            receiver.all()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `wait` sees the same ends; no notification comes late or twice (a short settle: the
+    // senders run in the background on the VM).
+    let out = env.run(&["wait", "--all"]);
+    assert_eq!(code(&out), 1, "the runaway failed: {}", stderr(&out));
+    std::thread::sleep(Duration::from_secs(2));
+    let expect: [(&str, &[&str], &str); 8] = [
+        (ids[0].as_str(), &["session_ended"], "completed"),
+        (&ids[1], &["session_ended"], "completed"),
+        (&ids[2], &["session_ended"], "completed"),
+        (&ids[3], &["session_ended"], "completed"),
+        (&ids[4], &["session_retrying", "session_ended"], "completed"),
+        (
+            &ids[5],
+            &["session_retrying", "session_retrying", "session_ended"],
+            "completed",
+        ),
+        (&ids[6], &["session_ended"], "failed"),
+        (&ids[7], &["session_silent", "session_ended"], "completed"),
+    ];
+    let list: Value = serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    for (id, events, status) in expect {
+        assert_eq!(receiver.events_of(id), events, "{id}");
+        let ended = receiver.wait_event(id, "session_ended", Duration::ZERO);
+        assert_eq!(ended.body["status"], status, "{id}: {}", ended.body);
+        let s = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session_id"] == id)
+            .unwrap();
+        assert_eq!(s["status"], status, "{s}");
+    }
+    assert_eq!(receiver.all().len(), 12);
+    let capped = receiver
+        .wait_event(&ids[6], "session_ended", Duration::ZERO)
+        .body;
+    assert_eq!(
+        (capped["exit_code"].as_i64(), capped["reason"].as_str()),
+        (Some(124), Some("ran past --max-hours 0.003"))
+    );
+    let twice = receiver.of(&ids[5]);
+    assert_eq!(
+        twice[1].body["detail"]
+            .as_str()
+            .map(|d| d.starts_with("retry 2/2 at ")),
+        Some(true)
+    );
+    // How soon after the VM recorded each end its notification arrived.
+    let vm = env.vm_of(&ids[0]);
+    let mut latencies = Vec::new();
+    for id in &ids {
+        let finished = std::fs::read_to_string(dir_of(&env, &vm, id).join("finished_at")).unwrap();
+        let finished: chrono::DateTime<chrono::Utc> = finished.trim().parse().unwrap();
+        let arrived: chrono::DateTime<chrono::Utc> = receiver
+            .wait_event(id, "session_ended", Duration::ZERO)
+            .at
+            .into();
+        latencies.push((arrived - finished).num_milliseconds());
+    }
+    latencies.sort();
+    eprintln!("session_ended latency after the recorded finish (ms): {latencies:?}");
+    assert!(latencies.iter().all(|l| *l < 10_000), "{latencies:?}");
+    assert_url_at_rest_nowhere(&env);
+    for file in env.files_of_ours_on_vms() {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(URL_SECRET),
+            "{}",
+            file.display()
+        );
+    }
+    let records = env.vm_dir(&vm).join("home");
+    for f in agent_record_files(&records) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(URL_SECRET),
+            "{}",
+            f.display()
+        );
+    }
+    // The report prices each session's share of the VM.
+    let report: Value = serde_json::from_slice(&env.run(&["report", "--json"]).stdout).unwrap();
+    assert!(
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["cost_usd"].as_f64().is_some()),
+        "{report}"
+    );
+}
+
+/// What the VM's classifier (src/vm/unattended.sh) makes of `line` at epoch second `now`:
+/// (UNTIL, REASON, the wait of retry 1 with a 60 s base), or None when it is not transient.
+fn classify(line: &str, now: i64) -> Option<(String, String, i64)> {
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm");
+    let script = format!(
+        ". {lib}; . {un}; r=$(printf '%s\\n' \"$1\" | transient_failure {now}) || exit 1; \
+         printf '%s\\n%s\\n' \"$r\" \"$(retry_wait_seconds 1 \"${{r%%$'\\t'*}}\" 60 {now})\"",
+        lib = vm.join("lib.sh").display(),
+        un = vm.join("unattended.sh").display(),
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script, "_", line])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let (until, reason) = lines.next()?.split_once('\t')?;
+    Some((until.into(), reason.into(), lines.next()?.parse().ok()?))
+}
+
+fn epoch(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap()
+        .timestamp()
+}
+
+#[test]
+fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
+    // 03:00 UTC on 2 Dec 2026: 22:00 the day before in New York, 21:00 in Chicago.
+    let now = epoch("2026-12-02T03:00:00Z");
+    let backoff = |line: &str, reason: &str| {
+        assert_eq!(
+            classify(line, now),
+            Some(("-".into(), reason.into(), 60)),
+            "{line}"
+        );
+    };
+    backoff(
+        "API Error: 529 {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}",
+        "API overloaded",
+    );
+    backoff(
+        "API Error: Repeated 529 Overloaded errors",
+        "API overloaded",
+    );
+    backoff(
+        "{\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}",
+        "API overloaded",
+    );
+    backoff("API Error: 429 Too Many Requests", "rate limited");
+    backoff("{\"type\":\"rate_limit_error\"}", "rate limited");
+    backoff(
+        "API Error: 500 Internal server error",
+        "API server error 500",
+    );
+    backoff(
+        "API Error: 503 upstream connect error",
+        "API server error 503",
+    );
+    backoff(
+        "API Error: Connection error. (ECONNRESET)",
+        "network error (ECONNRESET)",
+    );
+    backoff(
+        "Error: connect ETIMEDOUT 160.79.104.10:443",
+        "network error (ETIMEDOUT)",
+    );
+    backoff("TypeError: fetch failed", "network error (fetch failed)");
+    backoff("Error: socket hang up", "network error (socket hang up)");
+    // Plan limits wait until their reset plus a minute.
+    let limit = |line: &str, reset: &str, reason: &str| {
+        let at = epoch(reset);
+        assert_eq!(
+            classify(line, now),
+            Some((at.to_string(), reason.into(), at + 60 - now)),
+            "{line}"
+        );
+    };
+    // 8pm New York passed an hour ago there: tomorrow's, 01:00 UTC on the 3rd.
+    limit(
+        "You've hit your session limit · resets 8pm (America/New_York)",
+        "2026-12-03T01:00:00Z",
+        "plan limit, resets 8pm America/New_York",
+    );
+    limit(
+        "You've hit your weekly limit · resets 11:30pm (America/New_York)",
+        "2026-12-02T04:30:00Z",
+        "plan limit, resets 11:30pm America/New_York",
+    );
+    limit(
+        "Claude usage limit reached. Your limit will reset at 9am (America/Chicago).",
+        "2026-12-02T15:00:00Z",
+        "plan limit, resets 9am America/Chicago",
+    );
+    limit(
+        "Claude AI usage limit reached|1796187600",
+        "2026-12-02T05:00:00Z",
+        "usage limit reached",
+    );
+    // Backoff doubles: base, 2 x base, 4 x base.
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm/unattended.sh");
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                ". {}; for n in 1 2 3; do retry_wait_seconds $n - 60 0; echo; done",
+                vm.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "60\n120\n240\n");
+    // Not transient: an ordinary failure, numbers that merely contain 529 or 429.
+    for line in [
+        "Error: tests failed",
+        "line 15290: syntax error",
+        "exit 4290",
+        "",
+    ] {
+        assert_eq!(classify(line, now), None, "{line:?}");
+    }
+}
+
+#[test]
+fn a_follow_up_takes_the_same_unattended_settings() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    let ids = start(&env, &[], &["SLEEP=0 first"]);
+    env.wait_finished(&ids[0]);
+    let out = env.run(&[
+        "continue",
+        "--json",
+        "--max-hours",
+        "2",
+        &ids[0],
+        "TRANSIENT=hangup go on",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let child = started_ids(&out).remove(0);
+    let ended = receiver.wait_event(&child, "session_ended", Duration::from_secs(40));
+    assert_eq!(ended.body["status"], "completed", "{}", ended.body);
+    assert_eq!(
+        receiver.events_of(&child),
+        ["session_retrying", "session_ended"]
+    );
+    assert_eq!(env.wait_finished(&child)["unattended"]["max_hours"], 2.0);
+    assert_url_at_rest_nowhere(&env);
+}
