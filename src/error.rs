@@ -82,6 +82,13 @@ pub enum Error {
     )]
     AzlinMissing(String),
 
+    /// `azlin new` answered that a VM of that name already exists: it is not ours (another
+    /// machine's, named in the same second), and nothing was created.
+    #[error(
+        "a VM named '{vm}' already exists in Azure and is not one this start made ({detail}); nothing was created and it is not tracked. Try again: the next name differs"
+    )]
+    VmNameTaken { vm: String, detail: String },
+
     #[error("Azure login required: {0}. Run 'az login' and try again.")]
     AzureAuth(String),
 
@@ -132,6 +139,7 @@ impl Error {
             | Error::AzlinMissing(_)
             | Error::AzureAuth(_)
             | Error::NoResourceGroup
+            | Error::VmNameTaken { .. }
             | Error::CommandFailed { .. }
             | Error::Timeout { .. }
             | Error::Failed(_)
@@ -185,6 +193,7 @@ impl Error {
                 | Error::AzlinMissing(_)
                 | Error::AzureAuth(_)
                 | Error::NoResourceGroup
+                | Error::VmNameTaken { .. }
         )
     }
 

@@ -8,23 +8,41 @@ pub fn session_id(now: DateTime<Utc>, random: u16) -> String {
     format!("sess-{}-{random:04x}", now.format("%Y%m%d-%H%M%S"))
 }
 
-/// `amplihack-<user>-<YYYYMMDD-HHMMSS>`, the user part reduced to what azlin accepts.
-pub fn vm_name(user: &str, now: DateTime<Utc>) -> String {
+/// `amplihack-<user>-<YYYYMMDD-HHMMSS>-<4 hex>`, the user part reduced to what azlin accepts
+/// (at most 10 + 20 + 1 + 15 + 5 = 51 characters, within azlin's 64). The hex part, random per
+/// name, keeps two machines (or two state files) that name a VM in the same second apart.
+pub fn vm_name(user: &str, now: DateTime<Utc>, random: u16) -> String {
     format!(
-        "{VM_NAME_PREFIX}{}-{}",
+        "{VM_NAME_PREFIX}{}-{}-{random:04x}",
         vm_user_part(user),
         now.format("%Y%m%d-%H%M%S")
     )
 }
 
 /// When a VM that this tool named for `user` was reserved: the time in its name (to the second),
-/// for `amplihack-<user>-<YYYYMMDD>-<HHMMSS>` exactly. `None` for any other name, including
-/// another user's VMs.
+/// for `amplihack-<user>-<YYYYMMDD>-<HHMMSS>`, optionally followed by `-<4 lower-case hex>`
+/// (names made before the hex part, and the Python original's, have none). `None` for any other
+/// name, including another user's VMs.
 pub fn vm_name_time(name: &str, user: &str) -> Option<DateTime<Utc>> {
-    let stamp = name
-        .strip_prefix("amplihack-")?
+    let rest = name
+        .strip_prefix(VM_NAME_PREFIX)?
         .strip_prefix(vm_user_part(user).as_str())?
         .strip_prefix('-')?;
+    let stamp = match rest.len() {
+        15 => rest,
+        20 => {
+            let (stamp, tail) = rest.split_at(15);
+            let hex = tail.strip_prefix('-')?;
+            if !hex
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            {
+                return None;
+            }
+            stamp
+        }
+        _ => return None,
+    };
     let b = stamp.as_bytes();
     let shape = b.len() == 15
         && b[8] == b'-'
@@ -253,20 +271,30 @@ mod tests {
     #[test]
     fn vm_names_are_accepted_by_azlin() {
         assert_eq!(
-            vm_name("Jane.Doe@corp", t()),
-            "amplihack-jane-doe-corp-20251125-143022"
+            vm_name("Jane.Doe@corp", t(), 0x0a1f),
+            "amplihack-jane-doe-corp-20251125-143022-0a1f"
         );
-        assert_eq!(vm_name("", t()), "amplihack-user-20251125-143022");
-        assert_eq!(vm_name("---", t()), "amplihack-user-20251125-143022");
-        let long = vm_name(&"x".repeat(200), t());
-        assert!(is_valid_vm_name(&long), "{long}");
-        assert!(is_valid_vm_name(&vm_name("ünïcødé user", t())));
+        assert_eq!(vm_name("", t(), 0), "amplihack-user-20251125-143022-0000");
+        assert_eq!(
+            vm_name("---", t(), 0xffff),
+            "amplihack-user-20251125-143022-ffff"
+        );
+        let long = vm_name(&"x".repeat(200), t(), 0xffff);
+        assert!(is_valid_vm_name(&long) && long.len() <= 64, "{long}");
+        assert!(is_valid_vm_name(&vm_name("ünïcødé user", t(), 1)));
+        // Two machines naming a VM in the same second differ by the random part.
+        assert_ne!(vm_name("jo", t(), 1), vm_name("jo", t(), 2));
     }
 
     #[test]
     fn the_time_in_a_vm_name_is_read_back_for_its_user_only() {
-        let name = vm_name("Jane.Doe", t());
+        let name = vm_name("Jane.Doe", t(), 0xbeef);
         assert_eq!(vm_name_time(&name, "Jane.Doe"), Some(t()));
+        // Names made before the random part.
+        assert_eq!(
+            vm_name_time("amplihack-jane-doe-20251125-143022", "jane-doe"),
+            Some(t())
+        );
         assert_eq!(vm_name_time(&name, "jane-doe"), Some(t()), "same user part");
         // Another user whose part is a prefix of ours, or who is a prefix of another's.
         assert_eq!(vm_name_time(&name, "jane"), None);
@@ -281,6 +309,11 @@ mod tests {
             "amplihack-jane-doe-20251325-143022",
             "amplihack-jane-doe-20251125_143022",
             "amplihack-jane-doe-20251125-143022-x",
+            "amplihack-jane-doe-20251125-143022-BEEF",
+            "amplihack-jane-doe-20251125-143022-beeff",
+            "amplihack-jane-doe-20251125-143022-bee",
+            "amplihack-jane-doe-20251125-143022_beef",
+            "amplihack-jane-doe-20251125-143022-be-f",
             "web-jane-doe-20251125-143022",
             "amplihack-jane-doe-+2025112-143022",
         ] {
@@ -316,7 +349,7 @@ mod tests {
     fn no_session_id_can_equal_a_vm_name() {
         // azlin takes a VM name it cannot find for a tmux session name: the two never meet.
         for n in 0..50u16 {
-            let vm = vm_name("sess", t());
+            let vm = vm_name("sess", t(), n);
             assert!(vm.starts_with(VM_NAME_PREFIX));
             assert!(validate_session_id(&vm).is_err(), "{vm}");
             let id = session_id(t(), n);

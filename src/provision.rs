@@ -13,15 +13,43 @@ use crate::progress::{self, Stage};
 use crate::ui;
 use crate::{exec, lifecycle, refresh};
 
-/// A VM name not yet in the pool: the timestamp form, a second later on a clash.
-pub fn fresh_vm_name(state: &State, taken: &[String], user: &str, now: DateTime<Utc>) -> String {
-    let mut t = now;
+/// A VM name not yet in the pool: the time of its reservation and a random part from `random`,
+/// drawn again on a clash.
+pub fn fresh_vm_name(
+    state: &State,
+    taken: &[String],
+    user: &str,
+    now: DateTime<Utc>,
+    random: &mut dyn FnMut() -> u16,
+) -> String {
     loop {
-        let name = naming::vm_name(user, t);
+        let name = naming::vm_name(user, now, random());
         if !state.vm_pool.contains_key(&name) && !taken.contains(&name) {
             return name;
         }
-        t += chrono::Duration::seconds(1);
+    }
+}
+
+/// Random parts for VM names, spread by this host and process and the moment (another
+/// machine, or another state file here, may name a VM in the same second), and by `RandomState`'s
+/// per-process seed.
+fn name_randomness(owner: &Owner) -> impl FnMut() -> u16 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let seed = std::collections::hash_map::RandomState::new();
+    let (host, pid) = (owner.host.clone(), owner.pid);
+    let mut n: u64 = 0;
+    move || {
+        n += 1;
+        let mut h = seed.build_hasher();
+        host.hash(&mut h);
+        pid.hash(&mut h);
+        n.hash(&mut h);
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish() as u16
     }
 }
 
@@ -45,8 +73,9 @@ pub fn reserve_vms(
     now: DateTime<Utc>,
 ) -> Vec<String> {
     let mut names = Vec::with_capacity(count);
+    let mut random = name_randomness(by.owner);
     for _ in 0..count {
-        let name = fresh_vm_name(state, &names, by.user, now);
+        let name = fresh_vm_name(state, &names, by.user, now, &mut random);
         state.vm_pool.insert(
             name.clone(),
             VmEntry {
@@ -159,6 +188,23 @@ mod tests {
     use crate::pool::{size_by_letter, tests::t0};
 
     #[test]
+    fn a_clash_draws_another_random_part() {
+        let mut st = State::default();
+        let taken = vec![naming::vm_name("jo", t0(), 1)];
+        let mut draws = [1u16, 1, 2].into_iter();
+        let name = fresh_vm_name(&st, &taken, "jo", t0(), &mut || draws.next().unwrap());
+        assert_eq!(name, naming::vm_name("jo", t0(), 2));
+        let entry = serde_json::from_str(
+            r#"{"size":"x","capacity":1,"region":"r","created_at":"2025-11-25T14:30:00Z"}"#,
+        )
+        .unwrap();
+        st.vm_pool.insert(name.clone(), entry);
+        let mut draws = [2u16, 3].into_iter();
+        let again = fresh_vm_name(&st, &[], "jo", t0(), &mut || draws.next().unwrap());
+        assert_eq!(again, naming::vm_name("jo", t0(), 3));
+    }
+
+    #[test]
     fn reserved_names_are_unique_even_in_the_same_second() {
         let mut st = State::default();
         let l = size_by_letter("l").unwrap();
@@ -174,21 +220,17 @@ mod tests {
         };
         let a = reserve_vms(&mut st, 2, l, "eastus", &by, t0());
         let b = reserve_vms(&mut st, 1, l, "eastus", &by, t0());
-        assert_eq!(
-            a,
-            vec![
-                "amplihack-jo-20251125-143000",
-                "amplihack-jo-20251125-143001"
-            ]
-        );
-        assert_eq!(b, vec!["amplihack-jo-20251125-143002"]);
+        let all: std::collections::BTreeSet<&String> = a.iter().chain(&b).collect();
+        assert_eq!(all.len(), 3);
+        for name in &all {
+            // Same second, told apart by the random part; sync still reads the time back.
+            assert!(name.starts_with("amplihack-jo-20251125-143000-"), "{name}");
+            assert_eq!(naming::vm_name_time(name, "jo"), Some(t0()));
+            assert_eq!(st.vm_pool[*name].created_at, Some(t0()));
+        }
         assert_eq!(st.vm_pool[&a[0]].state, VmState::Provisioning);
         assert_eq!(st.vm_pool[&a[0]].capacity, 4);
         assert_eq!(st.vm_pool[&a[0]].resource_group.as_deref(), Some("rg1"));
-        assert_eq!(
-            st.vm_pool[&a[1]].created_at,
-            Some(t0() + chrono::Duration::seconds(1))
-        );
         assert_eq!(st.vm_pool[&a[0]].owner.as_ref(), Some(&owner));
     }
 }

@@ -246,7 +246,19 @@ impl Azlin {
             rg,
             &["--public", "--no-auto-connect"],
         );
-        self.call(self.cmd(args, timeout), None).map(drop)
+        match self.call(self.cmd(args, timeout), None) {
+            Ok(_) => Ok(()),
+            // Someone else's VM has this name: it must never be taken for ours.
+            Err(Error::CommandFailed { stderr, .. })
+                if stderr.to_lowercase().contains("already exists") =>
+            {
+                Err(Error::VmNameTaken {
+                    vm: name.to_string(),
+                    detail: stderr,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `azlin kill NAME --force`: deletes the VM with its disks, NIC, IP and NSG. A VM that is

@@ -234,3 +234,71 @@ fn no_resource_group_anywhere_is_refused_with_the_hint() {
             .is_none_or(|m| m.is_empty())
     );
 }
+
+/// Case 10: two state files (two machines) naming VMs in the same second never pick the same
+/// name; each tracks the VM it made.
+#[test]
+fn two_states_naming_vms_at_once_never_share_a_name() {
+    let env = TestEnv::new();
+    let second = env.root().join("state/second.json");
+    let prime = |state: &std::path::Path| {
+        env.std_cmd(&["prime", "--count", "2", "--vm-size", "s", "--json"])
+            .env("AMPLIHACK_REMOTE_STATE", state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (prime(&env.state_path()), prime(&second));
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let names = |path: &std::path::Path| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v["vm_pool"].as_object().unwrap().keys().cloned().collect()
+    };
+    let (mine, theirs) = (names(&env.state_path()), names(&second));
+    assert_eq!((mine.len(), theirs.len()), (2, 2));
+    assert!(
+        mine.iter().all(|n| !theirs.contains(n)),
+        "{mine:?} {theirs:?}"
+    );
+    for n in mine.iter().chain(&theirs) {
+        assert!(env.vm_dir(n).join("meta").exists(), "{n} exists in Azure");
+        assert!(n.len() <= 64 && n.starts_with("amplihack-tester-"), "{n}");
+    }
+}
+
+/// Case 10: `azlin new` answering "already exists" is someone else's VM: never tracked as ours,
+/// so no `prune` of ours ever deletes it.
+#[test]
+fn an_already_exists_answer_is_never_taken_for_a_vm_of_ours() {
+    let env = TestEnv::new();
+    std::fs::write(env.azlin_home().join("new-exists"), "1\n").unwrap();
+    let out = env.run(&["start", "--no-context", "--size", "s", "--json", "x"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let theirs = env.calls().into_iter().find(|c| c[0] == "new").unwrap()[2].clone();
+    let state = env.state();
+    assert!(
+        state["vm_pool"].as_object().is_none_or(|m| m.is_empty()),
+        "{state}"
+    );
+    let id = env.session_ids().remove(0);
+    assert_eq!(env.session(&id)["status"], "failed");
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        env.vm_dir(&theirs).join("meta").exists(),
+        "their VM lives on"
+    );
+    assert!(env.calls().iter().all(|c| c[0] != "kill"));
+    // The next start names its VM afresh and runs.
+    let out = env.run(&["start", "--no-context", "--size", "s", "--json", "y"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

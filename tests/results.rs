@@ -328,7 +328,9 @@ fn prune_archives_before_deleting() {
     let connect = calls.iter().position(|c| c[0] == "connect").unwrap();
     let kill = calls.iter().position(|c| c[0] == "kill").unwrap();
     assert!(connect < kill, "archived before the deletion: {calls:?}");
-    assert_eq!(connect_calls(&env).len(), 1);
+    // The refresh that brings the archive home, and the question what the VM holds (another
+    // machine's sessions keep it).
+    assert_eq!(connect_calls(&env).len(), 2);
     assert!(env.session(&s.id)["archived_at"].is_string());
     assert!(archived(&env, &s.id).join("commits.bundle").exists());
     let out = env.run(&["output", &s.id]);

@@ -6,6 +6,11 @@
 //! makes first brings the archives of those not archived yet, in its one call per VM. A VM
 //! some of whose sessions could not be archived is kept, unless `--force`, which deletes it
 //! and says whose output and commits are lost.
+//!
+//! The state is one machine's view: another machine (another state file) may run or queue
+//! sessions on the same VMs. Before deleting anything, prune asks each ready VM it would delete
+//! what it holds (its own records, one call per VM). A VM that runs, queues or is launching any
+//! session is kept, whatever `--force` says, and the confirmation names the sessions found.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -16,8 +21,10 @@ use serde::Serialize;
 use crate::cli::PruneArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
+use crate::exec::OnInterrupt;
+use crate::lifecycle::Phase;
 use crate::model::{Backend, State, VmState};
-use crate::{interrupt, model, parallel, pool, refresh, render, ui};
+use crate::{interrupt, model, parallel, pool, refresh, render, script, ui};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -30,6 +37,109 @@ struct Pruned {
     /// Sessions of the VM whose results are not archived: kept from deletion, or lost with it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     not_archived: Vec<String>,
+    /// Sessions the VM holds that this state does not track (another machine's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    foreign_sessions: Vec<String>,
+}
+
+/// What a VM holds by its own records, as far as deleting it goes.
+#[derive(Debug, Default)]
+struct Holds {
+    /// Sessions that run, wait in its queue, or are being launched: it must not go.
+    live: Vec<String>,
+    /// Sessions this state does not track (live or not): another machine's.
+    foreign: Vec<String>,
+    /// It could not be asked: what it holds is unknown.
+    unanswered: Option<String>,
+}
+
+impl Holds {
+    /// Why the VM is kept, when it is.
+    fn keeps(&self, force: bool) -> Option<String> {
+        if !self.live.is_empty() {
+            let foreign: Vec<&String> = self
+                .live
+                .iter()
+                .filter(|id| self.foreign.contains(id))
+                .collect();
+            return Some(format!(
+                "it runs or queues {} session(s){}: {}",
+                self.live.len(),
+                if foreign.len() == self.live.len() {
+                    " this state does not track (another machine's)"
+                } else {
+                    ""
+                },
+                self.live.join(", ")
+            ));
+        }
+        match &self.unanswered {
+            Some(e) if !force => Some(format!(
+                "could not ask it what it runs ({e}); pass --force to delete it anyway"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Asks each ready candidate VM what it holds (`records`: every session directory it has, with
+/// its phase), one call per VM, in parallel. VMs Azure no longer has, and VMs whose
+/// provisioning failed, are not asked.
+fn ask_what_vms_hold(
+    ctx: &Ctx,
+    state: &State,
+    candidates: &[(pool::IdleVm, String)],
+    missing: &BTreeSet<String>,
+) -> Result<BTreeMap<String, Holds>> {
+    let ask: Vec<String> = candidates
+        .iter()
+        .filter(|(v, _)| v.state == VmState::Ready && !missing.contains(&v.name))
+        .map(|(v, _)| v.name.clone())
+        .collect();
+    let answers = parallel::map_bounded(&ask, ctx.settings.parallel, |name| {
+        if interrupt::requested() {
+            return (name.clone(), Err(Error::Interrupted));
+        }
+        let vm = ctx.vm_ref(state, name);
+        let answer = ctx
+            .run_on(
+                &vm,
+                script::records_script(&[], &[]),
+                ctx.settings.timeouts.probe,
+                OnInterrupt::Abort,
+            )
+            .map(|out| script::parse_records(&out.stdout));
+        (name.clone(), answer)
+    });
+    let mut holds = BTreeMap::new();
+    for (name, answer) in answers {
+        let mut h = Holds::default();
+        match answer {
+            Ok(records) => {
+                for (id, probe) in &records.probes {
+                    if matches!(
+                        probe.phase,
+                        Phase::Running | Phase::Queued | Phase::Launching
+                    ) {
+                        h.live.push(id.clone());
+                    }
+                }
+                for id in records.records.keys().chain(records.probes.keys()) {
+                    if !state.sessions.contains_key(id) && !h.foreign.contains(id) {
+                        h.foreign.push(id.clone());
+                    }
+                }
+                h.live.sort();
+                h.foreign.sort();
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            // Gone since the listing: it holds nothing.
+            Err(Error::VmNotFound { .. }) => {}
+            Err(e) => h.unanswered = Some(e.to_string()),
+        }
+        holds.insert(name, h);
+    }
+    Ok(holds)
 }
 
 /// Sessions of `vm` that ran and whose results are not home: deleting the VM loses them.
@@ -111,6 +221,14 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             args.idle_minutes
         ));
     }
+    // What each VM holds by its own records: another machine may run sessions there.
+    let holds = ask_what_vms_hold(ctx, &refreshed.state, &candidates, &missing)?;
+    let foreign_of = |vm: &str| holds.get(vm).map(|h| h.foreign.clone()).unwrap_or_default();
+    let runs_work = |vm: &str| holds.get(vm).is_some_and(|h| !h.live.is_empty());
+    let held: BTreeMap<String, String> = holds
+        .iter()
+        .filter_map(|(vm, h)| h.keeps(args.force).map(|why| (vm.clone(), why)))
+        .collect();
     let unarchived: BTreeMap<String, Vec<String>> = candidates
         .iter()
         .map(|(v, _)| (v.name.clone(), not_archived(&refreshed.state, &v.name)))
@@ -121,7 +239,9 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .iter()
             .map(|(v, reason)| {
                 let ids = unarchived.get(&v.name).cloned().unwrap_or_default();
-                let result = if ids.is_empty() || missing.contains(&v.name) {
+                let result = if let Some(why) = held.get(&v.name) {
+                    format!("would be KEPT: {why}")
+                } else if ids.is_empty() || missing.contains(&v.name) {
                     "would be deleted".to_string()
                 } else {
                     format!(
@@ -129,14 +249,14 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                         ids.len()
                     )
                 };
-                pruned(v, reason, &result, ids)
+                pruned(v, reason, &result, ids, foreign_of(&v.name))
             })
             .collect();
         return print_report(&report, args.json, "Would delete");
     }
     // A VM whose sessions' results could not be brought home stays, unless --force. One
     // Azure no longer has is gone already: nothing of it can be saved.
-    let blocked: BTreeMap<String, String> = unarchived
+    let mut blocked: BTreeMap<String, String> = unarchived
         .iter()
         .filter(|(vm, _)| !args.force && !missing.contains(*vm))
         .map(|(vm, ids)| {
@@ -150,8 +270,17 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             )
         })
         .collect();
+    for (vm, why) in &held {
+        ui::warn(&format!("keeping VM {vm}: {why}"));
+        if runs_work(vm) {
+            blocked.insert(vm.clone(), why.clone());
+        } else {
+            // Results it could not archive say more than "could not ask".
+            blocked.entry(vm.clone()).or_insert_with(|| why.clone());
+        }
+    }
     for (vm, ids) in &unarchived {
-        if args.force || missing.contains(vm) {
+        if (args.force || missing.contains(vm)) && !blocked.contains_key(vm) {
             ui::warn(&format!(
                 "deleting VM {vm} loses the output and commits of session(s) never archived: {}",
                 ids.join(", ")
@@ -168,7 +297,18 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                 "prune deletes VMs; pass --yes to confirm when not on a terminal (or --dry-run to see what would go)".into(),
             ));
         }
-        let names: Vec<&str> = deletable.iter().map(|(v, _)| v.name.as_str()).collect();
+        let names: Vec<String> = deletable
+            .iter()
+            .map(|(v, _)| match foreign_of(&v.name) {
+                ids if ids.is_empty() => v.name.clone(),
+                ids => format!(
+                    "{} (with {} ended session(s) of another machine: {})",
+                    v.name,
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            })
+            .collect();
         eprint!("Delete {} VM(s): {}? [y/N] ", names.len(), names.join(", "));
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
@@ -251,6 +391,9 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         };
         let outcome = match results.iter().find(|(n, _)| n == &v.name) {
             None => match blocked.get(&v.name) {
+                Some(why) if runs_work(&v.name) || !unarchived.contains_key(&v.name) => {
+                    format!("KEPT: {why}")
+                }
                 Some(why) => format!(
                     "KEPT: {why}; run prune again when its VM answers, or pass --force to delete it and lose them"
                 ),
@@ -267,9 +410,13 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             Some((_, Ok(()))) => format!("deleted{lost}"),
             Some((_, Err(e))) => format!("deletion FAILED, kept in the pool: {e}"),
         };
-        report.push(pruned(v, reason, &outcome, ids));
+        report.push(pruned(v, reason, &outcome, ids, foreign_of(&v.name)));
     }
     for (vm, why) in &blocked {
+        // Another machine's live work is a reason to keep a VM, not a failure.
+        if runs_work(vm) {
+            continue;
+        }
         if first_error.is_none() {
             first_error = Some(match refreshed.failed_vms.get(vm) {
                 Some(e) => e.replicate(),
@@ -369,7 +516,13 @@ fn confirmed_gone(ctx: &Ctx, refreshed: &refresh::Refreshed) -> Result<BTreeSet<
     Ok(gone)
 }
 
-fn pruned(v: &pool::IdleVm, reason: &str, result: &str, not_archived: Vec<String>) -> Pruned {
+fn pruned(
+    v: &pool::IdleVm,
+    reason: &str,
+    result: &str,
+    not_archived: Vec<String>,
+    foreign_sessions: Vec<String>,
+) -> Pruned {
     Pruned {
         name: v.name.clone(),
         sku: v.sku.clone(),
@@ -378,6 +531,7 @@ fn pruned(v: &pool::IdleVm, reason: &str, result: &str, not_archived: Vec<String
         reason: reason.into(),
         result: result.into(),
         not_archived,
+        foreign_sessions,
     }
 }
 

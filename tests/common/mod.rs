@@ -338,11 +338,15 @@ impl TestEnv {
         );
         self.clear_calls();
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
+        let mut names: Vec<String> = v
+            .as_array()
             .unwrap()
             .iter()
             .map(|p| p["name"].as_str().unwrap().to_string())
-            .collect()
+            .collect();
+        // In the state's (and azlin's listing's) order: names end in a random part.
+        names.sort();
+        names
     }
 
     /// Makes `work/` a git repository with one commit.
