@@ -274,8 +274,12 @@ impl Azlin {
 
     /// `azlin show NAME -o json` in the VM's own resource group: `Ok(false)` only when azlin
     /// answers that the VM was not found in that group; any other failure is an error (we
-    /// cannot tell), and so is a "not found" about another group.
+    /// cannot tell), and so is a "not found" about another group. Asked once per process.
     pub fn vm_exists(&self, vm: &VmRef, timeout: Duration) -> Result<bool> {
+        // Confirmed gone by this process already: asking again costs a call and says the same.
+        if self.known_gone(vm).is_err() {
+            return Ok(false);
+        }
         let args = self.args(
             &["show", &vm.name],
             vm.resource_group.as_deref(),

@@ -92,25 +92,22 @@ fn a_connect_azlin_resolved_to_another_vms_tmux_session_is_not_an_empty_vm() {
     // One connect, then one `show` to confirm, in the VM's own group.
     assert_eq!(calls_of(&env, "connect", &gone), 1);
     assert_eq!(calls_of(&env, "show", &gone), 1);
+    // Not "nothing runs there" (no trace of it): its VM is gone, and the session ended so.
     let s = env.session(&id);
+    assert_eq!(s["status"], "failed", "{s}");
     let error = s["error"].as_str().unwrap_or("");
     assert!(
-        !error.contains("no trace"),
-        "an answer from another VM is no news about this session: {s}"
-    );
-    assert!(
-        s["status"] == "running" || error.contains("no longer exists"),
+        error.contains("no longer exists") && !error.contains("no trace"),
         "{s}"
     );
-    // `kill` on it: exit 4, says the VM is gone; nothing was signalled anywhere.
+    // Then nobody asks that VM again.
     env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = env.run(&["kill", &id]);
-    assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no longer exists"),
-        "{}",
-        stderr(&out)
-    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(calls_of(&env, "connect", &gone), 0, "{:?}", env.calls());
+    assert_eq!(calls_of(&env, "show", &gone), 0, "{:?}", env.calls());
     tmux_on_vm(&env, &other, &["kill-session", "-t", &format!("={gone}")]);
 }
 
