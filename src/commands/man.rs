@@ -143,6 +143,30 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "USD per hour per VM size for status, e.g. Standard_E16s_v5=1.10 (default list prices).",
     ),
     (
+        "AMPLIHACK_REMOTE_NOTIFY",
+        "URL the VMs POST a JSON notification to when a session ends, is retried or goes silent; a secret, never written anywhere (same as start --notify).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_RETRIES",
+        "Retries of a transient failure, with --continue; 0 turns it off (default 2; start --retries).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_SILENT_MINUTES",
+        "Minutes without output after which a running session is flagged silent (default 30; start --silent-minutes).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_MAX_HOURS",
+        "Hours after which a session is ended, failed with exit 124 (start --max-hours).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_RETRY_BACKOFF",
+        "Seconds before the first retry of a failure without a reset time, then doubled (default 60; for tests).",
+    ),
+    (
+        "AMPLIHACK_REMOTE_SILENT_SECONDS",
+        "Silence counted in seconds instead of --silent-minutes (for tests).",
+    ),
+    (
         "NO_COLOR",
         "Disables colour; colour is only used on a terminal, never with TERM=dumb.",
     ),
