@@ -8,6 +8,8 @@
 //! 3. 12 one-second prompts through a pool capped at one L VM (4 slots), against the uncapped
 //!    run that provisions more VMs: time until all are done, azlin calls, VM-hours bought.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

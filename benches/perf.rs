@@ -22,6 +22,8 @@
 //! `cargo bench --bench perf -- read|remote|fanout|tx|results|sync|python` runs one section;
 //! `-- read 1000 10000` (or `python ...`) picks the state sizes.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::atomic;
 use crate::error::{Error, Result};
 use crate::model::{SessionResult, format_timestamp, parse_timestamp};
 use crate::naming;
@@ -253,13 +254,9 @@ impl ArchiveStore {
                 "cannot write {META_FILE} of {}",
                 frame.id
             )))?;
-        sync_dir(tmp.path());
         let tmp_path = tmp.keep();
-        match fs::rename(&tmp_path, &target) {
-            Ok(()) => {
-                sync_dir(&self.root);
-                Ok(now)
-            }
+        match atomic::publish_dir(&tmp_path, &target) {
+            Ok(()) => Ok(now),
             Err(_) if self.has(&frame.id) => {
                 let _ = fs::remove_dir_all(&tmp_path);
                 Ok(self.archived_at(&frame.id).unwrap_or(now))
@@ -437,13 +434,6 @@ fn create_private(path: &Path) -> Result<File> {
         .mode(0o600)
         .open(path)
         .map_err(io_error(format!("cannot create {}", path.display())))
-}
-
-/// A rename or a new file is durable only once its directory is synced.
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// The last `n` lines of a file, as `tail -n` gives them, read from its end (a log may be

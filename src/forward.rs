@@ -17,7 +17,6 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -304,10 +303,7 @@ pub fn exec_other_amplihack(args: Vec<OsString>) -> Error {
             ));
         }
     };
-    let err = std::process::Command::new(&program)
-        .args(&args)
-        .env(FORWARDED_FROM_VAR, marker)
-        .exec();
+    let err = crate::exec::replace_process(&program, &args, (FORWARDED_FROM_VAR, &marker));
     Error::io(format!("cannot run {}", program.display()), err)
 }
 

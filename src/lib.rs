@@ -2,6 +2,7 @@
 //! Architecture: docs/architecture.md.
 
 pub mod archive;
+pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -126,6 +126,26 @@ pub const LOCAL_VM_NAME: &str = "local";
 pub const LOCAL_REGION: &str = "local";
 pub const LOCAL_SKU: &str = "local";
 
+/// The pool entry of this machine (the VM `local`), with `capacity` slots, in the pool since
+/// `created_at`: the one constructor of it.
+pub fn local_vm_entry(capacity: u32, created_at: DateTime<Utc>) -> VmEntry {
+    VmEntry {
+        size: LOCAL_SKU.into(),
+        capacity,
+        active_sessions: vec![],
+        region: LOCAL_REGION.into(),
+        created_at: Some(created_at),
+        backend: Backend::Local,
+        state: VmState::Ready,
+        error: None,
+        resource_group: None,
+        owner: None,
+        creation_unconfirmed: false,
+        extra: Default::default(),
+        naive_timestamps: false,
+    }
+}
+
 pub fn size_by_letter(letter: &str) -> Option<&'static SizeSpec> {
     SIZES.iter().find(|s| s.letter == letter)
 }

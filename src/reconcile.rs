@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::lifecycle;
 use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
-use crate::pool::{self, LOCAL_REGION, LOCAL_SKU};
+use crate::pool;
 use crate::refresh::{self, LivenessCheck};
 use crate::script::{Probe, VmRecords};
 use crate::transport::ListedVm;
@@ -138,21 +138,7 @@ pub fn local_vm(capacity: u32, records: &VmRecords, now: DateTime<Utc>) -> VmEnt
         .filter_map(|r| r.as_ref().ok())
         .map(|s| s.created_at)
         .min();
-    VmEntry {
-        size: LOCAL_SKU.into(),
-        capacity,
-        active_sessions: vec![],
-        region: LOCAL_REGION.into(),
-        created_at: Some(first.unwrap_or(now)),
-        backend: Backend::Local,
-        state: VmState::Ready,
-        error: None,
-        resource_group: None,
-        owner: None,
-        creation_unconfirmed: false,
-        extra: Default::default(),
-        naive_timestamps: false,
-    }
+    pool::local_vm_entry(capacity, first.unwrap_or(now))
 }
 
 /// A session the state lacks, rebuilt from its record and facts on `vm` by the lifecycle

@@ -962,6 +962,7 @@ pub fn parse_kill(stdout: &[u8]) -> Result<KillReport<'_>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // the tests run the scripts in bash directly
 mod tests {
     use super::*;
 

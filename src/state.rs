@@ -8,11 +8,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::atomic;
 use crate::error::{Error, Result};
 use crate::model::State;
 
@@ -250,27 +251,22 @@ impl StateStore {
     }
 
     fn write_atomic(&self, dir: &Path, state: &State) -> Result<()> {
-        let fail = |what: &str, e: std::io::Error| self.access_error(format!("{what}: {e}"));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&self.temp_prefix())
-            .rand_bytes(TEMP_RANDOM_LEN)
-            .suffix(TEMP_SUFFIX)
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(|e| fail("cannot create a temp file beside it", e))?;
         let mut text = serde_json::to_vec_pretty(state)
             .map_err(|e| self.access_error(format!("cannot serialize: {e}")))?;
         text.push(b'\n');
-        tmp.write_all(&text)
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| fail("cannot write", e))?;
-        tmp.persist(&self.path)
-            .map_err(|e| fail("cannot replace", e.error))?;
-        // The rename is durable only once the directory entry is synced.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        let prefix = self.temp_prefix();
+        let temp = atomic::TempName {
+            prefix: &prefix,
+            random_len: TEMP_RANDOM_LEN,
+            suffix: TEMP_SUFFIX,
+        };
+        atomic::replace_file(dir, &self.path, temp, &text).map_err(|e| match e {
+            atomic::ReplaceError::CreateTemp(e) => {
+                self.access_error(format!("cannot create a temp file beside it: {e}"))
+            }
+            atomic::ReplaceError::Write(e) => self.access_error(format!("cannot write: {e}")),
+            atomic::ReplaceError::Rename(e) => self.access_error(format!("cannot replace: {e}")),
+        })
     }
 }
 
@@ -362,6 +358,7 @@ fn is_temp_of(name: &OsStr, prefix: &OsStr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn sessions_only_gives_the_same_sessions_and_the_same_errors() {

@@ -4,6 +4,8 @@
 //! that drops packets, a deallocated VM (Bastion path); and the resource group a VM is always
 //! addressed in.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::process::Stdio;

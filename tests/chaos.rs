@@ -7,6 +7,8 @@
 //! call running, the key in no file on any VM. `AMPLIHACK_CHAOS_SECONDS` sets the duration
 //! (default 30); `AMPLIHACK_CHAOS_SEED` replays a run (the seed is printed).
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,6 +1,8 @@
 //! The command line as the specification gives it: options, defaults, choices, exit codes,
 //! and the list and status layouts rendered from a state file.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::io::Read;

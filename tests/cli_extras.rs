@@ -1,6 +1,8 @@
 //! Living beside the Python amplihack (commands we do not have are handed to it), the local
 //! backend's default agent, completions, the man page, cost in `status`, progress.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::ffi::OsStr;

@@ -2,6 +2,8 @@
 //! AMPLIHACK_REMOTE_PARALLEL azlin calls at a time, and their output does not depend on the
 //! bound or on which call answers first.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! another after its VM is gone), the archive's conversation and uncommitted work, `pull` of a
 //! follow-up, `pull --resume` and `pull --pr`; on the stand-in azlin and the local backend.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::{Path, PathBuf};

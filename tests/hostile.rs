@@ -3,6 +3,8 @@
 //! escape sequences, and the rough edges a new user meets. Each test fails on the version
 //! before its fix.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! end, both bring the archives home with one more call per VM (docs/results.md). No timed
 //! assertions: latencies are measured by benches/perf.rs.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::process::Stdio;

@@ -1,6 +1,8 @@
 //! The local backend: this machine as the pool VM `local`, with the same lifecycle as a
 //! remote VM and no azlin at all.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 /// This machine's memory in GB (rounded up), as `status` shows it for the local backend.

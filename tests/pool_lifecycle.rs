@@ -1,5 +1,7 @@
 //! Pool lifecycle: prime, prune, power states, pull, attach, and the secret scan.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::time::Duration;

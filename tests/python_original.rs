@@ -8,6 +8,8 @@
 //! timestamps, `created_at: null` for a VM adopted from `azlin list`; and its `list` computes
 //! `datetime.now() - created_at` for every session and VM.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::Path;

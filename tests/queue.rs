@@ -1,6 +1,8 @@
 //! The queue the VMs run themselves: more prompts than slots wait on a VM and start on their
 //! own as slots free, with nothing of ours running in between.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::Path;

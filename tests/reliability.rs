@@ -1,6 +1,8 @@
 //! Reliability: crashes mid-transaction, concurrent starts against finite capacity, Ctrl+C,
 //! faults from azlin and hostile input. docs/reliability.md records what each shows.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::process::{Child, Stdio};

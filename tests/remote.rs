@@ -1,6 +1,8 @@
 //! Sessions on (stand-in) Azure VMs: start, list, output, kill and true status, end to end
 //! through the stand-in azlin, real bash, real tmux and real git.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! the VM is gone, `prune` archiving before deleting, `report`, and `pull` of many sessions
 //! at once; on the stand-in azlin and on the local backend.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,6 +1,8 @@
 //! The state file: location, permissions, corruption handling, odd paths, and the
 //! concurrency contract.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

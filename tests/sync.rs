@@ -1,6 +1,8 @@
 //! `sync`: the VMs are the truth, the state file a cache rebuilt and merged from them. End to
 //! end against the stand-in azlin and the local backend, with real bash, tmux and agents.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::PathBuf;

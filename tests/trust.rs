@@ -2,6 +2,8 @@
 //! reproduces one fault of docs/reliability.md's fault model against the stand-in azlin (or the
 //! local backend) with real tmux, and checks the state tells the truth afterwards.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::Path;

@@ -12,14 +12,14 @@ use crate::commands::Ctx;
 use crate::context::{self, RepoContext};
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::model::{Backend, Owner, Session, SessionStatus, State, VmEntry, VmState};
-use crate::pool::{self, LOCAL_REGION, LOCAL_SKU, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::model::{Backend, Owner, Session, SessionStatus, State};
+use crate::pool::{self, LOCAL_REGION, LOCAL_VM_NAME, Placement, SizeSpec};
 use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
 use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
 use crate::transport::VmRef;
 use crate::unattended::{self, Unattended};
-use crate::{exec, lifecycle, naming, provision, refresh, ui};
+use crate::{exec, lifecycle, naming, parallel, provision, refresh, ui};
 
 /// What this start asks of the pool.
 fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
@@ -126,21 +126,7 @@ fn reserve(
         let local = st
             .vm_pool
             .entry(LOCAL_VM_NAME.to_string())
-            .or_insert_with(|| VmEntry {
-                size: LOCAL_SKU.into(),
-                capacity,
-                active_sessions: vec![],
-                region: LOCAL_REGION.into(),
-                created_at: Some(now),
-                backend: Backend::Local,
-                state: VmState::Ready,
-                error: None,
-                resource_group: None,
-                owner: None,
-                creation_unconfirmed: false,
-                extra: Default::default(),
-                naive_timestamps: false,
-            });
+            .or_insert_with(|| pool::local_vm_entry(capacity, now));
         local.capacity = capacity;
     }
     let plan = match continuation.and_then(|c| c.vm.clone()) {
@@ -749,43 +735,33 @@ fn launch_all(
             .sessions
             .push(r);
     }
-    let committed: Vec<Result<CommittedVm>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .values()
-            .map(|job| {
-                scope.spawn(move || {
-                    let outcomes = launch_on_vm(ctx, job, target, args, repo, continuation);
-                    let count =
-                        |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
-                    let running = count(|o| matches!(o, Outcome::Launched { .. }));
-                    let queued = count(|o| matches!(o, Outcome::Queued { .. }));
-                    let unconfirmed = count(|o| matches!(o, Outcome::Unconfirmed { .. }));
-                    let mut detail = match queued {
-                        0 => format!("{running} of {} session(s) running", outcomes.len()),
-                        q => format!("{running} running, {q} queued, of {}", outcomes.len()),
-                    };
-                    if unconfirmed > 0 {
-                        detail.push_str(&format!(
-                            "; {unconfirmed} unconfirmed (the launch's answer was lost)"
-                        ));
-                    }
-                    progress::vm(&job.vm).finish(
-                        if running + queued == outcomes.len() {
-                            progress::Outcome::Done
-                        } else {
-                            progress::Outcome::Failed
-                        },
-                        &detail,
-                    );
-                    commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("launch thread"))
-            .collect()
-    });
+    let jobs: Vec<&VmJob> = jobs.values().collect();
+    let committed: Vec<Result<CommittedVm>> =
+        parallel::map_bounded(&jobs, ctx.settings.parallel, |job| {
+            let outcomes = launch_on_vm(ctx, job, target, args, repo, continuation);
+            let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
+            let running = count(|o| matches!(o, Outcome::Launched { .. }));
+            let queued = count(|o| matches!(o, Outcome::Queued { .. }));
+            let unconfirmed = count(|o| matches!(o, Outcome::Unconfirmed { .. }));
+            let mut detail = match queued {
+                0 => format!("{running} of {} session(s) running", outcomes.len()),
+                q => format!("{running} running, {q} queued, of {}", outcomes.len()),
+            };
+            if unconfirmed > 0 {
+                detail.push_str(&format!(
+                    "; {unconfirmed} unconfirmed (the launch's answer was lost)"
+                ));
+            }
+            progress::vm(&job.vm).finish(
+                if running + queued == outcomes.len() {
+                    progress::Outcome::Done
+                } else {
+                    progress::Outcome::Failed
+                },
+                &detail,
+            );
+            commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
+        });
     let mut outcomes = BTreeMap::new();
     // Sessions that found no room never launched: their reserved record is final.
     let mut records: BTreeMap<String, Session> = reserved

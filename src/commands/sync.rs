@@ -23,7 +23,7 @@ use crate::pool::LOCAL_VM_NAME;
 use crate::reconcile::{self, Findings, Merged};
 use crate::script::{self, VmRecords};
 use crate::transport::{ListedVm, VmRef};
-use crate::{naming, refresh, ui};
+use crate::{naming, parallel, refresh, ui};
 
 /// What `sync` did, as printed (`--json` fields: docs/architecture.md).
 #[derive(Debug, Serialize)]
@@ -73,7 +73,13 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         .collect();
     let mut listings = Vec::new();
     let mut asked = Vec::new();
-    for (call, reply) in calls.iter().zip(in_parallel(&calls, |c| c.run(ctx))) {
+    for (call, reply) in
+        calls
+            .iter()
+            .zip(parallel::map_bounded(&calls, ctx.settings.parallel, |c| {
+                c.run(ctx)
+            }))
+    {
         match (call, reply) {
             (Call::List(rg), Reply::Listing(r)) => listings.push((rg.map(String::from), r)),
             (Call::Records(t), Reply::Records(r)) => asked.push((*t, r)),
@@ -93,7 +99,9 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             found.targets.len()
         ));
     }
-    let replies = in_parallel(&found.targets, |t| Call::Records(t).run(ctx));
+    let replies = parallel::map_bounded(&found.targets, ctx.settings.parallel, |t| {
+        Call::Records(t).run(ctx)
+    });
     for (t, reply) in found.targets.iter().zip(replies) {
         let Reply::Records(r) = reply else {
             unreachable!("each reply answers its own call")
@@ -174,22 +182,6 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         return Err(Error::NoVmAnswered(names.join(", ")));
     }
     Ok(())
-}
-
-/// Runs `work` on every item at once, one thread each, and returns the results in order.
-/// The one place `sync` runs things in parallel, so a bounded-parallel helper can replace it.
-fn in_parallel<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let work = &work;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .iter()
-            .map(|item| scope.spawn(move || work(item)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("sync thread"))
-            .collect()
-    })
 }
 
 /// One remote call of `sync`.

@@ -115,6 +115,8 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
                 // A VM with queued sessions gets the user's key: should no supervisor be left
                 // to start them, the watch does, as a refresh or a kill would.
                 let drain = has_queue(&state, &vm.name);
+                // Not through parallel::map_bounded: each watch lasts until its sessions
+                // end, so a bounded pool would leave the VMs past the bound unwatched.
                 scope.spawn(move || watch_vm(ctx, vm, ids, drain, stop, tx));
             }
             match rx.recv_timeout(Duration::from_millis(500)) {
