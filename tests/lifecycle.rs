@@ -2,6 +2,8 @@
 //! Each test is a case that once recorded a wrong status, lost results or stranded work
 //! (docs/reliability.md, the fault model, rows L1-L7).
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::PathBuf;

@@ -2,6 +2,8 @@
 //! retried with `--continue`, silence flagged, runaways capped. A receiver on 127.0.0.1
 //! records what the VMs post.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::io::{Read, Write};
