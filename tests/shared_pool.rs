@@ -1,6 +1,8 @@
 //! One pool, several deciders: a second machine (another state file) and concurrent starts.
 //! Nothing one of them does may delete, or multiply, what the others rely on.
 
+#![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
+
 mod common;
 
 use std::path::PathBuf;
