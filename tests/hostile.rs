@@ -741,3 +741,22 @@ fn the_demo_waits_with_wait_and_shows_report() {
         "no shell loop over list: {demo}"
     );
 }
+
+#[test]
+fn wait_json_at_its_timeout_prints_the_sessions_still_running() {
+    let env = TestEnv::local();
+    let quick = env.start_running("EXIT=0");
+    let slow = env.start_running("SLEEP=60");
+    let out = env.run(&["wait", &quick.id, &slow.id, "--json", "--timeout", "3"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", stdout(&out));
+    assert_eq!(lines[0]["session_id"], quick.id.as_str());
+    assert_eq!(lines[0]["status"], "completed");
+    assert_eq!(lines[1]["session_id"], slow.id.as_str());
+    assert_eq!(lines[1]["status"], "running");
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+}

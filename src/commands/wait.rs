@@ -71,6 +71,13 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
                 return Ok(());
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                // JSON readers get a line for every session, ended or not: those still going
+                // as the state has them (running, queued, pending).
+                if args.json {
+                    for id in targets.iter().filter(|id| waiting.contains(*id)) {
+                        report(find_session(&state, id)?, true)?;
+                    }
+                }
                 return Err(Error::Failed(format!(
                     "timed out after {}s; still waiting for: {}",
                     args.timeout.unwrap_or_default(),
