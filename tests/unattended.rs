@@ -388,6 +388,13 @@ fn a_session_waiting_to_retry_says_why_and_a_kill_ends_it_within_seconds() {
     assert!(table.contains(&format!("running ({short})")), "{table}");
     let status = stdout(&env.run(&["status", "--no-refresh"]));
     assert!(status.contains(&detail), "{status}");
+    let report = stdout(&env.run(&["report", "--no-refresh"]));
+    assert!(report.contains(&format!("running ({short})")), "{report}");
+    let verbose = stdout(&env.run(&["list", "--verbose", "--no-refresh"]));
+    assert!(
+        verbose.contains(&format!("Detail:      {detail}")),
+        "{verbose}"
+    );
     let began = Instant::now();
     let out = env.run(&["kill", id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -853,5 +860,11 @@ fn a_follow_up_takes_the_same_unattended_settings() {
         ["session_retrying", "session_ended"]
     );
     assert_eq!(env.wait_finished(&child)["unattended"]["max_hours"], 2.0);
+    // One `--continue` per run, the follow-up's own included.
+    let runs = std::fs::read_to_string(env.agent_record("local", &child).join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 2, "{runs}");
+    for run in runs.lines() {
+        assert_eq!(run.matches("--continue").count(), 1, "{run}");
+    }
     assert_url_at_rest_nowhere(&env);
 }

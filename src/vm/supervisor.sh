@@ -111,7 +111,9 @@ IFS= read -r -d '' prompt < "$d/prompt"
 # A retry resumes the agent's conversation: Claude Code's `--continue` before `-p`, and a
 # prompt that says to carry on.
 continue_argv=("${argv[@]}")
-if [ "${#argv[@]}" -gt 0 ] && [ "${argv[-1]}" = -p ]; then
+if [[ " ${argv[*]} " == *" --continue "* ]]; then
+  : # a follow-up (`continue`) resumes its conversation already
+elif [ "${#argv[@]}" -gt 0 ] && [ "${argv[-1]}" = -p ]; then
   continue_argv=("${argv[@]:0:${#argv[@]}-1}" --continue -p)
 else
   continue_argv+=(--continue)
@@ -175,12 +177,16 @@ watch_agent() {
       write_atomic "$d/silent_since" "$(date -u -d "@$last_growth" +%Y-%m-%dT%H:%M:%SZ)"
       notify_running session_silent "silent $(((now - last_growth) / 60))m (no output since $(date -u -d "@$last_growth" +%H:%M) UTC)"
     fi
-    # A second's tick, cut short by the agent's exit (bash 5.1 waits for either; older bash
-    # for any child, which the check above then sorts out).
+    # A second's tick, cut short by the agent's exit where bash can wait for either of two
+    # (5.1+); older bash sleeps the whole second.
     sleep 1 &
     ticker=$!
-    wait -n "$pid" "$ticker" 2> /dev/null
-    kill "$ticker" 2> /dev/null
+    if [ -n "$wait_either" ]; then
+      wait -n "$pid" "$ticker" 2> /dev/null
+      kill "$ticker" 2> /dev/null
+    else
+      wait "$ticker"
+    fi
   done
   wait "$pid"
   rc=$?
@@ -206,6 +212,8 @@ wait_for_retry() {
   done
 }
 
+wait_either=
+((BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1))) && wait_either=1
 start_agent
 tail -n +1 -f --pid=$$ -- "$log" &
 tail_pid=$!
