@@ -689,3 +689,23 @@ fn on_this_machine_a_deleted_workspace_is_rebuilt_from_the_archive() {
         "agent commit 1\nagent commit 1\ninit"
     );
 }
+
+#[test]
+fn a_follow_up_that_hits_a_transient_failure_is_retried_continuing_once() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "1");
+    let parent = start(&env, &["--no-context", "LINES=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let child = follow_up(&env, &parent.id, "TRANSIENT=529");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    let runs = read(&env.agent_record("local", &child.id).join("runs"));
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for run in runs {
+        assert_eq!(
+            run.split(' ').filter(|w| *w == "--continue").count(),
+            1,
+            "{run}"
+        );
+    }
+}

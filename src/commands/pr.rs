@@ -101,29 +101,30 @@ pub fn body(f: &BodyFacts) -> String {
     out
 }
 
-/// What the session cost, as well as it can be told: its VM's hourly list price for its
-/// duration (the VM's whole price: sessions running beside it shared it).
+/// What the session cost, as `report` counts it: its VM's hourly price for its duration,
+/// divided by the VM's slots (its share of the VM).
 pub fn cost_text(
     backend: Option<Backend>,
-    sku: Option<&str>,
+    vm: Option<(&str, u32)>,
     prices: &PriceTable,
     duration_seconds: Option<i64>,
 ) -> String {
     if backend == Some(Backend::Local) {
         return "$0 (this machine)".into();
     }
-    let Some(sku) = sku else {
+    let Some((sku, slots)) = vm else {
         return "unknown (its VM is no longer in the pool)".into();
     };
+    let slots = slots.max(1);
     let Some(hourly) = prices.hourly_usd(sku) else {
         return format!("unknown (no price for {sku})");
     };
     let Some(seconds) = duration_seconds else {
         return format!("unknown duration on {sku} at ${hourly:.3}/h");
     };
-    let usd = hourly * seconds.max(0) as f64 / 3600.0;
+    let usd = hourly * seconds.max(0) as f64 / 3600.0 / f64::from(slots);
     format!(
-        "about ${usd:.2} ({sku} at ${hourly:.3}/h for {}; the VM's whole price, shared with any session beside it)",
+        "about ${usd:.2} (its share of a {sku} at ${hourly:.3}/h with {slots} slot(s), for {})",
         duration_text(seconds)
     )
 }
@@ -187,7 +188,7 @@ fn facts_of<'a>(ctx: &Ctx, state: &State, p: &'a Pulled, repo: &Path) -> BodyFac
         commit_list,
         cost: cost_text(
             backend,
-            vm.map(|v| v.size.as_str()),
+            vm.map(|v| (v.size.as_str(), v.capacity)),
             &ctx.settings.prices,
             duration_seconds,
         ),
@@ -368,16 +369,16 @@ mod tests {
         );
         let c = cost_text(
             Some(Backend::Azure),
-            Some("Standard_E16s_v5"),
+            Some(("Standard_E16s_v5", 4)),
             &prices,
             Some(1800),
         );
-        assert!(
-            c.starts_with("about $0.50 (Standard_E16s_v5 at $1.008/h for 30m"),
-            "{c}"
+        assert_eq!(
+            c,
+            "about $0.13 (its share of a Standard_E16s_v5 at $1.008/h with 4 slot(s), for 30m)"
         );
         assert!(cost_text(Some(Backend::Azure), None, &prices, Some(1)).starts_with("unknown"));
-        assert!(cost_text(None, Some("Odd_SKU"), &prices, Some(1)).contains("no price"));
+        assert!(cost_text(None, Some(("Odd_SKU", 1)), &prices, Some(1)).contains("no price"));
     }
 
     #[test]
