@@ -709,3 +709,39 @@ fn a_follow_up_that_hits_a_transient_failure_is_retried_continuing_once() {
         );
     }
 }
+
+#[test]
+fn two_follow_ups_of_one_session_at_once_never_share_its_workspace() {
+    let env = TestEnv::local();
+    let parent = start(&env, &["--no-context", "LINES=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let children: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            env.std_cmd(&["continue", &parent.id, &format!("SLEEP=2 racer {i}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap()).collect();
+    let mut sorted = codes.clone();
+    sorted.sort();
+    assert_eq!(sorted, [0, 1], "{codes:?}");
+    let refused = &outs[codes.iter().position(|c| *c == 1).unwrap()];
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("being continued by"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let follow_ups: Vec<String> = env
+        .session_ids()
+        .into_iter()
+        .filter(|id| env.session(id)["parent_session_id"] == parent.id.as_str())
+        .collect();
+    assert_eq!(follow_ups.len(), 1, "{follow_ups:?}");
+}
