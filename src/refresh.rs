@@ -491,10 +491,36 @@ pub struct Refreshed {
     pub failed_vms: BTreeMap<String, Error>,
 }
 
+/// Where a command takes the sessions' status from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Refreshed from the VMs.
+    Vms,
+    /// The state file as recorded (`--no-refresh`).
+    Recorded,
+}
+
+impl Source {
+    pub fn of(no_refresh: bool) -> Source {
+        if no_refresh {
+            Source::Recorded
+        } else {
+            Source::Vms
+        }
+    }
+}
+
+/// Whether a refresh also reads the VMs' power states (one `azlin list` per resource group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Read,
+    Skip,
+}
+
 /// The state as `list` and `status` show it: refreshed from the VMs, or with `--no-refresh`
 /// read from the file alone.
-pub fn current(ctx: &Ctx, no_refresh: bool, power: bool) -> Result<Refreshed> {
-    if no_refresh {
+pub fn current(ctx: &Ctx, source: Source, power: Power) -> Result<Refreshed> {
+    if source == Source::Recorded {
         Ok(Refreshed {
             state: ctx.store.load()?,
             live: Live::default(),
@@ -532,17 +558,17 @@ pub fn resource_groups(ctx: &Ctx, state: &State) -> BTreeSet<Option<String>> {
 
 /// Refreshes every session due for it from its VM. With `power`, also asks azlin for the
 /// power state of every VM (one `list` per resource group the pool uses, in parallel).
-pub fn refresh(ctx: &Ctx, power: bool) -> Result<Refreshed> {
+pub fn refresh(ctx: &Ctx, power: Power) -> Result<Refreshed> {
     refresh_with(ctx, power, &BTreeSet::new())
 }
 
 /// `refresh`, also bringing home the archives of the finished sessions in `also` that are not
 /// archived yet (see `refresh_plan`); still at most one call per VM.
-pub fn refresh_with(ctx: &Ctx, power: bool, also: &BTreeSet<String>) -> Result<Refreshed> {
+pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<Refreshed> {
     let state = ctx.store.load()?;
     let now = ctx.now();
     let plan = refresh_plan(&state, now, &exec::liveness, also);
-    let power_groups = if power {
+    let power_groups = if power == Power::Read {
         resource_groups(ctx, &state)
     } else {
         BTreeSet::new()

@@ -49,14 +49,14 @@ pub fn text(s: &str) -> String {
     if !s.chars().any(|c| is_unsafe(c) && c != '\n' && c != '\t') {
         return s.to_string();
     }
-    convert(s.as_bytes(), false, true).0
+    convert(s.as_bytes(), Colour::Escape, Input::Whole).0
 }
 
 /// A session's output as a terminal may show it: as `text`, except that colour and style
 /// sequences (SGR: `ESC [ params m`) are kept, since they only colour text, and bytes that
 /// are not UTF-8 are shown as `\xNN`. `--raw` prints the bytes themselves.
 pub fn output(bytes: &[u8]) -> String {
-    convert(bytes, true, true).0
+    convert(bytes, Colour::Keep, Input::Whole).0
 }
 
 /// `output` for a stream that arrives in pieces: a character, a CRLF or a colour sequence cut
@@ -70,14 +70,14 @@ pub struct OutputStream {
 impl OutputStream {
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.held.extend_from_slice(bytes);
-        let (out, used) = convert(&self.held, true, false);
+        let (out, used) = convert(&self.held, Colour::Keep, Input::Partial);
         self.held.drain(..used);
         out
     }
 
     /// What is still held back, once nothing more will come.
     pub fn finish(&mut self) -> String {
-        let (out, _) = convert(&self.held, true, true);
+        let (out, _) = convert(&self.held, Colour::Keep, Input::Whole);
         self.held.clear();
         out
     }
@@ -96,10 +96,26 @@ fn utf8_len(lead: u8) -> usize {
     }
 }
 
+/// Whether colour sequences (SGR) are kept or escaped like any other control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Colour {
+    Keep,
+    Escape,
+}
+
+/// Whether the bytes are the whole text, or a part more may follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Whole,
+    Partial,
+}
+
 /// Escapes `bytes` (see `text` and `output`); returns the text and how many bytes it used.
-/// Unless `at_end`, an incomplete character, CRLF or colour sequence at the end is left
+/// With `Input::Partial`, an incomplete character, CRLF or colour sequence at the end is left
 /// unused for the next call.
-fn convert(b: &[u8], keep_sgr: bool, at_end: bool) -> (String, usize) {
+fn convert(b: &[u8], colour: Colour, input: Input) -> (String, usize) {
+    let keep_sgr = colour == Colour::Keep;
+    let at_end = input == Input::Whole;
     let mut out = String::with_capacity(b.len() + 16);
     let mut i = 0;
     while i < b.len() {

@@ -14,7 +14,7 @@ pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
             failed_vms: Default::default(),
         }
     } else {
-        refresh::current(ctx, false, false)?
+        refresh::current(ctx, refresh::Source::Vms, refresh::Power::Skip)?
     };
     let filter = status_filter(args.status);
     let rows = render::sessions_newest_first(&state, filter.as_ref());

@@ -174,7 +174,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     };
     drop(before);
     // Settle finished sessions first, and learn which VMs Azure still has (one call).
-    let refreshed = refresh::refresh_with(ctx, true, &also)?;
+    let refreshed = refresh::refresh_with(ctx, refresh::Power::Read, &also)?;
     let now = ctx.now();
     let mut candidates: Vec<(pool::IdleVm, String)> =
         pool::idle_vms(&refreshed.state, now, min_idle)

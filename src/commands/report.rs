@@ -15,7 +15,7 @@ pub fn run(ctx: &Ctx, args: ReportArgs) -> Result<()> {
     let filter = status_filter(args.status);
     let now = ctx.now();
     let refreshed = if args.refresh.no_refresh {
-        refresh::current(ctx, true, false)?
+        refresh::current(ctx, refresh::Source::Recorded, refresh::Power::Skip)?
     } else {
         let before = ctx.store.load()?;
         let wanted: BTreeSet<String> = report::select(&before, args.since, filter.as_ref(), now)
@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx, args: ReportArgs) -> Result<()> {
             .filter(|s| refresh::unarchived(&before, s))
             .map(|s| s.session_id.clone())
             .collect();
-        refresh::refresh_with(ctx, false, &wanted)?
+        refresh::refresh_with(ctx, refresh::Power::Skip, &wanted)?
     };
     let now = ctx.now();
     let sessions = report::select(&refreshed.state, args.since, filter.as_ref(), now);

@@ -702,7 +702,7 @@ fn refresh_if_pool_looks_full(ctx: &Ctx, target: &Target, count: usize) -> Resul
         && !pool::busy_vms(&st, target.backend, &target.region).is_empty()
     {
         ui::progress("Checking whether busy pool VMs have free slots...");
-        refresh::refresh(ctx, false)?;
+        refresh::refresh(ctx, refresh::Power::Skip)?;
     }
     Ok(())
 }

@@ -9,7 +9,11 @@ use crate::ui;
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
     let refresh::Refreshed {
         state, mut live, ..
-    } = refresh::current(ctx, args.refresh.no_refresh, true)?;
+    } = refresh::current(
+        ctx,
+        refresh::Source::of(args.refresh.no_refresh),
+        refresh::Power::Read,
+    )?;
     if state
         .vm_pool
         .values()

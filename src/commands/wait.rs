@@ -101,7 +101,7 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
                 })
             {
                 last_refresh = Some(Instant::now());
-                refresh::refresh(ctx, false)?;
+                refresh::refresh(ctx, refresh::Power::Skip)?;
                 continue;
             }
             // Running sessions nobody watches yet: one watcher per VM for them.
