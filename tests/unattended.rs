@@ -868,3 +868,36 @@ fn a_follow_up_takes_the_same_unattended_settings() {
     }
     assert_url_at_rest_nowhere(&env);
 }
+
+#[test]
+fn a_retry_wait_counts_toward_max_hours_and_the_flag_form_of_notify_works() {
+    let receiver = Receiver::start();
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "600");
+    let url = receiver.url();
+    // 0.001 h = 3.6 s, well inside the first retry's 600 s wait.
+    let ids = start(
+        &env,
+        &["--notify", &url, "--max-hours", "0.001"],
+        &["TRANSIENT=fetchfailed stuck waiting"],
+    );
+    let id = &ids[0];
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(30));
+    assert_eq!(ended.body["exit_code"], 124, "{}", ended.body);
+    assert_eq!(ended.body["reason"], "ran past --max-hours 0.001");
+    assert_eq!(
+        receiver.events_of(id),
+        ["session_retrying", "session_ended"]
+    );
+    let s = env.wait_finished(id);
+    assert_eq!(
+        (s["status"].as_str(), s["exit_code"].as_i64()),
+        (Some("failed"), Some(124))
+    );
+    let runs = std::fs::read_to_string(env.agent_record("local", id).join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the retry never ran");
+    assert!(
+        log_of(&env, "local", id).contains("ran past --max-hours 0.001 while it waited to retry")
+    );
+    assert_url_at_rest_nowhere(&env);
+}
