@@ -26,12 +26,19 @@ pub enum Error {
 
     /// `output` found neither a tmux session nor a log of the session on its VM.
     #[error(
-        "Session not found on VM '{vm}': {id} has no tmux session and no output log there (it crashed, never launched, or was removed externally; status: {status}). Check its status with 'amplihack remote list'; if it completed or failed, retrieve its results with 'amplihack remote pull {id}'."
+        "Session not found on VM '{vm}': {id} has no tmux session and no output log there (it crashed, never launched, or was removed externally; status: {status}). Check its status with 'amplihack remote list'{}.",
+        if *has_repository {
+            format!("; if it completed or failed, retrieve its commits with 'amplihack remote pull {id}'")
+        } else {
+            String::new()
+        }
     )]
     SessionNotOnVm {
         id: String,
         vm: String,
         status: String,
+        /// Started with a repository (not --no-context): `pull` can bring its commits.
+        has_repository: bool,
     },
 
     #[error("VM '{vm}' is not reachable: {detail}")]

@@ -489,6 +489,8 @@ pub struct Refreshed {
     pub live: Live,
     /// VMs that could not be asked, with why.
     pub failed_vms: BTreeMap<String, Error>,
+    /// Sessions whose archive came home but could not be kept here, with why.
+    pub archive_failures: BTreeMap<String, String>,
 }
 
 /// Where a command takes the sessions' status from.
@@ -525,6 +527,7 @@ pub fn current(ctx: &Ctx, source: Source, power: Power) -> Result<Refreshed> {
             state: ctx.store.load()?,
             live: Live::default(),
             failed_vms: BTreeMap::new(),
+            archive_failures: BTreeMap::new(),
         })
     } else {
         refresh(ctx, power)
@@ -580,6 +583,7 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
             state,
             live,
             failed_vms: BTreeMap::new(),
+            archive_failures: BTreeMap::new(),
         });
     }
     let (collected, power_results) = collect_with_power(ctx, &state, &plan, &power_groups);
@@ -619,6 +623,7 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
         state,
         live,
         failed_vms: collected.failed_vms,
+        archive_failures: collected.archive_failures,
     })
 }
 

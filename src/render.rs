@@ -774,6 +774,8 @@ pub fn output_header(
 pub struct StartLine<'a> {
     pub session: &'a Session,
     pub vm_is_new: bool,
+    /// Its VM exists: false for a new VM whose creation failed (quota, say).
+    pub vm_created: bool,
     /// Its place in its VM's queue and the queue's length, when it was queued.
     pub queue_place: Option<(u32, u32)>,
 }
@@ -790,12 +792,16 @@ fn start_report_unescaped(lines: &[StartLine]) -> String {
     for (i, l) in lines.iter().enumerate() {
         let s = l.session;
         let _ = writeln!(out, "[{}/{}] {}", i + 1, n, s.session_id);
-        let _ = writeln!(
-            out,
-            "  VM: {} ({})",
-            s.vm_name,
-            if l.vm_is_new { "new" } else { "reused" }
-        );
+        if l.vm_created {
+            let _ = writeln!(
+                out,
+                "  VM: {} ({})",
+                s.vm_name,
+                if l.vm_is_new { "new" } else { "reused" }
+            );
+        } else {
+            let _ = writeln!(out, "  VM: none ({} could not be created)", s.vm_name);
+        }
         let _ = writeln!(out, "  Prompt: {}", one_line(&s.prompt, 60));
         match &s.error {
             Some(e) if !s.status.is_active() => {
@@ -1083,22 +1089,29 @@ mod tests {
             StartLine {
                 session: &a,
                 vm_is_new: true,
+                vm_created: true,
                 queue_place: None,
             },
             StartLine {
                 session: &b,
-                vm_is_new: false,
+                vm_is_new: true,
+                vm_created: false,
                 queue_place: None,
             },
             StartLine {
                 session: &q,
                 vm_is_new: false,
+                vm_created: true,
                 queue_place: Some((2, 3)),
             },
         ]);
         assert!(text.contains("  Status: queued (place 2 of 3; it starts on its own"));
         assert!(text.contains("[1/3] sess-a\n  VM: vm1 (new)\n  Prompt: one\n  Status: running\n"));
         assert!(text.contains("  Status: failed (quota exceeded)"));
+        assert!(
+            text.contains("  VM: none (vm1 could not be created)\n"),
+            "{text}"
+        );
         assert!(text.contains("2 of 3 session(s) started; 1 failed:\n  sess-b: quota exceeded\n"));
     }
 }

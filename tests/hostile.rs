@@ -760,3 +760,116 @@ fn wait_json_at_its_timeout_prints_the_sessions_still_running() {
     assert_eq!(lines[1]["status"], "running");
     assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
 }
+
+#[test]
+fn kill_of_a_queued_session_says_it_leaves_the_queue() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=60", "SLEEP=60"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ids = started_ids(&out);
+    assert_eq!(env.session(&ids[1])["status"], "queued");
+    let out = env.run(&["kill", &ids[1]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("SIGTERM"), "{text}");
+    assert!(
+        text.contains("Taking it out of the queue on VM local..."),
+        "{text}"
+    );
+    let _ = env.run(&["kill", "--force", &ids[0]]);
+}
+
+#[test]
+fn session_not_on_vm_suggests_pull_only_for_a_session_with_a_repository() {
+    let env = TestEnv::local();
+    let started = env.start_running("SLEEP=60");
+    let tmux = std::process::Command::new("tmux")
+        .env("TMUX_TMPDIR", env.root().join("tmux"))
+        .env_remove("TMUX")
+        .args(["kill-session", "-t", &started.id])
+        .status()
+        .unwrap();
+    assert!(tmux.success());
+    let dir = env
+        .home()
+        .join(".amplihack/remote/sessions")
+        .join(&started.id);
+    env.wait_for("the supervisor to end", Duration::from_secs(20), || {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::thread::sleep(Duration::from_millis(200));
+        !dir.exists()
+    });
+    let out = env.run(&["output", &started.id, "--no-refresh"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("Session not found on VM"), "{err}");
+    assert!(
+        !err.contains("pull"),
+        "a --no-context session has nothing to pull: {err}"
+    );
+}
+
+#[test]
+fn prune_counts_what_it_deleted_and_blames_the_archive_folder_when_it_is_the_problem() {
+    let env = TestEnv::new();
+    let out = env.run(&["start", "--no-context", "--json", "LINES=2"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let vm = env.vm_of(&id);
+    assert_eq!(env.wait_finished(&id)["status"], "completed");
+    // As if it had ended before archives existed; and the archive folder cannot be written.
+    let mut st = env.state();
+    st["sessions"][&id]
+        .as_object_mut()
+        .unwrap()
+        .remove("archived_at");
+    env.write_state(&st.to_string());
+    std::fs::remove_dir_all(env.archive_dir().join(&id)).unwrap();
+    // A file where the archive folder should be (permissions do not stop root).
+    let archive = env.archive_dir();
+    std::fs::remove_dir_all(&archive).unwrap();
+    std::fs::write(&archive, "not a folder").unwrap();
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    std::fs::remove_file(&archive).unwrap();
+    assert_ne!(code(&out), 0, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("Pruned 0 of 1 idle VM(s):\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "KEPT: 1 session(s) not archived: their archives came home but could not be kept in {}",
+            archive.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("fix the archive folder"), "{text}");
+    assert!(!text.contains("when its VM answers"), "{text}");
+    assert!(env.state()["vm_pool"].get(&vm).is_some());
+}
+
+#[test]
+fn a_start_that_failed_on_quota_does_not_show_a_vm_that_was_never_created() {
+    let env = TestEnv::new();
+    env.fault("quota/eastus");
+    let out = env.run(&["start", "--no-context", "task"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("(new)"), "{text}");
+    assert!(text.contains("  VM: none ("), "{text}");
+    assert!(text.contains("could not be created)"), "{text}");
+}
+
+#[test]
+fn queued_sessions_say_their_place_in_the_vms_queue() {
+    let mut env = TestEnv::local();
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let out = env.run(&["start", "--no-context", "SLEEP=60", "SLEEP=60", "SLEEP=60"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("place 1 of 2;"), "{text}");
+    assert!(text.contains("place 2 of 2;"), "{text}");
+    assert!(!text.contains("place 1 of 1;"), "{text}");
+    for id in env.session_ids() {
+        let _ = env.run(&["kill", "--force", &id]);
+    }
+}

@@ -164,10 +164,12 @@ fn a_capped_pool_queues_instead_of_provisioning() {
         "--json",
         "--max-vms",
         "1",
-        "SLEEP=1",
-        "SLEEP=1",
-        "SLEEP=1",
-        "SLEEP=1",
+        // Long enough that no queued session has started when the launch answers (it says
+        // where each queued session waits once all are placed).
+        "SLEEP=4",
+        "SLEEP=4",
+        "SLEEP=4",
+        "SLEEP=4",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(

@@ -49,10 +49,13 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     }
 
     ui::print(&format!("Killing session: {id}\n"))?;
-    ui::print(if args.force {
-        "Sending SIGKILL...\n"
+    let was_queued = current.status == SessionStatus::Queued;
+    ui::print(&if was_queued {
+        format!("Taking it out of the queue on VM {}...\n", session.vm_name)
+    } else if args.force {
+        "Sending SIGKILL...\n".to_string()
     } else {
-        "Sending SIGTERM...\n"
+        "Sending SIGTERM...\n".to_string()
     })?;
     let vm = ctx.vm_ref(&state, &session.vm_name);
     // A pending session here is one whose start died (a live start's is refused above): a
@@ -160,6 +163,12 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             ))
         }
         KillOutcome::Killed => {
+            if was_queued {
+                ui::print(&format!(
+                    "It had started meanwhile: sent {}.\n",
+                    if args.force { "SIGKILL" } else { "SIGTERM" }
+                ))?;
+            }
             if report.escalated {
                 ui::print(&format!(
                     "Still running after {}s; sent SIGKILL.\n",

@@ -12,6 +12,7 @@ pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
             state: ctx.store.load_sessions_only()?,
             live: render::Live::default(),
             failed_vms: Default::default(),
+            archive_failures: Default::default(),
         }
     } else {
         refresh::current(ctx, refresh::Source::Vms, refresh::Power::Skip)?

@@ -60,6 +60,7 @@ fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
             id: id.to_string(),
             vm: session.vm_name.clone(),
             status: format!("{}; its archive holds no log", session.status),
+            has_repository: session.base_commit.is_some(),
         });
     };
     if !args.raw {
@@ -185,6 +186,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
             id: session.session_id.clone(),
             vm: session.vm_name.clone(),
             status,
+            has_repository: session.base_commit.is_some(),
         });
     }
     if !args.raw {
@@ -290,6 +292,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             id: id.to_string(),
             vm: session.vm_name.clone(),
             status,
+            has_repository: session.base_commit.is_some(),
         });
     }
     let state = if args.refresh.no_refresh {

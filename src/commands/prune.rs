@@ -260,9 +260,16 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
         .iter()
         .filter(|(vm, _)| !args.force && !missing.contains(*vm))
         .map(|(vm, ids)| {
-            let why = match refreshed.failed_vms.get(vm) {
-                Some(e) => e.to_string(),
-                None => "their archives did not come home".to_string(),
+            // The VM answered and sent the archives, but they could not be kept here: the
+            // archive folder is the problem, not the VM.
+            let local = ids.iter().find_map(|id| refreshed.archive_failures.get(id));
+            let why = match (refreshed.failed_vms.get(vm), local) {
+                (Some(e), _) => e.to_string(),
+                (None, Some(why)) => format!(
+                    "their archives came home but could not be kept in {}: {why}",
+                    ctx.archive.root().display()
+                ),
+                (None, None) => "their archives did not come home".to_string(),
             };
             (
                 vm.clone(),
@@ -393,6 +400,15 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             None => match blocked.get(&v.name) {
                 Some(why) if runs_work(&v.name) || !unarchived.contains_key(&v.name) => {
                     format!("KEPT: {why}")
+                }
+                Some(why)
+                    if ids
+                        .iter()
+                        .any(|id| refreshed.archive_failures.contains_key(id)) =>
+                {
+                    format!(
+                        "KEPT: {why}; fix the archive folder and run prune again, or pass --force to delete it and lose them"
+                    )
                 }
                 Some(why) => format!(
                     "KEPT: {why}; run prune again when its VM answers, or pass --force to delete it and lose them"
@@ -541,7 +557,20 @@ fn print_report(report: &[Pruned], json: bool, title: &str) -> Result<()> {
         text.push('\n');
         return ui::print(&text);
     }
-    let mut text = format!("{title} {} VM(s):\n", report.len());
+    // The heading counts what it says: VMs kept or skipped are listed under it, not counted.
+    let done = report
+        .iter()
+        .filter(|p| {
+            p.result.starts_with("deleted")
+                || p.result.starts_with("removed")
+                || p.result.starts_with("would be deleted")
+        })
+        .count();
+    let mut text = if done == report.len() {
+        format!("{title} {} VM(s):\n", report.len())
+    } else {
+        format!("{title} {done} of {} idle VM(s):\n", report.len())
+    };
     for p in report {
         text.push_str(&format!(
             "  {} ({}, {}): {}: {}\n",

@@ -625,12 +625,18 @@ pub(crate) fn run_with(
     if args.json {
         ui::print(&render::list_json(&sessions, &render::Live::default()))?;
     } else {
+        // A new VM whose creation failed (quota) is not shown as if it existed.
+        let pool = ctx.store.load()?.vm_pool;
         let lines: Vec<StartLine> = reserved
             .iter()
             .zip(&sessions)
             .map(|(r, s)| StartLine {
                 session: s,
                 vm_is_new: r.vm_is_new,
+                vm_created: !r.vm_is_new
+                    || pool
+                        .get(&r.vm)
+                        .is_some_and(|v| v.state == crate::model::VmState::Ready),
                 queue_place: match outcomes.get(&r.id) {
                     Some(Outcome::Queued { place, of }) => Some((*place, *of)),
                     _ => None,

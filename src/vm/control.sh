@@ -504,10 +504,27 @@ place_session() {
       # Its notify URL waits in a pipe until it starts, and goes on with the key.
       hold_notify_url "$d" "$notify_url"
     fi
-    printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
+    # Its place is said once this launch has placed all its sessions (queued_answers).
+    queued_here+=("$id")
   else
     fail_placement "$id" "no free slot on this VM ($running of $capacity running)"
   fi
+}
+
+# The sessions this launch queued, answered once all are placed, so each says its place in
+# the VM's queue as it then is (not "1 of 1", "2 of 2" as they were added). One that started
+# meanwhile (a slot freed) says so instead.
+queued_here=()
+queued_answers() {
+  local id
+  for id in "${queued_here[@]}"; do
+    if [ -e "$base/sessions/$id/queued" ]; then
+      printf 'queued\t%s\t%s\n' "$id" "$(queue_place "$id")"
+    else
+      report_launched "$id"
+    fi
+  done
+  queued_here=()
 }
 
 # The place of a queued session in its VM's queue (1 = next), and how many are queued.
@@ -565,6 +582,7 @@ cmd_launch() {
     launch_session "$id" "$prompt" "$record" "${@:1:$argc}"
     shift "$argc"
   done
+  queued_answers
   secret=
   [ -n "$restore_dir" ] && rm -rf -- "$restore_dir"
   notify_url=
