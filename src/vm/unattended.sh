@@ -249,7 +249,7 @@ send_notification() {
 # place a URL can wait on the VM without being written down. A detached holder keeps
 # `notify.fifo` open (so what is in it stays) while the session is queued; whoever starts or
 # dequeues the session takes the URL out (take_held_url) and removes the FIFO, and the holder
-# then exits.
+# then exits. It gives up after a week in the queue: nothing waits for ever on a VM.
 hold_notify_url() {
   local d=$1 url=$2 fd n=0
   [ -n "$url" ] || return 0
@@ -263,7 +263,8 @@ hold_notify_url() {
     exec setsid bash -c '
       exec 3<> "$1" || exit 0
       : > "$3"
-      while [ -p "$1" ] && [ -e "$2" ]; do sleep 2; done' _ "$d/notify.fifo" "$d/queued" "$d/notify.held"
+      while [ -p "$1" ] && [ -e "$2" ] && [ "$SECONDS" -lt 604800 ]; do sleep 2; done' \
+      _ "$d/notify.fifo" "$d/queued" "$d/notify.held"
   ) < /dev/null > /dev/null 2>&1 &
   while [ ! -e "$d/notify.held" ] && [ "$n" -lt 50 ]; do
     sleep 0.1
