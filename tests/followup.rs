@@ -745,3 +745,35 @@ fn two_follow_ups_of_one_session_at_once_never_share_its_workspace() {
         .collect();
     assert_eq!(follow_ups.len(), 1, "{follow_ups:?}");
 }
+
+#[test]
+fn pull_pr_of_a_running_session_brings_its_commits_but_opens_nothing() {
+    let mut env = TestEnv::local();
+    env.git_repo();
+    with_gh_and_remote(&mut env);
+    let s = start(&env, &["COMMIT=1 SLEEP=60"]);
+    let record = env.agent_record(&s.vm, &s.id);
+    let workspace = PathBuf::from(env.session(&s.id)["workspace"].as_str().unwrap());
+    env.wait_for(
+        "the agent's commit",
+        std::time::Duration::from_secs(30),
+        || {
+            record.join("env").exists()
+                && git(&workspace, &["log", "--format=%s"]).starts_with("agent commit 1")
+        },
+    );
+    let out = env.run(&["pull", &s.id, "--pr"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("open its pull request once it has ended"),
+        "{}",
+        stderr(&out)
+    );
+    git(
+        &env.work(),
+        &["rev-parse", "--verify", &format!("amplihack/{}", s.id)],
+    );
+    assert!(gh_calls(&env).is_empty(), "{:?}", gh_calls(&env));
+    let out = env.run(&["kill", &s.id, "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}

@@ -275,12 +275,20 @@ pub fn open_all(
 ) -> Result<()> {
     let mut text = String::new();
     let mut to_open: Vec<&Pulled> = Vec::new();
+    let mut first_error = None;
     for p in pulled {
         let id = &p.session.session_id;
         if let Some(url) = p.session.pr_url() {
             text.push_str(&format!(
                 "Pull request of {id} (opened before, nothing new opened): {url}\n"
             ));
+        } else if p.session.status.is_active() {
+            let e = Error::Failed(format!(
+                "session {id} is still {}: its commits so far are on branch {}; open its pull request once it has ended",
+                p.session.status, p.branch
+            ));
+            ui::warn(&format!("{id}: no pull request: {e}"));
+            first_error.get_or_insert(e);
         } else if p.head.is_none() {
             text.push_str(&format!(
                 "No pull request for {id}: it has no commits, so there is nothing to propose.\n"
@@ -289,7 +297,6 @@ pub fn open_all(
             to_open.push(p);
         }
     }
-    let mut first_error = None;
     if !to_open.is_empty() {
         let ready = check_gh(ctx)
             .and_then(|()| context::push_remote(repo, ctx.settings.timeouts.local_git));
