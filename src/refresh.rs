@@ -414,10 +414,12 @@ pub fn collect_with_power(
                     })
                 })
                 .collect();
-            let mut input = script::probe_script(&targets, ctx.settings.archive_log_cap);
-            if drain {
-                input = drain_queue_first(ctx, input);
-            }
+            let queue = if drain {
+                queue_work(ctx)
+            } else {
+                script::Queue::Leave
+            };
+            let input = script::probe_script(&targets, ctx.settings.archive_log_cap, queue);
             let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
             let answer = out.map(|o| {
                 warn_stuck(&o.stdout);
@@ -537,8 +539,10 @@ pub fn current(ctx: &Ctx, source: Source, power: Power) -> Result<Refreshed> {
 /// Makes a call to a VM with queued sessions start them first where it has room: its
 /// supervisors normally do, but none may be left (all killed, a reboot). The user's key goes
 /// along for the sessions it starts.
-pub fn drain_queue_first(ctx: &Ctx, input: Vec<u8>) -> Vec<u8> {
-    script::draining(input, ctx.settings.api_key.as_deref())
+pub fn queue_work(ctx: &Ctx) -> script::Queue<'_> {
+    script::Queue::Drain {
+        key: ctx.settings.api_key.as_deref(),
+    }
 }
 
 /// Says which queued sessions a VM could not start, and why.

@@ -77,13 +77,34 @@ pub fn framed_answer(stdout: &[u8]) -> Option<&[u8]> {
     Some(&stdout[at + 1 + ANSWER_MARK.len()..])
 }
 
-/// The whole stdin of one control call: the answer's mark, `{`, the header (variables, then the arguments of
-/// the subcommand, every value single-quoted), the helpers and the control script, `}`, then
-/// the payload. The group makes bash read everything before it runs anything.
-fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
+/// Whether a control call first has the VM start its queued work, as far as it has room: asked
+/// of VMs the state knows to have queued sessions, whose supervisors may all be gone. The
+/// user's key goes along for the sessions it starts (never written on the VM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Queue<'a> {
+    #[default]
+    Leave,
+    Drain {
+        key: Option<&'a str>,
+    },
+}
+
+/// The whole stdin of one control call: the answer's mark, `{`, the header (what `queue`
+/// asks, the variables, then the arguments of the subcommand, every value single-quoted), the
+/// helpers and the control script, `}`, then the payload. The group makes bash read everything
+/// before it runs anything.
+fn control_input(queue: Queue, vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8> {
     let mut s = String::with_capacity(LIB_SH.len() + UNATTENDED_SH.len() + CONTROL_SH.len() + 512);
     s.push_str("# amplihack remote: a control call (docs/remote-layout.md)\n");
     s.push_str("printf 'amplihack-remote\\tanswer\\n'\n{\n");
+    if let Queue::Drain { key } = queue {
+        s.push_str("AMPLIHACK_DRAIN=1\n");
+        if let Some(key) = key {
+            s.push_str("AMPLIHACK_SECRET=");
+            s.push_str(&shell_quote(key));
+            s.push('\n');
+        }
+    }
     for (name, value) in vars {
         s.push_str(name);
         s.push('=');
@@ -105,27 +126,6 @@ fn control_input(vars: &[(&str, &str)], args: &[&str], payload: &[u8]) -> Vec<u8
     let mut input = s.into_bytes();
     input.extend_from_slice(payload);
     input
-}
-
-/// Makes a control call start the VM's queued work first, as far as the VM has room: used on
-/// VMs the state knows to have queued sessions, whose supervisors may all be gone. `key` is
-/// handed to the sessions it starts (never written on the VM).
-pub fn draining(input: Vec<u8>, key: Option<&str>) -> Vec<u8> {
-    // Right after the line that opens the call's group (see `control_input`).
-    let open = input
-        .windows(3)
-        .position(|w| w == b"\n{\n")
-        .expect("a control call opens its group")
-        + 3;
-    let mut header = String::from("AMPLIHACK_DRAIN=1\n");
-    if let Some(key) = key {
-        header.push_str(&format!("AMPLIHACK_SECRET={}\n", shell_quote(key)));
-    }
-    let mut out = Vec::with_capacity(input.len() + header.len());
-    out.extend_from_slice(&input[..open]);
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&input[open..]);
-    out
 }
 
 /// Queued sessions the VM could not start (`stuck` lines of a draining call), and why.
@@ -266,7 +266,7 @@ pub fn launch_input(plan: &LaunchPlan) -> Vec<u8> {
         args.extend([s.id, s.prompt, s.record, argc.as_str()]);
         args.extend(argv.iter().map(String::as_str));
     }
-    control_input(&vars, &args, &payload)
+    control_input(Queue::Leave, &vars, &args, &payload)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -361,7 +361,7 @@ pub struct ProbeTarget<'a> {
 
 /// Asks for one `session` line per target (see `Probe`), plus the frames each one wants:
 /// `probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...`.
-pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
+pub fn probe_script(targets: &[ProbeTarget], log_cap: u64, queue: Queue) -> Vec<u8> {
     let cap = log_cap.to_string();
     let mut args = vec!["probe", cap.as_str()];
     for t in targets {
@@ -377,7 +377,7 @@ pub fn probe_script(targets: &[ProbeTarget], log_cap: u64) -> Vec<u8> {
             },
         ]);
     }
-    control_input(&[], &args, &[])
+    control_input(queue, &[], &args, &[])
 }
 
 /// Asks a VM for everything it knows of its sessions (`sync`): each session directory's own
@@ -389,7 +389,7 @@ pub fn records_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
         args.push("--");
         args.extend_from_slice(claim);
     }
-    control_input(&[], &args, &[])
+    control_input(Queue::Leave, &[], &args, &[])
 }
 
 /// What a VM answered to `records`.
@@ -522,12 +522,12 @@ pub fn parse_probes(stdout: &[u8]) -> HashMap<String, Probe> {
 }
 
 /// A control call's arguments, with the archive request's appended when there is one.
-fn with_archive(mut args: Vec<String>, archive: Option<&ArchiveRequest>) -> Vec<u8> {
+fn with_archive(mut args: Vec<String>, archive: Option<&ArchiveRequest>, queue: Queue) -> Vec<u8> {
     if let Some(a) = archive {
         args.extend(a.args());
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    control_input(&[], &refs, &[])
+    control_input(queue, &[], &refs, &[])
 }
 
 /// Captures what a session shows: its tmux pane while it runs, the kept log after; with
@@ -536,6 +536,7 @@ pub fn capture_script(id: &str, lines: u32, archive: Option<&ArchiveRequest>) ->
     with_archive(
         vec!["capture".into(), id.into(), lines.to_string()],
         archive,
+        Queue::Leave,
     )
 }
 
@@ -558,10 +559,17 @@ impl Pace {
 
 /// `output --follow` over one connection: the session's log from byte `offset` (or, first,
 /// from its last `lines` lines) as it grows, until the session is over (see `Frames`).
-pub fn stream_script(id: &str, offset: Option<u64>, lines: u32, pace: Pace) -> Vec<u8> {
+pub fn stream_script(
+    id: &str,
+    offset: Option<u64>,
+    lines: u32,
+    pace: Pace,
+    queue: Queue,
+) -> Vec<u8> {
     let offset = offset.map_or_else(|| "-".to_string(), |o| o.to_string());
     let [check, beat] = pace.args();
     control_input(
+        queue,
         &[],
         &["stream", id, &offset, &lines.to_string(), &check, &beat],
         &[],
@@ -569,11 +577,11 @@ pub fn stream_script(id: &str, offset: Option<u64>, lines: u32, pace: Pace) -> V
 }
 
 /// `wait` over one connection per VM: a session line as each session is over (see `Frames`).
-pub fn watch_script(ids: &[&str], pace: Pace) -> Vec<u8> {
+pub fn watch_script(ids: &[&str], pace: Pace, queue: Queue) -> Vec<u8> {
     let [check, beat] = pace.args();
     let mut args = vec!["watch", check.as_str(), beat.as_str()];
     args.extend_from_slice(ids);
-    control_input(&[], &args, &[])
+    control_input(queue, &[], &args, &[])
 }
 
 /// One frame of a stream (not to be confused with the archive frames of `Frame`).
@@ -896,6 +904,7 @@ pub fn kill_script(
     grace_secs: u32,
     claim: bool,
     archive: Option<&ArchiveRequest>,
+    queue: Queue,
 ) -> Vec<u8> {
     let flag = |b: bool| if b { "1" } else { "0" };
     with_archive(
@@ -907,6 +916,7 @@ pub fn kill_script(
             flag(claim).into(),
         ],
         archive,
+        queue,
     )
 }
 
@@ -1089,6 +1099,7 @@ mod tests {
                     target("c", Want::Claim),
                 ],
                 10,
+                Queue::Leave,
             ),
             records_script(&["a"], &["b"]),
             capture_script("a", 5, None),
@@ -1101,6 +1112,7 @@ mod tests {
                     check_every: std::time::Duration::from_millis(200),
                     beat_every: std::time::Duration::from_secs(10),
                 },
+                Queue::Leave,
             ),
             watch_script(
                 &["a", "b"],
@@ -1108,9 +1120,10 @@ mod tests {
                     check_every: std::time::Duration::from_millis(500),
                     beat_every: std::time::Duration::from_secs(10),
                 },
+                Queue::Drain { key: Some("k") },
             ),
-            kill_script("a", true, 10, true, None),
-            kill_script("a", true, 10, false, Some(&archive)),
+            kill_script("a", true, 10, true, None, Queue::Leave),
+            kill_script("a", true, 10, false, Some(&archive), Queue::Leave),
         ] {
             std::fs::write(&path, &script).unwrap();
             let st = std::process::Command::new("bash")
@@ -1172,6 +1185,7 @@ mod tests {
             &probe_script(
                 &[target(nasty, Want::Archive), target("plain", Want::Facts)],
                 10,
+                Queue::Leave,
             ),
             home.path(),
         );
@@ -1211,6 +1225,7 @@ mod tests {
                     target("plain", Want::Facts),
                 ],
                 10,
+                Queue::Leave,
             ),
             home.path(),
         );
@@ -1247,7 +1262,7 @@ mod tests {
         assert_eq!(framed_answer(b"session\tx\n"), None);
         assert_eq!(framed_answer(&ANSWER_MARK[..5]), None);
         // Every control call prints it first, outside its group.
-        let input = String::from_utf8(probe_script(&[], 1)).unwrap();
+        let input = String::from_utf8(probe_script(&[], 1, Queue::Leave)).unwrap();
         assert!(
             input.contains("printf 'amplihack-remote\\tanswer\\n'\n{\n"),
             "{input}"
@@ -1256,22 +1271,30 @@ mod tests {
 
     #[test]
     fn a_draining_call_sets_its_header_inside_the_group() {
-        let plain = capture_script("a", 5, None);
-        let input = draining(plain.clone(), Some("sk-'x"));
+        let pace = Pace {
+            check_every: std::time::Duration::from_millis(500),
+            beat_every: std::time::Duration::from_secs(10),
+        };
+        let plain = watch_script(&["a"], pace, Queue::Leave);
+        let input = watch_script(&["a"], pace, Queue::Drain { key: Some("sk-'x") });
         let text = String::from_utf8(input).unwrap();
         assert!(text.contains("\n{\nAMPLIHACK_DRAIN=1\nAMPLIHACK_SECRET='sk-'\\''x'\n"));
         assert_eq!(
             text.len(),
             plain.len() + "AMPLIHACK_DRAIN=1\nAMPLIHACK_SECRET='sk-'\\''x'\n".len()
         );
-        let without = String::from_utf8(draining(plain, None)).unwrap();
+        let without =
+            String::from_utf8(watch_script(&["a"], pace, Queue::Drain { key: None })).unwrap();
         assert!(without.contains("\n{\nAMPLIHACK_DRAIN=1\nset -- "));
     }
 
     #[test]
     fn the_control_script_rejects_unknown_commands_with_exit_3() {
         let home = tempfile::tempdir().unwrap();
-        let out = run_control(&control_input(&[], &["bogus"], &[]), home.path());
+        let out = run_control(
+            &control_input(Queue::Leave, &[], &["bogus"], &[]),
+            home.path(),
+        );
         assert_eq!(out.status.code(), Some(3));
         assert!(String::from_utf8_lossy(&out.stderr).contains("unknown control command 'bogus'"));
     }
@@ -1555,7 +1578,7 @@ mod tests {
             base_commit: Some(&base),
             want: Want::Archive,
         };
-        let out = run_control(&probe_script(&[t], 100), home.path());
+        let out = run_control(&probe_script(&[t], 100, Queue::Leave), home.path());
         assert!(
             out.status.success(),
             "{}",

@@ -43,7 +43,11 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     };
     let out = ctx.run_on(
         &vm,
-        script::probe_script(&[target], ctx.settings.archive_log_cap),
+        script::probe_script(
+            &[target],
+            ctx.settings.archive_log_cap,
+            script::Queue::Leave,
+        ),
         ctx.settings.timeouts.probe,
         OnInterrupt::Abort,
     )?;

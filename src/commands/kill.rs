@@ -62,19 +62,22 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     // launch it left on its way must be cancelled, not raced. The same call brings the ended
     // session's archive home.
     let claim = current.status == SessionStatus::Pending;
-    let mut input = script::kill_script(
+    // The slot this kill frees goes to the VM's queue, should no supervisor be left to pass it.
+    let queue = if state.sessions.values().any(|s| {
+        s.vm_name == session.vm_name && s.status == SessionStatus::Queued && s.session_id != id
+    }) {
+        refresh::queue_work(ctx)
+    } else {
+        script::Queue::Leave
+    };
+    let input = script::kill_script(
         id,
         args.force,
         ctx.settings.kill_grace_secs,
         claim,
         Some(&refresh::archive_request(ctx, &session)),
+        queue,
     );
-    // The slot this kill frees goes to the VM's queue, should no supervisor be left to pass it.
-    if state.sessions.values().any(|s| {
-        s.vm_name == session.vm_name && s.status == SessionStatus::Queued && s.session_id != id
-    }) {
-        input = refresh::drain_queue_first(ctx, input);
-    }
     let answer = ctx
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {

@@ -234,13 +234,13 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
         &vm,
         &stop,
         &mut || {
-            let input = script::stream_script(id, printed_to.get(), args.lines, pace);
             // A stranded queue is started by whoever talks to its VM with the user's key.
-            if drain {
-                refresh::drain_queue_first(ctx, input)
+            let queue = if drain {
+                refresh::queue_work(ctx)
             } else {
-                input
-            }
+                script::Queue::Leave
+            };
+            script::stream_script(id, printed_to.get(), args.lines, pace, queue)
         },
         &mut |frame| {
             match frame {

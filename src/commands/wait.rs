@@ -254,12 +254,12 @@ fn watch_vm(
         &mut || {
             let ids = remaining.borrow();
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let input = script::watch_script(&refs, pace);
-            if drain {
-                refresh::drain_queue_first(ctx, input)
+            let queue = if drain {
+                refresh::queue_work(ctx)
             } else {
-                input
-            }
+                script::Queue::Leave
+            };
+            script::watch_script(&refs, pace, queue)
         },
         &mut |frame| {
             if let StreamFrame::Session(id, probe) = frame {
