@@ -93,7 +93,7 @@ pub enum RemoteCommand {
     Continue(ContinueArgs),
     /// Fetch sessions' commits into the local repository as branches amplihack/<session-id>
     #[command(
-        after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all"
+        after_help = "Examples:\n  amplihack remote pull sess-20251125-143022-abc1\n  amplihack remote pull sess-20251125-143022-abc1 sess-20251125-143025-def2\n  amplihack remote pull --all\n  amplihack remote pull sess-20251125-143022-abc1 --resume\n  amplihack remote pull sess-20251125-143022-abc1 --pr --draft --base main\n  amplihack remote pull --all --pr"
     )]
     Pull(PullArgs),
     /// What each recent session produced: status, exit, duration, commits, changes
