@@ -826,11 +826,14 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "60\n120\n240\n");
-    // Not transient: an ordinary failure, numbers that merely contain 529 or 429.
+    backoff("HTTP 429 from the API", "rate limited");
+    // Not transient: an ordinary failure, numbers that merely contain 529 or 429, or are
+    // counts of something else.
     for line in [
         "Error: tests failed",
         "line 15290: syntax error",
         "exit 4290",
+        "processed 429 files, 529 left",
         "",
     ] {
         assert_eq!(classify(line, now), None, "{line:?}");

@@ -58,6 +58,10 @@ reset_clock_epoch() {
 # epoch second a plan limit resets (`-` for the others, which back off), judged at $1 (now).
 transient_failure() {
   local now=$1 line until=- reason='' zone
+  # A bare number is not enough ("processed 429 files"): it must follow an error or status
+  # word, as in `API Error: 529`, `API Error: Repeated 529 Overloaded errors`, `HTTP 429`.
+  local status_code_529='(API Error|[Ee]rror|[Ss]tatus|HTTP)[^0-9]{0,24}(^|[^0-9])529([^0-9]|$)'
+  local status_code_429='(API Error|[Ee]rror|[Ss]tatus|HTTP)[^0-9]{0,24}(^|[^0-9])429([^0-9]|$)'
   local limit_clock='(limit|Limit).*[Rr]esets?( at)? ([0-9]{1,2})(:([0-9]{2}))? ?([ap]m)?( \(([A-Za-z0-9_+/-]+)\))?'
   while IFS= read -r line || [ -n "$line" ]; do
     line=${line%$'\r'}
@@ -70,9 +74,9 @@ transient_failure() {
       else
         until=- reason='plan limit'
       fi
-    elif [[ $line == *overloaded_error* ]] || [[ $line =~ (^|[^0-9])529([^0-9]|$) ]]; then
+    elif [[ $line == *overloaded_error* ]] || [[ $line =~ $status_code_529 ]]; then
       reason='API overloaded' until=-
-    elif [[ $line == *rate_limit_error* ]] || [[ $line =~ (^|[^0-9])429([^0-9]|$) ]]; then
+    elif [[ $line == *rate_limit_error* ]] || [[ $line =~ $status_code_429 ]]; then
       reason='rate limited' until=-
     elif [[ $line =~ API\ Error:\ (5[0-9][0-9]) ]]; then
       reason="API server error ${BASH_REMATCH[1]}" until=-
