@@ -873,3 +873,41 @@ fn queued_sessions_say_their_place_in_the_vms_queue() {
         let _ = env.run(&["kill", "--force", &id]);
     }
 }
+
+#[test]
+fn a_follow_says_the_end_at_once_and_reports_a_frozen_archive_call_apart() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let started = env.start_running("TICK=20");
+    env.clear_calls();
+    let mut follow = env
+        .std_cmd(&["output", &started.id, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the stream's first bytes are here, its connection is past the stand-in's faults.
+    let mut stdout = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert!(header.starts_with("=== Session"), "{header}");
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    // The next connection (the call that brings the results home) hangs.
+    std::fs::write(env.azlin_home().join("freeze-next"), "1\n").unwrap();
+    let stderr = std::io::BufReader::new(follow.stderr.take().unwrap());
+    let lines: Vec<String> = stderr.lines().map(|l| l.unwrap()).collect();
+    assert!(follow.wait().unwrap().success());
+    drain.join().unwrap().unwrap();
+    let ended = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("Session {} ended: completed", started.id)))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let warned = lines
+        .iter()
+        .position(|l| l.contains("could not bring the results of"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        ended < warned,
+        "the end first, the archive apart: {lines:#?}"
+    );
+}

@@ -295,43 +295,52 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             has_repository: session.base_commit.is_some(),
         });
     }
-    let state = if args.refresh.no_refresh {
-        state
-    } else {
-        settle_and_archive(ctx, state, session, last_facts)?
-    };
+    if args.refresh.no_refresh {
+        let s = find_session(&state, id)?;
+        ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
+        return Ok(());
+    }
+    // The end the stream saw is recorded and said at once (no call); bringing the results
+    // home is a call of its own, bounded, whose failure is reported on its own line.
+    let seen: HashMap<String, Probe> = last_facts
+        .map(|p| [(id.to_string(), p)].into())
+        .unwrap_or_default();
+    let state = refresh::commit_probes(ctx, &seen, &refresh::Archived::new(), state)?;
     let s = find_session(&state, id)?;
     ui::progress(&format!("Session {id} ended: {}", ended_text(s)));
+    if s.archived_at.is_none() {
+        bring_archive_home(ctx, state, session)?;
+    }
     Ok(())
 }
 
-/// Records the end a follow saw and brings the session's archive home: one probe call asking
-/// for the archive (its `session` line is the freshest fact, so it settles the session too).
-/// If that call fails, the end the stream saw is recorded and the archive waits for a later
-/// call (a refresh takes it along); the follow itself succeeded.
-fn settle_and_archive(
-    ctx: &Ctx,
-    state: State,
-    session: &Session,
-    seen: Option<Probe>,
-) -> Result<State> {
+/// The most a follow waits, after its session ended, for the call that brings the results
+/// home: the user has seen the end; a VM that does not answer at once is left to a later
+/// refresh, which takes the archive along.
+const ARCHIVE_AFTER_FOLLOW: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Brings a followed session's archive home: one probe call asking for it (bounded by
+/// `ARCHIVE_AFTER_FOLLOW`), committed like a refresh. If that call fails, the archive waits
+/// for a later call (a refresh takes it along); the follow itself succeeded.
+fn bring_archive_home(ctx: &Ctx, state: State, session: &Session) -> Result<()> {
     let id = &session.session_id;
-    let mut probes: HashMap<String, Probe> =
-        seen.map(|p| [(id.clone(), p)].into()).unwrap_or_default();
-    let mut archived = refresh::Archived::new();
-    if session.archived_at.is_none() {
-        let plan: BTreeMap<String, Vec<(String, Want)>> =
-            [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();
-        let collected = refresh::collect(ctx, &state, &plan)?;
-        match collected.failed_vms.get(&session.vm_name) {
-            Some(e) => ui::warn(&format!(
-                "could not bring the archive of {id} home; a later refresh will. {e}"
-            )),
-            None => {
-                probes.extend(collected.probes);
-                archived = collected.archived;
-            }
-        }
+    let mut settings = ctx.settings.clone();
+    settings.timeouts.probe = settings.timeouts.probe.min(ARCHIVE_AFTER_FOLLOW);
+    let bounded = Ctx {
+        transports: crate::commands::Transports::new(&settings),
+        store: ctx.store.clone(),
+        archive: ctx.archive.clone(),
+        settings,
+    };
+    let plan: BTreeMap<String, Vec<(String, Want)>> =
+        [(session.vm_name.clone(), vec![(id.clone(), Want::Archive)])].into();
+    let collected = refresh::collect(&bounded, &state, &plan)?;
+    if let Some(e) = collected.failed_vms.get(&session.vm_name) {
+        ui::warn(&format!(
+            "could not bring the results of {id} home; a later refresh will. {e}"
+        ));
+        return Ok(());
     }
-    refresh::commit_probes(ctx, &probes, &archived, state)
+    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    Ok(())
 }
