@@ -124,6 +124,10 @@ pub enum RemoteCommand {
         after_help = "Examples:\n  amplihack remote man | man -l -\n  amplihack remote man > ~/.local/share/man/man1/amplihack-remote.1"
     )]
     Man,
+    /// The session ids of the state, newest first, one a line (for the completion scripts; no
+    /// remote call)
+    #[command(name = "__sessions", hide = true)]
+    Sessions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

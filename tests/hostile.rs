@@ -911,3 +911,115 @@ fn a_follow_says_the_end_at_once_and_reports_a_frozen_archive_call_apart() {
         "the end first, the archive apart: {lines:#?}"
     );
 }
+
+/// A state of two sessions, the script for `shell` in ROOT, and our binary on PATH as
+/// `amplihack` (the scripts ask it for the session ids).
+fn completion_world(shell: &str) -> (TestEnv, std::path::PathBuf) {
+    let env = TestEnv::new();
+    let mut state = serde_json::json!({"sessions": {}, "vm_pool": {}});
+    for (id, t) in [
+        ("sess-20251125-143022-abc1", "2025-11-25T14:30:22Z"),
+        ("sess-20251125-150000-def2", "2025-11-25T15:00:00Z"),
+    ] {
+        state["sessions"][id] = serde_json::json!({
+            "session_id": id, "vm_name": "amplihack-user-20251125-143000",
+            "workspace": format!("/workspace/{id}"), "tmux_session": id, "prompt": "x",
+            "command": "auto", "max_turns": 10, "status": "completed", "memory_mb": 1,
+            "created_at": t, "started_at": t, "completed_at": t, "exit_code": 0
+        });
+    }
+    env.write_state(&state.to_string());
+    std::os::unix::fs::symlink(this_binary(), env.root().join("bin/amplihack")).unwrap();
+    let out = env.run(&["completions", shell]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let file = env.root().join(format!("completions.{shell}"));
+    std::fs::write(&file, &out.stdout).unwrap();
+    (env, file)
+}
+
+fn shell_in(env: &TestEnv, shell: &str, script: &str) -> String {
+    let out = std::process::Command::new(shell)
+        .args(["-c", script])
+        .env_clear()
+        .envs(env.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn bash_completes_session_ids_from_the_state_and_the_python_commands() {
+    let (env, file) = completion_world("bash");
+    let probe = format!(
+        "source '{}'\n\
+         ask() {{ COMP_WORDS=(\"$@\"); COMP_CWORD=$(($# - 1)); COMPREPLY=(); \
+         f=$(complete -p amplihack | sed 's/.* -F \\([^ ]*\\) .*/\\1/'); \
+         $f amplihack \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\" | sort | paste -sd ' '; }}\n\
+         ask amplihack remote kill ''\n\
+         ask amplihack remote output sess-20251125-15\n\
+         ask amplihack remote output --lines ''\n\
+         ask amplihack cl\n\
+         ask amplihack rem\n",
+        file.display()
+    );
+    let text = shell_in(&env, "bash", &probe);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "sess-20251125-143022-abc1 sess-20251125-150000-def2"
+    );
+    assert_eq!(lines[1], "sess-20251125-150000-def2");
+    assert!(!lines[2].contains("sess-"), "a value of --lines: {text}");
+    assert_eq!(lines[3], "claude");
+    assert_eq!(lines[4], "remote");
+    assert!(env.calls().is_empty(), "no remote call");
+}
+
+#[test]
+fn fish_completes_session_ids_and_the_python_commands() {
+    let (env, file) = completion_world("fish");
+    let words = |line: &str| -> Vec<String> {
+        let text = shell_in(
+            &env,
+            "fish",
+            &format!("source '{}'; complete -C '{line}'", file.display()),
+        );
+        let mut w: Vec<String> = text
+            .lines()
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(
+        words("amplihack remote attach "),
+        vec!["sess-20251125-143022-abc1", "sess-20251125-150000-def2"]
+    );
+    assert!(words("amplihack la").contains(&"launch".to_string()));
+}
+
+#[test]
+fn zsh_completion_takes_session_ids_from_the_state() {
+    let (env, file) = completion_world("zsh");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(":_amplihack_sessions'"), "{text}");
+    assert!(text.contains("'claude:a command of the Python amplihack'"));
+    // The helper the script defines, run as zsh would.
+    let ids = shell_in(
+        &env,
+        "zsh",
+        "print -l ${(f)\"$(amplihack remote __sessions 2>/dev/null)\"}",
+    );
+    assert_eq!(
+        ids,
+        "sess-20251125-150000-def2\nsess-20251125-143022-abc1\n"
+    );
+    let out = std::process::Command::new("zsh")
+        .arg("-n")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -139,6 +139,8 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
     match command {
         RemoteCommand::Completions(a) => return completions::run(a),
         RemoteCommand::Man => return man::run(),
+        // For the completion scripts: the state file alone, whatever else is configured.
+        RemoteCommand::Sessions => return completions::session_ids(),
         _ => {}
     }
     let ctx = Ctx::from_env()?;
@@ -157,6 +159,7 @@ pub fn dispatch(command: RemoteCommand) -> Result<()> {
         RemoteCommand::Wait(a) => wait::run(&ctx, a),
         RemoteCommand::Completions(a) => completions::run(a),
         RemoteCommand::Man => man::run(),
+        RemoteCommand::Sessions => completions::session_ids(),
         RemoteCommand::Sync(a) => sync::run(&ctx, a),
     }
 }
