@@ -33,7 +33,7 @@ pub enum TopCommand {
     External(Vec<OsString>),
 }
 
-/// Kept word for word with `forward::GET_THE_REST` (a test checks).
+/// Kept word for word with `error::GET_THE_REST` (a test checks).
 const OTHER_COMMANDS: &str = "This amplihack provides `amplihack remote`. Every other command (amplihack claude, amplihack launch, ...) is handed, arguments intact, to the next `amplihack` on PATH that is not this binary: the Python amplihack. To get those commands, install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing).";
 
 const REMOTE_EXAMPLES: &str = "\
@@ -193,6 +193,18 @@ pub enum CommandMode {
     Ultrathink,
     Analyze,
     Fix,
+}
+
+impl SizeArg {
+    /// Its letter in the size table (`pool::size_of`).
+    pub fn letter(self) -> &'static str {
+        match self {
+            SizeArg::S => "s",
+            SizeArg::M => "m",
+            SizeArg::L => "l",
+            SizeArg::Xl => "xl",
+        }
+    }
 }
 
 impl CommandMode {
@@ -574,7 +586,7 @@ mod tests {
 
     #[test]
     fn help_says_where_the_other_commands_are() {
-        assert!(OTHER_COMMANDS.contains(crate::forward::GET_THE_REST));
+        assert!(OTHER_COMMANDS.contains(crate::error::GET_THE_REST));
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("Python amplihack"), "{help}");
     }

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+/// How to get the commands this binary does not have; used by `--help` and the errors.
+pub const GET_THE_REST: &str = "install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing)";
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Exit codes of the specification, with their meaning as documented.
@@ -80,7 +83,7 @@ pub enum Error {
 
     #[error(
         "the local backend runs `amplihack claude` on this machine, but no amplihack other than this one is on PATH: {}, or set AMPLIHACK_REMOTE_AGENT to the agent's command line",
-        crate::forward::GET_THE_REST
+        GET_THE_REST
     )]
     LocalAgentMissing,
 

@@ -19,7 +19,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, GET_THE_REST, Result};
 
 /// The program name looked up on PATH.
 pub const PROGRAM: &str = "amplihack";
@@ -35,9 +35,6 @@ const IDENTITY_PREFIX: &str = "amplihack-remote-identity:";
 /// The Python original's own `amplihack remote` commands (its older `remote COMMAND PROMPT`
 /// form and `remote exec`): handed to it rather than refused as unknown.
 pub const PYTHON_REMOTE_COMMANDS: &[&str] = &["exec", "auto", "ultrathink", "analyze", "fix"];
-
-/// How to get the commands this binary does not have; used by `--help` and the errors.
-pub const GET_THE_REST: &str = "install the Python amplihack and put it on PATH (pip install amplihack, or uv tool install amplihack; uvx amplihack runs it without installing)";
 
 /// Which file an executable is: two paths name the same program when their canonical paths
 /// or their (device, inode) pairs are equal.

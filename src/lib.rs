@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod ctx;
 pub mod error;
 pub mod exec;
 pub mod forward;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::cli::SizeArg;
 use crate::model::{Backend, State, VmEntry, VmState};
 
 /// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
@@ -150,14 +149,8 @@ pub fn size_by_letter(letter: &str) -> Option<&'static SizeSpec> {
     SIZES.iter().find(|s| s.letter == letter)
 }
 
-/// The row of the size table a `--size`/`--vm-size` choice names.
-pub fn size_of(arg: SizeArg) -> &'static SizeSpec {
-    let letter = match arg {
-        SizeArg::S => "s",
-        SizeArg::M => "m",
-        SizeArg::L => "l",
-        SizeArg::Xl => "xl",
-    };
+/// The row of the size table a `--size`/`--vm-size` choice names (`SizeArg::letter`).
+pub fn size_of(letter: &str) -> &'static SizeSpec {
     size_by_letter(letter).expect("the size table covers every choice")
 }
 

@@ -201,7 +201,8 @@ impl Board {
         if std::io::stderr().is_terminal() && !dumb {
             Board::live(ProgressDrawTarget::stderr_with_hz(10))
         } else {
-            Board::plain(crate::ui::progress)
+            // Plain lines straight to stderr: there are no live lines to write around.
+            Board::plain(|msg: &str| eprintln!("{}", crate::sanitize::text(msg)))
         }
     }
 

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Owner, State, VmEntry, VmState};
 use crate::naming;

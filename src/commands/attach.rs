@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::cli::SessionArg;
-use crate::commands::{Ctx, find_session};
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
 use crate::script::{ProbeTarget, Want};

@@ -12,8 +12,8 @@ use clap::ValueEnum;
 
 use crate::cli::{CommandMode, ContinueArgs, StartArgs};
 use crate::commands::start::{self, Continuation};
-use crate::commands::{Ctx, find_session};
 use crate::context;
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::model::{Backend, Session, SessionStatus, State, VmState};
 use crate::pool::LOCAL_VM_NAME;

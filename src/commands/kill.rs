@@ -3,7 +3,7 @@
 //! marks the session before signalling it, so whoever sees it end records `killed`.
 
 use crate::cli::KillArgs;
-use crate::commands::{Ctx, find_session};
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
 use crate::lifecycle::{self, Event};

@@ -1,5 +1,5 @@
 use crate::cli::ListArgs;
-use crate::commands::{Ctx, status_filter};
+use crate::ctx::{Ctx, status_filter};
 use crate::error::Result;
 use crate::refresh;
 use crate::render;

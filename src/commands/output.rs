@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
-use crate::commands::{Ctx, find_session};
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::exec::OnInterrupt;

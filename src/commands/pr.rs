@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use crate::commands::Ctx;
 use crate::context;
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd};
 use crate::model::{Backend, Changes, Session, State};

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::cli::PrimeArgs;
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::model::{Backend, VmState};
 use crate::{interrupt, parallel, pool, progress, provision, ui};
@@ -25,7 +25,7 @@ pub fn run(ctx: &Ctx, args: PrimeArgs) -> Result<()> {
             "prime provisions Azure VMs; the local backend (AMPLIHACK_REMOTE_BACKEND=local) needs no priming".into(),
         ));
     }
-    let size = pool::size_of(args.vm_size);
+    let size = pool::size_of(args.vm_size.letter());
     let region = args
         .region
         .clone()

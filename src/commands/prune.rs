@@ -19,7 +19,7 @@ use chrono::Duration;
 use serde::Serialize;
 
 use crate::cli::PruneArgs;
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::lifecycle::Phase;

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::PullArgs;
 use crate::commands::r#continue::lineage;
-use crate::commands::{Ctx, find_session, pr, resume};
+use crate::commands::{pr, resume};
 use crate::context;
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::model::{Changes, Session, SessionStatus, State};

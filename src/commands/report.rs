@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::cli::ReportArgs;
-use crate::commands::{Ctx, status_filter};
+use crate::ctx::{Ctx, status_filter};
 use crate::error::Result;
 use crate::model::SessionResult;
 use crate::{refresh, report, ui};

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::Ctx;
 use crate::commands::pr::Pulled;
 use crate::context;
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::naming;
 use crate::script::shell_quote;

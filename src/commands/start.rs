@@ -8,8 +8,8 @@ use std::hash::{BuildHasher, Hasher};
 use chrono::{DateTime, Utc};
 
 use crate::cli::StartArgs;
-use crate::commands::Ctx;
 use crate::context::{self, RepoContext};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
 use crate::model::{Backend, Owner, Session, SessionStatus, State};
@@ -68,14 +68,6 @@ pub fn unique_session_id(state: &State, taken: &[String], now: DateTime<Utc>) ->
             return id;
         }
     }
-}
-
-/// Slots of the local backend: `AMPLIHACK_LOCAL_SLOTS`, else one per 32 GB of memory.
-pub(crate) fn local_capacity(ctx: &Ctx) -> u32 {
-    ctx.settings.local_slots.unwrap_or_else(|| {
-        let bytes = crate::exec::machine_memory_bytes().unwrap_or(0);
-        pool::local_slots(bytes)
-    })
 }
 
 #[derive(Debug, Clone)]
@@ -505,7 +497,7 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
     } else {
         ctx.settings.backend
     };
-    let size = pool::size_of(args.size);
+    let size = pool::size_of(args.size.letter());
     let u = &args.unattended;
     let (unattended, notify_url) = unattended::resolve(
         &unattended::Given {
@@ -538,7 +530,7 @@ fn target(ctx: &Ctx, args: &StartArgs) -> Result<Target> {
         backend,
         region,
         size,
-        local_capacity: (backend == Backend::Local).then(|| local_capacity(ctx)),
+        local_capacity: (backend == Backend::Local).then(|| ctx.local_capacity()),
         workspace_root,
         max_vms: match backend {
             Backend::Azure => args.max_vms.or(ctx.settings.max_vms),

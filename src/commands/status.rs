@@ -1,5 +1,5 @@
 use crate::cli::StatusArgs;
-use crate::commands::Ctx;
+use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::model::Backend;
 use crate::refresh;

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::cli::SyncArgs;
-use crate::commands::{Ctx, start};
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
 use crate::model::{Backend, State, VmEntry, VmState};
@@ -121,7 +121,7 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             Ok(records) if target.vm.backend == Backend::Local => {
                 // This machine belongs to the pool once it has sessions.
                 if state.vm_pool.contains_key(name) || !records.records.is_empty() {
-                    let capacity = start::local_capacity(ctx);
+                    let capacity = ctx.local_capacity();
                     findings
                         .vms
                         .insert(name.clone(), reconcile::local_vm(capacity, &records, now));

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
-use crate::commands::{Ctx, find_session};
+use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::model::{Session, SessionStatus, State};
