@@ -327,7 +327,7 @@ fn bring_archive_home(ctx: &Ctx, state: State, session: &Session) -> Result<()> 
     let mut settings = ctx.settings.clone();
     settings.timeouts.probe = settings.timeouts.probe.min(ARCHIVE_AFTER_FOLLOW);
     let bounded = Ctx {
-        transports: crate::commands::Transports::new(&settings),
+        transports: crate::transport::Transports::new(&settings),
         store: ctx.store.clone(),
         archive: ctx.archive.clone(),
         settings,
