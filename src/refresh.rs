@@ -572,15 +572,35 @@ pub fn refresh(ctx: &Ctx, power: Power) -> Result<Refreshed> {
 /// `refresh`, also bringing home the archives of the finished sessions in `also` that are not
 /// archived yet (see `refresh_plan`); still at most one call per VM.
 pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<Refreshed> {
-    let state = ctx.store.load()?;
+    let mut state = ctx.store.load()?;
     let now = ctx.now();
-    let plan = refresh_plan(&state, now, &exec::liveness, also);
-    let power_groups = if power == Power::Read {
+    let mut plan = refresh_plan(&state, now, &exec::liveness, also);
+    let mut power_groups = if power == Power::Read {
         resource_groups(ctx, &state)
     } else {
         BTreeSet::new()
     };
     let mut live = Live::default();
+    if let Some(listed) = list_first(ctx, &state, &plan)? {
+        // Only the VMs azlin lists are asked; the power states come from the same listing.
+        let gone: Vec<String> = plan
+            .keys()
+            .filter(|vm| {
+                ctx.vm_ref(&state, vm).backend == Backend::Azure && !listed.contains_key(*vm)
+            })
+            .cloned()
+            .collect();
+        for vm in &gone {
+            plan.remove(vm);
+        }
+        if power == Power::Read {
+            live.power = Some(listed);
+            power_groups.clear();
+        }
+        if !gone.is_empty() {
+            state = end_sessions_of_gone_vms(ctx, &gone, now)?;
+        }
+    }
     if plan.is_empty() && power_groups.is_empty() {
         let state = commit_probes(ctx, &HashMap::new(), &Archived::new(), state)?;
         return Ok(Refreshed {
@@ -629,6 +649,88 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
         failed_vms: collected.failed_vms,
         archive_failures: collected.archive_failures,
     })
+}
+
+/// Azure VMs a refresh asks one by one; beyond this (and beyond one round of
+/// `AMPLIHACK_REMOTE_PARALLEL` calls) it lists them first. A usual pool stays below it and pays
+/// no listing; a state naming thousands of VMs is far above it.
+const LIST_FIRST_ABOVE: usize = 32;
+
+/// A refresh that would ask more Azure VMs than `LIST_FIRST_ABOVE` first asks azlin which
+/// exist: one `azlin list` per resource group of those VMs, in
+/// parallel. A state naming thousands of deleted VMs (the Python original's, say) then costs
+/// a listing, not a call and a warning per VM. Returns the VMs listed with their power states,
+/// or `None` when not worth it or when a listing failed (every VM is then asked, as before).
+fn list_first(
+    ctx: &Ctx,
+    state: &State,
+    plan: &BTreeMap<String, Vec<(String, Want)>>,
+) -> Result<Option<BTreeMap<String, String>>> {
+    let azure: Vec<crate::transport::VmRef> = plan
+        .keys()
+        .map(|vm| ctx.vm_ref(state, vm))
+        .filter(|vm| vm.backend == Backend::Azure)
+        .collect();
+    if azure.len() <= LIST_FIRST_ABOVE.max(ctx.settings.parallel) {
+        return Ok(None);
+    }
+    let groups: Vec<Option<String>> = azure
+        .iter()
+        .map(|vm| vm.resource_group.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let listings = parallel::map_bounded(&groups, ctx.settings.parallel, |rg| {
+        ctx.transports
+            .azlin
+            .power_states(rg.as_deref(), ctx.settings.timeouts.list)
+    });
+    let mut listed = BTreeMap::new();
+    for listing in listings {
+        match listing {
+            Ok(vms) => listed.extend(vms),
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(e) => {
+                ui::warn(&format!(
+                    "could not list the pool's VMs first ({e}); asking each VM"
+                ));
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(listed))
+}
+
+/// The VMs `gone` are not in Azure (a complete listing lacks them): their active sessions end
+/// as when azlin confirms one VM gone (`settle_if_vm_gone`), in one transaction, with one
+/// warning for all of them.
+fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> Result<State> {
+    let gone_set: BTreeSet<&String> = gone.iter().collect();
+    let (state, ended) = ctx.store.update(|st| {
+        let ids: Vec<String> = st
+            .sessions
+            .values()
+            .filter(|s| gone_set.contains(&s.vm_name))
+            .map(|s| s.session_id.clone())
+            .collect();
+        let ended = ids
+            .into_iter()
+            .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
+            .count();
+        Ok((st.clone(), ended))
+    })?;
+    let shown: Vec<&str> = gone.iter().take(3).map(String::as_str).collect();
+    ui::warn(&format!(
+        "{} VM(s) of the state are not in Azure (azlin list: {}{}); {ended} of their session(s) ended failed, with whatever was archived kept; 'amplihack remote prune' forgets the VMs",
+        gone.len(),
+        shown.join(", "),
+        if gone.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    ));
+    Ok(state)
 }
 
 /// When a call to VM `vm` failed with "not found" (`err`), asks azlin whether the VM exists

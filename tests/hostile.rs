@@ -1023,3 +1023,47 @@ fn zsh_completion_takes_session_ids_from_the_state() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_state_naming_many_deleted_vms_costs_one_listing_and_one_warning() {
+    let env = TestEnv::new();
+    let mut state = serde_json::json!({"sessions": {}, "vm_pool": {}});
+    for i in 0..40 {
+        let vm = format!("amplihack-user-20251125-1400{i:02}");
+        let id = format!("sess-20251125-1400{i:02}-abc");
+        state["vm_pool"][&vm] = serde_json::json!({
+            "size": "Standard_E16s_v5", "capacity": 4, "active_sessions": [&id],
+            "region": "eastus", "created_at": "2025-11-25T14:00:00Z"
+        });
+        state["sessions"][&id] = serde_json::json!({
+            "session_id": id, "vm_name": vm, "workspace": format!("/workspace/{id}"),
+            "tmux_session": id, "prompt": "x", "command": "auto", "max_turns": 10,
+            "status": "running", "memory_mb": 32768, "created_at": "2025-11-25T14:00:00Z",
+            "started_at": "2025-11-25T14:00:05Z", "completed_at": null, "exit_code": null
+        });
+    }
+    env.write_state(&state.to_string());
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let calls = env.calls();
+    assert_eq!(
+        calls.iter().filter(|c| c[0] == "list").count(),
+        1,
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().all(|c| c[0] == "list"),
+        "no VM asked: {calls:?}"
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one warning: {err}");
+    assert!(
+        err.contains("40 VM(s) of the state are not in Azure"),
+        "{err}"
+    );
+    // Their sessions ended, so the next list asks nothing at all.
+    env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.calls().is_empty(), "{:?}", env.calls());
+}
