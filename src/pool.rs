@@ -170,6 +170,9 @@ pub enum Placement {
     Existing(String),
     /// A slot on the n-th VM this plan provisions.
     New(usize),
+    /// A slot on a VM another start is provisioning: this start waits for it to be ready
+    /// (minutes sooner than a VM of its own), then launches there.
+    Provisioning(String),
     /// A place in the queue of a VM already in the pool.
     QueuedOn(String),
     /// A place in the queue of the n-th VM this plan provisions.
@@ -208,6 +211,8 @@ pub struct Request<'a> {
     pub max_vms: Option<usize>,
     /// Whether prompts beyond the free slots may wait in a VM's queue.
     pub queue: bool,
+    /// Whether free slots of VMs other starts are provisioning may be taken.
+    pub join_provisioning: bool,
 }
 
 /// Places `count` sessions: first on ready pool VMs of the backend and region with free slots,
@@ -247,6 +252,29 @@ pub fn plan(state: &State, req: &Request) -> Plan {
                 break;
             }
             placements.push(Placement::Existing(name.to_string()));
+        }
+    }
+    // Then the free slots of VMs other starts are provisioning here, fullest first: concurrent
+    // starts share them rather than each making its own (N sessions, capacity c: about N/c VMs).
+    if req.new_vm_capacity.is_some() && req.join_provisioning {
+        let mut coming: Vec<(&str, u32)> = state
+            .vm_pool
+            .iter()
+            .filter(|(_, vm)| in_region(vm) && vm.state == VmState::Provisioning && vm.capacity > 0)
+            .map(|(name, vm)| {
+                let used = counts.get(name.as_str()).copied().unwrap_or(0);
+                (name.as_str(), vm.capacity.saturating_sub(used))
+            })
+            .filter(|(_, free)| *free > 0)
+            .collect();
+        coming.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(b.0)));
+        for (name, free) in coming {
+            for _ in 0..free {
+                if placements.len() == req.count {
+                    break;
+                }
+                placements.push(Placement::Provisioning(name.to_string()));
+            }
         }
     }
     let mut remaining = req.count - placements.len();
@@ -467,6 +495,7 @@ pub(crate) mod tests {
             new_vm_capacity: Some(4),
             max_vms: None,
             queue: false,
+            join_provisioning: true,
         }
     }
 
@@ -583,9 +612,76 @@ pub(crate) mod tests {
             &[("a", 1, "eastus"), ("p", 4, "eastus")],
             &[("s1", "a", Running)],
         );
-        st.vm_pool.get_mut("p").unwrap().state = VmState::Provisioning;
+        st.vm_pool.get_mut("p").unwrap().state = VmState::Failed;
         let p = plan(&st, &req(1, "eastus"));
         assert_eq!(p.placements, vec![Placement::New(0)]);
+    }
+
+    #[test]
+    fn concurrent_starts_share_the_vms_being_provisioned() {
+        use SessionStatus::*;
+        // Another start provisions "p" (2 slots) for one session: its other slot is taken
+        // before any new VM; a VM elsewhere, full, or failed is not.
+        let mut st = state_with(
+            &[("p", 2, "eastus"), ("q", 2, "westus"), ("f", 2, "eastus")],
+            &[("s1", "p", Pending)],
+        );
+        for name in ["p", "q", "f"] {
+            st.vm_pool.get_mut(name).unwrap().state = VmState::Provisioning;
+        }
+        st.vm_pool.get_mut("f").unwrap().capacity = 0;
+        let p = plan(&st, &req(3, "eastus"));
+        assert_eq!(
+            p.placements,
+            vec![
+                Placement::Provisioning("p".into()),
+                Placement::New(0),
+                Placement::New(0)
+            ]
+        );
+        assert_eq!(p.new_vms, 1);
+        // Sessions moved off a VM that did not come up are not bound to another such VM.
+        let p = plan(
+            &st,
+            &Request {
+                join_provisioning: false,
+                ..req(1, "eastus")
+            },
+        );
+        assert_eq!(p.placements, vec![Placement::New(0)]);
+        // Twelve starts of one session each, capacity 2: six VMs, not twelve.
+        let mut st = State::default();
+        let mut vms = 0;
+        for i in 0..12 {
+            let p = plan(
+                &st,
+                &Request {
+                    new_vm_capacity: Some(2),
+                    ..req(1, "eastus")
+                },
+            );
+            let vm = match &p.placements[0] {
+                Placement::New(0) => {
+                    vms += 1;
+                    let mut e = vm("Standard_D8s_v3", 2, "eastus");
+                    e.state = VmState::Provisioning;
+                    st.vm_pool.insert(format!("vm{vms}"), e);
+                    format!("vm{vms}")
+                }
+                Placement::Provisioning(vm) => vm.clone(),
+                other => panic!("{other:?}"),
+            };
+            let id = format!("s{i}");
+            st.sessions.insert(id.clone(), session(&id, &vm, Pending));
+        }
+        assert_eq!(vms, 6);
+        // The local backend provisions nothing, so joins nothing.
+        let local = Request {
+            backend: Backend::Local,
+            new_vm_capacity: None,
+            ..req(1, "eastus")
+        };
+        assert_eq!(plan(&st, &local).placements, vec![Placement::Unplaced]);
     }
 
     #[test]
@@ -603,6 +699,7 @@ pub(crate) mod tests {
                 new_vm_capacity: None,
                 max_vms: None,
                 queue: false,
+                join_provisioning: true,
             },
         );
         assert_eq!(p.new_vms, 0);
@@ -617,6 +714,7 @@ pub(crate) mod tests {
                 new_vm_capacity: None,
                 max_vms: None,
                 queue: true,
+                join_provisioning: true,
             },
         );
         assert_eq!(p.placements[2], Placement::QueuedOn("local".into()));
@@ -645,6 +743,7 @@ pub(crate) mod tests {
             new_vm_capacity: Some(4),
             max_vms,
             queue: true,
+            join_provisioning: true,
         };
         let p = plan(&st, &capped(3, Some(2)));
         assert_eq!(p.new_vms, 0, "the cap is reached");

@@ -140,9 +140,7 @@ pub fn create_vm(
 /// marked failed, for `prune`.
 pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> {
     ctx.store.update(|st| {
-        if let Some(vm) = st.vm_pool.get_mut(name) {
-            vm.owner = None;
-        }
+        let provisioner = st.vm_pool.get_mut(name).and_then(|vm| vm.owner.take());
         match outcome {
             Ok(region) => {
                 if let Some(vm) = st.vm_pool.get_mut(name) {
@@ -154,11 +152,16 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
             Err(e) if e.created_nothing() => {
                 st.vm_pool.remove(name);
                 // No session may be left bound for a VM the pool no longer has, should this
-                // process die before it records the sessions' outcome.
+                // process die before it records the sessions' outcome. Sessions another live
+                // start joined this VM with are that start's to place elsewhere.
+                let joined_by_another = |o: &crate::model::Owner| {
+                    Some(o) != provisioner.as_ref() && exec::liveness(o) == exec::Liveness::Alive
+                };
                 let bound: Vec<String> = st
                     .sessions
                     .values()
                     .filter(|s| s.vm_name == name && s.status.is_active())
+                    .filter(|s| !s.owner.as_ref().is_some_and(joined_by_another))
                     .map(|s| s.session_id.clone())
                     .collect();
                 let now = ctx.now();

@@ -83,3 +83,87 @@ fn a_second_machines_prune_never_deletes_a_vm_running_anothers_sessions() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
 }
+
+/// Case 11: twelve concurrent `start --size m` (two slots a VM) take six VMs, not twelve:
+/// a start joins a VM another start is provisioning, waits for it, and launches there.
+#[test]
+fn concurrent_starts_share_the_vms_being_provisioned() {
+    let mut env = TestEnv::new();
+    // Every azlin call takes a second, as real ones take many: the starts overlap.
+    env.set("FAKE_AZLIN_DELAY", "1");
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            env.std_cmd(&[
+                "start",
+                "--no-context",
+                "--size",
+                "m",
+                "--json",
+                &format!("SLEEP=120 start {i}"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let calls = env.calls();
+    let count = |sub: &str| calls.iter().filter(|c| c[0] == sub).count();
+    eprintln!(
+        "12 concurrent starts: {} new, {} connect, {} list, {} show; {} calls in all",
+        count("new"),
+        count("connect"),
+        count("list"),
+        count("show"),
+        calls.len()
+    );
+    assert_eq!(count("new"), 6, "{calls:?}");
+    let state = env.state();
+    let vms = state["vm_pool"].as_object().unwrap();
+    assert_eq!(vms.len(), 6);
+    let sessions = state["sessions"].as_object().unwrap();
+    assert_eq!(sessions.len(), 12);
+    let mut per_vm = std::collections::BTreeMap::<String, usize>::new();
+    for s in sessions.values() {
+        assert_eq!(s["status"], "running", "{s}");
+        *per_vm
+            .entry(s["vm_name"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    assert!(per_vm.values().all(|n| *n == 2), "{per_vm:?}");
+}
+
+/// Case 11: a start that finds the pool VM it chose gone (deleted behind our back) moves its
+/// prompt to another ready VM instead of failing it.
+#[test]
+fn a_start_moves_its_prompts_off_a_reused_vm_that_is_gone() {
+    let env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    // The one a start picks first (same fullness: by name) is deleted behind our back.
+    std::fs::remove_dir_all(env.vm_dir(&vms[0])).unwrap();
+    let out = env.run(&["start", "--no-context", "--size", "s", "--json", "SLEEP=60"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("moving it to VM {}", vms[1])),
+        "{}",
+        stderr(&out)
+    );
+    let id = started_ids(&out).remove(0);
+    assert_eq!(env.vm_of(&id), vms[1]);
+    assert_eq!(env.session(&id)["status"], "running");
+    let calls = env.calls();
+    assert!(calls.iter().all(|c| c[0] != "new"), "{calls:?}");
+    // The gone VM is out of the way: marked failed, and prune forgets it.
+    assert_eq!(env.state()["vm_pool"][&vms[0]]["state"], "failed");
+    let out = env.run(&["prune", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.state()["vm_pool"].get(&vms[0]).is_none());
+}

@@ -12,7 +12,7 @@ use crate::context::{self, RepoContext};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::model::{Backend, Owner, Session, SessionStatus, State};
+use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::pool::{self, LOCAL_REGION, LOCAL_VM_NAME, Placement, SizeSpec};
 use crate::progress::{self, Stage};
 use crate::render::{self, StartLine};
@@ -31,6 +31,7 @@ fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
         max_vms: target.max_vms.map(|m| m as usize),
         // Without a cap, Azure provisions on demand (the specification): no queue.
         queue: target.queue && (target.backend == Backend::Local || target.max_vms.is_some()),
+        join_provisioning: true,
     }
 }
 
@@ -75,6 +76,8 @@ struct Reserved {
     id: String,
     vm: String,
     vm_is_new: bool,
+    /// Its VM is being provisioned by another start: wait for it, then launch.
+    joins_provisioning: bool,
     /// Reserved a slot and waits for launch (else it failed at once: no room).
     pending: bool,
     /// The record as reserved.
@@ -145,8 +148,9 @@ fn reserve(
     for (prompt, placement) in args.prompts.iter().zip(plan.placements) {
         let taken: Vec<String> = reserved.iter().map(|r| r.id.clone()).collect();
         let id = unique_session_id(st, &taken, now);
+        let joins_provisioning = matches!(placement, Placement::Provisioning(_));
         let (vm, vm_is_new, status, error) = match placement {
-            Placement::Existing(vm) | Placement::QueuedOn(vm) => {
+            Placement::Existing(vm) | Placement::QueuedOn(vm) | Placement::Provisioning(vm) => {
                 (vm, false, SessionStatus::Pending, None)
             }
             Placement::New(i) | Placement::QueuedOnNew(i) => {
@@ -223,6 +227,7 @@ fn reserve(
             id,
             vm,
             vm_is_new,
+            joins_provisioning,
             pending: !finished,
             record,
         });
@@ -252,6 +257,11 @@ enum Outcome {
     /// this start's exit code for it.
     Unconfirmed {
         code: i32,
+        message: String,
+    },
+    /// Its pool VM no longer exists (azlin says so; nothing was launched): the session moves
+    /// to another VM rather than failing.
+    VmGone {
         message: String,
     },
 }
@@ -294,11 +304,63 @@ impl Outcome {
 struct VmJob<'a> {
     vm: String,
     vm_is_new: bool,
+    /// Another start provisions it: wait until it is ready.
+    joins_provisioning: bool,
     backend: Backend,
     resource_group: Option<String>,
     /// How many agents the VM may run at once (the VM enforces it).
     capacity: u32,
     sessions: Vec<&'a Reserved>,
+}
+
+/// Waits, reading the state (no azlin call), until the VM another start is provisioning is
+/// ready (`Ok(Ok(()))`) or will not be (`Ok(Err(why))`: its creation failed, or its owner died
+/// first and the reservation was recovered here as by any command).
+fn wait_until_provisioned(ctx: &Ctx, vm: &str) -> Result<std::result::Result<(), String>> {
+    progress::vm(vm).stage(
+        Stage::Provisioning,
+        "another start is creating it; waiting to share it",
+    );
+    // azlin's own limit for a creation, and a minute for its owner to commit.
+    let deadline = std::time::Instant::now()
+        + ctx.settings.timeouts.provision
+        + std::time::Duration::from_secs(60);
+    loop {
+        let st = ctx.store.load()?;
+        let gone = |why: &str| {
+            Ok(Err(format!(
+                "VM {vm}, which another start was creating for it, {why}"
+            )))
+        };
+        match st.vm_pool.get(vm) {
+            Some(e) if e.state == VmState::Ready => return Ok(Ok(())),
+            Some(e) if e.state == VmState::Provisioning => {
+                let dead = e
+                    .owner
+                    .as_ref()
+                    .is_none_or(|o| crate::exec::liveness(o) == crate::exec::Liveness::Dead);
+                if dead {
+                    let now = ctx.now();
+                    ctx.store.update(|st| {
+                        refresh::recover_abandoned(st, now, &crate::exec::liveness);
+                        Ok(())
+                    })?;
+                    continue;
+                }
+            }
+            Some(e) => {
+                return gone(&format!(
+                    "did not come up: {}",
+                    e.error.as_deref().unwrap_or("its provisioning failed")
+                ));
+            }
+            None => return gone("was never created"),
+        }
+        if std::time::Instant::now() >= deadline {
+            return gone("was still being created after azlin's time for a creation");
+        }
+        crate::interrupt::sleep(std::time::Duration::from_millis(500))?;
+    }
 }
 
 fn launch_on_vm(
@@ -308,6 +370,7 @@ fn launch_on_vm(
     args: &StartArgs,
     repo: Option<&RepoContext>,
     continuation: Option<&Continuation>,
+    may_move: bool,
 ) -> Vec<(String, Outcome)> {
     let all = |o: Outcome| {
         job.sessions
@@ -328,6 +391,20 @@ fn launch_on_vm(
         }
         if let Err(e) = outcome {
             return all(Outcome::from_error(&e));
+        }
+    }
+    if job.joins_provisioning {
+        match wait_until_provisioned(ctx, &job.vm) {
+            Ok(Ok(())) => {}
+            // It did not come up: its sessions go elsewhere (once), else fail saying why.
+            Ok(Err(why)) if may_move => return all(Outcome::VmGone { message: why }),
+            Ok(Err(why)) => {
+                return all(Outcome::Failed {
+                    code: 1,
+                    message: why,
+                });
+            }
+            Err(e) => return all(Outcome::from_error(&e)),
         }
     }
     if crate::interrupt::requested() {
@@ -395,7 +472,7 @@ fn launch_on_vm(
     let input = script::launch_input(&plan);
     // A VM azlin has just created may not answer ssh yet; the launch script is idempotent,
     // so it is safe to send again. Pool VMs get no retry: a failure there is news.
-    let attempts = if job.vm_is_new {
+    let attempts = if job.vm_is_new || job.joins_provisioning {
         ctx.settings.new_vm_ssh_attempts.max(1)
     } else {
         1
@@ -457,12 +534,17 @@ fn launch_on_vm(
                 })
                 .collect()
         }
+        // A pool VM deleted behind our back: nothing ran; its sessions go elsewhere.
+        Err(e @ Error::VmNotFound { .. })
+            if may_move && !job.vm_is_new && !job.joins_provisioning =>
+        {
+            all(Outcome::VmGone {
+                message: e.to_string(),
+            })
+        }
         Err(e) => all(Outcome::from_launch_error(&e)),
     }
 }
-
-/// One VM's outcomes and its sessions as committed.
-type CommittedVm = (Vec<(String, Outcome)>, Vec<Session>);
 
 /// Records one VM's results; returns the sessions as they now stand.
 fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Session>> {
@@ -480,6 +562,7 @@ fn commit_outcomes(ctx: &Ctx, outcomes: &[(String, Outcome)]) -> Result<Vec<Sess
                 Outcome::Unconfirmed { message, .. } => {
                     lifecycle::Event::Unconfirmed(message.clone())
                 }
+                Outcome::VmGone { message } => lifecycle::Event::Refused(message.clone()),
             };
             refresh::settle(st, id, &event, now, &exec::liveness);
         }
@@ -706,7 +789,9 @@ fn refresh_if_pool_looks_full(ctx: &Ctx, target: &Target, count: usize) -> Resul
 }
 
 /// Provisions and launches on every VM in parallel, committing each VM's results as they
-/// come. Returns every session's outcome and its record as committed.
+/// come. Sessions whose pool VM turns out to be gone move once to other VMs (re-placed like a
+/// start's prompts) and launch there. Returns every session's outcome and its record as
+/// committed.
 fn launch_all(
     ctx: &Ctx,
     reserved: &[Reserved],
@@ -715,13 +800,82 @@ fn launch_all(
     repo: Option<&RepoContext>,
     continuation: Option<&Continuation>,
 ) -> Result<(BTreeMap<String, Outcome>, BTreeMap<String, Session>)> {
+    let pending: Vec<&Reserved> = reserved.iter().filter(|r| r.pending).collect();
+    let launch = Launch {
+        target,
+        args,
+        repo,
+        continuation,
+    };
+    let (mut outcomes, mut records, moving) = launch_round(ctx, &pending, &launch, true)?;
+    if !moving.is_empty() && crate::interrupt::requested() {
+        // Interrupted before they could move: they never launched.
+        let failed: Vec<(String, Outcome)> = moving
+            .iter()
+            .map(|(id, why)| {
+                let failed = Outcome::Failed {
+                    code: 130,
+                    message: format!("interrupted before launch ({why})"),
+                };
+                (id.clone(), failed)
+            })
+            .collect();
+        for s in commit_outcomes(ctx, &failed)? {
+            records.insert(s.session_id.clone(), s);
+        }
+        outcomes.extend(failed);
+    } else if !moving.is_empty() {
+        let moved = move_from_gone_vms(ctx, reserved, &moving, target)?;
+        let again: Vec<&Reserved> = moved.iter().filter(|r| r.pending).collect();
+        let (more, more_records, _) = launch_round(ctx, &again, &launch, false)?;
+        outcomes.extend(more);
+        records.extend(more_records);
+        for r in moved.iter().filter(|r| !r.pending) {
+            records.insert(r.id.clone(), r.record.clone());
+        }
+    }
+    // Sessions that found no room never launched: their reserved record is final.
+    for r in reserved.iter().filter(|r| !r.pending) {
+        records.insert(r.id.clone(), r.record.clone());
+    }
+    Ok((outcomes, records))
+}
+
+/// What every launch of this start shares.
+struct Launch<'a> {
+    target: &'a Target,
+    args: &'a StartArgs,
+    repo: Option<&'a RepoContext>,
+    continuation: Option<&'a Continuation>,
+}
+
+/// One round of provisioning and launching, a thread per VM. Returns the outcomes and
+/// records committed, and (with `may_move`) the sessions whose VM was gone, not committed.
+#[allow(clippy::type_complexity)]
+fn launch_round(
+    ctx: &Ctx,
+    reserved: &[&Reserved],
+    launch: &Launch,
+    may_move: bool,
+) -> Result<(
+    BTreeMap<String, Outcome>,
+    BTreeMap<String, Session>,
+    Vec<(String, String)>,
+)> {
+    let Launch {
+        target,
+        args,
+        repo,
+        continuation,
+    } = *launch;
     let state = ctx.store.load()?;
     let mut jobs: BTreeMap<&str, VmJob> = BTreeMap::new();
-    for r in reserved.iter().filter(|r| r.pending) {
+    for r in reserved {
         jobs.entry(r.vm.as_str())
             .or_insert_with(|| VmJob {
                 vm: r.vm.clone(),
                 vm_is_new: r.vm_is_new,
+                joins_provisioning: r.joins_provisioning,
                 backend: target.backend,
                 resource_group: ctx.vm_ref(&state, &r.vm).resource_group,
                 capacity: state
@@ -733,10 +887,31 @@ fn launch_all(
             .sessions
             .push(r);
     }
+    type RoundVm = (Vec<(String, Outcome)>, Vec<Session>, Vec<(String, String)>);
     let jobs: Vec<&VmJob> = jobs.values().collect();
-    let committed: Vec<Result<CommittedVm>> =
+    let committed: Vec<Result<RoundVm>> =
         parallel::map_bounded(&jobs, ctx.settings.parallel, |job| {
-            let outcomes = launch_on_vm(ctx, job, target, args, repo, continuation);
+            let all = launch_on_vm(ctx, job, target, args, repo, continuation, may_move);
+            let (gone, outcomes): (Vec<_>, Vec<_>) = all
+                .into_iter()
+                .partition(|(_, o)| matches!(o, Outcome::VmGone { .. }));
+            let moving: Vec<(String, String)> = gone
+                .into_iter()
+                .map(|(id, o)| match o {
+                    Outcome::VmGone { message } => (id, message),
+                    _ => unreachable!("partitioned"),
+                })
+                .collect();
+            if !moving.is_empty() {
+                progress::vm(&job.vm).finish(
+                    progress::Outcome::Failed,
+                    &format!(
+                        "not there; moving {} session(s) to another VM",
+                        moving.len()
+                    ),
+                );
+                return Ok((outcomes, vec![], moving));
+            }
             let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|(_, o)| f(o)).count();
             let running = count(|o| matches!(o, Outcome::Launched { .. }));
             let queued = count(|o| matches!(o, Outcome::Queued { .. }));
@@ -758,21 +933,115 @@ fn launch_all(
                 },
                 &detail,
             );
-            commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records))
+            commit_outcomes(ctx, &outcomes).map(|records| (outcomes, records, vec![]))
         });
     let mut outcomes = BTreeMap::new();
-    // Sessions that found no room never launched: their reserved record is final.
-    let mut records: BTreeMap<String, Session> = reserved
-        .iter()
-        .filter(|r| !r.pending)
-        .map(|r| (r.id.clone(), r.record.clone()))
-        .collect();
+    let mut records = BTreeMap::new();
+    let mut moving = Vec::new();
     for result in committed {
-        let (vm_outcomes, vm_records) = result?;
+        let (vm_outcomes, vm_records, vm_moving) = result?;
         outcomes.extend(vm_outcomes);
         records.extend(vm_records.into_iter().map(|s| (s.session_id.clone(), s)));
+        moving.extend(vm_moving);
     }
-    Ok((outcomes, records))
+    Ok((outcomes, records, moving))
+}
+
+/// Sessions whose pool VM azlin says is gone: in one transaction the VM is marked `failed`
+/// (no start places anything there again; `prune` confirms and forgets it), and the sessions
+/// are placed again as a start places its prompts (a ready VM with room, one being
+/// provisioned, else a new one), still `pending` and ours. Then the VM's other sessions are
+/// settled as any command settles a gone VM's. Returns the sessions as now reserved.
+fn move_from_gone_vms(
+    ctx: &Ctx,
+    reserved: &[Reserved],
+    moving: &[(String, String)],
+    target: &Target,
+) -> Result<Vec<Reserved>> {
+    // Pool VMs found gone (not VMs another start failed to create: those are its business).
+    let gone: std::collections::BTreeSet<String> = reserved
+        .iter()
+        .filter(|r| !r.joins_provisioning && moving.iter().any(|(id, _)| *id == r.id))
+        .map(|r| r.vm.clone())
+        .collect();
+    let owner = crate::exec::current_owner();
+    let now = ctx.now();
+    let moved = ctx.store.update(|st| {
+        for vm in &gone {
+            if let Some(e) = st.vm_pool.get_mut(vm) {
+                e.state = VmState::Failed;
+                e.owner = None;
+                e.error = Some(
+                    "no longer exists in Azure (azlin says so); 'amplihack remote prune' forgets it"
+                        .into(),
+                );
+            }
+        }
+        // Not onto VMs still being created: should one not come up, a moved session would
+        // have to move again; a VM of its own fails (or succeeds) with its own answer.
+        let request = pool::Request {
+            join_provisioning: false,
+            ..plan_request(target, moving.len())
+        };
+        let plan = pool::plan(st, &request);
+        let new_vms = provision::reserve_vms(
+            st,
+            plan.new_vms,
+            target.size,
+            &target.region,
+            &provision::Reservation {
+                user: &ctx.settings.user,
+                resource_group: ctx.transports.azlin.default_resource_group(),
+                owner: &owner,
+            },
+            now,
+        );
+        let mut moved = Vec::with_capacity(moving.len());
+        for ((id, why), placement) in moving.iter().zip(plan.placements) {
+            let Some(mut r) = reserved.iter().find(|r| r.id == *id).cloned() else {
+                continue;
+            };
+            let joins_provisioning = matches!(placement, Placement::Provisioning(_));
+            let (vm, vm_is_new) = match placement {
+                Placement::Existing(vm) | Placement::QueuedOn(vm) | Placement::Provisioning(vm) => {
+                    (vm, false)
+                }
+                Placement::New(i) | Placement::QueuedOnNew(i) => (new_vms[i].clone(), true),
+                Placement::Unplaced => {
+                    // Nowhere to go (a capped pool, no queue): it fails with why.
+                    let event =
+                        lifecycle::Event::Refused(format!("{why}; no other VM had room for it"));
+                    refresh::settle(st, id, &event, now, &exec::liveness);
+                    r.pending = false;
+                    if let Some(s) = st.sessions.get(id) {
+                        r.record = s.clone();
+                    }
+                    moved.push(r);
+                    continue;
+                }
+            };
+            if let Some(s) = st.sessions.get_mut(id) {
+                s.vm_name = vm.clone();
+            }
+            r.record.vm_name = vm.clone();
+            r.vm = vm;
+            r.vm_is_new = vm_is_new;
+            r.joins_provisioning = joins_provisioning;
+            ui::warn(&format!("session {id}: {why}; moving it to VM {}", r.vm));
+            moved.push(r);
+        }
+        Ok(moved)
+    })?;
+    // Whatever else ran there is settled as for any VM azlin confirms gone.
+    let state = ctx.store.load()?;
+    for vm in &gone {
+        let err = Error::VmNotFound {
+            vm: vm.clone(),
+            detail: "a start's launch found it gone".into(),
+        };
+        refresh::settle_if_vm_gone(ctx, &state, vm, &err)?;
+    }
+    Ok(moved)
 }
 
 /// 130 if Ctrl+C cut anything short; else the code of the first failure in prompt order. A
