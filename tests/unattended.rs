@@ -904,3 +904,40 @@ fn a_retry_wait_counts_toward_max_hours_and_the_flag_form_of_notify_works() {
     );
     assert_url_at_rest_nowhere(&env);
 }
+
+#[test]
+fn on_the_stand_in_azlin_a_kill_during_a_retry_wait_ends_it_killed_and_notified() {
+    let receiver = Receiver::start();
+    let mut env = TestEnv::new();
+    env.set("AMPLIHACK_REMOTE_NOTIFY", &receiver.url());
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "600");
+    let ids = start(&env, &["--size", "s"], &["TRANSIENT=etimedout waits"]);
+    let id = &ids[0];
+    receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+    let s = list_json_of(&env, id);
+    assert_eq!(s["status"], "running", "{s}");
+    assert!(
+        s["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(" UTC: network error (ETIMEDOUT)"),
+        "{s}"
+    );
+    let began = Instant::now();
+    let out = env.run(&["kill", id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.session(id)["status"], "killed");
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(20));
+    eprintln!(
+        "kill during a retry wait, to its notification: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        (
+            ended.body["status"].as_str(),
+            ended.body["exit_code"].as_i64()
+        ),
+        (Some("killed"), Some(143))
+    );
+    assert_url_at_rest_nowhere(&env);
+}
