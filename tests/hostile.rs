@@ -1067,3 +1067,22 @@ fn a_state_naming_many_deleted_vms_costs_one_listing_and_one_warning() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(env.calls().is_empty(), "{:?}", env.calls());
 }
+
+#[test]
+fn report_does_not_say_uncommitted_work_goes_with_a_vm_that_is_gone() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let out = env.run(&["start", "--json", "EDIT=1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    env.wait_finished(&id);
+    let vm = env.vm_of(&id);
+    // The VM is deleted (as prune --force would): the archive still keeps the work.
+    let mut state = env.state();
+    state["vm_pool"].as_object_mut().unwrap().remove(&vm);
+    env.write_state(&state.to_string());
+    let out = env.run(&["report"]);
+    let text = stdout(&out);
+    assert!(text.contains("* Uncommitted work"), "{text}");
+    assert!(!text.contains("goes with the VM"), "{text}");
+}
