@@ -301,3 +301,22 @@ fn an_already_exists_answer_is_never_taken_for_a_vm_of_ours() {
     let out = env.run(&["start", "--no-context", "--size", "s", "--json", "y"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// azlin's config may live in `$AZLIN_CONFIG_DIR`: its default group is the one new VMs go to,
+/// and are recorded in, when AMPLIHACK_RESOURCE_GROUP is not set.
+#[test]
+fn azlins_config_dir_names_the_default_group() {
+    let mut env = TestEnv::new();
+    let dir = env.root().join("azlin-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("config.toml"),
+        "# azlin\ndefault_resource_group = \"team-x\"\n[ui]\ntheme = \"dark\"\n",
+    )
+    .unwrap();
+    env.set("AZLIN_CONFIG_DIR", &dir.display().to_string());
+    let vm = env.prime(1, "s").remove(0);
+    assert_eq!(env.state()["vm_pool"][&vm]["resource_group"], "team-x");
+    let shown = env.azlin(&["show", &vm, "--resource-group", "team-x", "-o", "json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+}
