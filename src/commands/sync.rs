@@ -86,7 +86,12 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             _ => unreachable!("each reply answers its own call"),
         }
     }
-    let (listed, listing_failed) = collect_listings(&ctx.settings.resource_group, listings)?;
+    let configured = ctx
+        .transports
+        .azlin
+        .default_resource_group()
+        .map(String::from);
+    let (listed, listing_failed) = collect_listings(&configured, listings)?;
     if crate::interrupt::requested() {
         return Err(Error::Interrupted);
     }
@@ -222,13 +227,18 @@ impl Call<'_> {
     }
 }
 
-/// The configured resource group (or azlin's default) and every group the state records for
-/// its VMs. With the local backend configured and no Azure VM in the state: none, so azlin is
-/// not called at all.
+/// The configured resource group (else azlin's default, by name when its config gives one, as
+/// `start` records it on new VMs) and every group the state records for its VMs. With the local
+/// backend configured and no Azure VM in the state: none, so azlin is not called at all.
 fn groups_to_list(ctx: &Ctx, state: &State) -> Vec<Option<String>> {
     let mut groups = refresh::resource_groups(ctx, state);
     if ctx.settings.backend == Backend::Azure || !groups.is_empty() {
-        groups.insert(ctx.settings.resource_group.clone());
+        groups.insert(
+            ctx.transports
+                .azlin
+                .default_resource_group()
+                .map(String::from),
+        );
     }
     groups.into_iter().collect()
 }
