@@ -469,10 +469,15 @@ impl World {
                             .unwrap();
                         assert!(out.status.success());
                         self.deleted.insert(vm.clone());
-                        // Its supervisors end their agents as tmux goes.
-                        wait_until(Duration::from_secs(15), || {
+                        // A deleted VM runs nothing: the stand-in's tmux server goes, and with
+                        // it the supervisors, which end their agents; an agent whose supervisor
+                        // was SIGKILLed has nobody to end it, so it goes as the machine would.
+                        wait_until(Duration::from_secs(5), || {
                             !self.marked().iter().any(|m| m.vm == vm)
                         });
+                        for m in self.marked().into_iter().filter(|m| m.vm == vm) {
+                            signal(m.pid, libc::SIGKILL);
+                        }
                         note = format!("VM {vm} deleted behind our back");
                     }
                     None => note = "VM deleted: none exists".into(),
