@@ -335,10 +335,12 @@ fn wait_until_provisioned(ctx: &Ctx, vm: &str) -> Result<std::result::Result<(),
         match st.vm_pool.get(vm) {
             Some(e) if e.state == VmState::Ready => return Ok(Ok(())),
             Some(e) if e.state == VmState::Provisioning => {
+                // Recovered only when its owner is known dead (never a state write per poll
+                // for an owner that cannot be checked).
                 let dead = e
                     .owner
                     .as_ref()
-                    .is_none_or(|o| crate::exec::liveness(o) == crate::exec::Liveness::Dead);
+                    .is_some_and(|o| crate::exec::liveness(o) == crate::exec::Liveness::Dead);
                 if dead {
                     let now = ctx.now();
                     ctx.store.update(|st| {
