@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use amplihack::model::{Session, SessionStatus, State, VmEntry};
+use amplihack::core::model::{Session, SessionStatus, State, VmEntry};
 use amplihack::state::StateStore;
 use chrono::{TimeZone, Utc};
 
@@ -167,7 +167,7 @@ fn python_state_text(state: &State) -> Vec<u8> {
         i = i.wrapping_add(1);
         // Non-zero microseconds, as nearly every Python timestamp has.
         let micros = 1 + i.wrapping_mul(7919) % 999_998;
-        let t = amplihack::model::parse_timestamp(&rest[value_start..value_end]).unwrap()
+        let t = amplihack::core::model::parse_timestamp(&rest[value_start..value_end]).unwrap()
             + chrono::Duration::microseconds(i64::from(micros));
         out.push_str(&t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string());
         rest = &rest[value_end..];

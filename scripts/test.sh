@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-tools.sh --for-tests
-shellcheck -x src/vm/*.sh
+shellcheck -x src/remote/vm/*.sh
 cargo test --locked

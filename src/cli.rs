@@ -5,7 +5,7 @@ use std::ffi::OsString;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::naming;
+use crate::core::naming;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -308,11 +308,11 @@ pub struct UnattendedArgs {
     pub retries: Option<u32>,
     /// Flag a session whose output has not grown for M minutes (nothing is killed)
     /// [default: 30] [env: AMPLIHACK_REMOTE_SILENT_MINUTES]
-    #[arg(long, value_name = "M", value_parser = crate::unattended::parse_silent_minutes)]
+    #[arg(long, value_name = "M", value_parser = crate::core::unattended::parse_silent_minutes)]
     pub silent_minutes: Option<u32>,
     /// End a session still running H hours after its agent started (failed, exit 124)
     /// [default: none] [env: AMPLIHACK_REMOTE_MAX_HOURS]
-    #[arg(long, value_name = "H", value_parser = crate::unattended::parse_max_hours)]
+    #[arg(long, value_name = "H", value_parser = crate::core::unattended::parse_max_hours)]
     pub max_hours: Option<f64>,
 }
 
@@ -451,7 +451,7 @@ pub struct ReportArgs {
 }
 
 fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
-    crate::report::parse_duration(s)
+    crate::ui::report::parse_duration(s)
 }
 
 #[derive(Debug, Args)]

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::core::model::Backend;
+use crate::core::naming;
+use crate::core::pool::PriceTable;
 use crate::error::{Error, Result};
-use crate::model::Backend;
-use crate::naming;
-use crate::pool::PriceTable;
 
 pub const DEFAULT_REGION: &str = "eastus";
 pub const DEFAULT_FALLBACK_REGIONS: &str = "westus3,eastus,centralus";
@@ -243,8 +243,8 @@ impl Settings {
     }
 
     /// How streams pace themselves on the VM: a heartbeat three times per silence allowance.
-    pub fn stream_pace(&self) -> crate::script::Pace {
-        crate::script::Pace {
+    pub fn stream_pace(&self) -> crate::remote::request::Pace {
+        crate::remote::request::Pace {
             check_every: self.follow_interval,
             beat_every: (self.stream_silence / 3).max(Duration::from_secs(1)),
         }

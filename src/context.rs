@@ -27,7 +27,7 @@ fn git_ok(dir: &Path, args: &[&str], timeout: Duration) -> Result<String> {
         return Err(Error::CommandFailed {
             command: format!("git {}", args.join(" ")),
             status: Some(out.code),
-            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
@@ -205,7 +205,7 @@ fn read_objects(
         return Err(Error::CommandFailed {
             command: "git cat-file --batch".into(),
             status: Some(out.code),
-            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
     // Each object: "<id> <type> <size>\n<contents>\n".
@@ -365,7 +365,7 @@ pub fn commits_present(
         return Err(Error::CommandFailed {
             command: "git cat-file --batch-check".into(),
             status: Some(out.code),
-            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
     // One answer line per question, in order: the object's name, or "<name> missing".
@@ -639,7 +639,7 @@ pub fn push_branch(repo: &Path, remote: &str, branch: &str, timeout: Duration) -
         return Err(Error::CommandFailed {
             command: format!("git push {remote} {refspec}"),
             status: Some(out.code),
-            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
     Ok(())
@@ -667,9 +667,9 @@ pub fn change_totals(
     base: &str,
     head: &str,
     timeout: Duration,
-) -> Result<crate::model::Changes> {
+) -> Result<crate::core::model::Changes> {
     let numstat = git_ok(repo, &["diff", "--numstat", base, head], timeout)?;
-    let mut c = crate::model::Changes::default();
+    let mut c = crate::core::model::Changes::default();
     for line in numstat.lines() {
         let mut f = line.split('\t');
         let (Some(ins), Some(del), Some(_)) = (f.next(), f.next(), f.next()) else {

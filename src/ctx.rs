@@ -3,15 +3,15 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 
-use crate::archive::ArchiveStore;
 use crate::cli::StatusFilter;
 use crate::config::Settings;
+use crate::core::model::{Backend, Session, SessionStatus, State};
+use crate::core::pool::LOCAL_VM_NAME;
 use crate::error::{Error, Result};
 use crate::exec::{OnInterrupt, Output};
-use crate::model::{Backend, Session, SessionStatus, State};
-use crate::pool::LOCAL_VM_NAME;
+use crate::remote::transport::{Transport, Transports, VmRef};
 use crate::state::StateStore;
-use crate::transport::{Transport, Transports, VmRef};
+use crate::state::archive::ArchiveStore;
 
 pub struct Ctx {
     pub settings: Settings,
@@ -116,7 +116,7 @@ impl Ctx {
     pub fn local_capacity(&self) -> u32 {
         self.settings.local_slots.unwrap_or_else(|| {
             let bytes = crate::exec::machine_memory_bytes().unwrap_or(0);
-            crate::pool::local_slots(bytes)
+            crate::core::pool::local_slots(bytes)
         })
     }
 }
@@ -148,7 +148,7 @@ pub fn find_session<'a>(state: &'a State, id: &str) -> Result<&'a Session> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{format_timestamp, parse_timestamp};
+    use crate::core::model::{format_timestamp, parse_timestamp};
 
     #[test]
     fn recorded_times_are_whole_seconds() {

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::core::model::Owner;
 use crate::error::{Error, Result};
 use crate::interrupt;
-use crate::model::Owner;
 
 /// What a Ctrl+C does to a call in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -411,7 +411,7 @@ pub fn desktop_notify(summary: &str) {
         })
     };
     if let Some((program, args)) =
-        crate::unattended::desktop_command(std::env::consts::OS, summary, have)
+        crate::core::unattended::desktop_command(std::env::consts::OS, summary, have)
     {
         let _ = run(&Cmd::new(program, args, Duration::from_secs(10)));
     }

@@ -213,12 +213,12 @@ pub fn version_note() -> String {
                         .lines()
                         .map(str::trim)
                         .find(|l| !l.is_empty())
-                        .map(crate::sanitize::line)
+                        .map(crate::ui::sanitize::line)
                 })
                 .unwrap_or_else(|| "its version unknown".into());
             format!(
                 "Other commands (amplihack claude, launch, ...) go to {} ({theirs}).\n",
-                crate::sanitize::line(&program.to_string_lossy())
+                crate::ui::sanitize::line(&program.to_string_lossy())
             )
         }
         Ok(None) => format!(

@@ -1,8 +1,6 @@
 //! `amplihack remote`: AI coding-agent tasks as detached tmux sessions on a pool of VMs.
 //! Architecture: docs/architecture.md.
 
-pub mod archive;
-pub mod atomic;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -12,24 +10,9 @@ pub mod error;
 pub mod exec;
 pub mod forward;
 pub mod interrupt;
-pub mod lifecycle;
-pub mod model;
-pub mod naming;
 pub mod parallel;
-pub mod pool;
-pub mod progress;
 pub mod provision;
-pub mod reconcile;
 pub mod refresh;
-pub mod render;
-pub mod report;
-pub mod sanitize;
-pub mod script;
-pub mod state;
-pub mod stream;
-pub mod transport;
-pub mod ui;
-pub mod unattended;
 
 use cli::{Cli, TopCommand};
 use error::Result;
@@ -41,3 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         TopCommand::External(args) => Err(forward::exec_other_amplihack(args)),
     }
 }
+pub mod core;
+pub mod remote;
+pub mod state;
+pub mod ui;

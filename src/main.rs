@@ -18,7 +18,7 @@ fn main() {
         Err(e) => {
             if !matches!(e, amplihack::error::Error::Interrupted) {
                 // The message may quote the state or a VM: nothing in it acts on the terminal.
-                eprintln!("Error: {}", amplihack::sanitize::text(&e.to_string()));
+                eprintln!("Error: {}", amplihack::ui::sanitize::text(&e.to_string()));
             }
             e.exit_code()
         }

@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::core::model::{Backend, Owner, State, VmEntry, VmState};
+use crate::core::naming;
+use crate::core::pool::SizeSpec;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, Owner, State, VmEntry, VmState};
-use crate::naming;
-use crate::pool::SizeSpec;
-use crate::progress::{self, Stage};
 use crate::ui;
-use crate::{exec, lifecycle, refresh};
+use crate::ui::progress::{self, Stage};
+use crate::{core::lifecycle, exec, refresh};
 
 /// A VM name not yet in the pool: the time of its reservation and a random part from `random`,
 /// drawn again on a clash.
@@ -154,7 +154,7 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
                 // No session may be left bound for a VM the pool no longer has, should this
                 // process die before it records the sessions' outcome. Sessions another live
                 // start joined this VM with are that start's to place elsewhere.
-                let joined_by_another = |o: &crate::model::Owner| {
+                let joined_by_another = |o: &crate::core::model::Owner| {
                     Some(o) != provisioner.as_ref() && exec::liveness(o) == exec::Liveness::Alive
                 };
                 let bound: Vec<String> = st
@@ -188,7 +188,7 @@ pub fn commit_vm(ctx: &Ctx, name: &str, outcome: &Result<String>) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{size_by_letter, tests::t0};
+    use crate::core::pool::{size_by_letter, tests::t0};
 
     #[test]
     fn a_clash_draws_another_random_part() {

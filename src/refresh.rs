@@ -18,21 +18,23 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
+use crate::core::lifecycle;
+use crate::core::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Liveness, OnInterrupt};
-use crate::lifecycle;
-use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
-use crate::render::Live;
-use crate::script::{self, ArchiveRequest, Frame, FrameKind, Probe, ProbeTarget, Want};
+use crate::remote::answer::{Frame, FrameKind, Probe};
+use crate::remote::request::{ArchiveRequest, ProbeTarget, Want};
+use crate::remote::{answer, request};
 use crate::ui;
+use crate::ui::render::Live;
 use crate::{interrupt, parallel};
 
 /// Finished sessions not archived yet that ride along on one call made anyway: enough to
 /// catch up over a few refreshes without making any one of them slow.
 pub const UNARCHIVED_PER_CALL: usize = 8;
 
-pub use crate::lifecycle::unverifiable_owner_trust;
+pub use crate::core::lifecycle::unverifiable_owner_trust;
 
 /// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
 pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
@@ -417,13 +419,13 @@ pub fn collect_with_power(
             let queue = if drain {
                 queue_work(ctx)
             } else {
-                script::Queue::Leave
+                request::Queue::Leave
             };
-            let input = script::probe_script(&targets, ctx.settings.archive_log_cap, queue);
+            let input = request::probe_script(&targets, ctx.settings.archive_log_cap, queue);
             let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
             let answer = out.map(|o| {
                 warn_stuck(&o.stdout);
-                let answer = script::parse_probe_answer(&o.stdout);
+                let answer = answer::parse_probe_answer(&o.stdout);
                 if let Some(why) = &answer.damaged {
                     ui::warn(&format!(
                         "the answer of VM '{}' was damaged: {why}",
@@ -539,15 +541,15 @@ pub fn current(ctx: &Ctx, source: Source, power: Power) -> Result<Refreshed> {
 /// Makes a call to a VM with queued sessions start them first where it has room: its
 /// supervisors normally do, but none may be left (all killed, a reboot). The user's key goes
 /// along for the sessions it starts.
-pub fn queue_work(ctx: &Ctx) -> script::Queue<'_> {
-    script::Queue::Drain {
+pub fn queue_work(ctx: &Ctx) -> request::Queue<'_> {
+    request::Queue::Drain {
         key: ctx.settings.api_key.as_deref(),
     }
 }
 
 /// Says which queued sessions a VM could not start, and why.
 pub fn warn_stuck(stdout: &[u8]) {
-    for (id, why) in script::parse_stuck(stdout) {
+    for (id, why) in answer::parse_stuck(stdout) {
         ui::warn(&format!("queued session {id} could not start: {why}"));
     }
 }
@@ -666,7 +668,7 @@ fn list_first(
     state: &State,
     plan: &BTreeMap<String, Vec<(String, Want)>>,
 ) -> Result<Option<BTreeMap<String, String>>> {
-    let azure: Vec<crate::transport::VmRef> = plan
+    let azure: Vec<crate::remote::transport::VmRef> = plan
         .keys()
         .map(|vm| ctx.vm_ref(state, vm))
         .filter(|vm| vm.backend == Backend::Azure)
@@ -791,9 +793,9 @@ pub fn settle_if_vm_gone(ctx: &Ctx, state: &State, vm: &str, err: &Error) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lifecycle::Phase;
-    use crate::model::KillRequest;
-    use crate::pool::tests::{session, t0, vm};
+    use crate::core::lifecycle::Phase;
+    use crate::core::model::KillRequest;
+    use crate::core::pool::tests::{session, t0, vm};
     use chrono::Duration;
 
     fn owner(pid: u32) -> Owner {
@@ -813,7 +815,7 @@ mod tests {
         }
     }
 
-    fn pending(id: &str, vm: &str, owner_pid: Option<u32>) -> crate::model::Session {
+    fn pending(id: &str, vm: &str, owner_pid: Option<u32>) -> crate::core::model::Session {
         let mut s = session(id, vm, SessionStatus::Pending);
         s.started_at = None;
         s.owner = owner_pid.map(owner);

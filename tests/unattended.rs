@@ -710,10 +710,10 @@ fn a_morning_of_eight_sessions_sends_exactly_the_notifications_expected() {
     );
 }
 
-/// What the VM's classifier (src/vm/unattended.sh) makes of `line` at epoch second `now`:
+/// What the VM's classifier (src/remote/vm/unattended.sh) makes of `line` at epoch second `now`:
 /// (UNTIL, REASON, the wait of retry 1 with a 60 s base), or None when it is not transient.
 fn classify(line: &str, now: i64) -> Option<(String, String, i64)> {
-    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm");
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/remote/vm");
     let script = format!(
         ". {lib}; . {un}; r=$(printf '%s\\n' \"$1\" | transient_failure {now}) || exit 1; \
          printf '%s\\n%s\\n' \"$r\" \"$(retry_wait_seconds 1 \"${{r%%$'\\t'*}}\" 60 {now})\"",
@@ -814,7 +814,7 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         "usage limit reached",
     );
     // Backoff doubles: base, 2 x base, 4 x base.
-    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm/unattended.sh");
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/remote/vm/unattended.sh");
     let out = std::process::Command::new("bash")
         .args([
             "-c",

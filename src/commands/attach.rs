@@ -8,8 +8,8 @@ use crate::cli::SessionArg;
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
-use crate::script::{ProbeTarget, Want};
-use crate::{refresh, script, ui};
+use crate::remote::request::{ProbeTarget, Want};
+use crate::{refresh, remote::answer, remote::request, ui};
 
 pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     let state = ctx.store.load()?;
@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     if !session.status.is_active() {
         return Err(ended(session.status.as_str()));
     }
-    if session.status == crate::model::SessionStatus::Queued {
+    if session.status == crate::core::model::SessionStatus::Queued {
         return Err(Error::Failed(format!(
             "session {id} is queued and has not started yet; follow it with 'amplihack remote output {id} --follow'"
         )));
@@ -43,21 +43,21 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     };
     let out = ctx.run_on(
         &vm,
-        script::probe_script(
+        request::probe_script(
             &[target],
             ctx.settings.archive_log_cap,
-            script::Queue::Leave,
+            request::Queue::Leave,
         ),
         ctx.settings.timeouts.probe,
         OnInterrupt::Abort,
     )?;
-    let answer = script::parse_probe_answer(&out.stdout);
+    let answer = answer::parse_probe_answer(&out.stdout);
     let Some(probe) = answer.probes.get(id).cloned() else {
         return Err(Error::unexpected_answer(&vm.name, "no session line"));
     };
     if probe.exit_code.is_some() || !probe.tmux {
         let (archived, _) = refresh::keep_archives(ctx, &vm.name, &answer.frames);
-        let probes: HashMap<String, script::Probe> = [(id.to_string(), probe)].into();
+        let probes: HashMap<String, answer::Probe> = [(id.to_string(), probe)].into();
         let state = refresh::commit_probes(ctx, &probes, &archived, state)?;
         let status = find_session(&state, id)?.status.to_string();
         return Err(ended(&status));

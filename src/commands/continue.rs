@@ -13,12 +13,12 @@ use clap::ValueEnum;
 use crate::cli::{CommandMode, ContinueArgs, StartArgs};
 use crate::commands::start::{self, Continuation};
 use crate::context;
+use crate::core::model::{Backend, Session, SessionStatus, State, VmState};
+use crate::core::pool::LOCAL_VM_NAME;
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::model::{Backend, Session, SessionStatus, State, VmState};
-use crate::pool::LOCAL_VM_NAME;
 use crate::refresh;
-use crate::script::{Restore, Want};
+use crate::remote::request::{Restore, Want};
 use crate::ui;
 
 /// The chain a session descends from, root first, ending with the session itself. A chain
@@ -293,7 +293,7 @@ mod tests {
     use super::*;
 
     fn session(id: &str, parent: Option<&str>, status: SessionStatus, started: bool) -> Session {
-        let t = crate::model::parse_timestamp("2025-11-25T14:30:22Z").unwrap();
+        let t = crate::core::model::parse_timestamp("2025-11-25T14:30:22Z").unwrap();
         let mut s: Session = serde_json::from_value(serde_json::json!({
             "session_id": id, "vm_name": "vm", "workspace": "/w/root", "tmux_session": id,
             "prompt": "p", "command": "auto", "max_turns": 10, "status": "completed",

@@ -3,13 +3,14 @@
 //! marks the session before signalling it, so whoever sees it end records `killed`.
 
 use crate::cli::KillArgs;
+use crate::core::lifecycle::{self, Event};
+use crate::core::model::{KillRequest, Session, SessionStatus};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
-use crate::lifecycle::{self, Event};
-use crate::model::{KillRequest, Session, SessionStatus};
 use crate::refresh;
-use crate::script::{self, KillOutcome};
+use crate::remote::answer::KillOutcome;
+use crate::remote::{answer, request};
 use crate::ui;
 
 pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
@@ -68,9 +69,9 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     }) {
         refresh::queue_work(ctx)
     } else {
-        script::Queue::Leave
+        request::Queue::Leave
     };
-    let input = script::kill_script(
+    let input = request::kill_script(
         id,
         args.force,
         ctx.settings.kill_grace_secs,
@@ -81,7 +82,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let answer = ctx
         .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
         .and_then(|out| {
-            script::parse_kill(&out.stdout)
+            answer::parse_kill(&out.stdout)
                 .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
             Ok(out)
         });
@@ -117,7 +118,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let report = script::parse_kill(&out.stdout).expect("parsed above");
+    let report = answer::parse_kill(&out.stdout).expect("parsed above");
     let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
     // The VM's `session` line after the kill: the lifecycle decides from it, as a refresh
     // would (a kill marked on the VM makes any end `killed`, whoever asked it).
@@ -198,7 +199,7 @@ fn already_finished(session: &Session) -> Result<()> {
     ))
 }
 
-fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::model::Owner) -> Result<()> {
+fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::core::model::Owner) -> Result<()> {
     ctx.store.update(|st| {
         if let Some(s) = st.sessions.get_mut(id)
             && s.kill_request.as_ref().is_some_and(|k| &k.by == me)

@@ -2,8 +2,8 @@ use crate::cli::ListArgs;
 use crate::ctx::{Ctx, status_filter};
 use crate::error::Result;
 use crate::refresh;
-use crate::render;
 use crate::ui;
+use crate::ui::render;
 
 pub fn run(ctx: &Ctx, args: ListArgs) -> Result<()> {
     let refresh::Refreshed { state, live, .. } = if args.refresh.no_refresh {

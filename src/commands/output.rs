@@ -9,15 +9,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
+use crate::core::model::{Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::exec::OnInterrupt;
-use crate::model::{Session, SessionStatus, State};
 use crate::refresh;
-use crate::render;
-use crate::script::{self, Capture, CaptureSource, Probe, StreamFrame, Want};
-use crate::{interrupt, stream, ui};
+use crate::remote::answer::{Capture, CaptureSource, Probe, StreamFrame};
+use crate::remote::request::Want;
+use crate::remote::{answer, request};
+use crate::ui::render;
+use crate::{interrupt, remote::stream, ui};
 
 fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
     let vm = ctx.vm_ref(state, &session.vm_name);
@@ -30,7 +32,7 @@ fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<ex
 }
 
 fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
-    script::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
+    answer::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
 /// Keeps the archive the answer brought, then settles the session's status from the probe
@@ -68,7 +70,7 @@ fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
             session,
             session.status.as_str(),
             session.archived_at.unwrap_or_else(|| ctx.now()),
-            script::count_lines(&text),
+            answer::count_lines(&text),
         ))?;
     }
     ui::progress(&format!(
@@ -159,7 +161,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         ctx,
         &state,
         &session,
-        script::capture_script(&session.session_id, args.lines, archive.as_ref()),
+        request::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
     let capture = parse(&session, &out)?;
     let state = settle(ctx, state, &session, &capture, !args.refresh.no_refresh)?;
@@ -167,7 +169,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         .status
         .to_string();
     let text = match capture.source {
-        CaptureSource::Pane => script::last_lines(capture.data, args.lines as usize),
+        CaptureSource::Pane => answer::last_lines(capture.data, args.lines as usize),
         CaptureSource::Log => capture.data.to_vec(),
         CaptureSource::None => Vec::new(),
     };
@@ -194,7 +196,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
             &session,
             &status,
             ctx.now(),
-            script::count_lines(&text),
+            answer::count_lines(&text),
         ))?;
     }
     print_output(&text, args.raw)
@@ -206,7 +208,7 @@ fn print_output(bytes: &[u8], raw: bool) -> Result<()> {
     if raw {
         ui::print_bytes(bytes)
     } else {
-        ui::print(&crate::sanitize::output(bytes))
+        ui::print(&crate::ui::sanitize::output(bytes))
     }
 }
 
@@ -228,7 +230,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
         .map(|s| s.status.to_string())
         .unwrap_or_default();
     let stop = AtomicBool::new(false);
-    let unescaped = std::cell::RefCell::new(crate::sanitize::OutputStream::default());
+    let unescaped = std::cell::RefCell::new(crate::ui::sanitize::OutputStream::default());
     stream::until_end(
         ctx,
         &vm,
@@ -238,9 +240,9 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             let queue = if drain {
                 refresh::queue_work(ctx)
             } else {
-                script::Queue::Leave
+                request::Queue::Leave
             };
-            script::stream_script(id, printed_to.get(), args.lines, pace, queue)
+            request::stream_script(id, printed_to.get(), args.lines, pace, queue)
         },
         &mut |frame| {
             match frame {
@@ -257,7 +259,7 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
                                     session,
                                     &status,
                                     ctx.now(),
-                                    script::count_lines(&bytes),
+                                    answer::count_lines(&bytes),
                                 ))?;
                             }
                             ui::progress(&format!(
@@ -327,7 +329,7 @@ fn bring_archive_home(ctx: &Ctx, state: State, session: &Session) -> Result<()> 
     let mut settings = ctx.settings.clone();
     settings.timeouts.probe = settings.timeouts.probe.min(ARCHIVE_AFTER_FOLLOW);
     let bounded = Ctx {
-        transports: crate::transport::Transports::new(&settings),
+        transports: crate::remote::transport::Transports::new(&settings),
         store: ctx.store.clone(),
         archive: ctx.archive.clone(),
         settings,

@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use crate::context;
+use crate::core::model::{Backend, Changes, Session, State};
+use crate::core::pool::{LOCAL_VM_NAME, PriceTable};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd};
-use crate::model::{Backend, Changes, Session, State};
-use crate::pool::{LOCAL_VM_NAME, PriceTable};
-use crate::report::{changes_text, duration_text};
 use crate::ui;
+use crate::ui::report::{changes_text, duration_text};
 
 /// GitHub's title is best kept short: the prompt's first line, cut at this many characters.
 const TITLE_CHARS: usize = 72;
@@ -246,7 +246,7 @@ fn open_one(
         return Err(Error::CommandFailed {
             command: format!("gh pr create --head {}", p.branch),
             status: Some(out.code),
-            stderr: crate::transport::trim_stderr(&out.stderr_text()),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
     let url = url_of(&out.stdout).ok_or_else(|| {

@@ -3,10 +3,10 @@
 use serde::Serialize;
 
 use crate::cli::PrimeArgs;
+use crate::core::model::{Backend, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::model::{Backend, VmState};
-use crate::{interrupt, parallel, pool, progress, provision, ui};
+use crate::{core::pool, interrupt, parallel, provision, ui, ui::progress};
 
 #[derive(Serialize)]
 struct Primed {

@@ -19,12 +19,15 @@ use chrono::Duration;
 use serde::Serialize;
 
 use crate::cli::PruneArgs;
+use crate::core::lifecycle::Phase;
+use crate::core::model::{Backend, State, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::lifecycle::Phase;
-use crate::model::{Backend, State, VmState};
-use crate::{interrupt, model, parallel, pool, refresh, render, script, ui};
+use crate::{
+    core::model, core::pool, interrupt, parallel, refresh, remote::answer, remote::request, ui,
+    ui::render,
+};
 
 #[derive(Serialize)]
 struct Pruned {
@@ -104,11 +107,11 @@ fn ask_what_vms_hold(
         let answer = ctx
             .run_on(
                 &vm,
-                script::records_script(&[], &[]),
+                request::records_script(&[], &[]),
                 ctx.settings.timeouts.probe,
                 OnInterrupt::Abort,
             )
-            .map(|out| script::parse_records(&out.stdout));
+            .map(|out| answer::parse_records(&out.stdout));
         (name.clone(), answer)
     });
     let mut holds = BTreeMap::new();

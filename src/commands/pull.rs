@@ -11,12 +11,12 @@ use crate::cli::PullArgs;
 use crate::commands::r#continue::lineage;
 use crate::commands::{pr, resume};
 use crate::context;
+use crate::core::model::{Changes, Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
-use crate::model::{Changes, Session, SessionStatus, State};
 use crate::refresh::{self, Collected};
-use crate::script::Want;
+use crate::remote::request::Want;
 use crate::ui;
 
 /// The repository `pull` runs in (its top), if any.

@@ -6,10 +6,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::cli::ReportArgs;
+use crate::core::model::SessionResult;
 use crate::ctx::{Ctx, status_filter};
 use crate::error::Result;
-use crate::model::SessionResult;
-use crate::{refresh, report, ui};
+use crate::{refresh, ui, ui::report};
 
 pub fn run(ctx: &Ctx, args: ReportArgs) -> Result<()> {
     let filter = status_filter(args.status);

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use crate::commands::pr::Pulled;
 use crate::context;
+use crate::core::naming;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::naming;
-use crate::script::shell_quote;
+use crate::remote::request::shell_quote;
 use crate::ui;
 
 /// Where the worktree goes: `--worktree DIR` (relative to the current directory), else

@@ -9,17 +9,19 @@ use chrono::{DateTime, Utc};
 
 use crate::cli::StartArgs;
 use crate::context::{self, RepoContext};
+use crate::core::model::{Backend, Owner, Session, SessionStatus, State, VmState};
+use crate::core::pool::{self, LOCAL_REGION, LOCAL_VM_NAME, Placement, SizeSpec};
+use crate::core::unattended::{self, Unattended};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::OnInterrupt;
-use crate::model::{Backend, Owner, Session, SessionStatus, State, VmState};
-use crate::pool::{self, LOCAL_REGION, LOCAL_VM_NAME, Placement, SizeSpec};
-use crate::progress::{self, Stage};
-use crate::render::{self, StartLine};
-use crate::script::{self, LaunchPlan, LaunchResult, LaunchSession};
-use crate::transport::VmRef;
-use crate::unattended::{self, Unattended};
-use crate::{exec, lifecycle, naming, parallel, provision, refresh, ui};
+use crate::remote::answer::LaunchResult;
+use crate::remote::request::{LaunchPlan, LaunchSession};
+use crate::remote::transport::VmRef;
+use crate::remote::{answer, request};
+use crate::ui::progress::{self, Stage};
+use crate::ui::render::{self, StartLine};
+use crate::{core::lifecycle, core::naming, exec, parallel, provision, refresh, ui};
 
 /// What this start asks of the pool.
 fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
@@ -48,10 +50,10 @@ pub(crate) struct Continuation {
     /// The parent's VM, when it still has the workspace; `None`: the follow-up goes to any VM
     /// with room (or a new one) and the workspace is rebuilt there from the archive.
     pub vm: Option<String>,
-    pub restore: Option<script::Restore>,
+    pub restore: Option<request::Restore>,
 }
 
-use crate::naming::UNPLACED_VM;
+use crate::core::naming::UNPLACED_VM;
 
 fn random_u16() -> u16 {
     // RandomState is seeded per process and per call: enough to spread ids, which are
@@ -191,7 +193,7 @@ fn reserve(
             session_id: id.clone(),
             vm_name: vm.clone(),
             workspace: continuation.map_or_else(
-                || script::workspace_path(&target.workspace_root, &id),
+                || request::workspace_path(&target.workspace_root, &id),
                 |c| c.workspace.clone(),
             ),
             tmux_session: id.clone(),
@@ -458,7 +460,7 @@ fn launch_on_vm(
         wait_for_cloud_init: job.backend == Backend::Azure,
         capacity: Some(job.capacity),
         queue: target.queue,
-        continuation: continuation.map(|c| script::ContinueLaunch {
+        continuation: continuation.map(|c| request::ContinueLaunch {
             workspace: &c.workspace,
             restore: c.restore.as_ref(),
         }),
@@ -471,7 +473,7 @@ fn launch_on_vm(
             Backend::Local => None,
         },
     };
-    let input = script::launch_input(&plan);
+    let input = request::launch_input(&plan);
     // A VM azlin has just created may not answer ssh yet; the launch script is idempotent,
     // so it is safe to send again. Pool VMs get no retry: a failure there is news.
     let attempts = if job.vm_is_new || job.joins_provisioning {
@@ -508,7 +510,7 @@ fn launch_on_vm(
     };
     match result {
         Ok(out) => {
-            let results = script::parse_launch(&out.stdout);
+            let results = answer::parse_launch(&out.stdout);
             job.sessions
                 .iter()
                 .map(|r| {
@@ -713,7 +715,7 @@ pub(crate) fn run_with(
                 vm_created: !r.vm_is_new
                     || pool
                         .get(&r.vm)
-                        .is_some_and(|v| v.state == crate::model::VmState::Ready),
+                        .is_some_and(|v| v.state == crate::core::model::VmState::Ready),
                 queue_place: match outcomes.get(&r.id) {
                     Some(Outcome::Queued { place, of }) => Some((*place, *of)),
                     _ => None,

@@ -1,10 +1,10 @@
 use crate::cli::StatusArgs;
+use crate::core::model::Backend;
 use crate::ctx::Ctx;
 use crate::error::Result;
-use crate::model::Backend;
 use crate::refresh;
-use crate::render;
 use crate::ui;
+use crate::ui::render;
 
 pub fn run(ctx: &Ctx, args: StatusArgs) -> Result<()> {
     let refresh::Refreshed {

@@ -15,15 +15,16 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::cli::SyncArgs;
+use crate::core::model::{Backend, State, VmEntry, VmState};
+use crate::core::pool::LOCAL_VM_NAME;
+use crate::core::reconcile::{self, Findings, Merged};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, OnInterrupt};
-use crate::model::{Backend, State, VmEntry, VmState};
-use crate::pool::LOCAL_VM_NAME;
-use crate::reconcile::{self, Findings, Merged};
-use crate::script::{self, VmRecords};
-use crate::transport::{ListedVm, VmRef};
-use crate::{naming, parallel, refresh, ui};
+use crate::remote::answer::VmRecords;
+use crate::remote::transport::{ListedVm, VmRef};
+use crate::remote::{answer, request};
+use crate::{core::naming, parallel, refresh, ui};
 
 /// What `sync` did, as printed (`--json` fields: docs/architecture.md).
 #[derive(Debug, Serialize)]
@@ -216,11 +217,11 @@ impl Call<'_> {
                 Reply::Records(
                     ctx.run_on(
                         &target.vm,
-                        script::records_script(&running, &claim),
+                        request::records_script(&running, &claim),
                         ctx.settings.timeouts.probe,
                         OnInterrupt::Abort,
                     )
-                    .map(|out| script::parse_records(&out.stdout)),
+                    .map(|out| answer::parse_records(&out.stdout)),
                 )
             }
         }

@@ -11,13 +11,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
+use crate::core::model::{Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
-use crate::model::{Session, SessionStatus, State};
-use crate::script::{self, Probe, StreamFrame, Want};
-use crate::transport::VmRef;
-use crate::{interrupt, refresh, render, stream, ui, unattended};
+use crate::remote::answer::{Probe, StreamFrame};
+use crate::remote::request;
+use crate::remote::request::Want;
+use crate::remote::transport::VmRef;
+use crate::{core::unattended, interrupt, refresh, remote::stream, ui, ui::render};
 
 /// What a VM's watcher reports.
 enum Event {
@@ -257,9 +259,9 @@ fn watch_vm(
             let queue = if drain {
                 refresh::queue_work(ctx)
             } else {
-                script::Queue::Leave
+                request::Queue::Leave
             };
-            script::watch_script(&refs, pace, queue)
+            request::watch_script(&refs, pace, queue)
         },
         &mut |frame| {
             if let StreamFrame::Session(id, probe) = frame {

@@ -13,12 +13,12 @@ pub fn print(text: &str) -> Result<()> {
 /// Prints text for people that quotes the state or the VMs (names, errors, azlin's words):
 /// made safe for a terminal first (`sanitize::text`). JSON and `--raw` use `print`.
 pub fn print_text(text: &str) -> Result<()> {
-    print(&crate::sanitize::text(text))
+    print(&crate::ui::sanitize::text(text))
 }
 
 /// Runs `f` with live progress lines, if any, cleared from the terminal.
 fn around_progress<R>(f: impl FnOnce() -> R) -> R {
-    match crate::progress::live_board() {
+    match crate::ui::progress::live_board() {
         Some(board) => board.suspend(f),
         None => f(),
     }
@@ -46,9 +46,9 @@ pub fn write_stdout(
 /// A line for stderr. Messages carry text from the state and the VMs (names, azlin's and
 /// ssh's stderr), so nothing in them may act on the terminal (`sanitize::text`).
 pub fn progress(msg: &str) {
-    let msg = crate::sanitize::text(msg);
+    let msg = crate::ui::sanitize::text(msg);
     let msg = msg.as_str();
-    match crate::progress::live_board() {
+    match crate::ui::progress::live_board() {
         Some(board) => board.println(msg),
         None => eprintln!("{msg}"),
     }

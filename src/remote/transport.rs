@@ -10,10 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Settings;
+use crate::core::model::Backend;
 use crate::error::{Error, Result};
 use crate::exec::{self, Cmd, OnInterrupt, Output, RunError};
-use crate::model::Backend;
-use crate::script;
+use crate::remote::answer;
 
 /// A VM as every call about it must name it: azlin needs the resource group it lives in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,7 +310,7 @@ impl Azlin {
         }
     }
 
-    /// A VM whose `connect` answered without running our script (`script::framed_answer`):
+    /// A VM whose `connect` answered without running our script (`answer::framed_answer`):
     /// azlin did not find it and attached to a tmux session of that name elsewhere. One
     /// `azlin show` settles whether it is gone; a gone VM is not asked again by this process.
     fn not_our_answer(&self, vm: &VmRef) -> Error {
@@ -441,7 +441,7 @@ impl Transport for Azlin {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let mut out = self.judge_connect(&cmd, vm, exec::run(&cmd))?;
-        match script::framed_answer(&out.stdout) {
+        match answer::framed_answer(&out.stdout) {
             Some(answer) => {
                 out.stdout = answer.to_vec();
                 Ok(out)
@@ -498,7 +498,7 @@ impl Transport for Azlin {
     }
 }
 
-/// Passes a stream's bytes on once its answer mark has come (`script::framed_answer`), without
+/// Passes a stream's bytes on once its answer mark has come (`answer::framed_answer`), without
 /// the mark.
 #[derive(Default)]
 struct Framing {
@@ -512,7 +512,7 @@ impl Framing {
             return on_stdout(bytes);
         }
         self.head.extend_from_slice(bytes);
-        match script::framed_answer(&self.head) {
+        match answer::framed_answer(&self.head) {
             Some(rest) => {
                 self.opened = true;
                 let rest = rest.to_vec();
@@ -540,10 +540,10 @@ impl Transport for LocalShell {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let mut out = succeeded(&cmd, exec::run_any_exit(&cmd)?)?;
-        out.stdout = script::framed_answer(&out.stdout)
+        out.stdout = answer::framed_answer(&out.stdout)
             .ok_or_else(|| {
                 Error::unexpected_answer(
-                    crate::pool::LOCAL_VM_NAME,
+                    crate::core::pool::LOCAL_VM_NAME,
                     "the control script did not run",
                 )
             })?

@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Local, Utc};
 use serde::Serialize;
 
-use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState, format_timestamp};
-use crate::pool;
+use crate::core::model::{
+    Backend, Session, SessionStatus, State, VmEntry, VmState, format_timestamp,
+};
+use crate::core::pool;
 
 /// Facts learned from the VMs during this command, shown beside the state.
 #[derive(Debug, Default, Clone)]
@@ -63,7 +65,7 @@ pub fn one_line(text: &str, width: usize) -> String {
     for c in text.trim().chars() {
         let c = if c.is_whitespace() {
             ' '
-        } else if crate::sanitize::is_unsafe(c) {
+        } else if crate::ui::sanitize::is_unsafe(c) {
             '?'
         } else {
             c
@@ -114,7 +116,7 @@ pub fn table(
     // Cells come from the state and the VMs: nothing in them may act on the terminal.
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|row| row.iter().map(|c| crate::sanitize::line(c)).collect())
+        .map(|row| row.iter().map(|c| crate::ui::sanitize::line(c)).collect())
         .collect();
     let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -177,7 +179,11 @@ fn status_text(s: &Session, live: &Live) -> String {
         format!("{} (vm unreachable)", s.status)
     } else if let Some(detail) = s.detail.as_deref().filter(|_| s.status.is_active()) {
         // What its supervisor says while it runs: `running (retry 1/2 at 14:05 UTC)`.
-        format!("{} ({})", s.status, crate::unattended::short_detail(detail))
+        format!(
+            "{} ({})",
+            s.status,
+            crate::core::unattended::short_detail(detail)
+        )
     } else {
         s.status.to_string()
     }
@@ -220,7 +226,7 @@ fn opt_time(t: Option<DateTime<Utc>>) -> String {
 /// `list_verbose_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
 /// state and the VMs.
 pub fn list_verbose(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> String {
-    crate::sanitize::text(&list_verbose_unescaped(sessions, live, now))
+    crate::ui::sanitize::text(&list_verbose_unescaped(sessions, live, now))
 }
 
 fn list_verbose_unescaped(sessions: &[&Session], live: &Live, now: DateTime<Utc>) -> String {
@@ -307,7 +313,7 @@ pub fn write_list_json<W: std::io::Write + ?Sized>(
 /// `wait_line_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
 /// state and the VMs.
 pub fn wait_line(s: &Session) -> String {
-    crate::sanitize::text(&wait_line_unescaped(s))
+    crate::ui::sanitize::text(&wait_line_unescaped(s))
 }
 
 fn wait_line_unescaped(s: &Session) -> String {
@@ -328,7 +334,7 @@ fn wait_line_unescaped(s: &Session) -> String {
 
 /// `wait`'s verdict on sessions that did not all complete: which did not, and how.
 pub fn wait_failures(ended: &[&Session]) -> Option<String> {
-    wait_failures_unescaped(ended).map(|t| crate::sanitize::text(&t))
+    wait_failures_unescaped(ended).map(|t| crate::ui::sanitize::text(&t))
 }
 
 fn wait_failures_unescaped(ended: &[&Session]) -> Option<String> {
@@ -616,7 +622,7 @@ fn vm_cost_line(vm: &VmStatus) -> Option<String> {
 /// `status_text_report_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
 /// state and the VMs.
 pub fn status_text_report(status: &PoolStatus, now: DateTime<Utc>) -> String {
-    crate::sanitize::text(&status_text_report_unescaped(status, now))
+    crate::ui::sanitize::text(&status_text_report_unescaped(status, now))
 }
 
 fn status_text_report_unescaped(status: &PoolStatus, now: DateTime<Utc>) -> String {
@@ -758,7 +764,7 @@ pub fn output_header(
     captured_at: DateTime<Utc>,
     lines: usize,
 ) -> String {
-    crate::sanitize::text(&format!(
+    crate::ui::sanitize::text(&format!(
         "=== Session: {} ===\nVM: {}\nStatus: {}\nCaptured: {} ({} lines)\n",
         session.session_id,
         session.vm_name,
@@ -783,7 +789,7 @@ pub struct StartLine<'a> {
 /// `start_report_unescaped` made safe for a terminal (`sanitize::text`): it shows text from the
 /// state and the VMs.
 pub fn start_report(lines: &[StartLine]) -> String {
-    crate::sanitize::text(&start_report_unescaped(lines))
+    crate::ui::sanitize::text(&start_report_unescaped(lines))
 }
 
 fn start_report_unescaped(lines: &[StartLine]) -> String {
@@ -855,8 +861,8 @@ fn start_report_unescaped(lines: &[StartLine]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SessionStatus::*;
-    use crate::pool::tests::{session, t0, vm};
+    use crate::core::model::SessionStatus::*;
+    use crate::core::pool::tests::{session, t0, vm};
     use chrono::Duration;
 
     #[test]
@@ -927,7 +933,7 @@ mod tests {
         let now = t0() + Duration::minutes(5);
         let rows = sessions_newest_first(&st, None);
         let text = list_table(&rows, &Live::default(), now, false);
-        assert_eq!(text, include_str!("../tests/expected/list.txt"));
+        assert_eq!(text, include_str!("../../tests/expected/list.txt"));
         let running = sessions_newest_first(&st, Some(&Running));
         assert_eq!(running.len(), 2);
         assert!(list_table(&[], &Live::default(), now, false).starts_with("No sessions found."));
@@ -982,7 +988,7 @@ mod tests {
         assert_eq!(status.vms[1].memory_used_gb, 64);
         assert_eq!(
             status_text_report(&status, now),
-            include_str!("../tests/expected/status.txt")
+            include_str!("../../tests/expected/status.txt")
         );
         let v: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
         assert_eq!(v["sessions"]["running"], 2);

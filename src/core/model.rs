@@ -73,7 +73,7 @@ pub struct Session {
     /// Its unattended settings as started (ours; docs/unattended.md): notify, retries,
     /// silence, the --max-hours cap. Never the notify URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unattended: Option<crate::unattended::Unattended>,
+    pub unattended: Option<crate::core::unattended::Unattended>,
     /// What its supervisor says of it while it runs (ours), e.g. `retry 1/2 at 14:05 UTC: API
     /// overloaded`, or `silent 42m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -875,7 +875,7 @@ mod tests {
 
     /// The specification's example state as the Python original writes it (naive timestamps,
     /// a SKU missing from our table, fields we do not know).
-    const PYTHON_STATE: &str = include_str!("../tests/expected/python-state.json");
+    const PYTHON_STATE: &str = include_str!("../../tests/expected/python-state.json");
 
     #[test]
     fn reads_python_state_and_keeps_unknown_fields() {

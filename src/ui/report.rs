@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::model::{Changes, Session, SessionResult, SessionStatus, State, format_timestamp};
-use crate::render::{self, Live};
+use crate::core::model::{Changes, Session, SessionResult, SessionStatus, State, format_timestamp};
+use crate::ui::render::{self, Live};
 
 /// `30m`, `12h`, `2d` (also `45s`, `1w`): a whole number above 0 and a unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -162,16 +162,16 @@ pub fn rows(
 /// share of the VM. The local backend costs nothing; an unknown VM or price leaves it unknown.
 pub fn add_costs(
     rows: &mut [ReportRow],
-    pool: &std::collections::BTreeMap<String, crate::model::VmEntry>,
-    prices: &crate::pool::PriceTable,
+    pool: &std::collections::BTreeMap<String, crate::core::model::VmEntry>,
+    prices: &crate::core::pool::PriceTable,
 ) {
     for r in rows {
         let Some(vm) = pool.get(&r.vm_name) else {
             continue;
         };
         let hourly = match vm.backend {
-            crate::model::Backend::Local => Some(0.0),
-            crate::model::Backend::Azure => prices.hourly_usd(&vm.size),
+            crate::core::model::Backend::Local => Some(0.0),
+            crate::core::model::Backend::Azure => prices.hourly_usd(&vm.size),
         };
         r.cost_usd = match (hourly, r.duration_seconds) {
             (Some(price), Some(secs)) => {
@@ -227,7 +227,11 @@ pub fn table(rows: &[ReportRow], window: Duration, color: bool) -> String {
                 if r.vm_unreachable {
                     format!("{} (vm unreachable)", r.status)
                 } else if let Some(d) = &r.detail {
-                    format!("{} ({})", r.status, crate::unattended::short_detail(d))
+                    format!(
+                        "{} ({})",
+                        r.status,
+                        crate::core::unattended::short_detail(d)
+                    )
                 } else {
                     r.status.clone()
                 },
@@ -357,8 +361,8 @@ pub fn json(rows: &[ReportRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SessionStatus::*;
-    use crate::pool::tests::{session, t0};
+    use crate::core::model::SessionStatus::*;
+    use crate::core::pool::tests::{session, t0};
 
     #[test]
     fn durations_parse_and_show() {
@@ -450,9 +454,9 @@ mod tests {
         // 4 slots at $2/h: 65 minutes cost 2 x 65/60 / 4 = $0.5417.
         st.vm_pool.insert(
             "vm-a".into(),
-            crate::pool::tests::vm("Standard_X", 4, "eastus"),
+            crate::core::pool::tests::vm("Standard_X", 4, "eastus"),
         );
-        let prices = crate::pool::PriceTable::with_overrides("Standard_X=2").unwrap();
+        let prices = crate::core::pool::PriceTable::with_overrides("Standard_X=2").unwrap();
         let now = t0() + Duration::hours(3);
         let sessions = select(&st, Duration::hours(24), None, now);
         let mut rows = rows(&sessions, &results, &Live::default(), now);
@@ -470,7 +474,11 @@ mod tests {
         assert_eq!(json[2]["cost_usd"], 0.5417);
         // Unknown price: unknown cost, and no cost line at all.
         let mut rows = super::rows(&sessions, &results, &Live::default(), now);
-        add_costs(&mut rows, &st.vm_pool, &crate::pool::PriceTable::default());
+        add_costs(
+            &mut rows,
+            &st.vm_pool,
+            &crate::core::pool::PriceTable::default(),
+        );
         assert!(rows.iter().all(|r| r.cost_usd.is_none()));
         assert!(!table(&rows, Duration::hours(24), false).contains("Cost:"));
     }
@@ -484,7 +492,7 @@ mod tests {
         let rows = rows(&sessions, &results, &Live::default(), now);
         assert_eq!(
             table(&rows, Duration::hours(24), false),
-            include_str!("../tests/expected/report.txt")
+            include_str!("../../tests/expected/report.txt")
         );
         let failed = select(&st, Duration::hours(24), Some(&Failed), now);
         assert_eq!(failed.len(), 1);

@@ -4,7 +4,7 @@
 //! answer, a dead `start`, a VM azlin no longer has) turns it into an [`Event`] and asks
 //! [`decide`] what becomes of the session; [`apply`] writes the answer. Nothing else sets a
 //! status. The VM has its own single judge of a session's files, `session_phase` in
-//! `src/vm/lib.sh`, whose answer arrives here as [`Phase`]. The machine, drawn in
+//! `src/remote/vm/lib.sh`, whose answer arrives here as [`Phase`]. The machine, drawn in
 //! docs/architecture.md:
 //!
 //! - `pending` (reserved by a `start`, which owns it while it lives) becomes `running`,
@@ -18,12 +18,12 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::core::model::{Session, SessionStatus};
+use crate::core::unattended;
 use crate::exec::Liveness;
-use crate::model::{Session, SessionStatus};
-use crate::script::Probe;
-use crate::unattended;
+use crate::remote::answer::Probe;
 
-/// What a session is on its VM: `session_phase` of `src/vm/lib.sh` (docs/remote-layout.md).
+/// What a session is on its VM: `session_phase` of `src/remote/vm/lib.sh` (docs/remote-layout.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Waiting in its VM's queue.
@@ -884,7 +884,7 @@ mod tests {
     #[test]
     fn applying_an_end_clears_owner_and_kill() {
         let mut s = session(S::Pending);
-        s.owner = Some(crate::model::Owner {
+        s.owner = Some(crate::core::model::Owner {
             pid: 1,
             host: "h".into(),
             started: "x".into(),

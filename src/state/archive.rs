@@ -20,11 +20,11 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
+use crate::core::model::{SessionResult, format_timestamp, parse_timestamp};
+use crate::core::naming;
 use crate::error::{Error, Result};
-use crate::model::{SessionResult, format_timestamp, parse_timestamp};
-use crate::naming;
-use crate::script::{Encoding, Frame, FrameKind};
+use crate::remote::answer::{Encoding, Frame, FrameKind};
+use crate::state::atomic;
 
 pub const META_FILE: &str = "archive.json";
 pub const RESULT_FILE: &str = "result.json";
@@ -469,7 +469,7 @@ fn tail_lines(file: &mut File, n: usize) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::{Part, read_answer};
+    use crate::remote::answer::{Part, read_answer};
     use std::collections::BTreeMap;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -513,7 +513,7 @@ mod tests {
     }
 
     fn t() -> DateTime<Utc> {
-        crate::model::parse_timestamp("2025-11-26T08:00:00Z").unwrap()
+        crate::core::model::parse_timestamp("2025-11-26T08:00:00Z").unwrap()
     }
 
     #[test]

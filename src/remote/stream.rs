@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::script::{Frames, StreamFrame};
-use crate::transport::VmRef;
+use crate::remote::answer::{Frames, StreamFrame};
+use crate::remote::transport::VmRef;
 use crate::{interrupt, ui};
 
 /// The pause before reconnect attempt `n` (0-based): 1, 2, 4, 8, 16, then 30 seconds.

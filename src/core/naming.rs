@@ -189,9 +189,9 @@ pub const UNPLACED_VM: &str = "-";
 /// workspaces and commit ids. A hand-edited or hostile state (a session id
 /// `../../../important.txt`) is then refused whole, naming the entry, before anything acts on
 /// it. The first bad entry, in words, or None.
-pub fn unsafe_state_entry(state: &crate::model::State) -> Option<String> {
+pub fn unsafe_state_entry(state: &crate::core::model::State) -> Option<String> {
     let bad_id = |id: &str| validate_session_id(id).is_err();
-    let shown = |v: &str| crate::sanitize::line(&format!("{v:?}"));
+    let shown = |v: &str| crate::ui::sanitize::line(&format!("{v:?}"));
     for (key, s) in &state.sessions {
         if bad_id(key) {
             return Some(format!("the session id {} is not safe to use", shown(key)));

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::model::{Backend, State, VmEntry, VmState};
+use crate::core::model::{Backend, State, VmEntry, VmState};
 
 /// Memory each session gets (`NODE_OPTIONS=--max-old-space-size=32768`).
 pub const SESSION_MEMORY_MB: u64 = 32 * 1024;
@@ -223,7 +223,7 @@ pub fn plan(state: &State, req: &Request) -> Plan {
     let counts = state.active_counts();
     let queued = state.queued_counts();
     let in_region =
-        |vm: &&crate::model::VmEntry| vm.backend == req.backend && vm.region == req.region;
+        |vm: &&crate::core::model::VmEntry| vm.backend == req.backend && vm.region == req.region;
     // (name, capacity, used, queued) of the ready VMs that can take work.
     let ready: Vec<(&str, u32, u32, u32)> = state
         .vm_pool
@@ -419,7 +419,7 @@ pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<Id
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Session, SessionStatus, VmEntry};
+    use crate::core::model::{Session, SessionStatus, VmEntry};
     use chrono::TimeZone;
 
     pub fn t0() -> DateTime<Utc> {

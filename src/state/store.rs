@@ -13,9 +13,9 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::atomic;
+use crate::core::model::State;
 use crate::error::{Error, Result};
-use crate::model::State;
+use crate::state::atomic;
 
 /// A temp file is `.<state file name>.<6 random letters or digits>.tmp`: named after its
 /// own state file, so the writers of two state files in one directory, which hold different
@@ -162,7 +162,7 @@ impl StateStore {
             detail,
         })?;
         // Names from the file become paths and reach VMs: a bad one is reported, never used.
-        match crate::naming::unsafe_state_entry(&state) {
+        match crate::core::naming::unsafe_state_entry(&state) {
             None => Ok(state),
             Some(detail) => Err(Error::StateCorrupt {
                 path: self.path.clone(),
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn sessions_only_gives_the_same_sessions_and_the_same_errors() {
-        let text = include_str!("../tests/expected/python-state.json");
+        let text = include_str!("../../tests/expected/python-state.json");
         let mut whole = parse_state(text.as_bytes()).unwrap();
         whole.vm_pool.clear();
         assert_eq!(parse_state_sessions_only(text.as_bytes()).unwrap(), whole);

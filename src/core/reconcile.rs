@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::lifecycle;
-use crate::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
-use crate::pool;
+use crate::core::lifecycle;
+use crate::core::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
+use crate::core::pool;
 use crate::refresh::{self, LivenessCheck};
-use crate::script::{Probe, VmRecords};
-use crate::transport::ListedVm;
+use crate::remote::answer::{Probe, VmRecords};
+use crate::remote::transport::ListedVm;
 
 /// What `sync` learned from azlin and the VMs.
 #[derive(Debug, Clone, Default)]
@@ -284,10 +284,10 @@ fn session_ref(s: &Session) -> SessionRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::lifecycle::Phase;
+    use crate::core::model::{KillRequest, Owner, parse_timestamp};
+    use crate::core::pool::tests::{session, t0, vm};
     use crate::exec::Liveness;
-    use crate::lifecycle::Phase;
-    use crate::model::{KillRequest, Owner, parse_timestamp};
-    use crate::pool::tests::{session, t0, vm};
     use chrono::Duration;
 
     /// Owners with pid 1 live; any other is dead.
@@ -590,7 +590,7 @@ mod tests {
     #[test]
     fn nothing_is_dropped_because_a_vm_does_not_know_it() {
         let python: State =
-            serde_json::from_str(include_str!("../tests/expected/python-state.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/expected/python-state.json")).unwrap();
         let mut st = python.clone();
         let vm_a = "amplihack-user-20251125-143000";
         let vm_b = "amplihack-user-20251125-140000";
