@@ -167,3 +167,72 @@ fn a_start_moves_its_prompts_off_a_reused_vm_that_is_gone() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(env.state()["vm_pool"].get(&vms[0]).is_none());
 }
+
+/// Case 11: a start waiting for a VM another start provisions outlives that start: once the
+/// owner is dead, its VM is recovered as `failed` and the waiting start's prompt goes to a VM
+/// of its own.
+#[test]
+fn a_start_waiting_for_a_dead_starts_vm_moves_its_prompt() {
+    let env = TestEnv::new();
+    env.fault("hang-new");
+    let mut owner = env
+        .std_cmd(&["start", "--no-context", "--size", "m", "SLEEP=60 a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for(
+        "the owner's azlin new",
+        std::time::Duration::from_secs(20),
+        || env.calls().iter().any(|c| c[0] == "new"),
+    );
+    let joiner = env
+        .std_cmd(&[
+            "start",
+            "--no-context",
+            "--size",
+            "m",
+            "--json",
+            "SLEEP=60 b",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_for(
+        "the joiner's reservation",
+        std::time::Duration::from_secs(20),
+        || env.session_ids().len() == 2,
+    );
+    let ids = env.session_ids();
+    let shared = env.vm_of(&ids[0]);
+    assert_eq!(
+        env.vm_of(&ids[1]),
+        shared,
+        "the second start joined the first's VM"
+    );
+    // The owner dies mid-provisioning; its hung `azlin new` is ended too (Azure would go on).
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let hung = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(env.root().join("bin/azlin").to_str().unwrap())
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&hung.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status();
+    }
+    env.clear_fault("hang-new");
+    let out = joiner.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = started_ids(&out).remove(0);
+    assert_eq!(env.session(&id)["status"], "running");
+    assert_ne!(env.vm_of(&id), shared, "moved to a VM of its own");
+    assert_eq!(env.state()["vm_pool"][&shared]["state"], "failed");
+}
