@@ -11,8 +11,10 @@ pub mod exec;
 pub mod forward;
 pub mod interrupt;
 pub mod parallel;
+pub mod pr;
 pub mod provision;
 pub mod refresh;
+pub mod resume;
 
 use cli::{Cli, TopCommand};
 use error::Result;

@@ -13,6 +13,7 @@ use clap::ValueEnum;
 use crate::cli::{CommandMode, ContinueArgs, StartArgs};
 use crate::commands::start::{self, Continuation};
 use crate::context;
+use crate::core::model::lineage;
 use crate::core::model::{Backend, Session, SessionStatus, State, VmState};
 use crate::core::pool::LOCAL_VM_NAME;
 use crate::ctx::{Ctx, find_session};
@@ -20,24 +21,6 @@ use crate::error::{Error, Result};
 use crate::refresh;
 use crate::remote::request::{Restore, Want};
 use crate::ui;
-
-/// The chain a session descends from, root first, ending with the session itself. A chain
-/// whose parent is missing from the state (or loops) stops there.
-pub(crate) fn lineage<'a>(state: &'a State, session: &'a Session) -> Vec<&'a Session> {
-    let mut chain = vec![session];
-    while let Some(parent) = chain
-        .last()
-        .and_then(|s| s.parent_session_id())
-        .and_then(|id| state.sessions.get(id))
-    {
-        if chain.iter().any(|s| s.session_id == parent.session_id) {
-            break;
-        }
-        chain.push(parent);
-    }
-    chain.reverse();
-    chain
-}
 
 /// Why `parent`'s workspace cannot take a follow-up now: a follow-up of it is under way, or
 /// one has already worked in it (its workspace holds that one's work: continue that one).

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::cli::PullArgs;
-use crate::commands::r#continue::lineage;
-use crate::commands::{pr, resume};
 use crate::context;
+use crate::core::model::lineage;
 use crate::core::model::{Changes, Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
@@ -18,6 +17,7 @@ use crate::exec;
 use crate::refresh::{self, Collected};
 use crate::remote::request::Want;
 use crate::ui;
+use crate::{pr, resume};
 
 /// The repository `pull` runs in (its top), if any.
 fn here(ctx: &Ctx) -> Result<Option<PathBuf>> {

@@ -869,6 +869,24 @@ mod opt_timestamp {
     }
 }
 
+/// The chain a session descends from, root first, ending with the session itself. A chain
+/// whose parent is missing from the state (or loops) stops there.
+pub fn lineage<'a>(state: &'a State, session: &'a Session) -> Vec<&'a Session> {
+    let mut chain = vec![session];
+    while let Some(parent) = chain
+        .last()
+        .and_then(|s| s.parent_session_id())
+        .and_then(|id| state.sessions.get(id))
+    {
+        if chain.iter().any(|s| s.session_id == parent.session_id) {
+            break;
+        }
+        chain.push(parent);
+    }
+    chain.reverse();
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::commands::pr::Pulled;
 use crate::context;
 use crate::core::naming;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::pr::Pulled;
 use crate::remote::request::shell_quote;
 use crate::ui;
 
