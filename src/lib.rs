@@ -2,19 +2,19 @@
 //! Architecture: docs/architecture.md.
 
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod context;
-pub mod ctx;
+pub(crate) mod commands;
+pub(crate) mod config;
+pub(crate) mod context;
+pub(crate) mod ctx;
 pub mod error;
-pub mod exec;
+pub(crate) mod exec;
 pub mod forward;
 pub mod interrupt;
-pub mod parallel;
-pub mod pr;
-pub mod provision;
-pub mod refresh;
-pub mod resume;
+pub(crate) mod parallel;
+pub(crate) mod pr;
+pub(crate) mod provision;
+pub(crate) mod refresh;
+pub(crate) mod resume;
 
 use cli::{Cli, TopCommand};
 use error::Result;
@@ -27,6 +27,6 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 pub mod core;
-pub mod remote;
+pub(crate) mod remote;
 pub mod state;
 pub mod ui;

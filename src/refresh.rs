@@ -34,8 +34,6 @@ use crate::{interrupt, parallel};
 /// catch up over a few refreshes without making any one of them slow.
 pub const UNARCHIVED_PER_CALL: usize = 8;
 
-pub use crate::core::lifecycle::unverifiable_owner_trust;
-
 /// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
 pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
 
@@ -323,7 +321,6 @@ pub fn commit_probes(
 /// A running session's commits so far, as `pull` asked for them.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub commits: Option<u64>,
     pub bundle: Option<Vec<u8>>,
     pub error: Option<String>,
 }
@@ -441,7 +438,6 @@ pub fn collect_with_power(
                         (
                             f.id.clone(),
                             Snapshot {
-                                commits: f.note_u64("commits"),
                                 bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
                                 error: f
                                     .notes

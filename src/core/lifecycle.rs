@@ -84,14 +84,6 @@ impl Phase {
         }
     }
 
-    /// The session will never run (again): its VM's answer about it is final.
-    pub fn is_over(self) -> bool {
-        matches!(
-            self,
-            Phase::Ended | Phase::Cancelled | Phase::Failed | Phase::Vanished | Phase::Absent
-        )
-    }
-
     /// The VM's answer settles a pending session even when its start died with a launch
     /// possibly still on its way: that launch could not change it (started, queued, ended,
     /// refused or cancelled is for good). `launching` and `absent` are not: a launch may yet

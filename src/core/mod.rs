@@ -1,9 +1,9 @@
 //! The pure core: the data model and the rules over it, no I/O; what needs the time takes
 //! `now` as a parameter.
 
-pub mod lifecycle;
+pub(crate) mod lifecycle;
 pub mod model;
-pub mod naming;
-pub mod pool;
-pub mod reconcile;
-pub mod unattended;
+pub(crate) mod naming;
+pub(crate) mod pool;
+pub(crate) mod reconcile;
+pub(crate) mod unattended;

@@ -50,6 +50,7 @@ pub struct Merged {
     pub unreadable: Vec<Unreadable>,
 }
 
+#[cfg(test)]
 impl Merged {
     pub fn changed_anything(&self) -> bool {
         !self.added_vms.is_empty()
@@ -487,7 +488,9 @@ mod tests {
             answers: [("vm1".to_string(), answer(&[(&c, facts(None, false, None))]))].into(),
             ..Findings::default()
         };
-        let late = c.created_at + refresh::unverifiable_owner_trust() + Duration::seconds(1);
+        let late = c.created_at
+            + crate::core::lifecycle::unverifiable_owner_trust()
+            + Duration::seconds(1);
         let mut st = State::default();
         merge(&mut st, &found, late, &check);
         assert_eq!(st.sessions["c"].status, SessionStatus::Failed);

@@ -205,6 +205,7 @@ fn parse_probe_line(line: &str) -> Option<(String, Probe)> {
     ))
 }
 
+#[cfg(test)]
 pub fn parse_probes(stdout: &[u8]) -> HashMap<String, Probe> {
     String::from_utf8_lossy(stdout)
         .lines()

@@ -3,7 +3,7 @@
 //! carry them (`transport`: azlin or a local shell) and the streams that outlive their
 //! connections (`stream`).
 
-pub mod answer;
-pub mod request;
-pub mod stream;
-pub mod transport;
+pub(crate) mod answer;
+pub(crate) mod request;
+pub(crate) mod stream;
+pub(crate) mod transport;

@@ -253,7 +253,8 @@ impl ArchiveRequest<'_> {
 /// What a probe asks about one session beyond its `session` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
-    /// Its facts alone.
+    /// Its facts alone (the tests' plain probe; every refresh asks for more).
+    #[cfg(test)]
     Facts,
     /// Its archive frame when it has ended.
     Archive,
@@ -284,6 +285,7 @@ pub fn probe_script(targets: &[ProbeTarget], log_cap: u64, queue: Queue) -> Vec<
             t.workspace,
             t.base_commit.unwrap_or(""),
             match t.want {
+                #[cfg(test)]
                 Want::Facts => "facts",
                 Want::Archive => "archive",
                 Want::Commits => "commits",

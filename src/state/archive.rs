@@ -126,6 +126,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 impl ArchiveStore {
+    #[cfg(test)]
     pub fn new(root: PathBuf) -> Self {
         ArchiveStore { root }
     }

@@ -2,9 +2,9 @@
 //! progress and warnings), tables and blocks (`render`, `report`), live progress lines
 //! (`progress`) and text made safe for a terminal (`sanitize`).
 
-pub mod progress;
-pub mod render;
-pub mod report;
+pub(crate) mod progress;
+pub(crate) mod render;
+pub(crate) mod report;
 pub mod sanitize;
 mod terminal;
 

@@ -20,8 +20,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// Where a VM is in its provisioning and launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
-    /// Its slots are being reserved in the state.
-    Reserving,
     /// `azlin new` is creating it.
     Provisioning,
     /// It exists but does not answer ssh yet.
@@ -35,7 +33,6 @@ pub enum Stage {
 impl Stage {
     pub fn label(self) -> &'static str {
         match self {
-            Stage::Reserving => "reserving",
             Stage::Provisioning => "provisioning",
             Stage::WaitingForSsh => "waiting for ssh",
             Stage::SendingContext => "sending context",
@@ -170,6 +167,7 @@ impl VmProgress {
         }
     }
 
+    #[cfg(test)]
     pub fn is_finished(&self) -> bool {
         self.state
             .lock()
@@ -328,7 +326,6 @@ mod tests {
         );
         assert_eq!(plain_line("vm1", "launching", None), "vm1: launching");
         let labels: Vec<&str> = [
-            Stage::Reserving,
             Stage::Provisioning,
             Stage::WaitingForSsh,
             Stage::SendingContext,
@@ -340,7 +337,6 @@ mod tests {
         assert_eq!(
             labels,
             [
-                "reserving",
                 "provisioning",
                 "waiting for ssh",
                 "sending context",

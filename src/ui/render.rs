@@ -751,6 +751,7 @@ pub fn write_status_json<W: std::io::Write + ?Sized>(
     out.write_all(b"\n")
 }
 
+#[cfg(test)]
 pub fn status_json(status: &PoolStatus) -> String {
     let mut out = Vec::new();
     write_status_json(&mut out, status).expect("writing to memory");
