@@ -168,10 +168,11 @@ pub fn validate_region(region: &str) -> Result<(), String> {
     }
 }
 
-/// A workspace path recorded for a session: absolute or under `~/`, with no `..` component and
-/// no control character (it reaches the VM as an argument of its control calls).
+/// A workspace path recorded for a session: as `AMPLIHACK_REMOTE_WORKSPACE` may make it
+/// (absolute, under `~/`, or relative to the VM user's home), with no `..` component, no
+/// control character and no leading `-` (it reaches the VM as an argument of its control calls).
 pub fn is_safe_workspace(path: &str) -> bool {
-    (path.starts_with('/') || path.starts_with("~/"))
+    !path.starts_with('-')
         && path.len() <= 4096
         && !path.chars().any(char::is_control)
         && !path.split('/').any(|part| part == "..")
@@ -256,6 +257,28 @@ pub fn claude_project_slug(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspaces_as_the_setting_makes_them_pass_and_escapes_do_not() {
+        for ok in [
+            "/workspace/sess-1",
+            "~/workspace/sess-1",
+            "workspace/sess-1",
+            "~/a b/sess-1",
+        ] {
+            assert!(is_safe_workspace(ok), "{ok}");
+        }
+        for bad in [
+            "/workspace/../../etc",
+            "../x",
+            "-rf",
+            "/w/x\n",
+            "~/a/..",
+            "/a\u{1b}b",
+        ] {
+            assert!(!is_safe_workspace(bad), "{bad:?}");
+        }
+    }
     use chrono::TimeZone;
 
     fn t() -> DateTime<Utc> {
