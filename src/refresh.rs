@@ -19,11 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Utc};
 
 use crate::core::lifecycle;
+use crate::core::lifecycle::Probe;
 use crate::core::model::{Backend, Owner, Session, SessionStatus, State, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::exec::{self, Liveness, OnInterrupt};
-use crate::remote::answer::{Frame, FrameKind, Probe};
+use crate::remote::answer::{Frame, FrameKind};
 use crate::remote::request::{ArchiveRequest, ProbeTarget, Want};
 use crate::remote::{answer, request};
 use crate::ui;

@@ -57,7 +57,8 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
     };
     if probe.exit_code.is_some() || !probe.tmux {
         let (archived, _) = refresh::keep_archives(ctx, &vm.name, &answer.frames);
-        let probes: HashMap<String, answer::Probe> = [(id.to_string(), probe)].into();
+        let probes: HashMap<String, crate::core::lifecycle::Probe> =
+            [(id.to_string(), probe)].into();
         let state = refresh::commit_probes(ctx, &probes, &archived, state)?;
         let status = find_session(&state, id)?.status.to_string();
         return Err(ended(&status));

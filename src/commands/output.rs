@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicBool;
 
 use crate::cli::OutputArgs;
+use crate::core::lifecycle::Probe;
 use crate::core::model::{Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
 use crate::exec::OnInterrupt;
 use crate::refresh;
-use crate::remote::answer::{Capture, CaptureSource, Probe, StreamFrame};
+use crate::remote::answer::{Capture, CaptureSource, StreamFrame};
 use crate::remote::request::Want;
 use crate::remote::{answer, request};
 use crate::ui::render;

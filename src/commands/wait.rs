@@ -11,11 +11,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::cli::WaitArgs;
+use crate::core::lifecycle::Probe;
 use crate::core::model::{Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
-use crate::remote::answer::{Probe, StreamFrame};
+use crate::remote::answer::StreamFrame;
 use crate::remote::request;
 use crate::remote::request::Want;
 use crate::remote::transport::VmRef;

@@ -21,7 +21,6 @@ use chrono::{DateTime, Duration, Utc};
 use crate::core::model::{Session, SessionStatus};
 use crate::core::unattended;
 use crate::exec::Liveness;
-use crate::remote::answer::Probe;
 
 /// What a session is on its VM: `session_phase` of `src/remote/vm/lib.sh` (docs/remote-layout.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +90,39 @@ impl Phase {
     fn settles_pending(self) -> bool {
         !matches!(self, Phase::Launching | Phase::Absent)
     }
+}
+
+/// What a probe learned of one session on its VM (`remote::answer` reads it from the answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The session directory exists (sessions of the Python original have none).
+    pub known: bool,
+    /// The agent's process group or the session's supervisor lives (identity verified); for a
+    /// session without a directory, its tmux session exists.
+    pub alive: bool,
+    pub exit_code: Option<i32>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    /// `kill` marked the session before signalling it.
+    pub kill_requested: bool,
+    /// Its tmux session exists (what `attach` needs).
+    pub tmux: bool,
+    /// Its launch was cancelled: its start died before launching it.
+    pub cancelled: bool,
+    /// This probe claimed it (a pending session whose start died): launched or cancelled, the
+    /// answer is final, so it may settle a pending session.
+    pub claimed: bool,
+    /// It waits in its VM's queue.
+    pub queued: bool,
+    /// What it is on its VM (`session_phase`, the VM's one judge): what the lifecycle decides by.
+    pub phase: Phase,
+    /// Why its placement failed, when it did.
+    pub reason: Option<String>,
+    /// What its supervisor says of it while it runs: the retry it waits for
+    /// (docs/unattended.md).
+    pub detail: Option<String>,
+    /// Since when its output has been silent, while it is.
+    pub silent_since: Option<DateTime<Utc>>,
 }
 
 /// A session with a directory whose supervisor and agent are both gone, with no exit code.

@@ -12,10 +12,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::core::lifecycle;
+use crate::core::lifecycle::Probe;
 use crate::core::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
 use crate::core::pool;
 use crate::refresh::{self, LivenessCheck};
-use crate::remote::answer::{Probe, VmRecords};
+use crate::remote::answer::VmRecords;
 use crate::remote::transport::ListedVm;
 
 /// What `sync` learned from azlin and the VMs.

@@ -1,7 +1,7 @@
 //! The answers of control calls read into values: answer lines, archive frames, stream
 //! frames, probe, launch and kill reports (pure). The requests are built by `request`.
 
-use crate::core::lifecycle::Phase;
+use crate::core::lifecycle::{Phase, Probe};
 use crate::core::model::{Session, parse_timestamp};
 use crate::core::naming;
 use chrono::{DateTime, Utc};
@@ -120,38 +120,6 @@ pub fn parse_records(stdout: &[u8]) -> VmRecords {
         }
     }
     out
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    /// The session directory exists (sessions of the Python original have none).
-    pub known: bool,
-    /// The agent's process group or the session's supervisor lives (identity verified); for a
-    /// session without a directory, its tmux session exists.
-    pub alive: bool,
-    pub exit_code: Option<i32>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub started_at: Option<DateTime<Utc>>,
-    /// `kill` marked the session before signalling it.
-    pub kill_requested: bool,
-    /// Its tmux session exists (what `attach` needs).
-    pub tmux: bool,
-    /// Its launch was cancelled: its start died before launching it.
-    pub cancelled: bool,
-    /// This probe claimed it (a pending session whose start died): launched or cancelled, the
-    /// answer is final, so it may settle a pending session.
-    pub claimed: bool,
-    /// It waits in its VM's queue.
-    pub queued: bool,
-    /// What it is on its VM (`session_phase`, the VM's one judge): what the lifecycle decides by.
-    pub phase: Phase,
-    /// Why its placement failed, when it did.
-    pub reason: Option<String>,
-    /// What its supervisor says of it while it runs: the retry it waits for
-    /// (docs/unattended.md).
-    pub detail: Option<String>,
-    /// Since when its output has been silent, while it is.
-    pub silent_since: Option<DateTime<Utc>>,
 }
 
 fn field<T>(s: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
