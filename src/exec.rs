@@ -306,14 +306,7 @@ pub fn run_interactive(
     Ok(status.code().unwrap_or(130))
 }
 
-/// Whether the owner of a reservation still runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
-    Alive,
-    Dead,
-    /// It ran on another machine: nothing here can tell.
-    Unknown,
-}
+pub use crate::core::lifecycle::Liveness;
 
 /// Replaces this process with `program` (`exec`), its argv `args` and one more environment
 /// variable: its stdio, signals and exit code become the user's own. Returns only on failure.

@@ -20,7 +20,15 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::core::model::{Session, SessionStatus};
 use crate::core::unattended;
-use crate::exec::Liveness;
+
+/// Whether the owner of a reservation still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Dead,
+    /// It ran on another machine: nothing here can tell.
+    Unknown,
+}
 
 /// What a session is on its VM: `session_phase` of `src/remote/vm/lib.sh` (docs/remote-layout.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
