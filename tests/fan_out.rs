@@ -126,9 +126,10 @@ fn prime_and_prune_keep_to_the_bound() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names.len(), 5);
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted, "the report follows the reserved order");
+    // Names end in a random part (unique across machines), so their order says nothing; that
+    // results come back in the order reserved is parallel::map_bounded's unit test.
+    let distinct: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(distinct.len(), 5, "{names:?}");
     let max = read_number(&env, "max-inflight");
     assert!((1..=2).contains(&max), "prime: {max} azlin calls at once");
 
