@@ -145,6 +145,53 @@ fn a_state_path_that_is_not_a_regular_file_is_refused() {
     }
 }
 
+/// A state file larger than any real one (a sparse 4 GB file here) is refused naming the path,
+/// not read into memory.
+#[test]
+fn a_state_file_larger_than_any_real_one_is_refused() {
+    let mut env = TestEnv::new();
+    let big = env.root().join("state/big.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    env.set("AMPLIHACK_REMOTE_STATE", big.to_str().unwrap());
+    let o = assert_cmd::Command::new("sh")
+        .env_clear()
+        .current_dir(env.work())
+        .envs(env.env())
+        .args(["-c", "ulimit -v 2000000 && exec \"$@\"", "sh"])
+        .arg(assert_cmd::cargo::cargo_bin("amplihack"))
+        .args(["remote", "list", "--no-refresh"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "Error: State file {}: is 4294967296 bytes",
+            big.display()
+        )),
+        "{err}"
+    );
+}
+
+/// A state file named `*.lock` is its own Python-original lock name: it is not also locked
+/// (and so created empty) as that lock.
+#[test]
+fn a_state_file_named_like_a_lock_works() {
+    let mut env = TestEnv::local();
+    let path = env.root().join("state/s.lock");
+    env.set("AMPLIHACK_REMOTE_STATE", path.to_str().unwrap());
+    let o = env.run(&["start", "--no-context", "SLEEP=0 x"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env.run(&["list", "--no-refresh", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
 /// The archive folder follows the state path's rule: absolute or under `~/`, else exit 2.
 #[test]
 fn a_relative_archive_setting_is_refused() {

@@ -113,9 +113,10 @@ impl StateStore {
     /// The lock file the Python original takes for this state file: Python's
     /// `state_file.with_suffix(".lock")` (`remote-state.json` -> `remote-state.lock`). Both
     /// programs may share one state file, so a transaction holds its lock too.
+    /// None for a state file itself named `*.lock`: that lock would be the state file.
     fn python_lock_path(&self) -> Option<PathBuf> {
         self.path.file_name()?;
-        Some(self.path.with_extension("lock"))
+        Some(self.path.with_extension("lock")).filter(|lock| *lock != self.path)
     }
 
     fn lock_path(&self) -> PathBuf {
@@ -183,6 +184,9 @@ impl StateStore {
         let meta = file.metadata().map_err(ReadError::Io)?;
         if !meta.is_file() {
             return Err(ReadError::NotAFile(meta.file_type()));
+        }
+        if meta.len() > MAX_STATE_BYTES {
+            return Err(ReadError::TooLarge(meta.len()));
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
         file.read_to_end(&mut bytes).map_err(ReadError::Io)?;
@@ -271,16 +275,21 @@ impl StateStore {
 }
 
 /// Why the state file could not be read.
+/// No state file is this large (10,000 sessions take about 10 MB); reading one would only
+/// exhaust memory, so it is refused instead.
+const MAX_STATE_BYTES: u64 = 512 * 1024 * 1024;
+
 enum ReadError {
     Io(std::io::Error),
     NotAFile(fs::FileType),
+    TooLarge(u64),
 }
 
 impl ReadError {
     fn kind(&self) -> ErrorKind {
         match self {
             ReadError::Io(e) => e.kind(),
-            ReadError::NotAFile(_) => ErrorKind::InvalidInput,
+            ReadError::NotAFile(_) | ReadError::TooLarge(_) => ErrorKind::InvalidInput,
         }
     }
 
@@ -288,6 +297,9 @@ impl ReadError {
         use std::os::unix::fs::FileTypeExt;
         match self {
             ReadError::Io(e) => store.access_error(format!("cannot read: {e}")),
+            ReadError::TooLarge(len) => store.access_error(format!(
+                "is {len} bytes, more than any state file ({MAX_STATE_BYTES}); set AMPLIHACK_REMOTE_STATE to the state file"
+            )),
             ReadError::NotAFile(t) => {
                 let what = if t.is_dir() {
                     "is a directory"
