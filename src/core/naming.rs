@@ -178,6 +178,16 @@ pub fn is_safe_workspace(path: &str) -> bool {
         && !path.split('/').any(|part| part == "..")
 }
 
+/// An Azure resource group name: 1-90 of letters, digits, `_`, `(`, `)`, `-` and `.`, not
+/// ending in `.`; and, since it reaches azlin's argv, not starting with `-`.
+pub fn is_valid_resource_group(g: &str) -> bool {
+    (1..=90).contains(&g.len())
+        && !g.starts_with('-')
+        && !g.ends_with('.')
+        && g.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '(' | ')' | '-' | '.'))
+}
+
 fn is_commit_id(c: &str) -> bool {
     (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -215,6 +225,12 @@ pub fn unsafe_state_entry(state: &crate::core::model::State) -> Option<String> {
                 shown(&s.workspace)
             ));
         }
+        if let Some(parent) = s.parent_session_id().filter(|p| bad_id(p)) {
+            return Some(format!(
+                "session {key} continues the session id {}, which is not safe to use",
+                shown(parent)
+            ));
+        }
         for c in [&s.base_commit, &s.pulled_commit].into_iter().flatten() {
             if !is_commit_id(c) {
                 return Some(format!(
@@ -227,6 +243,16 @@ pub fn unsafe_state_entry(state: &crate::core::model::State) -> Option<String> {
     for (name, vm) in &state.vm_pool {
         if !is_valid_vm_name(name) {
             return Some(format!("the VM name {} is not valid", shown(name)));
+        }
+        if let Some(group) = vm
+            .resource_group
+            .as_deref()
+            .filter(|g| !is_valid_resource_group(g))
+        {
+            return Some(format!(
+                "VM {name} names the resource group {}, which is not a valid resource group name",
+                shown(group)
+            ));
         }
         if let Some(id) = vm.active_sessions.iter().find(|id| bad_id(id)) {
             return Some(format!(
@@ -257,6 +283,31 @@ pub fn claude_project_slug(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_groups_from_the_state_are_checked_before_they_reach_azlin() {
+        for ok in ["rg", "my-rg_1", "rg.(prod)", "Grüne-RG"] {
+            assert!(is_valid_resource_group(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "--help",
+            "-rg",
+            "rg.",
+            "a b",
+            "rg;rm",
+            "rg\u{1b}[2J",
+            &"r".repeat(91),
+        ] {
+            assert!(!is_valid_resource_group(bad), "{bad:?}");
+        }
+        let mut state = crate::core::model::State::default();
+        let mut vm = crate::core::pool::local_vm_entry(1, chrono::Utc::now());
+        vm.resource_group = Some("--help".into());
+        state.vm_pool.insert("vm-1".into(), vm);
+        let why = unsafe_state_entry(&state).unwrap();
+        assert!(why.contains("resource group"), "{why}");
+    }
 
     #[test]
     fn workspaces_as_the_setting_makes_them_pass_and_escapes_do_not() {
