@@ -519,6 +519,28 @@ fn text_from_the_state_never_acts_on_the_terminal() {
     assert!(stdout(&out).contains('\u{202e}'));
 }
 
+/// A status this version does not know is the state's own string: `report`'s total line and
+/// `kill` show it escaped too.
+#[test]
+fn an_unknown_status_never_acts_on_the_terminal() {
+    let env = TestEnv::new();
+    let id = state_with_prompt(&env, "x");
+    let mut state = env.state();
+    state["sessions"][&id]["status"] = "weird\u{1b}]0;PWN\u{7}\u{1b}[2J\u{202e}\u{9b}31m".into();
+    env.write_state(&state.to_string());
+    let out = env.run(&["report", "--since", "100000d", "--no-refresh"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 weird\\x1b]0;PWN"),
+        "{}",
+        stdout(&out)
+    );
+    assert_terminal_safe(&stdout(&out), "report");
+    let out = env.run(&["kill", &id]);
+    assert_terminal_safe(&stdout(&out), "kill");
+    assert_terminal_safe(&stderr(&out), "kill's stderr");
+}
+
 #[test]
 fn session_output_keeps_colours_escapes_the_rest_and_raw_is_byte_exact() {
     use std::os::unix::fs::PermissionsExt;

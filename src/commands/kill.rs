@@ -49,9 +49,9 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         return already_finished(&current);
     }
 
-    ui::print(&format!("Killing session: {id}\n"))?;
+    ui::print_text(&format!("Killing session: {id}\n"))?;
     let was_queued = current.status == SessionStatus::Queued;
-    ui::print(&if was_queued {
+    ui::print_text(&if was_queued {
         format!("Taking it out of the queue on VM {}...\n", session.vm_name)
     } else if args.force {
         "Sending SIGKILL...\n".to_string()
@@ -99,7 +99,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 false,
                 &refresh::Archived::new(),
             )?;
-            return ui::print("Status updated: killed\n");
+            return ui::print_text("Status updated: killed\n");
         }
         Err(e) => {
             // Nothing was signalled (or we cannot know): the intent must not turn a later,
@@ -110,7 +110,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 refresh::settle_if_vm_gone(ctx, &ctx.store.load()?, &session.vm_name, &e)?
             {
                 let s = find_session(&st, id)?;
-                return ui::print(&format!(
+                return ui::print_text(&format!(
                     "Nothing to kill: VM {} no longer exists.\nStatus updated: {}\n",
                     session.vm_name, s.status
                 ));
@@ -142,7 +142,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // It had ended before this kill: our intent is no cause of its end.
             withdraw_intent(ctx, id, &me)?;
             let s = mark(ctx, id, &observed, false, &archived)?;
-            ui::print(&format!(
+            ui::print_text(&format!(
                 "Session had already finished: {}; nothing to kill.\nStatus updated: {}\n",
                 shown(&s),
                 s.status
@@ -150,7 +150,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         }
         KillOutcome::Dequeued => {
             let s = mark(ctx, id, &observed, true, &archived)?;
-            ui::print(&format!(
+            ui::print_text(&format!(
                 "Session was queued: taken out of the queue, it never starts.\nStatus updated: {}\n",
                 s.status
             ))
@@ -161,26 +161,26 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             withdraw_intent(ctx, id, &me)?;
             let s = mark(ctx, id, &observed, false, &archived)?;
             let why = s.error.as_deref().unwrap_or("it had ended");
-            ui::print(&format!(
+            ui::print_text(&format!(
                 "Nothing of session {id} was running on {}: {why}.\nStatus updated: {}\n",
                 session.vm_name, s.status
             ))
         }
         KillOutcome::Killed => {
             if was_queued {
-                ui::print(&format!(
+                ui::print_text(&format!(
                     "It had started meanwhile: sent {}.\n",
                     if args.force { "SIGKILL" } else { "SIGTERM" }
                 ))?;
             }
             if report.escalated {
-                ui::print(&format!(
+                ui::print_text(&format!(
                     "Still running after {}s; sent SIGKILL.\n",
                     ctx.settings.kill_grace_secs
                 ))?;
             }
             let s = mark(ctx, id, &observed, true, &archived)?;
-            ui::print(&format!(
+            ui::print_text(&format!(
                 "Session terminated.\nStatus updated: {}\n",
                 s.status
             ))
@@ -193,7 +193,7 @@ fn already_finished(session: &Session) -> Result<()> {
         .exit_code
         .map(|c| format!(" (exit {c})"))
         .unwrap_or_default();
-    ui::print(&format!(
+    ui::print_text(&format!(
         "Session {} already {}{code}; nothing to kill.\n",
         session.session_id, session.status
     ))

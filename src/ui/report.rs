@@ -312,7 +312,11 @@ pub fn total_line(rows: &[ReportRow]) -> String {
             .unwrap_or(usize::MAX)
     };
     by_status.sort_by(|a, b| order(&a.0).cmp(&order(&b.0)).then(a.0.cmp(&b.0)));
-    let statuses: Vec<String> = by_status.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    // An unknown status is the state's own string: nothing in it may act on the terminal.
+    let statuses: Vec<String> = by_status
+        .iter()
+        .map(|(s, n)| format!("{n} {}", crate::ui::sanitize::text(s)))
+        .collect();
     let sum = |f: fn(&ReportRow) -> Option<u64>| rows.iter().filter_map(f).sum::<u64>();
     let commits = sum(|r| r.commits);
     let changes = Changes {
