@@ -302,6 +302,44 @@ fn on_azure_a_follow_up_runs_on_the_sessions_vm_then_on_a_new_one_once_that_vm_i
     );
 }
 
+/// The parent's VM deleted behind our back (the state still has it ready): the follow-up's
+/// launch finds it gone, moves to another VM and rebuilds the workspace there from the
+/// archive, in the same `continue`.
+#[test]
+fn a_follow_up_whose_vm_was_deleted_behind_our_back_is_restored_elsewhere_at_once() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let parent = start(&env, &["COMMIT=1 EDIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let out = env.azlin(&["kill", &parent.vm, "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = env.run(&["continue", &parent.id, "EDIT=0 carry on", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("restoring its workspace from the archive"),
+        "{}",
+        stderr(&out)
+    );
+    let child = started_ids(&out).remove(0);
+    let child = Started {
+        vm: env.vm_of(&child),
+        id: child,
+    };
+    assert_ne!(child.vm, parent.vm, "another VM");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&format!("\"session\":\"{}\"", parent.id)));
+    let workspace = env
+        .vm_dir(&child.vm)
+        .join("home/workspace")
+        .join(&parent.id);
+    assert_eq!(read(&workspace.join("edit-1.txt")), "one\ntwo\nthree\n");
+}
+
 #[test]
 fn a_follow_up_waits_in_the_queue_of_a_full_vm() {
     let mut env = TestEnv::local();

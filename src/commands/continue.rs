@@ -233,6 +233,12 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
     } else {
         None
     };
+    // Should the parent's VM turn out to be gone at launch (deleted behind our back), the
+    // follow-up moves to another VM and this rebuilds the workspace there; built here, at
+    // home, without a call. None when the archive cannot rebuild it: the move then fails.
+    let restore_if_gone = (restore.is_none() && backend == Backend::Azure)
+        .then(|| restore_from_archive(ctx, &state, &parent, head.as_deref()).ok())
+        .flatten();
     let command = args
         .command
         .or_else(|| CommandMode::from_str(&parent.command, true).ok())
@@ -244,6 +250,7 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
         base_commit: head,
         vm: same_vm.then(|| parent.vm_name.clone()),
         restore,
+        restore_if_gone,
     };
     let start_args = StartArgs {
         prompts: vec![args.prompt],

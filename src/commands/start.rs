@@ -51,6 +51,25 @@ pub(crate) struct Continuation {
     /// with room (or a new one) and the workspace is rebuilt there from the archive.
     pub vm: Option<String>,
     pub restore: Option<request::Restore>,
+    /// What rebuilds the workspace should the parent's VM turn out to be gone when the
+    /// follow-up is launched there (deleted behind our back): the follow-up then moves to
+    /// another VM like any session, and its workspace is rebuilt there.
+    pub restore_if_gone: Option<request::Restore>,
+}
+
+impl Continuation {
+    /// The continuation of a follow-up moved off its parent's VM, which is gone.
+    fn moved(&self) -> Continuation {
+        Continuation {
+            vm: None,
+            restore: self
+                .restore
+                .clone()
+                .or_else(|| self.restore_if_gone.clone()),
+            restore_if_gone: None,
+            ..self.clone()
+        }
+    }
 }
 
 use crate::core::naming::UNPLACED_VM;
@@ -831,6 +850,17 @@ fn launch_all(
     } else if !moving.is_empty() {
         let moved = move_from_gone_vms(ctx, reserved, &moving, target)?;
         let again: Vec<&Reserved> = moved.iter().filter(|r| r.pending).collect();
+        let moved_continuation = continuation.map(Continuation::moved);
+        if let Some(c) = &moved_continuation {
+            ui::progress(&format!(
+                "The VM of session {} is gone: restoring its workspace from the archive on the follow-up's VM.",
+                c.parent_id
+            ));
+        }
+        let launch = Launch {
+            continuation: moved_continuation.as_ref(),
+            ..launch
+        };
         let (more, more_records, _) = launch_round(ctx, &again, &launch, false)?;
         outcomes.extend(more);
         records.extend(more_records);
