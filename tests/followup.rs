@@ -340,6 +340,35 @@ fn a_follow_up_whose_vm_was_deleted_behind_our_back_is_restored_elsewhere_at_onc
     assert_eq!(read(&workspace.join("edit-1.txt")), "one\ntwo\nthree\n");
 }
 
+/// A `continue` killed after it reserved its follow-up (SIGKILL, a closed terminal) leaves that
+/// follow-up pending with a dead owner: the next `continue` settles it, then carries on.
+#[test]
+fn a_follow_up_left_pending_by_a_killed_continue_does_not_block_the_next() {
+    let env = TestEnv::local();
+    let parent = start(&env, &["--no-context", "LINES=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    let mut state = env.state();
+    let mut orphan = state["sessions"][&parent.id].clone();
+    let orphan_id = "sess-20261202-000000-dead";
+    orphan["session_id"] = orphan_id.into();
+    orphan["tmux_session"] = orphan_id.into();
+    orphan["status"] = "pending".into();
+    orphan["parent_session_id"] = parent.id.clone().into();
+    for field in ["started_at", "completed_at", "exit_code", "archived_at"] {
+        orphan[field] = Value::Null;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    // A pid above any pid_max: the process that reserved it is gone.
+    orphan["owner"] =
+        serde_json::json!({"pid": 4_194_400u32, "host": host.trim(), "started": "b 1"});
+    state["sessions"][orphan_id] = orphan;
+    env.write_state(&state.to_string());
+
+    let out = env.run(&["continue", &parent.id, "LINES=1 again", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.session(orphan_id)["status"], "failed");
+}
+
 #[test]
 fn a_follow_up_waits_in_the_queue_of_a_full_vm() {
     let mut env = TestEnv::local();

@@ -45,6 +45,17 @@ pub(crate) fn workspace_taken(state: &State, parent_id: &str) -> Option<Error> {
     })
 }
 
+/// Whether a follow-up of `parent_id` is still pending while the start that reserved it is dead.
+fn follow_up_of_a_dead_start(state: &State, parent_id: &str) -> bool {
+    state.sessions.values().any(|s| {
+        s.parent_session_id() == Some(parent_id)
+            && s.status == SessionStatus::Pending
+            && s.owner
+                .as_ref()
+                .is_some_and(|o| crate::exec::liveness(o) == crate::exec::Liveness::Dead)
+    })
+}
+
 /// Asks the parent's VM about a parent the state takes for active, or whose results are not
 /// home yet: that call settles it and brings its archive.
 fn settle(ctx: &Ctx, state: State, parent: &Session) -> Result<State> {
@@ -197,6 +208,11 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
             "session {id} never started ({}): it left no workspace or conversation to carry on; start its task again instead",
             parent.error.as_deref().unwrap_or("no start was recorded")
         )));
+    }
+    if workspace_taken(&state, &id).is_some() && follow_up_of_a_dead_start(&state, &id) {
+        // Its start died (Ctrl+C, SIGKILL): a refresh claims or settles it, as any command's
+        // does, and only then does it tell whether the workspace is free.
+        state = refresh::current(ctx, refresh::Source::Vms, refresh::Power::Skip)?.state;
     }
     if let Some(e) = workspace_taken(&state, &id) {
         return Err(e);
