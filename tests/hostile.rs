@@ -519,6 +519,24 @@ fn text_from_the_state_never_acts_on_the_terminal() {
     assert!(stdout(&out).contains('\u{202e}'));
 }
 
+/// With stderr a closed pipe (`2>&1 | head -1` once head has quit), progress lines are lost,
+/// not fatal: the start still launches its session and exits 0.
+#[test]
+fn a_closed_stderr_never_stops_a_start_half_way() {
+    let env = TestEnv::local();
+    let mut child = env
+        .std_cmd(&["start", "--no-context", "--json", "SLEEP=30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let id = started_ids(&out).remove(0);
+    assert_eq!(env.session(&id)["status"], "running");
+}
+
 /// A status this version does not know is the state's own string: `report`'s total line and
 /// `kill` show it escaped too.
 #[test]

@@ -200,7 +200,7 @@ impl Board {
             Board::live(ProgressDrawTarget::stderr_with_hz(10))
         } else {
             // Plain lines straight to stderr: there are no live lines to write around.
-            Board::plain(|msg: &str| eprintln!("{}", crate::ui::sanitize::text(msg)))
+            Board::plain(|msg: &str| crate::ui::stderr_line(&crate::ui::sanitize::text(msg)))
         }
     }
 

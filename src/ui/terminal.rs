@@ -50,8 +50,14 @@ pub fn progress(msg: &str) {
     let msg = msg.as_str();
     match crate::ui::progress::live_board() {
         Some(board) => board.println(msg),
-        None => eprintln!("{msg}"),
+        None => stderr_line(msg),
     }
+}
+
+/// Writes a line to stderr, ignoring failure: stderr carries progress and warnings only, and a
+/// closed one (`2>&1 | head -1`) must never stop the work half way (`eprintln!` would panic).
+pub fn stderr_line(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }
 
 pub fn warn(msg: &str) {
