@@ -537,6 +537,28 @@ fn a_closed_stderr_never_stops_a_start_half_way() {
     assert_eq!(env.session(&id)["status"], "running");
 }
 
+/// With stdout a closed pipe (`start ... | true`), the prompts still start: the report is lost,
+/// not the work.
+#[test]
+fn a_closed_stdout_never_keeps_a_start_from_starting() {
+    let env = TestEnv::local();
+    let mut child = env
+        .std_cmd(&["start", "--no-context", "SLEEP=30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sessions = env.state()["sessions"].as_object().unwrap().clone();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(
+        sessions.values().all(|s| s["status"] == "running"),
+        "{sessions:?}"
+    );
+}
+
 /// A status this version does not know is the state's own string: `report`'s total line and
 /// `kill` show it escaped too.
 #[test]

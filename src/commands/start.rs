@@ -678,13 +678,18 @@ pub(crate) fn run_with(
             ctx.settings.timeouts.local_git,
         )?)
     };
-    if !args.json {
-        ui::print(&format!("Starting {} session(s)...\n", args.prompts.len()))?;
-    }
     if continuation.is_none_or(|c| c.vm.is_none()) {
         refresh_if_pool_looks_full(ctx, &target, args.prompts.len())?;
     }
     let allowed_new_vms = confirm_new_vms(ctx, &target, &args)?;
+    if !args.json {
+        // A closed stdout (`start ... | true`) must not keep the prompts from starting: the
+        // report at the end meets the same broken pipe, after the work.
+        match ui::print(&format!("Starting {} session(s)...\n", args.prompts.len())) {
+            Err(e) if !e.is_broken_pipe() => return Err(e),
+            _ => {}
+        }
+    }
 
     let now = ctx.now();
     let owner = crate::exec::current_owner();
