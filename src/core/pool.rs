@@ -90,6 +90,10 @@ impl PriceTable {
 
 /// `Standard_E16s_v5=1.10,Standard_D8s_v3=0.40`: SKU names of letters, digits and `_`;
 /// prices finite and not negative. Spaces around items are allowed.
+/// Above any Azure VM's hourly price (the largest cost a few hundred dollars): a larger one is
+/// a typo, and would only turn the costs shown into infinities.
+const MAX_HOURLY_PRICE: f64 = 10_000.0;
+
 pub fn parse_price_overrides(text: &str) -> Result<Vec<(String, f64)>, String> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -104,8 +108,13 @@ pub fn parse_price_overrides(text: &str) -> Result<Vec<(String, f64)>, String> {
             .trim()
             .parse()
             .ok()
-            .filter(|p: &f64| p.is_finite() && *p >= 0.0)
-            .ok_or_else(|| format!("'{}' is not a price in USD per hour", price.trim()))?;
+            .filter(|p: &f64| (0.0..=MAX_HOURLY_PRICE).contains(p))
+            .ok_or_else(|| {
+                format!(
+                    "'{}' is not a price in USD per hour (0 to {MAX_HOURLY_PRICE})",
+                    price.trim()
+                )
+            })?;
         out.push((sku.to_string(), price));
     }
     if out.is_empty() {
@@ -419,6 +428,13 @@ pub fn idle_vms(state: &State, now: DateTime<Utc>, min_idle: Duration) -> Vec<Id
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_price_override_is_refused() {
+        assert!(parse_price_overrides("Standard_E8s_v5=1e308").is_err());
+        assert!(parse_price_overrides("Standard_E8s_v5=10001").is_err());
+        assert!(parse_price_overrides("Standard_E8s_v5=9999.5").is_ok());
+    }
     use crate::core::model::{Session, SessionStatus, VmEntry};
     use chrono::TimeZone;
 

@@ -150,7 +150,10 @@ fn bad(name: &str, value: &str, expected: &str) -> Error {
 /// A notify URL: http(s), one line, no spaces. The message never repeats the URL (a secret).
 pub fn check_url(what: &str, url: &str) -> Result<String> {
     let url = url.trim();
-    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    // Schemes are case-insensitive (RFC 3986): HTTPS:// is https://.
+    let scheme = url.split("://").next().unwrap_or_default();
+    let scheme_ok = url.contains("://")
+        && (scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("http"));
     let host_ok = url
         .split("://")
         .nth(1)
@@ -259,6 +262,27 @@ pub fn desktop_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_url_schemes_are_case_insensitive_and_others_refused() {
+        for ok in [
+            "HTTP://127.0.0.1:9/x",
+            "Https://hooks.example/y",
+            "https://h/z",
+        ] {
+            assert!(check_url("--notify", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://h/x",
+            "httpx://h",
+            "http:/h",
+            "http://",
+            "http:///x",
+            "h http://x",
+        ] {
+            assert!(check_url("--notify", bad).is_err(), "{bad}");
+        }
+    }
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
