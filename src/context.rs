@@ -66,6 +66,14 @@ pub fn prepare(cwd: &Path, allow_secrets: bool, timeout: Duration) -> Result<Rep
             root.display()
         ))
     })?;
+    // A shallow clone's bundle lacks the history its commits need: the clone on the VM would
+    // fail after the launch (after a VM was made for it), so refuse here.
+    if git_ok(&root, &["rev-parse", "--is-shallow-repository"], timeout)? == "true" {
+        return Err(Error::Failed(format!(
+            "the repository {} is a shallow clone, whose history cannot be sent whole; run 'git fetch --unshallow' first, or pass --no-context",
+            root.display()
+        )));
+    }
     let dirty = git_ok(
         &root,
         &["status", "--porcelain", "--untracked-files=no"],

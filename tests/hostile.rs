@@ -559,6 +559,42 @@ fn a_closed_stdout_never_keeps_a_start_from_starting() {
     );
 }
 
+/// A shallow clone cannot be sent whole: start refuses it before anything is reserved.
+#[test]
+fn a_shallow_clone_is_refused_before_anything_starts() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let shallow = env.root().join("shallow");
+    let cloned = std::process::Command::new("git")
+        .args(["clone", "-q", "--depth", "1"])
+        .arg(format!("file://{}", env.work().display()))
+        .arg(&shallow)
+        .output()
+        .unwrap();
+    assert!(
+        cloned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cloned.stderr)
+    );
+    let out = env
+        .std_cmd(&["start", "x"])
+        .current_dir(&shallow)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a shallow clone"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("git fetch --unshallow"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.state_path().exists() || env.state()["sessions"].as_object().unwrap().is_empty());
+}
+
 /// A status this version does not know is the state's own string: `report`'s total line and
 /// `kill` show it escaped too.
 #[test]
