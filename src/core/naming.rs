@@ -100,6 +100,9 @@ pub fn validate_branch_name(name: &str) -> Result<(), String> {
         && !name.contains("/.")
         && !name.contains("@{")
         && name != "@"
+        // A full ref name would be taken as a branch named after it (refs/heads/refs/heads/x).
+        && !name.starts_with("refs/")
+        && name != "HEAD"
         && !name
             .chars()
             .any(|c| c.is_control() || c == ' ' || "~^:?*[\\".contains(c));
@@ -107,7 +110,7 @@ pub fn validate_branch_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid branch name {name:?}: expected a git branch name such as review/fix-login"
+            "invalid branch name {name:?}: expected a git branch name such as review/fix-login (without refs/heads/)"
         ))
     }
 }
@@ -283,6 +286,14 @@ pub fn claude_project_slug(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_branch_is_named_without_refs_heads() {
+        assert!(validate_branch_name("review/fix-login").is_ok());
+        for bad in ["refs/heads/main", "refs/x", "HEAD", "-x", "a..b", "a b"] {
+            assert!(validate_branch_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn resource_groups_from_the_state_are_checked_before_they_reach_azlin() {
