@@ -161,6 +161,8 @@ pub fn is_secret_file(path: &str) -> bool {
         name.as_str(),
         "credentials.json"
             | "credentials"
+            | ".git-credentials"
+            | "kubeconfig"
             | ".netrc"
             | ".pgpass"
             | "secrets.json"
@@ -280,6 +282,23 @@ pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
                     "{path}:{line}: {kind} {}{}",
                     mask(&found),
                     where_(id)
+                ));
+            }
+        }
+    })?;
+    // Commit messages travel in the bundle too.
+    let commits = git_ok(root, &["rev-list", "HEAD"], timeout)?;
+    let commit_ids: Vec<&str> = commits.lines().collect();
+    read_objects(root, &commit_ids, timeout, |id, kind, data| {
+        if kind != "commit" {
+            return;
+        }
+        for (kind, re) in &patterns {
+            for m in re.find_iter(data) {
+                findings.push(format!(
+                    "the message of commit {}: {kind} {}",
+                    &id[..id.len().min(12)],
+                    mask(&String::from_utf8_lossy(m.as_bytes()))
                 ));
             }
         }

@@ -682,6 +682,25 @@ fn a_secret_deleted_from_head_but_in_history_is_not_sent() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// A commit message travels in the bundle too: a key pasted into one is refused like a file's.
+#[test]
+fn a_secret_in_a_commit_message_is_not_sent() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let w = env.work();
+    let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+    git(
+        &w,
+        &["commit", "-q", "--allow-empty", "-m", &format!("use {key}")],
+    );
+    let out = env.run(&["start", "task"]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the message of commit "), "{err}");
+    assert!(!err.contains(key), "the key itself is never printed: {err}");
+    assert!(env.calls().is_empty(), "nothing was sent");
+}
+
 #[test]
 fn secret_looking_file_names_beyond_dotenv_are_refused() {
     for name in [
@@ -690,6 +709,7 @@ fn secret_looking_file_names_beyond_dotenv_are_refused() {
         "deploy.pem",
         "tls.key",
         "credentials.json",
+        ".git-credentials",
     ] {
         let env = TestEnv::new();
         env.git_repo();
