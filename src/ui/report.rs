@@ -178,6 +178,8 @@ pub fn add_costs(
                 let share = price * secs as f64 / 3600.0 / f64::from(vm.capacity.max(1));
                 Some((share * 10_000.0).round() / 10_000.0)
             }
+            // Never started (queued, then killed; refused): it used no VM time.
+            (Some(_), None) if r.started_at.is_none() => Some(0.0),
             _ => None,
         };
     }
@@ -485,6 +487,27 @@ mod tests {
         );
         assert!(rows.iter().all(|r| r.cost_usd.is_none()));
         assert!(!table(&rows, Duration::hours(24), false).contains("Cost:"));
+    }
+
+    #[test]
+    fn a_session_that_never_started_cost_nothing() {
+        let (mut st, results) = sample();
+        st.vm_pool.insert(
+            "vm-a".into(),
+            crate::core::pool::tests::vm("Standard_X", 4, "eastus"),
+        );
+        let prices = crate::core::pool::PriceTable::with_overrides("Standard_X=2").unwrap();
+        let now = t0() + Duration::hours(3);
+        let sessions = select(&st, Duration::hours(24), None, now);
+        let mut rows = rows(&sessions, &results, &Live::default(), now);
+        for r in rows.iter_mut() {
+            r.started_at = None;
+            r.duration_seconds = None;
+        }
+        add_costs(&mut rows, &st.vm_pool, &prices);
+        let on_vm_a: Vec<_> = rows.iter().filter(|r| r.vm_name == "vm-a").collect();
+        assert!(!on_vm_a.is_empty());
+        assert!(on_vm_a.iter().all(|r| r.cost_usd == Some(0.0)));
     }
 
     #[test]
