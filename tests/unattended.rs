@@ -370,6 +370,28 @@ fn spent_retries_fail_with_the_last_reason_and_zero_turns_retrying_off() {
     assert_eq!(runs.lines().count(), 1);
 }
 
+/// A retry days away (a weekly plan limit) says its date, not only a clock time.
+#[test]
+fn a_retry_on_another_day_says_its_date() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "86400");
+    let ids = start(&env, &[], &["TRANSIENT=server waiting days"]);
+    let id = &ids[0];
+    receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+    let detail = list_json_of(&env, id)["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let day = (chrono::Utc::now() + chrono::Duration::seconds(86_400)).format("%Y-%m-%d");
+    assert!(
+        detail.starts_with(&format!("retry 1/2 at {day} ")),
+        "{detail}"
+    );
+    let out = env.run(&["kill", id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
 #[test]
 fn a_session_waiting_to_retry_says_why_and_a_kill_ends_it_within_seconds() {
     let receiver = Receiver::start();

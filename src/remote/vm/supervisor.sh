@@ -233,7 +233,10 @@ while :; do
   fi
   attempt=$((attempt + 1))
   until=$((now + $(retry_wait_seconds "$attempt" "${failure%%$'\t'*}" "$retry_backoff" "$now")))
-  detail="retry $attempt/$retries at $(date -u -d "@$until" +%H:%M) UTC: $reason"
+  # A wait past today (a weekly plan limit) says its day too.
+  when_format=%H:%M
+  [ "$(date -u -d "@$until" +%F)" = "$(date -u -d "@$now" +%F)" ] || when_format='%Y-%m-%d %H:%M'
+  detail="retry $attempt/$retries at $(date -u -d "@$until" +"$when_format") UTC: $reason"
   write_atomic "$d/detail" "$detail"
   printf 'amplihack: retry %s/%s at %s: %s\n' "$attempt" "$retries" "$(date -u -d "@$until" +%Y-%m-%dT%H:%M:%SZ)" "$reason" >> "$log"
   notify_running session_retrying "$detail"
