@@ -10,6 +10,7 @@ pub mod error;
 pub(crate) mod exec;
 pub mod forward;
 pub mod interrupt;
+pub(crate) mod launch;
 pub(crate) mod parallel;
 pub(crate) mod pr;
 pub(crate) mod provision;

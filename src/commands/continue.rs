@@ -11,39 +11,16 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 
 use crate::cli::{CommandMode, ContinueArgs, StartArgs};
-use crate::commands::start::{self, Continuation};
 use crate::context;
 use crate::core::model::lineage;
 use crate::core::model::{Backend, Session, SessionStatus, State, VmState};
 use crate::core::pool::LOCAL_VM_NAME;
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
+use crate::launch::{self, Continuation, workspace_taken};
 use crate::refresh;
 use crate::remote::request::{Restore, Want};
 use crate::ui;
-
-/// Why `parent`'s workspace cannot take a follow-up now: a follow-up of it is under way, or
-/// one has already worked in it (its workspace holds that one's work: continue that one).
-/// Checked again in the transaction that reserves the follow-up, so two `continue`s of one
-/// session never both run in its workspace.
-pub(crate) fn workspace_taken(state: &State, parent_id: &str) -> Option<Error> {
-    let child = state
-        .sessions
-        .values()
-        .filter(|s| s.parent_session_id() == Some(parent_id))
-        .find(|s| s.status.is_active() || s.started_at.is_some())?;
-    Some(if child.status.is_active() {
-        Error::Failed(format!(
-            "session {parent_id} is being continued by {} ({}): wait for it or kill it first",
-            child.session_id, child.status
-        ))
-    } else {
-        Error::Failed(format!(
-            "session {parent_id} was continued by {} already, whose work its workspace now holds: continue {} instead",
-            child.session_id, child.session_id
-        ))
-    })
-}
 
 /// Whether a follow-up of `parent_id` is still pending while the start that reserved it is dead.
 fn follow_up_of_a_dead_start(state: &State, parent_id: &str) -> bool {
@@ -284,7 +261,7 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
         // Notify, retries, silence and the cap, as for any start (docs/unattended.md).
         unattended: args.unattended,
     };
-    start::run_with(ctx, start_args, Some(&continuation))
+    launch::run_with(ctx, start_args, Some(&continuation))
 }
 
 fn still_active(parent: &Session) -> Error {
