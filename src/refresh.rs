@@ -20,60 +20,24 @@ use chrono::{DateTime, Utc};
 
 use crate::core::lifecycle;
 use crate::core::lifecycle::Probe;
-use crate::core::model::{Backend, Owner, Session, SessionStatus, State, VmState};
+use crate::core::model::{Backend, Session, SessionStatus, State, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::exec::{self, Liveness, OnInterrupt};
+use crate::exec::{self, OnInterrupt};
 use crate::remote::answer::{Frame, FrameKind};
 use crate::remote::request::{ArchiveRequest, ProbeTarget, Want};
 use crate::remote::{answer, request};
 use crate::ui;
+
+pub use crate::core::settle::{
+    Archived, LivenessCheck, abandoned, apply_probes, mark_archived, seen, settle,
+};
 use crate::ui::render::Live;
 use crate::{interrupt, parallel};
 
 /// Finished sessions not archived yet that ride along on one call made anyway: enough to
 /// catch up over a few refreshes without making any one of them slow.
 pub const UNARCHIVED_PER_CALL: usize = 8;
-
-/// Tells whether an owner still runs; `exec::liveness` in real life, a table in tests.
-pub type LivenessCheck<'a> = &'a dyn Fn(&Owner) -> Liveness;
-
-/// Whether the reservation made at `since` by `owner` has been abandoned.
-pub fn abandoned(
-    owner: Option<&Owner>,
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
-    alive: LivenessCheck,
-) -> bool {
-    lifecycle::owner_gone(owner.map(alive), since, now)
-}
-
-/// What the lifecycle needs to know of a session besides the event: the time, whether its
-/// reservation's owner lives, whether a kill of ours is under way.
-pub fn seen(s: &Session, now: DateTime<Utc>, alive: LivenessCheck) -> lifecycle::Seen {
-    lifecycle::Seen {
-        now,
-        owner: s.owner.as_ref().map(alive),
-        kill_intended: s
-            .kill_request
-            .as_ref()
-            .is_some_and(|k| alive(&k.by) != Liveness::Dead),
-    }
-}
-
-/// Applies `event` to session `id` by the lifecycle's decision; returns the reason when it
-/// changed the session.
-pub fn settle(
-    state: &mut State,
-    id: &str,
-    event: &lifecycle::Event,
-    now: DateTime<Utc>,
-    alive: LivenessCheck,
-) -> Option<String> {
-    let s = state.sessions.get_mut(id)?;
-    let seen = seen(s, now, alive);
-    lifecycle::step(s, event, &seen)
-}
 
 /// Settles what dead owners left: a `provisioning` VM becomes `failed` (it may exist in Azure
 /// and bill: prune deletes it), and pending sessions bound for a VM that is not ready (or no
@@ -230,26 +194,6 @@ pub fn archive_request<'a>(ctx: &Ctx, s: &'a Session) -> ArchiveRequest<'a> {
     }
 }
 
-/// Sessions whose archive is in place, with when it was made (`archive.json`'s `archived_at`).
-pub type Archived = BTreeMap<String, DateTime<Utc>>;
-
-/// Marks sessions archived whose archive is in place, once they are settled, with the time
-/// their archive records (so a state rebuilt by `sync` from the archives says the same).
-/// Returns how many changed.
-pub fn mark_archived(state: &mut State, archived: &Archived) -> usize {
-    let mut changed = 0;
-    for (id, at) in archived {
-        if let Some(s) = state.sessions.get_mut(id)
-            && !s.status.is_active()
-            && s.archived_at.is_none()
-        {
-            s.archived_at = Some(*at);
-            changed += 1;
-        }
-    }
-    changed
-}
-
 /// Writes the archives among `frames` (from `vm`); returns the sessions now archived. A
 /// failure is a warning: the session stays unarchived and is asked again later.
 pub fn keep_archives(
@@ -275,23 +219,6 @@ pub fn keep_archives(
         }
     }
     (archived, failures)
-}
-
-/// Applies what the VMs said to the sessions, each by the lifecycle's decision (a pending
-/// session whose start may still be launching it is settled only by an answer that launch
-/// cannot change, or by a claim). Returns how many changed.
-pub fn apply_probes(
-    state: &mut State,
-    probes: &HashMap<String, Probe>,
-    now: DateTime<Utc>,
-    alive: LivenessCheck,
-) -> usize {
-    probes
-        .iter()
-        .filter(|(id, probe)| {
-            settle(state, id, &lifecycle::Event::Observed(probe), now, alive).is_some()
-        })
-        .count()
 }
 
 /// Commits probes, recoveries and archive marks, in one transaction, if anything changed;
@@ -791,8 +718,9 @@ pub fn settle_if_vm_gone(ctx: &Ctx, state: &State, vm: &str, err: &Error) -> Res
 mod tests {
     use super::*;
     use crate::core::lifecycle::Phase;
-    use crate::core::model::KillRequest;
+    use crate::core::model::{KillRequest, Owner};
     use crate::core::pool::tests::{session, t0, vm};
+    use crate::exec::Liveness;
     use chrono::Duration;
 
     fn owner(pid: u32) -> Owner {

@@ -6,4 +6,5 @@ pub mod model;
 pub(crate) mod naming;
 pub(crate) mod pool;
 pub(crate) mod reconcile;
+pub(crate) mod settle;
 pub(crate) mod unattended;

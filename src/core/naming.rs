@@ -205,7 +205,9 @@ pub const UNPLACED_VM: &str = "-";
 /// it. The first bad entry, in words, or None.
 pub fn unsafe_state_entry(state: &crate::core::model::State) -> Option<String> {
     let bad_id = |id: &str| validate_session_id(id).is_err();
-    let shown = |v: &str| crate::ui::sanitize::line(&format!("{v:?}"));
+    // Debug quoting escapes controls, C1 and bidi characters: nothing shown acts on a terminal
+    // (and main sanitises every error it prints besides).
+    let shown = |v: &str| format!("{v:?}");
     for (key, s) in &state.sessions {
         if bad_id(key) {
             return Some(format!("the session id {} is not safe to use", shown(key)));

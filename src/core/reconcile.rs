@@ -3,7 +3,7 @@
 //!
 //! The VMs are the truth about their sessions and the state is a cache of it: sessions and VMs
 //! the state lacks are added, sessions it has are settled by the rules of a refresh
-//! (`refresh::apply_probes`, by the lifecycle), and nothing the state has is dropped because a
+//! (`settle::apply_probes`, by the lifecycle), and nothing the state has is dropped because a
 //! VM does not know it. Merging the same findings twice changes nothing the second time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -15,9 +15,29 @@ use crate::core::lifecycle;
 use crate::core::lifecycle::Probe;
 use crate::core::model::{Backend, Session, SessionStatus, State, VmEntry, VmState};
 use crate::core::pool;
-use crate::refresh::{self, LivenessCheck};
-use crate::remote::answer::VmRecords;
-use crate::remote::transport::ListedVm;
+use crate::core::settle::{self, LivenessCheck};
+
+/// What a VM answered to `records`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmRecords {
+    /// Per session directory: the session's own record, or why it cannot be used.
+    pub records: BTreeMap<String, Result<Session, String>>,
+    /// Facts of every session it reported on: its directories and the ids asked about.
+    pub probes: HashMap<String, Probe>,
+}
+
+/// One VM of `azlin list -o json`, with the facts we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedVm {
+    pub name: String,
+    /// `Running`, `Stopped`, `Deallocated`, ...; `Unknown` when azlin gives none.
+    pub power_state: String,
+    pub resource_group: Option<String>,
+    /// The Azure region.
+    pub location: Option<String>,
+    /// The SKU, e.g. Standard_E16s_v5.
+    pub vm_size: Option<String>,
+}
 
 /// What `sync` learned from azlin and the VMs.
 #[derive(Debug, Clone, Default)]
@@ -31,7 +51,7 @@ pub struct Findings {
     pub unreachable: BTreeMap<String, String>,
     /// The archives of finished sessions kept on this machine, with when each was made: a
     /// finished session the state does not know archived is marked so (docs/results.md).
-    pub archives: refresh::Archived,
+    pub archives: settle::Archived,
 }
 
 /// What a merge did and found; serialized as part of `sync --json` (docs/architecture.md).
@@ -191,7 +211,7 @@ pub fn merge(
         .keys()
         .map(|id| (id.clone(), state.sessions[id].status.clone()))
         .collect();
-    refresh::apply_probes(state, &probes, now, alive);
+    settle::apply_probes(state, &probes, now, alive);
     let mut settled: BTreeSet<&str> = BTreeSet::new();
     for (id, from) in &before {
         let s = &state.sessions[id];
@@ -212,7 +232,7 @@ pub fn merge(
             continue;
         };
         let launching = s.status == SessionStatus::Pending
-            && !refresh::abandoned(s.owner.as_ref(), s.created_at, now, alive);
+            && !settle::abandoned(s.owner.as_ref(), s.created_at, now, alive);
         if !answer.records.contains_key(&s.session_id)
             && !settled.contains(s.session_id.as_str())
             && !launching
@@ -258,7 +278,7 @@ pub fn merge(
     }
 
     // Results already home: the sessions read their archives, as before the state was lost.
-    refresh::mark_archived(state, &found.archives);
+    settle::mark_archived(state, &found.archives);
 
     for (name, reason) in &found.unreachable {
         merged.unreachable_vms.push(UnreachableVm {
@@ -286,10 +306,10 @@ fn session_ref(s: &Session) -> SessionRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::lifecycle::Liveness;
     use crate::core::lifecycle::Phase;
     use crate::core::model::{KillRequest, Owner, parse_timestamp};
     use crate::core::pool::tests::{session, t0, vm};
-    use crate::exec::Liveness;
     use chrono::Duration;
 
     /// Owners with pid 1 live; any other is dead.

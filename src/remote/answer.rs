@@ -83,14 +83,7 @@ pub fn parse_launch(stdout: &[u8]) -> HashMap<String, LaunchResult> {
     out
 }
 
-/// What a VM answered to `records`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct VmRecords {
-    /// Per session directory: the session's own record, or why it cannot be used.
-    pub records: BTreeMap<String, Result<Session, String>>,
-    /// Facts of every session it reported on: its directories and the ids asked about.
-    pub probes: HashMap<String, Probe>,
-}
+pub use crate::core::reconcile::VmRecords;
 
 /// Reads a `records` answer: `record\tID\tJSON` (or `-`) lines and `session` lines. Lines
 /// of other shapes, and ids that are not well formed, are ignored.

@@ -720,18 +720,7 @@ fn group_named_in(text: &str) -> Option<&str> {
     rest.split('\'').next().filter(|g| !g.is_empty())
 }
 
-/// One VM of `azlin list -o json`, with the facts we use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedVm {
-    pub name: String,
-    /// `Running`, `Stopped`, `Deallocated`, ...; `Unknown` when azlin gives none.
-    pub power_state: String,
-    pub resource_group: Option<String>,
-    /// The Azure region.
-    pub location: Option<String>,
-    /// The SKU, e.g. Standard_E16s_v5.
-    pub vm_size: Option<String>,
-}
+pub use crate::core::reconcile::ListedVm;
 
 /// `azlin list -o json`: `{"vms": [{"name", "power_state", "resource_group", "location",
 /// "vm_size", ...}], "filters": {...}}`.
