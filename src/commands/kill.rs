@@ -71,9 +71,14 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     } else {
         request::Queue::Leave
     };
+    let how = if args.force {
+        request::KillHow::Force
+    } else {
+        request::KillHow::Graceful
+    };
     let input = request::kill_script(
         id,
-        args.force,
+        how,
         ctx.settings.kill_grace_secs,
         claim,
         Some(&refresh::archive_request(ctx, &session)),

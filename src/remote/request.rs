@@ -376,9 +376,16 @@ pub fn watch_script(ids: &[&str], pace: Pace, queue: Queue) -> Vec<u8> {
 /// `kill ID FORCE GRACE_SECONDS CLAIM [LOG_CAP WORKSPACE BASE_COMMIT]`. With `claim` (a pending
 /// session whose start died), a launch still on its way is cancelled first; with `archive`,
 /// the ended session's archive frame comes with the answer.
+/// How a kill signals: SIGTERM and a grace period, or SIGKILL at once (`--force`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillHow {
+    Graceful,
+    Force,
+}
+
 pub fn kill_script(
     id: &str,
-    force: bool,
+    how: KillHow,
     grace_secs: u32,
     claim: bool,
     archive: Option<&ArchiveRequest>,
@@ -389,7 +396,7 @@ pub fn kill_script(
         vec![
             "kill".into(),
             id.into(),
-            flag(force).into(),
+            flag(how == KillHow::Force).into(),
             grace_secs.to_string(),
             flag(claim).into(),
         ],
@@ -552,8 +559,8 @@ mod tests {
                 },
                 Queue::Drain { key: Some("k") },
             ),
-            kill_script("a", true, 10, true, None, Queue::Leave),
-            kill_script("a", true, 10, false, Some(&archive), Queue::Leave),
+            kill_script("a", KillHow::Force, 10, true, None, Queue::Leave),
+            kill_script("a", KillHow::Force, 10, false, Some(&archive), Queue::Leave),
         ] {
             std::fs::write(&path, &script).unwrap();
             let st = std::process::Command::new("bash")
