@@ -191,6 +191,25 @@ fn history_blobs(root: &Path, rev: &str, timeout: Duration) -> Result<Vec<(Strin
         .collect())
 }
 
+/// `git cat-file MODE` in `root` with `input` (one object name a line) on its stdin: its stdout.
+fn cat_file(root: &Path, mode: &str, input: String, timeout: Duration) -> Result<Vec<u8>> {
+    let argv = vec![
+        "-C".to_string(),
+        root.to_string_lossy().into_owned(),
+        "cat-file".into(),
+        mode.into(),
+    ];
+    let out = exec::run_any_exit(&Cmd::new("git", argv, timeout).stdin(input.into_bytes()))?;
+    if out.code != 0 {
+        return Err(Error::CommandFailed {
+            command: format!("git cat-file {mode}"),
+            status: Some(out.code),
+            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
+        });
+    }
+    Ok(out.stdout)
+}
+
 /// Reads the objects `ids` (one `git cat-file --batch`) and calls `each` with the id, type and
 /// contents of each.
 fn read_objects(
@@ -204,22 +223,9 @@ fn read_objects(
     }
     let mut input = ids.join("\n");
     input.push('\n');
-    let argv = vec![
-        "-C".to_string(),
-        root.to_string_lossy().into_owned(),
-        "cat-file".into(),
-        "--batch".into(),
-    ];
-    let out = exec::run_any_exit(&Cmd::new("git", argv, timeout).stdin(input.into_bytes()))?;
-    if out.code != 0 {
-        return Err(Error::CommandFailed {
-            command: "git cat-file --batch".into(),
-            status: Some(out.code),
-            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
-        });
-    }
+    let stdout = cat_file(root, "--batch", input, timeout)?;
     // Each object: "<id> <type> <size>\n<contents>\n".
-    let mut rest = out.stdout.as_slice();
+    let mut rest = stdout.as_slice();
     while let Some(eol) = rest.iter().position(|b| *b == b'\n') {
         let header = String::from_utf8_lossy(&rest[..eol]).into_owned();
         rest = &rest[eol + 1..];
@@ -381,25 +387,9 @@ pub fn commits_present(
         input.push_str(c);
         input.push_str("^{commit}\n");
     }
-    let argv = vec![
-        "-C".to_string(),
-        repo.to_string_lossy().into_owned(),
-        "cat-file".into(),
-        "--batch-check=%(objectname)".into(),
-    ];
-    let out = exec::run_any_exit(&Cmd::new("git", argv, timeout).stdin(input.into_bytes()))?;
-    if out.code != 0 {
-        return Err(Error::CommandFailed {
-            command: "git cat-file --batch-check".into(),
-            status: Some(out.code),
-            stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
-        });
-    }
+    let stdout = cat_file(repo, "--batch-check=%(objectname)", input, timeout)?;
     // One answer line per question, in order: the object's name, or "<name> missing".
-    for (asked, answer) in asked
-        .iter()
-        .zip(String::from_utf8_lossy(&out.stdout).lines())
-    {
+    for (asked, answer) in asked.iter().zip(String::from_utf8_lossy(&stdout).lines()) {
         if !answer.ends_with(" missing") && !answer.contains(' ') {
             present.insert((*asked).to_string());
         }
