@@ -11,17 +11,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-/// Starts one session in the test's repository; returns its id and VM.
-fn start(env: &TestEnv, args: &[&str]) -> Started {
-    let mut all = vec!["start", "--json"];
-    all.extend_from_slice(args);
-    let out = env.run(&all);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let id = started_ids(&out).remove(0);
-    let vm = env.vm_of(&id);
-    Started { id, vm }
-}
-
 /// `continue ID PROMPT --json`: the new session.
 fn follow_up(env: &TestEnv, id: &str, prompt: &str) -> Started {
     let out = env.run(&["continue", id, prompt, "--json"]);
@@ -85,7 +74,7 @@ fn check_archive_keeps_conversation_and_patch(env: &TestEnv, s: &Started) {
 fn a_follow_up_on_this_machine_continues_the_conversation_in_the_same_workspace() {
     let env = TestEnv::local();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
+    let parent = start_one(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     check_archive_keeps_conversation_and_patch(&env, &parent);
 
@@ -215,7 +204,7 @@ fn continue_refuses_a_session_that_has_not_ended_and_an_unknown_one() {
     assert_eq!(env.session(&child.id)["prompt"], prompt);
 
     // A session that never started has nothing to carry on.
-    let never = start(&env, &["--no-context", "--max-turns", "3", "x"]);
+    let never = start_one(&env, &["--no-context", "--max-turns", "3", "x"]);
     let mut st = env.state();
     let rec = st["sessions"][&never.id].as_object_mut().unwrap();
     rec.insert("status".into(), "failed".into());
@@ -230,7 +219,7 @@ fn continue_refuses_a_session_that_has_not_ended_and_an_unknown_one() {
 fn on_azure_a_follow_up_runs_on_the_sessions_vm_then_on_a_new_one_once_that_vm_is_gone() {
     let env = TestEnv::new();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
+    let parent = start_one(&env, &["COMMIT=1 EDIT=1 LEAKKEY"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     check_archive_keeps_conversation_and_patch(&env, &parent);
 
@@ -309,7 +298,7 @@ fn on_azure_a_follow_up_runs_on_the_sessions_vm_then_on_a_new_one_once_that_vm_i
 fn a_follow_up_whose_vm_was_deleted_behind_our_back_is_restored_elsewhere_at_once() {
     let env = TestEnv::new();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1 EDIT=1"]);
+    let parent = start_one(&env, &["COMMIT=1 EDIT=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let out = env.azlin(&["kill", &parent.vm, "--force"]);
     assert!(
@@ -345,7 +334,7 @@ fn a_follow_up_whose_vm_was_deleted_behind_our_back_is_restored_elsewhere_at_onc
 #[test]
 fn a_follow_up_left_pending_by_a_killed_continue_does_not_block_the_next() {
     let env = TestEnv::local();
-    let parent = start(&env, &["--no-context", "LINES=1"]);
+    let parent = start_one(&env, &["--no-context", "LINES=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let mut state = env.state();
     let mut orphan = state["sessions"][&parent.id].clone();
@@ -373,7 +362,7 @@ fn a_follow_up_left_pending_by_a_killed_continue_does_not_block_the_next() {
 fn a_follow_up_waits_in_the_queue_of_a_full_vm() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "1");
-    let parent = start(&env, &["--no-context", "LINES=1"]);
+    let parent = start_one(&env, &["--no-context", "LINES=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let blocker = env.start_running("SLEEP=60");
     let out = env.run(&["continue", &parent.id, "queued one"]);
@@ -452,7 +441,7 @@ fn pull_pr_pushes_the_branch_and_opens_one_pull_request_per_session() {
     env.git_repo();
     let remote = with_gh_and_remote(&mut env);
     let long_title = format!("Add the parser {} COMMIT=2", "x".repeat(80));
-    let s = start(&env, &[&format!("{long_title}\nwith `details`")]);
+    let s = start_one(&env, &[&format!("{long_title}\nwith `details`")]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
 
     let out = env.run(&["pull", &s.id, "--pr", "--draft", "--base", "main"]);
@@ -509,7 +498,7 @@ fn pull_pr_pushes_the_branch_and_opens_one_pull_request_per_session() {
     assert_eq!(gh_calls(&env).len(), 2, "nothing new opened");
 
     // No commits: nothing to propose, and no gh call.
-    let empty = start(&env, &["LINES=1"]);
+    let empty = start_one(&env, &["LINES=1"]);
     assert_eq!(env.wait_finished(&empty.id)["status"], "completed");
     let out = env.run(&["pull", &empty.id, "--pr"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -522,7 +511,7 @@ fn pull_pr_pushes_the_branch_and_opens_one_pull_request_per_session() {
     assert!(env.session(&empty.id).get("pr_url").is_none());
 
     // gh not logged in, then not installed: exit 1 saying what to run; the branch is home.
-    let other = start(&env, &["COMMIT=1"]);
+    let other = start_one(&env, &["COMMIT=1"]);
     assert_eq!(env.wait_finished(&other.id)["status"], "completed");
     std::fs::write(env.root().join("gh/logged-out"), "").unwrap();
     let out = env.run(&["pull", &other.id, "--pr"]);
@@ -550,9 +539,9 @@ fn pull_all_pr_on_azure_opens_a_pull_request_for_each_session_with_commits() {
     let mut env = TestEnv::new();
     env.git_repo();
     let remote = with_gh_and_remote(&mut env);
-    let a = start(&env, &["first COMMIT=1"]);
-    let b = start(&env, &["second COMMIT=1"]);
-    let c = start(&env, &["third LINES=1"]);
+    let a = start_one(&env, &["first COMMIT=1"]);
+    let b = start_one(&env, &["second COMMIT=1"]);
+    let c = start_one(&env, &["third LINES=1"]);
     for s in [&a, &b, &c] {
         assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     }
@@ -582,7 +571,7 @@ fn pull_all_pr_on_azure_opens_a_pull_request_for_each_session_with_commits() {
 fn pull_resume_hands_the_session_back_in_a_worktree_after_its_vm_is_gone() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["COMMIT=1 EDIT=1"]);
+    let s = start_one(&env, &["COMMIT=1 EDIT=1"]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -674,7 +663,7 @@ fn pull_resume_hands_the_session_back_in_a_worktree_after_its_vm_is_gone() {
 fn pull_resume_of_a_follow_up_on_this_machine_carries_the_whole_chain() {
     let env = TestEnv::local();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1"]);
+    let parent = start_one(&env, &["COMMIT=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let child = follow_up(&env, &parent.id, "EDIT=1");
     assert_eq!(env.wait_finished(&child.id)["status"], "completed");
@@ -701,7 +690,7 @@ fn pull_resume_of_a_follow_up_on_this_machine_carries_the_whole_chain() {
 fn continue_first_learns_that_a_session_the_state_takes_for_running_has_ended() {
     let env = TestEnv::new();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1"]);
+    let parent = start_one(&env, &["COMMIT=1"]);
     let exit_code = env.session_dir(&parent.vm, &parent.id).join("exit_code");
     env.wait_for(
         "the exit code on the VM",
@@ -727,7 +716,7 @@ fn continue_first_learns_that_a_session_the_state_takes_for_running_has_ended() 
 fn on_this_machine_a_deleted_workspace_is_rebuilt_from_the_archive() {
     let env = TestEnv::local();
     env.git_repo();
-    let parent = start(&env, &["COMMIT=1 EDIT=1"]);
+    let parent = start_one(&env, &["COMMIT=1 EDIT=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let workspace = PathBuf::from(env.session(&parent.id)["workspace"].as_str().unwrap());
     std::fs::remove_dir_all(&workspace).unwrap();
@@ -761,7 +750,7 @@ fn on_this_machine_a_deleted_workspace_is_rebuilt_from_the_archive() {
 fn a_follow_up_that_hits_a_transient_failure_is_retried_continuing_once() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "1");
-    let parent = start(&env, &["--no-context", "LINES=1"]);
+    let parent = start_one(&env, &["--no-context", "LINES=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let child = follow_up(&env, &parent.id, "TRANSIENT=529");
     assert_eq!(env.wait_finished(&child.id)["status"], "completed");
@@ -780,7 +769,7 @@ fn a_follow_up_that_hits_a_transient_failure_is_retried_continuing_once() {
 #[test]
 fn two_follow_ups_of_one_session_at_once_never_share_its_workspace() {
     let env = TestEnv::local();
-    let parent = start(&env, &["--no-context", "LINES=1"]);
+    let parent = start_one(&env, &["--no-context", "LINES=1"]);
     assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
     let children: Vec<std::process::Child> = (0..2)
         .map(|i| {
@@ -818,7 +807,7 @@ fn pull_pr_of_a_running_session_brings_its_commits_but_opens_nothing() {
     let mut env = TestEnv::local();
     env.git_repo();
     with_gh_and_remote(&mut env);
-    let s = start(&env, &["COMMIT=1 SLEEP=60"]);
+    let s = start_one(&env, &["COMMIT=1 SLEEP=60"]);
     let record = env.agent_record(&s.vm, &s.id);
     let workspace = PathBuf::from(env.session(&s.id)["workspace"].as_str().unwrap());
     env.wait_for(

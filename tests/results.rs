@@ -30,17 +30,6 @@ fn vm_session_dir(env: &TestEnv, vm: &str, id: &str) -> PathBuf {
     }
 }
 
-/// Starts one session; returns its id and VM.
-fn start(env: &TestEnv, args: &[&str]) -> Started {
-    let mut all = vec!["start", "--json"];
-    all.extend_from_slice(args);
-    let out = env.run(&all);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let id = started_ids(&out).remove(0);
-    let vm = env.vm_of(&id);
-    Started { id, vm }
-}
-
 /// Waits until the session has recorded its exit code on its VM, without any command of ours
 /// seeing it: the state still says running, and nothing is archived yet.
 fn wait_recorded(env: &TestEnv, s: &Started) {
@@ -101,7 +90,7 @@ fn check_committed_result(env: &TestEnv, s: &Started) {
 fn a_session_that_commits_records_its_result_and_comes_home_whole() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["COMMIT=2 LINES=3"]);
+    let s = start_one(&env, &["COMMIT=2 LINES=3"]);
     wait_recorded(&env, &s);
     check_committed_result(&env, &s);
     assert!(
@@ -153,7 +142,7 @@ fn a_session_that_commits_records_its_result_and_comes_home_whole() {
 fn a_session_that_edits_without_committing_says_so_in_report_and_pull() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["EDIT=2"]);
+    let s = start_one(&env, &["EDIT=2"]);
     wait_recorded(&env, &s);
     let r = vm_result(&env, &s);
     assert_eq!(r["commits"], 0, "{r}");
@@ -198,7 +187,7 @@ fn a_session_that_edits_without_committing_says_so_in_report_and_pull() {
 #[test]
 fn a_failing_session_without_git_records_its_times_and_exit() {
     let env = TestEnv::new();
-    let s = start(&env, &["--no-context", "EXIT=3 LINES=2"]);
+    let s = start_one(&env, &["--no-context", "EXIT=3 LINES=2"]);
     wait_recorded(&env, &s);
     let r = vm_result(&env, &s);
     assert!(
@@ -231,7 +220,7 @@ fn a_broken_git_never_keeps_the_exit_code_from_being_written() {
     let env = TestEnv::new();
     env.git_repo();
     // The agent wrecks its workspace's repository before it exits.
-    let s = start(&env, &["SLEEP=30"]);
+    let s = start_one(&env, &["SLEEP=30"]);
     env.wait_for("agent start", Duration::from_secs(20), || {
         env.agent_record(&s.vm, &s.id).join("env").exists()
     });
@@ -254,7 +243,7 @@ fn a_broken_git_never_keeps_the_exit_code_from_being_written() {
 fn output_and_pull_read_the_archive_after_the_vm_is_gone() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["COMMIT=2 LINES=5"]);
+    let s = start_one(&env, &["COMMIT=2 LINES=5"]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -309,7 +298,7 @@ fn output_and_pull_read_the_archive_after_the_vm_is_gone() {
 fn prune_archives_before_deleting() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["COMMIT=1 LINES=2"]);
+    let s = start_one(&env, &["COMMIT=1 LINES=2"]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     // As if it had ended before archives existed.
     forget_archive(&env, &s.id);
@@ -343,7 +332,7 @@ fn prune_archives_before_deleting() {
 #[test]
 fn prune_keeps_a_vm_whose_sessions_cannot_be_archived_unless_forced() {
     let env = TestEnv::new();
-    let s = start(&env, &["--no-context", "LINES=2"]);
+    let s = start_one(&env, &["--no-context", "LINES=2"]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     forget_archive(&env, &s.id);
     env.fault(&format!("vms/{}/unreachable", s.vm));
@@ -596,7 +585,7 @@ fn pull_all_fetches_every_unpulled_session_with_one_call_per_vm() {
 fn pull_of_a_running_session_brings_its_commits_so_far() {
     let env = TestEnv::new();
     env.git_repo();
-    let s = start(&env, &["COMMIT=1 SLEEP=60"]);
+    let s = start_one(&env, &["COMMIT=1 SLEEP=60"]);
     env.wait_for("agent start", Duration::from_secs(20), || {
         env.agent_record(&s.vm, &s.id).join("env").exists()
     });
@@ -624,9 +613,9 @@ fn pull_of_a_running_session_brings_its_commits_so_far() {
 fn the_local_backend_archives_and_reads_back_without_its_session_files() {
     let env = TestEnv::local();
     env.git_repo();
-    let committed = start(&env, &["COMMIT=2 LINES=3"]);
-    let edited = start(&env, &["EDIT=1"]);
-    let failed = start(&env, &["EXIT=4"]);
+    let committed = start_one(&env, &["COMMIT=2 LINES=3"]);
+    let edited = start_one(&env, &["EDIT=1"]);
+    let failed = start_one(&env, &["EXIT=4"]);
     for s in [&committed, &edited, &failed] {
         wait_recorded(&env, s);
     }
@@ -679,7 +668,7 @@ fn a_log_over_the_cap_keeps_its_last_part_and_says_so() {
     let elsewhere = env.root().join("elsewhere/archive");
     env.set("AMPLIHACK_REMOTE_ARCHIVE", elsewhere.to_str().unwrap());
     env.set("AMPLIHACK_REMOTE_ARCHIVE_LOG_CAP", "64");
-    let s = start(&env, &["--no-context", "LINES=50"]);
+    let s = start_one(&env, &["--no-context", "LINES=50"]);
     assert_eq!(env.wait_finished(&s.id)["status"], "completed");
     let full = std::fs::read(vm_session_dir(&env, &s.vm, &s.id).join("output.log")).unwrap();
     let kept = std::fs::read(elsewhere.join(&s.id).join("output.log")).unwrap();

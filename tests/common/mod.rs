@@ -18,6 +18,17 @@ pub struct Started {
     pub vm: String,
 }
 
+/// `start --json ARGS` of one prompt that must start: the session and its VM.
+pub fn start_one(env: &TestEnv, args: &[&str]) -> Started {
+    let mut all = vec!["start", "--json"];
+    all.extend_from_slice(args);
+    let out = env.run(&all);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = started_ids(&out).remove(0);
+    let vm = env.vm_of(&id);
+    Started { id, vm }
+}
+
 pub struct TestEnv {
     dir: tempfile::TempDir,
     extra_env: Vec<(String, String)>,
