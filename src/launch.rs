@@ -24,6 +24,29 @@ use crate::ui::progress::{self, Stage};
 use crate::ui::render::{self, StartLine};
 use crate::{core::lifecycle, core::naming, exec, parallel, provision, refresh, ui};
 
+/// Reserves `count` new VMs of the start's size and region, owned by `owner`.
+fn reserve_new_vms(
+    ctx: &Ctx,
+    st: &mut State,
+    target: &Target,
+    count: usize,
+    owner: &Owner,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    provision::reserve_vms(
+        st,
+        count,
+        target.size,
+        &target.region,
+        &provision::Reservation {
+            user: &ctx.settings.user,
+            resource_group: ctx.transports.azlin.default_resource_group(),
+            owner,
+        },
+        now,
+    )
+}
+
 /// What this start asks of the pool.
 fn plan_request(target: &Target, count: usize) -> pool::Request<'_> {
     pool::Request {
@@ -154,18 +177,7 @@ fn reserve(
         },
         None => pool::plan(st, &plan_request(target, args.prompts.len())),
     };
-    let new_vms = provision::reserve_vms(
-        st,
-        plan.new_vms,
-        target.size,
-        &target.region,
-        &provision::Reservation {
-            user: &ctx.settings.user,
-            resource_group: ctx.transports.azlin.default_resource_group(),
-            owner,
-        },
-        now,
-    );
+    let new_vms = reserve_new_vms(ctx, st, target, plan.new_vms, owner, now);
     let mut reserved: Vec<Reserved> = Vec::with_capacity(args.prompts.len());
     for (prompt, placement) in args.prompts.iter().zip(plan.placements) {
         let taken: Vec<String> = reserved.iter().map(|r| r.id.clone()).collect();
@@ -1047,18 +1059,7 @@ fn move_from_gone_vms(
             ..plan_request(target, moving.len())
         };
         let plan = pool::plan(st, &request);
-        let new_vms = provision::reserve_vms(
-            st,
-            plan.new_vms,
-            target.size,
-            &target.region,
-            &provision::Reservation {
-                user: &ctx.settings.user,
-                resource_group: ctx.transports.azlin.default_resource_group(),
-                owner: &owner,
-            },
-            now,
-        );
+        let new_vms = reserve_new_vms(ctx, st, target, plan.new_vms, &owner, now);
         let mut moved = Vec::with_capacity(moving.len());
         for ((id, why), placement) in moving.iter().zip(plan.placements) {
             let Some(mut r) = reserved.iter().find(|r| r.id == *id).cloned() else {
