@@ -11,8 +11,10 @@
 //! more agents than its slots; prune never deletes a VM with live or queued work; every VM
 //! azlin has is tracked by a state; nothing is archived before it ended; the key is in no file.
 //!
-//! It prints its seed; `AMPLIHACK_MODEL_SEED=N` replays that sequence. `AMPLIHACK_MODEL_CASES`
-//! (default 3) sequences of `AMPLIHACK_MODEL_STEPS` (default 14) steps each.
+//! By default it runs the sequences of one fixed seed, so the test command is repeatable;
+//! `AMPLIHACK_MODEL_SEED=random` draws new ones and prints the seed, and `AMPLIHACK_MODEL_SEED=N`
+//! replays that. `AMPLIHACK_MODEL_CASES` (default 3) sequences of `AMPLIHACK_MODEL_STEPS`
+//! (default 14) steps each.
 
 #![allow(clippy::disallowed_methods)] // tests drive processes directly (clippy.toml)
 
@@ -324,8 +326,13 @@ impl World {
                         } else {
                             signal(-pid, libc::SIGTERM);
                         }
+                        // The agent's processes go first; its supervisor then records the
+                        // result and writes exit_code last, and until then the session still
+                        // runs (a refresh in between rightly says so).
+                        let supervisor = read_pid(&d.join("supervisor.pid"));
                         wait_until(Duration::from_secs(15), || {
                             !self.live_sessions().contains(&id)
+                                && (d.join("exit_code").exists() || !process_lives(supervisor))
                         });
                         note = format!("agent exit {id} on {vm} ({})", if *ok { 0 } else { 143 });
                     }
@@ -674,6 +681,11 @@ fn check(ok: bool, what: &str) -> Result<(), TestCaseError> {
     }
 }
 
+/// Whether `pid` is a process that has not ended (a zombie has).
+fn process_lives(pid: i32) -> bool {
+    pid > 0 && !zombie(&pid.to_string())
+}
+
 fn read_pid(p: &Path) -> i32 {
     std::fs::read_to_string(p)
         .ok()
@@ -703,17 +715,27 @@ fn number(var: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The seed of the test command's sequences: they cover start, queue, drain, agent exits both
+/// ways, supervisor SIGKILL, a dropped launch, refresh, a VM deleted and prune and sync from a
+/// second state file.
+const FIXED_SEED: u64 = 1796191741678761466;
+
 #[test]
 fn random_event_sequences_keep_every_invariant() {
-    let seed = std::env::var("AMPLIHACK_MODEL_SEED")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    // The test command runs the same sequences every time, so a red run is a regression and
+    // never a new draw; `random` explores (docs/testing.md).
+    let seed = match std::env::var("AMPLIHACK_MODEL_SEED").ok().as_deref() {
+        None | Some("") => FIXED_SEED,
+        Some("random") => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+        Some(n) => n.parse::<u64>().unwrap_or_else(|_| {
+            panic!(
+                "AMPLIHACK_MODEL_SEED={n}: not a number; give a seed the test printed, or `random`"
+            )
+        }),
+    };
     let cases = number("AMPLIHACK_MODEL_CASES", 3) as u32;
     let steps = number("AMPLIHACK_MODEL_STEPS", 14) as usize;
     eprintln!(
