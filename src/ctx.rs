@@ -34,6 +34,22 @@ impl Ctx {
         })
     }
 
+    /// This context with `backend` in place of the one the environment names: a follow-up
+    /// runs on its parent's backend, whatever `AMPLIHACK_REMOTE_BACKEND` says now.
+    pub fn on_backend(&self, backend: Backend) -> Option<Ctx> {
+        if self.settings.backend == backend {
+            return None;
+        }
+        let mut settings = self.settings.clone();
+        settings.backend = backend;
+        Some(Ctx {
+            transports: Transports::new(&settings),
+            store: self.store.clone(),
+            archive: self.archive.clone(),
+            settings,
+        })
+    }
+
     /// The context a `start` runs in. On the local backend with the default agent, the agent
     /// is the other `amplihack` on PATH (the Python one: this binary has no `claude`), by
     /// absolute path; with none there, the start fails before it reserves anything.

@@ -833,3 +833,34 @@ fn pull_pr_of_a_running_session_brings_its_commits_but_opens_nothing() {
     let out = env.run(&["kill", &s.id, "--force"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// A follow-up runs on its parent's backend, whatever AMPLIHACK_REMOTE_BACKEND says now: an
+/// Azure session continued with the local backend exported goes to its VM, and once that VM
+/// is gone to another Azure VM, never to this machine.
+#[test]
+fn a_follow_up_follows_its_parents_backend_not_the_exported_one() {
+    let mut env = TestEnv::new();
+    env.git_repo();
+    let parent = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    env.set("AMPLIHACK_REMOTE_BACKEND", "local");
+    let agent = format!("{} claude", support("vm-bin/amplihack").display());
+    env.set("AMPLIHACK_REMOTE_AGENT", &agent);
+    let child = follow_up(&env, &parent.id, "COMMIT=1");
+    assert_eq!(child.vm, parent.vm, "on the parent's Azure VM");
+    assert_eq!(env.wait_finished(&child.id)["status"], "completed");
+    assert!(continued(&env, &child).contains(&parent.id));
+
+    env.unset("AMPLIHACK_REMOTE_BACKEND");
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    env.set("AMPLIHACK_REMOTE_BACKEND", "local");
+    let grandchild = follow_up(&env, &child.id, "LINES=1");
+    assert!(
+        grandchild.vm != "local" && grandchild.vm != parent.vm,
+        "a new Azure VM: {}",
+        grandchild.vm
+    );
+    assert_eq!(env.wait_finished(&grandchild.id)["status"], "completed");
+    assert!(continued(&env, &grandchild).contains(&child.id));
+}

@@ -261,6 +261,10 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
         // Notify, retries, silence and the cap, as for any start (docs/unattended.md).
         unattended: args.unattended,
     };
+    // The parent's backend, not the one the environment names now: a session that ran on Azure
+    // is continued on Azure with AMPLIHACK_REMOTE_BACKEND=local exported, and the other way.
+    let on_parents_backend = ctx.on_backend(backend);
+    let ctx = on_parents_backend.as_ref().unwrap_or(ctx);
     launch::run_with(ctx, start_args, Some(&continuation))
 }
 
