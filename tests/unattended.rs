@@ -832,6 +832,28 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         "2026-12-02T15:00:00Z",
         "plan limit, resets 9am America/Chicago",
     );
+    // Claude Code's later forms: `your limit`, `5-hour limit`, and a reset on another day
+    // (this year's date when it is still ahead, else next year's).
+    limit(
+        "You've hit your limit · resets 11pm (America/Anchorage)",
+        "2026-12-02T08:00:00Z",
+        "plan limit, resets 11pm America/Anchorage",
+    );
+    limit(
+        "5-hour limit reached ∙ resets 1am",
+        "2026-12-03T01:00:00Z",
+        "plan limit, resets 1am",
+    );
+    limit(
+        "You've hit your weekly limit · resets Dec 5 at 7pm",
+        "2026-12-05T19:00:00Z",
+        "plan limit, resets Dec 5 7pm",
+    );
+    limit(
+        "You've hit your weekly limit · resets Jan 12, 10:59am (America/New_York)",
+        "2027-01-12T15:59:00Z",
+        "plan limit, resets Jan 12 10:59am America/New_York",
+    );
     limit(
         "Claude AI usage limit reached|1796187600",
         "2026-12-02T05:00:00Z",
@@ -858,6 +880,7 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         "line 15290: syntax error",
         "exit 4290",
         "processed 429 files, 529 left",
+        "the pool limit resets 3 times a day",
         "",
     ] {
         assert_eq!(classify(line, now), None, "{line:?}");
@@ -964,4 +987,115 @@ fn on_the_stand_in_azlin_a_kill_during_a_retry_wait_ends_it_killed_and_notified(
         (Some("killed"), Some(143))
     );
     assert_url_at_rest_nowhere(&env);
+}
+
+fn reset_epoch_of(env: &TestEnv, id: &str) -> i64 {
+    let path = env.agent_record("local", id).join("reset_epoch");
+    env.wait_for("the agent's reset time", Duration::from_secs(30), || {
+        path.exists()
+    });
+    std::fs::read_to_string(&path).unwrap().parse().unwrap()
+}
+
+fn utc(epoch: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(epoch, 0).unwrap()
+}
+
+/// A plan limit (Claude Code's own lines, printed by the stand-in agent) waits until its
+/// reset plus a minute, then resumes the conversation with `--continue`; a clock time is read
+/// in its zone, and the wait says when it ends.
+#[test]
+fn a_plan_limit_waits_until_its_reset_then_continues() {
+    let receiver = Receiver::start();
+    let env = local_env(&receiver);
+    // `|<unix seconds>` 55 s ago: the retry runs at that time plus a minute, 5 s from now.
+    let ids = start(
+        &env,
+        &[],
+        &["TRANSIENT=resetat RESET=-55 finish the parser"],
+    );
+    let id = &ids[0];
+    let reset = reset_epoch_of(&env, id);
+    let retrying = receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+    assert_eq!(
+        retrying.body["detail"],
+        format!(
+            "retry 1/2 at {} UTC: usage limit reached",
+            utc(reset + 60).format("%H:%M")
+        )
+    );
+    let ended = receiver.wait_event(id, "session_ended", Duration::from_secs(60));
+    assert_eq!(ended.body["status"], "completed", "{}", ended.body);
+    let log = log_of(&env, "local", id);
+    assert!(
+        log.contains(&format!(
+            "amplihack: retry 1/2 at {}: usage limit reached\n",
+            utc(reset + 60).format("%Y-%m-%dT%H:%M:%SZ")
+        )),
+        "{log}"
+    );
+    let runs = std::fs::read_to_string(env.agent_record("local", id).join("runs")).unwrap();
+    let runs: Vec<&str> = runs.lines().collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[1].contains("--continue -p"), "{runs:?}");
+    // Not before the reset plus its minute.
+    let second_start: i64 =
+        std::fs::read_to_string(env.agent_record("local", id).join("started_ns"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    assert!(
+        second_start / 1_000_000_000 >= reset + 60,
+        "the retry ran at {second_start} ns, before {}",
+        reset + 60
+    );
+
+    // Clock times in a zone: the wait runs to that time plus a minute, and says so.
+    let forms = [
+        (
+            "TRANSIENT=sessionlimit RESET=7200 ZONE=America/New_York a",
+            "America/New_York",
+        ),
+        (
+            "TRANSIENT=usagelimit RESET=3600 ZONE=America/Chicago b",
+            "America/Chicago",
+        ),
+        (
+            "TRANSIENT=weeklylimit RESET=5400 ZONE=Asia/Kolkata c",
+            "Asia/Kolkata",
+        ),
+    ];
+    let prompts: Vec<&str> = forms.iter().map(|f| f.0).collect();
+    let ids = start(&env, &[], &prompts);
+    for (id, (_, zone)) in ids.iter().zip(forms) {
+        let reset = reset_epoch_of(&env, id);
+        let got = receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+        let detail = got.body["detail"].as_str().unwrap().to_string();
+        let at = utc(reset + 60);
+        assert!(
+            detail.starts_with("retry 1/2 at ")
+                && detail.contains(&format!("{} UTC: plan limit, resets ", at.format("%H:%M")))
+                && detail.ends_with(&format!(" {zone}")),
+            "{detail}"
+        );
+        assert!(
+            log_of(&env, "local", id).contains(&format!(
+                "amplihack: retry 1/2 at {}: plan limit, resets ",
+                at.format("%Y-%m-%dT%H:%M:%SZ")
+            )),
+            "{}",
+            log_of(&env, "local", id)
+        );
+        let s = list_json_of(&env, id);
+        assert_eq!(s["status"], "running", "{s}");
+        assert_eq!(s["detail"], detail.as_str());
+    }
+    for id in &ids {
+        let out = env.run(&["kill", id]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(env.wait_finished(id)["status"], "killed");
+        let runs = std::fs::read_to_string(env.agent_record("local", id).join("runs")).unwrap();
+        assert_eq!(runs.lines().count(), 1, "not run again before its reset");
+    }
 }

@@ -31,9 +31,12 @@ read_unattended_settings() {
 
 # The epoch second a clock time of a plan limit's reset means: hour $1 (1-12 with $3 am/pm,
 # else 0-23), minute $2, in time zone $4 (empty: the VM's own), taken as today in that zone,
-# or tomorrow when that time has passed by $5 (now, epoch seconds).
+# or tomorrow when that time has passed by $5 (now, epoch seconds). With a date, month $6
+# (Jan..Dec) and day $7 (`resets Sep 15 at 7pm`, `Resets Jan 12, 10:59am`): that day this
+# year, or next year when it has passed.
 reset_clock_epoch() {
-  local hour=$((10#$1)) minute=$((10#${2:-0})) ampm=$3 zone=$4 now=$5 day at
+  local hour=$((10#$1)) minute=$((10#${2:-0})) ampm=$3 zone=$4 now=$5 month=${6:-} mday=${7:-}
+  local day at year m
   case $ampm in
     am) [ "$hour" = 12 ] && hour=0 ;;
     pm) [ "$hour" -lt 12 ] && hour=$((hour + 12)) ;;
@@ -43,6 +46,19 @@ reset_clock_epoch() {
   fi
   local clock
   clock=$(printf '%02d:%02d' "$hour" "$minute")
+  if [ -n "$month" ]; then
+    m=Jan.Feb.Mar.Apr.May.Jun.Jul.Aug.Sep.Oct.Nov.Dec.
+    m=${m%%"$month".*}
+    [ "${#m}" -lt 48 ] || return 1
+    m=$((${#m} / 4 + 1))
+    year=$(TZ=${zone:-${TZ:-}} date -d "@$now" +%Y) || return 1
+    at=$(TZ=${zone:-${TZ:-}} date -d "$(printf '%s-%02d-%02d' "$year" "$m" "$((10#$mday))") $clock" +%s) || return 1
+    if [ "$at" -le "$now" ]; then
+      at=$(TZ=${zone:-${TZ:-}} date -d "$(printf '%s-%02d-%02d' "$((year + 1))" "$m" "$((10#$mday))") $clock" +%s) || return 1
+    fi
+    printf '%s' "$at"
+    return 0
+  fi
   day=$(TZ=${zone:-${TZ:-}} date -d "@$now" +%F) || return 1
   at=$(TZ=${zone:-${TZ:-}} date -d "$day $clock" +%s) || return 1
   if [ "$at" -le "$now" ]; then
@@ -62,15 +78,19 @@ transient_failure() {
   # word, as in `API Error: 529`, `API Error: Repeated 529 Overloaded errors`, `HTTP 429`.
   local status_code_529='(API Error|[Ee]rror|[Ss]tatus|HTTP)[^0-9]{0,24}(^|[^0-9])529([^0-9]|$)'
   local status_code_429='(API Error|[Ee]rror|[Ss]tatus|HTTP)[^0-9]{0,24}(^|[^0-9])429([^0-9]|$)'
-  local limit_clock='(limit|Limit).*[Rr]esets?( at)? ([0-9]{1,2})(:([0-9]{2}))? ?([ap]m)?( \(([A-Za-z0-9_+/-]+)\))?'
+  # Claude Code's forms: `resets 8pm (Zone)`, `reset at 9am (Zone)`, `resets 21:00`, and a
+  # reset on another day: `resets Sep 15 at 7pm`, `Resets Jan 12, 10:59am (Zone)`.
+  local months='Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec'
+  local limit_clock="(limit|Limit).*[Rr]esets?( at)? (($months) ([0-9]{1,2}),?( at)? )?([0-9]{1,2})(:([0-9]{2}))? ?([ap]m)?( \\(([A-Za-z0-9_+/-]+)\\))?"
   while IFS= read -r line || [ -n "$line" ]; do
     line=${line%$'\r'}
     if [[ $line =~ Claude\ AI\ usage\ limit\ reached\|([0-9]{9,11}) ]]; then
       reason='usage limit reached' until=${BASH_REMATCH[1]}
-    elif [[ $line =~ (session|weekly|usage|Opus|Sonnet)\ limit ]] && [[ $line =~ $limit_clock ]]; then
-      zone=${BASH_REMATCH[8]}
-      if until=$(reset_clock_epoch "${BASH_REMATCH[3]}" "${BASH_REMATCH[5]}" "${BASH_REMATCH[6]}" "$zone" "$now"); then
-        reason="plan limit, resets ${BASH_REMATCH[3]}${BASH_REMATCH[4]}${BASH_REMATCH[6]}${zone:+ $zone}"
+    elif [[ $line =~ (session|weekly|usage|Opus|Sonnet|your|-hour)\ limit ]] && [[ $line =~ $limit_clock ]]; then
+      zone=${BASH_REMATCH[12]}
+      if until=$(reset_clock_epoch "${BASH_REMATCH[7]}" "${BASH_REMATCH[9]}" "${BASH_REMATCH[10]}" "$zone" "$now" \
+        "${BASH_REMATCH[4]}" "${BASH_REMATCH[5]}"); then
+        reason="plan limit, resets ${BASH_REMATCH[4]:+${BASH_REMATCH[4]} ${BASH_REMATCH[5]} }${BASH_REMATCH[7]}${BASH_REMATCH[8]}${BASH_REMATCH[10]}${zone:+ $zone}"
       else
         until=- reason='plan limit'
       fi
