@@ -731,6 +731,39 @@ pub fn add_worktree(
     Ok(())
 }
 
+/// Removes the worktree at `path` whatever state it is in (registered or not, half checked
+/// out, with changes), and forgets it: what a `pull --resume` that died left behind.
+pub fn discard_worktree(repo: &Path, path: &Path, timeout: Duration) -> Result<()> {
+    let path_arg = path.to_string_lossy().into_owned();
+    // Twice --force: a worktree git itself locked while it was being added is removed too.
+    let _ = git(
+        repo,
+        &["worktree", "remove", "--force", "--force", &path_arg],
+        timeout,
+    )?;
+    if path.exists() {
+        std::fs::remove_dir_all(path)
+            .map_err(|e| Error::io(format!("cannot remove {}", path.display()), e))?;
+    }
+    // Still registered (its directory was gone, so git would not remove it): prune, which
+    // forgets only worktrees whose directory is gone.
+    let list = git_ok(repo, &["worktree", "list", "--porcelain"], timeout)?;
+    if list
+        .lines()
+        .any(|l| l.strip_prefix("worktree ") == Some(path_arg.as_str()))
+    {
+        git_ok(repo, &["worktree", "prune"], timeout)?;
+    }
+    Ok(())
+}
+
+/// Moves the worktree at `from` to `to` (which must not exist), git's records with it.
+pub fn move_worktree(repo: &Path, from: &Path, to: &Path, timeout: Duration) -> Result<()> {
+    let from_arg = from.to_string_lossy().into_owned();
+    let to_arg = to.to_string_lossy().into_owned();
+    git_ok(repo, &["worktree", "move", &from_arg, &to_arg], timeout).map(drop)
+}
+
 /// Applies a binary git patch (`uncommitted.patch` of an archive) to the work tree at `dir`,
 /// leaving the index alone: edits stay edits, new files stay untracked.
 pub fn apply_patch(dir: &Path, patch: &Path, timeout: Duration) -> Result<()> {

@@ -35,6 +35,30 @@ fn worktree_path(repo: &Path, id: &str, given: Option<&Path>) -> Result<PathBuf>
         .join(format!("{name}-{id}")))
 }
 
+/// Where the worktree is built before it is moved to `path` in one step: beside it, hidden,
+/// named after it. A `pull --resume` that dies halfway (Ctrl+C, SIGKILL, a patch that does
+/// not apply) leaves only this, which the next one removes; the worktree at `path` is always
+/// whole, so "carry on there" is never said of a half-made one.
+fn staging_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "worktree".into());
+    path.with_file_name(format!(".{name}.resume-partial"))
+}
+
+/// `path` with its parent resolved (symlinks, `..`) where the parent exists: the worktree's
+/// absolute path as git and Claude Code will see it.
+fn resolved(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// A path as a word the user's shell takes literally (quoted only when it has to be).
 fn shell_word(path: &Path) -> String {
     let text = path.to_string_lossy();
@@ -59,7 +83,18 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
         )));
     }
     let timeout = ctx.settings.timeouts.local_git;
-    if let Some(there) = context::checked_out_in(repo, &p.branch, timeout)? {
+    let path = worktree_path(repo, id, given)?;
+    // Its parent made now, so the path resolves (symlinks, `..`) to what git and Claude Code
+    // will see before the worktree exists.
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    let path = resolved(&path);
+    let staging = staging_path(&path);
+    if let Some(there) = context::checked_out_in(repo, &p.branch, timeout)?
+        && resolved(Path::new(&there)) != staging
+    {
         return Err(Error::Failed(format!(
             "branch {} is checked out in {there} already: carry on there (cd {} && claude --continue), or remove it (git worktree remove {}) and pull --resume again",
             p.branch,
@@ -67,7 +102,6 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
             shell_word(Path::new(&there))
         )));
     }
-    let path = worktree_path(repo, id, given)?;
     if path.exists() {
         return Err(Error::Failed(format!(
             "{} exists already: remove it, or pass --worktree DIR for another place; the branch {} is home",
@@ -75,16 +109,34 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
             p.branch
         )));
     }
+    // What an earlier pull --resume of this worktree left when it died.
+    context::discard_worktree(repo, &staging, timeout)?;
     let start = p
         .head
         .as_deref()
         .or(s.base_commit.as_deref())
         .unwrap_or(&p.base);
-    context::add_worktree(repo, &path, &p.branch, start, timeout)?;
-    let path = path.canonicalize().unwrap_or(path);
-    let mut text = format!("Worktree: {} (branch {})\n", path.display(), p.branch);
+    context::add_worktree(repo, &staging, &p.branch, start, timeout)?;
+    let built = fill_worktree(ctx, id, &p.branch, &staging, &path)
+        .and_then(|text| context::move_worktree(repo, &staging, &path, timeout).map(|()| text));
+    let text = match built {
+        Ok(text) => text,
+        Err(e) => {
+            let _ = context::discard_worktree(repo, &staging, timeout);
+            return Err(e);
+        }
+    };
+    ui::print_text(&text)
+}
+
+/// Applies the archived uncommitted work to the worktree being built at `staging`, and puts
+/// the conversation where Claude Code looks for `path`, the worktree's final place. Returns
+/// what `pull --resume` prints.
+fn fill_worktree(ctx: &Ctx, id: &str, branch: &str, staging: &Path, path: &Path) -> Result<String> {
+    let timeout = ctx.settings.timeouts.local_git;
+    let mut text = format!("Worktree: {} (branch {branch})\n", path.display());
     if let Some(patch) = ctx.archive.patch(id) {
-        context::apply_patch(&path, &patch, timeout)?;
+        context::apply_patch(staging, &patch, timeout)?;
         text.push_str("  The work it left uncommitted is applied there (not committed).\n");
     }
     let home =
@@ -106,9 +158,9 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
     }
     text.push_str(&format!(
         "Run: cd {} && claude --continue\n",
-        shell_word(&path)
+        shell_word(path)
     ));
-    ui::print_text(&text)
+    Ok(text)
 }
 
 #[cfg(test)]

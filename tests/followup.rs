@@ -864,3 +864,92 @@ fn a_follow_up_follows_its_parents_backend_not_the_exported_one() {
     assert_eq!(env.wait_finished(&grandchild.id)["status"], "completed");
     assert!(continued(&env, &grandchild).contains(&child.id));
 }
+
+/// A `git` first on PATH that stops at `git apply` (the uncommitted work going into the
+/// worktree): it records its pid in `apply.pid`, then hangs (`hang`) or fails.
+fn git_stopping_at_apply(env: &TestEnv, hang: bool) {
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = env.root().join("bin/git");
+    let mark = env.root().join("apply.pid");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = apply ]; then\n    echo $$ > '{}'\n    {}\n  fi\ndone\nexec '{}' \"$@\"\n",
+            mark.display(),
+            if hang { "exec sleep 60" } else { "echo 'error: patch failed' >&2; exit 1" },
+            real.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A `pull --resume` that dies halfway (killed, or its patch refused) leaves no worktree that
+/// the next one would take for the finished hand-over: the next one builds it whole.
+#[test]
+fn a_pull_resume_that_dies_halfway_leaves_nothing_the_next_one_trips_on() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let s = start_one(&env, &["COMMIT=1 EDIT=1"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let worktrees = || git(&env.work(), &["worktree", "list", "--porcelain"]);
+
+    // Killed (SIGKILL) while it applies the uncommitted work.
+    git_stopping_at_apply(&env, true);
+    let mut child = env.std_cmd(&["pull", &s.id, "--resume"]).spawn().unwrap();
+    let mark = env.root().join("apply.pid");
+    env.wait_for("git apply", std::time::Duration::from_secs(60), || {
+        std::fs::read_to_string(&mark).is_ok_and(|t| t.ends_with('\n'))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let hung = read(&mark).trim().to_string();
+    std::process::Command::new("kill")
+        .arg(&hung)
+        .status()
+        .unwrap();
+    std::fs::remove_file(&mark).unwrap();
+
+    // Its patch refused: an error, and no worktree registered.
+    git_stopping_at_apply(&env, false);
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("patch failed"), "{}", stderr(&out));
+    assert_eq!(
+        worktrees().matches("\nworktree ").count(),
+        0,
+        "only the repository's own: {}",
+        worktrees()
+    );
+
+    std::fs::remove_file(env.root().join("bin/git")).unwrap();
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let worktree = env
+        .root()
+        .join(format!("work-{}", s.id))
+        .canonicalize()
+        .unwrap();
+    assert_eq!(read(&worktree.join("edit-1.txt")), "one\ntwo\nthree\n");
+    assert_eq!(git(&worktree, &["status", "--porcelain"]), "?? edit-1.txt");
+    assert_eq!(
+        worktrees().matches("\nworktree ").count(),
+        1,
+        "the repository's and the hand-over's: {}",
+        worktrees()
+    );
+    let hidden: Vec<_> = std::fs::read_dir(env.root())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "nothing half-made left: {hidden:?}");
+}
