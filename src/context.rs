@@ -356,6 +356,20 @@ pub fn branch_move(
     }
 }
 
+/// Why a pull leaves `branch` alone: it holds commits the session does not have, moved there
+/// after a pull of this session (`was_pulled`), or a branch of the user's that was there
+/// before (an existing name, `--branch NAME` of another branch).
+fn refused_branch(branch: &str, was_pulled: bool) -> String {
+    let why = if was_pulled {
+        "it was moved after it was pulled"
+    } else {
+        "it existed before this session was pulled into it"
+    };
+    format!(
+        "branch {branch} holds commits that are not the session's ({why}): left as it is. Pass --force to reset it to the session's commits (what it holds stays in the reflog), or --branch NAME to fetch into a new branch"
+    )
+}
+
 pub struct Pulled {
     pub branch: String,
     /// The branch's tip: the session's head commit that came home.
@@ -463,8 +477,9 @@ pub fn fetch_bundle_file(
         target.last_pulled,
         target.force,
     ) else {
-        return Err(Error::Failed(format!(
-            "branch {branch} holds commits that are not the session's (it was moved after it was pulled): left as it is. Pass --force to reset it to the session's commits (what it holds stays in the reflog), or --branch NAME to fetch into a new branch"
+        return Err(Error::Failed(refused_branch(
+            branch,
+            target.last_pulled.is_some(),
         )));
     };
     match moved {
@@ -798,6 +813,17 @@ mod tests {
         assert!(!is_secret_file("src/keyboard.rs"));
         assert!(!is_secret_file("environment.md"));
         assert!(!is_secret_file("src/secrets.rs"));
+    }
+
+    #[test]
+    fn a_refused_branch_says_whether_a_pull_made_it() {
+        assert!(refused_branch("b", true).contains("(it was moved after it was pulled)"));
+        let never = refused_branch("b", false);
+        assert!(
+            never.contains("(it existed before this session was pulled into it)"),
+            "{never}"
+        );
+        assert!(!never.contains("after it was pulled"), "{never}");
     }
 
     #[test]

@@ -953,3 +953,31 @@ fn a_pull_resume_that_dies_halfway_leaves_nothing_the_next_one_trips_on() {
         .collect();
     assert!(hidden.is_empty(), "nothing half-made left: {hidden:?}");
 }
+
+/// A branch of the session's name that the user made before any pull (never pulled into) is
+/// left alone, and the refusal says it was there before, not that it moved after a pull.
+#[test]
+fn a_branch_that_was_there_before_any_pull_is_refused_for_what_it_is() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let s = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let branch = format!("amplihack/{}", s.id);
+    git(&env.work(), &["checkout", "-q", "-b", &branch]);
+    std::fs::write(env.work().join("mine.txt"), "mine\n").unwrap();
+    git(&env.work(), &["add", "mine.txt"]);
+    git(&env.work(), &["commit", "-q", "-m", "mine"]);
+    git(&env.work(), &["checkout", "-q", "main"]);
+    let out = env.run(&["pull", &s.id]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("existed before this session was pulled into it"),
+        "{err}"
+    );
+    assert!(!err.contains("moved after it was pulled"), "{err}");
+    assert_eq!(
+        git(&env.work(), &["log", "-1", "--format=%s", &branch]),
+        "mine"
+    );
+}
