@@ -219,7 +219,7 @@ fn open_one(
     repo: &Path,
     remote: &str,
     options: &Options,
-) -> Result<String> {
+) -> Result<(String, bool)> {
     let timeout = ctx.settings.timeouts.local_git;
     let s = p.session;
     context::push_branch(repo, remote, &p.branch, timeout)?;
@@ -242,26 +242,44 @@ fn open_one(
     // gh finds the repository from the current directory, which `pull` requires to be in it.
     let cmd = Cmd::new("gh", argv, timeout).on_interrupt(exec::OnInterrupt::FinishUnlessRepeated);
     let out = exec::run_any_exit(&cmd)?;
-    if out.code != 0 {
+    // One open pull request per branch: one opened before without our record of it (another
+    // machine's pull --pr, a state rebuilt by sync, by hand) is adopted, not an error.
+    let existing = (out.code != 0)
+        .then(|| already_open(&out.stderr_text()))
+        .flatten();
+    if out.code != 0 && existing.is_none() {
         return Err(Error::CommandFailed {
             command: format!("gh pr create --head {}", p.branch),
             status: Some(out.code),
             stderr: crate::remote::transport::trim_stderr(&out.stderr_text()),
         });
     }
-    let url = url_of(&out.stdout).ok_or_else(|| {
-        Error::Failed(format!(
-            "gh pr create printed no URL for branch {}",
-            p.branch
-        ))
-    })?;
+    let opened = existing.is_none();
+    let url = match existing {
+        Some(url) => url,
+        None => url_of(&out.stdout).ok_or_else(|| {
+            Error::Failed(format!(
+                "gh pr create printed no URL for branch {}",
+                p.branch
+            ))
+        })?,
+    };
     ctx.store.update(|st| {
         if let Some(rec) = st.sessions.get_mut(&s.session_id) {
-            rec.set_pr_url(&url);
+            rec.set_pr(&url, &p.branch);
         }
         Ok(())
     })?;
-    Ok(url)
+    Ok((url, opened))
+}
+
+/// The URL of the open pull request `gh pr create` names when it refuses a second one for
+/// the same branch (`a pull request for branch "B" into branch "main" already exists:\nURL`).
+fn already_open(stderr: &str) -> Option<String> {
+    if !stderr.contains("already exists") {
+        return None;
+    }
+    url_of(stderr.as_bytes())
 }
 
 /// Opens a pull request for each pulled session that has commits and none yet; says what it
@@ -279,9 +297,17 @@ pub fn open_all(
     for p in pulled {
         let id = &p.session.session_id;
         if let Some(url) = p.session.pr_url() {
-            text.push_str(&format!(
-                "Pull request of {id} (opened before, nothing new opened): {url}\n"
-            ));
+            // One pull request per session: a pull into another branch (--branch) does not
+            // open a second one, and says so.
+            match p.session.pr_branch() {
+                Some(from) if from != p.branch => text.push_str(&format!(
+                    "Pull request of {id} (opened before from branch {from}; nothing new opened, branch {} is home only): {url}\n",
+                    p.branch
+                )),
+                _ => text.push_str(&format!(
+                    "Pull request of {id} (opened before, nothing new opened): {url}\n"
+                )),
+            }
         } else if p.session.status.is_active() {
             let e = Error::Failed(format!(
                 "session {id} is still {}: its commits so far are on branch {}; open its pull request once it has ended",
@@ -306,7 +332,13 @@ pub fn open_all(
                 for p in to_open {
                     let id = &p.session.session_id;
                     match open_one(ctx, state, p, repo, &remote, options) {
-                        Ok(url) => text.push_str(&format!("Opened pull request of {id}: {url}\n")),
+                        Ok((url, true)) => {
+                            text.push_str(&format!("Opened pull request of {id}: {url}\n"))
+                        }
+                        Ok((url, false)) => text.push_str(&format!(
+                            "Pull request of {id} (open already for branch {}, nothing new opened): {url}\n",
+                            p.branch
+                        )),
                         Err(e) => {
                             ui::warn(&format!("{id}: no pull request: {e}"));
                             first_error.get_or_insert(e);
@@ -323,6 +355,19 @@ pub fn open_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_request_gh_says_is_open_already_is_adopted() {
+        let said = "a pull request for branch \"amplihack/sess-1\" into branch \"main\" already exists:\nhttps://github.com/o/r/pull/7\n";
+        assert_eq!(
+            already_open(said).as_deref(),
+            Some("https://github.com/o/r/pull/7")
+        );
+        assert_eq!(
+            already_open("pull request create failed: GraphQL: No commits between main and b"),
+            None
+        );
+    }
 
     #[test]
     fn the_title_is_the_first_line_cut_at_72_characters() {

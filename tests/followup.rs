@@ -981,3 +981,53 @@ fn a_branch_that_was_there_before_any_pull_is_refused_for_what_it_is() {
         "mine"
     );
 }
+
+/// One pull request per session: a pull into another branch says where the one open came
+/// from, and a pull request opened before without our record of it (another machine, a state
+/// rebuilt) is adopted from gh's refusal instead of failing.
+#[test]
+fn pull_pr_adopts_an_open_pull_request_and_names_its_branch() {
+    let mut env = TestEnv::local();
+    env.git_repo();
+    with_gh_and_remote(&mut env);
+    let s = start_one(&env, &["COMMIT=1 ship it"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let url = "https://github.example/owner/repo/pull/1";
+    let out = env.run(&["pull", &s.id, "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let branch = format!("amplihack/{}", s.id);
+    assert_eq!(env.session(&s.id)["pr_branch"], branch.as_str());
+
+    let out = env.run(&["pull", &s.id, "--pr", "--branch", "b2"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "(opened before from branch {branch}; nothing new opened, branch b2 is home only): {url}"
+        )),
+        "{}",
+        stdout(&out)
+    );
+
+    // This machine forgets it (a second machine's state would not have it).
+    let mut st = env.state();
+    let rec = st["sessions"][&s.id].as_object_mut().unwrap();
+    rec.remove("pr_url");
+    rec.remove("pr_branch");
+    env.write_state(&st.to_string());
+    let out = env.run(&["pull", &s.id, "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "Pull request of {} (open already for branch {branch}, nothing new opened): {url}",
+            s.id
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(env.session(&s.id)["pr_url"], url);
+    assert_eq!(
+        read(&env.root().join("gh/prs")).trim(),
+        "1",
+        "one pull request"
+    );
+}

@@ -98,6 +98,8 @@ pub struct Session {
 /// (`continue`), and the pull request `pull --pr` opened for a session.
 pub const PARENT_SESSION_FIELD: &str = "parent_session_id";
 pub const PR_URL_FIELD: &str = "pr_url";
+/// The branch that pull request was opened from (`amplihack/<id>`, or `pull --branch NAME`).
+pub const PR_BRANCH_FIELD: &str = "pr_branch";
 
 impl Session {
     fn extra_str(&self, field: &str) -> Option<&str> {
@@ -122,6 +124,18 @@ impl Session {
     pub fn set_pr_url(&mut self, url: &str) {
         self.extra
             .insert(PR_URL_FIELD.into(), Value::String(url.into()));
+    }
+
+    /// The branch its pull request was opened from, when recorded.
+    pub fn pr_branch(&self) -> Option<&str> {
+        self.extra_str(PR_BRANCH_FIELD)
+    }
+
+    /// Records the pull request opened for the session, and its branch.
+    pub fn set_pr(&mut self, url: &str, branch: &str) {
+        self.set_pr_url(url);
+        self.extra
+            .insert(PR_BRANCH_FIELD.into(), Value::String(branch.into()));
     }
 }
 
