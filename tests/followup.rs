@@ -1031,3 +1031,52 @@ fn pull_pr_adopts_an_open_pull_request_and_names_its_branch() {
         "one pull request"
     );
 }
+
+/// Two machines, each with its own state, continue the same session: the VM refuses the
+/// second follow-up while the first runs in the workspace, and once it has run, names it.
+#[test]
+fn a_second_machine_cannot_continue_a_session_another_is_continuing() {
+    let mut env = TestEnv::new();
+    env.git_repo();
+    let machine_a = env.state_path();
+    let machine_b = env.root().join("state/b/remote-state.json");
+    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
+    let parent = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
+    let out = env.run(&["sync"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = env.run(&["continue", &parent.id, "SLEEP=60 COMMIT=1", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let b_child = started_ids(&out).remove(0);
+
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_a.display().to_string());
+    let out = env.run(&["continue", &parent.id, "COMMIT=1", "--json"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "its workspace is in use by session {b_child} (running;"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let records = std::fs::read_dir(env.agent_record(&parent.vm, &parent.id).parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(records, 2, "no third agent ever ran in the workspace");
+
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
+    let out = env.run(&["kill", &b_child]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_a.display().to_string());
+    let out = env.run(&["continue", &parent.id, "COMMIT=1", "--json"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "was continued by {b_child} already (from another machine?"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -375,6 +375,37 @@ launch_session() {
   unlock_vm
 }
 
+# One workspace, one line of work, whichever machine asks (docs/results.md): why follow-up $1
+# (record $3) may not carry on in workspace $2 on this VM, printed, when another session runs
+# or waits there, or another follow-up of the same parent has already worked there. A
+# machine's own state refuses these before the launch; this catches another machine's.
+workspace_taken_here() {
+  local id=$1 ws=$2 record=$3 parent='' d other other_ws other_record
+  [[ $record =~ \"parent_session_id\":\"([A-Za-z0-9._-]+)\" ]] && parent=${BASH_REMATCH[1]}
+  for d in "$base"/sessions/*; do
+    other=${d##*/}
+    if [ "$other" = "$id" ] || [ ! -f "$d/workspace" ]; then continue; fi
+    other_ws=
+    read_into other_ws "$d/workspace"
+    [ "$other_ws" = "$ws" ] || continue
+    session_phase "$other"
+    case $phase in
+      running | queued)
+        printf 'its workspace is in use by session %s (%s; started from another machine? amplihack remote sync shows it): wait for it or kill it first' "$other" "$phase"
+        return 0
+        ;;
+    esac
+    if [ -z "$parent" ] || [ "$other" = "$parent" ] || [ ! -e "$d/supervisor.pid" ]; then continue; fi
+    other_record=
+    read_into other_record "$d/record.json"
+    if [[ $other_record == *"\"parent_session_id\":\"$parent\""* ]]; then
+      printf 'session %s was continued by %s already (from another machine? amplihack remote sync shows it), whose work its workspace now holds: continue %s instead' "$parent" "$other" "$other"
+      return 0
+    fi
+  done
+  return 1
+}
+
 # Under the session's lock: its files and workspace. Returns 1 when it has answered already.
 prepare_session() {
   local id=$1 prompt=$2 record=$3
@@ -391,6 +422,10 @@ prepare_session() {
   fi
   if [ -e "$d/cancelled" ]; then
     report_failed "$id" "its start was taken for dead and the launch was cancelled"
+    return 1
+  fi
+  if [ -n "$continue_ws" ] && out=$(workspace_taken_here "$id" "$ws" "$record"); then
+    report_failed "$id" "$out"
     return 1
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return 1; }
