@@ -54,7 +54,7 @@ pub enum Error {
     NoVmAnswered(String),
 
     #[error(
-        "VM '{vm}' no longer exists in Azure ({detail}). Run 'amplihack remote prune' to drop it from the pool."
+        "VM '{vm}' no longer exists in Azure ({detail}). 'amplihack remote prune' removes it from the pool; 'amplihack remote start' places new work on other VMs."
     )]
     VmNotFound { vm: String, detail: String },
 

@@ -539,6 +539,11 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
     let (collected, power_results) = collect_with_power(ctx, &state, &plan, &power_groups);
     let collected = collected?;
     for (vm, e) in &collected.failed_vms {
+        // A VM azlin confirmed gone is not "unreachable": its sessions are settled below,
+        // with one warning saying so.
+        if matches!(e, Error::VmNotFound { .. }) {
+            continue;
+        }
         ui::warn(&format!(
             "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
         ));
@@ -565,8 +570,15 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
     }
     let mut state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
     for (vm, e) in &collected.failed_vms {
-        if let Some(settled) = settle_if_vm_gone(ctx, &state, vm, e)? {
-            state = settled;
+        match settle_if_vm_gone(ctx, &state, vm, e)? {
+            Some(settled) => state = settled,
+            None if matches!(e, Error::VmNotFound { .. }) => {
+                ui::warn(&format!(
+                    "could not refresh sessions on VM '{vm}'; showing them as last known. {e}"
+                ));
+                live.unreachable.insert(vm.clone());
+            }
+            None => {}
         }
     }
     Ok(Refreshed {
@@ -647,7 +659,7 @@ fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> R
     })?;
     let shown: Vec<&str> = gone.iter().take(3).map(String::as_str).collect();
     ui::warn(&format!(
-        "{} VM(s) of the state are not in Azure (azlin list: {}{}); {ended} of their session(s) ended failed, with whatever was archived kept; 'amplihack remote prune' forgets the VMs",
+        "{} VM(s) of the state are not in Azure (azlin list: {}{}); {ended} of their session(s) ended failed, with whatever was archived kept; 'amplihack remote prune' removes them from the pool",
         gone.len(),
         shown.join(", "),
         if gone.len() > shown.len() {
@@ -660,11 +672,69 @@ fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> R
 }
 
 /// When a call to VM `vm` failed with "not found" (`err`), asks azlin whether the VM exists
-/// (`azlin show` in its own resource group): once azlin confirms it is gone, its active
-/// sessions end `failed` ("its VM no longer exists"; what was archived stays archived) and
-/// `prune` forgets it. Returns the state as it then stands, or `None` when nothing was settled
-/// (another failure, or azlin could not confirm).
+/// (`azlin show` in its own resource group; the transport has asked already, so this costs no
+/// call): once azlin confirms it is gone, its active sessions end `failed` ("its VM no longer
+/// exists"; what was archived stays archived) and `prune` forgets it. Warns once, saying what
+/// happened. Returns the state as it then stands, or `None` when nothing was settled (another
+/// failure, or azlin could not confirm).
 pub fn settle_if_vm_gone(ctx: &Ctx, state: &State, vm: &str, err: &Error) -> Result<Option<State>> {
+    let Some((state, ended)) = settle_gone_vm(ctx, state, vm, err)? else {
+        return Ok(None);
+    };
+    ui::warn(&gone_vm_text(vm, err, &ended));
+    Ok(Some(state))
+}
+
+/// What every command that is not a refresh does with a failed call to a pool VM: a VM azlin
+/// confirms gone has its sessions settled (`settle_if_vm_gone`, the same rule as a refresh)
+/// and the error then says what happened to them. Any other error comes back as it was.
+pub fn after_failed_call(ctx: &Ctx, vm: &str, err: Error) -> Error {
+    let state = match ctx.store.load() {
+        Ok(state) => state,
+        Err(_) => return err,
+    };
+    match settle_gone_vm(ctx, &state, vm, &err) {
+        Ok(Some((_, ended))) => Error::VmNotFound {
+            vm: vm.to_string(),
+            detail: gone_vm_detail(&err, &ended),
+        },
+        Ok(None) => err,
+        Err(e) => e,
+    }
+}
+
+/// The cause azlin gave, and what became of the VM's sessions.
+fn gone_vm_detail(err: &Error, ended: &[String]) -> String {
+    let cause = match err {
+        Error::VmNotFound { detail, .. } => detail.clone(),
+        other => other.to_string(),
+    };
+    if ended.is_empty() {
+        cause
+    } else {
+        format!(
+            "{cause}; its session(s) {} ended failed, with whatever was archived kept",
+            ended.join(", ")
+        )
+    }
+}
+
+/// The warning for a VM azlin confirmed gone: the error's own words (`Error::VmNotFound`).
+fn gone_vm_text(vm: &str, err: &Error, ended: &[String]) -> String {
+    Error::VmNotFound {
+        vm: vm.to_string(),
+        detail: gone_vm_detail(err, ended),
+    }
+    .to_string()
+}
+
+/// `settle_if_vm_gone` without a word: the state as it then stands and the sessions it ended.
+fn settle_gone_vm(
+    ctx: &Ctx,
+    state: &State,
+    vm: &str,
+    err: &Error,
+) -> Result<Option<(State, Vec<String>)>> {
     if !matches!(err, Error::VmNotFound { .. }) || !state.vm_pool.contains_key(vm) {
         return Ok(None);
     }
@@ -701,17 +771,7 @@ pub fn settle_if_vm_gone(ctx: &Ctx, state: &State, vm: &str, err: &Error) -> Res
             .collect();
         Ok((st.clone(), ended))
     })?;
-    if ended.is_empty() {
-        ui::warn(&format!(
-            "VM '{vm}' no longer exists in Azure (azlin confirms it); 'amplihack remote prune' forgets it"
-        ));
-    } else {
-        ui::warn(&format!(
-            "VM '{vm}' no longer exists in Azure (azlin confirms it): its session(s) {} ended failed, with whatever was archived kept; 'amplihack remote prune' forgets the VM",
-            ended.join(", ")
-        ));
-    }
-    Ok(Some(state))
+    Ok(Some((state, ended)))
 }
 
 #[cfg(test)]

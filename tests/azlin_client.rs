@@ -162,7 +162,11 @@ fn a_deallocated_vm_is_unreachable_and_status_shows_it() {
     );
     let out = env.run(&["status"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains("Deallocated]"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("[Deallocated: 'azlin start {}'", s.vm)),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// Case 8: a VM made while no group was configured (azlin used its own default) is never

@@ -367,6 +367,85 @@ fn a_vm_deleted_behind_our_back_is_resolved() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
+/// Case 6, for every command that meets the gone VM, not only a refresh: `output`,
+/// `output --follow`, `wait` and `sync` settle its sessions by the same rule (one `azlin show`
+/// confirms), and say so in one message that names what happened, never "showing them as last
+/// known" beside "ended failed".
+#[test]
+fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() {
+    for (how, expected_code) in [
+        ("output", 4),
+        ("follow", 4),
+        ("wait", 1),
+        ("sync", 0),
+        ("list", 0),
+    ] {
+        let env = TestEnv::new();
+        let running = env.start_running("SLEEP=300");
+        let out = env.azlin(&["kill", &running.vm, "--force"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        env.clear_calls();
+        let args: Vec<&str> = match how {
+            "output" => vec!["output", &running.id],
+            "follow" => vec!["output", "--follow", &running.id],
+            "wait" => vec!["wait", &running.id],
+            other => vec![other],
+        };
+        let out = env.run(&args);
+        let err = stderr(&out);
+        assert_eq!(code(&out), expected_code, "{how}: {err}");
+        let s = env.session(&running.id);
+        assert_eq!(s["status"], "failed", "{how}: {s}");
+        assert_eq!(s["error"], "its VM no longer exists", "{how}: {s}");
+        assert!(
+            err.contains("no longer exists in Azure") && err.contains("ended failed"),
+            "{how}: {err}"
+        );
+        assert!(
+            !err.contains("as last known") && !err.contains("unreachable"),
+            "{how}: {err}"
+        );
+        let shows = env.calls().iter().filter(|c| c[0] == "show").count();
+        assert_eq!(shows, 1, "{how}: one `azlin show` confirms it");
+    }
+}
+
+/// Case 3, when the VM never answers again: a launch never confirmed stays `pending` (only
+/// its VM can say whether it runs), and `wait` does not wait forever for it: it gives up with
+/// exit 4 after AMPLIHACK_REMOTE_RECONNECT_FOR without an answer, naming the session. Once the
+/// VM answers, a refresh settles it by what the VM says.
+#[test]
+fn an_unconfirmed_launch_on_a_vm_that_never_answers_stays_pending_and_wait_gives_up() {
+    let mut env = TestEnv::new();
+    let started = env.start_running("SLEEP=300");
+    // As a start killed after its launch's answer was lost leaves it: pending, its owner dead.
+    let mut state = env.state();
+    let s = &mut state["sessions"][&started.id];
+    s["status"] = "pending".into();
+    s["started_at"] = Value::Null;
+    s["error"] = "the launch's answer was lost".into();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    s["owner"] = serde_json::json!({"pid": 4_194_400u32, "host": host.trim(), "started": "b 1"});
+    env.write_state(&state.to_string());
+    env.fault(&format!("vms/{}/unreachable", started.vm));
+    env.set("AMPLIHACK_REMOTE_RECONNECT_FOR", "1");
+    let mut c = env.cmd();
+    c.timeout(Duration::from_secs(60));
+    let out = c.args(["remote", "wait", &started.id]).output().unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("never confirmed") && stderr(&out).contains(&started.id),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.session(&started.id)["status"], "pending");
+    // The VM answers again: it runs there, and the state says so.
+    env.clear_fault(&format!("vms/{}/unreachable", started.vm));
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(env.session(&started.id)["status"], "running");
+}
+
 /// Case 7: a kill asked on the VM wins over the exit code. Here the first kill's answer was
 /// lost (the VM killed the session, the state never heard): the second kill, seeing exit 143
 /// and the VM's kill mark, records `killed`. Then two kills at once, on a few sessions.

@@ -202,14 +202,22 @@ fn status_shows_power_states_and_flags_vms_gone_from_azure() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains(&format!("{} (s, eastus) [Deallocated]", vms[0])),
+        text.contains(&format!(
+            "{} (s, eastus) [Deallocated: 'azlin start {}' starts it again]",
+            vms[0], vms[0]
+        )),
         "{text}"
     );
     assert!(
         text.contains(&format!(
-            "{} (s, eastus) [missing in Azure: run 'amplihack remote prune']",
+            "{} (s, eastus) [not in Azure any more: 'amplihack remote prune' removes it from the pool]",
             vms[1]
         )),
+        "{text}"
+    );
+    // The VM gone from Azure has no slot anyone can use.
+    assert!(
+        text.contains("Total Capacity: 1/1 slots available"),
         "{text}"
     );
     let lists: Vec<Vec<String>> = env.calls().into_iter().filter(|c| c[0] == "list").collect();

@@ -41,16 +41,18 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
         base_commit: session.base_commit.as_deref(),
         want: Want::Archive,
     };
-    let out = ctx.run_on(
-        &vm,
-        request::probe_script(
-            &[target],
-            ctx.settings.archive_log_cap,
-            request::Queue::Leave,
-        ),
-        ctx.settings.timeouts.probe,
-        OnInterrupt::Abort,
-    )?;
+    let out = ctx
+        .run_on(
+            &vm,
+            request::probe_script(
+                &[target],
+                ctx.settings.archive_log_cap,
+                request::Queue::Leave,
+            ),
+            ctx.settings.timeouts.probe,
+            OnInterrupt::Abort,
+        )
+        .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))?;
     let answer = answer::parse_probe_answer(&out.stdout);
     let Some(probe) = answer.probes.get(id).cloned() else {
         return Err(Error::unexpected_answer(&vm.name, "no session line"));

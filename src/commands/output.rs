@@ -30,6 +30,7 @@ fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<ex
         ctx.settings.timeouts.capture,
         OnInterrupt::Abort,
     )
+    .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))
 }
 
 fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
@@ -282,7 +283,8 @@ fn follow(ctx: &Ctx, state: State, session: &Session, args: &OutputArgs) -> Resu
             }
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))?;
     if !args.raw {
         ui::print(&unescaped.borrow_mut().finish())?;
     }

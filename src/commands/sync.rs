@@ -9,7 +9,7 @@
 //!    takes one round; rebuilding a lost one, two.
 //! 3. Merge the answers in one transaction (`reconcile::merge`); no lock is held while asking.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -121,6 +121,8 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
         unreachable: found.not_running,
         archives: ctx.archive.all_archived(),
     };
+    // Pool VMs azlin confirmed gone: settled after the merge, as a refresh settles them.
+    let mut gone: Vec<(String, Error)> = Vec::new();
     for (target, answer) in asked {
         let name = &target.vm.name;
         match answer {
@@ -141,6 +143,9 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
             Err(e) if target.vm.backend == Backend::Local && !state.vm_pool.contains_key(name) => {
                 ui::warn(&format!("could not look for sessions on this machine: {e}"));
             }
+            Err(e @ Error::VmNotFound { .. }) if state.vm_pool.contains_key(name) => {
+                gone.push((name.clone(), e));
+            }
             Err(e) => {
                 // A VM azlin lists as stopped cannot answer: say so rather than ssh's words.
                 let reason = match listed.get(name) {
@@ -150,6 +155,22 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
                 findings.unreachable.insert(name.clone(), reason);
             }
         }
+    }
+
+    // Pool VMs azlin confirmed gone end their sessions as a refresh would (a dry run only
+    // says so); a VM azlin could not confirm gone is one that did not answer.
+    let mut state = state;
+    let mut settled_gone = BTreeSet::new();
+    for (vm, e) in gone {
+        if args.dry_run {
+            ui::warn(&format!(
+                "{e} (a dry run: its sessions are left as they are)"
+            ));
+        } else if let Some(settled) = refresh::settle_if_vm_gone(ctx, &state, &vm, &e)? {
+            state = settled;
+            settled_gone.insert(vm.clone());
+        }
+        findings.unreachable.insert(vm, e.to_string());
     }
 
     // Preview on what was read; write (one transaction, merging into the state as it is
@@ -178,7 +199,14 @@ pub fn run(ctx: &Ctx, args: SyncArgs) -> Result<()> {
     } else {
         ui::print_text(&report_text(&report))?;
     }
-    if report.merged.answered.is_empty() && !report.merged.unreachable_vms.is_empty() {
+    // A VM azlin confirmed gone was dealt with (its sessions settled): not "no answer".
+    if report.merged.answered.is_empty()
+        && report
+            .merged
+            .unreachable_vms
+            .iter()
+            .any(|v| !settled_gone.contains(&v.name))
+    {
         let names: Vec<&str> = report
             .merged
             .unreachable_vms

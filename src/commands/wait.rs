@@ -56,6 +56,8 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
         let (tx, rx) = mpsc::channel::<Event>();
         let mut watched: BTreeSet<String> = BTreeSet::new();
         let mut last_refresh: Option<Instant> = None;
+        // Since when the VM of a pending session the wait needs has not answered.
+        let mut unanswered_since: Option<Instant> = None;
         loop {
             let state = ctx.store.load()?;
             // Report what ended, whoever recorded it, in the order the user named them.
@@ -88,23 +90,54 @@ pub fn run(ctx: &Ctx, args: WaitArgs) -> Result<()> {
                 )));
             }
             // A session whose start died is settled by a refresh (which claims it on its VM);
-            // at most every 30 s, should its VM not answer.
+            // every 30 s (or AMPLIHACK_REMOTE_RECONNECT_FOR, when shorter), should its VM not
+            // answer.
             let now = ctx.now();
-            if last_refresh.is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
-                && waiting.iter().any(|id| {
-                    state.sessions.get(id).is_some_and(|s| {
-                        s.status == SessionStatus::Pending
-                            && refresh::abandoned(
-                                s.owner.as_ref(),
-                                s.created_at,
-                                now,
-                                &exec::liveness,
-                            )
-                    })
+            if last_refresh.is_none_or(|t| {
+                t.elapsed() >= Duration::from_secs(30).min(ctx.settings.reconnect_for)
+            }) && waiting.iter().any(|id| {
+                state.sessions.get(id).is_some_and(|s| {
+                    s.status == SessionStatus::Pending
+                        && refresh::abandoned(s.owner.as_ref(), s.created_at, now, &exec::liveness)
                 })
-            {
+            }) {
                 last_refresh = Some(Instant::now());
-                refresh::refresh(ctx, refresh::Power::Skip)?;
+                let refreshed = refresh::refresh(ctx, refresh::Power::Skip)?;
+                // A launch never confirmed, on a VM that does not answer, stays `pending`:
+                // only its VM can say whether it runs. The wait gives up on it as a stream
+                // gives up on a VM: after AMPLIHACK_REMOTE_RECONNECT_FOR without an answer.
+                let silent: Vec<&String> = waiting
+                    .iter()
+                    .filter_map(|id| refreshed.state.sessions.get(id))
+                    .filter(|s| s.status == SessionStatus::Pending)
+                    .map(|s| &s.vm_name)
+                    .filter(|vm| refreshed.failed_vms.contains_key(*vm))
+                    .collect();
+                match silent.first() {
+                    None => unanswered_since = None,
+                    Some(vm) => {
+                        let since = *unanswered_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= ctx.settings.reconnect_for {
+                            let ids: Vec<&str> = waiting
+                                .iter()
+                                .filter(|id| {
+                                    refreshed.state.sessions.get(*id).is_some_and(|s| {
+                                        s.status == SessionStatus::Pending && &&s.vm_name == vm
+                                    })
+                                })
+                                .map(String::as_str)
+                                .collect();
+                            return Err(Error::VmUnreachable {
+                                vm: vm.to_string(),
+                                detail: format!(
+                                    "gave up after {}s without an answer: the launch of {} was never confirmed, so it stays pending until its VM answers (a later 'amplihack remote list' settles it; 'amplihack remote kill --force ID' gives it up)",
+                                    ctx.settings.reconnect_for.as_secs(),
+                                    ids.join(", ")
+                                ),
+                            });
+                        }
+                    }
+                }
                 continue;
             }
             // Running sessions nobody watches yet: one watcher per VM for them.
@@ -275,7 +308,21 @@ fn watch_vm(
     match result {
         Ok(()) | Err(Error::Interrupted) => {}
         Err(e) => {
-            let _ = tx.send(Event::Lost(e));
+            // A VM azlin confirms gone ends its sessions (`failed`, as a refresh would): the
+            // wait reads them ended and goes on with the others.
+            let e = refresh::after_failed_call(ctx, &vm.name, e);
+            let all_ended = matches!(e, Error::VmNotFound { .. })
+                && ctx.store.load().is_ok_and(|st| {
+                    remaining
+                        .borrow()
+                        .iter()
+                        .all(|id| st.sessions.get(id).is_none_or(|s| !s.status.is_active()))
+                });
+            if all_ended {
+                ui::warn(&e.to_string());
+            } else {
+                let _ = tx.send(Event::Lost(e));
+            }
         }
     }
 }

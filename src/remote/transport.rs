@@ -311,10 +311,19 @@ impl Azlin {
     }
 
     /// A VM whose `connect` answered without running our script (`answer::framed_answer`):
-    /// azlin did not find it and attached to a tmux session of that name elsewhere. One
-    /// `azlin show` settles whether it is gone; a gone VM is not asked again by this process.
+    /// azlin did not find it and attached to a tmux session of that name elsewhere.
     fn not_our_answer(&self, vm: &VmRef) -> Error {
-        let asked = "its `connect` answered without running our script (azlin reads a VM name it cannot find as a tmux session name and attaches wherever one has it)";
+        self.confirm_gone(
+            vm,
+            "its `connect` answered without running our script (azlin reads a VM name it cannot find as a tmux session name and attaches wherever one has it)",
+        )
+    }
+
+    /// A `connect` that did not reach VM `vm` for a reason that says it may be gone (`asked`):
+    /// one `azlin show` in its own resource group settles it, the one rule for every command.
+    /// Confirmed gone: `VmNotFound`, and the VM is not asked again by this process. Still there:
+    /// unreachable (try again). Could not tell: that error.
+    fn confirm_gone(&self, vm: &VmRef, asked: &str) -> Error {
         match self.vm_exists(vm, self.show_timeout) {
             Ok(false) => {
                 let detail = format!(
@@ -382,7 +391,12 @@ impl Azlin {
                 ),
             });
         }
-        self.judge(cmd, Some(&vm.name), result)
+        match self.judge(cmd, Some(&vm.name), result) {
+            // azlin's "not found" from a `connect` is confirmed like an answer that is not
+            // ours: by `azlin show` in the VM's own group, once.
+            Err(Error::VmNotFound { .. }) => Err(self.confirm_gone(vm, "azlin could not find it")),
+            other => other,
+        }
     }
 
     /// Power state of every VM azlin lists in a resource group (one call, no ssh into the VMs).

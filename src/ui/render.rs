@@ -523,14 +523,18 @@ pub fn pool_status(
                     .map(|s| u64::from(s.memory_gb))
                     .unwrap_or(u64::from(vm.capacity) * pool::SESSION_MEMORY_MB / 1024),
             };
-            if vm.state == VmState::Ready {
-                capacity.used += used.min(vm.capacity);
-                capacity.total += vm.capacity;
-            }
             let exists = match (&live.power, vm.backend) {
                 (Some(_), Backend::Azure) => Some(!live.vm_missing(name, vm)),
                 _ => None,
             };
+            let power_state = live.power.as_ref().and_then(|p| p.get(name).cloned());
+            // Slots of a VM gone from Azure are no slots anyone can use (a deallocated VM's
+            // are, once started).
+            let usable = vm.state == VmState::Ready && exists != Some(false);
+            if usable {
+                capacity.used += used.min(vm.capacity);
+                capacity.total += vm.capacity;
+            }
             let (hourly_usd, cost_since_created_usd) = vm_cost(name, vm, live, prices, now);
             VmStatus {
                 name: name.clone(),
@@ -562,7 +566,7 @@ pub fn pool_status(
                 } else {
                     None
                 },
-                power_state: live.power.as_ref().and_then(|p| p.get(name).cloned()),
+                power_state,
                 exists_in_azure: exists,
                 error: vm.error.clone(),
                 hourly_usd,
@@ -636,14 +640,23 @@ fn status_text_report_unescaped(status: &PoolStatus, now: DateTime<Utc>) -> Stri
             VmState::Deleting => flags.push("deleting".to_string()),
             VmState::Failed => flags.push("FAILED".to_string()),
         }
-        if vm.reachable == Some(false) {
-            flags.push("unreachable".into());
-        }
-        if vm.exists_in_azure == Some(false) {
-            flags.push("missing in Azure: run 'amplihack remote prune'".into());
-        }
-        if let Some(p) = &vm.power_state {
-            flags.push(p.clone());
+        // One reason a VM cannot be used, with what to do about it: gone from Azure, else
+        // not running, else not answering.
+        match (vm.exists_in_azure, vm.power_state.as_deref()) {
+            (Some(false), _) => flags.push(
+                "not in Azure any more: 'amplihack remote prune' removes it from the pool".into(),
+            ),
+            (_, Some(p)) if p != "Running" => {
+                flags.push(format!("{p}: 'azlin start {}' starts it again", vm.name))
+            }
+            (_, power) => {
+                if vm.reachable == Some(false) {
+                    flags.push("unreachable".into());
+                }
+                if let Some(p) = power {
+                    flags.push(p.to_string());
+                }
+            }
         }
         let flags = if flags.is_empty() {
             String::new()
