@@ -172,7 +172,9 @@ pub fn is_secret_file(path: &str) -> bool {
     !template && (dotenv || key_file || ssh_key || credentials)
 }
 
-/// A blob git would call binary (a NUL in its first 8000 bytes): not searched, as `git grep -I`.
+/// A blob git would call binary (a NUL in its first 8000 bytes). It is searched all the same
+/// (a token in a text file with one NUL byte, or in a compiled file, reaches the VM as well),
+/// and its findings name no line.
 fn is_binary(data: &[u8]) -> bool {
     data[..data.len().min(8000)].contains(&0)
 }
@@ -277,18 +279,17 @@ pub fn scan_secrets(root: &Path, timeout: Duration) -> Result<Vec<String>> {
         if is_secret_file(path) {
             findings.push(format!("{path}: secret file committed{}", where_(id)));
         }
-        if is_binary(data) {
-            return;
-        }
+        let binary = is_binary(data);
         for (kind, re) in &patterns {
             for m in re.find_iter(data) {
-                let line = data[..m.start()].iter().filter(|b| **b == b'\n').count() + 1;
+                let at = if binary {
+                    " (a binary file)".to_string()
+                } else {
+                    let line = data[..m.start()].iter().filter(|b| **b == b'\n').count() + 1;
+                    format!(":{line}")
+                };
                 let found = String::from_utf8_lossy(m.as_bytes());
-                findings.push(format!(
-                    "{path}:{line}: {kind} {}{}",
-                    mask(&found),
-                    where_(id)
-                ));
+                findings.push(format!("{path}{at}: {kind} {}{}", mask(&found), where_(id)));
             }
         }
     })?;

@@ -701,6 +701,28 @@ fn a_secret_in_a_commit_message_is_not_sent() {
     assert!(env.calls().is_empty(), "nothing was sent");
 }
 
+/// A file git calls binary (a NUL byte in it) reaches the VM in the bundle like any other: a
+/// token in it is found too (git grep -I would skip it).
+#[test]
+fn a_secret_in_a_file_with_a_nul_byte_is_not_sent() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let w = env.work();
+    let key = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+    std::fs::write(w.join("dump.txt"), format!("header\0\nKEY={key}\n")).unwrap();
+    git(&w, &["add", "."]);
+    git(&w, &["commit", "-q", "-m", "add a dump"]);
+    let out = env.run(&["start", "task"]);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("dump.txt (a binary file): Anthropic API key sk-ant..."),
+        "{err}"
+    );
+    assert!(!err.contains(key), "the key itself is never printed: {err}");
+    assert!(env.calls().is_empty(), "nothing was sent");
+}
+
 #[test]
 fn secret_looking_file_names_beyond_dotenv_are_refused() {
     for name in [
