@@ -151,7 +151,7 @@ fn is_python_script(candidate: &Path) -> bool {
 /// of us): it is run as `candidate --version` with `IDENTIFY_VAR` set, which this program
 /// answers with the nonce before anything else. One process, only for candidates that are not
 /// Python scripts.
-fn leads_back_here(candidate: &Path, excluded: &[FileId]) -> bool {
+fn leads_back_here(candidate: &Path, excluded: &[FileId], within: std::time::Duration) -> bool {
     if is_python_script(candidate) {
         return false;
     }
@@ -163,13 +163,9 @@ fn leads_back_here(candidate: &Path, excluded: &[FileId]) -> bool {
     let Ok(marker) = marker_for(excluded, candidate) else {
         return false;
     };
-    let cmd = crate::exec::Cmd::new(
-        candidate.as_os_str(),
-        vec!["--version".into()],
-        std::time::Duration::from_secs(30),
-    )
-    .env(IDENTIFY_VAR, &nonce)
-    .env(FORWARDED_FROM_VAR, &marker.to_string_lossy());
+    let cmd = crate::exec::Cmd::new(candidate.as_os_str(), vec!["--version".into()], within)
+        .env(IDENTIFY_VAR, &nonce)
+        .env(FORWARDED_FROM_VAR, &marker.to_string_lossy());
     crate::exec::run_any_exit(&cmd).is_ok_and(|out| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -184,6 +180,12 @@ fn this_binary() -> Result<PathBuf> {
 /// The Python amplihack on this process's PATH, if there is one: the first other
 /// `amplihack` that does not lead back to this program (see `leads_back_here`).
 pub fn other_amplihack() -> Result<Option<PathBuf>> {
+    other_amplihack_within(std::time::Duration::from_secs(30))
+}
+
+/// `other_amplihack`, giving each candidate that may be a wrapper `within` to say whether it
+/// leads back here (one that does not answer in time is taken for another program).
+fn other_amplihack_within(within: std::time::Duration) -> Result<Option<PathBuf>> {
     let excluded = excluded_binaries(
         &this_binary()?,
         std::env::var_os(FORWARDED_FROM_VAR).as_deref(),
@@ -192,30 +194,33 @@ pub fn other_amplihack() -> Result<Option<PathBuf>> {
     Ok(
         find_others(std::env::var_os("PATH").as_deref(), &cwd, &excluded)
             .into_iter()
-            .find(|candidate| !leads_back_here(candidate, &excluded)),
+            .find(|candidate| !leads_back_here(candidate, &excluded, within)),
     )
 }
+
+/// The most `--version` waits for the other amplihack's own `--version` (and for each wrapper
+/// to say whether it leads back here): a slow one (a first `uvx` run) must not hold it up.
+const VERSION_ASK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What `--version` adds below this binary's version: the amplihack other commands go to
 /// (path and its own version line), or that there is none and how to get it.
 pub fn version_note() -> String {
-    match other_amplihack() {
+    match other_amplihack_within(VERSION_ASK) {
         Ok(Some(program)) => {
-            let cmd = crate::exec::Cmd::new(
-                program.as_os_str(),
-                vec!["--version".into()],
-                std::time::Duration::from_secs(30),
-            );
-            let theirs = crate::exec::run_any_exit(&cmd)
-                .ok()
-                .and_then(|out| {
-                    String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .map(str::trim)
-                        .find(|l| !l.is_empty())
-                        .map(crate::ui::sanitize::line)
-                })
-                .unwrap_or_else(|| "its version unknown".into());
+            let cmd =
+                crate::exec::Cmd::new(program.as_os_str(), vec!["--version".into()], VERSION_ASK);
+            let theirs = match crate::exec::run_any_exit(&cmd) {
+                Ok(out) => String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .map(crate::ui::sanitize::line)
+                    .unwrap_or_else(|| "its version unknown".into()),
+                Err(Error::Timeout { seconds, .. }) => {
+                    format!("its version unknown: no answer to --version within {seconds}s")
+                }
+                Err(_) => "its version unknown".into(),
+            };
             format!(
                 "Other commands (amplihack claude, launch, ...) go to {} ({theirs}).\n",
                 crate::ui::sanitize::line(&program.to_string_lossy())
@@ -235,7 +240,10 @@ pub fn on_parse_error(e: clap::Error) -> ! {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayVersion => {
-            print!("{e}{}", version_note());
+            // Our own version at once; the other amplihack's may take a moment.
+            print!("{e}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            print!("{}", version_note());
             std::process::exit(0);
         }
         ErrorKind::InvalidSubcommand => {

@@ -330,6 +330,32 @@ fn a_wrapper_before_the_python_amplihack_hands_commands_on_and_is_not_the_local_
     assert_eq!(argv0, python.as_os_str().as_encoded_bytes());
 }
 
+/// A slow other amplihack (a first `uvx` run, a wrapper waiting on something) does not hold
+/// `--version` up: ours is printed at once, theirs is asked for a few seconds, then said unknown.
+#[test]
+fn version_does_not_wait_long_for_a_slow_other_amplihack() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = TestEnv::new();
+    let d = env.root().join("slow");
+    std::fs::create_dir_all(&d).unwrap();
+    let slow = d.join("amplihack");
+    std::fs::write(&slow, "#!/bin/sh\nsleep 60\necho 'amplihack 9.9.9'\n").unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_path(&mut env, &["slow"]);
+    // A hang guard, not a timing: the other amplihack alone would take 60 s.
+    let mut c = env.cmd();
+    c.timeout(Duration::from_secs(25));
+    let out = c.arg("--version").output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("amplihack "), "{text}");
+    assert!(
+        text.contains(&format!("go to {}", slow.display()))
+            && text.contains("no answer to --version within 3s"),
+        "{text}"
+    );
+}
+
 #[test]
 fn version_names_the_missing_python_amplihack_and_remote_exec_is_handed_to_it() {
     let mut env = TestEnv::new();
