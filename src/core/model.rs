@@ -32,8 +32,10 @@ pub struct Session {
     pub tmux_session: String,
     pub prompt: Prompt,
     pub command: String,
+    #[serde(deserialize_with = "whole::deserialize")]
     pub max_turns: u32,
     pub status: SessionStatus,
+    #[serde(deserialize_with = "whole::deserialize")]
     pub memory_mb: u64,
     #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
@@ -41,7 +43,7 @@ pub struct Session {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(with = "opt_timestamp", default)]
     pub completed_at: Option<DateTime<Utc>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::deserialize_opt")]
     pub exit_code: Option<i32>,
     /// Why the session failed or was cut short, in words (ours; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +210,7 @@ pub struct KillRequest {
 pub struct VmEntry {
     /// The Azure SKU, e.g. Standard_E16s_v5 (the spec calls it `size`).
     pub size: String,
+    #[serde(deserialize_with = "whole::deserialize")]
     pub capacity: u32,
     /// Derived from `sessions` on every write (see `State::normalize`); kept for the
     /// Python original, which reads it.
@@ -852,6 +855,40 @@ impl<'de> serde::de::Visitor<'de> for TimestampVisitor {
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(TimestampVisitor)
+    }
+}
+
+/// Whole numbers (`max_turns`, `memory_mb`, `capacity`, `exit_code`) as JSON allows them: `10`,
+/// or `10.0` / `1e1` as a hand edit or another writer may put them (JSON has one number type).
+/// A fraction, or a number out of range, is refused naming the value.
+mod whole {
+    use super::*;
+
+    fn whole<T: TryFrom<i128>, E: serde::de::Error>(n: serde_json::Number) -> Result<T, E> {
+        let value: Option<i128> = if let Some(u) = n.as_u64() {
+            Some(i128::from(u))
+        } else if let Some(i) = n.as_i64() {
+            Some(i128::from(i))
+        } else {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e30)
+                .map(|f| f as i128)
+        };
+        value
+            .and_then(|v| T::try_from(v).ok())
+            .ok_or_else(|| E::custom(format!("{n} is not a whole number in range here")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<T, D::Error> {
+        whole(serde_json::Number::deserialize(d)?)
+    }
+
+    pub fn deserialize_opt<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(whole)
+            .transpose()
     }
 }
 

@@ -320,7 +320,141 @@ impl ReadError {
 
 pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
     check_text(bytes)?;
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    match serde_json::from_slice(bytes) {
+        Ok(state) => Ok(state),
+        // A key repeated in one object (a hand edit): JSON allows it, and the Python original
+        // (`json.load`) takes the last one; so do we, rather than refuse the file.
+        Err(e) if e.to_string().contains("duplicate field") => match without_repeated_keys(bytes) {
+            Some(text) => serde_json::from_slice(&text).map_err(|e| e.to_string()),
+            None => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The JSON text `bytes` with every member of an object whose key comes again later in that
+/// object removed, so the last one wins (as Python's `json.load` reads it). `None` when the
+/// text is not JSON as far as this reads it, or repeats no key.
+fn without_repeated_keys(bytes: &[u8]) -> Option<Vec<u8>> {
+    struct Scan<'a> {
+        b: &'a [u8],
+        at: usize,
+        /// Byte ranges to drop: earlier members whose key comes again.
+        drop: Vec<(usize, usize)>,
+    }
+    impl Scan<'_> {
+        fn ws(&mut self) {
+            while self.b.get(self.at).is_some_and(u8::is_ascii_whitespace) {
+                self.at += 1;
+            }
+        }
+        fn string(&mut self) -> Option<(usize, usize)> {
+            let start = self.at;
+            (self.b.get(self.at)? == &b'"').then_some(())?;
+            self.at += 1;
+            loop {
+                match self.b.get(self.at)? {
+                    b'\\' => self.at += 2,
+                    b'"' => {
+                        self.at += 1;
+                        return Some((start, self.at));
+                    }
+                    _ => self.at += 1,
+                }
+            }
+        }
+        fn value(&mut self) -> Option<()> {
+            self.ws();
+            match self.b.get(self.at)? {
+                b'{' => self.object(),
+                b'[' => {
+                    self.at += 1;
+                    self.ws();
+                    if self.b.get(self.at)? == &b']' {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    loop {
+                        self.value()?;
+                        self.ws();
+                        match self.b.get(self.at)? {
+                            b',' => self.at += 1,
+                            b']' => {
+                                self.at += 1;
+                                return Some(());
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                b'"' => self.string().map(drop),
+                _ => {
+                    let start = self.at;
+                    while self.b.get(self.at).is_some_and(|c| {
+                        !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace()
+                    }) {
+                        self.at += 1;
+                    }
+                    (self.at > start).then_some(())
+                }
+            }
+        }
+        fn object(&mut self) -> Option<()> {
+            self.at += 1;
+            // Each member: its key and where it starts (the next member's start ends it).
+            let mut members: Vec<(&[u8], usize)> = Vec::new();
+            self.ws();
+            if self.b.get(self.at)? == &b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                self.ws();
+                let (ks, ke) = self.string()?;
+                members.push((&self.b[ks..ke], ks));
+                self.ws();
+                (self.b.get(self.at)? == &b':').then_some(())?;
+                self.at += 1;
+                self.value()?;
+                self.ws();
+                match self.b.get(self.at)? {
+                    b',' => self.at += 1,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+            self.at += 1;
+            for (i, (key, start)) in members.iter().enumerate() {
+                if members[i + 1..].iter().any(|(k, _)| k == key) {
+                    // Never the last member: it ends where the next one starts.
+                    self.drop.push((*start, members[i + 1].1));
+                }
+            }
+            Some(())
+        }
+    }
+    let mut scan = Scan {
+        b: bytes,
+        at: 0,
+        drop: Vec::new(),
+    };
+    scan.value()?;
+    if scan.drop.is_empty() {
+        return None;
+    }
+    scan.drop.sort();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut kept_to = 0;
+    for (start, end) in scan.drop {
+        if start >= kept_to {
+            out.extend_from_slice(&bytes[kept_to..start]);
+            kept_to = end;
+        } else {
+            kept_to = kept_to.max(end);
+        }
+    }
+    out.extend_from_slice(&bytes[kept_to..]);
+    Some(out)
 }
 
 /// `parse_state` with `vm_pool` left empty (see `StateStore::load_sessions_only`).
@@ -379,8 +513,13 @@ mod tests {
         whole.vm_pool.clear();
         assert_eq!(parse_state_sessions_only(text.as_bytes()).unwrap(), whole);
         let unusual = text.replace("\"max_turns\": 10,", "\"max_turns\": 1e1,");
-        let by_serde = parse_state_sessions_only(unusual.as_bytes());
-        assert!(by_serde.is_err(), "1e1 is not a u32");
+        let mut by_serde = parse_state(unusual.as_bytes()).unwrap();
+        by_serde.vm_pool.clear();
+        assert_eq!(
+            parse_state_sessions_only(unusual.as_bytes()).unwrap(),
+            by_serde,
+            "1e1 is 10"
+        );
         // Deep nesting in a field we do not know.
         let deep = format!("{}{}", "[".repeat(70), "]".repeat(70));
         let unusual = text.replace(
@@ -408,6 +547,35 @@ mod tests {
                 parse_state(broken.as_bytes()).unwrap_err()
             );
         }
+    }
+
+    #[test]
+    fn a_repeated_key_reads_as_its_last_value_and_whole_floats_as_numbers() {
+        let text = include_str!("../../tests/expected/python-state.json");
+        let repeated = text.replacen(
+            "\"status\": \"running\",",
+            "\"status\": \"failed\", \"x\": {\"a\": 1, \"a\": [2, \"}\\\"\"]}, \"status\": \"running\",",
+            1,
+        );
+        let state = parse_state(repeated.as_bytes()).unwrap();
+        let s = &state.sessions["sess-20251125-143022-abc"];
+        assert_eq!(s.status.as_str(), "running");
+        assert_eq!(s.extra["x"], serde_json::json!({"a": [2, "}\""]}));
+        assert_eq!(
+            without_repeated_keys(br#"{"a": 1, "b": {"c": 1, "c": 2}, "a": 3}"#).unwrap(),
+            br#"{"b": {"c": 2}, "a": 3}"#
+        );
+        assert_eq!(without_repeated_keys(br#"{"a": 1}"#), None);
+        let float = text.replacen("\"max_turns\": 10,", "\"max_turns\": 10.0,", 1);
+        let state = parse_state(float.as_bytes()).unwrap();
+        assert_eq!(state.sessions["sess-20251125-143022-abc"].max_turns, 10);
+        let exp = text.replacen("\"max_turns\": 10,", "\"max_turns\": 1e1,", 1);
+        assert_eq!(parse_state(exp.as_bytes()).unwrap(), state);
+        let half = text.replacen("\"max_turns\": 10,", "\"max_turns\": 10.5,", 1);
+        let e = parse_state(half.as_bytes()).unwrap_err();
+        assert!(e.contains("10.5 is not a whole number"), "{e}");
+        let negative = text.replacen("\"max_turns\": 10,", "\"max_turns\": -1,", 1);
+        assert!(parse_state(negative.as_bytes()).is_err());
     }
 
     #[test]
