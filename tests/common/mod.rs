@@ -264,10 +264,17 @@ impl TestEnv {
     /// in the archive.
     pub fn files_of_ours_on_vms(&self) -> Vec<PathBuf> {
         let mut roots = vec![self.home().join(".amplihack"), self.archive_dir()];
-        if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
-            roots.extend(vms.flatten().map(|e| e.path().join("home/.amplihack")));
-        }
         let mut files = Vec::new();
+        if let Ok(vms) = std::fs::read_dir(self.azlin_home().join("vms")) {
+            for vm in vms.flatten() {
+                roots.push(vm.path().join("home/.amplihack"));
+                // What `azlin new --yes` would have copied there (the stand-in models it).
+                roots.push(vm.path().join("home/.azure"));
+                if vm.path().join("home/.claude/.credentials.json").exists() {
+                    files.push(vm.path().join("home/.claude/.credentials.json"));
+                }
+            }
+        }
         while let Some(dir) = roots.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
