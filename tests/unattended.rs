@@ -1099,3 +1099,31 @@ fn a_plan_limit_waits_until_its_reset_then_continues() {
         assert_eq!(runs.lines().count(), 1, "not run again before its reset");
     }
 }
+
+/// A queued session that cannot start when its turn comes ends `failed`, and that end is
+/// notified too: its URL was handed on from the queue, with no supervisor to send it.
+#[test]
+fn a_queued_session_that_cannot_start_is_notified_failed() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_LOCAL_SLOTS", "1");
+    let ids = start(&env, &[], &["SLEEP=60 first", "second"]);
+    assert_eq!(env.session(&ids[1])["status"], "queued");
+    // Its key's FIFO cannot be made: the start of the queued session fails.
+    std::fs::create_dir(dir_of(&env, "local", &ids[1]).join("secret.fifo")).unwrap();
+    let out = env.run(&["kill", &ids[0]]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ended = receiver.wait_event(&ids[1], "session_ended", Duration::from_secs(30));
+    assert_eq!(ended.body["status"], "failed", "{}", ended.body);
+    assert_eq!(ended.body["exit_code"], 1);
+    assert!(
+        ended.body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the queued session could not start: cannot create"),
+        "{}",
+        ended.body
+    );
+    assert_eq!(env.wait_finished(&ids[1])["status"], "failed");
+    assert_url_at_rest_nowhere(&env);
+}

@@ -336,6 +336,14 @@ drain_queue() {
         write_atomic "$d/exit_code" 1
         rm -f -- "$d/queued"
         [ -n "$report" ] && printf 'stuck\t%s\t%s\n' "$id" "$start_error"
+        # It ended (failed) without a supervisor to say so: its URL was handed here.
+        if [ -n "$handed_url" ]; then
+          local own_url=${notify_url:-}
+          notify_url=$handed_url
+          send_notification session_ended "$(notification_json "$d" session_ended failed 1 \
+            "the queued session could not start: $start_error" '' '')" "$d/output.log"
+          notify_url=$own_url
+        fi
       fi
       handed_url=
     fi
