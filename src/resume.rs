@@ -7,9 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::context;
+use crate::core::model::Owner;
 use crate::core::naming;
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::exec::{self, Liveness};
 use crate::pr::Pulled;
 use crate::remote::request::shell_quote;
 use crate::ui;
@@ -35,16 +37,57 @@ fn worktree_path(repo: &Path, id: &str, given: Option<&Path>) -> Result<PathBuf>
         .join(format!("{name}-{id}")))
 }
 
-/// Where the worktree is built before it is moved to `path` in one step: beside it, hidden,
-/// named after it. A `pull --resume` that dies halfway (Ctrl+C, SIGKILL, a patch that does
-/// not apply) leaves only this, which the next one removes; the worktree at `path` is always
-/// whole, so "carry on there" is never said of a half-made one.
-fn staging_path(path: &Path) -> PathBuf {
+/// The name under which a worktree is built, beside its place, before it is moved there in one
+/// step: hidden, named after it, and after the process building it (`-<pid>`). A `pull
+/// --resume` that dies halfway (Ctrl+C, SIGKILL, a patch that does not apply) leaves only
+/// this, which a later one removes once that process is gone; the worktree at its place is
+/// always whole, so "carry on there" is never said of a half-made one, and two at once never
+/// remove each other's.
+fn staging_prefix(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "worktree".into());
-    path.with_file_name(format!(".{name}.resume-partial"))
+    format!(".{name}.resume-partial-")
+}
+
+fn staging_path(path: &Path, pid: u32) -> PathBuf {
+    path.with_file_name(format!("{}{pid}", staging_prefix(path)))
+}
+
+/// The process that is building the worktree at `staging`, if `staging` is one of the names
+/// `staging_path` gives for `path`.
+fn staging_owner(path: &Path, staging: &Path) -> Option<Owner> {
+    if staging.parent() != path.parent() {
+        return None;
+    }
+    let name = staging.file_name()?.to_string_lossy().into_owned();
+    let pid = name.strip_prefix(&staging_prefix(path))?.parse().ok()?;
+    Some(Owner {
+        pid,
+        host: exec::current_owner().host,
+        // No start time: the pid's existence is what tells.
+        started: String::new(),
+    })
+}
+
+/// Removes what `pull --resume`s of `path` that died left beside it.
+fn discard_dead_staging(repo: &Path, path: &Path, timeout: std::time::Duration) -> Result<()> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let staging = entry.path();
+        if staging_owner(path, &staging)
+            .is_some_and(|owner| exec::liveness(&owner) == Liveness::Dead)
+        {
+            context::discard_worktree(repo, &staging, timeout)?;
+        }
+    }
+    Ok(())
 }
 
 /// `path` with its parent resolved (symlinks, `..`) where the parent exists: the worktree's
@@ -91,10 +134,14 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
             .map_err(|e| Error::io(format!("cannot create {}", parent.display()), e))?;
     }
     let path = resolved(&path);
-    let staging = staging_path(&path);
-    if let Some(there) = context::checked_out_in(repo, &p.branch, timeout)?
-        && resolved(Path::new(&there)) != staging
-    {
+    // What an earlier pull --resume of this worktree left when it died.
+    discard_dead_staging(repo, &path, timeout)?;
+    if let Some(there) = context::checked_out_in(repo, &p.branch, timeout)? {
+        if staging_owner(&path, &resolved(Path::new(&there))).is_some() {
+            return Err(Error::Failed(format!(
+                "another pull --resume of session {id} is under way (building {there}): wait for it"
+            )));
+        }
         return Err(Error::Failed(format!(
             "branch {} is checked out in {there} already: carry on there (cd {} && claude --continue), or remove it (git worktree remove {}) and pull --resume again",
             p.branch,
@@ -109,8 +156,7 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
             p.branch
         )));
     }
-    // What an earlier pull --resume of this worktree left when it died.
-    context::discard_worktree(repo, &staging, timeout)?;
+    let staging = staging_path(&path, std::process::id());
     let start = p
         .head
         .as_deref()
@@ -177,6 +223,17 @@ mod tests {
             worktree_path(Path::new("/src/app"), "sess-1", Some(Path::new("/tmp/x"))).unwrap(),
             Path::new("/tmp/x")
         );
+    }
+
+    #[test]
+    fn a_staging_worktree_is_known_by_its_name_and_process() {
+        let path = Path::new("/src/app-sess-1");
+        let staging = staging_path(path, 4242);
+        assert_eq!(staging, Path::new("/src/.app-sess-1.resume-partial-4242"));
+        assert_eq!(staging_owner(path, &staging).map(|o| o.pid), Some(4242));
+        assert!(staging_owner(path, Path::new("/src/app-sess-1")).is_none());
+        assert!(staging_owner(path, Path::new("/other/.app-sess-1.resume-partial-1")).is_none());
+        assert!(staging_owner(path, Path::new("/src/.app-sess-2.resume-partial-1")).is_none());
     }
 
     #[test]

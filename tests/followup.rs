@@ -909,6 +909,17 @@ fn a_pull_resume_that_dies_halfway_leaves_nothing_the_next_one_trips_on() {
     env.wait_for("git apply", std::time::Duration::from_secs(60), || {
         std::fs::read_to_string(&mark).is_ok_and(|t| t.ends_with('\n'))
     });
+    // A second one meanwhile leaves the first's alone and says why.
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "another pull --resume of session {} is under way",
+            s.id
+        )),
+        "{}",
+        stderr(&out)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let hung = read(&mark).trim().to_string();
