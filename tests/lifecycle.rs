@@ -368,7 +368,7 @@ fn a_vm_deleted_behind_our_back_is_resolved() {
 }
 
 /// Case 6, for every command that meets the gone VM, not only a refresh: `output`,
-/// `output --follow`, `wait`, `sync` and `kill --force` settle its sessions by the same rule (one `azlin show`
+/// `output --follow`, `wait` and `sync` settle its sessions by the same rule (one `azlin show`
 /// confirms), and say so in one message that names what happened, never "showing them as last
 /// known" beside "ended failed".
 #[test]
@@ -379,7 +379,6 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
         ("wait", 1),
         ("sync", 0),
         ("list", 0),
-        ("kill-force", 0),
     ] {
         let env = TestEnv::new();
         let running = env.start_running("SLEEP=300");
@@ -390,8 +389,6 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
             "output" => vec!["output", &running.id],
             "follow" => vec!["output", "--follow", &running.id],
             "wait" => vec!["wait", &running.id],
-            // Not "killed locally, its agent may still run": nothing runs on a VM that is gone.
-            "kill-force" => vec!["kill", "--force", &running.id],
             other => vec![other],
         };
         let out = env.run(&args);

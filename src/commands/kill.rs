@@ -93,9 +93,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         });
     let out = match answer {
         Ok(out) => out,
-        // A VM azlin confirms gone runs nothing: its sessions end as for any gone VM (below),
-        // not "killed locally" with an agent that "may still run".
-        Err(e @ Error::VmUnreachable { .. }) if args.force => {
+        Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             ui::warn(&format!(
                 "{e}; marking {id} killed locally: its agent may still run on the VM"
             ));
@@ -121,19 +119,6 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     "Nothing to kill: VM {} no longer exists.\nStatus updated: {}\n",
                     session.vm_name, s.status
                 ));
-            }
-            if args.force && matches!(e, Error::VmNotFound { .. }) {
-                ui::warn(&format!(
-                    "{e}; marking {id} killed locally: its agent may still run on the VM"
-                ));
-                mark(
-                    ctx,
-                    id,
-                    &Event::KilledLocally,
-                    false,
-                    &refresh::Archived::new(),
-                )?;
-                return ui::print_text("Status updated: killed\n");
             }
             return Err(e);
         }
