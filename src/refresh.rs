@@ -735,7 +735,10 @@ fn settle_gone_vm(
     vm: &str,
     err: &Error,
 ) -> Result<Option<(State, Vec<String>)>> {
-    if !matches!(err, Error::VmNotFound { .. }) || !state.vm_pool.contains_key(vm) {
+    // A VM the pool lacks counts too (a hand-edited state, or the Python original's, whose
+    // sessions outlive its pool entries): its sessions would otherwise stay running forever,
+    // each command asking azlin again.
+    if !matches!(err, Error::VmNotFound { .. }) {
         return Ok(None);
     }
     let vm_ref = ctx.vm_ref(state, vm);

@@ -410,6 +410,38 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
     }
 }
 
+/// A session whose VM the pool does not hold (a hand-edited state, or the Python original's,
+/// whose sessions outlive its pool entries), on a VM azlin confirms gone, ends failed like any
+/// gone VM's session: it was left running, each command asking azlin again.
+#[test]
+fn a_session_on_a_gone_vm_the_pool_lacks_is_settled() {
+    let env = TestEnv::new();
+    let running = env.start_running("SLEEP=300");
+    let mut state = env.state();
+    let mut orphan = state["sessions"][&running.id].clone();
+    let id = "sess-20261202-000000-aaaa";
+    orphan["session_id"] = id.into();
+    orphan["tmux_session"] = id.into();
+    orphan["vm_name"] = "amplihack-nobody-20261202-000000-dead".into();
+    state["sessions"][id] = orphan;
+    env.write_state(&state.to_string());
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = env.session(id);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["error"], "its VM no longer exists", "{s}");
+    assert_eq!(env.session(&running.id)["status"], "running");
+    env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        env.calls()
+            .iter()
+            .all(|c| !c.contains(&"amplihack-nobody-20261202-000000-dead".to_string())),
+        "settled: never asked again"
+    );
+}
+
 /// Case 3, when the VM never answers again: a launch never confirmed stays `pending` (only
 /// its VM can say whether it runs), and `wait` does not wait forever for it: it gives up with
 /// exit 4 after AMPLIHACK_REMOTE_RECONNECT_FOR without an answer, naming the session. Once the
