@@ -873,6 +873,17 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "60\n120\n240\n");
     backoff("HTTP 429 from the API", "rate limited");
+    // Claude Code's words for the same failures.
+    backoff("API Error: Rate limit reached", "rate limited");
+    backoff("API Error: Overloaded", "API overloaded");
+    backoff(
+        "API Error: Connection error.",
+        "network error (Connection error)",
+    );
+    backoff(
+        "API Error: Request timed out.",
+        "network error (Request timed out)",
+    );
     // Not transient: an ordinary failure, numbers that merely contain 529 or 429, or are
     // counts of something else.
     for line in [

@@ -94,13 +94,18 @@ transient_failure() {
       else
         until=- reason='plan limit'
       fi
-    elif [[ $line == *overloaded_error* ]] || [[ $line =~ $status_code_529 ]]; then
+    elif [[ $line == *overloaded_error* ]] || [[ $line =~ $status_code_529 ]] ||
+      [[ $line =~ API\ Error:.*[Oo]verloaded ]]; then
       reason='API overloaded' until=-
-    elif [[ $line == *rate_limit_error* ]] || [[ $line =~ $status_code_429 ]]; then
+    elif [[ $line == *rate_limit_error* ]] || [[ $line =~ $status_code_429 ]] ||
+      [[ $line =~ API\ Error:.*[Rr]ate\ limit ]]; then
+      # Claude Code also says it in words: `API Error: Rate limit reached`.
       reason='rate limited' until=-
     elif [[ $line =~ API\ Error:\ (5[0-9][0-9]) ]]; then
       reason="API server error ${BASH_REMATCH[1]}" until=-
     elif [[ $line =~ (ECONNRESET|ETIMEDOUT|fetch\ failed|socket\ hang\ up) ]]; then
+      reason="network error (${BASH_REMATCH[1]})" until=-
+    elif [[ $line =~ API\ Error:\ (Connection\ error|Request\ timed\ out) ]]; then
       reason="network error (${BASH_REMATCH[1]})" until=-
     fi
   done
