@@ -19,6 +19,10 @@ unset AMPLIHACK_SECRET
 # The notify URL of the sessions a launch starts (a secret like the key, handled like it).
 notify_url=${AMPLIHACK_NOTIFY:-}
 unset AMPLIHACK_NOTIFY
+# Redacted from what this script copies of a session (lib.sh, redaction_script): the
+# conversation and the patch, when the supervisor did not live to save them.
+redact_key=$secret
+redact_url=$notify_url
 # The local backend runs this with the user's environment: whatever it starts (the tmux server,
 # supervisors, agents) must not inherit the user's notify URL.
 unset AMPLIHACK_REMOTE_NOTIFY

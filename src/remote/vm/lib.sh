@@ -452,25 +452,59 @@ conversation_dir() {
   printf '%s/.claude/projects/%s' "$HOME" "${1//[^A-Za-z0-9]/-}"
 }
 
-# Copies file $1 to $2 with API keys redacted: the value of `redact_key` (the session's key,
-# held in memory; through the environment of awk, never its argv) and anything shaped like an
-# Anthropic key.
+# Redaction: everything of a session written on the VM that the agent produced (its output,
+# output.log; the conversation and the patch a follow-up takes) passes through sed with the
+# script below, which replaces the session's secrets (the values of `redact_key` and
+# `redact_url`: its API key and notify URL, held in memory) and anything shaped like an
+# Anthropic key (`sk-ant-...`) by `[REDACTED]`, and passes every other byte as it is. sed reads
+# its script from a pipe (`-f /dev/fd/3`): a secret is never in an argv (which `ps` shows every
+# user) or an environment. Matching is by bytes (LC_ALL=C) and within a line (a secret that
+# holds a line break is matched line by line); any secret is matched, however short.
+
+# One line of a secret as a sed basic regular expression that matches it literally.
+sed_literal() {
+  local LC_ALL=C s=$1 out='' c i
+  for ((i = 0; i < ${#s}; i++)); do
+    c=${s:i:1}
+    case $c in
+      [\\/.*\[^\$]) out+="\\$c" ;;
+      *) out+=$c ;;
+    esac
+  done
+  printf '%s' "$out"
+}
+
+# The sed script of redaction (see above), on stdout.
+redaction_script() {
+  local LC_ALL=C rest part alternatives=''
+  # Split by parameter expansion: a here-string may go through a temp file (bash < 5.1).
+  for rest in "${redact_key:-}" "${redact_url:-}"; do
+    while [ -n "$rest" ]; do
+      part=${rest%%$'\n'*}
+      if [ "$part" = "$rest" ]; then rest=; else rest=${rest#*$'\n'}; fi
+      [ -n "$part" ] && alternatives+="${alternatives:+\\|}$(sed_literal "$part")"
+    done
+  done
+  [ -n "$alternatives" ] && printf 's/\\(%s\\)/[REDACTED]/g\n' "$alternatives"
+  printf 's/sk-ant-[A-Za-z0-9_-]\\{1,\\}/[REDACTED]/g\n'
+}
+
+# Replaces this (sub)shell (run it in a pipeline or a process substitution) with the
+# redactor of a stream: stdin to stdout with the secrets redacted, byte for byte otherwise (a
+# last line without a newline stays without one). Each line is written as soon as its newline
+# arrives (stdbuf makes sed's output line-buffered; its input is read in blocks, as they come),
+# so the agent's output reaches its log, `output --follow` and the silence check as it prints.
+# Without stdbuf (not GNU coreutils), `sed -u` does the same, reading a byte at a time.
+exec_redactor() {
+  if command -v stdbuf > /dev/null 2>&1; then
+    LC_ALL=C exec stdbuf -oL sed -f /dev/fd/3 3< <(redaction_script)
+  fi
+  LC_ALL=C exec sed -u -f /dev/fd/3 3< <(redaction_script)
+}
+
+# Copies file $1 to $2 with the secrets redacted, byte for byte otherwise.
 redacted_copy() {
-  AMPLIHACK_REDACT=${redact_key:-} awk '
-    BEGIN { k = ENVIRON["AMPLIHACK_REDACT"] }
-    {
-      s = $0
-      if (k != "") {
-        out = ""
-        while ((i = index(s, k)) > 0) {
-          out = out substr(s, 1, i - 1) "[REDACTED]"
-          s = substr(s, i + length(k))
-        }
-        s = out s
-      }
-      gsub(/sk-ant-[A-Za-z0-9_-]+/, "[REDACTED]", s)
-      print s
-    }' < "$1" > "$2"
+  LC_ALL=C sed -f /dev/fd/3 < "$1" > "$2" 3< <(redaction_script)
 }
 
 # The uncommitted work of workspace $1 (edits of tracked files and untracked files, not the

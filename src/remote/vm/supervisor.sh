@@ -43,7 +43,6 @@ finish() {
 record_session_result() {
   finished_at=$(now_utc)
   write_session_result "$d" "$PWD" "$finished_at"
-  redact_key=$key
   save_session_work "$PWD" "$d"
 }
 
@@ -60,6 +59,9 @@ if [ -p "$d/secret.fifo" ]; then
   rm -f -- "$d/secret.fifo"
   exec {key_fd}<&-
 fi
+# What the redaction of everything the agent produces replaces (lib.sh, redaction_script).
+redact_key=$key
+redact_url=$notify_url
 log="$d/output.log"
 : >> "$log"
 read_unattended_settings "$d"
@@ -125,20 +127,32 @@ deadline=
 [ -n "$max_seconds" ] && deadline=$((first_start + max_seconds))
 capped=
 
-# Starts the agent as its own process group, its output appended to the log; with $1 =
-# continue, as a retry that resumes its conversation.
+# Starts the agent as its own process group, its output appended to the log through the
+# redactor (lib.sh, exec_redactor): the agent may print its key (`env`, an error quoting it),
+# and the log goes home and into `output`. With $1 = continue, as a retry that resumes its
+# conversation.
 start_agent() {
   local -a run=("${argv[@]}" "$prompt")
+  local redact_fd
   [ "${1:-}" = continue ] && run=("${continue_argv[@]}" "$continue_prompt")
   attempt_offset=$(stat -c %s -- "$log" 2> /dev/null || printf 0)
+  # The redactor is this shell's child, outside the agent's group, and ignores hangups and
+  # TERM: ending the tmux session or the agent's group must not cut it off before it has
+  # written what the agent printed last. It ends when the pipe does, once the agent's group
+  # is gone (this shell keeps no end of it).
+  exec {redact_fd}> >(trap '' HUP INT TERM; exec_redactor >> "$log" 2>&1)
+  redactor_pid=$!
+  redactor_id=$(identity_of "$redactor_pid")
   set -m
   (
+    exec {redact_fd}>&-
     [ -n "$key" ] && export ANTHROPIC_API_KEY="$key"
     export AMPLIHACK_SESSION_ID="$id"
     exec "${run[@]}"
-  ) < /dev/null >> "$log" 2>&1 &
+  ) < /dev/null >&"$redact_fd" 2>&1 &
   pid=$!
   set +m
+  exec {redact_fd}>&-
   agent_id=$(identity_of "$pid")
   write_atomic "$d/agent.id" "$agent_id"
   write_atomic "$d/agent.pid" "$pid"
@@ -194,6 +208,25 @@ watch_agent() {
   # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
   # session and hold a slot nobody accounts for.
   end_group "$pid" "$agent_id" TERM 100 "" "$id"
+  await_redactor
+}
+
+# Waits for the redactor to write the agent's last output (its last line too, newline or
+# not) and end, which it does once nothing holds the pipe: at once when the agent's group is
+# gone. A process that left the group (setsid) with the agent's stdout would hold it for
+# ever: after 5 s the redactor is ended (a last line without a newline is then lost), and
+# the log says so.
+await_redactor() {
+  local n=0
+  while process_alive "$redactor_pid" "$redactor_id"; do
+    if [ "$n" -ge 100 ]; then
+      kill -KILL "$redactor_pid" 2> /dev/null
+      printf 'amplihack: a process that left the agent'"'"'s group still holds its output; no more of it is logged\n' >> "$log"
+      break
+    fi
+    sleep 0.05
+    n=$((n + 1))
+  done
 }
 
 # Waits until epoch second $1 for a retry; fails when a kill or the cap came first.
