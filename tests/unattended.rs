@@ -1056,6 +1056,10 @@ fn a_plan_limit_waits_until_its_reset_then_continues() {
             .trim()
             .parse()
             .unwrap();
+    eprintln!(
+        "the retry started {} ms after the reset plus its minute",
+        second_start / 1_000_000 - (reset + 60) * 1000
+    );
     assert!(
         second_start / 1_000_000_000 >= reset + 60,
         "the retry ran at {second_start} ns, before {}",
