@@ -1091,3 +1091,24 @@ fn a_second_machine_cannot_continue_a_session_another_is_continuing() {
         stderr(&out)
     );
 }
+
+/// A home whose path is not ASCII (é, and 😀 outside the BMP): the VM finds the agent's
+/// conversation where Claude Code keeps it (one `-` per UTF-16 unit), so the archive keeps it
+/// and pull --resume hands it back.
+#[test]
+fn a_conversation_under_a_home_with_unicode_in_its_path_is_kept() {
+    let mut env = TestEnv::local();
+    env.git_repo();
+    let home = env.root().join("hömé-😀");
+    std::fs::create_dir_all(&home).unwrap();
+    env.set("HOME", &home.display().to_string());
+    let s = start_one(&env, &["EDIT=1"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let files = conversation_files(&env, &s.id);
+    assert_eq!(
+        files.len(),
+        1,
+        "the archive keeps the conversation: {files:?}"
+    );
+    assert!(read(&files[0]).contains(&format!("\"session\":\"{}\"", s.id)));
+}

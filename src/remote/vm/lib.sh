@@ -448,8 +448,26 @@ write_session_result() {
 # the workspace's absolute path with every character other than an ASCII letter or digit
 # replaced by `-`.
 conversation_dir() {
-  local LC_ALL=C
-  printf '%s/.claude/projects/%s' "$HOME" "${1//[^A-Za-z0-9]/-}"
+  # One `-` per UTF-16 unit of each other character, as Claude Code's JavaScript counts them,
+  # read from the UTF-8 bytes whatever the locale: a lead byte of a 4-byte character (outside
+  # the BMP, two units) makes two, any other lead or single byte one, continuation bytes none.
+  local LC_ALL=C p=$1 slug='' c n i
+  for ((i = 0; i < ${#p}; i++)); do
+    c=${p:i:1}
+    case $c in
+      [A-Za-z0-9]) slug+=$c ;;
+      *)
+        printf -v n '%d' "'$c"
+        ((n >= 0)) || n=$((n + 256))
+        if ((n >= 0xf0)); then
+          slug+=--
+        elif ((n < 0x80 || n >= 0xc0)); then
+          slug+=-
+        fi
+        ;;
+    esac
+  done
+  printf '%s/.claude/projects/%s' "$HOME" "$slug"
 }
 
 # Redaction: everything of a session written on the VM that the agent produced (its output,
