@@ -2,8 +2,8 @@
 # Measures the throughput of the VM's redactor (src/remote/vm/lib.sh, exec_redactor), which
 # every byte an agent prints passes through on its way to output.log (docs/performance.md).
 # Usage: scripts/bench-redactor.sh [MEGABYTES (50)] [RUNS (5)]
-# Writes MEGABYTES of agent-like output (lines of 0 to 400 characters, some very long ones,
-# some holding the key or an `sk-ant-` key) to a temp file, then times, RUNS times each, the
+# For two shapes of agent-like output (below), writes MEGABYTES of it (some lines holding
+# the key or an `sk-ant-` key) to a temp file, then times, RUNS times each, the
 # same bytes written through a pipe into a file by `cat` (the baseline: the pipe and the file
 # alone) and by the redactor, holding a key and a notify URL as a supervisor does. Prints the
 # median wall time and throughput of each, and the user+system CPU time of the redactor.
@@ -15,20 +15,21 @@ work=$(mktemp -d)
 trap 'rm -rf -- "$work"' EXIT
 key='bench-key-0123456789abcdef'
 
-# The input: base64 of random bytes cut into lines of varied length.
-head -c $((mb * 1024 * 1024 * 3 / 4)) /dev/urandom | base64 -w 0 |
-  LC_ALL=C awk -v key="$key" 'BEGIN { srand(7) }
-    { i = 1; n = length($0)
-      while (i <= n) {
-        len = int(rand() * 400); if (rand() < 0.001) len = 200000
-        line = substr($0, i, len); i += len
-        r = rand()
-        if (r < 0.01) line = line " " key
-        else if (r < 0.02) line = line " sk-ant-api03-" substr(line, 1, 20)
-        printf "%s\n", line
-      } }' > "$work/input"
-size=$(stat -c %s "$work/input")
-lines=$(wc -l < "$work/input")
+# The input: base64 of random bytes cut into lines, of 0 to 400 characters with one in a
+# thousand of 200,000 (mixed), or all of 79 (short: the most lines, so the most writes).
+make_input() {
+  head -c $((mb * 1024 * 1024 * 3 / 4)) /dev/urandom | base64 -w 0 |
+    LC_ALL=C awk -v key="$key" -v short="$1" 'BEGIN { srand(7) }
+      { i = 1; n = length($0)
+        while (i <= n) {
+          len = short ? 79 : int(rand() * 400); if (!short && rand() < 0.001) len = 200000
+          line = substr($0, i, len); i += len
+          r = rand()
+          if (r < 0.01) line = line " " key
+          else if (r < 0.02) line = line " sk-ant-api03-" substr(line, 1, 20)
+          printf "%s\n", line
+        } }' > "$work/input"
+}
 
 # Median of the numbers on stdin.
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -62,11 +63,16 @@ redactor() {
   exec_redactor
 }
 
-read -r cat_ms cat_cpu < <(timed cat)
-read -r red_ms red_cpu < <(timed redactor)
-redacted=$(grep -c 'REDACTED' "$work/out" || true)
 mbps() { awk -v b="$size" -v ms="$1" 'BEGIN { printf "%.0f", b / 1048576 / (ms / 1000) }'; }
-printf 'input: %d bytes, %d lines; %d lines redacted; medians of %d runs\n' \
-  "$size" "$lines" "$redacted" "$runs"
-printf 'cat (baseline):  %6d ms wall  %4s MB/s  (cat and pipe CPU %d ms)\n' "$cat_ms" "$(mbps "$cat_ms")" "$cat_cpu"
-printf 'redactor:        %6d ms wall  %4s MB/s  (redactor and cat CPU %d ms)\n' "$red_ms" "$(mbps "$red_ms")" "$red_cpu"
+for shape in mixed short; do
+  make_input "$([ "$shape" = short ] && echo 1 || echo 0)"
+  size=$(stat -c %s "$work/input")
+  lines=$(wc -l < "$work/input")
+  read -r cat_ms cat_cpu < <(timed cat)
+  read -r red_ms red_cpu < <(timed redactor)
+  redacted=$(grep -c 'REDACTED' "$work/out" || true)
+  printf '%s lines: %d bytes, %d lines, %d of them redacted; medians of %d runs\n' \
+    "$shape" "$size" "$lines" "$redacted" "$runs"
+  printf '  cat (baseline): %6d ms wall  %4s MB/s  (CPU %d ms)\n' "$cat_ms" "$(mbps "$cat_ms")" "$cat_cpu"
+  printf '  redactor:       %6d ms wall  %4s MB/s  (CPU %d ms, with cat)\n' "$red_ms" "$(mbps "$red_ms")" "$red_cpu"
+done
