@@ -1112,3 +1112,29 @@ fn a_conversation_under_a_home_with_unicode_in_its_path_is_kept() {
     );
     assert!(read(&files[0]).contains(&format!("\"session\":\"{}\"", s.id)));
 }
+
+/// A parent whose VM went before its results came home cannot be continued, and `continue`
+/// says so rather than "try again when list reaches the VM", which never will.
+#[test]
+fn continue_of_a_session_whose_vm_went_before_its_results_came_home_says_they_are_lost() {
+    let env = TestEnv::new();
+    env.git_repo();
+    let parent = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    std::fs::remove_dir_all(archived(&env, &parent.id)).unwrap();
+    let mut st = env.state();
+    st["sessions"][&parent.id]["archived_at"] = Value::Null;
+    st["vm_pool"].as_object_mut().unwrap().remove(&parent.vm);
+    env.write_state(&st.to_string());
+    let out = env.run(&["continue", &parent.id, "more"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "VM '{}' of session {} is gone and its results never came home",
+            parent.vm, parent.id
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("try again"), "{err}");
+}

@@ -194,6 +194,12 @@ pub fn run(ctx: &Ctx, args: ContinueArgs) -> Result<()> {
     if let Some(e) = workspace_taken(&state, &id) {
         return Err(e);
     }
+    if (parent.archived_at.is_none() || !ctx.archive.has(&id)) && !vm_still_there(&state, &parent) {
+        return Err(Error::Failed(format!(
+            "VM '{}' of session {id} is gone and its results never came home (it went before they were archived): its workspace and conversation are lost; start its task again instead",
+            parent.vm_name
+        )));
+    }
     if parent.archived_at.is_none() || !ctx.archive.has(&id) {
         return Err(Error::Failed(format!(
             "the results of session {id} are not home yet (VM '{}' did not send them), so a follow-up could not tell what it starts from; try again when 'amplihack remote list' reaches the VM",
