@@ -458,7 +458,23 @@ pub fn current(ctx: &Ctx, source: Source, power: Power) -> Result<Refreshed> {
             archive_failures: BTreeMap::new(),
         })
     } else {
-        refresh(ctx, power)
+        match refresh(ctx, power) {
+            // What the VMs said could not be recorded (a full disk, a read-only directory):
+            // the sessions are still shown, as last recorded, with why they may be stale.
+            Err(e @ Error::StateAccess { .. }) => {
+                let state = ctx.store.load()?;
+                ui::warn(&format!(
+                    "{e}; what the VMs said was not recorded, so the sessions are shown as last recorded"
+                ));
+                Ok(Refreshed {
+                    state,
+                    live: Live::default(),
+                    failed_vms: BTreeMap::new(),
+                    archive_failures: BTreeMap::new(),
+                })
+            }
+            other => other,
+        }
     }
 }
 

@@ -487,3 +487,44 @@ fn the_state_setting_expands_tilde_and_refuses_relative_paths() {
         "created in the working directory: {made:?}"
     );
 }
+
+/// A disk that cannot take the state file (full; here a file size limit with SIGXFSZ ignored,
+/// so the write fails with EFBIG as it would with ENOSPC): `list` still shows every session, as
+/// last recorded, and says why; the file is left whole.
+#[test]
+fn list_on_a_full_disk_shows_the_sessions_as_last_recorded() {
+    let env = TestEnv::local();
+    let ended = env.start_running("LINES=1");
+    let running = env.start_running("SLEEP=300");
+    env.wait_for("the first agent to end", Duration::from_secs(30), || {
+        env.home()
+            .join(".amplihack/remote/sessions")
+            .join(&ended.id)
+            .join("exit_code")
+            .exists()
+    });
+    let before = std::fs::read(env.state_path()).unwrap();
+    assert!(before.len() > 1024, "the state outgrows the limit");
+    let out = std::process::Command::new("sh")
+        .args(["-c", "trap '' XFSZ; ulimit -f 1; exec \"$0\" remote list"])
+        .arg(assert_cmd::cargo::cargo_bin("amplihack"))
+        .env_clear()
+        .envs(env.env())
+        .current_dir(env.work())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&ended.id) && text.contains(&running.id),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("shown as last recorded"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(env.state_path()).unwrap(), before);
+    // With room again, the end is recorded.
+    assert_eq!(env.wait_finished(&ended.id)["status"], "completed");
+}
