@@ -184,6 +184,12 @@ fn the_python_originals_state_is_read_and_its_records_are_kept_as_it_wrote_them(
     // Rewrite: one session killed by this binary (its VM is unknown to azlin: --force).
     let o = env.run(&["kill", "sess-20251125-143022-a001", "--force"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // azlin confirms the VM gone: nothing of the session runs anywhere, and the warning says so.
+    assert!(
+        stderr(&o).contains("nothing of it can still run") && !stderr(&o).contains("may still run"),
+        "{}",
+        stderr(&o)
+    );
     let after = python_list(&env);
     assert_eq!(after["sess-20251125-143022-a001"]["status"], "killed");
     for id in [

@@ -94,9 +94,13 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let out = match answer {
         Ok(out) => out,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
-            ui::warn(&format!(
-                "{e}; marking {id} killed locally: its agent may still run on the VM"
-            ));
+            // Nothing runs on a VM azlin confirmed gone; on one that did not answer, it may.
+            let left = if matches!(e, Error::VmNotFound { .. }) {
+                "nothing of it can still run"
+            } else {
+                "its agent may still run on the VM"
+            };
+            ui::warn(&format!("{e}; marking {id} killed locally: {left}"));
             mark(
                 ctx,
                 id,
