@@ -187,6 +187,16 @@ fn output_streams_redacted_while_the_agent_runs_and_a_kill_leaves_no_redactor() 
         }
     }
 
+    // `output` of a running session (its tmux pane, where `attach` goes too) shows it redacted.
+    env.wait_for(
+        "the redacted line in the pane",
+        Duration::from_secs(20),
+        || {
+            let out = env.run(&["output", &id]);
+            assert_clean(&out.stdout, "output of a running session");
+            stdout(&out).contains(line.trim_end())
+        },
+    );
     // `output --follow` shows it too, as it comes.
     let mut follow = env
         .std_cmd(&["output", &id, "--follow", "--raw"])
