@@ -125,6 +125,19 @@ impl Ctx {
         self.transport(vm)
             .run_script(vm, input, timeout, on_interrupt)
     }
+
+    /// `run_on`, as a conversation (`Transport::converse_script`).
+    pub fn converse_on(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        timeout: std::time::Duration,
+        awaited: &[u8],
+        reply: crate::exec::Reply,
+    ) -> Result<Output> {
+        self.transport(vm)
+            .converse_script(vm, input, timeout, awaited, reply)
+    }
 }
 
 impl Ctx {

@@ -119,8 +119,13 @@ fn kill_group(pid: u32) {
 }
 
 /// Starts `cmd` as the leader of its own process group, with stdout and stderr piped and its
-/// stdin bytes (if any) written from a thread of their own.
-fn spawn(cmd: &Cmd) -> std::result::Result<std::process::Child, RunError> {
+/// stdin bytes (if any) written from a thread of their own. With `more`, that thread keeps
+/// stdin open after them and writes what comes through the channel (at most one message),
+/// closing it when the message is written or the sender is gone.
+fn spawn(
+    cmd: &Cmd,
+    more: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+) -> std::result::Result<std::process::Child, RunError> {
     let mut child = Command::new(&cmd.program)
         .args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
@@ -137,27 +142,83 @@ fn spawn(cmd: &Cmd) -> std::result::Result<std::process::Child, RunError> {
     if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
         // A child that exits early closes its end; the write error is expected then.
         thread::spawn(move || {
-            let _ = pipe.write_all(&data);
+            if pipe.write_all(&data).is_err() {
+                return;
+            }
+            if let Some(more) = more
+                && let Ok(reply) = more.recv()
+            {
+                let _ = pipe.write_all(&reply);
+            }
         });
     }
     Ok(child)
 }
 
+/// What a conversation answers (`run_replying`): called with everything the child wrote to
+/// stdout so far, each time that ends with the awaited line; `Some(bytes)` is written to its
+/// stdin (which is then closed), `None` means the line was not the question (it was inside
+/// some data) and the wait goes on.
+pub type Reply<'a> = &'a mut dyn FnMut(&[u8]) -> Option<Vec<u8>>;
+
 /// Runs a command to completion. The child leads its own process group, so a timeout or an
 /// abort stops everything it started, and the terminal's Ctrl+C reaches only us.
 pub fn run(cmd: &Cmd) -> std::result::Result<Output, RunError> {
-    let mut child = spawn(cmd)?;
+    run_replying(cmd, None)
+}
+
+/// `run`, as a conversation: the child's stdin stays open after `cmd.stdin`; when its stdout
+/// ends with the line `awaited` (and the child waits there), `reply` reads what it wrote and
+/// answers once (see `Reply`); stdin is closed after the answer, or when the child exits. The
+/// timeout covers the whole call, the answer's making included.
+pub fn run_conversation(
+    cmd: &Cmd,
+    awaited: &[u8],
+    reply: Reply,
+) -> std::result::Result<Output, RunError> {
+    run_replying(cmd, Some((awaited, reply)))
+}
+
+fn run_replying(
+    cmd: &Cmd,
+    mut conversation: Option<(&[u8], Reply)>,
+) -> std::result::Result<Output, RunError> {
+    let (mut to_stdin, more) = match conversation {
+        Some(_) => {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut child = spawn(cmd, more)?;
     let pid = child.id();
     let (out_buf, out_thread) = drain(child.stdout.take().expect("piped stdout"));
     let (err_buf, err_thread) = drain(child.stderr.take().expect("piped stderr"));
 
     let deadline = Instant::now() + cmd.timeout;
     let mut pause = Duration::from_millis(1);
+    // How much of stdout was looked at for the awaited line: each new ending is looked at once.
+    let mut looked_at = 0;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(e) => return Err(RunError::Spawn(e)),
+        }
+        if let (Some((awaited, reply)), Some(_)) = (conversation.as_mut(), to_stdin.as_ref()) {
+            let so_far = {
+                let buf = out_buf.lock().unwrap();
+                (buf.len() != looked_at && buf.ends_with(awaited)).then(|| buf.clone())
+            };
+            if let Some(so_far) = so_far {
+                looked_at = so_far.len();
+                if let Some(answer) = reply(&so_far) {
+                    if let Some(tx) = to_stdin.take() {
+                        let _ = tx.send(answer);
+                    }
+                    pause = Duration::from_millis(1);
+                }
+            }
         }
         let abort = match cmd.on_interrupt {
             OnInterrupt::Abort => interrupt::count() >= 1,
@@ -205,7 +266,7 @@ pub fn run_streaming(
     on_stdout: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> std::result::Result<Result<Output>, RunError> {
     use std::sync::mpsc;
-    let mut child = spawn(cmd)?;
+    let mut child = spawn(cmd, None)?;
     let pid = child.id();
     let (tx, rx) = mpsc::channel::<Vec<u8>>();
     let mut stdout = child.stdout.take().expect("piped stdout");
@@ -430,6 +491,41 @@ mod tests {
         assert_eq!(out.code, 7);
         assert_eq!(out.stdout, big);
         assert_eq!(out.stderr.len(), 300000);
+    }
+
+    #[test]
+    fn a_conversation_answers_once_the_child_asks_and_only_then() {
+        // The child asks twice in the same words: the first time inside some data (the reply
+        // says it was not the question), then for real; the answer comes back on its stdin.
+        let script = "read -r first; printf 'data ask\\n'; sleep 0.3; printf 'ask\\n'; \
+                      read -r -t 10 answer; printf 'got %s after %s\\n' \"$answer\" \"$first\"";
+        let cmd = Cmd::new(
+            "bash",
+            vec!["-c".into(), script.into()],
+            Duration::from_secs(20),
+        )
+        .stdin(b"hello\n".to_vec());
+        let mut asked = 0;
+        let out = run_conversation(&cmd, b"ask\n", &mut |so_far| {
+            asked += 1;
+            (so_far.ends_with(b"\nask\n") || so_far == b"ask\n").then(|| b"fine\n".to_vec())
+        })
+        .unwrap();
+        assert_eq!(out.code, 0);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "data ask\nask\ngot fine after hello\n"
+        );
+        assert_eq!(asked, 2);
+        // A child that never asks ends as with `run`, its stdin closed when it exits.
+        let cmd = Cmd::new(
+            "bash",
+            vec!["-c".into(), "echo done".into()],
+            Duration::from_secs(20),
+        )
+        .stdin(b"x\n".to_vec());
+        let out = run_conversation(&cmd, b"ask\n", &mut |_| Some(Vec::new())).unwrap();
+        assert_eq!(out.stdout, b"done\n");
     }
 
     #[test]

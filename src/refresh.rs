@@ -23,14 +23,14 @@ use crate::core::lifecycle::Probe;
 use crate::core::model::{Backend, Session, SessionStatus, State, VmState};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::exec::{self, OnInterrupt};
+use crate::exec;
 use crate::remote::answer::{Frame, FrameKind};
 use crate::remote::request::{ArchiveRequest, ProbeTarget, Want};
 use crate::remote::{answer, request};
 use crate::ui;
 
 pub use crate::core::settle::{
-    Archived, LivenessCheck, abandoned, apply_probes, mark_archived, seen, settle,
+    Archived, LivenessCheck, abandoned, apply_probes, mark_archived, mark_collected, seen, settle,
 };
 use crate::ui::render::Live;
 use crate::{interrupt, parallel};
@@ -230,18 +230,52 @@ pub fn commit_probes(
     archived: &Archived,
     state: State,
 ) -> Result<State> {
+    commit_answers(ctx, probes, archived, &BTreeSet::new(), state)
+}
+
+/// `commit_probes` of what a round of probes collected, the `collected` marks their VMs
+/// confirmed included (recorded after the archive marks: only an archived session has one).
+pub fn commit_collected(ctx: &Ctx, collected: &Collected, state: State) -> Result<State> {
+    commit_answers(
+        ctx,
+        &collected.probes,
+        &collected.archived,
+        &collected.collected,
+        state,
+    )
+}
+
+/// `commit_probes` of one call's probes and what it kept (`call_keeping_archives`).
+pub fn commit_kept(
+    ctx: &Ctx,
+    probes: &HashMap<String, Probe>,
+    kept: &Kept,
+    state: State,
+) -> Result<State> {
+    commit_answers(ctx, probes, &kept.archived, &kept.collected, state)
+}
+
+fn commit_answers(
+    ctx: &Ctx,
+    probes: &HashMap<String, Probe>,
+    archived: &Archived,
+    marked: &BTreeSet<String>,
+    state: State,
+) -> Result<State> {
     let now = ctx.now();
     let alive = exec::liveness;
     let mut preview = state;
     let recovered = recover_abandoned(&mut preview, now, &alive);
     let settled = apply_probes(&mut preview, probes, now, &alive);
-    if settled + mark_archived(&mut preview, archived) == 0 && !recovered {
+    let archived_now = mark_archived(&mut preview, archived);
+    if settled + archived_now + mark_collected(&mut preview, marked) == 0 && !recovered {
         return Ok(preview);
     }
     ctx.store.update(|st| {
         recover_abandoned(st, now, &alive);
         apply_probes(st, probes, now, &alive);
         mark_archived(st, archived);
+        mark_collected(st, marked);
         Ok(st.clone())
     })
 }
@@ -266,15 +300,162 @@ pub struct Collected {
     pub failed_vms: BTreeMap<String, Error>,
     /// VMs that answered.
     pub answered_vms: BTreeSet<String>,
+    /// Sessions whose `collected` mark their VM confirmed.
+    pub collected: BTreeSet<String>,
 }
 
-/// What one VM answered: probes, archives kept, archives that could not be kept, snapshots.
-type VmAnswer = (
-    HashMap<String, Probe>,
-    Archived,
-    BTreeMap<String, String>,
-    HashMap<String, Snapshot>,
-);
+/// What one VM answered: probes, archives kept, archives that could not be kept, snapshots,
+/// and the sessions whose `collected` mark it confirmed.
+#[derive(Debug, Default)]
+struct VmAnswer {
+    probes: HashMap<String, Probe>,
+    archived: Archived,
+    failures: BTreeMap<String, String>,
+    snapshots: HashMap<String, Snapshot>,
+    collected: BTreeSet<String>,
+}
+
+/// Sessions brought home whose `collected` mark one call tells their VM again, at most: a few
+/// ids each, so the whole backlog of a VM goes in one call or two.
+pub const COLLECTED_PER_CALL: usize = 64;
+
+/// Sessions of `vm` whose archives are home but whose `collected` mark the VM has not
+/// confirmed (a call cut after the archive was kept, an archive of an older version, or one
+/// brought home by `output` or `kill`): told again on the next probe of the VM.
+pub fn unconfirmed_collected<'a>(state: &'a State, vm: &str) -> Vec<&'a str> {
+    state
+        .sessions
+        .values()
+        .filter(|s| s.vm_name == vm && s.archived_at.is_some() && !s.vm_marked_collected())
+        .take(COLLECTED_PER_CALL)
+        .map(|s| s.session_id.as_str())
+        .collect()
+}
+
+/// What a control call that may carry archive frames brought home: archives kept (written
+/// and renamed into place here), archives that could not be kept, and the sessions whose
+/// `collected` mark the VM confirmed.
+#[derive(Debug, Default)]
+pub struct Kept {
+    pub archived: Archived,
+    pub failures: BTreeMap<String, String>,
+    pub collected: BTreeSet<String>,
+}
+
+/// Makes a control call whose answer may carry archive frames (`probe`, `kill`), as a
+/// conversation: once the VM has sent them it waits; their archives are written and renamed
+/// into place here first, then the VM is told which were kept and marks them `collected`
+/// (docs/remote-layout.md, "Collected"), all in this one call. Returns the answer and what was
+/// kept. A call cut after the archives were kept still counts as answered (the answer up to
+/// the VM's question): only the marks are missing, and the VM's next probe tells them again
+/// (`unconfirmed_collected`). Worst case, a VM is kept longer; no result is ever lost.
+pub fn call_keeping_archives(
+    ctx: &Ctx,
+    vm: &crate::remote::transport::VmRef,
+    input: Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<(Vec<u8>, Kept)> {
+    let keep = |answer: &answer::Answer| {
+        let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
+        Kept {
+            archived,
+            failures,
+            collected: answer::collected_ids(answer),
+        }
+    };
+    // What was kept when the VM asked, and the answer up to its question.
+    let mut asked: Option<(Kept, Vec<u8>)> = None;
+    let out = ctx.converse_on(
+        vm,
+        input,
+        timeout,
+        answer::AWAITING_COLLECTED,
+        &mut |so_far| {
+            let answer = answer::read_answer(so_far).ok()?;
+            if !answer::awaits_collected(so_far, &answer) {
+                return None;
+            }
+            let kept = keep(&answer);
+            let reply = request::collected_reply(kept.archived.keys().map(String::as_str));
+            asked = Some((kept, so_far.to_vec()));
+            Some(reply)
+        },
+    );
+    match (out, asked) {
+        (Ok(out), Some((mut kept, so_far))) => {
+            let after = out.stdout.get(so_far.len()..).unwrap_or_default();
+            if let Ok(answer) = answer::read_answer(after) {
+                kept.collected.extend(answer::collected_ids(&answer));
+            }
+            Ok((out.stdout, kept))
+        }
+        (Ok(out), None) => {
+            let kept = match answer::read_answer(&out.stdout) {
+                Ok(answer) => keep(&answer),
+                Err(_) => Kept::default(),
+            };
+            Ok((out.stdout, kept))
+        }
+        (Err(Error::Interrupted), _) => Err(Error::Interrupted),
+        (Err(_), Some((kept, so_far))) => Ok((so_far, kept)),
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// Reads one VM's probe answer: warns of stuck queued sessions and of a damaged answer, and
+/// takes the snapshots.
+fn read_vm_answer(vm: &str, stdout: &[u8], kept: Kept) -> VmAnswer {
+    warn_stuck(stdout);
+    let answer = answer::parse_probe_answer(stdout);
+    if let Some(why) = &answer.damaged {
+        ui::warn(&format!("the answer of VM '{vm}' was damaged: {why}"));
+    }
+    let snapshots: HashMap<String, Snapshot> = answer
+        .frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Snapshot)
+        .map(|f| {
+            (
+                f.id.clone(),
+                Snapshot {
+                    bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
+                    error: f
+                        .notes
+                        .get("bundle_error")
+                        .or_else(|| f.notes.get("error"))
+                        .cloned(),
+                },
+            )
+        })
+        .collect();
+    VmAnswer {
+        probes: answer.probes,
+        archived: kept.archived,
+        failures: kept.failures,
+        snapshots,
+        collected: kept.collected,
+    }
+}
+
+/// One probe call to `vm` (`call_keeping_archives`), which also tells the VM the `collected`
+/// marks it has not confirmed yet (`unconfirmed_collected`).
+fn probe_vm(
+    ctx: &Ctx,
+    state: &State,
+    vm: &crate::remote::transport::VmRef,
+    targets: &[ProbeTarget],
+    queue: request::Queue,
+    timeout: std::time::Duration,
+) -> Result<VmAnswer> {
+    let earlier = unconfirmed_collected(state, &vm.name);
+    let collect = request::Collect {
+        answers: true,
+        earlier: &earlier,
+    };
+    let input = request::probe_script(targets, ctx.settings.archive_log_cap, queue, collect);
+    let (stdout, kept) = call_keeping_archives(ctx, vm, input, timeout)?;
+    Ok(read_vm_answer(&vm.name, &stdout, kept))
+}
 
 /// One resource group's power-state listing: VM name to power state.
 pub type PowerStates = Result<BTreeMap<String, String>>;
@@ -346,38 +527,7 @@ pub fn collect_with_power(
             } else {
                 request::Queue::Leave
             };
-            let input = request::probe_script(&targets, ctx.settings.archive_log_cap, queue);
-            let out = ctx.run_on(&vm, input, timeout, OnInterrupt::Abort);
-            let answer = out.map(|o| {
-                warn_stuck(&o.stdout);
-                let answer = answer::parse_probe_answer(&o.stdout);
-                if let Some(why) = &answer.damaged {
-                    ui::warn(&format!(
-                        "the answer of VM '{}' was damaged: {why}",
-                        vm.name
-                    ));
-                }
-                let (archived, failures) = keep_archives(ctx, &vm.name, &answer.frames);
-                let snapshots: HashMap<String, Snapshot> = answer
-                    .frames
-                    .iter()
-                    .filter(|f| f.kind == FrameKind::Snapshot)
-                    .map(|f| {
-                        (
-                            f.id.clone(),
-                            Snapshot {
-                                bundle: f.part("commits.bundle").map(|p| p.data.to_vec()),
-                                error: f
-                                    .notes
-                                    .get("bundle_error")
-                                    .or_else(|| f.notes.get("error"))
-                                    .cloned(),
-                            },
-                        )
-                    })
-                    .collect();
-                (answer.probes, archived, failures, snapshots)
-            });
+            let answer = probe_vm(ctx, state, &vm, &targets, queue, timeout);
             Answer::Probe(vm.name, answer)
         }
     });
@@ -396,12 +546,13 @@ fn collect_answers(results: Vec<(String, Result<VmAnswer>)>) -> Result<Collected
     let mut collected = Collected::default();
     for (vm, result) in results {
         match result {
-            Ok((probes, archived, failures, snapshots)) => {
+            Ok(answer) => {
                 collected.answered_vms.insert(vm);
-                collected.probes.extend(probes);
-                collected.archived.extend(archived);
-                collected.archive_failures.extend(failures);
-                collected.snapshots.extend(snapshots);
+                collected.probes.extend(answer.probes);
+                collected.archived.extend(answer.archived);
+                collected.archive_failures.extend(answer.failures);
+                collected.snapshots.extend(answer.snapshots);
+                collected.collected.extend(answer.collected);
             }
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(e) => {
@@ -584,7 +735,7 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
             live.power = Some(all);
         }
     }
-    let mut state = commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    let mut state = commit_collected(ctx, &collected, state)?;
     for (vm, e) in &collected.failed_vms {
         match settle_if_vm_gone(ctx, &state, vm, e)? {
             Some(settled) => state = settled,
@@ -660,6 +811,7 @@ fn list_first(
 /// warning for all of them.
 fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> Result<State> {
     let gone_set: BTreeSet<&String> = gone.iter().collect();
+    let home = archives_at_home(ctx, &ctx.store.load()?, |vm| gone_set.contains(vm));
     let (state, ended) = ctx.store.update(|st| {
         let ids: Vec<String> = st
             .sessions
@@ -671,6 +823,7 @@ fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> R
             .into_iter()
             .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
             .count();
+        mark_archived(st, &home);
         Ok((st.clone(), ended))
     })?;
     let shown: Vec<&str> = gone.iter().take(3).map(String::as_str).collect();
@@ -685,6 +838,24 @@ fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> R
         }
     ));
     Ok(state)
+}
+
+/// Archives in place at home of sessions on the VMs `on` that the state does not record as
+/// archived: a command that kept an archive and told the VM (its `collected` mark) may have
+/// died before recording it, and another machine's prune may then have deleted the VM. Such
+/// a session ends failed with its VM, and its archive is read from home like any other.
+fn archives_at_home(ctx: &Ctx, state: &State, on: impl Fn(&String) -> bool) -> Archived {
+    state
+        .sessions
+        .values()
+        .filter(|s| on(&s.vm_name) && s.archived_at.is_none() && ctx.archive.has(&s.session_id))
+        .filter_map(|s| {
+            Some((
+                s.session_id.clone(),
+                ctx.archive.archived_at(&s.session_id)?,
+            ))
+        })
+        .collect()
 }
 
 /// When a call to VM `vm` failed with "not found" (`err`), asks azlin whether the VM exists
@@ -777,6 +948,7 @@ fn settle_gone_vm(
         }
     }
     let now = ctx.now();
+    let home = archives_at_home(ctx, state, |name| name == vm);
     let (state, ended) = ctx.store.update(|st| {
         let ids: Vec<String> = st
             .sessions
@@ -788,6 +960,7 @@ fn settle_gone_vm(
             .into_iter()
             .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
             .collect();
+        mark_archived(st, &home);
         Ok((st.clone(), ended))
     })?;
     Ok(Some((state, ended)))
@@ -1007,6 +1180,39 @@ mod tests {
             "the archive's own time"
         );
         assert_eq!(mark_archived(&mut st, &archived), 0, "marked once");
+    }
+
+    #[test]
+    fn a_collected_mark_is_recorded_only_for_sessions_archived_here_and_told_until_confirmed() {
+        let mut st = State::default();
+        st.vm_pool
+            .insert("vm".into(), vm("Standard_E16s_v5", 4, "eastus"));
+        let mut home = session("home", "vm", SessionStatus::Completed);
+        home.archived_at = Some(t0());
+        st.sessions.insert("home".into(), home);
+        st.sessions.insert(
+            "away".into(),
+            session("away", "vm", SessionStatus::Completed),
+        );
+        st.sessions
+            .insert("r".into(), session("r", "vm", SessionStatus::Running));
+        assert_eq!(unconfirmed_collected(&st, "vm"), ["home"]);
+        assert!(unconfirmed_collected(&st, "other").is_empty());
+        let told: BTreeSet<String> = ["home", "away", "r", "unknown"].map(String::from).into();
+        assert_eq!(mark_collected(&mut st, &told), 1);
+        assert!(st.sessions["home"].vm_marked_collected());
+        assert!(
+            !st.sessions["away"].vm_marked_collected(),
+            "not home: no mark"
+        );
+        assert!(unconfirmed_collected(&st, "vm").is_empty());
+        assert_eq!(mark_collected(&mut st, &told), 0, "marked once");
+        let text = serde_json::to_string(&st).unwrap();
+        let back: State = serde_json::from_str(&text).unwrap();
+        assert!(
+            back.sessions["home"].vm_marked_collected(),
+            "kept in the file"
+        );
     }
 
     #[test]

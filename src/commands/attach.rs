@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use crate::cli::SessionArg;
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::exec::{self, OnInterrupt};
+use crate::exec;
 use crate::remote::request::{ProbeTarget, Want};
 use crate::{refresh, remote::answer, remote::request, ui};
 
@@ -41,27 +41,32 @@ pub fn run(ctx: &Ctx, args: SessionArg) -> Result<()> {
         base_commit: session.base_commit.as_deref(),
         want: Want::Archive,
     };
-    let out = ctx
-        .run_on(
-            &vm,
-            request::probe_script(
-                &[target],
-                ctx.settings.archive_log_cap,
-                request::Queue::Leave,
-            ),
-            ctx.settings.timeouts.probe,
-            OnInterrupt::Abort,
-        )
-        .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))?;
-    let answer = answer::parse_probe_answer(&out.stdout);
+    // The archive of a session found ended is kept while the VM waits, so it can mark it
+    // collected (`refresh::call_keeping_archives`).
+    let collect = request::Collect {
+        answers: true,
+        earlier: &[],
+    };
+    let (stdout, kept) = refresh::call_keeping_archives(
+        ctx,
+        &vm,
+        request::probe_script(
+            &[target],
+            ctx.settings.archive_log_cap,
+            request::Queue::Leave,
+            collect,
+        ),
+        ctx.settings.timeouts.probe,
+    )
+    .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))?;
+    let answer = answer::parse_probe_answer(&stdout);
     let Some(probe) = answer.probes.get(id).cloned() else {
         return Err(Error::unexpected_answer(&vm.name, "no session line"));
     };
     if probe.exit_code.is_some() || !probe.tmux {
-        let (archived, _) = refresh::keep_archives(ctx, &vm.name, &answer.frames);
         let probes: HashMap<String, crate::core::lifecycle::Probe> =
             [(id.to_string(), probe)].into();
-        let state = refresh::commit_probes(ctx, &probes, &archived, state)?;
+        let state = refresh::commit_kept(ctx, &probes, &kept, state)?;
         let status = find_session(&state, id)?.status.to_string();
         return Err(ended(&status));
     }

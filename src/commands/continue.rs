@@ -47,7 +47,7 @@ fn settle(ctx: &Ctx, state: State, parent: &Session) -> Result<State> {
             "the results of session {id} came home but could not be archived: {why}"
         )));
     }
-    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)
+    refresh::commit_collected(ctx, &collected, state)
 }
 
 /// The parent's VM, if it is still in the pool and ready to take a session.

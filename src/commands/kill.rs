@@ -7,7 +7,7 @@ use crate::core::lifecycle::{self, Event};
 use crate::core::model::{KillRequest, Session, SessionStatus};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
-use crate::exec::{self, OnInterrupt};
+use crate::exec;
 use crate::refresh;
 use crate::remote::answer::KillOutcome;
 use crate::remote::{answer, request};
@@ -84,15 +84,15 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         Some(&refresh::archive_request(ctx, &session)),
         queue,
     );
-    let answer = ctx
-        .run_on(&vm, input, ctx.settings.timeouts.kill, OnInterrupt::Abort)
-        .and_then(|out| {
-            answer::parse_kill(&out.stdout)
+    // The archive the answer brings is kept while the VM waits, so it can mark it collected.
+    let answer = refresh::call_keeping_archives(ctx, &vm, input, ctx.settings.timeouts.kill)
+        .and_then(|(stdout, kept)| {
+            answer::parse_kill(&stdout)
                 .map_err(|e| Error::unexpected_answer(&session.vm_name, e))?;
-            Ok(out)
+            Ok((stdout, kept))
         });
-    let out = match answer {
-        Ok(out) => out,
+    let (stdout, kept) = match answer {
+        Ok(answer) => answer,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
             // Nothing runs on a VM azlin confirmed gone; on one that did not answer, it may.
             let left = if matches!(e, Error::VmNotFound { .. }) {
@@ -106,7 +106,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 id,
                 &Event::KilledLocally,
                 false,
-                &refresh::Archived::new(),
+                &refresh::Kept::default(),
             )?;
             return ui::print_text("Status updated: killed\n");
         }
@@ -127,8 +127,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let report = answer::parse_kill(&out.stdout).expect("parsed above");
-    let (archived, _) = refresh::keep_archives(ctx, &vm.name, &report.frames);
+    let report = answer::parse_kill(&stdout).expect("parsed above");
     // The VM's `session` line after the kill: the lifecycle decides from it, as a refresh
     // would (a kill marked on the VM makes any end `killed`, whoever asked it).
     let Some(facts) = report.probe.as_ref() else {
@@ -150,7 +149,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
         KillOutcome::AlreadyFinished => {
             // It had ended before this kill: our intent is no cause of its end.
             withdraw_intent(ctx, id, &me)?;
-            let s = mark(ctx, id, &observed, false, &archived)?;
+            let s = mark(ctx, id, &observed, false, &kept)?;
             ui::print_text(&format!(
                 "Session had already finished: {}; nothing to kill.\nStatus updated: {}\n",
                 shown(&s),
@@ -158,7 +157,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             ))
         }
         KillOutcome::Dequeued => {
-            let s = mark(ctx, id, &observed, true, &archived)?;
+            let s = mark(ctx, id, &observed, true, &kept)?;
             ui::print_text(&format!(
                 "Session was queued: taken out of the queue, it never starts.\nStatus updated: {}\n",
                 s.status
@@ -168,7 +167,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // It had ended before the kill, without a record (a reboot, or killed outright),
             // or was never launched: the truth is that, not that we killed it.
             withdraw_intent(ctx, id, &me)?;
-            let s = mark(ctx, id, &observed, false, &archived)?;
+            let s = mark(ctx, id, &observed, false, &kept)?;
             let why = s.error.as_deref().unwrap_or("it had ended");
             ui::print_text(&format!(
                 "Nothing of session {id} was running on {}: {why}.\nStatus updated: {}\n",
@@ -188,7 +187,7 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                     ctx.settings.kill_grace_secs
                 ))?;
             }
-            let s = mark(ctx, id, &observed, true, &archived)?;
+            let s = mark(ctx, id, &observed, true, &kept)?;
             ui::print_text(&format!(
                 "Session terminated.\nStatus updated: {}\n",
                 s.status
@@ -220,16 +219,11 @@ fn withdraw_intent(ctx: &Ctx, id: &str, me: &crate::core::model::Owner) -> Resul
 }
 
 /// Settles the session by the lifecycle's decision on `event` (`ours`: this kill caused what
-/// it reports), and marks it archived when its archive came home with the answer. A refresh
+/// it reports), and marks it archived when its archive came home with the answer (and its
+/// `collected` mark confirmed when the VM did). A refresh
 /// that saw the end first may already have recorded it (as `killed`, thanks to the marks):
 /// then its status stays. Returns the session as it now stands.
-fn mark(
-    ctx: &Ctx,
-    id: &str,
-    event: &Event,
-    ours: bool,
-    archived: &refresh::Archived,
-) -> Result<Session> {
+fn mark(ctx: &Ctx, id: &str, event: &Event, ours: bool, kept: &refresh::Kept) -> Result<Session> {
     let now = ctx.now();
     ctx.store.update(|st| {
         if let Some(s) = st.sessions.get_mut(id) {
@@ -237,7 +231,8 @@ fn mark(
             seen.kill_intended |= ours;
             lifecycle::step(s, event, &seen);
         }
-        refresh::mark_archived(st, archived);
+        refresh::mark_archived(st, &kept.archived);
+        refresh::mark_collected(st, &kept.collected);
         Ok(find_session(st, id)?.clone())
     })
 }

@@ -14,7 +14,6 @@ use crate::core::model::{Session, SessionStatus, State};
 use crate::ctx::{Ctx, find_session};
 use crate::error::{Error, Result};
 use crate::exec;
-use crate::exec::OnInterrupt;
 use crate::refresh;
 use crate::remote::answer::{Capture, CaptureSource, StreamFrame};
 use crate::remote::request::Want;
@@ -22,35 +21,37 @@ use crate::remote::{answer, request};
 use crate::ui::render;
 use crate::{interrupt, remote::stream, ui};
 
-fn ask(ctx: &Ctx, state: &State, session: &Session, input: Vec<u8>) -> Result<exec::Output> {
+/// Asks the session's VM; the archive its answer brings is kept while the VM waits, so it can
+/// mark it collected (`refresh::call_keeping_archives`).
+fn ask(
+    ctx: &Ctx,
+    state: &State,
+    session: &Session,
+    input: Vec<u8>,
+) -> Result<(Vec<u8>, refresh::Kept)> {
     let vm = ctx.vm_ref(state, &session.vm_name);
-    ctx.run_on(
-        &vm,
-        input,
-        ctx.settings.timeouts.capture,
-        OnInterrupt::Abort,
-    )
-    .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))
+    refresh::call_keeping_archives(ctx, &vm, input, ctx.settings.timeouts.capture)
+        .map_err(|e| refresh::after_failed_call(ctx, &session.vm_name, e))
 }
 
-fn parse<'a>(session: &Session, out: &'a exec::Output) -> Result<Capture<'a>> {
-    answer::parse_capture(&out.stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
+fn parse<'a>(session: &Session, stdout: &'a [u8]) -> Result<Capture<'a>> {
+    answer::parse_capture(stdout).map_err(|e| Error::unexpected_answer(&session.vm_name, e))
 }
 
-/// Keeps the archive the answer brought, then settles the session's status from the probe
-/// (unless --no-refresh, which asks for no archive) and returns the state.
+/// Settles the session's status from the probe (unless --no-refresh, which asks for no
+/// archive), recording the archive the answer brought (`kept`), and returns the state.
 fn settle(
     ctx: &Ctx,
     state: State,
     session: &Session,
     capture: &Capture,
+    kept: &refresh::Kept,
     refresh_state: bool,
 ) -> Result<State> {
-    let (archived, _) = refresh::keep_archives(ctx, &session.vm_name, &capture.frames);
     match capture.probe.clone() {
         Some(p) if refresh_state => {
             let probes: HashMap<String, Probe> = [(session.session_id.clone(), p)].into();
-            refresh::commit_probes(ctx, &probes, &archived, state)
+            refresh::commit_kept(ctx, &probes, kept, state)
         }
         _ => Ok(state),
     }
@@ -159,14 +160,21 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     // --no-refresh writes nothing, so it asks for no archive either.
     let archive = (!args.refresh.no_refresh && session.archived_at.is_none())
         .then(|| refresh::archive_request(ctx, &session));
-    let out = ask(
+    let (stdout, kept) = ask(
         ctx,
         &state,
         &session,
         request::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
-    let capture = parse(&session, &out)?;
-    let state = settle(ctx, state, &session, &capture, !args.refresh.no_refresh)?;
+    let capture = parse(&session, &stdout)?;
+    let state = settle(
+        ctx,
+        state,
+        &session,
+        &capture,
+        &kept,
+        !args.refresh.no_refresh,
+    )?;
     let status = find_session(&state, &session.session_id)?
         .status
         .to_string();
@@ -346,6 +354,6 @@ fn bring_archive_home(ctx: &Ctx, state: State, session: &Session) -> Result<()> 
         ));
         return Ok(());
     }
-    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    refresh::commit_collected(ctx, &collected, state)?;
     Ok(())
 }

@@ -348,7 +348,7 @@ fn ask(
         plan.values().map(Vec::len).sum::<usize>()
     ));
     let collected = refresh::collect(ctx, &state, plan)?;
-    let state = refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    let state = refresh::commit_collected(ctx, &collected, state)?;
     Ok((state, collected))
 }
 

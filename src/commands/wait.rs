@@ -222,7 +222,7 @@ fn archive_ended(ctx: &Ctx, ended: &[Session]) -> Result<()> {
             "could not bring home the archives of the sessions on VM '{vm}'; a later refresh will. {e}"
         ));
     }
-    refresh::commit_probes(ctx, &collected.probes, &collected.archived, state)?;
+    refresh::commit_collected(ctx, &collected, state)?;
     Ok(())
 }
 

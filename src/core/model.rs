@@ -102,6 +102,9 @@ pub const PARENT_SESSION_FIELD: &str = "parent_session_id";
 pub const PR_URL_FIELD: &str = "pr_url";
 /// The branch that pull request was opened from (`amplihack/<id>`, or `pull --branch NAME`).
 pub const PR_BRANCH_FIELD: &str = "pr_branch";
+/// `true` once its VM confirmed the `collected` mark (docs/remote-layout.md): its archive is
+/// home, and the VM knows it.
+pub const VM_MARKED_COLLECTED_FIELD: &str = "vm_marked_collected";
 
 impl Session {
     fn extra_str(&self, field: &str) -> Option<&str> {
@@ -138,6 +141,16 @@ impl Session {
         self.set_pr_url(url);
         self.extra
             .insert(PR_BRANCH_FIELD.into(), Value::String(branch.into()));
+    }
+
+    /// Its VM holds its `collected` mark: another machine's prune may delete the VM.
+    pub fn vm_marked_collected(&self) -> bool {
+        self.extra.get(VM_MARKED_COLLECTED_FIELD) == Some(&Value::Bool(true))
+    }
+
+    pub fn set_vm_marked_collected(&mut self) {
+        self.extra
+            .insert(VM_MARKED_COLLECTED_FIELD.into(), Value::Bool(true));
     }
 }
 

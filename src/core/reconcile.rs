@@ -24,6 +24,9 @@ pub struct VmRecords {
     pub records: BTreeMap<String, Result<Session, String>>,
     /// Facts of every session it reported on: its directories and the ids asked about.
     pub probes: HashMap<String, Probe>,
+    /// Sessions whose directory holds the `collected` mark: their owner has brought their
+    /// results home (docs/remote-layout.md).
+    pub collected: BTreeSet<String>,
 }
 
 /// One VM of `azlin list -o json`, with the facts we use.

@@ -1,7 +1,7 @@
 //! Applying what was learnt about sessions to the state, each change by the lifecycle's
 //! decision (pure): shared by refresh, sync's merge and every command that settles sessions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
@@ -62,6 +62,22 @@ pub fn mark_archived(state: &mut State, archived: &Archived) -> usize {
             && s.archived_at.is_none()
         {
             s.archived_at = Some(*at);
+            changed += 1;
+        }
+    }
+    changed
+}
+
+/// Records that the VMs of `ids` confirmed their `collected` mark, for sessions archived here
+/// (a mark is only ever asked for after the archive is in place). Returns how many changed.
+pub fn mark_collected(state: &mut State, ids: &BTreeSet<String>) -> usize {
+    let mut changed = 0;
+    for id in ids {
+        if let Some(s) = state.sessions.get_mut(id)
+            && s.archived_at.is_some()
+            && !s.vm_marked_collected()
+        {
+            s.set_vm_marked_collected();
             changed += 1;
         }
     }

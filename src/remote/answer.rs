@@ -5,7 +5,7 @@ use crate::core::lifecycle::{Phase, Probe};
 use crate::core::model::{Session, parse_timestamp};
 use crate::core::naming;
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The first line of every control call's answer. azlin can answer a `connect` without
 /// running our script at all (it reads a VM name it cannot find as a tmux session name and
@@ -24,6 +24,14 @@ pub fn framed_answer(stdout: &[u8]) -> Option<&[u8]> {
         .position(|w| w[0] == b'\n' && &w[1..] == ANSWER_MARK)?;
     Some(&stdout[at + 1 + ANSWER_MARK.len()..])
 }
+
+/// The line a probe ends with when it sent archives and waits to hear which were kept at home
+/// (docs/remote-layout.md, "Collected"); the caller answers with `request::collected_reply`.
+pub const AWAITING_COLLECTED: &[u8] = b"awaiting\tcollected\n";
+
+/// The start of a `collected ID` line: the session's directory holds the `collected` mark
+/// (or the VM has none of it).
+const COLLECTED_LINE: &str = "collected\t";
 
 /// Queued sessions the VM could not start (`stuck` lines of a draining call), and why.
 pub fn parse_stuck(stdout: &[u8]) -> Vec<(String, String)> {
@@ -106,6 +114,10 @@ pub fn parse_records(stdout: &[u8]) -> VmRecords {
                 },
             };
             out.records.insert(id.to_string(), record);
+        } else if let Some(id) = line.strip_prefix(COLLECTED_LINE)
+            && naming::validate_session_id(id).is_ok()
+        {
+            out.collected.insert(id.to_string());
         } else if let Some((id, probe)) = parse_probe_line(line)
             && naming::validate_session_id(&id).is_ok()
         {
@@ -450,6 +462,31 @@ pub fn parse_probe_answer(stdout: &[u8]) -> ProbeAnswer<'_> {
         frames: answer.frames,
         damaged: answer.damaged,
     }
+}
+
+/// Sessions an answer's `collected ID` lines confirm marked (docs/remote-layout.md,
+/// "Collected").
+pub fn collected_ids(answer: &Answer) -> BTreeSet<String> {
+    answer
+        .lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(COLLECTED_LINE))
+        .filter(|id| naming::validate_session_id(id).is_ok())
+        .map(String::from)
+        .collect()
+}
+
+/// Whether `answer` (read from `stdout`, the answer so far) ends with the VM asking which of
+/// its archives were kept at home: the line `awaiting collected` as a line of its own, not
+/// bytes inside a frame's data.
+pub fn awaits_collected(stdout: &[u8], answer: &Answer) -> bool {
+    let awaiting = std::str::from_utf8(AWAITING_COLLECTED)
+        .expect("ascii")
+        .trim_end();
+    answer.damaged.is_none()
+        && answer.data.is_none()
+        && stdout.ends_with(AWAITING_COLLECTED)
+        && answer.lines.last().is_some_and(|l| l == awaiting)
 }
 
 /// The last `n` lines of a pane capture, without the pane's trailing blank rows.

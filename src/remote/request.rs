@@ -274,9 +274,37 @@ pub struct ProbeTarget<'a> {
     pub want: Want,
 }
 
+/// What a probe tells its VM of the sessions brought home (docs/remote-layout.md,
+/// "Collected"): the VM marks them `collected`, so another machine's prune may delete it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collect<'a> {
+    /// The caller answers the VM's `awaiting collected` with the archives of this call it
+    /// kept (`collected_reply`): the call is a conversation.
+    pub answers: bool,
+    /// Sessions whose archives were brought home earlier, their marks not confirmed yet.
+    pub earlier: &'a [&'a str],
+}
+
+/// The answer to a VM's `awaiting collected`: the sessions whose archives are now in place at
+/// home (`collected ID...`, one line).
+pub fn collected_reply<'a>(ids: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut line = String::from("collected");
+    for id in ids {
+        line.push('\t');
+        line.push_str(id);
+    }
+    line.push('\n');
+    line.into_bytes()
+}
+
 /// Asks for one `session` line per target (see `Probe`), plus the frames each one wants:
 /// `probe LOG_CAP (ID WORKSPACE BASE_COMMIT WANT)...`.
-pub fn probe_script(targets: &[ProbeTarget], log_cap: u64, queue: Queue) -> Vec<u8> {
+pub fn probe_script(
+    targets: &[ProbeTarget],
+    log_cap: u64,
+    queue: Queue,
+    collect: Collect,
+) -> Vec<u8> {
     let cap = log_cap.to_string();
     let mut args = vec!["probe", cap.as_str()];
     for t in targets {
@@ -293,7 +321,15 @@ pub fn probe_script(targets: &[ProbeTarget], log_cap: u64, queue: Queue) -> Vec<
             },
         ]);
     }
-    control_input(queue, &[], &args, &[])
+    let earlier = collect.earlier.join(" ");
+    let mut vars: Vec<(&str, &str)> = Vec::new();
+    if collect.answers {
+        vars.push(("AMPLIHACK_ACK", "1"));
+    }
+    if !earlier.is_empty() {
+        vars.push(("AMPLIHACK_COLLECTED", &earlier));
+    }
+    control_input(queue, &vars, &args, &[])
 }
 
 /// Asks a VM for everything it knows of its sessions (`sync`): each session directory's own
@@ -309,12 +345,17 @@ pub fn records_script(ids: &[&str], claim: &[&str]) -> Vec<u8> {
 }
 
 /// A control call's arguments, with the archive request's appended when there is one.
-fn with_archive(mut args: Vec<String>, archive: Option<&ArchiveRequest>, queue: Queue) -> Vec<u8> {
+fn with_archive(
+    mut args: Vec<String>,
+    archive: Option<&ArchiveRequest>,
+    queue: Queue,
+    vars: &[(&str, &str)],
+) -> Vec<u8> {
     if let Some(a) = archive {
         args.extend(a.args());
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    control_input(queue, &[], &refs, &[])
+    control_input(queue, vars, &refs, &[])
 }
 
 /// Captures what a session shows: its tmux pane while it runs, the kept log after; with
@@ -324,6 +365,12 @@ pub fn capture_script(id: &str, lines: u32, archive: Option<&ArchiveRequest>) ->
         vec!["capture".into(), id.into(), lines.to_string()],
         archive,
         Queue::Leave,
+        // As for kill: the caller answers `awaiting collected` after the archive frame.
+        if archive.is_some() {
+            &[("AMPLIHACK_ACK", "1")]
+        } else {
+            &[]
+        },
     )
 }
 
@@ -402,6 +449,13 @@ pub fn kill_script(
         ],
         archive,
         queue,
+        // The kill's caller answers `awaiting collected` after the archive frame (a
+        // conversation: docs/remote-layout.md, "Collected").
+        if archive.is_some() {
+            &[("AMPLIHACK_ACK", "1")]
+        } else {
+            &[]
+        },
     )
 }
 
@@ -537,6 +591,7 @@ mod tests {
                 ],
                 10,
                 Queue::Leave,
+                Collect::default(),
             ),
             records_script(&["a"], &["b"]),
             capture_script("a", 5, None),
@@ -623,6 +678,7 @@ mod tests {
                 &[target(nasty, Want::Archive), target("plain", Want::Facts)],
                 10,
                 Queue::Leave,
+                Collect::default(),
             ),
             home.path(),
         );
@@ -663,6 +719,7 @@ mod tests {
                 ],
                 10,
                 Queue::Leave,
+                Collect::default(),
             ),
             home.path(),
         );
@@ -699,7 +756,8 @@ mod tests {
         assert_eq!(framed_answer(b"session\tx\n"), None);
         assert_eq!(framed_answer(&ANSWER_MARK[..5]), None);
         // Every control call prints it first, outside its group.
-        let input = String::from_utf8(probe_script(&[], 1, Queue::Leave)).unwrap();
+        let input =
+            String::from_utf8(probe_script(&[], 1, Queue::Leave, Collect::default())).unwrap();
         assert!(
             input.contains("printf 'amplihack-remote\\tanswer\\n'\n{\n"),
             "{input}"
@@ -1015,7 +1073,10 @@ mod tests {
             base_commit: Some(&base),
             want: Want::Archive,
         };
-        let out = run_control(&probe_script(&[t], 100, Queue::Leave), home.path());
+        let out = run_control(
+            &probe_script(&[t], 100, Queue::Leave, Collect::default()),
+            home.path(),
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -1069,5 +1130,142 @@ mod tests {
         assert_eq!(r.signalled.as_deref(), Some("TERM"));
         assert_eq!(r.probe.unwrap().exit_code, Some(143));
         assert!(parse_kill(b"").is_err());
+    }
+
+    /// A probe that sent archives asks which were kept, and marks those (and only those, only
+    /// ended sessions) `collected` when told; the marks told earlier come first; `records`
+    /// reports the marks.
+    #[test]
+    fn a_probe_marks_collected_what_its_caller_kept_and_records_report_it() {
+        let home = tempfile::tempdir().unwrap();
+        let sessions = home.path().join(".amplihack/remote/sessions");
+        for id in ["done", "other", "earlier"] {
+            let d = sessions.join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("exit_code"), "0\n").unwrap();
+            std::fs::write(d.join("output.log"), "awaiting\tcollected\n").unwrap();
+        }
+        // Files, no supervisor: phase launching, never archived nor marked.
+        std::fs::create_dir_all(sessions.join("placing")).unwrap();
+        let target = |id: &'static str| ProbeTarget {
+            id,
+            workspace: "",
+            base_commit: None,
+            want: Want::Archive,
+        };
+        let mut input = probe_script(
+            &[target("done"), target("other"), target("placing")],
+            1000,
+            Queue::Leave,
+            Collect {
+                answers: true,
+                earlier: &["earlier", "placing", "../x"],
+            },
+        );
+        // The caller's answer: `done` kept, `other` not; `placing` was never sent.
+        input.extend_from_slice(&collected_reply(["done", "placing"]));
+        let out = run_control(&input, home.path());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let answer = read_answer(&out.stdout).unwrap();
+        assert_eq!(answer.frames.len(), 2, "{text}");
+        assert_eq!(
+            collected_ids(&answer),
+            ["done", "earlier"].map(String::from).into(),
+            "{text}"
+        );
+        assert!(
+            text.find("collected\tearlier").unwrap() < text.find("archive\tdone").unwrap(),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nawaiting\tcollected\ncollected\tdone\n"),
+            "{text}"
+        );
+        for (id, marked) in [
+            ("done", true),
+            ("earlier", true),
+            ("other", false),
+            ("placing", false),
+        ] {
+            assert_eq!(sessions.join(id).join("collected").exists(), marked, "{id}");
+        }
+        let records = parse_records(&run_control(&records_script(&[], &[]), home.path()).stdout);
+        assert_eq!(
+            records.collected,
+            ["done", "earlier"].map(String::from).into()
+        );
+        assert!(
+            records.probes.contains_key("done"),
+            "the session is seen as it is"
+        );
+
+        // A caller that does not answer (or an answer that never comes) marks nothing.
+        std::fs::remove_file(sessions.join("done/collected")).unwrap();
+        let t = [target("done")];
+        let out = run_control(
+            &probe_script(
+                &t,
+                1000,
+                Queue::Leave,
+                Collect {
+                    answers: true,
+                    earlier: &[],
+                },
+            ),
+            home.path(),
+        );
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with("awaiting\tcollected\n"));
+        assert!(!sessions.join("done/collected").exists());
+        // Nor does a caller that does not converse: it is never asked.
+        let out = run_control(
+            &probe_script(&t, 1000, Queue::Leave, Collect::default()),
+            home.path(),
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("awaiting"));
+    }
+
+    /// The VM's question is a line of its own: the same bytes at the end of a frame's part,
+    /// or of a frame cut short, are not one.
+    #[test]
+    fn only_a_line_of_its_own_asks_which_archives_were_kept() {
+        let asks = |bytes: &[u8]| awaits_collected(bytes, &read_answer(bytes).unwrap());
+        assert!(asks(
+            b"session\ts\narchive\ts\nend\ts\nawaiting\tcollected\n"
+        ));
+        assert!(asks(b"awaiting\tcollected\n"));
+        let inside = b"archive\ts\npart\toutput.log\tplain\t40\nxx\nawaiting\tcollected\n";
+        assert!(!asks(inside), "a part still on its way");
+        let whole_part = b"archive\ts\npart\toutput.log\tplain\t20\nawaiting\tcollected\n";
+        assert!(
+            !asks(whole_part),
+            "the part's own bytes, its frame not ended"
+        );
+        assert!(
+            !asks(b"data\tlog\nawaiting\tcollected\n"),
+            "inside captured text"
+        );
+        assert!(!asks(b"session\ts\n"));
+        assert_eq!(collected_reply(["a", "b"]), b"collected\ta\tb\n".to_vec());
+        assert_eq!(collected_reply([]), b"collected\n".to_vec());
+        let input = String::from_utf8(probe_script(
+            &[],
+            1,
+            Queue::Leave,
+            Collect {
+                answers: true,
+                earlier: &["a", "b"],
+            },
+        ))
+        .unwrap();
+        assert!(
+            input.contains("\nAMPLIHACK_ACK='1'\nAMPLIHACK_COLLECTED='a b'\n"),
+            "{input}"
+        );
     }
 }

@@ -44,6 +44,18 @@ pub trait Transport: Sync {
         on_interrupt: OnInterrupt,
     ) -> Result<Output>;
 
+    /// `run_script`, as a conversation (`exec::run_conversation`): when the answer so far
+    /// (without its mark) ends with the line `awaited`, `reply` reads it and what it returns is
+    /// written to the script's stdin.
+    fn converse_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        timeout: Duration,
+        awaited: &[u8],
+        reply: exec::Reply,
+    ) -> Result<Output>;
+
     /// Runs a script whose answer is a stream: its stdout goes to `on_stdout` as it arrives.
     /// A stream quiet for longer than `silence` is taken for a dead connection: `VmUnreachable`.
     /// `stop` (or Ctrl+C) ends it with `Error::Interrupted`. A non-zero exit is an error, as for
@@ -464,6 +476,32 @@ impl Transport for Azlin {
         }
     }
 
+    fn converse_script(
+        &self,
+        vm: &VmRef,
+        input: Vec<u8>,
+        timeout: Duration,
+        awaited: &[u8],
+        reply: exec::Reply,
+    ) -> Result<Output> {
+        self.known_gone(vm)?;
+        let cmd = self
+            .cmd(self.connect_args(vm), timeout)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        let result = exec::run_conversation(&cmd, awaited, &mut |raw| {
+            answer::framed_answer(raw).and_then(&mut *reply)
+        });
+        let mut out = self.judge_connect(&cmd, vm, result)?;
+        match answer::framed_answer(&out.stdout) {
+            Some(answer) => {
+                out.stdout = answer.to_vec();
+                Ok(out)
+            }
+            None => Err(self.not_our_answer(vm)),
+        }
+    }
+
     fn stream_script(
         &self,
         vm: &VmRef,
@@ -554,6 +592,43 @@ impl Transport for LocalShell {
             .stdin(input)
             .on_interrupt(on_interrupt);
         let mut out = succeeded(&cmd, exec::run_any_exit(&cmd)?)?;
+        out.stdout = answer::framed_answer(&out.stdout)
+            .ok_or_else(|| {
+                Error::unexpected_answer(
+                    crate::core::pool::LOCAL_VM_NAME,
+                    "the control script did not run",
+                )
+            })?
+            .to_vec();
+        Ok(out)
+    }
+
+    fn converse_script(
+        &self,
+        _vm: &VmRef,
+        input: Vec<u8>,
+        timeout: Duration,
+        awaited: &[u8],
+        reply: exec::Reply,
+    ) -> Result<Output> {
+        let cmd = Cmd::new("bash", vec!["-s".into()], timeout)
+            .stdin(input)
+            .on_interrupt(OnInterrupt::Abort);
+        let result = exec::run_conversation(&cmd, awaited, &mut |raw| {
+            answer::framed_answer(raw).and_then(&mut *reply)
+        });
+        let out = match result {
+            Ok(out) => out,
+            Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
+            Err(RunError::Timeout) => {
+                return Err(Error::Timeout {
+                    command: cmd.display(),
+                    seconds: cmd.timeout.as_secs(),
+                });
+            }
+            Err(RunError::Interrupted) => return Err(Error::Interrupted),
+        };
+        let mut out = succeeded(&cmd, out)?;
         out.stdout = answer::framed_answer(&out.stdout)
             .ok_or_else(|| {
                 Error::unexpected_answer(

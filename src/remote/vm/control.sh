@@ -39,6 +39,13 @@ restore_head=${AMPLIHACK_RESTORE_HEAD:-}
 restore_parts=${AMPLIHACK_RESTORE_PARTS:-}
 unset AMPLIHACK_CONTINUE AMPLIHACK_RESTORE_BRANCH AMPLIHACK_RESTORE_HEAD AMPLIHACK_RESTORE_PARTS
 restore_dir=
+# The caller answers `awaiting collected` (below) with the archives it kept; and the sessions
+# whose archives it brought home earlier without seeing their marks confirmed.
+ack_ok=${AMPLIHACK_ACK:-}
+collected_earlier=${AMPLIHACK_COLLECTED:-}
+unset AMPLIHACK_ACK AMPLIHACK_COLLECTED
+# The sessions whose archive frames this call sent.
+sent_archives=()
 
 fail() {
   printf 'amplihack: %s\n' "$*" >&2
@@ -210,6 +217,43 @@ send_archive() {
   [ -n "$ws" ] && [ -n "$from" ] && send_commits "$ws" "$from" "$tmp" "$head"
   rm -rf -- "$tmp"
   printf 'end\t%s\n' "$id"
+  [ -d "$d" ] && sent_archives+=("$id")
+  return 0
+}
+
+# Marks session $1 `collected`: its owner has its archive at home (written and renamed into
+# place there), so a prune of another machine may delete this VM without losing its results.
+# Only an ended session is marked; `collected ID` says so (also for a session this VM has no
+# directory of: nothing of it is here to lose).
+mark_collected() {
+  local id=$1 d="$base/sessions/$1"
+  case $id in '' | *[!A-Za-z0-9._-]*) return 0 ;; esac
+  if [ -d "$d" ]; then
+    session_phase "$id"
+    phase_over || return 0
+    [ -e "$d/collected" ] || write_atomic "$d/collected" "$(now_utc)" || return 0
+  fi
+  printf 'collected\t%s\n' "$id"
+}
+
+# After the archive frames a call sent, asks its caller which it kept (`awaiting collected`)
+# and marks those, as the caller answers `collected ID...` on stdin (fd 3) once their
+# archives are in place at home. A caller that dies or never answers leaves them unmarked: the
+# VM is kept longer, nothing is lost.
+await_collected() {
+  local id sent
+  local -a words=()
+  [ "$ack_ok" = 1 ] && [ "${#sent_archives[@]}" -gt 0 ] || return 0
+  printf 'awaiting\tcollected\n'
+  # One question per call, whoever asks it.
+  ack_ok=
+  IFS=$'\t' read -r -t 60 -u 3 -a words || return 0
+  [ "${words[0]:-}" = collected ] || return 0
+  for id in "${words[@]:1}"; do
+    for sent in "${sent_archives[@]}"; do
+      [ "$id" = "$sent" ] && mark_collected "$id" && break
+    done
+  done
 }
 
 # The commits a running session made so far, as a `snapshot ID` frame (what `pull` of a running
@@ -318,6 +362,7 @@ cmd_records() {
     [ -s "$d/record.json" ] && text=$(tr '\t\n\r' '   ' < "$d/record.json")
     printf 'record\t%s\t%s\n' "$id" "${text:--}"
     session_facts "$id" "${claimed[$id]:-0}"
+    [ -e "$d/collected" ] && printf 'collected\t%s\n' "$id"
   done
   for id in "${asked[@]}"; do
     [ -d "$base/sessions/$id" ] || session_facts "$id" "${claimed[$id]:-0}"
@@ -633,6 +678,8 @@ cmd_launch() {
 cmd_capture() {
   local id=$1 lines=$2 d="$base/sessions/$1"
   facts_and_archive 0 "$id" "${@:3}"
+  # Before the captured text, which runs to the end of the answer.
+  await_collected
   if [ "$phase" = queued ]; then
     printf 'queue\t%s\n' "$(queue_place "$id")"
     printf 'data\tnone\n'
@@ -873,6 +920,16 @@ main() {
       *) drain_now ;;
     esac
   fi
+  if [ -n "$collected_earlier" ]; then
+    case $command in
+      probe | records)
+        local id
+        local -a earlier=()
+        read -r -a earlier <<< "$collected_earlier"
+        for id in "${earlier[@]}"; do mark_collected "$id"; done
+        ;;
+    esac
+  fi
   case $command in
     launch) cmd_launch "$@" ;;
     probe) cmd_probe "$@" ;;
@@ -885,6 +942,7 @@ main() {
   esac
   # A kill frees a slot that no supervisor may be left to pass on.
   [ "$command" = kill ] && [ -n "$drain_first" ] && drain_now
+  case $command in probe | kill) await_collected ;; esac
   exit 0
 }
 
