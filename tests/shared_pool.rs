@@ -236,3 +236,297 @@ fn a_start_waiting_for_a_dead_starts_vm_moves_its_prompt() {
     assert_ne!(env.vm_of(&id), shared, "moved to a VM of its own");
     assert_eq!(env.state()["vm_pool"][&shared]["state"], "failed");
 }
+
+/// Machine B made a VM, machine A synced the pool and ran one short session there (ended on
+/// the VM, its results not brought home yet). Returns (A's state, B's state, the VM, the
+/// session); the environment is left on A's state.
+fn a_session_of_machine_a_ended_on_bs_vm(env: &mut TestEnv) -> (PathBuf, PathBuf, String, String) {
+    let machine_b: PathBuf = env.root().join("state/machine-b.json");
+    let machine_a = env.state_path();
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
+    let vm = env.prime(1, "s").remove(0);
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_a.display().to_string());
+    let out = env.run(&["sync"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let started = start_one(env, &["--no-context", "--max-vms", "1", "LINES=3"]);
+    assert_eq!(started.vm, vm);
+    let dir = env.session_dir(&vm, &started.id);
+    env.wait_for(
+        "the session's end on its VM",
+        std::time::Duration::from_secs(30),
+        || dir.join("exit_code").exists(),
+    );
+    (machine_a, machine_b, vm, started.id)
+}
+
+fn as_machine(env: &mut TestEnv, state: &std::path::Path) {
+    env.set("AMPLIHACK_REMOTE_STATE", &state.display().to_string());
+}
+
+/// Another machine's ended session whose results its machine has not brought home keeps the
+/// VM from B's prune, which says which and how to fix it; A's `list` brings them home and
+/// tells the VM in the same one call (the `collected` mark), and B's next prune deletes it.
+#[test]
+fn a_second_machines_prune_keeps_a_vm_until_its_owner_brought_the_results_home() {
+    let mut env = TestEnv::new();
+    let (machine_a, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    let collected = env.session_dir(&vm, &id).join("collected");
+
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--dry-run", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report[0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("would be KEPT"),
+        "{report:#}"
+    );
+    assert_eq!(report[0]["not_collected"], serde_json::json!([id]));
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.vm_dir(&vm).join("meta").exists(), "the VM lives");
+    let warning = stderr(&out);
+    let line = warning
+        .lines()
+        .find(|l| l.contains(&format!("keeping VM {vm}")))
+        .unwrap_or_else(|| panic!("no warning naming the VM: {warning}"));
+    assert!(
+        line.contains("1 ended session(s) of another machine"),
+        "{line}"
+    );
+    assert!(line.contains(&id), "{line}");
+    assert!(line.contains("amplihack remote list"), "{line}");
+    assert!(line.contains("--force"), "{line}");
+    assert!(stdout(&out).contains("KEPT"), "{}", stdout(&out));
+
+    // A's `list` brings the results home, and marks them on the VM, in its one call.
+    as_machine(&mut env, &machine_a);
+    env.clear_calls();
+    let out = env.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let connects: Vec<Vec<String>> = env.calls();
+    assert_eq!(connects.len(), 1, "one call, as before: {connects:?}");
+    assert_eq!(connects[0][0], "connect");
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    assert!(collected.exists(), "the VM knows its results are home");
+    assert_eq!(env.session(&id)["status"], "completed");
+    assert_eq!(env.session(&id)["vm_marked_collected"], true);
+    // Nothing left to ask: the next refresh makes no call.
+    env.clear_calls();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(env.calls().is_empty(), "{:?}", env.calls());
+
+    // `sync` sees the collected session as it is.
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["sync", "--dry-run", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let sync: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        sync["added_sessions"][0]["session_id"],
+        id.as_str(),
+        "{sync:#}"
+    );
+    assert_eq!(sync["added_sessions"][0]["status"], "completed", "{sync:#}");
+
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    // A reads its results from home.
+    as_machine(&mut env, &machine_a);
+    let out = env.run(&["output", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+}
+
+/// `prune --force` deletes such a VM anyway, and says whose results are lost.
+#[test]
+fn a_forced_prune_deletes_it_and_names_the_results_it_loses() {
+    let mut env = TestEnv::new();
+    let (_, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--dry-run", "--force"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("losing the results of 1 session(s) of another machine"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes", "--force", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    let warning = stderr(&out);
+    assert!(
+        warning
+            .lines()
+            .any(|l| l.contains(&format!("deleting VM {vm}"))
+                && l.contains("another machine")
+                && l.contains(&id)),
+        "{warning}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["not_collected"], serde_json::json!([id]));
+    let result = report[0]["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("deleted") && result.contains(&id),
+        "{report:#}"
+    );
+}
+
+/// A's results came home but the VM never heard (the call cut after the archive was kept,
+/// or an archive of an older version): B's prune still keeps the VM, nothing is lost, and
+/// A's next probe of that VM tells it.
+#[test]
+fn results_home_without_the_vm_told_keep_the_vm_until_the_next_call_tells_it() {
+    let mut env = TestEnv::new();
+    let (machine_a, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    let collected = env.session_dir(&vm, &id).join("collected");
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    // The acknowledgement never reached the VM.
+    std::fs::remove_file(&collected).unwrap();
+    let mut state = env.state();
+    state["sessions"][&id]
+        .as_object_mut()
+        .unwrap()
+        .remove("vm_marked_collected");
+    env.write_state(&state.to_string());
+
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(env.vm_dir(&vm).join("meta").exists(), "kept, not lost");
+    assert!(
+        stderr(&out).contains(&format!("keeping VM {vm}")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A's next call to the VM tells it: a new session there, refreshed while it runs.
+    as_machine(&mut env, &machine_a);
+    let next = start_one(&env, &["--no-context", "--max-vms", "1", "SLEEP=30"]);
+    assert_eq!(next.vm, vm);
+    env.clear_calls();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert_eq!(env.calls().len(), 1, "{:?}", env.calls());
+    assert!(collected.exists(), "told on a call made anyway");
+    assert_eq!(env.session(&id)["vm_marked_collected"], true);
+    assert_eq!(code(&env.run(&["kill", &next.id])), 0);
+    assert!(env.session_dir(&vm, &next.id).join("collected").exists());
+
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+}
+
+/// The window between keeping an archive (and telling the VM) and recording it: should A die
+/// there and B then delete the VM, A's next refresh finds the VM gone and reads the results
+/// from home; nothing is lost.
+#[test]
+fn an_archive_kept_but_not_recorded_is_read_from_home_once_the_vm_is_gone() {
+    let mut env = TestEnv::new();
+    let (machine_a, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    let before = env.state();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(env.session_dir(&vm, &id).join("collected").exists());
+    // A died before its transaction: the state as it was, the archive and the mark in place.
+    env.write_state(&before.to_string());
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists());
+    as_machine(&mut env, &machine_a);
+    let out = env.run(&["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = env.session(&id);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert!(s["archived_at"].is_string(), "{s}");
+    let out = env.run(&["output", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+}
+
+/// Telling the VMs what came home costs no round trip: a refresh of N VMs whose sessions
+/// ended makes N calls (one per VM, as before), brings every archive home and leaves every
+/// session marked `collected` on its VM; the refresh after it makes none.
+#[test]
+fn telling_the_vms_what_came_home_costs_no_call_of_its_own() {
+    let env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    let out = env.run(&["start", "--no-context", "--json", "LINES=2", "LINES=2"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ids = started_ids(&out);
+    let on: std::collections::BTreeSet<String> = ids.iter().map(|id| env.vm_of(id)).collect();
+    assert_eq!(on.len(), 2, "one session per VM");
+    for id in &ids {
+        let dir = env.session_dir(&env.vm_of(id), id);
+        env.wait_for("its end", std::time::Duration::from_secs(30), || {
+            dir.join("exit_code").exists()
+        });
+    }
+    env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let calls = env.calls();
+    assert_eq!(calls.len(), vms.len(), "{calls:?}");
+    assert!(calls.iter().all(|c| c[0] == "connect"), "{calls:?}");
+    for id in &ids {
+        assert!(env.archive_dir().join(id).join("archive.json").exists());
+        assert!(
+            env.session_dir(&env.vm_of(id), id)
+                .join("collected")
+                .exists()
+        );
+        assert_eq!(env.session(id)["vm_marked_collected"], true);
+    }
+    env.clear_calls();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(env.calls().is_empty(), "{:?}", env.calls());
+}
+
+/// `output` of an ended session brings its archive home and tells the VM in its one call, as a
+/// refresh does: B's prune may then delete the VM.
+#[test]
+fn output_tells_the_vm_what_it_brought_home_in_its_one_call() {
+    let mut env = TestEnv::new();
+    let (_, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    env.clear_calls();
+    let out = env.run(&["output", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+    assert_eq!(env.calls().len(), 1, "{:?}", env.calls());
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    assert!(env.session_dir(&vm, &id).join("collected").exists());
+    assert_eq!(env.session(&id)["vm_marked_collected"], true);
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+}
+
+/// When the machine that started them is gone, B can adopt the sessions (`sync`): its prune
+/// then brings their results home to B, marks them, and deletes the VM.
+#[test]
+fn a_machine_that_adopts_the_sessions_brings_them_home_before_its_prune_deletes_the_vm() {
+    let mut env = TestEnv::new();
+    let (_, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert!(
+        stderr(&out).contains("'amplihack remote sync' here"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.vm_dir(&vm).join("meta").exists());
+    assert_eq!(code(&env.run(&["sync"])), 0);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    let out = env.run(&["output", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+}

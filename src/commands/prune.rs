@@ -10,7 +10,10 @@
 //! The state is one machine's view: another machine (another state file) may run or queue
 //! sessions on the same VMs. Before deleting anything, prune asks each ready VM it would delete
 //! what it holds (its own records, one call per VM). A VM that runs, queues or is launching any
-//! session is kept, whatever `--force` says, and the confirmation names the sessions found.
+//! session is kept, whatever `--force` says, and the confirmation names the sessions found. A
+//! VM holding ended sessions of another machine whose results that machine has not brought
+//! home (no `collected` mark: docs/remote-layout.md) is kept too, unless `--force`, which
+//! deletes it and names whose results are lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -43,6 +46,10 @@ struct Pruned {
     /// Sessions the VM holds that this state does not track (another machine's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     foreign_sessions: Vec<String>,
+    /// Ended sessions of another machine whose results it has not brought home (their VM
+    /// holds no `collected` mark): kept from deletion, or lost with it (`--force`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_collected: Vec<String>,
 }
 
 /// What a VM holds by its own records, as far as deleting it goes.
@@ -52,6 +59,9 @@ struct Holds {
     live: Vec<String>,
     /// Sessions this state does not track (live or not): another machine's.
     foreign: Vec<String>,
+    /// Ended sessions of another machine whose results it has not brought home: their
+    /// directories hold no `collected` mark.
+    not_collected: Vec<String>,
     /// It could not be asked: what it holds is unknown.
     unanswered: Option<String>,
 }
@@ -74,6 +84,13 @@ impl Holds {
                     ""
                 },
                 self.live.join(", ")
+            ));
+        }
+        if !self.not_collected.is_empty() && !force {
+            return Some(format!(
+                "it holds {} ended session(s) of another machine whose results that machine has not brought home: {}; run 'amplihack remote list' on the machine that started them (it brings them home), then prune again; or 'amplihack remote sync' here to adopt them (prune then brings them home here); or pass --force to delete the VM and lose them",
+                self.not_collected.len(),
+                self.not_collected.join(", ")
             ));
         }
         match &self.unanswered {
@@ -132,8 +149,20 @@ fn ask_what_vms_hold(
                         h.foreign.push(id.clone());
                     }
                 }
+                // Another machine's sessions that ran and ended: their results are on this
+                // VM alone until that machine brings them home and says so.
+                for id in &h.foreign {
+                    let ran = records
+                        .probes
+                        .get(id)
+                        .is_some_and(|p| matches!(p.phase, Phase::Ended | Phase::Vanished));
+                    if ran && !records.collected.contains(id) {
+                        h.not_collected.push(id.clone());
+                    }
+                }
                 h.live.sort();
                 h.foreign.sort();
+                h.not_collected.sort();
             }
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             // Gone since the listing: it holds nothing.
@@ -227,7 +256,19 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     // What each VM holds by its own records: another machine may run sessions there.
     let holds = ask_what_vms_hold(ctx, &refreshed.state, &candidates, &missing)?;
     let foreign_of = |vm: &str| holds.get(vm).map(|h| h.foreign.clone()).unwrap_or_default();
-    let runs_work = |vm: &str| holds.get(vm).is_some_and(|h| !h.live.is_empty());
+    let not_collected_of = |vm: &str| {
+        holds
+            .get(vm)
+            .map(|h| h.not_collected.clone())
+            .unwrap_or_default()
+    };
+    // Kept for another machine's sake (its live work, or its results not home yet): a reason
+    // to keep the VM, not a failure of this prune.
+    let runs_work = |vm: &str| {
+        holds
+            .get(vm)
+            .is_some_and(|h| !h.live.is_empty() || (!args.force && !h.not_collected.is_empty()))
+    };
     let held: BTreeMap<String, String> = holds
         .iter()
         .filter_map(|(vm, h)| h.keeps(args.force).map(|why| (vm.clone(), why)))
@@ -242,8 +283,15 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             .iter()
             .map(|(v, reason)| {
                 let ids = unarchived.get(&v.name).cloned().unwrap_or_default();
+                let lost = not_collected_of(&v.name);
                 let result = if let Some(why) = held.get(&v.name) {
                     format!("would be KEPT: {why}")
+                } else if !lost.is_empty() {
+                    format!(
+                        "would be deleted, losing the results of {} session(s) of another machine never brought home: {}",
+                        lost.len(),
+                        lost.join(", ")
+                    )
                 } else if ids.is_empty() || missing.contains(&v.name) {
                     "would be deleted".to_string()
                 } else {
@@ -252,7 +300,7 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
                         ids.len()
                     )
                 };
-                pruned(v, reason, &result, ids, foreign_of(&v.name))
+                pruned(v, reason, &result, ids, foreign_of(&v.name), lost)
             })
             .collect();
         return print_report(&report, args.json, "Would delete");
@@ -294,6 +342,15 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             ui::warn(&format!(
                 "deleting VM {vm} loses the output and commits of session(s) never archived: {}",
                 ids.join(", ")
+            ));
+        }
+    }
+    for (vm, h) in &holds {
+        if !h.not_collected.is_empty() && !blocked.contains_key(vm) {
+            ui::warn(&format!(
+                "deleting VM {vm} (--force) loses the results of {} session(s) of another machine, never brought home by the machine that started them: {}",
+                h.not_collected.len(),
+                h.not_collected.join(", ")
             ));
         }
     }
@@ -394,11 +451,18 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
     let mut first_error = None;
     for (v, reason) in &candidates {
         let ids = unarchived.get(&v.name).cloned().unwrap_or_default();
-        let lost = if ids.is_empty() {
+        let theirs = not_collected_of(&v.name);
+        let mut lost = if ids.is_empty() {
             String::new()
         } else {
             format!("; lost, never archived: {}", ids.join(", "))
         };
+        if !theirs.is_empty() {
+            lost.push_str(&format!(
+                "; lost, never brought home by the machine that started them: {}",
+                theirs.join(", ")
+            ));
+        }
         let outcome = match results.iter().find(|(n, _)| n == &v.name) {
             None => match blocked.get(&v.name) {
                 Some(why) if runs_work(&v.name) || !unarchived.contains_key(&v.name) => {
@@ -429,7 +493,14 @@ pub fn run(ctx: &Ctx, args: PruneArgs) -> Result<()> {
             Some((_, Ok(()))) => format!("deleted{lost}"),
             Some((_, Err(e))) => format!("deletion FAILED, kept in the pool: {e}"),
         };
-        report.push(pruned(v, reason, &outcome, ids, foreign_of(&v.name)));
+        report.push(pruned(
+            v,
+            reason,
+            &outcome,
+            ids,
+            foreign_of(&v.name),
+            theirs,
+        ));
     }
     for (vm, why) in &blocked {
         // Another machine's live work is a reason to keep a VM, not a failure.
@@ -541,6 +612,7 @@ fn pruned(
     result: &str,
     not_archived: Vec<String>,
     foreign_sessions: Vec<String>,
+    not_collected: Vec<String>,
 ) -> Pruned {
     Pruned {
         name: v.name.clone(),
@@ -551,6 +623,7 @@ fn pruned(
         result: result.into(),
         not_archived,
         foreign_sessions,
+        not_collected,
     }
 }
 
@@ -581,4 +654,39 @@ fn print_report(report: &[Pruned], json: bool, title: &str) -> Result<()> {
         ));
     }
     ui::print_text(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_machines_results_not_home_keep_a_vm_unless_forced() {
+        let h = Holds {
+            foreign: vec!["a".into(), "b".into()],
+            not_collected: vec!["a".into()],
+            ..Holds::default()
+        };
+        let why = h.keeps(false).expect("kept");
+        assert!(
+            why.contains("1 ended session(s) of another machine"),
+            "{why}"
+        );
+        assert!(
+            why.contains("amplihack remote list") && why.contains("--force"),
+            "{why}"
+        );
+        assert_eq!(h.keeps(true), None, "--force deletes it");
+        // Live work keeps it whatever --force says.
+        let live = Holds {
+            live: vec!["c".into()],
+            ..h
+        };
+        assert!(live.keeps(true).is_some());
+        let collected = Holds {
+            foreign: vec!["a".into()],
+            ..Holds::default()
+        };
+        assert_eq!(collected.keeps(false), None, "its results are home");
+    }
 }
