@@ -1138,3 +1138,59 @@ fn continue_of_a_session_whose_vm_went_before_its_results_came_home_says_they_ar
     );
     assert!(!err.contains("try again"), "{err}");
 }
+
+/// Two machines continue the same session at the same moment: the VM places one follow-up in
+/// the workspace and fails the other, never both.
+#[test]
+fn two_machines_continuing_one_session_at_once_never_share_its_workspace() {
+    let mut env = TestEnv::new();
+    env.git_repo();
+    let machine_a = env.state_path();
+    let machine_b = env.root().join("state/b/remote-state.json");
+    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
+    let parent = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
+    let out = env.run(&["sync"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    let mut runs = Vec::new();
+    for state in [&machine_a, &machine_b] {
+        env.set("AMPLIHACK_REMOTE_STATE", &state.display().to_string());
+        runs.push(
+            env.std_cmd(&["continue", &parent.id, "SLEEP=30"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let outs: Vec<std::process::Output> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let started = outs.iter().filter(|o| o.status.success()).count();
+    let errors: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(started, 1, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("its workspace is in use by session")),
+        "{errors:?}"
+    );
+    let records = env.agent_record(&parent.vm, &parent.id);
+    let agents = || {
+        std::fs::read_dir(records.parent().unwrap())
+            .unwrap()
+            .count()
+    };
+    env.wait_for(
+        "the follow-up's agent",
+        std::time::Duration::from_secs(30),
+        || agents() >= 2,
+    );
+    assert_eq!(agents(), 2, "the parent and one follow-up ran there");
+}

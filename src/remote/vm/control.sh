@@ -416,7 +416,14 @@ launch_session() {
   fi
   drain_queue quiet
   if lock_session "$id"; then
-    place_session "$id"
+    # Checked under the VM's lock, where sessions are placed: of two follow-ups launched at
+    # once into one workspace (two machines), the second sees the first placed.
+    local why
+    if [ -n "$continue_ws" ] && why=$(workspace_taken_here "$id" "$(resolve_path "$continue_ws")" "$3"); then
+      fail_placement "$id" "$why"
+    else
+      place_session "$id"
+    fi
     unlock_session
   else
     report_failed "$id" "cannot lock the session"
@@ -471,10 +478,6 @@ prepare_session() {
   fi
   if [ -e "$d/cancelled" ]; then
     report_failed "$id" "its start was taken for dead and the launch was cancelled"
-    return 1
-  fi
-  if [ -n "$continue_ws" ] && out=$(workspace_taken_here "$id" "$ws" "$record"); then
-    report_failed "$id" "$out"
     return 1
   fi
   mkdir -p -- "$d" || { report_failed "$id" "cannot create $d"; return 1; }
