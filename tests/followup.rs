@@ -1194,3 +1194,35 @@ fn two_machines_continuing_one_session_at_once_never_share_its_workspace() {
     );
     assert_eq!(agents(), 2, "the parent and one follow-up ran there");
 }
+
+/// `pull --all` in the morning, `pull --all --pr` once reviewed: the second opens the pull
+/// requests of the sessions pulled already, and a third opens nothing more.
+#[test]
+fn pull_all_pr_after_pull_all_opens_the_pull_requests_of_sessions_pulled_already() {
+    let mut env = TestEnv::local();
+    env.git_repo();
+    with_gh_and_remote(&mut env);
+    let a = start_one(&env, &["first COMMIT=1"]);
+    let b = start_one(&env, &["second LINES=1"]);
+    for s in [&a, &b] {
+        assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    }
+    let out = env.run(&["pull", "--all"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = env.run(&["pull", "--all", "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("Opened pull request of {}: ", a.id)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(env.session(&a.id)["pr_url"].is_string());
+    let out = env.run(&["pull", "--all", "--pr"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("Nothing to pull"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(read(&env.root().join("gh/prs")).trim(), "1");
+}

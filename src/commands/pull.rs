@@ -116,7 +116,9 @@ fn named(ctx: &Ctx, state: &State, ids: &[String], here: &Here) -> Result<Vec<St
 /// `--all`: every finished session of this repository whose commits are not home yet. An
 /// archived one is chosen when its archive holds commits other than those last pulled; one
 /// still not archived (its VM did not answer) is chosen to say why it could not be pulled.
-fn all_unpulled(ctx: &Ctx, state: &State, here: &Here) -> Vec<String> {
+/// With `--pr` (`want_pr`), also every archived one with commits and no pull request yet: a
+/// `pull --all` in the morning, then `pull --all --pr` once they are reviewed.
+fn all_unpulled(ctx: &Ctx, state: &State, here: &Here, want_pr: bool) -> Vec<String> {
     let mut others = 0;
     let mut chosen = Vec::new();
     let mut sessions: Vec<&Session> = state
@@ -138,7 +140,9 @@ fn all_unpulled(ctx: &Ctx, state: &State, here: &Here) -> Vec<String> {
                 .flatten()
                 .and_then(|r| r.head_commit);
             ctx.archive.bundle(&s.session_id).is_some()
-                && (s.pulled_commit.is_none() || s.pulled_commit != head)
+                && (s.pulled_commit.is_none()
+                    || s.pulled_commit != head
+                    || (want_pr && s.pr_url().is_none()))
         } else {
             refresh::unarchived(state, s)
         };
@@ -373,7 +377,7 @@ pub fn run(ctx: &Ctx, args: PullArgs) -> Result<()> {
         }
         let plan = all_plan(ctx, &state, &here);
         let (state, collected) = ask(ctx, state, &plan)?;
-        let chosen = all_unpulled(ctx, &state, &here);
+        let chosen = all_unpulled(ctx, &state, &here, args.pr);
         (state, collected, chosen)
     } else {
         let chosen = named(ctx, &state, &args.session_ids, &here)?;
