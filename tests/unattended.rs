@@ -346,10 +346,10 @@ fn spent_retries_fail_with_the_last_reason_and_zero_turns_retrying_off() {
     let s = env.wait_finished(&ids[0]);
     assert_eq!(s["status"], "failed", "{s}");
     assert_eq!(s["exit_code"], 1);
-    assert_eq!(s["error"], "rate limited (after 1 retries)");
+    assert_eq!(s["error"], "rate limited (after 1 retry)");
     assert_eq!(s["unattended"]["retries"], 1);
     let ended = receiver.wait_event(&ids[0], "session_ended", Duration::from_secs(20));
-    assert_eq!(ended.body["reason"], "rate limited (after 1 retries)");
+    assert_eq!(ended.body["reason"], "rate limited (after 1 retry)");
     assert_eq!(ended.body["exit_code"], 1);
     assert!(
         ended.body["text"]

@@ -261,7 +261,11 @@ while :; do
   failure=$(tail -c "+$((attempt_offset + 1))" -- "$log" | tail -n 40 | transient_failure "$now") || break
   reason=${failure#*$'\t'}
   if [ "$attempt" -ge "$retries" ]; then
-    [ "$retries" = 0 ] || error="$reason (after $retries retries)"
+    if [ "$retries" = 1 ]; then
+      error="$reason (after 1 retry)"
+    elif [ "$retries" != 0 ]; then
+      error="$reason (after $retries retries)"
+    fi
     break
   fi
   attempt=$((attempt + 1))
