@@ -410,6 +410,43 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
     }
 }
 
+/// A VM deleted while `output --follow` streams it: as with Azure, the connection drops (the
+/// stand-in's `kill` ends what runs there, and ssh says "closed by remote host"); the reconnect
+/// finds the VM gone and the session ends failed ("its VM no longer exists"), never "no trace of
+/// it" as if its files had vanished under a live connection.
+#[test]
+fn a_vm_deleted_under_a_live_stream_ends_its_session_as_gone() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let running = env.start_running("TICK=600");
+    let mut child = env
+        .std_cmd(&["output", "--follow", &running.id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream is open once a tick came through it.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().starts_with("tick ")),
+        "the stream delivered nothing"
+    );
+    let out = env.azlin(&["kill", &running.vm, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rest = std::thread::spawn(move || lines.count());
+    let out = child.wait_with_output().unwrap();
+    rest.join().unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 4, "{err}");
+    assert!(
+        err.contains("closed by remote host") && err.contains("no longer exists in Azure"),
+        "{err}"
+    );
+    let s = env.session(&running.id);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["error"], "its VM no longer exists", "{s}");
+}
+
 /// A session whose VM the pool does not hold (a hand-edited state, or the Python original's,
 /// whose sessions outlive its pool entries), on a VM azlin confirms gone, ends failed like any
 /// gone VM's session: it was left running, each command asking azlin again.
