@@ -445,8 +445,33 @@ impl World {
                     })
                     .map(|(vm, _, _)| vm)
                     .collect();
+                // Sessions that ended on a VM: their results must be home somewhere (either
+                // machine's archive) before their VM goes.
+                let ended: Vec<(String, String)> = self
+                    .session_dirs()
+                    .into_iter()
+                    .filter(|(_, _, d)| d.join("exit_code").exists())
+                    .map(|(vm, id, _)| (vm, id))
+                    .collect();
                 let out = self.run_second(&["prune", "--yes", "--idle-minutes", "0"]);
                 note = format!("prune (second): exit {}", code(&out));
+                let left = self.azlin_vms();
+                for (vm, id) in ended.iter().filter(|(vm, _)| !left.contains(vm)) {
+                    let home = [
+                        self.env.archive_dir(),
+                        self.second.parent().unwrap().join("remote-archive"),
+                    ]
+                    .iter()
+                    .any(|root| root.join(id).join("archive.json").exists());
+                    check(
+                        home,
+                        &format!(
+                            "prune deleted VM {vm} with the results of {id} home nowhere: {}{}",
+                            stdout(&out),
+                            stderr(&out)
+                        ),
+                    )?;
+                }
                 check(
                     code(&out) != 101,
                     &format!("prune panicked: {}", stderr(&out)),

@@ -241,7 +241,9 @@ fn a_start_waiting_for_a_dead_starts_vm_moves_its_prompt() {
 /// the VM, its results not brought home yet). Returns (A's state, B's state, the VM, the
 /// session); the environment is left on A's state.
 fn a_session_of_machine_a_ended_on_bs_vm(env: &mut TestEnv) -> (PathBuf, PathBuf, String, String) {
-    let machine_b: PathBuf = env.root().join("state/machine-b.json");
+    // B's state in a folder of its own: its archive is its own too, as on another machine.
+    let machine_b: PathBuf = env.root().join("machine-b/state.json");
+    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
     let machine_a = env.state_path();
     env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
     let vm = env.prime(1, "s").remove(0);
@@ -525,7 +527,8 @@ fn a_machine_that_adopts_the_sessions_brings_them_home_before_its_prune_deletes_
     let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
-    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    let bs_archive = machine_b.parent().unwrap().join("remote-archive");
+    assert!(bs_archive.join(&id).join("archive.json").exists());
     let out = env.run(&["output", &id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
