@@ -427,6 +427,13 @@ fn an_unreachable_vm_exits_4_for_output_and_kill_but_list_still_works() {
     );
     let out = env.run(&["kill", &id]);
     assert_eq!(code(&out), 4);
+    // What was done (nothing) and the way on.
+    assert!(
+        stderr(&out).contains("Nothing was signalled")
+            && stderr(&out).contains(&format!("'amplihack remote kill --force {id}'")),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         env.session(&id)["status"],
         "running",

@@ -115,6 +115,17 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
             // natural end into `killed`.
             withdraw_intent(ctx, id, &me)?;
             // A VM deleted behind our back: once azlin confirms it, its sessions end.
+            // A VM that does not answer: say what was (not) done and the way on.
+            let e = match e {
+                Error::VmUnreachable { vm, detail } => Error::VmUnreachable {
+                    vm,
+                    detail: format!(
+                        "{detail}. Nothing was signalled and {id} stays {}; try again once the VM answers, or 'amplihack remote kill --force {id}' records it killed without the VM (its agent may still run there)",
+                        current.status
+                    ),
+                },
+                other => other,
+            };
             if let Some(st) =
                 refresh::settle_if_vm_gone(ctx, &ctx.store.load()?, &session.vm_name, &e)?
             {
