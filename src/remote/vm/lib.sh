@@ -112,6 +112,31 @@ end_group() {
   return 0
 }
 
+# The agent's exit status (into `rc`), once the supervisor has seen it gone. bash can lose track
+# of a child that is reaped while a trap runs (seen on bash 5.2 when a hangup races the
+# agent's end): `wait` then blocks for ever on a process that no longer exists, and the session
+# would stay running, holding its slot. So the wait gets 5 s (a watchdog's USR1 cuts it
+# short); past that the status counts as the signal's (143) or a failure (1), and the log
+# says so.
+# reap_agent PID LOG STOPPED: STOPPED is non-empty when a signal asked the session to stop.
+reap_agent() {
+  local pid=$1 log=$2 stopped=$3 watchdog
+  # Never reset: a watchdog's USR1 that comes late only sets a flag the next call clears
+  # (USR1's default action would end the supervisor).
+  trap 'status_lost=1' USR1
+  status_lost=
+  { sleep 5 && kill -USR1 "$$"; } 2> /dev/null &
+  watchdog=$!
+  wait "$pid"
+  rc=$?
+  kill "$watchdog" 2> /dev/null
+  if [ -n "$status_lost" ]; then
+    rc=1
+    [ -n "$stopped" ] && rc=143
+    printf 'amplihack: the agent'"'"'s exit status was lost (bash lost track of it); recorded as %s\n' "$rc" >> "$log"
+  fi
+}
+
 # Locks. A session's lock orders its launch against whoever settles it; the VM's lock orders
 # every decision to start an agent against the VM's capacity. Where both are held, the VM's is
 # taken first.

@@ -202,8 +202,7 @@ watch_agent() {
       wait "$ticker"
     fi
   done
-  wait "$pid"
-  rc=$?
+  reap_agent "$pid" "$log" "$stop"
   rm -f -- "$d/silent_since"
   # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
   # session and hold a slot nobody accounts for.
