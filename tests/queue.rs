@@ -56,7 +56,11 @@ fn statuses(env: &TestEnv) -> Vec<String> {
 fn six_prompts_on_two_slots_run_two_at_a_time_with_nothing_of_ours_alive() {
     let mut env = TestEnv::local();
     env.set("AMPLIHACK_LOCAL_SLOTS", "2");
-    let prompts = ["SLEEP=1"; 6];
+    // The first two outlast the start (on a loaded machine placing six takes seconds), so
+    // the other four are queued when it answers.
+    let prompts = [
+        "SLEEP=8", "SLEEP=8", "SLEEP=1", "SLEEP=1", "SLEEP=1", "SLEEP=1",
+    ];
     let mut args = vec!["start", "--no-context", "--json"];
     args.extend(prompts);
     let out = env.run(&args);
