@@ -372,7 +372,7 @@ pub fn call_keeping_archives(
         answer::AWAITING_COLLECTED,
         &mut |so_far| {
             let answer = answer::read_answer(so_far).ok()?;
-            if !answer::awaits_collected(so_far, &answer) {
+            if !answer::answer_to_collected(so_far, &answer) {
                 return None;
             }
             let kept = keep(&answer);
@@ -386,6 +386,20 @@ pub fn call_keeping_archives(
             let after = out.stdout.get(so_far.len()..).unwrap_or_default();
             if let Ok(answer) = answer::read_answer(after) {
                 kept.collected.extend(answer::collected_ids(&answer));
+            }
+            // Frames after what was taken for the question (it was a damaged answer's ending,
+            // and more came): kept too, their marks told on the next probe.
+            if let Ok(whole) = answer::read_answer(&out.stdout) {
+                let rest: Vec<answer::Frame> = whole
+                    .frames
+                    .into_iter()
+                    .filter(|f| {
+                        !kept.archived.contains_key(&f.id) && !kept.failures.contains_key(&f.id)
+                    })
+                    .collect();
+                let (archived, failures) = keep_archives(ctx, &vm.name, &rest);
+                kept.archived.extend(archived);
+                kept.failures.extend(failures);
             }
             Ok((out.stdout, kept))
         }

@@ -476,6 +476,17 @@ pub fn collected_ids(answer: &Answer) -> BTreeSet<String> {
         .collect()
 }
 
+/// Whether the caller answers now: the VM asks (`awaits_collected`), or the answer so far was
+/// damaged before (a frame cut or malformed: where its lines are cannot be told) and ends as
+/// the question does. That is answered with the archives of the whole frames before the
+/// damage, so the VM never waits out its minute for a caller that cannot read it.
+pub fn answer_to_collected(stdout: &[u8], answer: &Answer) -> bool {
+    awaits_collected(stdout, answer)
+        || (answer.damaged.is_some()
+            && answer.data.is_none()
+            && stdout.ends_with(AWAITING_COLLECTED))
+}
+
 /// Whether `answer` (read from `stdout`, the answer so far) ends with the VM asking which of
 /// its archives were kept at home: the line `awaiting collected` as a line of its own, not
 /// bytes inside a frame's data.

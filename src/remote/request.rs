@@ -1251,6 +1251,15 @@ mod tests {
             "inside captured text"
         );
         assert!(!asks(b"session\ts\n"));
+        // A damaged answer that ends as the question does is answered all the same (with the
+        // whole frames before the damage), so the VM never waits for a caller that cannot read
+        // it; an undamaged one only when the line is its own.
+        let answers = |bytes: &[u8]| answer_to_collected(bytes, &read_answer(bytes).unwrap());
+        let damaged = b"archive\ta\nend\ta\narchive\ts\npart\tx\tbogus\t3\nawaiting\tcollected\n";
+        assert!(read_answer(damaged).unwrap().damaged.is_some());
+        assert!(answers(damaged));
+        assert!(answers(inside), "a part cut short is damage too");
+        assert!(!answers(b"data\tlog\nawaiting\tcollected\n"));
         assert_eq!(collected_reply(["a", "b"]), b"collected\ta\tb\n".to_vec());
         assert_eq!(collected_reply([]), b"collected\n".to_vec());
         let input = String::from_utf8(probe_script(
