@@ -847,11 +847,6 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         "plan limit, resets Dec 5 7pm",
     );
     limit(
-        "You've hit your weekly limit · resets Jan 12, 10:59am (America/New_York)",
-        "2027-01-12T15:59:00Z",
-        "plan limit, resets Jan 12 10:59am America/New_York",
-    );
-    limit(
         "Claude AI usage limit reached|1796187600",
         "2026-12-02T05:00:00Z",
         "usage limit reached",
@@ -892,6 +887,72 @@ fn each_transient_failure_of_the_table_is_recognised_and_waited_for() {
         "",
     ] {
         assert_eq!(classify(line, now), None, "{line:?}");
+    }
+}
+
+#[test]
+fn a_plan_limit_reset_across_year_end_just_passed_or_far_off_is_waited_for_sensibly() {
+    let limit = |line: &str, now: &str, reset: &str| {
+        let (now, at) = (epoch(now), epoch(reset));
+        let (until, _, wait) = classify(line, now).unwrap_or_else(|| panic!("{line}"));
+        assert_eq!((until, wait), (at.to_string(), (at + 60 - now).max(1)), "{line}");
+    };
+    // A day in January seen in December: next year's.
+    limit(
+        "You've hit your weekly limit · resets Jan 2, 10:59am (America/New_York)",
+        "2026-12-30T12:00:00Z",
+        "2027-01-02T15:59:00Z",
+    );
+    // A reset that came while the agent exited is retried at once, not in a day or a year.
+    limit(
+        "5-hour limit reached ∙ resets 8pm (UTC)",
+        "2026-12-02T20:00:30Z",
+        "2026-12-02T20:00:00Z",
+    );
+    limit(
+        "You've hit your weekly limit · resets Dec 31 at 11:30pm (UTC)",
+        "2027-01-01T00:10:00Z",
+        "2026-12-31T23:30:00Z",
+    );
+    // Feb 29 of the next leap year.
+    limit(
+        "You've hit your weekly limit · resets Feb 29 at 7pm (UTC)",
+        "2028-02-27T12:00:00Z",
+        "2028-02-29T19:00:00Z",
+    );
+    // Passed by more than an hour: tomorrow's.
+    limit(
+        "5-hour limit reached ∙ resets 8pm (UTC)",
+        "2026-12-02T21:30:00Z",
+        "2026-12-03T20:00:00Z",
+    );
+    // A reset more than a week off (a garbled epoch, a date quoted from elsewhere) is not
+    // believed: the session backs off instead of holding its slot for months or years.
+    let now = epoch("2026-12-02T03:00:00Z");
+    for (line, reason) in [
+        ("Claude AI usage limit reached|99999999999", "usage limit reached"),
+        (
+            "You've hit your weekly limit · resets Jan 12, 10:59am (America/New_York)",
+            "plan limit, resets Jan 12 10:59am America/New_York",
+        ),
+    ] {
+        assert_eq!(
+            classify(line, now),
+            Some(("-".into(), reason.into(), 60)),
+            "{line}"
+        );
+    }
+    // Garbage where the time goes is not a time: a plain back-off.
+    for line in [
+        "You've hit your limit · resets 99pm",
+        "You've hit your limit · resets 25:61",
+        "You've hit your weekly limit · resets Feb 31 at 7pm",
+    ] {
+        assert_eq!(
+            classify(line, now),
+            Some(("-".into(), "plan limit".into(), 60)),
+            "{line}"
+        );
     }
 }
 

@@ -34,6 +34,8 @@ read_unattended_settings() {
 # or tomorrow when that time has passed by $5 (now, epoch seconds). With a date, month $6
 # (Jan..Dec) and day $7 (`resets Sep 15 at 7pm`, `Resets Jan 12, 10:59am`): that day this
 # year, or next year when it has passed.
+# A time passed by less than an hour is that time (the reset came while the agent exited: the
+# retry starts at once), not tomorrow's or next year's.
 reset_clock_epoch() {
   local hour=$((10#$1)) minute=$((10#${2:-0})) ampm=$3 zone=$4 now=$5 month=${6:-} mday=${7:-}
   local day at year m
@@ -52,16 +54,22 @@ reset_clock_epoch() {
     [ "${#m}" -lt 48 ] || return 1
     m=$((${#m} / 4 + 1))
     year=$(TZ=${zone:-${TZ:-}} date -d "@$now" +%Y) || return 1
-    at=$(TZ=${zone:-${TZ:-}} date -d "$(printf '%s-%02d-%02d' "$year" "$m" "$((10#$mday))") $clock" +%s) || return 1
-    if [ "$at" -le "$now" ]; then
-      at=$(TZ=${zone:-${TZ:-}} date -d "$(printf '%s-%02d-%02d' "$((year + 1))" "$m" "$((10#$mday))") $clock" +%s) || return 1
-    fi
+    # Last year's (a reset on Dec 31 seen just after midnight), this year's, or next year's:
+    # the first not passed by an hour.
+    # (Feb 29 is a day only in some of them.)
+    at=
+    for year in $((year - 1)) "$year" $((year + 1)); do
+      day=$(TZ=${zone:-${TZ:-}} date -d "$(printf '%s-%02d-%02d' "$year" "$m" "$((10#$mday))") $clock" +%s) || continue
+      at=$day
+      [ "$at" -le $((now - 3600)) ] || break
+    done
+    [ -n "$at" ] || return 1
     printf '%s' "$at"
     return 0
   fi
   day=$(TZ=${zone:-${TZ:-}} date -d "@$now" +%F) || return 1
   at=$(TZ=${zone:-${TZ:-}} date -d "$day $clock" +%s) || return 1
-  if [ "$at" -le "$now" ]; then
+  if [ "$at" -le $((now - 3600)) ]; then
     # The next day first, then its clock time: `DAY HH:MM +1 day` would read `+1` as a zone.
     day=$(date -u -d "$day 12:00 UTC + 1 day" +%F) || return 1
     at=$(TZ=${zone:-${TZ:-}} date -d "$day $clock" +%s) || return 1
@@ -110,6 +118,12 @@ transient_failure() {
     fi
   done
   [ -n "$reason" ] || return 1
+  # No plan limit resets more than a week ahead: a reset further off is not believed (a
+  # garbled or quoted line would park the session, holding its slot, for months or years);
+  # it backs off as the other failures do.
+  if [ "$until" != - ] && [ "$until" -gt $((now + 8 * 86400)) ]; then
+    until=-
+  fi
   printf '%s\t%s' "$until" "$reason"
 }
 
