@@ -88,6 +88,9 @@ transient_failure() {
   local status_code_429='(API Error|[Ee]rror|[Ss]tatus|HTTP)[^0-9]{0,24}(^|[^0-9])429([^0-9]|$)'
   # Claude Code's forms: `resets 8pm (Zone)`, `reset at 9am (Zone)`, `resets 21:00`, and a
   # reset on another day: `resets Sep 15 at 7pm`, `Resets Jan 12, 10:59am (Zone)`.
+  # The API's error types as words of their own (`"type":"rate_limit_error"`), not inside a
+  # name the agent prints (`test_rate_limit_error_is_retried FAILED`).
+  local word_before='(^|[^A-Za-z0-9_])' word_after='([^A-Za-z0-9_]|$)'
   local months='Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec'
   local limit_clock="(limit|Limit).*[Rr]esets?( at)? (($months) ([0-9]{1,2}),?( at)? )?([0-9]{1,2})(:([0-9]{2}))? ?([ap]m)?( \\(([A-Za-z0-9_+/-]+)\\))?"
   while IFS= read -r line || [ -n "$line" ]; do
@@ -102,10 +105,10 @@ transient_failure() {
       else
         until=- reason='plan limit'
       fi
-    elif [[ $line == *overloaded_error* ]] || [[ $line =~ $status_code_529 ]] ||
+    elif [[ $line =~ $word_before\"?overloaded_error\"?$word_after ]] || [[ $line =~ $status_code_529 ]] ||
       [[ $line =~ API\ Error:.*[Oo]verloaded ]]; then
       reason='API overloaded' until=-
-    elif [[ $line == *rate_limit_error* ]] || [[ $line =~ $status_code_429 ]] ||
+    elif [[ $line =~ $word_before\"?rate_limit_error\"?$word_after ]] || [[ $line =~ $status_code_429 ]] ||
       [[ $line =~ API\ Error:.*[Rr]ate\ limit ]]; then
       # Claude Code also says it in words: `API Error: Rate limit reached`.
       reason='rate limited' until=-
