@@ -897,7 +897,11 @@ fn a_plan_limit_reset_across_year_end_just_passed_or_far_off_is_waited_for_sensi
     let limit = |line: &str, now: &str, reset: &str| {
         let (now, at) = (epoch(now), epoch(reset));
         let (until, _, wait) = classify(line, now).unwrap_or_else(|| panic!("{line}"));
-        assert_eq!((until, wait), (at.to_string(), (at + 60 - now).max(1)), "{line}");
+        assert_eq!(
+            (until, wait),
+            (at.to_string(), (at + 60 - now).max(1)),
+            "{line}"
+        );
     };
     // A day in January seen in December: next year's.
     limit(
@@ -932,7 +936,10 @@ fn a_plan_limit_reset_across_year_end_just_passed_or_far_off_is_waited_for_sensi
     // believed: the session backs off instead of holding its slot for months or years.
     let now = epoch("2026-12-02T03:00:00Z");
     for (line, reason) in [
-        ("Claude AI usage limit reached|99999999999", "usage limit reached"),
+        (
+            "Claude AI usage limit reached|99999999999",
+            "usage limit reached",
+        ),
         (
             "You've hit your weekly limit · resets Jan 12, 10:59am (America/New_York)",
             "plan limit, resets Jan 12 10:59am America/New_York",
