@@ -324,3 +324,31 @@ fn azlins_config_dir_names_the_default_group() {
     let shown = env.azlin(&["show", &vm, "--resource-group", "team-x", "-o", "json"]);
     assert!(shown.status.success(), "{}", stderr(&shown));
 }
+
+/// azlin's search for a tmux session named like a VM it cannot find ssh-es into every running
+/// VM of the group, with no timeout: one VM that drops packets holds it, and the call times
+/// out. A timed-out call asks `azlin show` once: the gone VM's session ends (its VM no longer
+/// exists), while the silent VM, which azlin still finds, is only unreachable.
+#[test]
+fn a_gone_vm_is_found_gone_even_when_azlins_search_hangs_on_a_silent_vm() {
+    let mut env = TestEnv::new();
+    let vms = env.prime(2, "s");
+    let running = env.start_running("SLEEP=300");
+    let other = vms.iter().find(|v| **v != running.vm).unwrap().clone();
+    let out = env.azlin(&["kill", &running.vm, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.fault(&format!("vms/{other}/frozen"));
+    env.set("AMPLIHACK_REMOTE_TIMEOUT", "3");
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = env.session(&running.id);
+    assert_eq!(s["status"], "failed", "{s}\n{}", stderr(&out));
+    assert_eq!(s["error"], "its VM no longer exists", "{s}");
+    assert!(
+        stderr(&out).contains("no longer exists in Azure"),
+        "{}",
+        stderr(&out)
+    );
+    // The silent VM is still there: never taken for gone.
+    assert!(env.state()["vm_pool"].get(&other).is_some());
+}

@@ -403,10 +403,18 @@ impl Azlin {
                 ),
             });
         }
+        let timed_out = matches!(result, Err(RunError::Timeout));
         match self.judge(cmd, Some(&vm.name), result) {
             // azlin's "not found" from a `connect` is confirmed like an answer that is not
             // ours: by `azlin show` in the VM's own group, once.
             Err(Error::VmNotFound { .. }) => Err(self.confirm_gone(vm, "azlin could not find it")),
+            // A call that hangs may be azlin searching every VM of the group for a tmux
+            // session named like a VM it cannot find (its ssh has no timeout, so one VM that
+            // drops packets holds the search): one `azlin show` tells a gone VM from a silent
+            // one.
+            Err(Error::VmUnreachable { detail, .. }) if timed_out => {
+                Err(self.confirm_gone(vm, &detail))
+            }
             other => other,
         }
     }
