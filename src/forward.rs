@@ -240,10 +240,19 @@ pub fn on_parse_error(e: clap::Error) -> ! {
     use clap::error::ErrorKind;
     match e.kind() {
         ErrorKind::DisplayVersion => {
-            // Our own version at once; the other amplihack's may take a moment.
-            print!("{e}");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-            print!("{}", version_note());
+            use std::io::Write;
+            // Our own version at once; the other amplihack's may take a moment. A reader that
+            // has gone by then (`--version | head -1`) ends it quietly, as for any command.
+            let written = |text: &str| {
+                let mut out = std::io::stdout().lock();
+                match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+                    Err(_) => std::process::exit(1),
+                }
+            };
+            written(&e.to_string());
+            written(&version_note());
             std::process::exit(0);
         }
         ErrorKind::InvalidSubcommand => {

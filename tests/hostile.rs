@@ -356,6 +356,50 @@ fn version_does_not_wait_long_for_a_slow_other_amplihack() {
     );
 }
 
+/// `--version | head -1`: the reader is gone when the other amplihack's line comes. That ends
+/// it quietly (exit 0), as for any command, not with a panic and exit 101.
+#[test]
+fn version_into_a_reader_that_left_after_its_first_line_exits_0_quietly() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = TestEnv::new();
+    let d = env.root().join("other");
+    std::fs::create_dir_all(&d).unwrap();
+    let gone = env.root().join("reader-gone");
+    // The other amplihack answers once the test's reader has gone (or never: ours stops
+    // asking after 3 s and writes its line all the same).
+    std::fs::write(
+        d.join("amplihack"),
+        format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho 'amplihack 9.9.9'\n",
+            gone.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(d.join("amplihack"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    set_path(&mut env, &["other"]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("amplihack"))
+        .env_clear()
+        .current_dir(env.work())
+        .envs(env.env())
+        .arg("--version")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("amplihack "), "{first}");
+    // The reader (dropped above) is gone: now the other amplihack answers.
+    std::fs::write(&gone, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn version_names_the_missing_python_amplihack_and_remote_exec_is_handed_to_it() {
     let mut env = TestEnv::new();
