@@ -434,6 +434,63 @@ fn a_session_waiting_to_retry_says_why_and_a_kill_ends_it_within_seconds() {
     assert_eq!(runs.lines().count(), 1);
 }
 
+/// A process group leader started with pid `pid` (a pid this test wants reused), when the
+/// kernel lets this process pick the next pid (`ns_last_pid`, root only) and no other process
+/// takes it first within a few hundred tries.
+fn group_leader_with_pid(pid: u32) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..500 {
+        if std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).is_err() {
+            return None;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .spawn()
+            .ok()?;
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+/// The agent's pid is free once it exited; by the time a kill comes during the retry wait
+/// (hours, for a plan limit) another process group may have that number. The kill must not
+/// signal it: only a group that is still the agent's.
+#[test]
+fn a_kill_during_a_retry_wait_signals_no_group_that_took_the_agents_number() {
+    let receiver = Receiver::start();
+    let mut env = local_env(&receiver);
+    env.set("AMPLIHACK_REMOTE_RETRY_BACKOFF", "3000");
+    let ids = start(&env, &[], &["TRANSIENT=server waiting"]);
+    let id = &ids[0];
+    receiver.wait_event(id, "session_retrying", Duration::from_secs(30));
+    let agent: u32 = std::fs::read_to_string(dir_of(&env, "local", id).join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let Some(mut stranger) = group_leader_with_pid(agent) else {
+        // Picking a pid needs root (ns_last_pid): nothing to check here.
+        eprintln!("skipped: cannot start a process with pid {agent} here");
+        return;
+    };
+    let out = env.run(&["kill", id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let s = env.wait_finished(id);
+    assert_eq!(s["status"], "killed", "{s}");
+    let untouched = stranger.try_wait().unwrap().is_none();
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    assert!(
+        untouched,
+        "the kill signalled the group that took the agent's number"
+    );
+}
+
 #[test]
 fn a_silent_session_is_flagged_once_and_not_killed() {
     let receiver = Receiver::start();

@@ -19,11 +19,13 @@ stop=
 pid=
 finished_at=
 # The tmux session was ended under us (kill-session, kill-server, a hangup) or `kill` asked:
-# end the agent's whole group rather than leave it running unsupervised.
+# end the agent's whole group rather than leave it running unsupervised. Only while that group
+# is still the agent's: once it is gone (waiting to retry, recording the end) its number may
+# belong to another process group by now (pids are reused), which must not be signalled.
 # shellcheck disable=SC2317 # invoked by the trap
 on_signal() {
   stop=1
-  [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
+  [ -n "$pid" ] && group_alive "$pid" "$agent_id" "$id" && kill -TERM -- "-$pid" 2>/dev/null
 }
 trap on_signal HUP TERM INT
 
