@@ -323,12 +323,21 @@ pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, String> {
     match serde_json::from_slice(bytes) {
         Ok(state) => Ok(state),
         // A key repeated in one object (a hand edit): JSON allows it, and the Python original
-        // (`json.load`) takes the last one; so do we, rather than refuse the file.
-        Err(e) if e.to_string().contains("duplicate field") => match without_repeated_keys(bytes) {
-            Some(text) => serde_json::from_slice(&text).map_err(|e| e.to_string()),
+        // (`json.load`) takes the last one; so do we, rather than refuse the file. Whatever the
+        // error: an earlier value that is refused (`"max_turns": 10.5, "max_turns": 10`) is
+        // not the one read, and the repetition need not be what serde names.
+        Err(e) => match without_repeated_keys(bytes) {
+            // Its error's place is in the text without the repeated members: the file's own
+            // error is named instead, unless that was only the repetition.
+            Some(text) => serde_json::from_slice(&text).map_err(|again| {
+                if e.to_string().contains("duplicate field") {
+                    again.to_string()
+                } else {
+                    e.to_string()
+                }
+            }),
             None => Err(e.to_string()),
         },
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -402,7 +411,8 @@ fn without_repeated_keys(bytes: &[u8]) -> Option<Vec<u8>> {
         fn object(&mut self) -> Option<()> {
             self.at += 1;
             // Each member: its key and where it starts (the next member's start ends it).
-            let mut members: Vec<(&[u8], usize)> = Vec::new();
+            // Keys compared as JSON reads them: `"max_\u0074urns"` is `"max_turns"`.
+            let mut members: Vec<(std::borrow::Cow<'_, [u8]>, usize)> = Vec::new();
             self.ws();
             if self.b.get(self.at)? == &b'}' {
                 self.at += 1;
@@ -411,7 +421,15 @@ fn without_repeated_keys(bytes: &[u8]) -> Option<Vec<u8>> {
             loop {
                 self.ws();
                 let (ks, ke) = self.string()?;
-                members.push((&self.b[ks..ke], ks));
+                let raw = &self.b[ks..ke];
+                let key = if raw.contains(&b'\\') {
+                    std::borrow::Cow::Owned(
+                        serde_json::from_slice::<String>(raw).ok()?.into_bytes(),
+                    )
+                } else {
+                    std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1])
+                };
+                members.push((key, ks));
                 self.ws();
                 (self.b.get(self.at)? == &b':').then_some(())?;
                 self.at += 1;
@@ -574,6 +592,14 @@ mod tests {
         let half = text.replacen("\"max_turns\": 10,", "\"max_turns\": 10.5,", 1);
         let e = parse_state(half.as_bytes()).unwrap_err();
         assert!(e.contains("10.5 is not a whole number"), "{e}");
+        // The value refused comes first and is not the one read; the key is escaped.
+        let refused_then_kept = text.replacen(
+            "\"max_turns\": 10,",
+            "\"max_turns\": 10.5, \"max_\\u0074urns\": 12, \"status\": 5, \"status\": \"running\",",
+            1,
+        );
+        let state = parse_state(refused_then_kept.as_bytes()).unwrap();
+        assert_eq!(state.sessions["sess-20251125-143022-abc"].max_turns, 12);
         let negative = text.replacen("\"max_turns\": 10,", "\"max_turns\": -1,", 1);
         assert!(parse_state(negative.as_bytes()).is_err());
     }
