@@ -1022,6 +1022,46 @@ fn a_plan_limit_reset_across_year_end_just_passed_or_far_off_is_waited_for_sensi
     }
 }
 
+/// A failed agent's last lines may be huge (a minified JSON dump on one line). Reading them
+/// must not hold the supervisor (and the session's slot) for long: the failure after such a
+/// line is found, and a line that is no failure is none. A hang guard, not a timing: before,
+/// this line alone took hours.
+#[test]
+fn a_huge_line_before_the_failure_does_not_hold_the_classifier() {
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/remote/vm");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("tail");
+    let mut text = "{\"k\": \"Error: status 200 limit\"} ".repeat(300_000);
+    text.push_str(
+        "\nAPI Error: 529 {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n",
+    );
+    std::fs::write(&input, text).unwrap();
+    let mut child = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                ". {}; . {}; transient_failure 1796187600 < {}",
+                vm.join("lib.sh").display(),
+                vm.join("unattended.sh").display(),
+                input.display()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the classifier still reads a 9 MB line after 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "-\tAPI overloaded");
+}
+
 #[test]
 fn a_follow_up_takes_the_same_unattended_settings() {
     let receiver = Receiver::start();

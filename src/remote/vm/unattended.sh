@@ -93,6 +93,9 @@ transient_failure() {
   local word_before='(^|[^A-Za-z0-9_])' word_after='([^A-Za-z0-9_]|$)'
   local months='Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec'
   local limit_clock="(limit|Limit).*[Rr]esets?( at)? (($months) ([0-9]{1,2}),?( at)? )?([0-9]{1,2})(:([0-9]{2}))? ?([ap]m)?( \\(([A-Za-z0-9_+/-]+)\\))?"
+  # Each line's first 4 KiB: the failures are said at the start of short lines, and the
+  # patterns above cost time growing with the square of a line's length (a 1 MB line of JSON
+  # took a minute, a longer one far more, while the session held its slot).
   while IFS= read -r line || [ -n "$line" ]; do
     line=${line%$'\r'}
     if [[ $line =~ Claude\ AI\ usage\ limit\ reached\|([0-9]{9,11}) ]]; then
@@ -119,7 +122,7 @@ transient_failure() {
     elif [[ $line =~ API\ Error:\ (Connection\ error|Request\ timed\ out) ]]; then
       reason="network error (${BASH_REMATCH[1]})" until=-
     fi
-  done
+  done < <(LC_ALL=C cut -b 1-4096)
   [ -n "$reason" ] || return 1
   # No plan limit resets more than a week ahead: a reset further off is not believed (a
   # garbled or quoted line would park the session, holding its slot, for months or years);
