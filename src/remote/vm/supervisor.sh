@@ -17,15 +17,20 @@ d=$1
 id=${d##*/}
 stop=
 pid=
+# Set while the agent's group is this supervisor's, from its start until its status is reaped.
+agent_running=
 finished_at=
 # The tmux session was ended under us (kill-session, kill-server, a hangup) or `kill` asked:
 # end the agent's whole group rather than leave it running unsupervised. Only while that group
-# is still the agent's: once it is gone (waiting to retry, recording the end) its number may
-# belong to another process group by now (pids are reused), which must not be signalled.
+# is still the agent's: once reaped (waiting to retry, recording the end) its number may
+# belong to another process group by now (pids are reused), which must not be signalled. The
+# handler forks nothing: a hangup comes to every process of the pane's group, and a
+# subshell forked here to check the group would die of the next one (exit 129) and leave the
+# agent running unsupervised.
 # shellcheck disable=SC2317 # invoked by the trap
 on_signal() {
   stop=1
-  [ -n "$pid" ] && group_alive "$pid" "$agent_id" "$id" && kill -TERM -- "-$pid" 2>/dev/null
+  [ -n "$agent_running" ] && [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null
 }
 trap on_signal HUP TERM INT
 
@@ -153,6 +158,7 @@ start_agent() {
     exec "${run[@]}"
   ) < /dev/null >&"$redact_fd" 2>&1 &
   pid=$!
+  agent_running=1
   set +m
   exec {redact_fd}>&-
   agent_id=$(identity_of "$pid")
@@ -205,6 +211,7 @@ watch_agent() {
     fi
   done
   reap_agent "$pid" "$log" "$stop"
+  agent_running=
   rm -f -- "$d/silent_since"
   # The agent is gone; children it left in its group (`sleep 300 &`) must not outlive the
   # session and hold a slot nobody accounts for.
