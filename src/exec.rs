@@ -340,14 +340,19 @@ pub fn run_streaming(
 /// `run`, with failures to start, time-outs and interrupts turned into `Error`s; any exit
 /// code is an `Output` for the caller to judge.
 pub fn run_any_exit(cmd: &Cmd) -> Result<Output> {
-    run(cmd).map_err(|e| match e {
+    run(cmd).map_err(|e| run_error(cmd, e))
+}
+
+/// A failure to run `cmd` (start, time-out, interrupt) as the `Error` a command reports.
+pub fn run_error(cmd: &Cmd, e: RunError) -> Error {
+    match e {
         RunError::Spawn(source) => Error::io(format!("cannot run `{}`", cmd.display()), source),
         RunError::Timeout => Error::Timeout {
             command: cmd.display(),
             seconds: cmd.timeout.as_secs(),
         },
         RunError::Interrupted => Error::Interrupted,
-    })
+    }
 }
 
 /// Runs an interactive program on this terminal (tmux attach): stdio inherited, in our

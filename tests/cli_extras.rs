@@ -478,14 +478,7 @@ fn status_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 fn status_shows_what_running_vms_cost_and_deallocated_ones_do_not() {
     let env = TestEnv::new();
     let vms = env.prime(2, "s");
-    std::process::Command::new(support("azlin"))
-        .args(["stop", &vms[0]])
-        .env("FAKE_AZLIN_HOME", env.azlin_home())
-        .env("HOME", env.home())
-        .env("AZLIN_NO_UPDATE_CHECK", "1")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    assert!(env.azlin(&["stop", &vms[0]]).status.success());
     let out = env.run(&["status"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);

@@ -329,13 +329,7 @@ fn a_vm_deleted_behind_our_back_is_resolved() {
     let running = env.start_running("SLEEP=300");
     assert_eq!(running.vm, done.vm);
     // Deleted outside this tool.
-    let out = std::process::Command::new(support("azlin"))
-        .args(["kill", &running.vm, "--force"])
-        .env_clear()
-        .envs(env.env())
-        .env("AZLIN_NO_UPDATE_CHECK", "1")
-        .output()
-        .unwrap();
+    let out = env.azlin(&["kill", &running.vm, "--force"]);
     assert!(
         out.status.success(),
         "{}",

@@ -492,13 +492,7 @@ impl World {
                 let vms: Vec<String> = self.azlin_vms().into_iter().collect();
                 match Self::pick(&vms, i) {
                     Some(vm) => {
-                        let out = std::process::Command::new(support("azlin"))
-                            .args(["kill", &vm, "--force"])
-                            .env_clear()
-                            .envs(self.env.env())
-                            .env("AZLIN_NO_UPDATE_CHECK", "1")
-                            .output()
-                            .unwrap();
+                        let out = self.env.azlin(&["kill", &vm, "--force"]);
                         assert!(out.status.success());
                         self.deleted.insert(vm.clone());
                         // A deleted VM runs nothing: the stand-in's tmux server goes, and with

@@ -188,14 +188,7 @@ fn a_failed_deletion_keeps_the_vm_tracked_with_its_error() {
 fn status_shows_power_states_and_flags_vms_gone_from_azure() {
     let env = TestEnv::new();
     let vms = env.prime(2, "s");
-    std::process::Command::new(support("azlin"))
-        .args(["stop", &vms[0]])
-        .env("FAKE_AZLIN_HOME", env.azlin_home())
-        .env("HOME", env.home())
-        .env("AZLIN_NO_UPDATE_CHECK", "1")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    assert!(env.azlin(&["stop", &vms[0]]).status.success());
     std::fs::remove_dir_all(env.vm_dir(&vms[1])).unwrap();
     env.clear_calls();
     let out = env.run(&["status"]);

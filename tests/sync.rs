@@ -466,14 +466,7 @@ fn a_stopped_vm_is_reported_with_its_power_state() {
     let env = TestEnv::new();
     let vm = env.prime(1, "s").remove(0);
     // Deallocated behind our back (`azlin stop`), as the contract's stand-in does it.
-    let stop = std::process::Command::new(support("azlin"))
-        .args(["stop", &vm])
-        .env("FAKE_AZLIN_HOME", env.azlin_home())
-        .env("HOME", env.home())
-        .env("AZLIN_NO_UPDATE_CHECK", "1")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let stop = env.azlin(&["stop", &vm]).status;
     assert!(stop.success());
     let reason = format!("its power state is Deallocated; start it with 'azlin start {vm}'");
     for state_known in [true, false] {

@@ -588,6 +588,21 @@ impl Framing {
     }
 }
 
+/// The control script's framed answer from a local run of it (an error when it exited
+/// non-zero or never ran).
+fn local_answer(cmd: &Cmd, out: Output) -> Result<Output> {
+    let mut out = succeeded(cmd, out)?;
+    out.stdout = answer::framed_answer(&out.stdout)
+        .ok_or_else(|| {
+            Error::unexpected_answer(
+                crate::core::pool::LOCAL_VM_NAME,
+                "the control script did not run",
+            )
+        })?
+        .to_vec();
+    Ok(out)
+}
+
 impl Transport for LocalShell {
     fn run_script(
         &self,
@@ -599,16 +614,7 @@ impl Transport for LocalShell {
         let cmd = Cmd::new("bash", vec!["-s".into()], timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        let mut out = succeeded(&cmd, exec::run_any_exit(&cmd)?)?;
-        out.stdout = answer::framed_answer(&out.stdout)
-            .ok_or_else(|| {
-                Error::unexpected_answer(
-                    crate::core::pool::LOCAL_VM_NAME,
-                    "the control script did not run",
-                )
-            })?
-            .to_vec();
-        Ok(out)
+        local_answer(&cmd, exec::run_any_exit(&cmd)?)
     }
 
     fn converse_script(
@@ -625,27 +631,7 @@ impl Transport for LocalShell {
         let result = exec::run_conversation(&cmd, awaited, &mut |raw| {
             answer::framed_answer(raw).and_then(&mut *reply)
         });
-        let out = match result {
-            Ok(out) => out,
-            Err(RunError::Spawn(e)) => return Err(Error::io("cannot run bash", e)),
-            Err(RunError::Timeout) => {
-                return Err(Error::Timeout {
-                    command: cmd.display(),
-                    seconds: cmd.timeout.as_secs(),
-                });
-            }
-            Err(RunError::Interrupted) => return Err(Error::Interrupted),
-        };
-        let mut out = succeeded(&cmd, out)?;
-        out.stdout = answer::framed_answer(&out.stdout)
-            .ok_or_else(|| {
-                Error::unexpected_answer(
-                    crate::core::pool::LOCAL_VM_NAME,
-                    "the control script did not run",
-                )
-            })?
-            .to_vec();
-        Ok(out)
+        local_answer(&cmd, result.map_err(|e| exec::run_error(&cmd, e))?)
     }
 
     fn stream_script(
