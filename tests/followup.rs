@@ -1043,21 +1043,28 @@ fn pull_pr_adopts_an_open_pull_request_and_names_its_branch() {
     );
 }
 
+/// A session that completed, started from machine A (the test's state file) and known to
+/// machine B (a second state file, filled by `sync`); the environment is left on machine B.
+/// Returns the session and the two state files.
+fn completed_on_two_machines(env: &mut TestEnv) -> (Started, PathBuf, PathBuf) {
+    env.git_repo();
+    let machine_a = env.state_path();
+    let machine_b = env.root().join("state/b/remote-state.json");
+    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
+    let parent = start_one(env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
+    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
+    let out = env.run(&["sync"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    (parent, machine_a, machine_b)
+}
+
 /// Two machines, each with its own state, continue the same session: the VM refuses the
 /// second follow-up while the first runs in the workspace, and once it has run, names it.
 #[test]
 fn a_second_machine_cannot_continue_a_session_another_is_continuing() {
     let mut env = TestEnv::new();
-    env.git_repo();
-    let machine_a = env.state_path();
-    let machine_b = env.root().join("state/b/remote-state.json");
-    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
-    let parent = start_one(&env, &["COMMIT=1"]);
-    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
-
-    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
-    let out = env.run(&["sync"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (parent, machine_a, machine_b) = completed_on_two_machines(&mut env);
     let out = env.run(&["continue", &parent.id, "SLEEP=60 COMMIT=1", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let b_child = started_ids(&out).remove(0);
@@ -1144,15 +1151,7 @@ fn continue_of_a_session_whose_vm_went_before_its_results_came_home_says_they_ar
 #[test]
 fn two_machines_continuing_one_session_at_once_never_share_its_workspace() {
     let mut env = TestEnv::new();
-    env.git_repo();
-    let machine_a = env.state_path();
-    let machine_b = env.root().join("state/b/remote-state.json");
-    std::fs::create_dir_all(machine_b.parent().unwrap()).unwrap();
-    let parent = start_one(&env, &["COMMIT=1"]);
-    assert_eq!(env.wait_finished(&parent.id)["status"], "completed");
-    env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
-    let out = env.run(&["sync"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (parent, machine_a, machine_b) = completed_on_two_machines(&mut env);
 
     let mut runs = Vec::new();
     for state in [&machine_a, &machine_b] {
