@@ -51,8 +51,15 @@ fn staging_prefix(path: &Path) -> String {
     format!(".{name}.resume-partial-")
 }
 
-fn staging_path(path: &Path, pid: u32) -> PathBuf {
-    path.with_file_name(format!("{}{pid}", staging_prefix(path)))
+/// `staging_prefix` and the process building it: `<pid>-<start time in ticks since boot>`
+/// (the pid alone where its start time cannot be read). The start time tells a dead run's
+/// leftovers from a live run's once its pid was given to another process.
+fn staging_path(path: &Path, owner: &Owner) -> PathBuf {
+    let ticks = owner.started.split_once(' ').map(|(_, t)| t);
+    path.with_file_name(match ticks {
+        Some(t) => format!("{}{}-{t}", staging_prefix(path), owner.pid),
+        None => format!("{}{}", staging_prefix(path), owner.pid),
+    })
 }
 
 /// The process that is building the worktree at `staging`, if `staging` is one of the names
@@ -62,12 +69,21 @@ fn staging_owner(path: &Path, staging: &Path) -> Option<Owner> {
         return None;
     }
     let name = staging.file_name()?.to_string_lossy().into_owned();
-    let pid = name.strip_prefix(&staging_prefix(path))?.parse().ok()?;
+    let rest = name.strip_prefix(&staging_prefix(path))?;
+    let (pid, ticks) = match rest.split_once('-') {
+        Some((pid, ticks)) => (pid, Some(ticks.parse::<u64>().ok()?)),
+        None => (rest, None),
+    };
+    let me = exec::current_owner();
+    let boot = me.started.split_once(' ').map(|(b, _)| b.to_string());
     Some(Owner {
-        pid,
-        host: exec::current_owner().host,
-        // No start time: the pid's existence is what tells.
-        started: String::new(),
+        pid: pid.parse().ok()?,
+        host: me.host,
+        // Without a start time (or a boot id to go with it), the pid's existence tells.
+        started: match (boot, ticks) {
+            (Some(b), Some(t)) => format!("{b} {t}"),
+            _ => String::new(),
+        },
     })
 }
 
@@ -156,7 +172,7 @@ pub fn hand_over(ctx: &Ctx, p: &Pulled, repo: &Path, given: Option<&Path>) -> Re
             p.branch
         )));
     }
-    let staging = staging_path(&path, std::process::id());
+    let staging = staging_path(&path, &exec::current_owner());
     let start = p
         .head
         .as_deref()
@@ -228,7 +244,20 @@ mod tests {
     #[test]
     fn a_staging_worktree_is_known_by_its_name_and_process() {
         let path = Path::new("/src/app-sess-1");
-        let staging = staging_path(path, 4242);
+        let owner = |started: &str| Owner {
+            pid: 4242,
+            host: "h".into(),
+            started: started.into(),
+        };
+        let staging = staging_path(path, &owner("boot-1 777"));
+        assert_eq!(
+            staging,
+            Path::new("/src/.app-sess-1.resume-partial-4242-777")
+        );
+        let read = staging_owner(path, &staging).unwrap();
+        assert_eq!(read.pid, 4242);
+        assert!(read.started.ends_with(" 777"), "{}", read.started);
+        let staging = staging_path(path, &owner(""));
         assert_eq!(staging, Path::new("/src/.app-sess-1.resume-partial-4242"));
         assert_eq!(staging_owner(path, &staging).map(|o| o.pid), Some(4242));
         assert!(staging_owner(path, Path::new("/src/app-sess-1")).is_none());

@@ -894,6 +894,34 @@ fn git_stopping_at_apply(env: &TestEnv, hang: bool) {
 
 /// A `pull --resume` that dies halfway (killed, or its patch refused) leaves no worktree that
 /// the next one would take for the finished hand-over: the next one builds it whole.
+/// A pull --resume that died left its half-built worktree under its pid, and that pid now
+/// belongs to another process (pid 1 here, which always lives): the start time in the name
+/// tells it is not the builder, so the next pull --resume clears it rather than wait for ever.
+#[test]
+fn a_dead_pull_resumes_leftovers_are_cleared_once_its_pid_went_to_another_process() {
+    let env = TestEnv::local();
+    env.git_repo();
+    let s = start_one(&env, &["COMMIT=1"]);
+    assert_eq!(env.wait_finished(&s.id)["status"], "completed");
+    let out = env.run(&["pull", &s.id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let root = env.root().canonicalize().unwrap();
+    let leftover = root.join(format!(".work-{}.resume-partial-1-1", s.id));
+    git(
+        &env.work(),
+        &[
+            "worktree",
+            "add",
+            &leftover.display().to_string(),
+            &format!("amplihack/{}", s.id),
+        ],
+    );
+    let out = env.run(&["pull", &s.id, "--resume"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!leftover.exists());
+    assert!(root.join(format!("work-{}", s.id)).join(".git").exists());
+}
+
 #[test]
 fn a_pull_resume_that_dies_halfway_leaves_nothing_the_next_one_trips_on() {
     let env = TestEnv::local();
