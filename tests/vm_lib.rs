@@ -58,3 +58,13 @@ fn reap_agent_never_waits_for_ever_on_a_child_bash_lost() {
         );
     }
 }
+
+/// A stdbuf that is there but cannot run (its preload library missing) must not take the
+/// agent's output with it: the redactor falls back to `sed -u`.
+#[test]
+fn the_redactor_works_where_stdbuf_is_broken() {
+    let (out, _) = with_lib(
+        r#". "$1"; bin=$(mktemp -d); printf '#!/bin/sh\nexit 125\n' > "$bin/stdbuf"; chmod +x "$bin/stdbuf"; PATH=$bin:$PATH; redact_key=s3cr3t; printf 'a s3cr3t b\nlast' | (exec_redactor); rm -r "$bin""#,
+    );
+    assert_eq!(out, "a [REDACTED] b\nlast");
+}

@@ -537,9 +537,11 @@ redaction_script() {
 # last line without a newline stays without one). Each line is written as soon as its newline
 # arrives (stdbuf makes sed's output line-buffered; its input is read in blocks, as they come),
 # so the agent's output reaches its log, `output --follow` and the silence check as it prints.
-# Without stdbuf (not GNU coreutils), `sed -u` does the same, reading a byte at a time.
+# Without a working stdbuf (not GNU coreutils, or its preload library missing), `sed -u` does
+# the same, reading a byte at a time: a redactor that cannot start would lose the agent's
+# output and end the agent with a broken pipe.
 exec_redactor() {
-  if command -v stdbuf > /dev/null 2>&1; then
+  if command -v stdbuf > /dev/null 2>&1 && stdbuf -oL true 2> /dev/null; then
     LC_ALL=C exec stdbuf -oL sed -f /dev/fd/3 3< <(redaction_script)
   fi
   LC_ALL=C exec sed -u -f /dev/fd/3 3< <(redaction_script)
