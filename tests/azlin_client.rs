@@ -352,3 +352,40 @@ fn a_gone_vm_is_found_gone_even_when_azlins_search_hangs_on_a_silent_vm() {
     // The silent VM is still there: never taken for gone.
     assert!(env.state()["vm_pool"].get(&other).is_some());
 }
+
+/// An `azlin show` that fails "not found" about another resource than the VM (its public IP,
+/// looked up after the VM was found) proves nothing about the VM: a silent VM's sessions are
+/// kept as last known, never ended as if their VM were gone.
+#[test]
+fn a_not_found_about_another_resource_never_ends_a_vms_sessions() {
+    let mut env = TestEnv::new();
+    env.prime(1, "s");
+    let running = env.start_running("SLEEP=300");
+    env.fault(&format!("vms/{}/frozen", running.vm));
+    std::fs::write(
+        env.azlin_home().join("show-error"),
+        format!(
+            "(ResourceNotFound) The Resource 'Microsoft.Network/publicIPAddresses/{}-ip' under resource group '{}' was not found.",
+            running.vm,
+            env.state()["vm_pool"][&running.vm]["resource_group"]
+                .as_str()
+                .unwrap_or("rg")
+        ),
+    )
+    .unwrap();
+    env.set("AMPLIHACK_REMOTE_TIMEOUT", "3");
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        env.calls().iter().any(|c| c[0] == "show"),
+        "the timed-out connect asked azlin show"
+    );
+    let s = env.session(&running.id);
+    assert_eq!(s["status"], "running", "{s}\n{}", stderr(&out));
+    assert!(env.state()["vm_pool"].get(&running.vm).is_some());
+    assert!(
+        stderr(&out).contains("showing them as last known"),
+        "{}",
+        stderr(&out)
+    );
+}

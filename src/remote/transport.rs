@@ -315,6 +315,16 @@ impl Azlin {
                             ),
                         })
                     }
+                    // A "not found" about another resource (the VM's public IP or disk, say,
+                    // that azlin looked up after finding the VM) says the VM is there.
+                    _ if !not_found_names_vm(&detail, &vm.name) => Err(Error::CommandFailed {
+                        command: cmd.display(),
+                        status: Some(1),
+                        stderr: format!(
+                            "azlin's 'not found' is not about VM '{}': that proves nothing about it ({detail})",
+                            vm.name
+                        ),
+                    }),
                     _ => Ok(false),
                 }
             }
@@ -803,6 +813,36 @@ fn group_named_in(text: &str) -> Option<&str> {
     rest.split('\'').next().filter(|g| !g.is_empty())
 }
 
+/// Whether a "not found" answer is about VM `vm` itself: it names the VM's own resource
+/// (`Microsoft.Compute/virtualMachines/VM`) when it names a resource path at all, else the VM
+/// quoted (`VM 'VM' was not found`). Azure names are case-insensitive.
+fn not_found_names_vm(text: &str, vm: &str) -> bool {
+    let lower = text.to_lowercase();
+    let vm = vm.to_lowercase();
+    // The name ends where a quote, a space, a bracket, a comma or a sentence's full stop
+    // follows (VM names may hold '.' and '-', so `x.y` and `x-ip` are other names).
+    let ends_name = |rest: &str| {
+        let mut chars = rest.chars();
+        match chars.next() {
+            None | Some('\'' | '"' | ')' | ',') => true,
+            Some(c) if c.is_whitespace() => true,
+            Some('.') => chars.next().is_none_or(char::is_whitespace),
+            Some(_) => false,
+        }
+    };
+    let named = |prefix: &str| {
+        let needle = format!("{prefix}{vm}");
+        lower
+            .match_indices(&needle)
+            .any(|(at, _)| ends_name(&lower[at + needle.len()..]))
+    };
+    if lower.contains("microsoft.") {
+        named("microsoft.compute/virtualmachines/")
+    } else {
+        named("'") || named("\"")
+    }
+}
+
 pub use crate::core::reconcile::ListedVm;
 
 /// `azlin list -o json`: `{"vms": [{"name", "power_state", "resource_group", "location",
@@ -1033,6 +1073,29 @@ mod tests {
             Some("RG-a")
         );
         assert_eq!(group_named_in("VM 'x' was not found."), None);
+    }
+
+    #[test]
+    fn only_a_not_found_about_the_vm_itself_says_it_is_gone() {
+        let vm = "amp-1.a";
+        for about_it in [
+            "(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachines/amp-1.a' under resource group 'rg' was not found.",
+            "Error: VM 'AMP-1.A' was not found in resource group 'rg'.",
+            "VM \"amp-1.a\" was not found",
+        ] {
+            assert!(not_found_names_vm(about_it, vm), "{about_it}");
+        }
+        for about_another in [
+            // The VM was found; a resource azlin looked up next was not.
+            "(ResourceNotFound) The Resource 'Microsoft.Network/publicIPAddresses/amp-1.a' under resource group 'rg' was not found.",
+            "(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachines/amp-1.a-ip' under resource group 'rg' was not found.",
+            "(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachines/amp-1.a/extensions/x' was not found.",
+            "(ResourceNotFound) The Resource 'Microsoft.Compute/virtualMachines/amp-1.ab' was not found.",
+            "Error: VM 'amp-1' was not found.",
+            "Error: the resource was not found.",
+        ] {
+            assert!(!not_found_names_vm(about_another, vm), "{about_another}");
+        }
     }
 
     #[test]
