@@ -404,6 +404,36 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
     }
 }
 
+/// `kill --force` of a session whose VM azlin confirms gone records that session killed and
+/// settles the VM's other sessions as every command that meets a gone VM does, with the one
+/// `azlin show`: they were left running, the next command asking azlin again.
+#[test]
+fn kill_force_on_a_gone_vm_settles_its_other_sessions_too() {
+    let env = TestEnv::new();
+    let out = env.run(&["start", "--no-context", "--json", "SLEEP=300", "SLEEP=300"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ids = started_ids(&out);
+    let vm = env.vm_of(&ids[0]);
+    assert_eq!(env.vm_of(&ids[1]), vm, "both on one VM");
+    let out = env.azlin(&["kill", &vm, "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.clear_calls();
+    let out = env.run(&["kill", "--force", &ids[0]]);
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{err}");
+    assert_eq!(env.session(&ids[0])["status"], "killed");
+    let other = env.session(&ids[1]);
+    assert_eq!(other["status"], "failed", "{other}\n{err}");
+    assert_eq!(other["error"], "its VM no longer exists", "{other}");
+    assert!(
+        err.contains(&ids[1]) && err.contains("ended failed"),
+        "{err}"
+    );
+    assert!(!err.contains("may still run"), "{err}");
+    let shows = env.calls().iter().filter(|c| c[0] == "show").count();
+    assert_eq!(shows, 1, "one `azlin show` confirms it");
+}
+
 /// A VM deleted while `output --follow` streams it: as with Azure, the connection drops (the
 /// stand-in's `kill` ends what runs there, and ssh says "closed by remote host"); the reconnect
 /// finds the VM gone and the session ends failed ("its VM no longer exists"), never "no trace of

@@ -94,13 +94,6 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
     let (stdout, kept) = match answer {
         Ok(answer) => answer,
         Err(e @ (Error::VmUnreachable { .. } | Error::VmNotFound { .. })) if args.force => {
-            // Nothing runs on a VM azlin confirmed gone; on one that did not answer, it may.
-            let left = if matches!(e, Error::VmNotFound { .. }) {
-                "nothing of it can still run"
-            } else {
-                "its agent may still run on the VM"
-            };
-            ui::warn(&format!("{e}; marking {id} killed locally: {left}"));
             mark(
                 ctx,
                 id,
@@ -108,6 +101,19 @@ pub fn run(ctx: &Ctx, args: KillArgs) -> Result<()> {
                 false,
                 &refresh::Kept::default(),
             )?;
+            // Nothing runs on a VM azlin confirmed gone; on one that did not answer, it may.
+            // A gone VM's other sessions end as every command that meets it ends them (no
+            // second `azlin show`: the transport remembers its answer), and the warning names
+            // them.
+            let (e, left) = if matches!(e, Error::VmNotFound { .. }) {
+                (
+                    refresh::after_failed_call(ctx, &session.vm_name, e),
+                    "nothing of it can still run",
+                )
+            } else {
+                (e, "its agent may still run on the VM")
+            };
+            ui::warn(&format!("{e}; marking {id} killed locally: {left}"));
             return ui::print_text("Status updated: killed\n");
         }
         Err(e) => {
