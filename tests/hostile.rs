@@ -857,11 +857,27 @@ fn follow_of_a_python_original_session_follows_its_pane() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    env.wait_for("the follow to start", Duration::from_secs(20), || {
-        env.vm_dir(&vm)
-            .join(format!("home/.amplihack/remote/pane-follow/{id}.log"))
-            .exists()
-    });
+    // The follow has started once tmux pipes the pane (its log holds the pane's capture a
+    // moment before the pipe opens; what the pane prints in between is in neither).
+    env.wait_for(
+        "the follow to pipe the pane",
+        Duration::from_secs(20),
+        || {
+            let piped = std::process::Command::new("tmux")
+                .env("TMUX_TMPDIR", env.vm_dir(&vm).join("tmp"))
+                .env_remove("TMUX")
+                .args([
+                    "display-message",
+                    "-p",
+                    "-t",
+                    &format!("={id}:"),
+                    "#{pane_pipe}",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&piped.stdout).trim() == "1"
+        },
+    );
     std::fs::write(&go, "").unwrap();
     let out = follow.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));

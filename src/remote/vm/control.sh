@@ -785,6 +785,8 @@ cmd_stream() {
 # pane_log ID LINES: the log a Python original's session gets while it is followed: its pane's
 # last LINES lines, then everything the pane prints from then on (`tmux pipe-pane`, opened
 # once, shared by every follower: `-o` opens a pipe only where none is). Prints its path.
+# What the pane prints between the capture and the pipe's opening (milliseconds) is in
+# neither: tmux has no capture-then-pipe in one step.
 pane_log() {
   local id=$1 lines=$2 dir="$base/pane-follow" log
   log="$dir/$id.log"
