@@ -181,7 +181,27 @@ pub fn refresh_plan(
             }
         }
     }
+    // A VM holding sessions brought home whose `collected` mark it has not confirmed (a call
+    // cut after the archive was kept, archives of an older version) is asked too, about
+    // nothing but those marks: else, with no session of ours running there, no call would
+    // ever tell it, and another machine's prune would keep it until --force.
+    for s in state.sessions.values() {
+        if owes_collected_mark(state, s) {
+            by_vm.entry(s.vm_name.clone()).or_default();
+        }
+    }
     by_vm
+}
+
+/// A session brought home whose VM (in the pool, ready) has not confirmed its `collected`
+/// mark: the next refresh tells the VM (`unconfirmed_collected`).
+fn owes_collected_mark(state: &State, s: &Session) -> bool {
+    s.archived_at.is_some()
+        && !s.vm_marked_collected()
+        && state
+            .vm_pool
+            .get(&s.vm_name)
+            .is_some_and(|vm| vm.state == VmState::Ready)
 }
 
 /// What a call asks of a session's VM about its results: its workspace, starting commit and
@@ -718,7 +738,13 @@ pub fn refresh_with(ctx: &Ctx, power: Power, also: &BTreeSet<String>) -> Result<
         });
     }
     let (collected, power_results) = collect_with_power(ctx, &state, &plan, &power_groups);
-    let collected = collected?;
+    let mut collected = collected?;
+    // A call that only told a VM its `collected` marks asked nothing the user sees: its
+    // failure is not shown (the marks are told again next time), unless the VM is gone.
+    collected.failed_vms.retain(|vm, e| {
+        matches!(e, Error::VmNotFound { .. } | Error::Interrupted)
+            || plan.get(vm).is_none_or(|asked| !asked.is_empty())
+    });
     for (vm, e) in &collected.failed_vms {
         // A VM azlin confirmed gone is not "unreachable": its sessions are settled below,
         // with one warning saying so.
@@ -838,6 +864,14 @@ fn end_sessions_of_gone_vms(ctx: &Ctx, gone: &[String], now: DateTime<Utc>) -> R
             .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
             .count();
         mark_archived(st, &home);
+        // Nothing of them is left on a VM that is gone: no `collected` mark to tell it.
+        let moot: BTreeSet<String> = st
+            .sessions
+            .values()
+            .filter(|s| gone_set.contains(&s.vm_name))
+            .map(|s| s.session_id.clone())
+            .collect();
+        mark_collected(st, &moot);
         Ok((st.clone(), ended))
     })?;
     let shown: Vec<&str> = gone.iter().take(3).map(String::as_str).collect();
@@ -975,6 +1009,15 @@ fn settle_gone_vm(
             .filter(|id| settle(st, id, &lifecycle::Event::VmGone, now, &exec::liveness).is_some())
             .collect();
         mark_archived(st, &home);
+        // Nothing of them is left on a VM that is gone: no mark to tell it (as the VM itself
+        // answers for a session it has no directory of).
+        let moot: BTreeSet<String> = st
+            .sessions
+            .values()
+            .filter(|s| s.vm_name == vm)
+            .map(|s| s.session_id.clone())
+            .collect();
+        mark_collected(st, &moot);
         Ok((st.clone(), ended))
     })?;
     Ok(Some((state, ended)))

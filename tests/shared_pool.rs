@@ -533,3 +533,66 @@ fn a_machine_that_adopts_the_sessions_brings_them_home_before_its_prune_deletes_
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
 }
+
+/// Results home whose marks the VM never heard (archives of an older version, or a call cut
+/// after they were kept), and no session of A's running there: A's `list` still tells the VM,
+/// in one call of its own, as B's prune advises; the list after makes none, and B's prune
+/// then deletes the VM.
+#[test]
+fn a_list_tells_a_vm_the_marks_it_missed_even_with_nothing_running_there() {
+    let mut env = TestEnv::new();
+    let (machine_a, machine_b, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    let collected = env.session_dir(&vm, &id).join("collected");
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    // As an older version left it: archive home, no mark on the VM, none recorded.
+    std::fs::remove_file(&collected).unwrap();
+    let mut state = env.state();
+    state["sessions"][&id]
+        .as_object_mut()
+        .unwrap()
+        .remove("vm_marked_collected");
+    env.write_state(&state.to_string());
+
+    env.clear_calls();
+    let out = env.run(&["list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let connects = env
+        .calls()
+        .into_iter()
+        .filter(|c| c[0] == "connect")
+        .count();
+    assert_eq!(connects, 1, "{:?}", env.calls());
+    assert!(collected.exists(), "the VM was told");
+    assert_eq!(env.session(&id)["vm_marked_collected"], true);
+    env.clear_calls();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(
+        env.calls().iter().all(|c| c[0] != "connect"),
+        "{:?}",
+        env.calls()
+    );
+
+    as_machine(&mut env, &machine_b);
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    // A's next refresh finds the VM gone: nothing is left there to tell, and no call is made
+    // for it again.
+    as_machine(&mut env, &machine_a);
+    let mut state = env.state();
+    state["sessions"][&id]
+        .as_object_mut()
+        .unwrap()
+        .remove("vm_marked_collected");
+    env.write_state(&state.to_string());
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert_eq!(env.session(&id)["vm_marked_collected"], true);
+    env.clear_calls();
+    assert_eq!(code(&env.run(&["list"])), 0);
+    assert!(
+        env.calls().iter().all(|c| c[0] != "connect"),
+        "{:?}",
+        env.calls()
+    );
+}
