@@ -396,7 +396,9 @@ fn every_command_that_meets_a_vm_deleted_behind_our_back_settles_its_sessions() 
             "{how}: {err}"
         );
         assert!(
-            !err.contains("as last known") && !err.contains("unreachable"),
+            !err.contains("as last known")
+                && !err.contains("unreachable")
+                && !err.contains("a later refresh will"),
             "{how}: {err}"
         );
         let shows = env.calls().iter().filter(|c| c[0] == "show").count();

@@ -218,6 +218,11 @@ fn archive_ended(ctx: &Ctx, ended: &[Session]) -> Result<()> {
     }
     let collected = refresh::collect(ctx, &state, &plan)?;
     for (vm, e) in &collected.failed_vms {
+        // A VM azlin confirmed gone was reported with its sessions already: nothing of theirs
+        // is left to bring home, by this call or a later one.
+        if matches!(e, Error::VmNotFound { .. }) {
+            continue;
+        }
         ui::warn(&format!(
             "could not bring home the archives of the sessions on VM '{vm}'; a later refresh will. {e}"
         ));
