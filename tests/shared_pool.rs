@@ -596,3 +596,30 @@ fn a_list_tells_a_vm_the_marks_it_missed_even_with_nothing_running_there() {
         env.calls()
     );
 }
+
+/// `output` of an ended session whose call drops after its archive came home (and the VM was
+/// told), while the VM sends the text that follows: the output is shown from the archive,
+/// which the state records; it is not taken for a damaged answer.
+#[test]
+fn output_cut_after_the_archive_came_home_shows_it_from_the_archive() {
+    let mut env = TestEnv::new();
+    let (_, _, vm, id) = a_session_of_machine_a_ended_on_bs_vm(&mut env);
+    // The VM's text after the archive is slow (its `tail` takes seconds) and the connection
+    // drops meanwhile.
+    let tail = env.vm_dir(&vm).join("bin/tail");
+    std::fs::write(
+        &tail,
+        "#!/bin/bash\n[ \"$1\" = -n ] && sleep 5\nexec /usr/bin/tail \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tail, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(env.azlin_home().join("drop-after"), "2 1\n").unwrap();
+    let out = env.run(&["output", &id]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+    assert!(env.archive_dir().join(&id).join("archive.json").exists());
+    assert!(env.session_dir(&vm, &id).join("collected").exists());
+    let s = env.session(&id);
+    assert!(s["archived_at"].is_string(), "{s}");
+    assert_eq!(s["status"], "completed", "{s}");
+}

@@ -166,7 +166,25 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
         &session,
         request::capture_script(&session.session_id, args.lines, archive.as_ref()),
     )?;
-    let capture = parse(&session, &stdout)?;
+    let capture = match parse(&session, &stdout) {
+        Ok(capture) => capture,
+        // The call was cut after the session's archive came home (and the VM was told), before
+        // the text that follows it: its output is read from home, and the archive recorded.
+        Err(e) if kept.archived.contains_key(&session.session_id) => {
+            let probes = answer::parse_probe_answer(&stdout).probes;
+            let state = refresh::commit_kept(ctx, &probes, &kept, state)?;
+            let session = find_session(&state, &session.session_id)?;
+            if session.archived_at.is_none() {
+                return Err(e);
+            }
+            ui::warn(&format!(
+                "the call to VM '{}' ended before the session's text came; showing it from its archive, which came first",
+                session.vm_name
+            ));
+            return from_archive(ctx, session, &args);
+        }
+        Err(e) => return Err(e),
+    };
     let state = settle(
         ctx,
         state,
