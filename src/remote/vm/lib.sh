@@ -125,11 +125,12 @@ reap_agent() {
   # (USR1's default action would end the supervisor).
   trap 'status_lost=1' USR1
   status_lost=
-  { sleep 5 && kill -USR1 "$$"; } 2> /dev/null &
+  # The hangup that ends a pane reaches its whole process group: the watchdog ignores it.
+  { trap '' HUP INT TERM; sleep 5 && kill -USR1 "$$"; } 2> /dev/null &
   watchdog=$!
   wait "$pid"
   rc=$?
-  kill "$watchdog" 2> /dev/null
+  kill -KILL "$watchdog" 2> /dev/null
   if [ -n "$status_lost" ]; then
     rc=1
     [ -n "$stopped" ] && rc=143
