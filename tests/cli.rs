@@ -249,10 +249,14 @@ fn a_rewrite_keeps_unknown_fields_and_the_python_originals_timestamps() {
     assert_eq!(s["status"], "killed");
     // Its own records stay naive: the Python original cannot compare naive and aware times.
     assert_eq!(s["created_at"], "2025-11-25T14:30:22.123456");
+    // Its VM is gone (azlin confirms it), so the VM's other session ended with it.
     assert_eq!(
         st["vm_pool"]["amplihack-user-20251125-143000"]["active_sessions"],
-        serde_json::json!(["sess-20251125-143025-def"])
+        serde_json::json!([])
     );
+    let other = &st["sessions"]["sess-20251125-143025-def"];
+    assert_eq!(other["status"], "failed");
+    assert_eq!(other["created_at"], "2025-11-25T14:30:25");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(env.state_path())
@@ -280,9 +284,11 @@ fn a_rewrite_keeps_python_fractions_and_records_whole_seconds() {
         is_whole_second_utc(&format!("{completed}Z").into()),
         "{completed}"
     );
-    let untouched = &st["sessions"]["sess-20251125-143025-def"];
-    assert_eq!(untouched["created_at"], "2025-11-25T14:30:25");
-    assert!(untouched["completed_at"].is_null());
+    // The VM's other session, ended with its gone VM: its own naive time kept, ours whole.
+    let other = &st["sessions"]["sess-20251125-143025-def"];
+    assert_eq!(other["created_at"], "2025-11-25T14:30:25");
+    let ended = other["completed_at"].as_str().unwrap_or_default();
+    assert!(is_whole_second_utc(&format!("{ended}Z").into()), "{ended}");
 }
 
 #[test]
