@@ -617,6 +617,12 @@ fn output_cut_after_the_archive_came_home_shows_it_from_the_archive() {
     let out = env.run(&["output", &id]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains("line 3"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("cut before the text"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not asked"), "{}", stderr(&out));
     assert!(env.archive_dir().join(&id).join("archive.json").exists());
     assert!(env.session_dir(&vm, &id).join("collected").exists());
     let s = env.session(&id);

@@ -57,8 +57,9 @@ fn settle(
     }
 }
 
-/// Prints an archived session's log from its archive.
-fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
+/// Prints an archived session's log from its archive (`vm_asked`: a call to its VM brought
+/// the archive and was cut before the text).
+fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs, vm_asked: bool) -> Result<()> {
     let id = session.session_id.as_str();
     let Some(text) = ctx.archive.log_tail(id, args.lines as usize)? else {
         return Err(Error::SessionNotOnVm {
@@ -77,8 +78,13 @@ fn from_archive(ctx: &Ctx, session: &Session, args: &OutputArgs) -> Result<()> {
         ))?;
     }
     ui::progress(&format!(
-        "From the archive of {id} ({}); its VM was not asked.",
-        ctx.archive.dir(id)?.display()
+        "From the archive of {id} ({}); {}.",
+        ctx.archive.dir(id)?.display(),
+        if vm_asked {
+            "its VM's call brought it and was cut before the text"
+        } else {
+            "its VM was not asked"
+        }
     ));
     if let Some(cut) = ctx.archive.meta(id)?.and_then(|m| m.log_cut()) {
         ui::warn(&format!(
@@ -121,7 +127,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
     let mut session = find_session(&state, &args.session_id)?.clone();
     if session.archived_at.is_some() {
         if ctx.archive.has(&session.session_id) {
-            return from_archive(ctx, &session, &args);
+            return from_archive(ctx, &session, &args, false);
         }
         ui::warn(&format!(
             "the archive of {} is missing from {}; asking its VM",
@@ -177,11 +183,7 @@ pub fn run(ctx: &Ctx, args: OutputArgs) -> Result<()> {
             if session.archived_at.is_none() {
                 return Err(e);
             }
-            ui::warn(&format!(
-                "the call to VM '{}' ended before the session's text came; showing it from its archive, which came first",
-                session.vm_name
-            ));
-            return from_archive(ctx, session, &args);
+            return from_archive(ctx, session, &args, true);
         }
         Err(e) => return Err(e),
     };
