@@ -79,9 +79,7 @@ fn a_second_machines_prune_never_deletes_a_vm_running_anothers_sessions() {
         assert_eq!(code(&env.run(&["kill", id])), 0);
     }
     env.set("AMPLIHACK_REMOTE_STATE", &machine_b.display().to_string());
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
 }
 
 /// Case 11: twelve concurrent `start --size m` (two slots a VM) take six VMs, not twelve:
@@ -265,6 +263,13 @@ fn as_machine(env: &mut TestEnv, state: &std::path::Path) {
     env.set("AMPLIHACK_REMOTE_STATE", &state.display().to_string());
 }
 
+/// A prune of every idle VM, which deletes `vm`.
+fn prune_deletes(env: &TestEnv, vm: &str) {
+    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!env.vm_dir(vm).exists(), "{}", stdout(&out));
+}
+
 /// Another machine's ended session whose results its machine has not brought home keeps the
 /// VM from B's prune, which says which and how to fix it; A's `list` brings them home and
 /// tells the VM in the same one call (the `collected` mark), and B's next prune deletes it.
@@ -332,9 +337,7 @@ fn a_second_machines_prune_keeps_a_vm_until_its_owner_brought_the_results_home()
     );
     assert_eq!(sync["added_sessions"][0]["status"], "completed", "{sync:#}");
 
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
     // A reads its results from home.
     as_machine(&mut env, &machine_a);
     let out = env.run(&["output", &id]);
@@ -419,9 +422,7 @@ fn results_home_without_the_vm_told_keep_the_vm_until_the_next_call_tells_it() {
     assert!(env.session_dir(&vm, &next.id).join("collected").exists());
 
     as_machine(&mut env, &machine_b);
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
 }
 
 /// The window between keeping an archive (and telling the VM) and recording it: should A die
@@ -437,9 +438,7 @@ fn an_archive_kept_but_not_recorded_is_read_from_home_once_the_vm_is_gone() {
     // A died before its transaction: the state as it was, the archive and the mark in place.
     env.write_state(&before.to_string());
     as_machine(&mut env, &machine_b);
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists());
+    prune_deletes(&env, &vm);
     as_machine(&mut env, &machine_a);
     let out = env.run(&["list", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -504,9 +503,7 @@ fn output_tells_the_vm_what_it_brought_home_in_its_one_call() {
     assert!(env.session_dir(&vm, &id).join("collected").exists());
     assert_eq!(env.session(&id)["vm_marked_collected"], true);
     as_machine(&mut env, &machine_b);
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
 }
 
 /// When the machine that started them is gone, B can adopt the sessions (`sync`): its prune
@@ -524,9 +521,7 @@ fn a_machine_that_adopts_the_sessions_brings_them_home_before_its_prune_deletes_
     );
     assert!(env.vm_dir(&vm).join("meta").exists());
     assert_eq!(code(&env.run(&["sync"])), 0);
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
     let bs_archive = machine_b.parent().unwrap().join("remote-archive");
     assert!(bs_archive.join(&id).join("archive.json").exists());
     let out = env.run(&["output", &id]);
@@ -574,9 +569,7 @@ fn a_list_tells_a_vm_the_marks_it_missed_even_with_nothing_running_there() {
     );
 
     as_machine(&mut env, &machine_b);
-    let out = env.run(&["prune", "--idle-minutes", "0", "--yes"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(!env.vm_dir(&vm).exists(), "{}", stdout(&out));
+    prune_deletes(&env, &vm);
     // A's next refresh finds the VM gone: nothing is left there to tell, and no call is made
     // for it again.
     as_machine(&mut env, &machine_a);
