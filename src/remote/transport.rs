@@ -471,6 +471,20 @@ impl Azlin {
     }
 }
 
+impl Azlin {
+    /// The control script's framed answer in `out`; an answer without our framing came from
+    /// something else (azlin's tmux-name fallback reached another VM, or the VM is not ours).
+    fn our_answer(&self, vm: &VmRef, mut out: Output) -> Result<Output> {
+        match answer::framed_answer(&out.stdout) {
+            Some(answer) => {
+                out.stdout = answer.to_vec();
+                Ok(out)
+            }
+            None => Err(self.not_our_answer(vm)),
+        }
+    }
+}
+
 impl Transport for Azlin {
     fn run_script(
         &self,
@@ -484,14 +498,8 @@ impl Transport for Azlin {
             .cmd(self.connect_args(vm), timeout)
             .stdin(input)
             .on_interrupt(on_interrupt);
-        let mut out = self.judge_connect(&cmd, vm, exec::run(&cmd))?;
-        match answer::framed_answer(&out.stdout) {
-            Some(answer) => {
-                out.stdout = answer.to_vec();
-                Ok(out)
-            }
-            None => Err(self.not_our_answer(vm)),
-        }
+        let out = self.judge_connect(&cmd, vm, exec::run(&cmd))?;
+        self.our_answer(vm, out)
     }
 
     fn converse_script(
@@ -510,14 +518,8 @@ impl Transport for Azlin {
         let result = exec::run_conversation(&cmd, awaited, &mut |raw| {
             answer::framed_answer(raw).and_then(&mut *reply)
         });
-        let mut out = self.judge_connect(&cmd, vm, result)?;
-        match answer::framed_answer(&out.stdout) {
-            Some(answer) => {
-                out.stdout = answer.to_vec();
-                Ok(out)
-            }
-            None => Err(self.not_our_answer(vm)),
-        }
+        let out = self.judge_connect(&cmd, vm, result)?;
+        self.our_answer(vm, out)
     }
 
     fn stream_script(
