@@ -80,10 +80,19 @@ fn six_prompts_on_two_slots_run_two_at_a_time_with_nothing_of_ours_alive() {
     });
     let spans = agent_spans(&records);
     assert_eq!(most_at_once(&spans), 2, "{spans:?}");
+    // An agent's finish record comes just before it exits; its supervisor records the exit a
+    // moment later.
+    env.wait_for("all six to be completed", Duration::from_secs(30), || {
+        let list: Value = serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "completed")
+    });
     let list: Value = serde_json::from_slice(&env.run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 6);
     for s in list.as_array().unwrap() {
-        assert_eq!(s["status"], "completed", "{s}");
-        assert!(s["started_at"].is_string());
+        assert!(s["started_at"].is_string(), "{s}");
     }
 }
 
@@ -197,8 +206,11 @@ fn a_capped_pool_queues_instead_of_provisioning() {
         agent_spans(&records).len() == 4
     });
     assert_eq!(most_at_once(&agent_spans(&records)), 2);
-    env.run(&["list"]);
-    assert_eq!(statuses(&env), vec!["completed"; 4]);
+    // The last supervisor records its exit a moment after its agent's finish record.
+    env.wait_for("all four to be completed", Duration::from_secs(30), || {
+        env.run(&["list"]);
+        statuses(&env) == vec!["completed"; 4]
+    });
     // Uncapped, the same start provisions on demand, as the specification says.
     env.clear_calls();
     let out = env.run(&["start", "--no-context", "SLEEP=30", "SLEEP=30", "SLEEP=30"]);
